@@ -1,0 +1,117 @@
+"""Chat examples -> token ids and labels, through the model's own chat template.
+
+One rule shared by training and generation: the prompt is the template rendered up to the
+generation prompt, the answer is what the template adds for the assistant turn (content
+plus its end-of-turn marker). Training sees exactly the tokens generation will see, and
+labels are -100 everywhere except on answer tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE = -100
+
+# Used only when a tokenizer has no chat template of its own.
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# End-of-turn markers used by common chat templates; generation stops at any that exist.
+END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|end|>", "<|eot_id|>", "<|endoftext|>", "</s>")
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_answer(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
+    template = tokenizer.chat_template or FALLBACK_TEMPLATE
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
+    )
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def _needs_bos(tokenizer, first_ids: list[int]) -> bool:
+    bos = tokenizer.bos_token_id
+    if bos is None or (first_ids and first_ids[0] == bos):
+        return False
+    probe = tokenizer("a")["input_ids"]
+    return bool(probe) and probe[0] == bos
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    ids = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    for t in END_OF_TURN:
+        if t in vocab and vocab[t] not in ids:
+            ids.append(vocab[t])
+    return ids
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of the conversation so far plus the generation prompt."""
+    ids = _ids(tokenizer, _render(tokenizer, messages, True))
+    if _needs_bos(tokenizer, ids):
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
+def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encoded:
+    """Tokenize a chat; labels mark the assistant turns (`all`, or only the `last`)."""
+    full = _render(tokenizer, messages, False)
+    assistant_idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not assistant_idx:
+        raise ValueError("example has no assistant turn")
+    if train_on == "last":
+        assistant_idx = assistant_idx[-1:]
+    stops = set(stop_token_ids(tokenizer))
+    markers = [t for t in END_OF_TURN if t in tokenizer.get_vocab()]
+    input_ids: list[int] = []
+    labels: list[int] = []
+    cursor = 0
+    for i in assistant_idx:
+        before = _render(tokenizer, messages[:i], True)
+        answer = _render(tokenizer, messages[: i + 1], False)[len(before):]
+        # The answer ends at its first end-of-turn marker; what a template adds after it
+        # (a newline, or an EOS only at the very end of a chat) belongs to the context.
+        content_at = answer.find(messages[i]["content"])
+        search_from = content_at + len(messages[i]["content"]) if content_at >= 0 else 0
+        ends = [answer.find(t, search_from) + len(t) for t in markers if answer.find(t, search_from) >= 0]
+        answer = answer[: min(ends)] if ends else answer
+        if not (full.startswith(before) and full.startswith(answer, len(before))):
+            raise ValueError(
+                "the chat template renders earlier turns differently once later turns are added; "
+                "use train_on='last' for this model"
+            )
+        ctx = _ids(tokenizer, full[cursor : len(before)])
+        ans = _ids(tokenizer, answer)
+        end = next((k for k, t in enumerate(ans) if t in stops), None)
+        if end is None:
+            # Templates without an end-of-turn marker: append EOS so the model learns to stop.
+            ans, after = ans + [tokenizer.eos_token_id], []
+        else:
+            ans, after = ans[: end + 1], ans[end + 1 :]
+        input_ids += ctx + ans + after
+        labels += [IGNORE] * len(ctx) + ans + [IGNORE] * len(after)
+        cursor = len(before) + len(answer)
+    tail = _ids(tokenizer, full[cursor:])
+    input_ids += tail
+    labels += [IGNORE] * len(tail)
+    if _needs_bos(tokenizer, input_ids):
+        input_ids = [tokenizer.bos_token_id] + input_ids
+        labels = [IGNORE] + labels
+    return Encoded(input_ids, labels)

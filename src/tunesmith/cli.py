@@ -1,0 +1,133 @@
+"""The `tunesmith` command line.
+
+Sub-commands are declared here with their flags only; the module that does the work is
+imported when the command runs, so `tunesmith --help` stays fast (no torch import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"alias (see `tunesmith models`), local HF directory, .gguf file or hub id "
+        f"(default: the adapter's base model, else {DEFAULT_MODEL})",
+    )
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run")
+
+
+def _add_generation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=256, help="stop after this many new tokens (default 256)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    p.add_argument("--system", default=None, help="system prompt to put before each prompt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunesmith",
+        description="Fine-tune a small language model on your own examples, offline, and prove it helped.",
+    )
+    parser.add_argument("--version", action="version", version=f"tunesmith {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list model aliases and what is cached")
+    p.add_argument("--fetch", metavar="ALIAS", help="download and convert an alias now")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler="tunesmith.models:cli_models")
+
+    data = sub.add_parser("data", help="check and prepare examples")
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    p = dsub.add_parser("check", help="report every problem in a data file, as file:line: field: message")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="JSONL/JSON file(s) or a folder of them")
+    p.add_argument("--max-length", type=int, default=None, help="flag examples longer than this many tokens")
+    _add_model(p)
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(handler="tunesmith.data.check:cli_check")
+    data.set_defaults(handler=None, _help=data.print_help)
+
+    p = sub.add_parser("train", help="fine-tune with LoRA; writes a PEFT adapter into --out")
+    _add_model(p)
+    p.add_argument("--data", help="folder with train.jsonl and val.jsonl, or a train file")
+    p.add_argument("--val", help="validation file (default: val.jsonl beside the training data)")
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--config", help="YAML file with any of these flags (command line wins)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (only once the new one is done)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    from tunesmith.train.config import add_config_flags  # light: dataclasses only
+
+    add_config_flags(p)
+    p.set_defaults(handler="tunesmith.train.lora:cli_train")
+
+    p = sub.add_parser("eval", help="generate on held-out examples and score them (ROUGE, house style)")
+    _add_model(p)
+    p.add_argument("--adapter", help="run directory of a trained adapter")
+    p.add_argument("--data", required=True, help="JSONL of chat examples; the last assistant turn is the reference")
+    p.add_argument("--style", help="house-style spec (YAML) for the format check")
+    p.add_argument("--out", help="folder for results.json (default: print only)")
+    p.add_argument("--baseline", help="results.json of an earlier eval: print a before/after table")
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_generation(p)
+    p.set_defaults(handler="tunesmith.eval.run:cli_eval")
+
+    p = sub.add_parser("generate", help="generate text with the base model or an adapter attached")
+    _add_model(p)
+    p.add_argument("--adapter", help="run directory of a trained adapter")
+    p.add_argument("prompt", nargs="?", help="the prompt; '-' reads it from stdin")
+    p.add_argument("--input", help="file of prompts: JSONL (chat examples or {\"prompt\": ...}) or plain text, one per line")
+    _add_generation(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per output")
+    p.set_defaults(handler="tunesmith.generate:cli_generate")
+    return parser
+
+
+def _version() -> str:
+    from tunesmith import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if not handler:
+        (getattr(args, "_help", None) or parser.print_help)()
+        return 2
+    import warnings
+
+    from tunesmith.errors import UserError
+
+    # Library deprecation notices are for us, not for the person running a command.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
+
+    module_name, func_name = handler.split(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(args) or 0)
+    except UserError as e:
+        if str(e):
+            print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

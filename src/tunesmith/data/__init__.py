@@ -1,0 +1,1 @@
+"""Data: read every format users bring, normalize to chat examples, check, prepare."""

@@ -1,0 +1,1 @@
+"""Evaluation: generate on held-out examples and score."""

@@ -1,0 +1,146 @@
+"""`tunesmith eval`: generate on held-out examples, score, print a table, write results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tunesmith.cli import DEFAULT_MODEL
+from tunesmith.data.formats import load_examples
+from tunesmith.errors import UserError
+from tunesmith.eval.metrics import ROUGE_TYPES, rouge
+from tunesmith.eval.style import check_style, load_style
+
+# Rows of the table, in order: key in results["metrics"], label.
+ROWS = [(k, k) for k in ROUGE_TYPES] + [
+    ("format_adherence", "format adherence %"),
+    ("stopped_by_eos", "stopped by itself %"),
+    ("mean_new_tokens", "mean new tokens"),
+]
+
+
+def split_prompt(messages: list[dict], system: str | None = None) -> tuple[list[dict], str]:
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    prompt = list(messages[:last])
+    if system is not None:
+        prompt = [m for m in prompt if m["role"] != "system"]
+        prompt.insert(0, {"role": "system", "content": system})
+    return prompt, messages[last]["content"]
+
+
+def score(outputs, references, rules) -> tuple[dict, list[dict]]:
+    per = []
+    for gen, ref in zip(outputs, references):
+        row = {"rouge": rouge(gen.text, ref), "stopped": gen.stopped, "new_tokens": gen.new_tokens}
+        if rules:
+            checks = check_style(rules, gen.text)
+            row["style"] = checks
+            row["format_ok"] = all(checks.values())
+        per.append(row)
+    n = len(per)
+    agg = {k: round(statistics.fmean(r["rouge"][k] for r in per), 2) for k in ROUGE_TYPES}
+    if rules:
+        agg["format_adherence"] = round(100 * sum(r["format_ok"] for r in per) / n, 1)
+        agg["style_rules"] = {r.name: round(100 * sum(p["style"][r.name] for p in per) / n, 1) for r in rules}
+    agg["stopped_by_eos"] = round(100 * sum(r["stopped"] for r in per) / n, 1)
+    agg["mean_new_tokens"] = round(statistics.fmean(r["new_tokens"] for r in per), 1)
+    return agg, per
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def print_table(results: dict, baseline: dict | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = results["metrics"]
+    title = f"{results['system']} on {results['data']} ({results['n']} examples)"
+    t = Table(title=title)
+    t.add_column("metric")
+    if baseline:
+        b = baseline["metrics"]
+        t.add_column(f"before ({baseline['system']})", justify="right")
+        t.add_column(f"after ({results['system']})", justify="right")
+        t.add_column("change", justify="right")
+    else:
+        t.add_column("value", justify="right")
+    for key, label in ROWS:
+        if key not in m:
+            continue
+        if baseline:
+            before = b.get(key)
+            change = "" if before is None else f"{m[key] - before:+.1f}"
+            t.add_row(label, "-" if before is None else f"{before:.1f}", f"{m[key]:.1f}", change)
+        else:
+            t.add_row(label, f"{m[key]:.1f}")
+    Console().print(t)
+
+
+def cli_eval(args) -> int:
+    from tunesmith.modeling import base_model_of, check_adapter_dir, generate, load
+
+    if args.adapter:
+        check_adapter_dir(args.adapter)
+    spec = base_model_of(args.adapter, args.model, DEFAULT_MODEL)
+    examples = load_examples(args.data, "--data")
+    if args.limit:
+        examples = examples[: args.limit]
+    rules = load_style(args.style) if args.style else []
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = json.loads(Path(args.baseline).read_text())
+            baseline["metrics"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"--baseline {args.baseline}: not a results.json written by `tunesmith eval`") from None
+    if args.max_new_tokens < 1 or args.batch_size < 1:
+        raise UserError("--max-new-tokens and --batch-size must be at least 1")
+    loaded = load(spec, args.adapter, trust_remote_code=args.trust_remote_code, quiet=args.quiet)
+    prompts, refs = zip(*(split_prompt(ex.messages, args.system) for ex in examples))
+    t0 = time.time()
+
+    def on_batch(done, tokens):
+        if not args.quiet:
+            el = time.time() - t0
+            print(f"  generated {done}/{len(prompts)} ({tokens / el:.0f} new tokens/s)", file=sys.stderr)
+
+    outs = generate(loaded.model, loaded.tokenizer, list(prompts), max_new_tokens=args.max_new_tokens,
+                    batch_size=args.batch_size, on_batch=on_batch)
+    wall = time.time() - t0
+    agg, per = score(outs, refs, rules)
+    results = {
+        "system": "tuned" if args.adapter else "base",
+        "model": spec,
+        "adapter": str(args.adapter) if args.adapter else None,
+        "data": str(args.data),
+        "n": len(outs),
+        "decoding": {"greedy": True, "max_new_tokens": args.max_new_tokens, "system_prompt": args.system},
+        "style": args.style,
+        "generation_s": round(wall, 1),
+        "new_tokens_per_s": round(sum(o.new_tokens for o in outs) / wall, 1),
+        "metrics": agg,
+        "examples": [
+            {"path": ex.path, "line": ex.line, "reference": ref, "output": o.text, **row}
+            for ex, ref, o, row in zip(examples, refs, outs, per)
+        ],
+    }
+    if args.out:
+        write_json_atomic(Path(args.out) / "results.json", results)
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        print_table(results, baseline)
+        if args.out:
+            print(f"wrote {Path(args.out) / 'results.json'}")
+    return 0

@@ -1,0 +1,159 @@
+"""The one shared layer: load a model (+ adapter) and generate. Used by the CLI, eval and train."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tunesmith.chat import prompt_ids, stop_token_ids
+from tunesmith.errors import UserError
+
+RUN_INFO = "tunesmith-run.json"  # written by `train` into the run dir: which base model it tuned
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    model_dir: Path
+    model_spec: str
+    adapter_dir: Path | None = None
+
+
+def device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype():
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def check_adapter_dir(adapter: str | Path) -> Path:
+    path = Path(adapter)
+    if not path.is_dir():
+        raise UserError(f"--adapter {adapter}: no such directory")
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"--adapter {adapter}: no adapter_config.json; expected the run directory written by `tunesmith train`")
+    if not list(path.glob("adapter_model.safetensors")):
+        raise UserError(f"--adapter {adapter}: no adapter_model.safetensors (pickle adapters are not loaded, for safety)")
+    return path
+
+
+def base_model_of(adapter: str | Path | None, model: str | None, default: str) -> str:
+    """--model wins; else the base model recorded in the run dir; else the default."""
+    if model:
+        return model
+    if adapter:
+        info = Path(adapter) / RUN_INFO
+        if info.is_file():
+            return json.loads(info.read_text())["model"]
+    return default
+
+
+def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(model_spec: str, *, trust_remote_code: bool = False, dtype=None):
+    """-> (model, tokenizer, model_dir): the base model on the default device, in train mode."""
+    from tunesmith.models import resolve
+
+    model_dir = resolve(model_spec, trust_remote_code=trust_remote_code)
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=dtype or default_dtype(), use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise UserError(f"{model_dir}: this model needs its own code; pass --trust-remote-code if you trust it") from None
+        raise
+    tok = load_tokenizer(model_dir, trust_remote_code)
+    model.to(device())
+    return model, tok, model_dir
+
+
+def load(model_spec: str, adapter: str | Path | None = None, *, trust_remote_code: bool = False,
+         dtype=None, quiet: bool = False) -> Loaded:
+    """Base model (+ adapter) ready to generate: eval mode, no gradients."""
+    import torch
+
+    adapter_dir = check_adapter_dir(adapter) if adapter else None
+    t0 = time.time()
+    model, tok, model_dir = load_base(model_spec, trust_remote_code=trust_remote_code, dtype=dtype)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"--adapter {adapter_dir}: does not fit model {model_spec} ({str(e).splitlines()[0]})") from None
+    model.eval()
+    torch.set_grad_enabled(False)
+    if not quiet:
+        print(f"loaded {model_spec}{' + ' + str(adapter_dir) if adapter_dir else ''} in {time.time() - t0:.1f}s", file=sys.stderr)
+    return Loaded(model, tok, model_dir, model_spec, adapter_dir)
+
+
+@dataclass
+class Generation:
+    text: str
+    new_tokens: int
+    stopped: bool  # ended with an end-of-turn/EOS token rather than running out of tokens
+
+
+def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 256,
+             batch_size: int = 8, on_batch: Callable[[int, int], None] | None = None) -> list[Generation]:
+    """Greedy, batched generation with KV cache; prompts left-padded and grouped by length."""
+    import torch
+
+    encoded = [prompt_ids(tokenizer, c) for c in conversations]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    stops = stop_token_ids(tokenizer)
+    pad = tokenizer.pad_token_id
+    dev = next(model.parameters()).device
+    results: list[Generation | None] = [None] * len(encoded)
+    done_tokens = 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            seq = encoded[i]
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
+                do_sample=False, eos_token_id=stops, pad_token_id=pad,
+            )
+        for row, i in enumerate(idx):
+            new = out[row, width:].tolist()
+            stop_at = next((k for k, t in enumerate(new) if t in stops), None)
+            kept = new if stop_at is None else new[:stop_at]
+            text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+            results[i] = Generation(text, len(kept), stop_at is not None)
+            done_tokens += len(kept)
+        if on_batch:
+            on_batch(min(start + batch_size, len(order)), done_tokens)
+    return results  # type: ignore[return-value]

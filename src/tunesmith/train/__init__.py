@@ -1,0 +1,1 @@
+"""Training: setup -> fit -> validate."""

@@ -1,0 +1,138 @@
+"""Training configuration: one dataclass; the CLI flags and a YAML file both fill it.
+
+Unknown YAML keys are errors that name the closest valid key. The fully resolved config is
+saved as config.yaml in the run directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from tunesmith.errors import UserError
+
+METHODS = ("lora",)
+
+
+@dataclass
+class TrainConfig:
+    model: str = "smollm2-135m"
+    data: str | None = None
+    val: str | None = None
+    out: str | None = None
+    method: str = "lora"
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 8  # examples per optimizer step
+    micro_batch_size: int = 4  # examples per forward pass (gradient accumulation makes up the rest)
+    max_length: int = 1024  # longer examples are dropped, and counted
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"  # or a comma-separated list of module names
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    train_on: str = "all"  # assistant turns to learn: all, or only the last
+    seed: int = 42
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"--method {self.method!r}: supported methods are {', '.join(METHODS)}")
+        if self.train_on not in ("all", "last"):
+            raise UserError(f"--train-on {self.train_on!r}: expected all or last")
+        for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "lora_r"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.batch_size % self.micro_batch_size:
+            raise UserError(f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive (got {self.lr})")
+
+
+HELP = {
+    "method": "fine-tuning method (lora)",
+    "epochs": "passes over the training data",
+    "lr": "peak learning rate (linear warm-up, then cosine decay)",
+    "batch_size": "examples per optimizer step",
+    "micro_batch_size": "examples per forward pass; batch-size / micro-batch-size steps of gradient accumulation",
+    "max_length": "drop examples longer than this many tokens (reported)",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA alpha (scale = alpha / r)",
+    "lora_dropout": "dropout on the LoRA input",
+    "lora_targets": "modules to adapt: all-linear, or names like q_proj,v_proj",
+    "warmup_ratio": "fraction of steps spent warming up the learning rate",
+    "weight_decay": "AdamW weight decay",
+    "train_on": "assistant turns that carry loss: all or last",
+    "seed": "random seed (data order, dropout, init)",
+    "threads": "CPU threads for torch (0 = default)",
+}
+# Names people bring from other tools, mapped to ours (for "did you mean").
+SYNONYMS = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "r": "lora_r",
+            "rank": "lora_r", "alpha": "lora_alpha", "max_seq_length": "max_length", "max_seq_len": "max_length",
+            "per_device_train_batch_size": "micro_batch_size", "target_modules": "lora_targets", "base_model": "model"}
+CLI_ONLY = {"model", "data", "val", "out"}  # declared by the CLI itself
+
+
+def add_config_flags(parser) -> None:
+    for f in fields(TrainConfig):
+        if f.name in CLI_ONLY:
+            continue
+        typ = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=typ, default=None,
+                            help=f"{HELP[f.name]} (default {f.default})")
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of option: value")
+    valid = [f.name for f in fields(TrainConfig)]
+    for key in data:
+        norm = str(key).replace("-", "_")
+        if norm not in valid:
+            close = [SYNONYMS[norm]] if norm in SYNONYMS else difflib.get_close_matches(norm, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+            raise UserError(f"{path}: unknown key {key!r}{hint}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve_config(args) -> TrainConfig:
+    """Defaults < YAML file < command-line flags."""
+    values: dict = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    for f in fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    for k, v in values.items():
+        want = types[k]
+        try:
+            if want == "int" and not isinstance(v, bool):
+                values[k] = int(v)
+            elif want == "float":
+                values[k] = float(v)
+        except (TypeError, ValueError):
+            raise UserError(f"config {k}: expected {want}, got {v!r}") from None
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(asdict(cfg), sort_keys=False)

@@ -1,0 +1,147 @@
+"""Tiny random-weight models, built in-process, one per supported family.
+
+Each is saved as a real Hugging Face directory (safetensors + tokenizer with the family's
+chat template), so tests drive the same code paths — and the same CLI — as a real model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+EXAMPLES = ROOT / "examples" / "meeting-notes"
+
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+GEMMA = (
+    "{{ bos_token }}{% for m in messages %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n'"
+    " + m['content'] + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+PHI = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+FAMILIES = {
+    # family: (special tokens, bos, eos, pad, template)
+    "llama": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_start|>", "<|im_end|>", "<|im_end|>", CHATML),
+    "qwen2": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|im_end|>", "<|endoftext|>", CHATML),
+    "qwen3": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|im_end|>", "<|endoftext|>", CHATML),
+    "gemma3": (["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>", "<pad>", GEMMA),
+    "phi3": (["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], None, "<|endoftext|>", "<|endoftext|>", PHI),
+}
+
+CORPUS = [
+    "Meeting Summary: The team discussed the budget and the new remote control design.",
+    "Points discussed: - The project manager opened the meeting. - Marketing presented user research.",
+    "Decisions and actions: - The team agreed to use a rubber case. - The designer will prepare a prototype.",
+    "Write the meeting notes for this transcript excerpt. Focus: what did the group decide?",
+    "Transcript: Project Manager: Okay, let's start. Industrial Designer: I think we should use kinetic batteries.",
+    "The quick brown fox jumps over the lazy dog. What is the capital of France? Paris is the capital.",
+    "user assistant system model hello world 0123456789 ,.;:!?'\"()[]{}-_/\\",
+]
+
+
+def make_tokenizer(family: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials, bos, eos, pad, template = FAMILIES[family]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 3, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
+    fast.chat_template = template
+    return fast
+
+
+def make_model(family: str, tok, seed: int = 0):
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if family == "llama":
+        cfg, cls = tf.LlamaConfig(tie_word_embeddings=True, **common), tf.LlamaForCausalLM
+    elif family == "qwen2":
+        cfg, cls = tf.Qwen2Config(tie_word_embeddings=True, **common), tf.Qwen2ForCausalLM
+    elif family == "qwen3":
+        cfg, cls = tf.Qwen3Config(head_dim=16, tie_word_embeddings=True, **common), tf.Qwen3ForCausalLM
+    elif family == "gemma3":
+        cfg, cls = tf.Gemma3TextConfig(head_dim=16, sliding_window=64, **common), tf.Gemma3ForCausalLM
+    elif family == "phi3":
+        cfg, cls = tf.Phi3Config(tie_word_embeddings=False, **common), tf.Phi3ForCausalLM
+    else:
+        raise KeyError(family)
+    return cls(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """factory: family -> path of a saved tiny model directory (built once per session)."""
+    cache: dict[str, Path] = {}
+
+    def build(family: str = "llama") -> Path:
+        if family not in cache:
+            d = tmp_path_factory.mktemp(f"tiny-{family}")
+            tok = make_tokenizer(family)
+            make_model(family, tok).save_pretrained(d)
+            tok.save_pretrained(d)
+            cache[family] = d
+        return cache[family]
+
+    return build
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch, request):
+    """Unit tests get an empty model cache; tests marked `slow` use the real one."""
+    if "slow" not in request.keywords:
+        monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def chat(user: str, answer: str, system: str | None = None) -> dict:
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return {"messages": msgs}
+
+
+def toy_examples(n: int, seed: int = 0) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    words = "budget design remote battery case prototype marketing research team meeting".split()
+    out = []
+    for i in range(n):
+        topic = " ".join(rng.sample(words, 3))
+        out.append(chat(f"Write the meeting notes. Focus: {topic} {i}",
+                        f"Meeting Summary: The team discussed the {topic}.\n\nPoints discussed:\n- {words[i % len(words)]}"))
+    return out
+
+
+def run_cli(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True,
+                          env=full_env, input=input, cwd=ROOT, timeout=600)

