@@ -95,8 +95,6 @@ def load_base(model_spec: str, *, trust_remote_code: bool = False, dtype=None):
 def load(model_spec: str, adapter: str | Path | None = None, *, trust_remote_code: bool = False,
          dtype=None, quiet: bool = False) -> Loaded:
     """Base model (+ adapter) ready to generate: eval mode, no gradients."""
-    import torch
-
     adapter_dir = check_adapter_dir(adapter) if adapter else None
     t0 = time.time()
     model, tok, model_dir = load_base(model_spec, trust_remote_code=trust_remote_code, dtype=dtype)
@@ -108,7 +106,8 @@ def load(model_spec: str, adapter: str | Path | None = None, *, trust_remote_cod
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"--adapter {adapter_dir}: does not fit model {model_spec} ({str(e).splitlines()[0]})") from None
     model.eval()
-    torch.set_grad_enabled(False)
+    for p in model.parameters():
+        p.requires_grad_(False)
     if not quiet:
         print(f"loaded {model_spec}{' + ' + str(adapter_dir) if adapter_dir else ''} in {time.time() - t0:.1f}s", file=sys.stderr)
     return Loaded(model, tok, model_dir, model_spec, adapter_dir)

