@@ -26,7 +26,7 @@ def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 def _add_generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="stop after this many new tokens (default 256)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts generated together (default 16)")
     p.add_argument("--system", default=None, help="system prompt to put before each prompt")
 
 

@@ -93,8 +93,12 @@ def load_base(model_spec: str, *, trust_remote_code: bool = False, dtype=None):
 
 
 def load(model_spec: str, adapter: str | Path | None = None, *, trust_remote_code: bool = False,
-         dtype=None, quiet: bool = False) -> Loaded:
-    """Base model (+ adapter) ready to generate: eval mode, no gradients."""
+         dtype=None, quiet: bool = False, merge: bool = True) -> Loaded:
+    """Base model (+ adapter) ready to generate: eval mode, no gradients.
+
+    With `merge`, LoRA weights are folded into the base weights in memory (nothing is
+    written): generation then runs at the base model's speed.
+    """
     adapter_dir = check_adapter_dir(adapter) if adapter else None
     t0 = time.time()
     model, tok, model_dir = load_base(model_spec, trust_remote_code=trust_remote_code, dtype=dtype)
@@ -105,6 +109,8 @@ def load(model_spec: str, adapter: str | Path | None = None, *, trust_remote_cod
             model = PeftModel.from_pretrained(model, str(adapter_dir))
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"--adapter {adapter_dir}: does not fit model {model_spec} ({str(e).splitlines()[0]})") from None
+        if merge and hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
