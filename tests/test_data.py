@@ -31,7 +31,7 @@ def test_check_reports_every_problem_with_location(tmp_path):
         f"{f}:4: messages: wrong role order: turn 1 is assistant, expected user (user and assistant alternate, user first)",
         f"{f}:5: messages[0].content: empty",
         f"{f}:6: messages[0].role: unknown role 'bot'; expected system, user or assistant",
-        f"{f}:7: unknown shape: expected keys messages, prompt+completion, instruction+output or conversations; found text",
+        f"{f}:7: unknown shape: expected keys messages, prompt+completion, instruction+output, conversations or prompt+chosen+rejected; found text",
         f"{f}:10: completion: expected a string, got int",
         f"{f}:11: not UTF-8 (byte 0xe9 at column 16)",
         f"{f}:8: exact duplicate of {f}:1 (warning)",
@@ -67,11 +67,13 @@ def test_missing_path_is_one_clear_line(tmp_path):
 
 
 def test_other_shapes_normalize_to_chat():
-    assert normalize({"prompt": "p", "completion": "c"})[0] == [
+    assert normalize({"prompt": "p", "completion": "c"})[0].messages == [
         {"role": "user", "content": "p"}, {"role": "assistant", "content": "c"}]
-    assert normalize({"instruction": "Do it", "input": "text", "output": "done"})[0] == [
+    assert normalize({"instruction": "Do it", "input": "text", "output": "done"})[0].messages == [
         {"role": "user", "content": "Do it\n\ntext"}, {"role": "assistant", "content": "done"}]
-    assert normalize({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})[0] == [
+    assert normalize({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})[0].messages == [
         {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
-    msgs, meta, _ = normalize({**chat("q", "a"), "meeting": "Bed004"})
-    assert meta == {"meeting": "Bed004"} and len(msgs) == 2
+    ex, _ = normalize({**chat("q", "a"), "meeting": "Bed004"})
+    assert ex.meta == {"meeting": "Bed004"} and len(ex.messages) == 2
+    pref, _ = normalize({"prompt": "q", "chosen": "good", "rejected": "bad"})
+    assert pref.kind == "preference" and pref.rejected == "bad" and pref.messages[-1]["content"] == "good"

@@ -70,6 +70,14 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return ids
 
 
+def rendered_lengths(tokenizer, conversations: list[list[dict]]) -> list[int]:
+    """Token counts of whole chats, tokenized in one batch (the fast path of `data check`)."""
+    texts = [_render(tokenizer, c, False) for c in conversations]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    bos = [int(_needs_bos(tokenizer, x)) for x in ids]
+    return [len(x) + b for x, b in zip(ids, bos)]
+
+
 def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encoded:
     """Tokenize a chat; labels mark the assistant turns (`all`, or only the `last`)."""
     full = _render(tokenizer, messages, False)

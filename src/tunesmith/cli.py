@@ -30,6 +30,14 @@ def _add_generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="system prompt to put before each prompt")
 
 
+def _add_read_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["chat", "prompt-completion", "alpaca", "sharegpt", "preference"],
+                   help="treat every record as this shape instead of detecting it")
+    p.add_argument("--template", default=None,
+                   help="inputs/ + outputs/ folders: the user turn, with {input} (and {name}) (default: the input as is)")
+    p.add_argument("--system", default=None, help="inputs/ + outputs/ folders: a system prompt for every example")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunesmith",
@@ -49,8 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="JSONL/JSON file(s) or a folder of them")
     p.add_argument("--max-length", type=int, default=None, help="flag examples longer than this many tokens")
     _add_model(p)
+    _add_read_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(handler="tunesmith.data.check:cli_check")
+    p = dsub.add_parser("prepare", help="normalize, clean, dedupe and split into train/val/test with a data card")
+    p.add_argument("sources", nargs="+", metavar="SRC", help="files, folders, or a mix file (.yaml) of several data sets")
+    p.add_argument("--out", required=True, help="folder to write train/val/test.jsonl and card.json/card.md into")
+    p.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test as ratios (0.8,0.1,0.1) or counts (150,20,30)")
+    p.add_argument("--seed", type=int, default=13, help="shuffle seed for the split (default 13)")
+    p.add_argument("--group-by", help="field whose examples stay together in one split (e.g. meeting)")
+    p.add_argument("--near-dup", type=float, default=0.8, help="drop examples this similar (word 5-gram Jaccard) to an earlier one (default 0.8)")
+    p.add_argument("--max-length", type=int, default=None, help="drop examples longer than this many tokens")
+    p.add_argument("--eval-set", action="append", help="a held-out set: examples that duplicate it are dropped (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (only once the new data is written)")
+    p.add_argument("--json", action="store_true", help="print the data card as JSON")
+    _add_model(p)
+    _add_read_options(p)
+    p.set_defaults(handler="tunesmith.data.prepare:cli_prepare")
     data.set_defaults(handler=None, _help=data.print_help)
 
     p = sub.add_parser("train", help="fine-tune with LoRA; writes a PEFT adapter into --out")

@@ -25,11 +25,11 @@ def read_prompts(path: str) -> list[list[dict]]:
             if isinstance(obj, dict) and "prompt" in obj and "completion" not in obj:
                 convs.append([{"role": "user", "content": str(obj["prompt"])}])
                 continue
-            msgs, _, problems = normalize(obj)
-            if msgs is None:
-                raise UserError(f"{path}:{line}: {'; '.join(m for _, _, m in problems)}")
-            last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-            convs.append(msgs[:last])
+            ex, problems = normalize(obj)
+            if ex is None:
+                raise UserError(f"{path}:{line}: {'; '.join(m for lvl, _, m in problems if lvl == 'error')}")
+            last = max(i for i, m in enumerate(ex.messages) if m["role"] == "assistant")
+            convs.append(ex.messages[:last])
         return convs
     return [[{"role": "user", "content": line}] for line in p.read_text().splitlines() if line.strip()]
 

@@ -1,4 +1,8 @@
-"""`tunesmith data check`: one pass, every problem, as file:line: field: message."""
+"""`tunesmith data check`: one pass, every problem, as file:line: field: message.
+
+Streams: memory grows by a few dozen bytes per example (digests and lengths), never with
+the text itself, so a million-line file checks in bounded memory.
+"""
 
 from __future__ import annotations
 
@@ -6,71 +10,114 @@ import hashlib
 import json
 import statistics
 import sys
+from array import array
 from pathlib import Path
 
-from tunesmith.data.formats import Issue, data_files, normalize, read_records
+from tunesmith.data.formats import Issue, ReadOptions, iter_examples
 from tunesmith.errors import DataErrors
 
 FEW_EXAMPLES = 100
+EVAL_NAMES = ("val", "valid", "validation", "dev", "test", "eval")
+TOKEN_BATCH = 512
 
 
-def _key(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+def _digest(obj) -> bytes:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode(), digest_size=12).digest()
 
 
-def check(paths: list[str], tokenizer=None, max_length: int | None = None) -> tuple[list[Issue], int]:
+class Checker:
+    def __init__(self, tokenizer=None, max_length: int | None = None):
+        self.issues: list[Issue] = []
+        self.valid = 0
+        self.files: list[str] = []
+        self.seen: dict[bytes, tuple[int, int]] = {}  # whole example -> (file index, line)
+        self.prompts: dict[bytes, tuple[bytes, int, int]] = {}  # prompt -> (answer digest, file index, line)
+        self.words = array("I")
+        self.word_loc = array("Q")  # file index << 32 | line, for outliers
+        self.roles: list[str | None] = []  # per file: train, eval or None (from the file name)
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.pending: list = []  # examples waiting for batched tokenization
+
+    def loc(self, fi: int, line: int) -> str:
+        return f"{self.files[fi]}:{line}"
+
+    def add_file_results(self, path: str, opts: ReadOptions) -> None:
+        for ex, issues in iter_examples(path, opts):
+            self.issues += issues
+            if ex is None:
+                continue
+            self.valid += 1
+            if ex.path not in self.files[-1:]:
+                self.files.append(ex.path)
+                stem = Path(ex.path).stem.lower()
+                self.roles.append("eval" if stem in EVAL_NAMES else "train" if stem == "train" else None)
+            fi = len(self.files) - 1
+            last = max(i for i, m in enumerate(ex.messages) if m["role"] == "assistant")
+            pk = _digest(ex.messages[:last])
+            self.leak(pk, fi, ex)
+            k = _digest([ex.messages, ex.rejected])
+            if k in self.seen:
+                self.issues.append(Issue(ex.path, ex.line, "", f"exact duplicate of {self.loc(*self.seen[k])}", "warning"))
+                continue
+            self.seen[k] = (fi, ex.line)
+            ak = _digest(ex.messages[last]["content"])
+            if pk in self.prompts and self.prompts[pk][0] != ak and ex.rejected is None:
+                prev = self.prompts[pk]
+                self.issues.append(Issue(ex.path, ex.line, "",
+                                         f"conflicting duplicate: same input as {self.loc(prev[1], prev[2])} but a different answer", "warning"))
+            self.prompts.setdefault(pk, (ak, fi, ex.line))
+            answer = ex.messages[last]["content"].strip()
+            prompt_text = "\n".join(m["content"] for m in ex.messages[:last])
+            if len(answer) >= 20 and answer in prompt_text:
+                self.issues.append(Issue(ex.path, ex.line, f"messages[{last}]", "answer is copied from the input", "warning"))
+            self.words.append(len(answer.split()))
+            self.word_loc.append(fi << 32 | ex.line)
+            if self.tokenizer is not None and self.max_length:
+                self.pending.append(ex)
+                if len(self.pending) >= TOKEN_BATCH:
+                    self.flush_lengths()
+        self.flush_lengths()
+
+    def flush_lengths(self) -> None:
+        if not self.pending:
+            return
+        from tunesmith.chat import rendered_lengths
+
+        for ex, n in zip(self.pending, rendered_lengths(self.tokenizer, [e.messages for e in self.pending])):
+            if n > self.max_length:
+                self.issues.append(Issue(ex.path, ex.line, "", f"{n} tokens, longer than --max-length {self.max_length}"))
+        self.pending = []
+
+    def finish(self, paths: list[str]) -> None:
+        if 0 < self.valid < FEW_EXAMPLES:
+            self.issues.append(Issue(", ".join(paths), 0, "", f"only {self.valid} example{'s' if self.valid != 1 else ''}; fine-tuning usually needs {FEW_EXAMPLES}+ to help", "warning"))
+        if len(self.words) >= 20:
+            q = statistics.quantiles(self.words, n=4)
+            iqr = q[2] - q[0]
+            hi, lo = q[2] + 3 * iqr, q[0] - 3 * iqr
+            for w, packed in zip(self.words, self.word_loc):
+                if w > hi or w < lo:
+                    f, line = self.files[packed >> 32], packed & 0xFFFFFFFF
+                    self.issues.append(Issue(f, line, "", f"answer length {w} words is an outlier (middle half: {q[0]:.0f}-{q[2]:.0f})", "warning"))
+
+    def leak(self, pk: bytes, fi: int, ex) -> None:
+        """A training example whose input also appears in a val/test file (by file name)."""
+        prev = self.prompts.get(pk)
+        if prev is None or {self.roles[fi], self.roles[prev[1]]} != {"train", "eval"}:
+            return
+        if self.roles[fi] == "train":
+            self.issues.append(Issue(ex.path, ex.line, "", f"also in {self.loc(prev[1], prev[2])}: a training example leaks into evaluation", "warning"))
+        else:
+            self.issues.append(Issue(self.files[prev[1]], prev[2], "", f"also in {self.loc(fi, ex.line)}: a training example leaks into evaluation", "warning"))
+
+
+def check(paths: list[str], tokenizer=None, max_length: int | None = None, opts: ReadOptions | None = None) -> tuple[list[Issue], int]:
     """Returns (issues, number of valid examples)."""
-    issues: list[Issue] = []
-    seen: dict[str, str] = {}  # whole example -> first location
-    prompts: dict[str, tuple[str, str]] = {}  # prompt -> (answer key, first location)
-    answer_words: list[tuple[int, str, int]] = []
-    valid = 0
-    encode = None
-    if tokenizer is not None and max_length:
-        from tunesmith.chat import encode_chat
-
-        encode = lambda msgs: len(encode_chat(tokenizer, msgs).input_ids)  # noqa: E731
-    for path in paths:
-        for f in data_files(path):
-            for line, obj in read_records(f):
-                if isinstance(obj, Issue):
-                    issues.append(obj)
-                    continue
-                msgs, _meta, problems = normalize(obj)
-                issues += [Issue(str(f), line, fld, msg, lvl) for lvl, fld, msg in problems]
-                if msgs is None:
-                    continue
-                valid += 1
-                here = f"{f}:{line}"
-                k = _key(msgs)
-                if k in seen:
-                    issues.append(Issue(str(f), line, "", f"exact duplicate of {seen[k]}", "warning"))
-                    continue
-                seen[k] = here
-                last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-                pk, ak = _key(msgs[:last]), _key(msgs[last]["content"])
-                if pk in prompts and prompts[pk][0] != ak:
-                    issues.append(Issue(str(f), line, "", f"conflicting duplicate: same input as {prompts[pk][1]} but a different answer", "warning"))
-                prompts.setdefault(pk, (ak, here))
-                answer = msgs[last]["content"].strip()
-                prompt_text = "\n".join(m["content"] for m in msgs[:last])
-                if len(answer) >= 20 and answer in prompt_text:
-                    issues.append(Issue(str(f), line, f"messages[{last}]", "answer is copied from the input", "warning"))
-                answer_words.append((len(answer.split()), str(f), line))
-                if encode is not None:
-                    n = encode(msgs)
-                    if n > max_length:
-                        issues.append(Issue(str(f), line, "", f"{n} tokens, longer than --max-length {max_length}"))
-    if 0 < valid < FEW_EXAMPLES:
-        issues.append(Issue(", ".join(paths), 0, "", f"only {valid} examples; fine-tuning usually needs {FEW_EXAMPLES}+ to help", "warning"))
-    if len(answer_words) >= 20:
-        q = statistics.quantiles([w for w, _, _ in answer_words], n=4)
-        iqr = q[2] - q[0]
-        hi, lo = q[2] + 3 * iqr, q[0] - 3 * iqr
-        for w, f, line in answer_words:
-            if w > hi or w < lo:
-                issues.append(Issue(f, line, "", f"answer length {w} words is an outlier (middle half: {q[0]:.0f}-{q[2]:.0f})", "warning"))
-    return issues, valid
+    c = Checker(tokenizer, max_length)
+    for p in paths:
+        c.add_file_results(p, opts or ReadOptions())
+    c.finish(paths)
+    return c.issues, c.valid
 
 
 def cli_check(args) -> int:
@@ -80,7 +127,8 @@ def cli_check(args) -> int:
         from tunesmith.models import resolve
 
         tokenizer = load_tokenizer(resolve(args.model or "smollm2-135m", trust_remote_code=args.trust_remote_code), args.trust_remote_code)
-    issues, valid = check(args.paths, tokenizer, args.max_length)
+    opts = ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
+    issues, valid = check(args.paths, tokenizer, args.max_length, opts)
     errors = [i for i in issues if i.level == "error"]
     warnings = [i for i in issues if i.level == "warning"]
     if args.json:

@@ -1,22 +1,46 @@
 """Read example files and normalize every supported shape to a chat: a list of messages.
 
+Files: JSONL, JSON (a list), CSV, Parquet, and folders of them; a folder holding `inputs/`
+and `outputs/` is read as plain-text pairs matched by file name.
 Shapes: chat {"messages": [...]}, {"prompt", "completion"}, alpaca {"instruction", "input",
-"output"}, sharegpt {"conversations": [{"from", "value"}]}. Extra top-level keys are kept
-as metadata (e.g. "meeting" for grouping).
+"output"}, sharegpt {"conversations": [{"from", "value"}]}, preference {"prompt", "chosen",
+"rejected"}. Extra top-level keys are kept as metadata (e.g. "meeting" for grouping).
+Locations: the line for JSONL, the item for JSON, the row for CSV/Parquet (header = row 1
+in CSV), the file for folder pairs.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from tunesmith.errors import DataErrors, UserError
+from tunesmith.errors import UserError
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-SUFFIXES = (".jsonl", ".json")
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+TEXT_SUFFIXES = (".txt", ".md")
+SHAPES = ("chat", "prompt-completion", "alpaca", "sharegpt", "preference")
+DEFAULT_PAIR_TEMPLATE = "{input}"
+
+SHAPE_KEYS = {
+    "chat": ("messages",),
+    "sharegpt": ("conversations",),
+    "prompt-completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "input", "output", "system"),
+    "preference": ("prompt", "chosen", "rejected"),
+}
+REQUIRED_KEYS = {
+    "chat": ("messages",),
+    "sharegpt": ("conversations",),
+    "prompt-completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+    "preference": ("prompt", "chosen", "rejected"),
+}
 
 
 @dataclass
@@ -41,62 +65,201 @@ class Example:
     path: str
     line: int
     meta: dict = field(default_factory=dict)
+    rejected: str | None = None  # preference pairs: messages end with the chosen answer
+
+    @property
+    def kind(self) -> str:
+        return "preference" if self.rejected is not None else "chat"
+
+    def to_json(self) -> dict:
+        out = {"messages": self.messages}
+        if self.rejected is not None:
+            out["rejected"] = self.rejected
+        return {**out, **{k: v for k, v in self.meta.items() if k not in out}}
+
+
+@dataclass
+class ReadOptions:
+    format: str | None = None  # force a shape instead of detecting it
+    template: str = DEFAULT_PAIR_TEMPLATE  # folder pairs: user turn built from {input} (and {name})
+    system: str | None = None  # folder pairs: optional system prompt
+
+
+# ---------------------------------------------------------------- files
+
+
+def is_pairs_dir(p: Path) -> bool:
+    return p.is_dir() and (p / "inputs").is_dir() and (p / "outputs").is_dir()
 
 
 def data_files(path: str | Path) -> list[Path]:
+    """Files (or pair folders) to read, in a stable order."""
     p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES and f.is_file())
-        if not files:
-            raise UserError(f"{p}: folder holds no .jsonl or .json files")
-        return files
     if not p.exists():
         raise UserError(f"{p}: no such file or directory")
+    if is_pairs_dir(p):
+        return [p]
+    if p.is_dir():
+        found: list[Path] = []
+        for sub in sorted(p.rglob("*")):
+            if is_pairs_dir(sub):
+                found.append(sub)
+            elif sub.is_file() and sub.suffix in SUFFIXES and not any(is_pairs_dir(a) for a in sub.parents):
+                found.append(sub)
+        if not found:
+            raise UserError(f"{p}: folder holds no .jsonl, .json, .csv or .parquet files, nor inputs/ + outputs/ folders")
+        return found
     if p.suffix not in SUFFIXES:
-        raise UserError(f"{p}: unsupported file type {p.suffix or '(none)'}; expected .jsonl or .json")
+        raise UserError(f"{p}: unsupported file type {p.suffix or '(none)'}; expected .jsonl, .json, .csv, .parquet "
+                        "or a folder with inputs/ and outputs/")
     return [p]
 
 
-def read_records(path: Path) -> Iterator[tuple[int, object | Issue]]:
-    """(line, parsed JSON object) for each non-empty line; problems come back as Issues."""
+def read_records(path: Path, opts: ReadOptions | None = None) -> Iterator[tuple[int, object]]:
+    """(location, parsed object) for each record; problems come back as Issue objects."""
+    opts = opts or ReadOptions()
+    if path.is_dir():
+        yield from _read_pairs(path, opts)
+        return
     try:
         f = open(path, "rb")
     except OSError as e:
         yield 0, Issue(str(path), 0, "", f"cannot read file ({e.strerror})")
         return
     with f:
-        if path.suffix == ".json":
-            raw = f.read()
-            try:
-                data = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield _line_of(raw, e.start), Issue(str(path), _line_of(raw, e.start), "", f"not UTF-8 (byte {raw[e.start]:#04x})")
-                return
-            except json.JSONDecodeError as e:
-                yield e.lineno, Issue(str(path), e.lineno, "", f"invalid JSON: {e.msg} (column {e.colno})")
-                return
-            if not isinstance(data, list):
-                yield 1, Issue(str(path), 1, "", "a .json file must hold a list of examples")
-                return
-            for i, obj in enumerate(data, 1):
-                yield i, obj  # for .json, "line" is the item number
-            return
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield n, Issue(str(path), n, "", f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})")
-                continue
-            try:
-                yield n, json.loads(text)
-            except json.JSONDecodeError as e:
-                yield n, Issue(str(path), n, "", f"invalid JSON: {e.msg} (column {e.colno})")
+        if path.suffix == ".jsonl":
+            yield from _read_jsonl(path, f)
+        elif path.suffix == ".json":
+            yield from _read_json(path, f.read())
+        elif path.suffix == ".csv":
+            yield from _read_csv(path, f.read())
+        else:
+            yield from _read_parquet(path)
+
+
+def _read_jsonl(path: Path, f) -> Iterator[tuple[int, object]]:
+    for n, raw in enumerate(f, 1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield n, Issue(str(path), n, "", f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})")
+            continue
+        try:
+            yield n, json.loads(text)
+        except json.JSONDecodeError as e:
+            yield n, Issue(str(path), n, "", f"invalid JSON: {e.msg} (column {e.colno})")
 
 
 def _line_of(raw: bytes, offset: int) -> int:
     return raw.count(b"\n", 0, offset) + 1
+
+
+def _decode(path: Path, raw: bytes) -> str | Issue:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = _line_of(raw, e.start)
+        return Issue(str(path), line, "", f"not UTF-8 (byte {raw[e.start]:#04x})")
+
+
+def _read_json(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
+    text = _decode(path, raw)
+    if isinstance(text, Issue):
+        yield text.line, text
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        yield e.lineno, Issue(str(path), e.lineno, "", f"invalid JSON: {e.msg} (column {e.colno})")
+        return
+    if isinstance(data, dict) and detect(data) is None:
+        data = next((v for v in data.values() if isinstance(v, list)), data)  # {"data": [...]}
+    if not isinstance(data, list):
+        data = [data]
+    for i, obj in enumerate(data, 1):
+        yield i, obj  # for .json, the "line" is the item number
+
+
+def _read_csv(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
+    text = _decode(path, raw)
+    if isinstance(text, Issue):
+        yield text.line, text
+        return
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        yield 1, Issue(str(path), 1, "", "empty CSV (no header row)")
+        return
+    row_no = 1
+    try:
+        for row in reader:
+            row_no += 1
+            if None in row:
+                yield row_no, Issue(str(path), row_no, "", f"{len(row[None])} more value(s) than header columns")
+                continue
+            yield row_no, {k: _csv_value(k, v) for k, v in row.items() if k}
+    except csv.Error as e:
+        yield row_no + 1, Issue(str(path), row_no + 1, "", f"invalid CSV: {e}")
+
+
+def _csv_value(key: str, value):
+    """CSV cells are strings; list-valued columns (messages, conversations) hold JSON."""
+    if key in ("messages", "conversations") and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, object]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{path}: reading Parquet needs pyarrow: pip install 'tunesmith[parquet]'") from None
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several kinds for a broken file
+        yield 0, Issue(str(path), 0, "", f"cannot read Parquet ({e})")
+        return
+    n = 0
+    for batch in table.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
+
+
+def _read_pairs(folder: Path, opts: ReadOptions) -> Iterator[tuple[int, object]]:
+    def by_name(d: Path) -> dict[str, Path]:
+        return {p.stem: p for p in sorted(d.iterdir()) if p.is_file() and p.suffix in TEXT_SUFFIXES}
+
+    inputs, outputs = by_name(folder / "inputs"), by_name(folder / "outputs")
+    for name in sorted(set(inputs) | set(outputs)):
+        if name not in outputs:
+            yield 0, Issue(str(inputs[name]), 0, "", f"no matching outputs/{name}.txt or .md")
+            continue
+        if name not in inputs:
+            yield 0, Issue(str(outputs[name]), 0, "", f"no matching inputs/{name}.txt or .md")
+            continue
+        texts = []
+        for p in (inputs[name], outputs[name]):
+            t = _decode(p, p.read_bytes())
+            if isinstance(t, Issue):
+                yield 0, Issue(str(p), 0, "", t.message)
+                break
+            texts.append(t)
+        else:
+            try:
+                prompt = opts.template.format(input=texts[0], name=name)
+            except (KeyError, IndexError, ValueError) as e:
+                raise UserError(f"--template: only {{input}} and {{name}} may be used ({e})") from None
+            msgs = ([{"role": "system", "content": opts.system}] if opts.system else [])
+            msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": texts[1]}]
+            yield (0, {"messages": msgs, "source": name, "_path": str(inputs[name])})
+
+
+# ---------------------------------------------------------------- shapes
 
 
 def detect(obj: dict) -> str | None:
@@ -104,39 +267,37 @@ def detect(obj: dict) -> str | None:
         return "chat"
     if "conversations" in obj:
         return "sharegpt"
-    if "chosen" in obj and "rejected" in obj:
+    if "chosen" in obj or "rejected" in obj:
         return "preference"
-    if "prompt" in obj and "completion" in obj:
+    if "prompt" in obj or "completion" in obj:
         return "prompt-completion"
-    if "instruction" in obj and "output" in obj:
+    if "instruction" in obj or "output" in obj:
         return "alpaca"
     return None
 
 
-SHAPE_KEYS = {
-    "chat": ("messages",),
-    "sharegpt": ("conversations",),
-    "prompt-completion": ("prompt", "completion"),
-    "alpaca": ("instruction", "input", "output", "system"),
-    "preference": ("prompt", "chosen", "rejected"),
-}
-
-
-def normalize(obj: object) -> tuple[list[dict] | None, dict, list[tuple[str, str, str]]]:
-    """-> (messages or None, metadata, [(level, field, message)])."""
+def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, list[tuple[str, str, str]]]:
+    """-> (Example with path/line unset, or None; [(level, field, message)])."""
     if not isinstance(obj, dict):
-        return None, {}, [("error", "", f"expected a JSON object, got {type(obj).__name__}")]
-    shape = detect(obj)
+        return None, [("error", "", f"expected a JSON object, got {type(obj).__name__}")]
+    shape = shape or detect(obj)
     if shape is None:
-        return None, {}, [("error", "", "unknown shape: expected keys messages, prompt+completion, "
-                           f"instruction+output or conversations; found {', '.join(sorted(obj)) or 'none'}")]
-    meta = {k: v for k, v in obj.items() if k not in SHAPE_KEYS[shape]}
+        return None, [("error", "", "unknown shape: expected keys messages, prompt+completion, "
+                       f"instruction+output, conversations or prompt+chosen+rejected; found {', '.join(sorted(obj)) or 'none'}")]
+    missing = [k for k in REQUIRED_KEYS[shape] if k not in obj]
+    if missing:
+        return None, [("error", k, f"missing; the {shape} shape needs {', '.join(REQUIRED_KEYS[shape])}") for k in missing]
+    meta = {k: v for k, v in obj.items() if k not in SHAPE_KEYS[shape] and not k.startswith("_")}
     problems: list[tuple[str, str, str]] = []
-    if shape == "preference":
-        return None, meta, [("error", "", "preference pair (prompt/chosen/rejected): only the preference trainer uses these")]
-    if shape == "prompt-completion":
-        msgs = [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["completion"]}]
-        names = ["prompt", "completion"]
+    rejected = None
+    if shape in ("prompt-completion", "preference"):
+        answer_key = "completion" if shape == "prompt-completion" else "chosen"
+        msgs = [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj[answer_key]}]
+        names = ["prompt", answer_key]
+        if shape == "preference":
+            rejected = obj["rejected"]
+            msgs.append({"role": "assistant", "content": rejected})  # checked like the others, removed below
+            names.append("rejected")
     elif shape == "alpaca":
         inp = obj.get("input") or ""
         if not isinstance(inp, str):
@@ -148,32 +309,9 @@ def normalize(obj: object) -> tuple[list[dict] | None, dict, list[tuple[str, str
         msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": obj["output"]}]
         names = (["system"] if obj.get("system") else []) + ["instruction", "output"]
     else:
-        key = "messages" if shape == "chat" else "conversations"
-        raw = obj[key]
-        if not isinstance(raw, list) or not raw:
-            return None, meta, [("error", key, "expected a non-empty list of messages")]
-        msgs, names = [], []
-        for i, m in enumerate(raw):
-            f = f"{key}[{i}]"
-            if not isinstance(m, dict):
-                problems.append(("error", f, f"expected an object, got {type(m).__name__}"))
-                continue
-            if shape == "chat":
-                role, content = m.get("role"), m.get("content")
-                extra = set(m) - {"role", "content", "name"}
-                if "role" not in m:
-                    problems.append(("error", f"{f}.role", "missing"))
-                elif role not in ROLES:
-                    problems.append(("error", f"{f}.role", f"unknown role {role!r}; expected system, user or assistant"))
-            else:
-                role, content = SHAREGPT_ROLES.get(m.get("from")), m.get("value")
-                extra = set(m) - {"from", "value"}
-                if role is None:
-                    problems.append(("error", f"{f}.from", f"unknown speaker {m.get('from')!r}; expected human, gpt or system"))
-            for k in sorted(extra):
-                problems.append(("warning", f"{f}.{k}", "unknown key, ignored"))
-            msgs.append({"role": role, "content": content})
-            names.append(f"{f}.{'content' if shape == 'chat' else 'value'}")
+        msgs, names = _message_list(obj, shape, problems)
+        if msgs is None:
+            return None, problems
     for m, name in zip(msgs, names):
         c = m["content"]
         if c is None:
@@ -182,10 +320,45 @@ def normalize(obj: object) -> tuple[list[dict] | None, dict, list[tuple[str, str
             problems.append(("error", name, f"expected a string, got {type(c).__name__}"))
         elif not c.strip():
             problems.append(("error", name, "empty"))
+    if rejected is not None:
+        msgs = msgs[:-1]
+        if rejected == obj["chosen"]:
+            problems.append(("error", "rejected", "same as chosen"))
     problems += _role_order(msgs, "messages" if shape == "chat" else shape)
     if any(level == "error" for level, _, _ in problems):
-        return None, meta, problems
-    return msgs, meta, problems
+        return None, problems
+    return Example(msgs, "", 0, meta, rejected), problems
+
+
+def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | None, list[str]]:
+    key = "messages" if shape == "chat" else "conversations"
+    raw = obj[key]
+    if not isinstance(raw, list) or not raw:
+        problems.append(("error", key, "expected a non-empty list of messages"))
+        return None, []
+    msgs, names = [], []
+    for i, m in enumerate(raw):
+        f = f"{key}[{i}]"
+        if not isinstance(m, dict):
+            problems.append(("error", f, f"expected an object, got {type(m).__name__}"))
+            continue
+        if shape == "chat":
+            role, content = m.get("role"), m.get("content")
+            extra = set(m) - {"role", "content", "name"}
+            if "role" not in m:
+                problems.append(("error", f"{f}.role", "missing"))
+            elif role not in ROLES:
+                problems.append(("error", f"{f}.role", f"unknown role {role!r}; expected system, user or assistant"))
+        else:
+            role, content = SHAREGPT_ROLES.get(m.get("from")), m.get("value")
+            extra = set(m) - {"from", "value"}
+            if role is None:
+                problems.append(("error", f"{f}.from", f"unknown speaker {m.get('from')!r}; expected human, gpt or system"))
+        for k in sorted(extra):
+            problems.append(("warning", f"{f}.{k}", "unknown key, ignored"))
+        msgs.append({"role": role, "content": content})
+        names.append(f"{f}.{'content' if shape == 'chat' else 'value'}")
+    return msgs, names
 
 
 def _role_order(msgs: list[dict], field: str) -> list[tuple[str, str, str]]:
@@ -206,26 +379,47 @@ def _role_order(msgs: list[dict], field: str) -> list[tuple[str, str, str]]:
     return []
 
 
-def load_examples(path: str | Path, what: str = "--data") -> list[Example]:
-    """All examples of a file or folder; any error prints the full report and stops."""
-    examples: list[Example] = []
-    issues: list[Issue] = []
+# ---------------------------------------------------------------- whole data sets
+
+
+def iter_examples(path: str | Path, opts: ReadOptions | None = None) -> Iterator[tuple[Example | None, list[Issue]]]:
+    """Every record of a file or folder: (example or None, its issues)."""
+    opts = opts or ReadOptions()
+    if opts.format is not None and opts.format not in SHAPES:
+        raise UserError(f"--format {opts.format!r}: expected one of {', '.join(SHAPES)}")
     for f in data_files(path):
-        for line, obj in read_records(f):
+        for line, obj in read_records(f, opts):
             if isinstance(obj, Issue):
-                issues.append(obj)
+                yield None, [obj]
                 continue
-            msgs, meta, problems = normalize(obj)
-            issues += [Issue(str(f), line, fld, msg, lvl) for lvl, fld, msg in problems if lvl == "error"]
-            if msgs is not None:
-                examples.append(Example(msgs, str(f), line, meta))
-    if issues:
+            where = obj.pop("_path", str(f)) if isinstance(obj, dict) else str(f)
+            ex, problems = normalize(obj, opts.format)
+            issues = [Issue(where, line, fld, msg, lvl) for lvl, fld, msg in problems]
+            if ex is not None:
+                ex.path, ex.line = where, line
+            yield ex, issues
+
+
+def load_examples(path: str | Path, what: str = "--data", opts: ReadOptions | None = None,
+                  kind: str | None = "chat") -> list[Example]:
+    """All examples of a file or folder; any error prints the report and stops."""
+    examples: list[Example] = []
+    errors: list[Issue] = []
+    for ex, issues in iter_examples(path, opts):
+        errors += [i for i in issues if i.level == "error"]
+        if ex is not None:
+            examples.append(ex)
+    if errors:
         import sys
 
-        for i in issues[:20]:
+        for i in errors[:20]:
             print(i, file=sys.stderr)
-        more = f" (first 20 shown; run `tunesmith data check {path}` for all)" if len(issues) > 20 else ""
-        raise UserError(f"{what} {path}: {len(issues)} problem(s){more}; fix them and run again")
+        more = f" (first 20 shown; run `tunesmith data check {path}` for all)" if len(errors) > 20 else ""
+        raise UserError(f"{what} {path}: {len(errors)} problem(s){more}; fix them and run again")
     if not examples:
         raise UserError(f"{what} {path}: no examples found")
+    if kind == "chat" and any(e.kind == "preference" for e in examples):
+        first = next(e for e in examples if e.kind == "preference")
+        raise UserError(f"{what} {first.path}:{first.line}: preference pairs (prompt/chosen/rejected) are for "
+                        "preference training, not supervised fine-tuning; give chat or prompt/completion examples")
     return examples

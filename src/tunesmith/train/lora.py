@@ -31,21 +31,36 @@ RUN_MARKERS = ("adapter_config.json", "config.yaml", RUN_INFO)
 # ---------------------------------------------------------------- data
 
 
-def locate_data(cfg: TrainConfig) -> tuple[Path, Path | None]:
-    data = Path(cfg.data)
-    if data.is_dir():
-        train = data / "train.jsonl"
+def locate_paths(data: str, val: str | None) -> tuple[Path, Path | None]:
+    """--data DIR (train.jsonl + val.jsonl) or FILE, and an optional --val FILE."""
+    d = Path(data)
+    if d.is_dir():
+        train = d / "train.jsonl"
         if not train.is_file():
-            raise UserError(f"--data {data}: folder has no train.jsonl (expected train.jsonl and val.jsonl)")
-        val = Path(cfg.val) if cfg.val else next((data / n for n in ("val.jsonl", "validation.jsonl") if (data / n).is_file()), None)
+            raise UserError(f"--data {d}: folder has no train.jsonl (expected train.jsonl and val.jsonl)")
+        v = Path(val) if val else next((d / n for n in ("val.jsonl", "validation.jsonl") if (d / n).is_file()), None)
     else:
-        if not data.exists():
-            raise UserError(f"--data {data}: no such file or directory")
-        train = data
-        val = Path(cfg.val) if cfg.val else None
-    if val is not None and not val.exists():
-        raise UserError(f"--val {val}: no such file")
-    return train, val
+        if not d.exists():
+            raise UserError(f"--data {d}: no such file or directory")
+        train, v = d, Path(val) if val else None
+    if v is not None and not v.exists():
+        raise UserError(f"--val {v}: no such file")
+    return train, v
+
+
+def load_data(cfg: TrainConfig):
+    """Training and validation examples; a mix file (.yaml) combines several data sets by weight."""
+    from tunesmith.data.prepare import is_mix, load_training_mix
+
+    if is_mix(cfg.data):
+        if not Path(cfg.data).is_file():
+            raise UserError(f"--data {cfg.data}: no such file")
+        train_ex, val_ex = load_training_mix(cfg.data, cfg.seed)
+        if cfg.val:
+            val_ex = load_examples(cfg.val, "--val")
+        return train_ex, val_ex, cfg.data
+    train_path, val_path = locate_paths(cfg.data, cfg.val)
+    return load_examples(train_path, "--data"), (load_examples(val_path, "--val") if val_path else []), train_path
 
 
 def encode_all(tokenizer, examples, cfg: TrainConfig) -> tuple[list, list[str]]:
@@ -305,9 +320,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
         raise UserError("--out is required: the run directory to create")
     out = Path(cfg.out)
     check_out_dir(out, overwrite)
-    train_path, val_path = locate_data(cfg)
-    train_ex = load_examples(train_path, "--data")
-    val_ex = load_examples(val_path, "--val") if val_path else []
+    train_ex, val_ex, train_path = load_data(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tok, model_dir = setup_model(cfg, trust_remote_code)
