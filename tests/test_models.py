@@ -1,6 +1,5 @@
 """Model sources: aliases, local dirs, hub ids, damaged caches — each bad case one clear line."""
 
-import io
 import json
 import shutil
 import time

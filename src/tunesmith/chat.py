@@ -32,6 +32,10 @@ class Encoded:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
+def render(tokenizer, messages, add_generation_prompt: bool = False) -> str:
+    return _render(tokenizer, messages, add_generation_prompt)
+
+
 def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
     template = tokenizer.chat_template or FALLBACK_TEMPLATE
     return tokenizer.apply_chat_template(

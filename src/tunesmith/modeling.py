@@ -60,10 +60,17 @@ def base_model_of(adapter: str | Path | None, model: str | None, default: str) -
     return default
 
 
-def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
+def load_tokenizer(model_dir: Path, trust_remote_code: bool = False, light: bool = False):
+    """The model's tokenizer. `light` (for data commands) reads tokenizer.json without importing
+    torch, which keeps `data check` on a large file within a few hundred MB of memory."""
+    if light and not trust_remote_code and (Path(model_dir) / "tokenizer.json").is_file():
+        from transformers.tokenization_utils_tokenizers import PreTrainedTokenizerFast
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+        tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

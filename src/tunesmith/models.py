@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tunesmith.atomic import make_temp_dir
 from tunesmith.errors import UserError
 
 MANIFEST = "tunesmith-model.json"
@@ -82,15 +83,6 @@ def home() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tunesmith"
-
-
-def make_temp_dir(final: Path) -> Path:
-    """A temp dir beside `final` (same filesystem, so os.replace is atomic), with normal permissions."""
-    tmp = Path(tempfile.mkdtemp(dir=final.resolve().parent, prefix=f".{final.name}.tmp-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
 
 
 def _sha256(path: Path) -> str:

@@ -21,29 +21,43 @@ EVAL_NAMES = ("val", "valid", "validation", "dev", "test", "eval")
 TOKEN_BATCH = 512
 
 
-def _digest(obj) -> bytes:
-    return hashlib.blake2b(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode(), digest_size=12).digest()
+def _digest(messages: list[dict], extra: str | None = None) -> int:
+    """64-bit digest of a list of messages (roles and contents)."""
+    h = hashlib.blake2b(digest_size=8)
+    for m in messages:
+        h.update(m["role"].encode())
+        h.update(b"\x00")
+        h.update(m["content"].encode())
+        h.update(b"\x01")
+    if extra is not None:
+        h.update(extra.encode())
+    return int.from_bytes(h.digest(), "little")
 
 
 class Checker:
+    """Memory per example: one dict entry (int -> int) plus 12 bytes in arrays."""
+
     def __init__(self, tokenizer=None, max_length: int | None = None):
         self.issues: list[Issue] = []
         self.valid = 0
         self.files: list[str] = []
-        self.seen: dict[bytes, tuple[int, int]] = {}  # whole example -> (file index, line)
-        self.prompts: dict[bytes, tuple[bytes, int, int]] = {}  # prompt -> (answer digest, file index, line)
-        self.words = array("I")
-        self.word_loc = array("Q")  # file index << 32 | line, for outliers
         self.roles: list[str | None] = []  # per file: train, eval or None (from the file name)
+        # prompt digest -> answer digest (32 bits) << 32 | example number; the first example with that prompt
+        self.prompts: dict[int, int] = {}
+        self.ex_file = array("I")  # example number -> file index
+        self.ex_line = array("I")  # example number -> line
+        self.words = array("I")  # example number -> answer length in words
         self.tokenizer, self.max_length = tokenizer, max_length
         self.pending: list = []  # examples waiting for batched tokenization
+        self.overheads: dict[tuple, int] = {}  # role sequence -> template bytes around the contents
 
-    def loc(self, fi: int, line: int) -> str:
-        return f"{self.files[fi]}:{line}"
+    def loc(self, n: int) -> str:
+        return f"{self.files[self.ex_file[n]]}:{self.ex_line[n]}"
 
     def add_file_results(self, path: str, opts: ReadOptions) -> None:
         for ex, issues in iter_examples(path, opts):
-            self.issues += issues
+            if issues:
+                self.issues += issues
             if ex is None:
                 continue
             self.valid += 1
@@ -51,32 +65,47 @@ class Checker:
                 self.files.append(ex.path)
                 stem = Path(ex.path).stem.lower()
                 self.roles.append("eval" if stem in EVAL_NAMES else "train" if stem == "train" else None)
-            fi = len(self.files) - 1
-            last = max(i for i, m in enumerate(ex.messages) if m["role"] == "assistant")
-            pk = _digest(ex.messages[:last])
-            self.leak(pk, fi, ex)
-            k = _digest([ex.messages, ex.rejected])
-            if k in self.seen:
-                self.issues.append(Issue(ex.path, ex.line, "", f"exact duplicate of {self.loc(*self.seen[k])}", "warning"))
-                continue
-            self.seen[k] = (fi, ex.line)
-            ak = _digest(ex.messages[last]["content"])
-            if pk in self.prompts and self.prompts[pk][0] != ak and ex.rejected is None:
-                prev = self.prompts[pk]
-                self.issues.append(Issue(ex.path, ex.line, "",
-                                         f"conflicting duplicate: same input as {self.loc(prev[1], prev[2])} but a different answer", "warning"))
-            self.prompts.setdefault(pk, (ak, fi, ex.line))
-            answer = ex.messages[last]["content"].strip()
-            prompt_text = "\n".join(m["content"] for m in ex.messages[:last])
-            if len(answer) >= 20 and answer in prompt_text:
-                self.issues.append(Issue(ex.path, ex.line, f"messages[{last}]", "answer is copied from the input", "warning"))
+            n = len(self.ex_file)
+            self.ex_file.append(len(self.files) - 1)
+            self.ex_line.append(ex.line)
+            msgs = ex.messages
+            last = len(msgs) - 1 if msgs[-1]["role"] == "assistant" else max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            answer = msgs[last]["content"]
+            pk = _digest(msgs[:last])
+            ak = _digest(msgs[last:], ex.rejected) & 0xFFFFFFFF
             self.words.append(len(answer.split()))
-            self.word_loc.append(fi << 32 | ex.line)
-            if self.tokenizer is not None and self.max_length:
+            prev = self.prompts.get(pk)
+            if prev is None:
+                self.prompts[pk] = ak << 32 | n
+            else:
+                first = prev & 0xFFFFFFFF
+                self.leak(first, n)
+                if prev >> 32 == ak:
+                    self.issues.append(Issue(ex.path, ex.line, "", f"exact duplicate of {self.loc(first)}", "warning"))
+                    continue
+                if ex.rejected is None:
+                    self.issues.append(Issue(ex.path, ex.line, "", f"conflicting duplicate: same input as {self.loc(first)} but a different answer", "warning"))
+            answer = answer.strip()
+            if len(answer) >= 20 and any(answer in m["content"] for m in msgs[:last]):
+                self.issues.append(Issue(ex.path, ex.line, f"messages[{last}]", "answer is copied from the input", "warning"))
+            if self.tokenizer is not None and self.max_length and self.may_be_too_long(msgs):
                 self.pending.append(ex)
                 if len(self.pending) >= TOKEN_BATCH:
                     self.flush_lengths()
         self.flush_lengths()
+
+    def may_be_too_long(self, msgs: list[dict]) -> bool:
+        """Cheap exact pre-check: a token covers at least one byte of the rendered text, so a
+        chat whose rendered UTF-8 length (+1 for a BOS) fits in --max-length cannot exceed it.
+        The template's own bytes are measured once per sequence of roles."""
+        roles = tuple(m["role"] for m in msgs)
+        over = self.overheads.get(roles)
+        if over is None:
+            from tunesmith.chat import render
+
+            probe = [{"role": r, "content": "x"} for r in roles]
+            over = self.overheads[roles] = len(render(self.tokenizer, probe).encode()) - len(roles) + 1
+        return over + sum(len(m["content"].encode()) for m in msgs) > self.max_length
 
     def flush_lengths(self) -> None:
         if not self.pending:
@@ -95,20 +124,18 @@ class Checker:
             q = statistics.quantiles(self.words, n=4)
             iqr = q[2] - q[0]
             hi, lo = q[2] + 3 * iqr, q[0] - 3 * iqr
-            for w, packed in zip(self.words, self.word_loc):
+            for n, w in enumerate(self.words):
                 if w > hi or w < lo:
-                    f, line = self.files[packed >> 32], packed & 0xFFFFFFFF
-                    self.issues.append(Issue(f, line, "", f"answer length {w} words is an outlier (middle half: {q[0]:.0f}-{q[2]:.0f})", "warning"))
+                    self.issues.append(Issue(self.files[self.ex_file[n]], self.ex_line[n], "",
+                                             f"answer length {w} words is an outlier (middle half: {q[0]:.0f}-{q[2]:.0f})", "warning"))
 
-    def leak(self, pk: bytes, fi: int, ex) -> None:
+    def leak(self, first: int, n: int) -> None:
         """A training example whose input also appears in a val/test file (by file name)."""
-        prev = self.prompts.get(pk)
-        if prev is None or {self.roles[fi], self.roles[prev[1]]} != {"train", "eval"}:
-            return
-        if self.roles[fi] == "train":
-            self.issues.append(Issue(ex.path, ex.line, "", f"also in {self.loc(prev[1], prev[2])}: a training example leaks into evaluation", "warning"))
-        else:
-            self.issues.append(Issue(self.files[prev[1]], prev[2], "", f"also in {self.loc(fi, ex.line)}: a training example leaks into evaluation", "warning"))
+        r1, r2 = self.roles[self.ex_file[first]], self.roles[self.ex_file[n]]
+        if {r1, r2} == {"train", "eval"}:
+            train, other = (n, first) if r2 == "train" else (first, n)
+            self.issues.append(Issue(self.files[self.ex_file[train]], self.ex_line[train], "",
+                                     f"also in {self.loc(other)}: a training example leaks into evaluation", "warning"))
 
 
 def check(paths: list[str], tokenizer=None, max_length: int | None = None, opts: ReadOptions | None = None) -> tuple[list[Issue], int]:
@@ -126,7 +153,8 @@ def cli_check(args) -> int:
         from tunesmith.modeling import load_tokenizer
         from tunesmith.models import resolve
 
-        tokenizer = load_tokenizer(resolve(args.model or "smollm2-135m", trust_remote_code=args.trust_remote_code), args.trust_remote_code)
+        tokenizer = load_tokenizer(resolve(args.model or "smollm2-135m", trust_remote_code=args.trust_remote_code),
+                                   args.trust_remote_code, light=True)
     opts = ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
     issues, valid = check(args.paths, tokenizer, args.max_length, opts)
     errors = [i for i in issues if i.level == "error"]

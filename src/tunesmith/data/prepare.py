@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -22,6 +21,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.atomic import make_temp_dir, replace_dir
 from tunesmith.data.dedupe import near_duplicates
 from tunesmith.data.formats import Example, ReadOptions, iter_examples, load_examples
 from tunesmith.errors import UserError
@@ -347,8 +347,6 @@ def card_text(card: dict) -> str:
 
 
 def write_output(out: Path, parts: dict[str, list[Example]], card: dict) -> None:
-    from tunesmith.models import make_temp_dir
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out)
     try:
@@ -358,13 +356,7 @@ def write_output(out: Path, parts: dict[str, list[Example]], card: dict) -> None
                     f.write(json.dumps(e.to_json(), ensure_ascii=False) + "\n")
         (tmp / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False))
         (tmp / "card.md").write_text(card_text(card))
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -375,7 +367,8 @@ def cli_prepare(args) -> int:
         from tunesmith.modeling import load_tokenizer
         from tunesmith.models import resolve
 
-        tokenizer = load_tokenizer(resolve(args.model or "smollm2-135m", trust_remote_code=args.trust_remote_code), args.trust_remote_code)
+        tokenizer = load_tokenizer(resolve(args.model or "smollm2-135m", trust_remote_code=args.trust_remote_code),
+                                   args.trust_remote_code, light=True)
     opts = ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
     card = prepare(args.sources, Path(args.out), split_spec=args.split, seed=args.seed, group_by=args.group_by,
                    near_dup=args.near_dup, max_length=args.max_length, tokenizer=tokenizer, eval_sets=args.eval_set or [],

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from tunesmith.atomic import write_json
 from tunesmith.cli import DEFAULT_MODEL
 from tunesmith.data.formats import load_examples
 from tunesmith.errors import UserError
@@ -50,14 +49,6 @@ def score(outputs, references, rules) -> tuple[dict, list[dict]]:
     agg["stopped_by_eos"] = round(100 * sum(r["stopped"] for r in per) / n, 1)
     agg["mean_new_tokens"] = round(statistics.fmean(r["new_tokens"] for r in per), 1)
     return agg, per
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
 
 
 def print_table(results: dict, baseline: dict | None = None) -> None:
@@ -136,7 +127,7 @@ def cli_eval(args) -> int:
         ],
     }
     if args.out:
-        write_json_atomic(Path(args.out) / "results.json", results)
+        write_json(Path(args.out) / "results.json", results)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:

@@ -22,7 +22,7 @@ from tunesmith.chat import IGNORE, encode_chat
 from tunesmith.data.formats import load_examples
 from tunesmith.errors import UserError
 from tunesmith.modeling import RUN_INFO
-from tunesmith.models import make_temp_dir
+from tunesmith.atomic import make_temp_dir, replace_dir
 from tunesmith.train.config import TrainConfig, resolve_config, to_yaml
 
 RUN_MARKERS = ("adapter_config.json", "config.yaml", RUN_INFO)
@@ -300,17 +300,6 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise UserError(f"--out {out}: cannot write in {parent}")
 
 
-def finalize(tmp: Path, out: Path) -> None:
-    """Swap the finished run into place; an existing run is removed only after that."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, trust_remote_code: bool = False) -> Result:
     import torch
 
@@ -350,7 +339,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
                         len(train_enc), len(dropped))
         (tmp / RUN_INFO).write_text(json.dumps({"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
                                                 "result": asdict(result)}, indent=2))
-        finalize(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
