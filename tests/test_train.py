@@ -103,7 +103,10 @@ def test_existing_run_is_refused_and_kept_on_failed_overwrite(tiny_model_dir, da
     with pytest.raises(RuntimeError):
         lora.train(cfg_for(m, data_dir, run), overwrite=True, quiet=True)
     assert (run / "adapter_model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"], "no temp dirs left behind"
+    # the unfinished run is kept aside, to resume; nothing else is left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.partial", "data", "run"]
+    with pytest.raises(UserError, match=r"an unfinished run is in .*\.run\.partial; continue it with `tunesmith train --resume"):
+        lora.train(cfg_for(m, data_dir, run), overwrite=True, quiet=True)
 
 
 def test_config_file_unknown_key_names_closest(tmp_path, data_dir):
@@ -123,3 +126,79 @@ def test_bad_flags_are_one_line(tmp_path, data_dir):
     assert r.stderr == "error: --batch-size 6 must be a multiple of --micro-batch-size 4\n"
     r = run_cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
     assert r.stderr == f"error: --data {tmp_path / 'missing'}: no such file or directory\n"
+
+
+def _losses_and_vals(run: Path):
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in recs if "loss" in r], [r["val_loss"] for r in recs if "val_loss" in r]
+
+
+def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    d = tmp_path / "data"
+    write_jsonl(d / "train.jsonl", toy_examples(64))
+    write_jsonl(d / "val.jsonl", toy_examples(4, seed=1))
+    args = ["--model", str(tiny_model_dir("llama")), "--data", str(d), "--epochs", "3", "--batch-size", "2",
+            "--micro-batch-size", "1", "--lr", "3e-3", "--save-every", "1", "--threads", "1", "--quiet"]
+    ref = run_cli("train", *args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    kill_at = random.Random().randint(10, 80)
+    run = tmp_path / "run"
+    partial_metrics = tmp_path / ".run.partial" / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "train", *args, "--out", str(run)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if partial_metrics.exists() and partial_metrics.read_text().count('"loss"') >= kill_at:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run must be killed mid-training for this test"
+    assert not run.exists()
+    r = run_cli("train", "--resume", str(run), "--quiet")
+    assert r.returncode == 0, r.stderr
+    (ref_losses, ref_vals), (losses, vals) = _losses_and_vals(tmp_path / "ref"), _losses_and_vals(run)
+    assert len(losses) == len(ref_losses) == 96
+    assert abs(losses[-1] - ref_losses[-1]) < 1e-4 and max(abs(a - b) for a, b in zip(vals, ref_vals)) < 1e-4
+    assert not (tmp_path / ".run.partial").exists()
+    r = run_cli("train", "--resume", str(run))
+    assert r.stderr == f"error: --resume {run}: that run already finished\n"
+    r = run_cli("train", "--resume", str(run), "--lr", "0.1")
+    assert r.stderr == "error: --resume continues with the run's saved config; drop --lr\n"
+
+
+def test_checkpoints_are_safetensors_and_pruned(tiny_model_dir, data_dir, tmp_path):
+    lora.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", save_every=1, keep_checkpoints=2), quiet=True)
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts == ["step-0000007", "step-0000008"]
+    files = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / ckpts[-1]).iterdir())
+    assert files == ["state.json", "state.safetensors"]
+    from safetensors.torch import load_file
+
+    keys = load_file(str(tmp_path / "run" / "checkpoints" / ckpts[-1] / "state.safetensors"))
+    assert any(k.startswith("opt.") and k.endswith("exp_avg_sq") for k in keys) and "rng.torch" in keys
+
+
+def test_early_stopping_keeps_and_marks_the_best_adapter(tiny_model_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    # a learning rate far too high: the validation loss soon gets worse, and patience runs out
+    r = lora.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", epochs=20, lr=0.5, eval_every_steps=1,
+                           patience=2, warmup_ratio=0.0, scheduler="constant"), quiet=True)
+    assert r.early_stopped and r.steps < 80 and r.best["step"] < r.steps
+    vals = _losses_and_vals(tmp_path / "run")[1]
+    assert r.best["val_loss"] == pytest.approx(min(vals), abs=1e-6)
+    run = tmp_path / "run"
+    root, best = load_file(str(run / "adapter_model.safetensors")), load_file(str(run / "best" / "adapter_model.safetensors"))
+    assert root.keys() == best.keys() and all(torch.equal(root[k], best[k]) for k in root)
+    info = json.loads((run / "tunesmith-run.json").read_text())
+    assert info["adapter"] == "best" and info["result"]["best"]["step"] == r.best["step"]

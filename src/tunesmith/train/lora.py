@@ -163,6 +163,8 @@ class Result:
     wall_s: float
     examples: int
     dropped: int
+    best: dict | None = None  # step, epoch and val_loss of the adapter that was saved
+    early_stopped: bool = False
 
 
 def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
@@ -184,32 +186,80 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
     return model, tok, model_dir
 
 
-def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, run_tmp: Path, quiet: bool = False):
+def lr_schedule(cfg: TrainConfig, total_steps: int):
+    warmup = max(1, int(total_steps * cfg.warmup_ratio)) if cfg.warmup_ratio > 0 else 0
+
+    def lr_at(step: int) -> float:  # multiplier of the peak learning rate
+        if step < warmup:
+            return (step + 1) / warmup
+        prog = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if cfg.scheduler == "cosine":
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog))
+        return 1.0 - prog if cfg.scheduler == "linear" else 1.0
+
+    return lr_at
+
+
+def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: bool = False, resume: Path | None = None):
+    """The training loop. Checkpoints go to work/checkpoints, the best adapter to work/best."""
     import torch
+
+    from tunesmith.train import checkpoint
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    warmup = max(1, int(total_steps * cfg.warmup_ratio)) if cfg.warmup_ratio > 0 else 0
-
-    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 % of peak
-        if step < warmup:
-            return (step + 1) / warmup
-        prog = (step - warmup) / max(1, total_steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg, total_steps))
     pad = tok.pad_token_id
-    metrics = open(run_tmp / "metrics.jsonl", "w")
-    progress = _Progress(total_steps, quiet)
-    step, seen_tokens, seen_answer, t0 = 0, 0, 0, time.time()
-    val_losses: list[float] = []
-    last_loss = float("nan")
+    st = {"step": 0, "epoch": 1, "step_in_epoch": 0, "tokens": 0, "answer_tokens": 0, "elapsed": 0.0,
+          "val_losses": [], "best": None, "bad": 0, "stopped": False, "last_loss": float("nan"), "metric_lines": 0}
+    metrics_path = work / "metrics.jsonl"
+    if resume is not None:
+        st = checkpoint.load(resume, model, opt, sched)
+        lines = metrics_path.read_text().splitlines(keepends=True)[: st["metric_lines"]] if metrics_path.exists() else []
+        metrics_path.write_text("".join(lines))  # drop what was logged after the checkpoint
+    metrics = open(metrics_path, "a")
+    progress = _Progress(total_steps, quiet, start=st["step"])
+    t0 = time.time() - st["elapsed"]
+
+    def log(rec: dict) -> None:
+        metrics.write(json.dumps(rec) + "\n")
+        metrics.flush()
+        st["metric_lines"] += 1
+
+    def run_validation() -> None:
+        v = validate(model, val_enc, cfg, pad)
+        st["val_losses"].append(v)
+        log({"step": st["step"], "epoch": st["epoch"], "val_loss": round(v, 6)})
+        if st["best"] is None or v < st["best"]["val_loss"]:
+            st["best"], st["bad"] = {"step": st["step"], "epoch": st["epoch"], "val_loss": v}, 0
+            save_adapter(model, tok, work / "best")
+            mark = " (best)"
+        else:
+            st["bad"] += 1
+            mark = ""
+            if cfg.patience and st["bad"] >= cfg.patience:
+                st["stopped"] = True
+                mark = f"; no better than step {st['best']['step']} for {st['bad']} validations: stopping early"
+        progress.note(f"step {st['step']} (epoch {st['epoch']}): train loss {st['last_loss']:.4f}, val loss {v:.4f}{mark}")
+
+    def save_checkpoint() -> None:
+        st["elapsed"] = time.time() - t0
+        checkpoint.save(work / "checkpoints" / f"{checkpoint.PREFIX}{st['step']:07d}", model, opt, sched, st)
+        checkpoint.prune(work / "checkpoints", cfg.keep_checkpoints)
+
     model.train()
     try:
-        for epoch in range(1, cfg.epochs + 1):
-            for micro in batches(train_enc, cfg, epoch):
+        for epoch in range(st["epoch"], cfg.epochs + 1):
+            if st["stopped"] or st["step"] >= total_steps:
+                break
+            st["epoch"] = epoch
+            for k, micro in enumerate(batches(train_enc, cfg, epoch)):
+                if k < st["step_in_epoch"]:
+                    continue  # done before the checkpoint we resumed from
                 n_ans = sum(n_answer_tokens(train_enc, m) for m in micro)
                 step_loss = 0.0
                 for m in micro:
@@ -217,40 +267,57 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, run_tmp: Path, quiet: 
                     loss, _ = answer_loss_sum(model, ids, mask, labels)
                     (loss / n_ans).backward()
                     step_loss += float(loss.detach()) / n_ans
-                    seen_tokens += int(mask.sum())
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    st["tokens"] += int(mask.sum())
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                step += 1
-                seen_answer += n_ans
-                last_loss = step_loss
+                st["step"] += 1
+                st["step_in_epoch"] = k + 1
+                st["answer_tokens"] += n_ans
+                st["last_loss"] = step_loss
                 elapsed = time.time() - t0
-                rec = {"step": step, "epoch": epoch, "loss": round(step_loss, 6), "lr": sched.get_last_lr()[0],
-                       "tokens": seen_tokens, "tokens_per_s": round(seen_tokens / elapsed, 1)}
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
-                progress.update(step, epoch, cfg.epochs, step_loss, seen_tokens / elapsed)
-            if val_enc:
-                v = validate(model, val_enc, cfg, pad)
-                val_losses.append(v)
-                metrics.write(json.dumps({"step": step, "epoch": epoch, "val_loss": round(v, 6)}) + "\n")
-                metrics.flush()
-                progress.note(f"epoch {epoch}/{cfg.epochs}: train loss {last_loss:.4f}, val loss {v:.4f}")
-            else:
-                progress.note(f"epoch {epoch}/{cfg.epochs}: train loss {last_loss:.4f}")
+                log({"step": st["step"], "epoch": epoch, "loss": round(step_loss, 6), "lr": sched.get_last_lr()[0],
+                     "grad_norm": round(float(norm), 4), "tokens": st["tokens"], "tokens_per_s": round(st["tokens"] / elapsed, 1)})
+                progress.update(st["step"], epoch, cfg.epochs, step_loss, st["tokens"] / elapsed)
+                if val_enc and cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0:
+                    run_validation()
+                if cfg.save_every and st["step"] % cfg.save_every == 0:
+                    save_checkpoint()
+                if st["stopped"] or st["step"] >= total_steps:
+                    break
+            st["epoch"], st["step_in_epoch"] = epoch + 1, 0
+            if val_enc and not (cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0):
+                st["epoch"] = epoch  # the validation belongs to the epoch just finished
+                run_validation()
+                st["epoch"] = epoch + 1
+            elif not val_enc:
+                progress.note(f"epoch {epoch}/{cfg.epochs}: train loss {st['last_loss']:.4f}")
+            save_checkpoint()
     finally:
         progress.close()
         metrics.close()
-    wall = time.time() - t0
-    return step, last_loss, val_losses, seen_tokens / wall, seen_answer / wall, wall
+    st["elapsed"] = time.time() - t0
+    return st
+
+
+def save_adapter(model, tok, where: Path) -> None:
+    """The trainable part as a PEFT adapter directory, written atomically."""
+    where.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(where)
+    try:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        replace_dir(tmp, where)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _Progress:
     """A progress bar with loss, tokens/s and ETA; plain lines when not on a terminal; silent with --quiet."""
 
-    def __init__(self, total: int, quiet: bool):
-        self.quiet, self.total, self.t0 = quiet, total, time.time()
+    def __init__(self, total: int, quiet: bool, start: int = 0):
+        self.quiet, self.total, self.t0, self.start = quiet, total, time.time(), start
         if quiet:
             return
         from rich.console import Console
@@ -261,7 +328,7 @@ class _Progress:
         if self.live:
             self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                               TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
-            self.task = self.p.add_task("train", total=total, info="")
+            self.task = self.p.add_task("train", total=total, completed=start, info="")
             self.p.start()
         self.every = max(1, total // 10)
 
@@ -273,7 +340,7 @@ class _Progress:
             self.p.update(self.task, completed=step, info=info)
         elif step % self.every == 0 or step == self.total:
             el = time.time() - self.t0
-            eta = el / step * (self.total - step)
+            eta = el / max(1, step - self.start) * (self.total - step)
             self.console.print(f"step {step}/{self.total} {info} ETA {eta // 60:.0f}m{eta % 60:02.0f}s", highlight=False)
 
     def note(self, text):
@@ -300,15 +367,34 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise UserError(f"--out {out}: cannot write in {parent}")
 
 
-def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, trust_remote_code: bool = False) -> Result:
+def partial_dir(out: Path) -> Path:
+    """Where a run lives until it finishes (then it is renamed to --out); --resume finds it here."""
+    return out.resolve().parent / f".{out.name}.partial"
+
+
+def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, trust_remote_code: bool = False,
+          resume: bool = False) -> Result:
     import torch
+
+    from tunesmith.train import checkpoint
 
     if not cfg.data:
         raise UserError("--data is required (a folder with train.jsonl and val.jsonl, or a file)")
     if not cfg.out:
         raise UserError("--out is required: the run directory to create")
     out = Path(cfg.out)
-    check_out_dir(out, overwrite)
+    work = partial_dir(out)
+    ckpt = None
+    if resume:
+        ckpt = checkpoint.latest(work / "checkpoints")
+        if ckpt is None:
+            raise UserError(f"--resume {out}: no checkpoint to resume from in {work} (a run writes one every epoch "
+                            "and every --save-every steps)")
+    else:
+        check_out_dir(out, overwrite)
+        if work.exists():
+            raise UserError(f"--out {out}: an unfinished run is in {work}; continue it with `tunesmith train --resume {out}` "
+                            "or delete that folder")
     train_ex, val_ex, train_path = load_data(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -327,34 +413,56 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
     if not quiet:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        print(f"training {cfg.method} on {len(train_enc)} examples ({len(val_enc)} validation), "
+        what = f"resuming from {ckpt.name}: " if ckpt else ""
+        print(f"{what}training {cfg.method} on {len(train_enc)} examples ({len(val_enc)} validation), "
               f"{trainable:,} of {total:,} parameters trainable", file=sys.stderr)
-    tmp = make_temp_dir(out)
-    try:
-        steps, loss, vals, tps, atps, wall = fit(model, tok, train_enc, val_enc, cfg, tmp, quiet)
-        model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        (tmp / "config.yaml").write_text(to_yaml(cfg))
-        result = Result(str(out), steps, loss, vals, round(tps, 1), round(atps, 1), round(wall, 1),
-                        len(train_enc), len(dropped))
-        (tmp / RUN_INFO).write_text(json.dumps({"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
-                                                "result": asdict(result)}, indent=2))
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(to_yaml(cfg))
+    st = fit(model, tok, train_enc, val_enc, cfg, work, quiet, resume=ckpt)
+    best = st["best"]
+    if best is not None and best["step"] != st["step"]:
+        # the run's adapter is the best one by validation loss; load it back for the final save
+        from safetensors.torch import load_file
+
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(work / "best" / "adapter_model.safetensors")))
+    save_adapter(model, tok, work / "adapter")
+    for f in (work / "adapter").iterdir():
+        os.replace(f, work / f.name)
+    (work / "adapter").rmdir()
+    result = Result(str(out), st["step"], st["last_loss"], st["val_losses"], round(st["tokens"] / st["elapsed"], 1),
+                    round(st["answer_tokens"] / st["elapsed"], 1), round(st["elapsed"], 1), len(train_enc), len(dropped),
+                    best, st["stopped"])
+    (work / RUN_INFO).write_text(json.dumps({"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
+                                             "adapter": "best" if best else "last", "result": asdict(result)}, indent=2))
+    replace_dir(work, out)
     return result
 
 
 def cli_train(args) -> int:
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+                 if v not in (None, False) and k not in ("resume", "quiet", "json", "handler", "command", "trust_remote_code")]
+        if given:
+            raise UserError(f"--resume continues with the run's saved config; drop {', '.join(given)}")
+        saved = partial_dir(Path(args.resume)) / "config.yaml"
+        if not saved.is_file():
+            done = Path(args.resume) / RUN_INFO
+            why = "that run already finished" if done.is_file() else f"no unfinished run at {saved.parent}"
+            raise UserError(f"--resume {args.resume}: {why}")
+        args.config = str(saved)
     cfg = resolve_config(args)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    r = train(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json, trust_remote_code=args.trust_remote_code)
+    r = train(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json, trust_remote_code=args.trust_remote_code,
+              resume=bool(args.resume))
     if args.json:
         print(json.dumps(asdict(r), indent=2))
     else:
         val = f", val loss {r.val_losses[-1]:.4f}" if r.val_losses else ""
+        best = f"; adapter from step {r.best['step']} (best val loss {r.best['val_loss']:.4f})" if r.best else ""
         print(f"saved adapter to {r.run_dir} ({r.steps} steps, train loss {r.train_loss:.4f}{val}, "
-              f"{r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s)")
+              f"{r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s{best})")
     return 0
