@@ -130,7 +130,7 @@ def test_bad_flags_are_one_line(tmp_path, data_dir):
 
 def _losses_and_vals(run: Path):
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in recs if "loss" in r], [r["val_loss"] for r in recs if "val_loss" in r]
+    return [r["loss"] for r in recs if "loss" in r], [r["val_loss"] for r in recs if "val_loss" in r and r["step"] > 0]
 
 
 def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
@@ -202,3 +202,83 @@ def test_early_stopping_keeps_and_marks_the_best_adapter(tiny_model_dir, data_di
     assert root.keys() == best.keys() and all(torch.equal(root[k], best[k]) for k in root)
     info = json.loads((run / "tunesmith-run.json").read_text())
     assert info["adapter"] == "best" and info["result"]["best"]["step"] == r.best["step"]
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "full", "freeze", "prompt-tuning", "prefix-tuning"])
+def test_every_method_lowers_val_loss_and_loads_without_tunesmith(method, tiny_model_dir, data_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_dir = tiny_model_dir("llama")
+    lr = {"full": 1e-3, "freeze": 3e-3, "prompt-tuning": 0.3, "prefix-tuning": 3e-2}.get(method, 1e-2)
+    cfg = cfg_for(base_dir, data_dir, tmp_path / "run", method=method, epochs=3, lr=lr, freeze_layers=1, virtual_tokens=4)
+    model, tok, _ = lora.setup_model(cfg)
+    val_enc, _ = lora.encode_all(tok, [type("E", (), {"messages": m["messages"], "path": "", "line": 0})()
+                                       for m in toy_examples(4, seed=1)], cfg)
+    before = lora.validate(model, val_enc, cfg, tok.pad_token_id)
+    r = lora.train(cfg, quiet=True)
+    assert r.val_losses[-1] < before - 0.01, (before, r.val_losses)
+    run = tmp_path / "run"
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    ids = torch.tensor([[1, 5, 9, 20, 33]])
+    if method in ("full", "freeze"):
+        tuned = AutoModelForCausalLM.from_pretrained(run).eval()  # a plain model directory
+        changed = {n for n, p in tuned.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])}
+        if method == "freeze":  # only the last layer (of 2) was trained
+            assert changed and all(".layers.1." in n for n in changed), changed
+    else:
+        assert json.loads((run / "adapter_config.json").read_text())["peft_type"] == {
+            "lora": "LORA", "dora": "LORA", "prompt-tuning": "PROMPT_TUNING", "prefix-tuning": "PREFIX_TUNING"}[method]
+        tuned = PeftModel.from_pretrained(base, run).eval()
+    with torch.no_grad():
+        assert tuned(ids).logits.shape[-1] == base.config.vocab_size
+
+
+def test_qlora_on_a_cpu_says_why_and_what_instead(tiny_model_dir, data_dir, tmp_path):
+    r = run_cli("train", "--model", str(tiny_model_dir("llama")), "--data", str(data_dir), "--out", str(tmp_path / "r"),
+                "--method", "qlora")
+    assert r.returncode == 2
+    assert r.stderr == ("error: --method qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
+                        "on this machine use --method lora (the same adapter, on an unquantized base)\n")
+    r = run_cli("eval", "--adapter", str(tiny_model_dir("llama")), "--data", str(data_dir / "val.jsonl"))
+    assert r.stderr.endswith(f"holds a whole model (method full or freeze), not an adapter; use --model {tiny_model_dir('llama')}\n")
+
+
+def test_eos_is_learned_so_the_tuned_model_stops_by_itself(tiny_model_dir, tmp_path):
+    from conftest import chat
+
+    from tunesmith.modeling import generate, load
+
+    d = tmp_path / "data"
+    rows = [chat(f"Notes on the {w}.", f"Meeting Summary: The team discussed the {w}.")
+            for w in ("budget", "design", "battery", "marketing")]
+    write_jsonl(d / "train.jsonl", rows)
+    m = tiny_model_dir("llama")
+    base = load(str(m), quiet=True)
+    prompts = [r["messages"][:1] for r in rows]
+    assert not any(g.stopped for g in generate(base.model, base.tokenizer, prompts, max_new_tokens=40))
+    # a random 2-layer model needs all its weights to memorize; the mask and EOS are the same for every method
+    lora.train(cfg_for(m, d, tmp_path / "run", method="full", epochs=80, lr=3e-3, batch_size=4, micro_batch_size=4,
+                       warmup_ratio=0.0, scheduler="constant"), quiet=True)
+    tuned = load(str(tmp_path / "run"), quiet=True)
+    outs = generate(tuned.model, tuned.tokenizer, prompts, max_new_tokens=40)
+    assert all(g.stopped for g in outs), [g.text for g in outs]
+    assert [g.text for g in outs] == [r["messages"][1]["content"] for r in rows]
+
+
+def test_from_adapter_continues_training_sequentially(tiny_model_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    m = tiny_model_dir("llama")
+    first = lora.train(cfg_for(m, data_dir, tmp_path / "first"), quiet=True)
+    second = lora.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "second", from_adapter=str(tmp_path / "first")),
+                        quiet=True)
+    # it starts where the first run ended, not from a fresh adapter
+    assert second.val_loss_start == pytest.approx(first.best["val_loss"], abs=1e-5)
+    assert second.val_losses[-1] < second.val_loss_start
+    a = load_file(str(tmp_path / "first" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "second" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match=r"a LORA adapter cannot continue as --method prompt-tuning \(PROMPT_TUNING\)"):
+        lora.train(cfg_for(m, data_dir, tmp_path / "third", method="prompt-tuning", from_adapter=str(tmp_path / "first")),
+                   quiet=True)

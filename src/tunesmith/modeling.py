@@ -42,6 +42,8 @@ def check_adapter_dir(adapter: str | Path) -> Path:
     path = Path(adapter)
     if not path.is_dir():
         raise UserError(f"--adapter {adapter}: no such directory")
+    if not (path / "adapter_config.json").is_file() and (path / "config.json").is_file():
+        raise UserError(f"--adapter {adapter}: holds a whole model (method full or freeze), not an adapter; use --model {adapter}")
     if not (path / "adapter_config.json").is_file():
         raise UserError(f"--adapter {adapter}: no adapter_config.json; expected the run directory written by `tunesmith train`")
     if not list(path.glob("adapter_model.safetensors")):
@@ -76,7 +78,7 @@ def load_tokenizer(model_dir: Path, trust_remote_code: bool = False, light: bool
     return tok
 
 
-def load_base(model_spec: str, *, trust_remote_code: bool = False, dtype=None):
+def load_base(model_spec: str, *, trust_remote_code: bool = False, dtype=None, quantize_4bit: bool = False):
     """-> (model, tokenizer, model_dir): the base model on the default device, in train mode."""
     from tunesmith.models import resolve
 
@@ -86,16 +88,25 @@ def load_base(model_spec: str, *, trust_remote_code: bool = False, dtype=None):
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    extra = {}
+    if quantize_4bit:  # QLoRA: NF4 weights, bf16 compute (CUDA only; checked by the caller)
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                          bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+        extra["device_map"] = {"": 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=dtype or default_dtype(), use_safetensors=True, trust_remote_code=trust_remote_code
+            str(model_dir), dtype=dtype or default_dtype(), use_safetensors=True, trust_remote_code=trust_remote_code, **extra
         )
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise UserError(f"{model_dir}: this model needs its own code; pass --trust-remote-code if you trust it") from None
         raise
     tok = load_tokenizer(model_dir, trust_remote_code)
-    model.to(device())
+    if not quantize_4bit:
+        model.to(device())
     return model, tok, model_dir
 
 
@@ -116,7 +127,7 @@ def load(model_spec: str, adapter: str | Path | None = None, *, trust_remote_cod
             model = PeftModel.from_pretrained(model, str(adapter_dir))
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"--adapter {adapter_dir}: does not fit model {model_spec} ({str(e).splitlines()[0]})") from None
-        if merge and hasattr(model, "merge_and_unload"):
+        if merge and not model.active_peft_config.is_prompt_learning:
             model = model.merge_and_unload()
     model.eval()
     for p in model.parameters():

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tunesmith.errors import UserError
 
-METHODS = ("lora",)
+METHODS = ("lora", "dora", "qlora", "full", "freeze", "prompt-tuning", "prefix-tuning")
+ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt-tuning", "prefix-tuning")  # write a PEFT adapter; the rest a model
 
 
 @dataclass
@@ -31,6 +32,13 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # 0.05 costs ~25 % speed on a CPU (measured); raise it if you see overfitting
     lora_targets: str = "all-linear"  # or a comma-separated list of module names
+    rslora: bool = False  # rank-stabilized LoRA scaling (alpha / sqrt(r))
+    freeze_layers: int = 2  # method freeze: train only the last N transformer layers ...
+    train_modules: str = ""  # ... or only parameters whose names contain one of these (comma-separated)
+    virtual_tokens: int = 20  # prompt-tuning / prefix-tuning: number of virtual tokens
+    from_adapter: str = ""  # continue training this run's adapter (sequential fine-tuning)
+    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
     warmup_ratio: float = 0.1
     scheduler: str = "cosine"  # cosine (to 10 % of peak), linear (to 0) or constant, after warm-up
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
@@ -54,9 +62,11 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(self, name)})")
         if self.keep_checkpoints < 1:
             raise UserError(f"--keep-checkpoints must be at least 1 (got {self.keep_checkpoints})")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UserError(f"--precision {self.precision!r}: expected auto, fp32, bf16 or fp16")
         if self.train_on not in ("all", "last"):
             raise UserError(f"--train-on {self.train_on!r}: expected all or last")
-        for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "lora_r"):
+        for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "lora_r", "freeze_layers", "virtual_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.batch_size % self.micro_batch_size:
@@ -66,7 +76,7 @@ class TrainConfig:
 
 
 HELP = {
-    "method": "fine-tuning method (lora)",
+    "method": "lora, dora, qlora (CUDA), full, freeze, prompt-tuning or prefix-tuning",
     "epochs": "passes over the training data",
     "lr": "peak learning rate (linear warm-up, then cosine decay)",
     "batch_size": "examples per optimizer step",
@@ -76,6 +86,13 @@ HELP = {
     "lora_alpha": "LoRA alpha (scale = alpha / r)",
     "lora_dropout": "dropout on the LoRA input",
     "lora_targets": "modules to adapt: all-linear, or names like q_proj,v_proj",
+    "rslora": "rank-stabilized LoRA: scale by alpha/sqrt(r) instead of alpha/r",
+    "freeze_layers": "--method freeze: train only the last N transformer layers",
+    "train_modules": "--method freeze: train only parameters whose names contain one of these (comma-separated)",
+    "virtual_tokens": "--method prompt-tuning/prefix-tuning: number of virtual tokens",
+    "from_adapter": "continue training the adapter of this run directory on new data (sequential fine-tuning)",
+    "precision": "auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that supports it, else fp32)",
+    "gradient_checkpointing": "recompute activations during backward: less memory, slower",
     "warmup_ratio": "fraction of steps spent warming up the learning rate",
     "scheduler": "learning-rate schedule after warm-up: cosine, linear or constant",
     "max_steps": "stop after this many optimizer steps (0 = run all epochs)",
@@ -101,6 +118,10 @@ def add_config_flags(parser) -> None:
         if f.name in CLI_ONLY:
             continue
         typ = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+        if f.type == "bool":
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true", default=None,
+                                help=HELP[f.name])
+            continue
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=typ, default=None,
                             help=f"{HELP[f.name]} (default {f.default})")
 
@@ -142,6 +163,8 @@ def resolve_config(args) -> TrainConfig:
     for k, v in values.items():
         want = types[k]
         try:
+            if want == "bool" and not isinstance(v, bool):
+                raise ValueError
             if want == "int" and not isinstance(v, bool):
                 values[k] = int(v)
             elif want == "float":

@@ -23,7 +23,7 @@ from tunesmith.data.formats import load_examples
 from tunesmith.errors import UserError
 from tunesmith.modeling import RUN_INFO
 from tunesmith.atomic import make_temp_dir, replace_dir
-from tunesmith.train.config import TrainConfig, resolve_config, to_yaml
+from tunesmith.train.config import ADAPTER_METHODS, TrainConfig, resolve_config, to_yaml
 
 RUN_MARKERS = ("adapter_config.json", "config.yaml", RUN_INFO)
 
@@ -117,9 +117,13 @@ def answer_loss_sum(model, ids, mask, labels):
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     dev = next(inner.parameters()).device
     ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
-    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     targets = labels[:, 1:]
     sel = targets != IGNORE
+    if getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning:
+        # prompt/prefix tuning add virtual tokens in PeftModel.forward: use it, keep the real positions
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]
+        return F.cross_entropy(logits[:, :-1][sel].float(), targets[sel], reduction="sum"), int(sel.sum())
+    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     h = hidden[:, :-1][sel]
     logits = inner.get_output_embeddings()(h).float()
     cap = getattr(inner.config, "final_logit_softcapping", None)
@@ -165,25 +169,94 @@ class Result:
     dropped: int
     best: dict | None = None  # step, epoch and val_loss of the adapter that was saved
     early_stopped: bool = False
+    val_loss_start: float | None = None  # before training
 
 
 def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
+    """The base model with the chosen method applied: what is trainable, and how."""
     import torch
-    from peft import LoraConfig, get_peft_model
 
     from tunesmith.modeling import load_base
 
-    model, tok, model_dir = load_base(cfg.model, trust_remote_code=trust_remote_code)
+    if cfg.method == "qlora":
+        if not torch.cuda.is_available():
+            raise UserError("--method qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
+                            "on this machine use --method lora (the same adapter, on an unquantized base)")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UserError("--method qlora needs bitsandbytes: pip install bitsandbytes") from None
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    model, tok, model_dir = load_base(cfg.model, trust_remote_code=trust_remote_code, dtype=dtype,
+                                      quantize_4bit=cfg.method == "qlora")
     torch.manual_seed(cfg.seed)
-    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
-    try:
-        model = get_peft_model(model, lcfg)
-    except ValueError as e:
-        raise UserError(f"--lora-targets {cfg.lora_targets!r}: {str(e).splitlines()[0]}") from None
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.method in ("full", "freeze"):
+        if cfg.from_adapter:
+            raise UserError(f"--from-adapter is for adapter methods; to continue a {cfg.method} run, pass its directory as --model")
+        select_trainable(model, cfg)
+    else:
+        from peft import PeftModel, get_peft_model
+
+        if cfg.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        elif cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+        if cfg.from_adapter:
+            from tunesmith.modeling import check_adapter_dir
+
+            src = check_adapter_dir(cfg.from_adapter)
+            kind = json.loads((src / "adapter_config.json").read_text()).get("peft_type")
+            want = peft_config(cfg).peft_type.value
+            if kind != want:
+                raise UserError(f"--from-adapter {src}: a {kind} adapter cannot continue as --method {cfg.method} ({want})")
+            try:
+                model = PeftModel.from_pretrained(model, str(src), is_trainable=True)
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise UserError(f"--from-adapter {src}: does not fit model {cfg.model} ({str(e).splitlines()[0]})") from None
+        else:
+            try:
+                model = get_peft_model(model, peft_config(cfg))
+            except ValueError as e:
+                raise UserError(f"--method {cfg.method}: {str(e).splitlines()[0]}") from None
     model.config.use_cache = False
     return model, tok, model_dir
+
+
+def peft_config(cfg: TrainConfig):
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit
+
+    if cfg.method == "prompt-tuning":
+        return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.virtual_tokens,
+                                  prompt_tuning_init=PromptTuningInit.RANDOM)
+    if cfg.method == "prefix-tuning":
+        return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.virtual_tokens)
+    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+                      use_dora=cfg.method == "dora", use_rslora=cfg.rslora, task_type="CAUSAL_LM")
+
+
+def select_trainable(model, cfg: TrainConfig) -> None:
+    """full: every weight. freeze: only the last N layers, or the named modules."""
+    if cfg.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return
+    names = [n.strip() for n in cfg.train_modules.split(",") if n.strip()]
+    if not names:
+        n_layers = model.config.num_hidden_layers
+        names = [f"layers.{i}." for i in range(max(0, n_layers - cfg.freeze_layers), n_layers)]
+    hit = 0
+    for name, p in model.named_parameters():
+        on = any(k in name for k in names)
+        p.requires_grad_(on)
+        hit += on
+    if not hit:
+        raise UserError(f"--train-modules {cfg.train_modules!r}: matches no parameter of this model "
+                        f"(names look like {next(iter(dict(model.named_parameters())))})")
 
 
 def lr_schedule(cfg: TrainConfig, total_steps: int):
@@ -214,7 +287,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
         total_steps = min(total_steps, cfg.max_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg, total_steps))
     pad = tok.pad_token_id
-    st = {"step": 0, "epoch": 1, "step_in_epoch": 0, "tokens": 0, "answer_tokens": 0, "elapsed": 0.0,
+    st = {"step": 0, "epoch": 1, "step_in_epoch": 0, "tokens": 0, "answer_tokens": 0, "elapsed": 0.0, "val_s": 0.0, "val_start": None,
           "val_losses": [], "best": None, "bad": 0, "stopped": False, "last_loss": float("nan"), "metric_lines": 0}
     metrics_path = work / "metrics.jsonl"
     if resume is not None:
@@ -231,7 +304,9 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
         st["metric_lines"] += 1
 
     def run_validation() -> None:
+        t = time.time()
         v = validate(model, val_enc, cfg, pad)
+        st["val_s"] += time.time() - t
         st["val_losses"].append(v)
         log({"step": st["step"], "epoch": st["epoch"], "val_loss": round(v, 6)})
         if st["best"] is None or v < st["best"]["val_loss"]:
@@ -251,6 +326,12 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
         checkpoint.save(work / "checkpoints" / f"{checkpoint.PREFIX}{st['step']:07d}", model, opt, sched, st)
         checkpoint.prune(work / "checkpoints", cfg.keep_checkpoints)
 
+    if val_enc and resume is None:  # where we start from, so every run shows what training changed
+        t = time.time()
+        st["val_start"] = validate(model, val_enc, cfg, pad)
+        st["val_s"] += time.time() - t
+        log({"step": 0, "epoch": 0, "val_loss": round(st["val_start"], 6)})
+        progress.note(f"validation loss before training: {st['val_start']:.4f}")
     model.train()
     try:
         for epoch in range(st["epoch"], cfg.epochs + 1):
@@ -276,7 +357,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
                 st["step_in_epoch"] = k + 1
                 st["answer_tokens"] += n_ans
                 st["last_loss"] = step_loss
-                elapsed = time.time() - t0
+                elapsed = time.time() - t0 - st["val_s"]  # training time only
                 log({"step": st["step"], "epoch": epoch, "loss": round(step_loss, 6), "lr": sched.get_last_lr()[0],
                      "grad_norm": round(float(norm), 4), "tokens": st["tokens"], "tokens_per_s": round(st["tokens"] / elapsed, 1)})
                 progress.update(st["step"], epoch, cfg.epochs, step_loss, st["tokens"] / elapsed)
@@ -367,6 +448,15 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise UserError(f"--out {out}: cannot write in {parent}")
 
 
+def check_disk(out: Path, cfg: TrainConfig) -> None:
+    """Refuse to start when the output's disk cannot hold even the adapter and two checkpoints."""
+    free = shutil.disk_usage(out.resolve().parent).free
+    need = 64 << 20 if cfg.method in ADAPTER_METHODS else 2 << 30  # rough: adapters are MBs, full models GBs
+    if free < need:
+        raise UserError(f"--out {out}: only {free >> 20} MB free on that disk; a {cfg.method} run needs about "
+                        f"{need >> 20} MB for its weights and checkpoints")
+
+
 def partial_dir(out: Path) -> Path:
     """Where a run lives until it finishes (then it is renamed to --out); --resume finds it here."""
     return out.resolve().parent / f".{out.name}.partial"
@@ -395,6 +485,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
         if work.exists():
             raise UserError(f"--out {out}: an unfinished run is in {work}; continue it with `tunesmith train --resume {out}` "
                             "or delete that folder")
+    if cfg.from_adapter and cfg.model == TrainConfig.model:
+        from tunesmith.modeling import base_model_of
+
+        cfg.model = base_model_of(cfg.from_adapter, None, cfg.model)
+    check_disk(out, cfg)
     train_ex, val_ex, train_path = load_data(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -424,16 +519,21 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
         # the run's adapter is the best one by validation loss; load it back for the final save
         from safetensors.torch import load_file
 
-        from peft import set_peft_model_state_dict
+        if cfg.method in ADAPTER_METHODS:
+            from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(str(work / "best" / "adapter_model.safetensors")))
+            set_peft_model_state_dict(model, load_file(str(work / "best" / "adapter_model.safetensors")))
+        else:
+            for f in sorted((work / "best").glob("*.safetensors")):
+                model.load_state_dict(load_file(str(f)), strict=False)
     save_adapter(model, tok, work / "adapter")
     for f in (work / "adapter").iterdir():
         os.replace(f, work / f.name)
     (work / "adapter").rmdir()
-    result = Result(str(out), st["step"], st["last_loss"], st["val_losses"], round(st["tokens"] / st["elapsed"], 1),
-                    round(st["answer_tokens"] / st["elapsed"], 1), round(st["elapsed"], 1), len(train_enc), len(dropped),
-                    best, st["stopped"])
+    train_s = max(1e-9, st["elapsed"] - st["val_s"])  # tokens/s count training time, not validation
+    result = Result(str(out), st["step"], st["last_loss"], st["val_losses"], round(st["tokens"] / train_s, 1),
+                    round(st["answer_tokens"] / train_s, 1), round(st["elapsed"], 1), len(train_enc), len(dropped),
+                    best, st["stopped"], st["val_start"])
     (work / RUN_INFO).write_text(json.dumps({"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
                                              "adapter": "best" if best else "last", "result": asdict(result)}, indent=2))
     replace_dir(work, out)
