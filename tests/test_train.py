@@ -282,3 +282,28 @@ def test_from_adapter_continues_training_sequentially(tiny_model_dir, data_dir, 
     with pytest.raises(UserError, match=r"a LORA adapter cannot continue as --method prompt-tuning \(PROMPT_TUNING\)"):
         lora.train(cfg_for(m, data_dir, tmp_path / "third", method="prompt-tuning", from_adapter=str(tmp_path / "first")),
                    quiet=True)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, data_dir, tmp_path):
+    """torchrun, 2 CPU processes (gloo): the same loss curve as 1 process, within tolerance."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = ["--model", str(tiny_model_dir("llama")), "--data", str(data_dir), "--epochs", "2", "--batch-size", "4",
+            "--micro-batch-size", "1", "--lr", "5e-3", "--lora-r", "8", "--quiet", "--threads", "1"]
+    one = run_cli("train", *args, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "tunesmith.cli", "train", *args, "--out", str(tmp_path / "two")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    (l1, v1), (l2, v2) = _losses_and_vals(tmp_path / "one"), _losses_and_vals(tmp_path / "two")
+    assert len(l1) == len(l2) == 8 and len(v1) == len(v2) == 2
+    assert max(abs(a - b) for a, b in zip(l1, l2)) < 1e-4, (l1, l2)
+    assert max(abs(a - b) for a, b in zip(v1, v2)) < 1e-4, (v1, v2)
+    tokens1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    tokens2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [r["tokens"] for r in tokens1] == [r["tokens"] for r in tokens2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "one", "two"]

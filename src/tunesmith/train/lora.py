@@ -8,6 +8,7 @@ answer tokens of the optimizer step, so batch 8 == batch 4 x accumulation 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from tunesmith.data.formats import load_examples
 from tunesmith.errors import UserError
 from tunesmith.modeling import RUN_INFO
 from tunesmith.atomic import make_temp_dir, replace_dir
+from tunesmith.train import distributed as dist
 from tunesmith.train.config import ADAPTER_METHODS, TrainConfig, resolve_config, to_yaml
 
 RUN_MARKERS = ("adapter_config.json", "config.yaml", RUN_INFO)
@@ -144,12 +146,14 @@ def validate(model, encoded, cfg: TrainConfig, pad_id: int) -> float:
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    order = dist.shard(order, *dist.world())  # each rank scores its share; the sums are combined
     with torch.no_grad():
         for s in range(0, len(order), cfg.micro_batch_size):
             loss, n = answer_loss_sum(model, *collate(encoded, order[s : s + cfg.micro_batch_size], pad_id))
             total += float(loss)
             count += n
     model.train(was_training)
+    total, count = dist.all_sum([total, count])
     return total / max(count, 1)
 
 
@@ -290,12 +294,16 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
     st = {"step": 0, "epoch": 1, "step_in_epoch": 0, "tokens": 0, "answer_tokens": 0, "elapsed": 0.0, "val_s": 0.0, "val_start": None,
           "val_losses": [], "best": None, "bad": 0, "stopped": False, "last_loss": float("nan"), "metric_lines": 0}
     metrics_path = work / "metrics.jsonl"
+    rank, world_size = dist.world()
+    lead = rank == 0  # only rank 0 writes files and shows progress
     if resume is not None:
         st = checkpoint.load(resume, model, opt, sched)
-        lines = metrics_path.read_text().splitlines(keepends=True)[: st["metric_lines"]] if metrics_path.exists() else []
-        metrics_path.write_text("".join(lines))  # drop what was logged after the checkpoint
-    metrics = open(metrics_path, "a")
-    progress = _Progress(total_steps, quiet, start=st["step"])
+        if lead:
+            lines = metrics_path.read_text().splitlines(keepends=True)[: st["metric_lines"]] if metrics_path.exists() else []
+            metrics_path.write_text("".join(lines))  # drop what was logged after the checkpoint
+    metrics = open(metrics_path if lead else os.devnull, "a")
+    progress = _Progress(total_steps, quiet or not lead, start=st["step"])
+    step_loss_fn = dist.wrap(model, answer_loss_sum)
     t0 = time.time() - st["elapsed"]
 
     def log(rec: dict) -> None:
@@ -311,7 +319,8 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
         log({"step": st["step"], "epoch": st["epoch"], "val_loss": round(v, 6)})
         if st["best"] is None or v < st["best"]["val_loss"]:
             st["best"], st["bad"] = {"step": st["step"], "epoch": st["epoch"], "val_loss": v}, 0
-            save_adapter(model, tok, work / "best")
+            if lead:
+                save_adapter(model, tok, work / "best")
             mark = " (best)"
         else:
             st["bad"] += 1
@@ -323,8 +332,10 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
 
     def save_checkpoint() -> None:
         st["elapsed"] = time.time() - t0
-        checkpoint.save(work / "checkpoints" / f"{checkpoint.PREFIX}{st['step']:07d}", model, opt, sched, st)
-        checkpoint.prune(work / "checkpoints", cfg.keep_checkpoints)
+        if lead:
+            checkpoint.save(work / "checkpoints" / f"{checkpoint.PREFIX}{st['step']:07d}", model, opt, sched, st)
+            checkpoint.prune(work / "checkpoints", cfg.keep_checkpoints)
+        dist.barrier()
 
     if val_enc and resume is None:  # where we start from, so every run shows what training changed
         t = time.time()
@@ -342,13 +353,22 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
                 if k < st["step_in_epoch"]:
                     continue  # done before the checkpoint we resumed from
                 n_ans = sum(n_answer_tokens(train_enc, m) for m in micro)
-                step_loss = 0.0
-                for m in micro:
+                mine = dist.shard([i for m in micro for i in m], rank, world_size)
+                weight = world_size / n_ans  # DDP averages gradients over ranks; we want the sum over the step
+                if not mine:  # fewer examples than ranks: take part with a zero-weight example
+                    mine, weight = micro[0][:1], 0.0
+                local = [mine[j : j + cfg.micro_batch_size] for j in range(0, len(mine), cfg.micro_batch_size)]
+                step_loss, tokens = 0.0, 0
+                for j, m in enumerate(local):
                     ids, mask, labels = collate(train_enc, m, pad)
-                    loss, _ = answer_loss_sum(model, ids, mask, labels)
-                    (loss / n_ans).backward()
-                    step_loss += float(loss.detach()) / n_ans
-                    st["tokens"] += int(mask.sum())
+                    sync = step_loss_fn.no_sync() if world_size > 1 and j < len(local) - 1 else contextlib.nullcontext()
+                    with sync:
+                        loss = step_loss_fn(ids, mask, labels)
+                        (loss * weight).backward()
+                    step_loss += float(loss.detach()) / n_ans if weight else 0.0
+                    tokens += int(mask.sum()) if weight else 0
+                step_loss, tokens = dist.all_sum([step_loss, tokens])
+                st["tokens"] += int(tokens)
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
                 opt.step()
                 sched.step()
@@ -475,6 +495,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
     out = Path(cfg.out)
     work = partial_dir(out)
     ckpt = None
+    dist.init()
+    lead = dist.world()[0] == 0
     if resume:
         ckpt = checkpoint.latest(work / "checkpoints")
         if ckpt is None:
@@ -511,10 +533,20 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
         what = f"resuming from {ckpt.name}: " if ckpt else ""
         print(f"{what}training {cfg.method} on {len(train_enc)} examples ({len(val_enc)} validation), "
               f"{trainable:,} of {total:,} parameters trainable", file=sys.stderr)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "config.yaml").write_text(to_yaml(cfg))
+    dist.barrier()  # every rank has checked --out before rank 0 creates the run directory
+    if lead:
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "config.yaml").write_text(to_yaml(cfg))
+    dist.barrier()
     st = fit(model, tok, train_enc, val_enc, cfg, work, quiet, resume=ckpt)
     best = st["best"]
+    train_s = max(1e-9, st["elapsed"] - st["val_s"])  # tokens/s count training time, not validation
+    result = Result(str(out), st["step"], st["last_loss"], st["val_losses"], round(st["tokens"] / train_s, 1),
+                    round(st["answer_tokens"] / train_s, 1), round(st["elapsed"], 1), len(train_enc), len(dropped),
+                    best, st["stopped"], st["val_start"])
+    if not lead:
+        dist.barrier()  # rank 0 writes the run directory
+        return result
     if best is not None and best["step"] != st["step"]:
         # the run's adapter is the best one by validation loss; load it back for the final save
         from safetensors.torch import load_file
@@ -530,13 +562,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
     for f in (work / "adapter").iterdir():
         os.replace(f, work / f.name)
     (work / "adapter").rmdir()
-    train_s = max(1e-9, st["elapsed"] - st["val_s"])  # tokens/s count training time, not validation
-    result = Result(str(out), st["step"], st["last_loss"], st["val_losses"], round(st["tokens"] / train_s, 1),
-                    round(st["answer_tokens"] / train_s, 1), round(st["elapsed"], 1), len(train_enc), len(dropped),
-                    best, st["stopped"], st["val_start"])
     (work / RUN_INFO).write_text(json.dumps({"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
                                              "adapter": "best" if best else "last", "result": asdict(result)}, indent=2))
     replace_dir(work, out)
+    dist.barrier()
     return result
 
 
