@@ -52,12 +52,20 @@ def test_check_train_eval_generate(tiny_model_dir, tmp_path):
     ex = res["examples"][0]
     assert ex["reference"].startswith("Meeting Summary:") and set(ex["style"]) == {"heading", "third person", "at most 50 words"}
     assert 0 < ex["new_tokens"] <= 12 or ex["stopped"]
-    assert "rougeL" in r.stdout and "format adherence %" in r.stdout
+    assert "rougeL" in r.stdout and "format adherence %" in r.stdout and "95 % bootstrap CI" in r.stdout
 
     # a before/after table against a baseline results.json
     r2 = run_cli("eval", "--model", model, "--data", str(test), "--max-new-tokens", "4", "--quiet",
                  "--baseline", str(tmp_path / "ev" / "results.json"), "--json")
-    assert json.loads(r2.stdout)["system"] == "base"
+    base = json.loads(r2.stdout)
+    assert base["system"] == "base"
+    # every metric has a bootstrap interval around its mean, and a paired test against the baseline
+    for key in ("rougeL", "bleu", "chrf", "token_f1", "exact_match", "format_adherence"):
+        lo, hi = res["metrics"]["ci95"][key]
+        assert lo <= res["metrics"][key] <= hi
+    for key in ("rougeL", "bleu", "chrf", "token_f1", "exact_match", "stopped_by_eos"):
+        assert set(base["comparison"][key]) == {"change", "ci", "p", "significant"}
+    assert "format_adherence" not in base["comparison"]  # the base run had no --style
 
     r = run_cli("generate", "--adapter", str(run), "--max-new-tokens", "5", "--json", "Write the meeting notes.")
     assert r.returncode == 0, r.stderr

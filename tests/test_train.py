@@ -9,7 +9,7 @@ import torch
 from conftest import FAMILIES, run_cli, toy_examples, write_jsonl
 
 from tunesmith.errors import UserError
-from tunesmith.train import lora
+from tunesmith.train import trainer
 from tunesmith.train.config import TrainConfig
 
 
@@ -34,13 +34,9 @@ def cfg_for(model_dir, data_dir, out, **kw) -> TrainConfig:
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_trains_and_val_loss_drops(family, tiny_model_dir, data_dir, tmp_path):
-    cfg = cfg_for(tiny_model_dir(family), data_dir, tmp_path / "run", epochs=3, lr=1e-2)
-    model, tok, _ = lora.setup_model(cfg)
-    val_enc, _ = lora.encode_all(tok, [type("E", (), {"messages": m["messages"], "path": "", "line": 0})()
-                                       for m in toy_examples(4, seed=1)], cfg)
-    before = lora.validate(model, val_enc, cfg, tok.pad_token_id)
-    r = lora.train(cfg, quiet=True)
-    assert r.val_losses[-1] < before - 0.05, (before, r.val_losses)
+    r = trainer.train(cfg_for(tiny_model_dir(family), data_dir, tmp_path / "run", epochs=3, lr=1e-2), quiet=True)
+    # val_loss_start: the validation loss of the untouched model, measured before the first step
+    assert r.val_losses[-1] < r.val_loss_start - 0.05, (r.val_loss_start, r.val_losses)
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
 
 
@@ -49,7 +45,7 @@ def test_adapter_loads_with_plain_peft_and_changes_output(tiny_model_dir, data_d
     from transformers import AutoModelForCausalLM
 
     model_dir = tiny_model_dir("llama")
-    lora.train(cfg_for(model_dir, data_dir, tmp_path / "run"), quiet=True)
+    trainer.train(cfg_for(model_dir, data_dir, tmp_path / "run"), quiet=True)
     base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     ids = torch.tensor([[1, 5, 9, 20, 33]])
     with torch.no_grad():
@@ -63,12 +59,12 @@ def test_adapter_loads_with_plain_peft_and_changes_output(tiny_model_dir, data_d
 
 def test_same_seed_same_losses(tiny_model_dir, data_dir, tmp_path):
     m = tiny_model_dir("llama")
-    lora.train(cfg_for(m, data_dir, tmp_path / "a"), quiet=True)
-    lora.train(cfg_for(m, data_dir, tmp_path / "b"), quiet=True)
+    trainer.train(cfg_for(m, data_dir, tmp_path / "a"), quiet=True)
+    trainer.train(cfg_for(m, data_dir, tmp_path / "b"), quiet=True)
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(a) == 8
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6
-    lora.train(cfg_for(m, data_dir, tmp_path / "c", seed=7), quiet=True)
+    trainer.train(cfg_for(m, data_dir, tmp_path / "c", seed=7), quiet=True)
     assert losses(tmp_path / "c") != a
 
 
@@ -81,8 +77,8 @@ def test_batch_8_equals_batch_4_times_accumulation_2(tiny_model_dir, tmp_path):
     write_jsonl(d / "train.jsonl", rows)
     m = tiny_model_dir("llama")
     kw = dict(epochs=1, batch_size=8, lora_dropout=0.0)
-    lora.train(cfg_for(m, d, tmp_path / "one", micro_batch_size=8, **kw), quiet=True)
-    lora.train(cfg_for(m, d, tmp_path / "acc", micro_batch_size=4, **kw), quiet=True)
+    trainer.train(cfg_for(m, d, tmp_path / "one", micro_batch_size=8, **kw), quiet=True)
+    trainer.train(cfg_for(m, d, tmp_path / "acc", micro_batch_size=4, **kw), quiet=True)
     one, acc = losses(tmp_path / "one"), losses(tmp_path / "acc")
     assert len(one) == 2
     assert max(abs(x - y) for x, y in zip(one, acc)) < 1e-4, (one, acc)
@@ -91,22 +87,22 @@ def test_batch_8_equals_batch_4_times_accumulation_2(tiny_model_dir, tmp_path):
 def test_existing_run_is_refused_and_kept_on_failed_overwrite(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     m = tiny_model_dir("llama")
     run = tmp_path / "run"
-    lora.train(cfg_for(m, data_dir, run), quiet=True)
+    trainer.train(cfg_for(m, data_dir, run), quiet=True)
     before = (run / "adapter_model.safetensors").read_bytes()
     with pytest.raises(UserError, match="already holds a run; choose a new --out, or pass --overwrite"):
-        lora.train(cfg_for(m, data_dir, run), quiet=True)
+        trainer.train(cfg_for(m, data_dir, run), quiet=True)
 
     def crash(*a, **k):
         raise RuntimeError("simulated crash mid-training")
 
-    monkeypatch.setattr(lora, "fit", crash)
+    monkeypatch.setattr(trainer, "fit", crash)
     with pytest.raises(RuntimeError):
-        lora.train(cfg_for(m, data_dir, run), overwrite=True, quiet=True)
+        trainer.train(cfg_for(m, data_dir, run), overwrite=True, quiet=True)
     assert (run / "adapter_model.safetensors").read_bytes() == before
     # the unfinished run is kept aside, to resume; nothing else is left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.partial", "data", "run"]
     with pytest.raises(UserError, match=r"an unfinished run is in .*\.run\.partial; continue it with `tunesmith train --resume"):
-        lora.train(cfg_for(m, data_dir, run), overwrite=True, quiet=True)
+        trainer.train(cfg_for(m, data_dir, run), overwrite=True, quiet=True)
 
 
 def test_config_file_unknown_key_names_closest(tmp_path, data_dir):
@@ -177,7 +173,7 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(tiny_mod
 
 
 def test_checkpoints_are_safetensors_and_pruned(tiny_model_dir, data_dir, tmp_path):
-    lora.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", save_every=1, keep_checkpoints=2), quiet=True)
+    trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", save_every=1, keep_checkpoints=2), quiet=True)
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["step-0000007", "step-0000008"]
     files = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / ckpts[-1]).iterdir())
@@ -192,7 +188,7 @@ def test_early_stopping_keeps_and_marks_the_best_adapter(tiny_model_dir, data_di
     from safetensors.torch import load_file
 
     # a learning rate far too high: the validation loss soon gets worse, and patience runs out
-    r = lora.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", epochs=20, lr=0.5, eval_every_steps=1,
+    r = trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", epochs=20, lr=0.5, eval_every_steps=1,
                            patience=2, warmup_ratio=0.0, scheduler="constant"), quiet=True)
     assert r.early_stopped and r.steps < 80 and r.best["step"] < r.steps
     vals = _losses_and_vals(tmp_path / "run")[1]
@@ -212,12 +208,8 @@ def test_every_method_lowers_val_loss_and_loads_without_tunesmith(method, tiny_m
     base_dir = tiny_model_dir("llama")
     lr = {"full": 1e-3, "freeze": 3e-3, "prompt-tuning": 0.3, "prefix-tuning": 3e-2}.get(method, 1e-2)
     cfg = cfg_for(base_dir, data_dir, tmp_path / "run", method=method, epochs=3, lr=lr, freeze_layers=1, virtual_tokens=4)
-    model, tok, _ = lora.setup_model(cfg)
-    val_enc, _ = lora.encode_all(tok, [type("E", (), {"messages": m["messages"], "path": "", "line": 0})()
-                                       for m in toy_examples(4, seed=1)], cfg)
-    before = lora.validate(model, val_enc, cfg, tok.pad_token_id)
-    r = lora.train(cfg, quiet=True)
-    assert r.val_losses[-1] < before - 0.01, (before, r.val_losses)
+    r = trainer.train(cfg, quiet=True)
+    assert r.val_losses[-1] < r.val_loss_start - 0.01, (r.val_loss_start, r.val_losses)
     run = tmp_path / "run"
     base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
     ids = torch.tensor([[1, 5, 9, 20, 33]])
@@ -258,7 +250,7 @@ def test_eos_is_learned_so_the_tuned_model_stops_by_itself(tiny_model_dir, tmp_p
     prompts = [r["messages"][:1] for r in rows]
     assert not any(g.stopped for g in generate(base.model, base.tokenizer, prompts, max_new_tokens=40))
     # a random 2-layer model needs all its weights to memorize; the mask and EOS are the same for every method
-    lora.train(cfg_for(m, d, tmp_path / "run", method="full", epochs=80, lr=3e-3, batch_size=4, micro_batch_size=4,
+    trainer.train(cfg_for(m, d, tmp_path / "run", method="full", epochs=80, lr=3e-3, batch_size=4, micro_batch_size=4,
                        warmup_ratio=0.0, scheduler="constant"), quiet=True)
     tuned = load(str(tmp_path / "run"), quiet=True)
     outs = generate(tuned.model, tuned.tokenizer, prompts, max_new_tokens=40)
@@ -270,8 +262,8 @@ def test_from_adapter_continues_training_sequentially(tiny_model_dir, data_dir, 
     from safetensors.torch import load_file
 
     m = tiny_model_dir("llama")
-    first = lora.train(cfg_for(m, data_dir, tmp_path / "first"), quiet=True)
-    second = lora.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "second", from_adapter=str(tmp_path / "first")),
+    first = trainer.train(cfg_for(m, data_dir, tmp_path / "first"), quiet=True)
+    second = trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "second", from_adapter=str(tmp_path / "first")),
                         quiet=True)
     # it starts where the first run ended, not from a fresh adapter
     assert second.val_loss_start == pytest.approx(first.best["val_loss"], abs=1e-5)
@@ -280,7 +272,7 @@ def test_from_adapter_continues_training_sequentially(tiny_model_dir, data_dir, 
     b = load_file(str(tmp_path / "second" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match=r"a LORA adapter cannot continue as --method prompt-tuning \(PROMPT_TUNING\)"):
-        lora.train(cfg_for(m, data_dir, tmp_path / "third", method="prompt-tuning", from_adapter=str(tmp_path / "first")),
+        trainer.train(cfg_for(m, data_dir, tmp_path / "third", method="prompt-tuning", from_adapter=str(tmp_path / "first")),
                    quiet=True)
 
 

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tunesmith.train.config import add_config_flags  # light: dataclasses only
 
     add_config_flags(p)
-    p.set_defaults(handler="tunesmith.train.lora:cli_train")
+    p.set_defaults(handler="tunesmith.train.trainer:cli_train")
 
     p = sub.add_parser("eval", help="generate on held-out examples and score them (ROUGE, house style)")
     _add_model(p)

@@ -270,8 +270,9 @@ def _hub_dir(repo_id: str) -> Path:
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable(host, port):
         raise UserError(
-            f"--model {repo_id!r}: the model hub ({host}) does not answer, so a hub id cannot be used here. "
-            "Use an alias (`tunesmith models`), a local model directory, or a .gguf file."
+            f"--model {repo_id!r}: the model hub ({host}) does not answer, so a hub id cannot be used here "
+            "(and there is no local directory of that name). Use an alias (`tunesmith models`), a local model "
+            "directory, or a .gguf file."
         )
     from huggingface_hub import snapshot_download
 

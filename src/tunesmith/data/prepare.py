@@ -97,7 +97,7 @@ def apply_weights(examples: list[Example], weights: dict[str, float], seed: int)
 
 def load_training_mix(path: str | Path, seed: int) -> tuple[list[Example], list[Example]]:
     """`train --data mix.yaml`: each data set's train (and val) split, task-labelled and weighted."""
-    from tunesmith.train.lora import locate_paths
+    from tunesmith.train.trainer import locate_paths
 
     mix = Mix.load(path)
     train, val = [], []

@@ -12,11 +12,12 @@ from tunesmith.atomic import write_json
 from tunesmith.cli import DEFAULT_MODEL
 from tunesmith.data.formats import load_examples
 from tunesmith.errors import UserError
-from tunesmith.eval.metrics import ROUGE_TYPES, rouge
+from tunesmith.eval.metrics import TEXT_METRICS, scores
+from tunesmith.eval.stats import bootstrap_ci, paired_test
 from tunesmith.eval.style import check_style, load_style
 
 # Rows of the table, in order: key in results["metrics"], label.
-ROWS = [(k, k) for k in ROUGE_TYPES] + [
+ROWS = [(k, k.replace("_", " ")) for k in TEXT_METRICS] + [
     ("format_adherence", "format adherence %"),
     ("stopped_by_eos", "stopped by itself %"),
     ("mean_new_tokens", "mean new tokens"),
@@ -32,23 +33,47 @@ def split_prompt(messages: list[dict], system: str | None = None) -> tuple[list[
     return prompt, messages[last]["content"]
 
 
+def per_example_values(per: list[dict], key: str) -> list[float]:
+    if key in TEXT_METRICS:
+        return [r["scores"][key] for r in per]
+    if key == "format_adherence":
+        return [100.0 * r["format_ok"] for r in per]
+    if key == "stopped_by_eos":
+        return [100.0 * r["stopped"] for r in per]
+    return [float(r["new_tokens"]) for r in per]
+
+
 def score(outputs, references, rules) -> tuple[dict, list[dict]]:
+    """Per-example scores, their means, and a bootstrap 95 % interval for each mean."""
     per = []
     for gen, ref in zip(outputs, references):
-        row = {"rouge": rouge(gen.text, ref), "stopped": gen.stopped, "new_tokens": gen.new_tokens}
+        row = {"scores": scores(gen.text, ref), "stopped": gen.stopped, "new_tokens": gen.new_tokens}
         if rules:
             checks = check_style(rules, gen.text)
             row["style"] = checks
             row["format_ok"] = all(checks.values())
         per.append(row)
     n = len(per)
-    agg = {k: round(statistics.fmean(r["rouge"][k] for r in per), 2) for k in ROUGE_TYPES}
+    keys = [k for k, _ in ROWS if rules or k != "format_adherence"]
+    agg = {k: round(statistics.fmean(per_example_values(per, k)), 2) for k in keys}
+    agg["ci95"] = {k: bootstrap_ci(per_example_values(per, k)) for k in keys}
     if rules:
-        agg["format_adherence"] = round(100 * sum(r["format_ok"] for r in per) / n, 1)
         agg["style_rules"] = {r.name: round(100 * sum(p["style"][r.name] for p in per) / n, 1) for r in rules}
-    agg["stopped_by_eos"] = round(100 * sum(r["stopped"] for r in per) / n, 1)
-    agg["mean_new_tokens"] = round(statistics.fmean(r["new_tokens"] for r in per), 1)
     return agg, per
+
+
+def compare(results: dict, baseline: dict) -> dict | None:
+    """Paired test per metric, when both runs scored the same examples in the same order."""
+    a, b = results["examples"], baseline.get("examples") or []
+    if [(x["path"], x["line"]) for x in a] != [(x["path"], x["line"]) for x in b] or "scores" not in (b[0] if b else {}):
+        return None
+    return {k: paired_test(per_example_values(a, k), per_example_values(b, k))
+            for k, _ in ROWS if k in results["metrics"] and k in baseline["metrics"]}
+
+
+def _ci(m: dict, key: str) -> str:
+    ci = m.get("ci95", {}).get(key)
+    return f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
 
 
 def print_table(results: dict, baseline: dict | None = None) -> None:
@@ -56,14 +81,16 @@ def print_table(results: dict, baseline: dict | None = None) -> None:
     from rich.table import Table
 
     m = results["metrics"]
-    title = f"{results['system']} on {results['data']} ({results['n']} examples)"
-    t = Table(title=title)
+    t = Table(title=f"{results['system']} on {results['data']} ({results['n']} examples; mean [95 % bootstrap CI])")
     t.add_column("metric")
+    tests = results.get("comparison")
     if baseline:
         b = baseline["metrics"]
         t.add_column(f"before ({baseline['system']})", justify="right")
         t.add_column(f"after ({results['system']})", justify="right")
         t.add_column("change", justify="right")
+        if tests:
+            t.add_column("paired test", justify="left")
     else:
         t.add_column("value", justify="right")
     for key, label in ROWS:
@@ -72,10 +99,17 @@ def print_table(results: dict, baseline: dict | None = None) -> None:
         if baseline:
             before = b.get(key)
             change = "" if before is None else f"{m[key] - before:+.1f}"
-            t.add_row(label, "-" if before is None else f"{before:.1f}", f"{m[key]:.1f}", change)
+            row = [label, "-" if before is None else f"{before:.1f}{_ci(b, key)}", f"{m[key]:.1f}{_ci(m, key)}", change]
+            if tests:
+                tst = tests.get(key)
+                row.append("" if not tst or tst["p"] is None else
+                           (f"significant (p={tst['p']:.3f})" if tst["significant"] else f"no significant difference (p={tst['p']:.2f})"))
+            t.add_row(*row)
         else:
-            t.add_row(label, f"{m[key]:.1f}")
+            t.add_row(label, f"{m[key]:.1f}{_ci(m, key)}")
     Console().print(t)
+    if baseline and tests is None:
+        print("(no paired test: the baseline scored other examples, or was written by an older version)")
 
 
 def cli_eval(args) -> int:
@@ -126,6 +160,8 @@ def cli_eval(args) -> int:
             for ex, ref, o, row in zip(examples, refs, outs, per)
         ],
     }
+    if baseline:
+        results["comparison"] = compare(results, baseline)
     if args.out:
         write_json(Path(args.out) / "results.json", results)
     if args.json:

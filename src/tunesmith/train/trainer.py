@@ -1,4 +1,4 @@
-"""LoRA fine-tuning: setup -> fit -> validate, in one readable path.
+"""Fine-tuning (LoRA and the other methods): setup -> fit -> validate, in one readable path.
 
 The loop is our own rather than transformers.Trainer/TRL: it computes the output layer and
 the cross-entropy only at answer positions (most positions are prompt, and the vocabulary
