@@ -299,3 +299,25 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, data
     tokens2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert [r["tokens"] for r in tokens1] == [r["tokens"] for r in tokens2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "one", "two"]
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_model_dir, data_dir, tmp_path):
+    m = tiny_model_dir("llama")
+    trainer.train(cfg_for(m, data_dir, tmp_path / "plain", epochs=1), quiet=True)
+    trainer.train(cfg_for(m, data_dir, tmp_path / "gc", epochs=1, gradient_checkpointing=True), quiet=True)
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "gc")
+    assert len(a) == 4 and max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+
+
+def test_precision_rslora_and_full_disk(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    m = tiny_model_dir("llama")
+    r = trainer.train(cfg_for(m, data_dir, tmp_path / "bf16", epochs=1, precision="bf16", rslora=True), quiet=True)
+    assert r.steps == 4 and r.val_losses[-1] < r.val_loss_start
+    assert json.loads((tmp_path / "bf16" / "adapter_config.json").read_text())["use_rslora"] is True
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10 << 30, 10 << 30, 5 << 20))
+    with pytest.raises(UserError, match=r"--out .*full: only 5 MB free on that disk; a full run needs about 2048 MB"):
+        trainer.train(cfg_for(m, data_dir, tmp_path / "full", method="full"), quiet=True)

@@ -343,6 +343,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
         st["val_s"] += time.time() - t
         log({"step": 0, "epoch": 0, "val_loss": round(st["val_start"], 6)})
         progress.note(f"validation loss before training: {st['val_start']:.4f}")
+        progress.t0 = time.time()  # the ETA counts training steps only
     model.train()
     try:
         for epoch in range(st["epoch"], cfg.epochs + 1):
