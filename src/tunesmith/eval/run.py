@@ -107,7 +107,8 @@ def print_table(results: dict, baseline: dict | None = None) -> None:
             t.add_row(*row)
         else:
             t.add_row(label, f"{m[key]:.1f}{_ci(m, key)}")
-    Console().print(t)
+    # piped into a log, rich would assume 80 columns and wrap every interval; logs can be wider
+    Console(width=None if sys.stdout.isatty() else 130).print(t)
     if baseline and tests is None:
         print("(no paired test: the baseline scored other examples, or was written by an older version)")
 
