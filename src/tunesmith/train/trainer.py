@@ -588,6 +588,8 @@ def cli_train(args) -> int:
         return 0
     r = train(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json, trust_remote_code=args.trust_remote_code,
               resume=bool(args.resume))
+    if dist.world()[0] != 0:
+        return 0  # rank 0 reports for everyone
     if args.json:
         print(json.dumps(asdict(r), indent=2))
     else:
