@@ -33,10 +33,6 @@ class Encoded:
 
 
 def render(tokenizer, messages, add_generation_prompt: bool = False) -> str:
-    return _render(tokenizer, messages, add_generation_prompt)
-
-
-def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
     template = tokenizer.chat_template or FALLBACK_TEMPLATE
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
@@ -68,7 +64,7 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of the conversation so far plus the generation prompt."""
-    ids = _ids(tokenizer, _render(tokenizer, messages, True))
+    ids = _ids(tokenizer, render(tokenizer, messages, True))
     if _needs_bos(tokenizer, ids):
         ids = [tokenizer.bos_token_id] + ids
     return ids
@@ -76,7 +72,7 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
 
 def rendered_lengths(tokenizer, conversations: list[list[dict]]) -> list[int]:
     """Token counts of whole chats, tokenized in one batch (the fast path of `data check`)."""
-    texts = [_render(tokenizer, c, False) for c in conversations]
+    texts = [render(tokenizer, c, False) for c in conversations]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     bos = [int(_needs_bos(tokenizer, x)) for x in ids]
     return [len(x) + b for x, b in zip(ids, bos)]
@@ -84,7 +80,7 @@ def rendered_lengths(tokenizer, conversations: list[list[dict]]) -> list[int]:
 
 def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encoded:
     """Tokenize a chat; labels mark the assistant turns (`all`, or only the `last`)."""
-    full = _render(tokenizer, messages, False)
+    full = render(tokenizer, messages, False)
     assistant_idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not assistant_idx:
         raise ValueError("example has no assistant turn")
@@ -96,8 +92,8 @@ def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encod
     labels: list[int] = []
     cursor = 0
     for i in assistant_idx:
-        before = _render(tokenizer, messages[:i], True)
-        answer = _render(tokenizer, messages[: i + 1], False)[len(before):]
+        before = render(tokenizer, messages[:i], True)
+        answer = render(tokenizer, messages[: i + 1], False)[len(before):]
         # The answer ends at its first end-of-turn marker; what a template adds after it
         # (a newline, or an EOS only at the very end of a chat) belongs to the context.
         content_at = answer.find(messages[i]["content"])

@@ -6,32 +6,18 @@ the text itself, so a million-line file checks in bounded memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import sys
 from array import array
 from pathlib import Path
 
-from tunesmith.data.formats import Issue, ReadOptions, iter_examples
+from tunesmith.data.formats import Issue, ReadOptions, iter_examples, messages_digest
 from tunesmith.errors import DataErrors
 
 FEW_EXAMPLES = 100
 EVAL_NAMES = ("val", "valid", "validation", "dev", "test", "eval")
 TOKEN_BATCH = 512
-
-
-def _digest(messages: list[dict], extra: str | None = None) -> int:
-    """64-bit digest of a list of messages (roles and contents)."""
-    h = hashlib.blake2b(digest_size=8)
-    for m in messages:
-        h.update(m["role"].encode())
-        h.update(b"\x00")
-        h.update(m["content"].encode())
-        h.update(b"\x01")
-    if extra is not None:
-        h.update(extra.encode())
-    return int.from_bytes(h.digest(), "little")
 
 
 class Checker:
@@ -71,8 +57,8 @@ class Checker:
             msgs = ex.messages
             last = len(msgs) - 1 if msgs[-1]["role"] == "assistant" else max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
             answer = msgs[last]["content"]
-            pk = _digest(msgs[:last])
-            ak = _digest(msgs[last:], ex.rejected) & 0xFFFFFFFF
+            pk = messages_digest(msgs[:last])
+            ak = messages_digest(msgs[last:], ex.rejected) & 0xFFFFFFFF
             self.words.append(len(answer.split()))
             prev = self.prompts.get(pk)
             if prev is None:

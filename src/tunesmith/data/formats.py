@@ -12,6 +12,7 @@ in CSV), the file for folder pairs.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -83,6 +84,22 @@ class ReadOptions:
     format: str | None = None  # force a shape instead of detecting it
     template: str = DEFAULT_PAIR_TEMPLATE  # folder pairs: user turn built from {input} (and {name})
     system: str | None = None  # folder pairs: optional system prompt
+
+
+# ---------------------------------------------------------------- identity
+
+
+def messages_digest(messages: list[dict], extra: str | None = None) -> int:
+    """64-bit digest of a list of messages (roles and contents)."""
+    h = hashlib.blake2b(digest_size=8)
+    for m in messages:
+        h.update(m["role"].encode())
+        h.update(b"\x00")
+        h.update(m["content"].encode())
+        h.update(b"\x01")
+    if extra is not None:
+        h.update(extra.encode())
+    return int.from_bytes(h.digest(), "little")
 
 
 # ---------------------------------------------------------------- files

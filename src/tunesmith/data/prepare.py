@@ -10,7 +10,6 @@ duplicates or nearly duplicates an --eval-set example. The first occurrence is k
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from tunesmith.atomic import make_temp_dir, replace_dir
 from tunesmith.data.dedupe import near_duplicates
-from tunesmith.data.formats import Example, ReadOptions, iter_examples, load_examples
+from tunesmith.data.formats import Example, ReadOptions, iter_examples, load_examples, messages_digest
 from tunesmith.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -42,9 +41,9 @@ def example_text(ex: Example) -> str:
     return "\n".join(m["content"] for m in ex.messages)
 
 
-def prompt_digest(ex: Example) -> str:
+def prompt_digest(ex: Example) -> int:
     last = max(i for i, m in enumerate(ex.messages) if m["role"] == "assistant")
-    return hashlib.sha1(json.dumps(ex.messages[:last], sort_keys=True).encode()).hexdigest()
+    return messages_digest(ex.messages[:last])
 
 
 @dataclass
@@ -226,7 +225,7 @@ def prepare(sources: list[str], out: Path, *, split_spec: str = "0.8,0.1,0.1", s
         if any(not m["content"] for m in ex.messages) or ex.rejected == "":
             dropped.append({"where": where, "reason": "empty after cleaning"})
             continue
-        key = hashlib.sha1(json.dumps([ex.messages, ex.rejected], sort_keys=True).encode()).hexdigest()
+        key = messages_digest(ex.messages, ex.rejected)
         if key in seen:
             dropped.append({"where": where, "reason": f"exact duplicate of {seen[key]}"})
             continue
