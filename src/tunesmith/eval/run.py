@@ -55,8 +55,9 @@ def score(outputs, references, rules) -> tuple[dict, list[dict]]:
         per.append(row)
     n = len(per)
     keys = [k for k, _ in ROWS if rules or k != "format_adherence"]
-    agg = {k: round(statistics.fmean(per_example_values(per, k)), 2) for k in keys}
-    agg["ci95"] = {k: bootstrap_ci(per_example_values(per, k)) for k in keys}
+    values = {k: per_example_values(per, k) for k in keys}
+    agg = {k: round(statistics.fmean(v), 2) for k, v in values.items()}
+    agg["ci95"] = {k: bootstrap_ci(v) for k, v in values.items()}
     if rules:
         agg["style_rules"] = {r.name: round(100 * sum(p["style"][r.name] for p in per) / n, 1) for r in rules}
     return agg, per

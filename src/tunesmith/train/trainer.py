@@ -186,10 +186,10 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
         if not torch.cuda.is_available():
             raise UserError("--method qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
                             "on this machine use --method lora (the same adapter, on an unquantized base)")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise UserError("--method qlora needs bitsandbytes: pip install bitsandbytes") from None
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError("--method qlora needs bitsandbytes: pip install bitsandbytes")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     model, tok, model_dir = load_base(cfg.model, trust_remote_code=trust_remote_code, dtype=dtype,
                                       quantize_4bit=cfg.method == "qlora")
@@ -388,13 +388,11 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
                     save_checkpoint()
                 if st["stopped"] or st["step"] >= total_steps:
                     break
-            st["epoch"], st["step_in_epoch"] = epoch + 1, 0
             if val_enc and not (cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0):
-                st["epoch"] = epoch  # the validation belongs to the epoch just finished
                 run_validation()
-                st["epoch"] = epoch + 1
             elif not val_enc:
                 progress.note(f"epoch {epoch}/{cfg.epochs}: train loss {st['last_loss']:.4f}")
+            st["epoch"], st["step_in_epoch"] = epoch + 1, 0  # the checkpoint resumes at the next epoch
             save_checkpoint()
     finally:
         progress.close()
@@ -559,10 +557,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
         else:
             for f in sorted((work / "best").glob("*.safetensors")):
                 model.load_state_dict(load_file(str(f)), strict=False)
-    save_adapter(model, tok, work / "adapter")
-    for f in (work / "adapter").iterdir():
-        os.replace(f, work / f.name)
-    (work / "adapter").rmdir()
+    model.save_pretrained(str(work))  # the whole run dir is renamed into place below, so no temp dir here
+    tok.save_pretrained(str(work))
     (work / RUN_INFO).write_text(json.dumps({"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
                                              "adapter": "best" if best else "last", "result": asdict(result)}, indent=2))
     replace_dir(work, out)
