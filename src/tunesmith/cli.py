@@ -112,7 +112,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="file of prompts: JSONL (chat examples or {\"prompt\": ...}) or plain text, one per line")
     _add_generation(p)
     p.add_argument("--json", action="store_true", help="one JSON object per output")
-    p.set_defaults(handler="tunesmith.generate:cli_generate")
+    p.set_defaults(handler="tunesmith.use.generate:cli_generate")
+
+    p = sub.add_parser("chat", help="talk to the model (adapter attached) in the terminal, tokens streamed")
+    _add_model(p)
+    p.add_argument("--adapter", help="run directory of a trained adapter")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="longest answer per turn (default 512)")
+    p.add_argument("--system", default=None, help="system prompt for the conversation")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.set_defaults(handler="tunesmith.use.chat:cli_chat")
+
+    p = sub.add_parser("merge", help="fold an adapter into the base model: a standalone Hugging Face directory")
+    _add_model(p)
+    p.add_argument("--adapter", required=True, help="run directory of a trained adapter")
+    p.add_argument("--out", required=True, help="directory to write (safetensors, tokenizer, chat template)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (only once the new one is written)")
+    p.set_defaults(handler="tunesmith.use.export:cli_merge")
+
+    p = sub.add_parser("export", help="export the merged model (or the adapter alone) as a GGUF file for llama.cpp/Ollama")
+    _add_model(p)
+    p.add_argument("--adapter", help="run directory of a trained adapter (default: the base model alone)")
+    p.add_argument("--format", choices=["gguf"], default="gguf", help="output format (default gguf)")
+    p.add_argument("--quant", choices=["f32", "f16", "q8_0"], default="f16", help="tensor type (default f16)")
+    p.add_argument("--adapter-only", action="store_true", help="write a GGUF LoRA adapter (llama.cpp --lora) instead of a merged model")
+    p.add_argument("--out", required=True, help="the .gguf file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(handler="tunesmith.use.export:cli_export")
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API with one or more adapters (needs the 'serve' extra)")
+    _add_model(p)
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN_DIR",
+                   help="serve this adapter as model NAME (repeatable); requests choose it by their `model` field")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key-env", default="TUNESMITH_API_KEYS", metavar="VAR",
+                   help="environment variable with the accepted API keys, comma-separated (default TUNESMITH_API_KEYS)")
+    p.add_argument("--api-key-file", help="file with one accepted API key a line")
+    p.add_argument("--no-auth", action="store_true", help="accept requests without a key (only sensible on 127.0.0.1)")
+    p.add_argument("--max-batch", type=int, default=16, help="requests generated together (default 16)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get 429 (default 64)")
+    p.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for (default 1024)")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096, help="longest prompt accepted, in tokens (default 4096)")
+    p.add_argument("--max-body", type=int, default=1_000_000, help="largest request body in bytes (default 1000000)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take in all (default 300)")
+    p.add_argument("--log-prompts", action="store_true", help="put prompt text in the access log (off by default)")
+    p.set_defaults(handler="tunesmith.use.serve:cli_serve")
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Use a tuned model: generate, chat, merge, export, serve."""
