@@ -144,39 +144,111 @@ class Generation:
     stopped: bool  # ended with an end-of-turn/EOS token rather than running out of tokens
 
 
+def generate_ids(model, prompts: list[list[int]], *, pad_id: int, stop_ids: list[int], max_new_tokens: int | list[int],
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 on_token: Callable[[int, int], bool] | None = None,
+                 should_stop: Callable[[int], bool] | None = None) -> list[tuple[list[int], bool]]:
+    """One batch through `model.generate` (KV cache), prompts left-padded.
+
+    Returns, per prompt, the new token ids (without the stop token) and whether it ended on a
+    stop token. `on_token(row, id)` sees each kept token as it is made (streaming) and returns
+    True to end that row (e.g. a stop string); `should_stop(row)` is asked every step (a
+    cancelled or timed-out request). Rows also end at their own `max_new_tokens`.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    n = len(prompts)
+    limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    stop_set = set(stop_ids)
+    new: list[list[int]] = [[] for _ in range(n)]
+    done, stopped = [False] * n, [False] * n
+
+    class Rows(StoppingCriteria):
+        # Called once per step with the sequences so far: the last column is the new token.
+        def __call__(self, input_ids, scores, **kwargs):
+            for row, t in enumerate(input_ids[:, -1].tolist()):
+                if done[row]:
+                    continue
+                if t in stop_set:
+                    done[row] = stopped[row] = True
+                    continue
+                new[row].append(t)
+                if (on_token is not None and on_token(row, t)) or len(new[row]) >= limits[row]:
+                    done[row] = True
+            if should_stop is not None:
+                for row in range(n):
+                    if not done[row] and should_stop(row):
+                        done[row] = True
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for row, seq in enumerate(prompts):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    if seed is not None:
+        torch.manual_seed(seed)
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max(limits),
+                       eos_token_id=list(stop_set), pad_token_id=pad_id, stopping_criteria=StoppingCriteriaList([Rows()]),
+                       **sampling)
+    return list(zip(new, stopped))
+
+
 def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 256,
              batch_size: int = 8, on_batch: Callable[[int, int], None] | None = None) -> list[Generation]:
     """Greedy, batched generation with KV cache; prompts left-padded and grouped by length."""
-    import torch
-
     encoded = [prompt_ids(tokenizer, c) for c in conversations]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     stops = stop_token_ids(tokenizer)
-    pad = tokenizer.pad_token_id
-    dev = next(model.parameters()).device
     results: list[Generation | None] = [None] * len(encoded)
     done_tokens = 0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            seq = encoded[i]
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
-                do_sample=False, eos_token_id=stops, pad_token_id=pad,
-            )
-        for row, i in enumerate(idx):
-            new = out[row, width:].tolist()
-            stop_at = next((k for k, t in enumerate(new) if t in stops), None)
-            kept = new if stop_at is None else new[:stop_at]
-            text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-            results[i] = Generation(text, len(kept), stop_at is not None)
+        outs = generate_ids(model, [encoded[i] for i in idx], pad_id=tokenizer.pad_token_id, stop_ids=stops,
+                            max_new_tokens=max_new_tokens)
+        for i, (kept, stopped) in zip(idx, outs):
+            results[i] = Generation(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(kept), stopped)
             done_tokens += len(kept)
         if on_batch:
             on_batch(min(start + batch_size, len(order)), done_tokens)
     return results  # type: ignore[return-value]
+
+
+class TextStream:
+    """Token ids in, text out as it becomes final: holds back an incomplete UTF-8 character and
+    any tail that could still grow into a stop string; cuts the text at the first stop string."""
+
+    def __init__(self, tokenizer, stop: list[str] | None = None):
+        self.tokenizer, self.stop = tokenizer, [s for s in (stop or []) if s]
+        self.ids: list[int] = []
+        self.text = ""  # decoded so far (cut at a stop string once one is seen)
+        self.sent = 0  # characters already handed out
+        self.hit_stop = False
+
+    def add(self, token_id: int) -> str:
+        """The new final text after this token ('' if none yet)."""
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # half a multi-byte character: wait for the rest
+            return ""
+        self.text = text
+        for s in self.stop:
+            at = text.find(s)
+            if at != -1:
+                self.text, self.hit_stop = text[:at], True
+        hold = 0 if self.hit_stop else max((len(s) - 1 for s in self.stop), default=0)
+        end = max(self.sent, len(self.text) - hold)
+        out, self.sent = self.text[self.sent:end], end
+        return out
+
+    def flush(self) -> str:
+        """The rest, at the end (an incomplete character included, as a plain decode would)."""
+        if not self.hit_stop:
+            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        out, self.sent = self.text[self.sent:], len(self.text)
+        return out

@@ -1,0 +1,286 @@
+"""`tunesmith serve`: a real server on 127.0.0.1, spoken to with the official `openai` client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+openai = pytest.importorskip("openai", reason="the openai client is in the 'test' extra")
+pytest.importorskip("fastapi", reason="serve needs the 'serve' extra")
+
+KEY = "sk-test-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, args: list[str], log: Path, env: dict | None = None):
+        import os
+
+        self.port = free_port()
+        self.log = log
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tunesmith.cli", "serve", "--port", str(self.port), *args],
+            stdout=subprocess.DEVNULL, stderr=log.open("w"), cwd=ROOT, env={**os.environ, **(env or {})})
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {log.read_text()}")
+            try:
+                self.health()
+                return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise AssertionError(f"server did not start: {log.read_text()}")
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+            return json.loads(r.read())
+
+    def client(self, key: str = KEY):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+    def post(self, path: str, body: bytes, key: str = KEY) -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + path, data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def access_log(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter with random (non-zero) weights, so it visibly changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
+    peft.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("serve")
+    model = tiny_model_dir("llama")
+    a1, a2 = make_adapter(model, d / "a1", 1), make_adapter(model, d / "a2", 2)
+    (d / "keys").write_text(f"# keys\n{KEY}\n")
+    srv = Server(["--model", str(model), "--adapter", f"notes={a1}", "--adapter", f"support={a2}",
+                  "--api-key-file", str(d / "keys"), "--max-batch", "4", "--max-queue", "3", "--max-tokens", "900",
+                  "--max-prompt-tokens", "200", "--max-body", "5000"], d / "server.log", env={"TUNESMITH_API_KEYS": "sk-env"})
+    srv.model, srv.adapters = model, {"notes": a1, "support": a2}
+    yield srv
+    srv.stop()
+
+
+def reference(model_dir: Path, adapter: Path | None, messages: list[dict], n: int) -> str:
+    """What `tunesmith generate` makes for the same conversation (greedy)."""
+    from tunesmith.modeling import load
+
+    loaded = load(str(model_dir), adapter, quiet=True)
+    from tunesmith.chat import prompt_ids, stop_token_ids
+    from tunesmith.modeling import generate_ids
+
+    (ids, _), = generate_ids(loaded.model, [prompt_ids(loaded.tokenizer, messages)], pad_id=loaded.tokenizer.pad_token_id,
+                             stop_ids=stop_token_ids(loaded.tokenizer), max_new_tokens=n)
+    return loaded.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+MSG = [{"role": "user", "content": "Write the meeting notes. Focus: budget"}]
+
+
+def test_models_and_adapter_selection(server):
+    c = server.client()
+    assert [m.id for m in c.models.list().data] == ["tiny-llama0", "notes", "support"] or \
+        [m.id for m in c.models.list().data][1:] == ["notes", "support"]
+    base_name = c.models.list().data[0].id
+    outs = {}
+    for name, adapter in [(base_name, None), ("notes", server.adapters["notes"]), ("support", server.adapters["support"])]:
+        r = c.chat.completions.create(model=name, messages=MSG, max_tokens=12)
+        assert r.object == "chat.completion" and r.model == name
+        assert r.choices[0].finish_reason in ("length", "stop")
+        assert r.usage.completion_tokens == 12 or r.choices[0].finish_reason == "stop"
+        assert r.choices[0].message.content == reference(server.model, adapter, MSG, 12)
+        outs[name] = r.choices[0].message.content
+    assert len(set(outs.values())) == 3, "each adapter (and the base) must give its own output"
+    # the environment variable's key is accepted too
+    assert server.client("sk-env").models.list().data
+
+
+def test_streaming_matches_plain_and_completions(server):
+    c = server.client()
+    plain = c.chat.completions.create(model="notes", messages=MSG, max_tokens=20).choices[0].message.content
+    chunks = list(c.chat.completions.create(model="notes", messages=MSG, max_tokens=20, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == plain
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] in ("length", "stop")
+    assert chunks[-1].usage.completion_tokens >= 1 and chunks[-1].choices == []
+
+    comp = c.completions.create(model="support", prompt="The team discussed the", max_tokens=8)
+    assert comp.object == "text_completion" and comp.usage.completion_tokens == 8 or comp.choices[0].finish_reason == "stop"
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+        model="support", prompt="The team discussed the", max_tokens=8, stream=True))
+    assert streamed == comp.choices[0].text
+
+
+def test_stop_sequence(server):
+    c = server.client()
+    full = c.completions.create(model="notes", prompt="The team discussed the", max_tokens=30).choices[0].text
+    cut = next((full[i:i + 2] for i in range(3, len(full) - 2) if full[i:i + 2].strip()), None)
+    if cut is None:
+        pytest.skip(f"output has no usable stop string: {full!r}")
+    r = c.completions.create(model="notes", prompt="The team discussed the", max_tokens=30, stop=[cut])
+    assert r.choices[0].text == full[: full.index(cut)]
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_errors(server):
+    c = server.client()
+    with pytest.raises(openai.AuthenticationError) as e:
+        server.client("wrong-key").chat.completions.create(model="notes", messages=MSG)
+    assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="../../etc/passwd", messages=MSG)
+    assert "does not exist; this server has: " in e.value.body["message"] and e.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="notes", messages=MSG, max_tokens=5000)
+    assert e.value.body["message"] == "'max_tokens' is 5000; it must be between 1 and 900"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="notes", messages=[{"role": "user", "content": "budget " * 300}])
+    assert "this server accepts at most 200" in e.value.body["message"]
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model="notes", messages=[{"role": "user", "content": "x" * 6000}])
+    assert e.value.status_code == 413 and e.value.body["code"] == "body_too_large"
+    status, body = server.post("/v1/chat/completions", b'{"model": "notes", "messages": [')
+    assert status == 400 and body["error"]["code"] == "invalid_json"
+    status, body = server.post("/v1/chat/completions", b'{"model": "notes", "messages": "hi"}')
+    assert status == 400 and body["error"]["param"] == "messages"
+    # no prompt text in the access log by default
+    log = server.access_log()
+    assert log and not any("budget" in json.dumps(line) for line in log)
+    assert {401, 404, 413, 400} <= {line["status"] for line in log}
+
+
+def test_concurrent_requests_are_batched_and_equal_to_one_at_a_time(server):
+    c = server.client()
+    prompts = [[{"role": "user", "content": f"Write the meeting notes. Focus: {w}"}] for w in ("budget", "design", "remote case")]
+    alone = [c.chat.completions.create(model="notes", messages=p, max_tokens=40).choices[0].message.content for p in prompts]
+    before = server.health()["batches"]
+    results: list = [None] * 3
+
+    def ask(i):
+        results[i] = c.chat.completions.create(model="notes", messages=prompts[i], max_tokens=40).choices[0].message.content
+
+    # hold the worker busy on a long request so the three queue up and go in one batch
+    blocker = threading.Thread(target=lambda: c.chat.completions.create(model="support", messages=MSG, max_tokens=200))
+    blocker.start()
+    time.sleep(0.3)
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads + [blocker]:
+        t.join()
+    assert results == alone, "batched (left-padded) outputs must equal the one-at-a-time outputs"
+    assert server.health()["batches"] - before == 2  # the blocker, then the three together
+
+
+def test_full_queue_gets_429(server):
+    c = server.client()
+    codes: list = []
+
+    def ask():
+        try:
+            c.chat.completions.create(model="notes", messages=MSG, max_tokens=300)
+            codes.append(200)
+        except openai.RateLimitError as e:
+            assert e.body["code"] == "queue_full"
+            codes.append(429)
+
+    blocker = threading.Thread(target=lambda: c.chat.completions.create(model="support", messages=MSG, max_tokens=200))
+    blocker.start()
+    time.sleep(0.3)
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads + [blocker]:
+        t.join()
+    assert codes.count(200) == 3 and codes.count(429) == 3  # --max-queue 3 while the blocker generates
+
+
+def test_disconnecting_client_cancels_generation(server):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "notes", "messages": MSG, "max_tokens": 900,
+                                                               "stream": True}),
+                 {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    resp.fp.readline()  # the first event is there: generation has started
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        entry = [line for line in server.access_log() if line.get("stream") and line.get("cancelled")]
+        if entry and server.health()["generating"] == 0:
+            break
+        time.sleep(0.2)
+    assert entry, "the server did not notice the client going away"
+    assert entry[-1]["completion_tokens"] < 900
+
+
+def test_timeout_and_no_auth(tiny_model_dir, tmp_path):
+    srv = Server(["--model", str(tiny_model_dir("llama")), "--no-auth", "--timeout", "0.3", "--max-tokens", "900"],
+                 tmp_path / "log")
+    try:
+        c = srv.client("anything")
+        with pytest.raises(openai.APIStatusError) as e:
+            c.chat.completions.create(model=c.models.list().data[0].id, messages=MSG, max_tokens=900)
+        assert e.value.status_code == 504 and e.value.body["type"] == "timeout"
+    finally:
+        srv.stop()
+
+
+def test_serve_refuses_bad_setup(tiny_model_dir, tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("serve", "--model", str(tiny_model_dir("llama")), env={"TUNESMITH_API_KEYS": ""})
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: no API keys: set TUNESMITH_API_KEYS=key1,key2 or pass --api-key-file FILE")
+    r = run_cli("serve", "--no-auth", "--adapter", "notes")
+    assert r.returncode == 2 and r.stderr == "error: --adapter notes: expected NAME=RUN_DIR, e.g. --adapter notes=runs/notes\n"
+    r = run_cli("serve", "--no-auth", "--adapter", f"notes={tmp_path}/nope")
+    assert r.returncode == 2 and r.stderr == f"error: --adapter {tmp_path}/nope: no such directory\n"
