@@ -321,3 +321,27 @@ def test_precision_rslora_and_full_disk(tiny_model_dir, data_dir, tmp_path, monk
     monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10 << 30, 10 << 30, 5 << 20))
     with pytest.raises(UserError, match=r"--out .*full: only 5 MB free on that disk; a full run needs about 2048 MB"):
         trainer.train(cfg_for(m, data_dir, tmp_path / "full", method="full"), quiet=True)
+
+
+def test_eval_metric_during_training_picks_the_best_score(tiny_model_dir, data_dir, tmp_path):
+    from tunesmith.eval.metrics import scores
+    from tunesmith.modeling import generate, load
+
+    r = trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", epochs=2, lr=5e-2, eval_metric="rougeL",
+                              eval_limit=4, eval_max_new_tokens=24), quiet=True)
+    vals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
+    assert [v["step"] for v in vals] == [0, 4, 8] and all("val_rougeL" in v for v in vals)
+    best = max(vals[1:], key=lambda v: v["val_rougeL"])  # the first best wins a tie
+    assert r.best["step"] == best["step"] and r.best["val_rougeL"] == best["val_rougeL"]
+    assert vals[-1]["val_rougeL"] > vals[0]["val_rougeL"]  # the tiny model learns the notes' wording
+    # the logged score is what eval computes with the saved (best) adapter
+    from tunesmith.data.formats import load_examples
+    from tunesmith.eval.run import split_prompt
+
+    loaded = load(str(tiny_model_dir("llama")), tmp_path / "run", quiet=True)
+    prompts, refs = zip(*(split_prompt(ex.messages) for ex in load_examples(str(data_dir / "val.jsonl"))[:4]))
+    outs = generate(loaded.model, loaded.tokenizer, list(prompts), max_new_tokens=24)
+    mean = sum(scores(o.text, ref)["rougeL"] for o, ref in zip(outs, refs)) / 4
+    assert mean == pytest.approx(best["val_rougeL"], abs=0.01)
+    with pytest.raises(UserError, match="--eval-metric 'rouge': choose from rouge1, rouge2, rougeL"):
+        cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "x", eval_metric="rouge").validate()

@@ -49,6 +49,9 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     eval_every_steps: int = 0  # validation loss every N steps too (0 = once per epoch)
     patience: int = 0  # stop after this many validations without a new best (0 = never)
+    eval_metric: str = ""  # also generate on the validation set at each validation and score it (e.g. rougeL)
+    eval_max_new_tokens: int = 256  # --eval-metric: longest generated answer
+    eval_limit: int = 0  # --eval-metric: only the first N validation examples (0 = all)
     save_every: int = 0  # checkpoint every N steps too (0 = once per epoch)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
 
@@ -60,6 +63,13 @@ class TrainConfig:
         for name in ("max_steps", "eval_every_steps", "patience", "save_every", "threads"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(self, name)})")
+        if self.eval_metric:
+            from tunesmith.eval.metrics import TEXT_METRICS
+
+            if self.eval_metric not in TEXT_METRICS:
+                raise UserError(f"--eval-metric {self.eval_metric!r}: choose from {', '.join(TEXT_METRICS)}")
+        if self.eval_max_new_tokens < 1 or self.eval_limit < 0:
+            raise UserError("--eval-max-new-tokens must be at least 1 and --eval-limit 0 or more")
         if self.keep_checkpoints < 1:
             raise UserError(f"--keep-checkpoints must be at least 1 (got {self.keep_checkpoints})")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -99,6 +109,10 @@ HELP = {
     "max_grad_norm": "clip gradients to this norm (0 = off)",
     "eval_every_steps": "also compute the validation loss every N steps (0 = once per epoch)",
     "patience": "early stopping: stop after N validations without a new best (0 = off)",
+    "eval_metric": "also generate on the validation set at each validation, score with this metric (e.g. rougeL), "
+                   "and keep / early-stop on the best score instead of the lowest loss",
+    "eval_max_new_tokens": "--eval-metric: longest generated answer in tokens",
+    "eval_limit": "--eval-metric: generate for only the first N validation examples (0 = all)",
     "save_every": "also write a checkpoint every N steps (0 = once per epoch)",
     "keep_checkpoints": "how many recent checkpoints to keep",
     "weight_decay": "AdamW weight decay",

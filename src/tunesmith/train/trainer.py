@@ -157,6 +157,25 @@ def validate(model, encoded, cfg: TrainConfig, pad_id: int) -> float:
     return total / max(count, 1)
 
 
+def validate_generation(model, tok, val_gen: tuple[list, list], cfg: TrainConfig) -> float:
+    """--eval-metric: greedy answers for the validation prompts, scored against their references (0-100)."""
+    import statistics
+
+    from tunesmith.eval.metrics import scores
+    from tunesmith.modeling import generate
+
+    prompts, refs = val_gen
+    was_training, use_cache = model.training, model.config.use_cache
+    model.eval()
+    model.config.use_cache = True
+    try:
+        outs = generate(model, tok, prompts, max_new_tokens=cfg.eval_max_new_tokens, batch_size=2 * cfg.micro_batch_size)
+    finally:
+        model.config.use_cache = use_cache
+        model.train(was_training)
+    return statistics.fmean(scores(o.text, r)[cfg.eval_metric] for o, r in zip(outs, refs))
+
+
 # ---------------------------------------------------------------- setup / fit
 
 
@@ -277,8 +296,11 @@ def lr_schedule(cfg: TrainConfig, total_steps: int):
     return lr_at
 
 
-def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: bool = False, resume: Path | None = None):
-    """The training loop. Checkpoints go to work/checkpoints, the best adapter to work/best."""
+def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: bool = False, resume: Path | None = None,
+        val_gen: tuple[list, list] | None = None):
+    """The training loop. Checkpoints go to work/checkpoints, the best adapter to work/best.
+    With `val_gen` (prompts, references) each validation also generates and scores (--eval-metric);
+    the best step is then the one with the highest score rather than the lowest loss."""
     import torch
 
     from tunesmith.train import checkpoint
@@ -311,14 +333,20 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
         metrics.flush()
         st["metric_lines"] += 1
 
+    metric = f"val_{cfg.eval_metric}" if val_gen else None
+
     def run_validation() -> None:
         t = time.time()
         v = validate(model, val_enc, cfg, pad)
+        rec = {"step": st["step"], "epoch": st["epoch"], "val_loss": round(v, 6)}
+        if metric:
+            rec[metric] = round(validate_generation(model, tok, val_gen, cfg), 2)
         st["val_s"] += time.time() - t
         st["val_losses"].append(v)
-        log({"step": st["step"], "epoch": st["epoch"], "val_loss": round(v, 6)})
-        if st["best"] is None or v < st["best"]["val_loss"]:
-            st["best"], st["bad"] = {"step": st["step"], "epoch": st["epoch"], "val_loss": v}, 0
+        log(rec)
+        best = st["best"]
+        if best is None or (rec[metric] > best[metric] if metric else v < best["val_loss"]):
+            st["best"], st["bad"] = {**rec, "val_loss": v}, 0
             if lead:
                 save_adapter(model, tok, work / "best")
             mark = " (best)"
@@ -328,7 +356,8 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
             if cfg.patience and st["bad"] >= cfg.patience:
                 st["stopped"] = True
                 mark = f"; no better than step {st['best']['step']} for {st['bad']} validations: stopping early"
-        progress.note(f"step {st['step']} (epoch {st['epoch']}): train loss {st['last_loss']:.4f}, val loss {v:.4f}{mark}")
+        score = f", {metric.replace('_', ' ')} {rec[metric]:.1f}" if metric else ""
+        progress.note(f"step {st['step']} (epoch {st['epoch']}): train loss {st['last_loss']:.4f}, val loss {v:.4f}{score}{mark}")
 
     def save_checkpoint() -> None:
         st["elapsed"] = time.time() - t0
@@ -340,9 +369,13 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
     if val_enc and resume is None:  # where we start from, so every run shows what training changed
         t = time.time()
         st["val_start"] = validate(model, val_enc, cfg, pad)
+        rec = {"step": 0, "epoch": 0, "val_loss": round(st["val_start"], 6)}
+        if metric:
+            rec[metric] = round(validate_generation(model, tok, val_gen, cfg), 2)
         st["val_s"] += time.time() - t
-        log({"step": 0, "epoch": 0, "val_loss": round(st["val_start"], 6)})
-        progress.note(f"validation loss before training: {st['val_start']:.4f}")
+        log(rec)
+        score = f", {metric.replace('_', ' ')} {rec[metric]:.1f}" if metric else ""
+        progress.note(f"validation loss before training: {st['val_start']:.4f}{score}")
         progress.t0 = time.time()  # the ETA counts training steps only
     model.train()
     try:
@@ -537,7 +570,15 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
         work.mkdir(parents=True, exist_ok=True)
         (work / "config.yaml").write_text(to_yaml(cfg))
     dist.barrier()
-    st = fit(model, tok, train_enc, val_enc, cfg, work, quiet, resume=ckpt)
+    val_gen = None
+    if cfg.eval_metric:
+        if not val_ex:
+            raise UserError("--eval-metric needs validation examples: --val FILE, or val.jsonl beside the training data")
+        from tunesmith.eval.run import split_prompt
+
+        kept = val_ex[: cfg.eval_limit] if cfg.eval_limit else val_ex
+        val_gen = tuple(map(list, zip(*(split_prompt(ex.messages) for ex in kept))))
+    st = fit(model, tok, train_enc, val_enc, cfg, work, quiet, resume=ckpt, val_gen=val_gen)
     best = st["best"]
     train_s = max(1e-9, st["elapsed"] - st["val_s"])  # tokens/s count training time, not validation
     result = Result(str(out), st["step"], st["last_loss"], st["val_losses"], round(st["tokens"] / train_s, 1),
@@ -590,7 +631,9 @@ def cli_train(args) -> int:
         print(json.dumps(asdict(r), indent=2))
     else:
         val = f", val loss {r.val_losses[-1]:.4f}" if r.val_losses else ""
-        best = f"; adapter from step {r.best['step']} (best val loss {r.best['val_loss']:.4f})" if r.best else ""
+        key = next((k for k in (r.best or {}) if k.startswith("val_") and k != "val_loss"), None)
+        how = f"{key.replace('_', ' ')} {r.best[key]:.1f}" if key else f"val loss {r.best['val_loss']:.4f}" if r.best else ""
+        best = f"; adapter from step {r.best['step']} (best {how})" if r.best else ""
         print(f"saved adapter to {r.run_dir} ({r.steps} steps, train loss {r.train_loss:.4f}{val}, "
               f"{r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s{best})")
     return 0
