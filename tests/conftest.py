@@ -145,3 +145,16 @@ def run_cli(*args: str, env: dict | None = None, input: str | None = None) -> su
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True,
                           env=full_env, input=input, cwd=ROOT, timeout=600)
+
+
+def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter with random (non-zero) weights, so it visibly changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
+    peft.save_pretrained(out)
+    return out

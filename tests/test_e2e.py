@@ -86,3 +86,30 @@ def test_eval_bad_inputs(tiny_model_dir, tmp_path):
     r = run_cli("eval", "--model", str(tiny_model_dir("llama")), "--data", str(test), "--style", str(bad))
     assert r.returncode == 2
     assert r.stderr.startswith(f"error: --style {bad}: required[0].pattern: invalid regular expression")
+
+
+def test_eval_with_several_references_labels_and_a_json_rule(tiny_model_dir, tmp_path):
+    from tunesmith.eval.metrics import METEOR_VARIANT, embedding_available
+
+    rows = [{"prompt": f"Is item {i} in stock?", "completion": ans, "references": [ans.upper() + "."]}
+            for i, ans in enumerate(["yes", "no", "yes"])]
+    rows[1]["references"].append("nope")
+    test = write_jsonl(tmp_path / "labels.jsonl", rows)
+    style = tmp_path / "style.yaml"
+    style.write_text("json_schema: {type: object}\nmax_chars: 400\n")
+    r = run_cli("eval", "--model", str(tiny_model_dir("llama")), "--data", str(test), "--style", str(style),
+                "--max-new-tokens", "4", "--quiet", "--embedding", "--out", str(tmp_path / "ev"))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert res["multi_reference"] == "best" and res["max_references"] == 3
+    assert res["examples"][1]["references"] == ["no", "NO.", "nope"] and res["examples"][0]["reference"] == "yes"
+    assert res["metric_notes"]["meteor"] == METEOR_VARIANT
+    m = res["metrics"]
+    assert m["labels"] == ["no", "nope", "yes"]
+    for key in ("meteor", "rouge1_mean_refs", "length_ratio", "label_accuracy", "label_macro_f1", "format_adherence"):
+        lo, hi = m["ci95"][key]
+        assert lo <= m[key] <= hi, key
+    assert m["style_rules"]["valid JSON matching json_schema"] == 0.0  # a tiny random model writes no JSON
+    assert ("embedding" in m) == embedding_available() and (res["notes"] == []) == embedding_available()
+    table = " ".join(r.stdout.split())  # the title wraps to the table's width
+    assert "best of up to 3 references" in table and "label macro F1" in table

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, make_adapter
 
 openai = pytest.importorskip("openai", reason="the openai client is in the 'test' extra")
 pytest.importorskip("fastapi", reason="serve needs the 'serve' extra")
@@ -75,19 +75,6 @@ class Server:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
-    """A LoRA adapter with random (non-zero) weights, so it visibly changes the output."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
-    peft.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

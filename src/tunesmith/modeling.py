@@ -121,14 +121,7 @@ def load(model_spec: str, adapter: str | Path | None = None, *, trust_remote_cod
     t0 = time.time()
     model, tok, model_dir = load_base(model_spec, trust_remote_code=trust_remote_code, dtype=dtype)
     if adapter_dir is not None:
-        from peft import PeftModel
-
-        try:
-            model = PeftModel.from_pretrained(model, str(adapter_dir))
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise UserError(f"--adapter {adapter_dir}: does not fit model {model_spec} ({str(e).splitlines()[0]})") from None
-        if merge and not model.active_peft_config.is_prompt_learning:
-            model = model.merge_and_unload()
+        model = attach_adapter(model, adapter_dir, model_spec, merge)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -199,24 +192,49 @@ def generate_ids(model, prompts: list[list[int]], *, pad_id: int, stop_ids: list
     return list(zip(new, stopped))
 
 
-def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 256,
-             batch_size: int = 8, on_batch: Callable[[int, int], None] | None = None) -> list[Generation]:
-    """Greedy, batched generation with KV cache; prompts left-padded and grouped by length."""
+def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 256, batch_size: int = 8,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+             on_batch: Callable[[int, int], None] | None = None) -> list[Generation]:
+    """Batched generation with KV cache; prompts left-padded and grouped by length. Greedy unless
+    `temperature` > 0 (then `seed` makes it repeatable); text is cut at the first `stop` string."""
     encoded = [prompt_ids(tokenizer, c) for c in conversations]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     stops = stop_token_ids(tokenizer)
     results: list[Generation | None] = [None] * len(encoded)
     done_tokens = 0
-    for start in range(0, len(order), batch_size):
+    for b, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start : start + batch_size]
+        streams = [TextStream(tokenizer, stop) for _ in idx]
         outs = generate_ids(model, [encoded[i] for i in idx], pad_id=tokenizer.pad_token_id, stop_ids=stops,
-                            max_new_tokens=max_new_tokens)
-        for i, (kept, stopped) in zip(idx, outs):
-            results[i] = Generation(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(kept), stopped)
+                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            seed=None if seed is None else seed + b,
+                            on_token=(lambda row, t: (streams[row].add(t), streams[row].hit_stop)[1]) if stop else None)
+        for i, stream, (kept, stopped) in zip(idx, streams, outs):
+            if stop and stream.hit_stop:
+                text, stopped = stream.text, True
+            else:
+                text = tokenizer.decode(kept, skip_special_tokens=True)
+            results[i] = Generation(text.strip(), len(kept), stopped)
             done_tokens += len(kept)
         if on_batch:
             on_batch(min(start + batch_size, len(order)), done_tokens)
     return results  # type: ignore[return-value]
+
+
+def attach_adapter(model, adapter_dir: Path, model_spec: str, merge: bool = True):
+    """The base model with a run's adapter on it (LoRA folded into the weights when `merge`)."""
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"--adapter {adapter_dir}: does not fit model {model_spec} ({str(e).splitlines()[0]})") from None
+    if merge and not model.active_peft_config.is_prompt_learning:
+        model = model.merge_and_unload()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 class TextStream:

@@ -183,8 +183,27 @@ def _examples(systems: list[dict], sort_key: str, limit: int) -> str:
     return '<table class="ex">' + "".join(rows) + "</table>"
 
 
+def _probes(extra: dict) -> str:
+    parts = []
+    mem = extra.get("memorization")
+    if mem:
+        parts.append(f"<p><b>Memorization</b>: {_e(mem['metric'])} {mem['train']:.1f} on {mem['n_train']} training examples vs "
+                     f"{mem['held_out']:.1f} held out — gap {mem['gap']:+.1f} (95 % interval {mem['gap_ci95'][0]:+.1f} to "
+                     f"{mem['gap_ci95'][1]:+.1f}).</p>")
+    fg = extra.get("forgetting")
+    if fg:
+        b, a = fg["before"], fg["after"]
+        parts.append(f"<p><b>Forgetting</b> ({b['n']} general-knowledge questions shipped with tunesmith): answer perplexity "
+                     f"{b['perplexity']:.2f} → {a['perplexity']:.2f} ({fg['perplexity_ratio']:.2f}×); answer found "
+                     f"{b['contains_answer']:.0f} % → {a['contains_answer']:.0f} %; token F1 {b['token_f1']:.1f} → {a['token_f1']:.1f}.</p>")
+    for rep in (mem, fg):
+        if rep and rep.get("warning"):
+            parts.append(f'<p class="worse">warning: {_e(rep["warning"])}</p>')
+    return "<h2>Generalization and forgetting</h2>" + "".join(parts) if parts else ""
+
+
 def render(systems: list[dict], labels: list[tuple[str, str]], *, run_dir: str | Path | None = None,
-           sort_key: str = "rougeL", limit: int = 200) -> str:
+           sort_key: str = "rougeL", limit: int = 200, extra: dict | None = None) -> str:
     """The whole page. `systems`: results dicts (as in results.json) on the same examples, the
     reference system first; `labels`: (metric key, label) rows for the table."""
     first = systems[0]
@@ -199,7 +218,7 @@ def render(systems: list[dict], labels: list[tuple[str, str]], *, run_dir: str |
              "<h2>Metrics</h2><p class=meta>mean and bootstrap 95 % interval; below each system, the paired test against "
              f"<b>{_e(first['system'])}</b> on the same examples.</p>",
              _metric_rows(systems, labels),
-             "<h2>At a glance</h2><figure>", bar_chart(systems, CHART_METRICS), "</figure>"]
+             "<h2>At a glance</h2><figure>", bar_chart(systems, CHART_METRICS), "</figure>", _probes(extra or {})]
     if run_dir:
         train, val = read_curves(run_dir)
         chart = loss_chart(train, val)
