@@ -204,8 +204,9 @@ def print_systems_table(runs: list[dict]) -> None:
     from rich.table import Table
 
     first = runs[0]
-    t = Table(title=f"{len(runs)} systems on {first['data']} ({first['n']} examples; mean [95 % bootstrap CI]; "
-                    f"* = significantly different from {first['system']}, paired bootstrap p<0.05)")
+    t = Table(title=f"{len(runs)} systems on {first['data']} ({first['n']} examples)",
+              caption=f"means; * = significantly different from {first['system']} (paired bootstrap, p<0.05); "
+                      "intervals in results.json and report.html")
     t.add_column("metric")
     for r in runs:
         t.add_column(r["system"], justify="right")
