@@ -1,0 +1,628 @@
+"""`tunesmith merge` and `tunesmith export`: take a trained adapter out of tunesmith.
+
+merge   folds the LoRA weights into the base model and writes a standalone Hugging Face
+        directory (safetensors + config + tokenizer + chat template) that plain
+        `AutoModelForCausalLM.from_pretrained` loads.
+export  writes a GGUF file for llama.cpp / Ollama: the merged model (or the base model alone),
+        or with --adapter-only a GGUF LoRA adapter for `llama-cli -m BASE.gguf --lora FILE.gguf`.
+
+How GGUF is written, and why this way: with the `gguf` package (gguf-py, pinned in pyproject)
+and its tensor-name maps, not with llama.cpp's `convert_hf_to_gguf.py`. That converter is not
+on PyPI: it lives in the llama.cpp repository, needs its own `conversion/` package and a
+matching gguf-py, and reads a model directory from disk. Writing the file ourselves is a few
+hundred lines for the architectures tunesmith trains (llama, qwen2, qwen3, phi3), runs
+offline on the merged model already in memory, and reuses the same name map and q/k
+permutation for the LoRA-adapter file. The rules below follow llama.cpp's converter
+(`LlamaModel.permute`, 1-D tensors and norms kept in F32, Q8_0 falling back to F16 where a row
+is not a multiple of 32, tokenizer.ggml.* keys). The tests read every file back with an
+independent reader -- transformers' GGUF loader, which undoes the permutation -- and compare
+logits and greedy text with the model tunesmith serves; llama.cpp itself (llama-cpp-python)
+when it is installed.
+
+Every output is written under a temporary name beside --out and renamed into place at the
+end, so an interrupted run never leaves a half-written model where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.atomic import make_temp_dir, replace_dir
+from tunesmith.cli import DEFAULT_MODEL
+from tunesmith.errors import UserError
+
+PROMPT_LEARNING = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT"}
+MERGE_INFO = "tunesmith-merge.json"
+
+# HF model_type -> GGUF architecture name, and whether llama.cpp wants q/k rows permuted
+# (its llama graph applies RoPE to interleaved pairs; HF rotates the two halves of a head).
+ARCHS = {"llama": ("llama", True), "qwen2": ("qwen2", False), "qwen3": ("qwen3", False), "phi3": ("phi3", False)}
+
+# Pre-tokenizer regexes of Qwen2 and Llama-3 tokenizer.json files, and llama.cpp's name for each.
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+                r"|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_PRE = {_QWEN2_SPLIT: "qwen2", _LLAMA3_SPLIT: "llama-bpe"}
+
+QUANTS = ("f32", "f16", "q8_0")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- checks shared by both commands
+
+
+def _adapter_config(adapter: str) -> dict:
+    """adapter_config.json of a run dir, after the checks every command makes."""
+    from tunesmith.modeling import check_adapter_dir
+
+    path = Path(adapter)
+    if path.is_dir() and (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise UserError(
+            f"--adapter {adapter}: this run (method full or freeze) is already a standalone Hugging Face model "
+            f"directory; there is nothing to merge. Load it as it is, or export it with "
+            f"`tunesmith export --model {adapter} --out FILE.gguf`"
+        )
+    check_adapter_dir(path)
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    peft_type = str(cfg.get("peft_type", "")).upper()
+    if peft_type in PROMPT_LEARNING:
+        kind = peft_type.lower().replace("_", "-")
+        raise UserError(
+            f"--adapter {adapter}: a {kind} adapter adds learned virtual tokens to every prompt; it changes no "
+            f"weights, so it cannot be merged into the model or exported. Use it with `tunesmith generate/serve "
+            f"--adapter {adapter}`, or train with --method lora to get a mergeable adapter"
+        )
+    if peft_type != "LORA":
+        raise UserError(f"--adapter {adapter}: peft_type {cfg.get('peft_type')!r}; only LoRA adapters can be merged or exported")
+    return cfg
+
+
+def _check_out(out: str, overwrite: bool, *, is_file: bool, protect: dict | None = None) -> Path:
+    protect = protect or {}
+    path = Path(out).expanduser()
+    if is_file:
+        if path.suffix.lower() != ".gguf":
+            raise UserError(f"--out {out}: expected a file name ending in .gguf")
+        if path.is_dir():
+            raise UserError(f"--out {out}: is a directory; give the .gguf file to write")
+    elif path.exists() and not path.is_dir():
+        raise UserError(f"--out {out}: exists and is a file; give a directory to write")
+    if path.exists() and not overwrite and (is_file or any(path.iterdir())):
+        raise UserError(f"--out {out}: already exists; pass --overwrite to replace it (only once the new one is written)")
+    if not path.resolve().parent.is_dir():
+        raise UserError(f"--out {out}: the folder {path.resolve().parent} does not exist")
+    for flag, value in protect.items():
+        if value and Path(value).expanduser().resolve() == path.resolve():
+            raise UserError(f"--out {out}: is the {flag} directory itself; write the result somewhere else")
+    return path
+
+
+def _load_fp32(spec: str, adapter: str | None, trust_remote_code: bool):
+    """Base model (+ adapter folded in) in float32, on the CPU: merging in full precision."""
+    import torch
+
+    from tunesmith.modeling import load
+
+    from peft import PeftModel
+
+    loaded = load(spec, adapter, trust_remote_code=trust_remote_code, dtype=torch.float32, merge=True)
+    loaded.model.to("cpu")
+    if isinstance(loaded.model, PeftModel):  # load() merges every LoRA; guard anyway
+        raise UserError(f"--adapter {adapter}: could not be folded into the model")
+    return loaded
+
+
+def _saved_dtype(model_dir: Path):
+    """The dtype the base model's weights were saved in (the merged model keeps it)."""
+    import torch
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(name), torch.float32)
+
+
+def _chat_template(tok) -> str:
+    from tunesmith.chat import FALLBACK_TEMPLATE
+
+    template = tok.chat_template
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()))
+    return template or FALLBACK_TEMPLATE  # what tunesmith trained and generates with
+
+
+# ---------------------------------------------------------------- merge
+
+
+def merge_to_dir(spec: str, adapter: str, out: Path, *, trust_remote_code: bool = False) -> dict:
+    """Write base + adapter as a standalone HF directory at `out` (replaced atomically)."""
+    lora = _adapter_config(adapter)
+    loaded = _load_fp32(spec, adapter, trust_remote_code)
+    model, tok = loaded.model, loaded.tokenizer
+    dtype = _saved_dtype(loaded.model_dir)
+    model.to(dtype)
+    tok.chat_template = _chat_template(tok)
+    tmp = make_temp_dir(out)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        if not list(tmp.glob("*.safetensors")) or list(tmp.glob("*.bin")):
+            raise UserError("the merged model was not saved as safetensors (transformers version?); nothing was written")
+        info = {"base_model": spec, "base_model_dir": str(loaded.model_dir), "adapter": str(Path(adapter).resolve()),
+                "lora_r": lora.get("r"), "lora_alpha": lora.get("lora_alpha"), "use_dora": bool(lora.get("use_dora")),
+                "use_rslora": bool(lora.get("use_rslora")), "dtype": str(dtype).removeprefix("torch.")}
+        (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2))
+        replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    weights = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    return {"dir": out, "bytes": weights, "arch": model.config.model_type, "dtype": info["dtype"]}
+
+
+def cli_merge(args) -> int:
+    from tunesmith.modeling import base_model_of
+
+    out = _check_out(args.out, args.overwrite, is_file=False, protect={"--adapter": args.adapter, "--model": args.model})
+    _adapter_config(args.adapter)
+    spec = base_model_of(args.adapter, args.model, DEFAULT_MODEL)
+    t0 = time.time()
+    r = merge_to_dir(spec, args.adapter, out, trust_remote_code=args.trust_remote_code)
+    print(f"wrote {out}/ ({_size(r['bytes'])} safetensors, {r['dtype']}, {r['arch']}, merged in {time.time() - t0:.0f}s)")
+    return 0
+
+
+# ---------------------------------------------------------------- GGUF: architecture
+
+
+@dataclass
+class Arch:
+    hf_type: str
+    gguf_arch: str
+    permute_qk: bool
+    n_layer: int
+    n_head: int
+    n_kv: int
+    head_dim: int
+
+
+def _arch(config, what: str) -> Arch:
+    mt = config.model_type
+    if mt not in ARCHS:
+        raise UserError(
+            f"{what}: architecture {mt!r} cannot be exported to GGUF yet; supported: {', '.join(ARCHS)}. "
+            f"`tunesmith merge` writes a Hugging Face directory for any architecture"
+        )
+    rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type != "default":
+        raise UserError(f"{what}: RoPE scaling {rope_type!r} is not supported by GGUF export yet (only plain RoPE)")
+    if mt == "phi3" and rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise UserError(f"{what}: partial rotary embeddings are not supported by GGUF export yet")
+    if getattr(config, "mlp_bias", False):
+        raise UserError(f"{what}: MLP biases are not supported by GGUF export yet")
+    if getattr(config, "use_sliding_window", False):
+        raise UserError(f"{what}: sliding-window attention is not supported by GGUF export yet")
+    n_head = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    gguf_arch, permute = ARCHS[mt]
+    return Arch(mt, gguf_arch, permute, config.num_hidden_layers, n_head,
+                getattr(config, "num_key_value_heads", None) or n_head, head_dim)
+
+
+def _rope_theta(config) -> float:
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    return float(rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
+
+
+def _permute(w, n_head: int):
+    """llama.cpp's LlamaModel.permute: HF's rotate-half rows -> interleaved pairs (rows of a head)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _name_map(arch: Arch):
+    import gguf
+
+    archs = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
+    return gguf.get_tensor_name_map(archs[arch.gguf_arch], arch.n_layer)
+
+
+def _gguf_name(name_map, hf_name: str) -> str | None:
+    base, _, suffix = hf_name.rpartition(".")
+    mapped = name_map.get_name(base)
+    return f"{mapped}.{suffix}" if mapped else None
+
+
+def _qk_heads(arch: Arch, hf_name: str) -> int | None:
+    """Heads to permute over, for llama q/k projections; None for every other tensor."""
+    if not arch.permute_qk:
+        return None
+    if ".q_proj." in hf_name:
+        return arch.n_head
+    if ".k_proj." in hf_name:
+        return arch.n_kv
+    return None
+
+
+# ---------------------------------------------------------------- GGUF: tensor types
+
+
+def _qtype(gguf_name: str, shape: tuple[int, ...], quant: str):
+    import gguf
+
+    T = gguf.GGMLQuantizationType
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith((".weight", ".lora_a", ".lora_b")):
+        return T.F32  # llama.cpp reads 1-D tensors and norms as F32 only
+    if quant == "f32":
+        return T.F32
+    if quant == "q8_0" and shape[-1] % gguf.GGML_QUANT_SIZES[T.Q8_0][0] == 0:
+        return T.Q8_0
+    return T.F16  # f16, or a q8_0 row that is not a multiple of 32 (as llama.cpp's converter does)
+
+
+def _nbytes(shape: tuple[int, ...], qtype) -> int:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return math.prod(shape) // block * size
+
+
+def _encode(data, qtype):
+    import gguf
+    import numpy as np
+
+    T = gguf.GGMLQuantizationType
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if qtype == T.F32:
+        return data
+    if qtype == T.F16:
+        return data.astype(np.float16)
+    return gguf.quants.quantize(data, qtype)
+
+
+class _Plan:
+    """Tensors to write: names, shapes and types first (the header), then the data, one at a time,
+    so the file is streamed without a second copy of the model in memory."""
+
+    def __init__(self):
+        self.items: list[tuple[str, tuple[int, ...], object, object]] = []  # name, shape, qtype, () -> ndarray
+
+    def add(self, name: str, shape, qtype, fetch) -> None:
+        self.items.append((name, tuple(int(x) for x in shape), qtype, fetch))
+
+    def write(self, writer) -> None:
+        import numpy as np
+
+        for name, shape, qtype, _ in self.items:
+            writer.add_tensor_info(name, shape, np.dtype(np.float32), _nbytes(shape, qtype), raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for name, shape, qtype, fetch in self.items:
+            data = _encode(fetch(), qtype)
+            writer.write_tensor_data(data)
+
+
+def _write_atomic(out: Path, arch_name: str, fill) -> int:
+    """Run `fill(writer)` on a GGUFWriter aimed at a temp file beside `out`, then rename it into place."""
+    import tempfile
+
+    import gguf
+
+    fd, tmp_name = tempfile.mkstemp(dir=out.resolve().parent, prefix=f".{out.name}.tmp-")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    writer = gguf.GGUFWriter(tmp, arch_name)
+    try:
+        fill(writer)
+        writer.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out)
+    finally:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+    return out.stat().st_size
+
+
+# ---------------------------------------------------------------- GGUF: tokenizer
+
+
+def _tokenizer_json(tok) -> dict:
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError("the model's tokenizer has no tokenizer.json (a 'fast' tokenizer); GGUF export needs one")
+    return json.loads(backend.to_str())
+
+
+def _bpe_pre(tj: dict, where: str) -> str:
+    """llama.cpp's name (tokenizer.ggml.pre) for this byte-level BPE tokenizer's pre-tokenizer."""
+    model, pre, norm = tj.get("model") or {}, tj.get("pre_tokenizer") or {}, tj.get("normalizer")
+    pieces = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre] if pre else []
+    kinds = [p.get("type") for p in pieces]
+    byte_level = pieces[-1] if pieces and kinds[-1] == "ByteLevel" else None
+    found = None
+    # NFC (Qwen2's normalizer) changes only text that is not already NFC; llama.cpp's converter skips it too
+    if (model.get("type") == "BPE" and not model.get("byte_fallback") and (norm or {}).get("type") in (None, "NFC")
+            and byte_level is not None and not byte_level.get("add_prefix_space")):
+        regex = byte_level.get("use_regex", True)
+        if kinds == ["ByteLevel"] and regex:
+            found = "gpt-2"
+        elif kinds == ["Digits", "ByteLevel"] and pieces[0].get("individual_digits") and regex:
+            found = "smollm"
+        elif kinds == ["Split", "ByteLevel"] and not regex and pieces[0].get("behavior") == "Isolated":
+            found = SPLIT_PRE.get((pieces[0].get("pattern") or {}).get("Regex"))
+    if found is None:
+        desc = f"{model.get('type')} model, pre-tokenizer {'+'.join(k or '?' for k in kinds) or 'none'}"
+        if model.get("byte_fallback") or (norm or {}).get("type") not in (None, "NFC"):
+            desc += ", sentencepiece-style"
+        raise UserError(
+            f"{where}: its tokenizer ({desc}) is not one GGUF export can describe to llama.cpp yet; supported are "
+            f"byte-level BPE tokenizers of the GPT-2, SmolLM, Qwen2 and Llama-3 kinds. `tunesmith merge` writes a "
+            f"Hugging Face directory instead"
+        )
+    return found
+
+
+def _add_tokenizer(writer, tok, config, where: str) -> dict:
+    import gguf
+
+    vocab_size = config.vocab_size
+    tj = _tokenizer_json(tok)
+    pre = _bpe_pre(tj, where)
+    tokens: list[str | None] = [None] * vocab_size
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for text, i in tj["model"]["vocab"].items():
+        if i >= vocab_size:
+            raise UserError(f"{where}: tokenizer has token id {i}, beyond the model's vocab_size {vocab_size}")
+        tokens[i], types[i] = text, gguf.TokenType.NORMAL
+    for added in tj.get("added_tokens", []):
+        i = added["id"]
+        if i >= vocab_size:
+            raise UserError(f"{where}: tokenizer has token id {i}, beyond the model's vocab_size {vocab_size}")
+        tokens[i] = added["content"]
+        types[i] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+    tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
+    merges = tj["model"].get("merges") or []
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for kind in ("bos", "eos", "unk", "pad"):
+        tid = getattr(tok, f"{kind}_token_id")
+        if tid is None:  # as llama.cpp's converter does: the model config's id when the tokenizer has none
+            tid = getattr(config, f"{kind}_token_id", None)
+            tid = tid[0] if isinstance(tid, (list, tuple)) and tid else tid
+        if isinstance(tid, int) and 0 <= tid < vocab_size:
+            getattr(writer, f"add_{kind}_token_id")(tid)
+    # llama.cpp adds BOS to a prompt exactly when tunesmith does (see chat.prompt_ids)
+    probe = tok("a")["input_ids"]
+    add_bos = tok.bos_token_id is not None and bool(probe) and probe[0] == tok.bos_token_id
+    writer.add_add_bos_token(add_bos)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(_chat_template(tok))
+    return {"pre": pre, "add_bos": add_bos}
+
+
+# ---------------------------------------------------------------- GGUF: model
+
+
+def _add_hparams(writer, config, arch: Arch, quant: str, name: str) -> None:
+    import gguf
+
+    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(arch.n_layer)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(arch.n_head)
+    writer.add_head_count_kv(arch.n_kv)
+    writer.add_rope_freq_base(_rope_theta(config))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_key_length(arch.head_dim)
+    writer.add_value_length(arch.head_dim)
+    if arch.hf_type == "llama":
+        writer.add_vocab_size(config.vocab_size)
+        writer.add_rope_dimension_count(arch.head_dim)
+    if arch.hf_type == "phi3":
+        writer.add_rope_dimension_count(arch.head_dim)
+        writer.add_rope_scaling_orig_ctx_len(getattr(config, "original_max_position_embeddings", None)
+                                             or config.max_position_embeddings)
+        writer.add_sliding_window(getattr(config, "sliding_window", None) or 0)
+    writer.add_file_type(ftype)
+    if quant == "q8_0":
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def model_plan(model, arch: Arch, quant: str) -> _Plan:
+    import torch
+
+    name_map = _name_map(arch)
+    state = model.state_dict()
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    plan = _Plan()
+    for hf_name, tensor in state.items():
+        if hf_name == "lm_head.weight" and tied:
+            continue  # llama.cpp uses token_embd when there is no output.weight
+        if hf_name.endswith(("rotary_emb.inv_freq", "rotary_emb.original_inv_freq")):
+            continue
+        name = _gguf_name(name_map, hf_name)
+        if name is None:
+            raise UserError(f"tensor {hf_name} of this {arch.hf_type} model has no GGUF name; cannot export it")
+        heads = _qk_heads(arch, hf_name)
+
+        def fetch(t=tensor, heads=heads):
+            a = t.detach().to(torch.float32).cpu().numpy()
+            return _permute(a, heads) if heads else a
+
+        plan.add(name, tuple(tensor.shape), _qtype(name, tuple(tensor.shape), quant), fetch)
+    return plan
+
+
+def export_model(model, tok, out: Path, quant: str, *, name: str, where: str) -> dict:
+    """Write `model` (a plain HF causal LM, adapter already folded in) as a GGUF file at `out`."""
+    arch = _arch(model.config, where)
+    plan = model_plan(model, arch, quant)
+    meta: dict = {}
+
+    def fill(writer):
+        _add_hparams(writer, model.config, arch, quant, name)
+        meta.update(_add_tokenizer(writer, tok, model.config, where))
+        plan.write(writer)
+
+    size = _write_atomic(out, arch.gguf_arch, fill)
+    return {"bytes": size, "arch": arch.gguf_arch, "tensors": len(plan.items), **meta}
+
+
+# ---------------------------------------------------------------- GGUF: LoRA adapter
+
+
+def export_lora(adapter: str, model_dir: Path, out: Path, quant: str, *, trust_remote_code: bool = False) -> dict:
+    """Write a PEFT LoRA adapter as a llama.cpp LoRA GGUF (general.type=adapter), matching the base
+    model's GGUF tensor names. Reads only the base model's config and tensor shapes, not its weights."""
+    import gguf
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    lora = _adapter_config(adapter)
+    where = f"--adapter {adapter}"
+    if lora.get("use_dora"):
+        raise UserError(f"{where}: a DoRA adapter rescales whole weight columns, which a llama.cpp LoRA file cannot "
+                        f"express; drop --adapter-only to export the merged model")
+    if lora.get("rank_pattern") or lora.get("alpha_pattern"):
+        raise UserError(f"{where}: per-module ranks or alphas (rank_pattern/alpha_pattern) cannot be written to one "
+                        f"llama.cpp LoRA file; drop --adapter-only to export the merged model")
+    if lora.get("modules_to_save"):
+        raise UserError(f"{where}: the adapter also trains whole modules ({', '.join(lora['modules_to_save'])}), "
+                        f"which a llama.cpp LoRA file cannot hold; drop --adapter-only to export the merged model")
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    arch = _arch(config, f"--model {model_dir}")
+    name_map = _name_map(arch)
+
+    # shapes of the base weights, from the safetensors headers
+    base_shapes: dict[str, tuple[int, ...]] = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as sf:
+            for k in sf.keys():
+                base_shapes[k] = tuple(sf.get_slice(k).get_shape())
+
+    weights = load_file(str(Path(adapter) / "adapter_model.safetensors"))
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in weights.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            module, ab = key.split(".lora_A." if ".lora_A." in key else ".lora_B.")[0], "A" if ".lora_A." in key else "B"
+        else:
+            what = "embedding LoRA" if "lora_embedding" in key else "tensor"
+            raise UserError(f"{where}: {what} {key} cannot be written to a llama.cpp LoRA file; "
+                            f"drop --adapter-only to export the merged model")
+        module = module.removeprefix("base_model.model.")
+        pairs.setdefault(module, {})[ab] = t
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    plan = _Plan()
+    ranks = set()
+    for module, ab in sorted(pairs.items(), key=lambda kv: _block_order(kv[0])):
+        if set(ab) != {"A", "B"}:
+            raise UserError(f"{where}: {module} has only lora_{''.join(ab)}; the adapter file is incomplete")
+        if module == "lm_head" and tied:
+            raise UserError(f"{where}: adapts lm_head, which this model ties to the embeddings; llama.cpp cannot "
+                            f"apply that as a LoRA. Drop --adapter-only to export the merged model")
+        name = _gguf_name(name_map, module + ".weight")
+        if name is None:
+            raise UserError(f"{where}: module {module} has no GGUF name for a {arch.hf_type} model")
+        a, b = ab["A"], ab["B"]
+        base = base_shapes.get(module + ".weight")
+        if base is None or base != (b.shape[0], a.shape[1]) or a.shape[0] != b.shape[1]:
+            raise UserError(f"{where}: {module} does not fit the base model {model_dir} "
+                            f"(adapter {b.shape[0]}x{a.shape[1]}, base {base}); pass the --model it was trained on")
+        ranks.add(int(a.shape[0]))
+        heads = _qk_heads(arch, module + ".")
+
+        def fetch_a(t=a):
+            return t.to(torch.float32).numpy()
+
+        def fetch_b(t=b, heads=heads):
+            x = t.to(torch.float32).numpy()
+            return _permute(x, heads) if heads else x  # the permutation acts on output rows: B's rows
+
+        plan.add(name + ".lora_a", tuple(a.shape), _qtype(name + ".lora_a", tuple(a.shape), quant), fetch_a)
+        plan.add(name + ".lora_b", tuple(b.shape), _qtype(name + ".lora_b", tuple(b.shape), quant), fetch_b)
+    if not plan.items:
+        raise UserError(f"{where}: no LoRA weights found in adapter_model.safetensors")
+    r = int(lora.get("r") or next(iter(ranks)))
+    alpha = float(lora.get("lora_alpha") or r)
+    # llama.cpp scales by alpha / rank; rank-stabilized LoRA scales by alpha / sqrt(rank)
+    gguf_alpha = alpha * math.sqrt(r) if lora.get("use_rslora") else alpha
+
+    def fill(writer):
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, gguf_alpha)
+        writer.add_name(out.stem)
+        plan.write(writer)
+
+    size = _write_atomic(out, arch.gguf_arch, fill)
+    return {"bytes": size, "arch": arch.gguf_arch, "tensors": len(plan.items), "alpha": gguf_alpha, "r": r}
+
+
+def _block_order(module: str):
+    parts = module.split(".")
+    nums = [int(p) for p in parts if p.isdigit()]
+    return (nums[0] if nums else -1, module)
+
+
+def cli_export(args) -> int:
+    from transformers import AutoConfig
+
+    from tunesmith.modeling import base_model_of, load_tokenizer
+    from tunesmith.models import resolve
+
+    if args.format != "gguf":
+        raise UserError(f"--format {args.format}: only gguf is supported")
+    if args.quant not in QUANTS:
+        raise UserError(f"--quant {args.quant}: expected one of {', '.join(QUANTS)}")
+    out = _check_out(args.out, args.overwrite, is_file=True)
+    if args.adapter_only and not args.adapter:
+        raise UserError("--adapter-only needs --adapter RUN_DIR (the adapter to write)")
+    if args.adapter:
+        _adapter_config(args.adapter)
+    spec = base_model_of(args.adapter, args.model, DEFAULT_MODEL)
+    where = f"--model {spec}"
+    t0 = time.time()
+    model_dir = resolve(spec, trust_remote_code=args.trust_remote_code)
+    if args.adapter_only:
+        r = export_lora(args.adapter, model_dir, out, args.quant, trust_remote_code=args.trust_remote_code)
+        print(f"wrote {out} ({_size(r['bytes'])}, {args.quant}, {r['arch']} LoRA adapter, r={r['r']}, "
+              f"alpha {r['alpha']:g}) in {time.time() - t0:.0f}s")
+        return 0
+    # refuse an architecture or tokenizer we cannot describe before loading any weights
+    _arch(AutoConfig.from_pretrained(str(model_dir), trust_remote_code=args.trust_remote_code), where)
+    _bpe_pre(_tokenizer_json(load_tokenizer(model_dir, args.trust_remote_code)), where)
+    loaded = _load_fp32(spec, args.adapter, args.trust_remote_code)
+    r = export_model(loaded.model, loaded.tokenizer, out, args.quant, name=out.stem, where=where)
+    what = "merged" if args.adapter else "base model"
+    print(f"wrote {out} ({_size(r['bytes'])}, {args.quant}, {r['arch']}, {what}) in {time.time() - t0:.0f}s")
+    return 0
