@@ -79,9 +79,12 @@ def test_batch_8_equals_batch_4_times_accumulation_2(tiny_model_dir, tmp_path):
     kw = dict(epochs=1, batch_size=8, lora_dropout=0.0)
     trainer.train(cfg_for(m, d, tmp_path / "one", micro_batch_size=8, **kw), quiet=True)
     trainer.train(cfg_for(m, d, tmp_path / "acc", micro_batch_size=4, **kw), quiet=True)
-    one, acc = losses(tmp_path / "one"), losses(tmp_path / "acc")
+    trainer.train(cfg_for(m, d, tmp_path / "auto", micro_batch_size=0, **kw), quiet=True)  # auto: 1 on a CPU
+    one, acc, auto = losses(tmp_path / "one"), losses(tmp_path / "acc"), losses(tmp_path / "auto")
     assert len(one) == 2
     assert max(abs(x - y) for x, y in zip(one, acc)) < 1e-4, (one, acc)
+    assert max(abs(x - y) for x, y in zip(one, auto)) < 1e-4, (one, auto)
+    assert "micro_batch_size: 1\n" in (tmp_path / "auto" / "config.yaml").read_text()
 
 
 def test_existing_run_is_refused_and_kept_on_failed_overwrite(tiny_model_dir, data_dir, tmp_path, monkeypatch):

@@ -169,7 +169,7 @@ def validate_generation(model, tok, val_gen: tuple[list, list], cfg: TrainConfig
     model.eval()
     model.config.use_cache = True
     try:
-        outs = generate(model, tok, prompts, max_new_tokens=cfg.eval_max_new_tokens, batch_size=2 * cfg.micro_batch_size)
+        outs = generate(model, tok, prompts, max_new_tokens=cfg.eval_max_new_tokens, batch_size=8)
     finally:
         model.config.use_cache = use_cache
         model.train(was_training)
@@ -548,6 +548,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tok, model_dir = setup_model(cfg, trust_remote_code)
+    if not cfg.micro_batch_size:
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        cfg.micro_batch_size = 1 if on_cpu else max(d for d in range(1, 5) if cfg.batch_size % d == 0)
     train_enc, dropped = encode_all(tok, train_ex, cfg)
     val_enc, val_dropped = encode_all(tok, val_ex, cfg)
     for d in dropped + val_dropped:
