@@ -12,8 +12,9 @@ from pathlib import Path
 
 from tunesmith.errors import UserError
 
-METHODS = ("lora", "dora", "qlora", "full", "freeze", "prompt-tuning", "prefix-tuning")
-ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt-tuning", "prefix-tuning")  # write a PEFT adapter; the rest a model
+METHODS = ("lora", "dora", "qlora", "full", "freeze", "prompt-tuning", "prefix-tuning", "dpo", "grpo")
+PREFERENCE_METHODS = ("dpo", "grpo")  # LoRA adapters trained on preferences / graded samples (train/preference.py)
+ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt-tuning", "prefix-tuning", *PREFERENCE_METHODS)  # write a PEFT adapter; the rest a model
 
 
 @dataclass
@@ -57,6 +58,14 @@ class TrainConfig:
     eval_limit: int = 0  # --eval-metric: only the first N validation examples (0 = all)
     save_every: int = 0  # checkpoint every N steps too (0 = once per epoch)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    dpo_beta: float = 0.1  # dpo: how far from the reference the preferences may pull the model
+    graders: str = ""  # grpo: what scores a sampled answer, e.g. "format,rougeL*0.5"
+    style: str = ""  # grpo: house-style spec for the format grader (as in `tunesmith eval --style`)
+    rubric: str = ""  # grpo: rubric file for the judge grader
+    grpo_group: int = 4  # grpo: answers sampled per prompt
+    grpo_beta: float = 0.04  # grpo: weight of the KL penalty to the starting model
+    grpo_max_new_tokens: int = 128  # grpo: longest sampled answer
+    grpo_temperature: float = 1.0  # grpo: sampling temperature (> 0: a group needs different answers)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -86,6 +95,14 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise UserError(f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
+        if not self.dpo_beta > 0 or self.grpo_beta < 0:
+            raise UserError("--dpo-beta must be positive and --grpo-beta 0 or more")
+        if self.grpo_group < 2:
+            raise UserError(f"--grpo-group must be at least 2: advantages compare answers to the same prompt (got {self.grpo_group})")
+        if not self.grpo_temperature > 0 or self.grpo_max_new_tokens < 1:
+            raise UserError("--grpo-temperature must be above 0 (identical samples teach nothing) and --grpo-max-new-tokens at least 1")
+        if self.method != "grpo" and (self.graders or self.rubric):
+            raise UserError("--graders and --rubric are for --method grpo")
         if not self.lr > 0:
             raise UserError(f"--lr must be positive (got {self.lr})")
 
@@ -122,6 +139,15 @@ HELP = {
     "save_every": "also write a checkpoint every N steps (0 = once per epoch)",
     "keep_checkpoints": "how many recent checkpoints to keep",
     "weight_decay": "AdamW weight decay",
+    "dpo_beta": "--method dpo: beta, how strongly the preferences may move the model away from the reference",
+    "graders": "--method grpo: KIND[:ARG][*WEIGHT],...: rouge1/rouge2/rougeL/bleu/chrf (vs the answer), format "
+               "(--style), length:N (words), python:MODULE:FUNCTION, judge[:MODEL] (--rubric)",
+    "style": "--method grpo: house-style spec (YAML) for the format grader",
+    "rubric": "--method grpo: rubric text file for the judge grader",
+    "grpo_group": "--method grpo: answers sampled per prompt (the group the rewards are compared within)",
+    "grpo_beta": "--method grpo: weight of the KL penalty that keeps the model near where it started",
+    "grpo_max_new_tokens": "--method grpo: longest sampled answer in tokens",
+    "grpo_temperature": "--method grpo: sampling temperature",
     "train_on": "assistant turns that carry loss: all or last",
     "seed": "random seed (data order, dropout, init)",
     "threads": "CPU threads for torch (0 = default)",

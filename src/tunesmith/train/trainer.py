@@ -25,7 +25,7 @@ from tunesmith.errors import UserError
 from tunesmith.modeling import RUN_INFO
 from tunesmith.atomic import make_temp_dir, replace_dir
 from tunesmith.train import distributed as dist
-from tunesmith.train.config import ADAPTER_METHODS, TrainConfig, resolve_config, to_yaml
+from tunesmith.train.config import ADAPTER_METHODS, PREFERENCE_METHODS, TrainConfig, resolve_config, to_yaml
 
 RUN_MARKERS = ("adapter_config.json", "config.yaml", RUN_INFO)
 
@@ -626,6 +626,8 @@ def cli_train(args) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    if cfg.method in PREFERENCE_METHODS:
+        return _cli_preference(cfg, args)
     r = train(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json, trust_remote_code=args.trust_remote_code,
               resume=bool(args.resume))
     if dist.world()[0] != 0:
@@ -639,4 +641,28 @@ def cli_train(args) -> int:
         best = f"; adapter from step {r.best['step']} (best {how})" if r.best else ""
         print(f"saved adapter to {r.run_dir} ({r.steps} steps, train loss {r.train_loss:.4f}{val}, "
               f"{r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s{best})")
+    return 0
+
+
+def _cli_preference(cfg: TrainConfig, args) -> int:
+    from tunesmith.train.preference import train_preference
+
+    if args.resume:
+        raise UserError(f"--resume: {cfg.method} runs cannot be resumed yet; start the run again")
+    if not cfg.data or not cfg.out:
+        raise UserError("--data and --out are required")
+    r = train_preference(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json,
+                         trust_remote_code=args.trust_remote_code)
+    if args.json:
+        print(json.dumps(asdict(r), indent=2))
+        return 0
+    last = r.val[-1] if r.val else {}
+    if cfg.method == "dpo" and last:
+        what = (f"held-out reward accuracy {last['val_accuracy']:.0%}, chosen preferred (avg log-prob) "
+                f"{r.val_start.get('logp_accuracy', 0):.0%} -> {last['logp_accuracy']:.0%}")
+    elif last:
+        what = f"held-out reward {r.val_start.get('val_reward', float('nan')):.3f} -> {last['val_reward']:.3f}"
+    else:
+        what = f"loss {r.train_loss:.4f}"
+    print(f"saved adapter to {r.run_dir} ({cfg.method}, {r.steps} steps, {what}, {r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s)")
     return 0

@@ -1,0 +1,676 @@
+"""Preference and reinforcement fine-tuning: DPO from preference pairs, GRPO with graders.
+
+Both train a LoRA adapter (on the base, or continuing an SFT adapter with --from-adapter) and
+write the same run directory as `--method lora`, so eval, generate, merge, export and serve
+take it as it is.
+
+Our own loops rather than TRL's DPOTrainer/GRPOTrainer, for the same reason as the SFT loop
+(see trainer.py): the output layer and log-softmax run only at answer positions, and the
+pieces (model setup, adapters, run directory) are the ones every other method uses. And:
+- DPO's reference model is the starting point and never changes, so its log-probabilities of
+  every pair are computed once before training: no second model in memory and one forward
+  pass per pair per step instead of two.
+- GRPO's reference (for the KL term) is the same model with the adapter switched off when
+  training starts from the base, or a second, frozen copy of the starting adapter (a few MB)
+  when it continues an SFT adapter; the base weights exist once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tunesmith.chat import IGNORE, Encoded, encode_chat, prompt_ids, stop_token_ids
+from tunesmith.data.formats import load_examples
+from tunesmith.errors import UserError
+
+# ---------------------------------------------------------------- log-probabilities
+
+
+def token_logps(model, ids, mask, labels):
+    """Log-probability of every answer token, and the row each belongs to (1-D tensors).
+    The output layer runs only at answer positions, as in the SFT loss."""
+    import torch
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dev = next(inner.parameters()).device
+    ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
+    targets = labels[:, 1:]
+    sel = targets != IGNORE
+    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    logits = inner.get_output_embeddings()(hidden[:, :-1][sel]).float()
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    if cap:
+        logits = (logits / cap).tanh() * cap
+    lp = torch.log_softmax(logits, dim=-1).gather(1, targets[sel].unsqueeze(1)).squeeze(1)
+    rows = torch.arange(ids.shape[0], device=dev).unsqueeze(1).expand_as(targets)[sel]
+    return lp, rows
+
+
+def sequence_logps(model, encs: list[Encoded], pad_id: int):
+    """Sum of answer-token log-probabilities of each encoded sequence (a tensor, one per sequence)."""
+    import torch
+
+    from tunesmith.train.trainer import collate
+
+    ids, mask, labels = collate(encs, list(range(len(encs))), pad_id)
+    lp, rows = token_logps(model, ids, mask, labels)
+    return torch.zeros(len(encs), device=lp.device, dtype=lp.dtype).index_add(0, rows, lp)
+
+
+def dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta: float):
+    """Direct Preference Optimization (Rafailov et al. 2023), per pair:
+    -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))). Also returns the implicit rewards
+    beta * (pi - ref) of chosen and rejected."""
+    import torch.nn.functional as F
+
+    r_c = beta * (pi_chosen - ref_chosen)
+    r_r = beta * (pi_rejected - ref_rejected)
+    return -F.logsigmoid(r_c - r_r), r_c.detach(), r_r.detach()
+
+
+def group_advantages(rewards, eps: float = 1e-4):
+    """GRPO: each completion's reward relative to the others sampled for the same prompt,
+    (r - mean) / (std + eps) within the group; a group where every reward is equal gets 0.
+    `rewards` has shape [prompts, group]."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+# ---------------------------------------------------------------- graders
+
+
+@dataclass
+class Grader:
+    name: str
+    weight: float
+    fn: object  # (prompts: list[list[dict]], completions: list[str], references: list[str]) -> list[float]
+
+
+GRADER_HELP = ("comma-separated KIND[:ARG][*WEIGHT]: rouge1, rouge2, rougeL, bleu, chrf (against the example's "
+               "answer), format (the --style spec: share of rules passed), length:N (closeness to N words), "
+               "python:MODULE:FUNCTION (your function(prompt, completion, reference) -> float), "
+               "judge[:MODEL] (a local model grades with --rubric)")
+
+
+def parse_graders(spec: str, *, style: str = "", rubric: str = "", judge_default: str = "",
+                  trust_remote_code: bool = False) -> list[Grader]:
+    from tunesmith.eval import metrics as M
+
+    if not spec.strip():
+        raise UserError(f"--method grpo needs --graders ({GRADER_HELP})")
+    graders = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        body, _, w = item.partition("*")
+        try:
+            weight = float(w) if w else 1.0
+        except ValueError:
+            raise UserError(f"--graders {item!r}: weight {w!r} is not a number (write e.g. rougeL*0.5)") from None
+        kind, _, arg = body.partition(":")
+        kind = kind.strip()
+        if kind in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+            def fn(prompts, outs, refs, k=kind):
+                return [M.rouge(o, r)[k] / 100 for o, r in zip(outs, refs)]
+        elif kind in ("bleu", "chrf"):
+            def fn(prompts, outs, refs, k=kind):
+                return [M.scores(o, r)[k] / 100 for o, r in zip(outs, refs)]
+        elif kind == "format":
+            if not style:
+                raise UserError("--graders format: needs --style SPEC.yaml (the house-style spec of `tunesmith eval`)")
+            from tunesmith.eval.style import check_style, load_style
+
+            rules = load_style(style)
+            if not rules:
+                raise UserError(f"--style {style}: has no rules to grade with")
+
+            def fn(prompts, outs, refs, rules=rules):
+                return [sum(check_style(rules, o).values()) / len(rules) for o in outs]
+        elif kind == "length":
+            try:
+                target = int(arg)
+                assert target > 0
+            except (ValueError, AssertionError):
+                raise UserError(f"--graders {item!r}: length needs a target in words, e.g. length:120") from None
+
+            def fn(prompts, outs, refs, n=target):
+                return [max(0.0, 1 - abs(len(o.split()) - n) / n) for o in outs]
+        elif kind == "python":
+            fn = _python_grader(item, arg)
+        elif kind == "judge":
+            fn = _judge_grader(item, arg or judge_default, rubric, trust_remote_code)
+        else:
+            raise UserError(f"--graders {item!r}: unknown grader {kind!r}; {GRADER_HELP}")
+        graders.append(Grader(body.strip(), weight, fn))
+    return graders
+
+
+def _python_grader(item: str, arg: str):
+    module, _, func = arg.rpartition(":")
+    if not module or not func:
+        raise UserError(f"--graders {item!r}: expected python:MODULE:FUNCTION, e.g. python:mygraders:has_action_items")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # a graders.py beside the user's data
+    try:
+        f = getattr(importlib.import_module(module), func)
+    except ImportError as e:
+        raise UserError(f"--graders {item!r}: cannot import {module} ({e})") from None
+    except AttributeError:
+        raise UserError(f"--graders {item!r}: {module} has no function {func}") from None
+
+    def fn(prompts, outs, refs):
+        vals = []
+        for p, o, r in zip(prompts, outs, refs):
+            v = f(prompt=p[-1]["content"] if p else "", completion=o, reference=r)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise UserError(f"--graders {item!r}: {module}.{func} returned {v!r}; expected a finite number")
+            vals.append(float(v))
+        return vals
+
+    return fn
+
+
+JUDGE_TEMPLATE = ("You grade an answer against a rubric.\n\nRubric:\n{rubric}\n\nQuestion:\n{prompt}\n\n"
+                  "Answer:\n{completion}\n\nReply with one number from 1 (poor) to 10 (excellent) and nothing else.")
+
+
+def _judge_grader(item: str, model_spec: str, rubric: str, trust_remote_code: bool):
+    """LLM-as-judge: a local model reads the rubric, the prompt and the answer and replies 1-10."""
+    if not rubric:
+        raise UserError(f"--graders {item!r}: needs --rubric FILE (what a good answer does, in words)")
+    if not Path(rubric).is_file():
+        raise UserError(f"--rubric {rubric}: no such file")
+    text = Path(rubric).read_text().strip()
+    state: dict = {}
+
+    def fn(prompts, outs, refs):
+        from tunesmith.modeling import generate, load
+
+        if "judge" not in state:
+            state["judge"] = load(model_spec, trust_remote_code=trust_remote_code, quiet=True)
+        j = state["judge"]
+        convs = [[{"role": "user", "content": JUDGE_TEMPLATE.format(rubric=text, prompt=p[-1]["content"] if p else "",
+                                                                     completion=o)}] for p, o in zip(prompts, outs)]
+        gens = generate(j.model, j.tokenizer, convs, max_new_tokens=4, batch_size=8)
+        return [judge_score(g.text) for g in gens]
+
+    return fn
+
+
+def judge_score(text: str) -> float:
+    """The first number 1-10 in a judge's reply, scaled to 0-1; 0 when there is none."""
+    m = re.search(r"\d+", text)
+    return min(max(int(m.group()), 1), 10) / 10 if m else 0.0
+
+
+def grade(graders: list[Grader], prompts, outs, refs) -> tuple[list[float], dict[str, float]]:
+    """Weighted sum per completion, and the mean of each grader (for the log)."""
+    total = [0.0] * len(outs)
+    means = {}
+    for g in graders:
+        vals = g.fn(prompts, outs, refs)
+        means[g.name] = sum(vals) / max(len(vals), 1)
+        total = [t + g.weight * v for t, v in zip(total, vals)]
+    return total, means
+
+
+# ---------------------------------------------------------------- shared run plumbing
+
+
+@dataclass
+class PrefResult:
+    run_dir: str
+    method: str
+    steps: int
+    train_loss: float
+    tokens_per_s: float
+    wall_s: float
+    examples: int
+    val_start: dict = field(default_factory=dict)  # held-out metrics before training
+    val: list[dict] = field(default_factory=list)  # after each epoch
+    best: dict | None = None
+
+
+class _Log:
+    def __init__(self, path: Path, quiet: bool):
+        self.f, self.quiet = open(path, "a"), quiet
+
+    def write(self, rec: dict) -> None:
+        self.f.write(json.dumps(rec) + "\n")
+        self.f.flush()
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _load(cfg, kind: str):
+    from tunesmith.train.trainer import locate_paths
+
+    train_path, val_path = locate_paths(cfg.data, cfg.val)
+    train = load_examples(train_path, "--data", kind=None)
+    val = load_examples(val_path, "--val", kind=None) if val_path else []
+    for ex in train + val:
+        if (ex.kind == "preference") != (kind == "preference"):
+            want = ("preference pairs {\"prompt\", \"chosen\", \"rejected\"}" if kind == "preference"
+                    else "prompts with a reference answer (chat or prompt/completion), not preference pairs")
+            raise UserError(f"{ex.path}:{ex.line}: --method {cfg.method} trains on {want}")
+    held_out = not val
+    if held_out:  # hold out pairs/prompts to measure on, seeded and reported
+        rng = random.Random(cfg.seed)
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        k = max(1, len(train) // 10) if len(train) > 1 else 0
+        val = [train[i] for i in sorted(order[:k])]
+        train = [train[i] for i in sorted(order[k:])]
+    return train, val, train_path, held_out
+
+
+def _lr(cfg, total: int):
+    from tunesmith.train.trainer import lr_schedule
+
+    return lr_schedule(cfg, total)
+
+
+def _finish(cfg, model, tok, work: Path, out: Path, model_dir, result: PrefResult, best_dir: Path | None) -> None:
+    from safetensors.torch import load_file
+
+    from peft import set_peft_model_state_dict
+
+    from tunesmith.atomic import replace_dir
+    from tunesmith.modeling import RUN_INFO
+
+    if best_dir is not None and best_dir.is_dir():
+        set_peft_model_state_dict(model, load_file(str(best_dir / "adapter_model.safetensors")))
+    model.save_pretrained(str(work))
+    tok.save_pretrained(str(work))
+    (work / RUN_INFO).write_text(json.dumps({"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
+                                             "from_adapter": cfg.from_adapter or None,
+                                             "adapter": "best" if best_dir is not None else "last",
+                                             "result": asdict(result)}, indent=2))
+    shutil.rmtree(work / "best", ignore_errors=True)
+    replace_dir(work, out)
+
+
+def _save_best(model, tok, work: Path) -> Path:
+    from tunesmith.train.trainer import save_adapter
+
+    save_adapter(model, tok, work / "best")
+    return work / "best"
+
+
+# ---------------------------------------------------------------- DPO
+
+
+@dataclass
+class Pair:
+    chosen: Encoded
+    rejected: Encoded
+    ref_chosen: float = 0.0
+    ref_rejected: float = 0.0
+
+
+def encode_pairs(tok, examples, max_length: int) -> tuple[list[Pair], list[str]]:
+    pairs, dropped = [], []
+    for ex in examples:
+        rejected = ex.messages[:-1] + [{"role": "assistant", "content": ex.rejected}]
+        c, r = encode_chat(tok, ex.messages, "last"), encode_chat(tok, rejected, "last")
+        n = max(len(c.input_ids), len(r.input_ids))
+        if n > max_length:
+            dropped.append(f"{ex.path}:{ex.line}: {n} tokens > --max-length {max_length}, dropped")
+        else:
+            pairs.append(Pair(c, r))
+    return pairs, dropped
+
+
+def dpo_eval(model, pairs: list[Pair], cfg, pad_id: int) -> dict:
+    """Held-out: DPO loss, accuracy (chosen's implicit reward above rejected's) and mean margin."""
+    import torch
+
+    was = model.training
+    model.eval()
+    loss = acc = margin = 0.0
+    with torch.no_grad():
+        for s in range(0, len(pairs), 4):
+            chunk = pairs[s : s + 4]
+            lp = sequence_logps(model, [p.chosen for p in chunk] + [p.rejected for p in chunk], pad_id)
+            k = len(chunk)
+            ref_c = torch.tensor([p.ref_chosen for p in chunk], device=lp.device)
+            ref_r = torch.tensor([p.ref_rejected for p in chunk], device=lp.device)
+            l, rc, rr = dpo_loss(lp[:k], lp[k:], ref_c, ref_r, cfg.dpo_beta)
+            loss += float(l.sum())
+            acc += float((rc > rr).float().sum())
+            margin += float((rc - rr).sum())
+    model.train(was)
+    n = max(len(pairs), 1)
+    return {"val_loss": round(loss / n, 6), "val_accuracy": round(acc / n, 4), "val_margin": round(margin / n, 6)}
+
+
+def logp_accuracy(model, pairs: list[Pair], pad_id: int) -> float:
+    """Share of pairs whose chosen answer has a higher average log-probability per token than the
+    rejected one: a preference accuracy that does not depend on the reference (so it can be
+    measured before training too)."""
+    import torch
+
+    was = model.training
+    model.eval()
+    wins = 0
+    with torch.no_grad():
+        for s in range(0, len(pairs), 4):
+            chunk = pairs[s : s + 4]
+            encs = [p.chosen for p in chunk] + [p.rejected for p in chunk]
+            lp = sequence_logps(model, encs, pad_id)
+            n = torch.tensor([max(e.n_answer, 1) for e in encs], device=lp.device, dtype=lp.dtype)
+            avg = lp / n
+            wins += int((avg[: len(chunk)] > avg[len(chunk):]).sum())
+    model.train(was)
+    return wins / max(len(pairs), 1)
+
+
+def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bool) -> PrefResult:
+    import torch
+
+    from tunesmith.train.config import to_yaml
+    from tunesmith.train.trainer import setup_model
+
+    train_ex, val_ex, train_path, held_out = _load(cfg, "preference")
+    model, tok, model_dir = setup_model(cfg, trust_remote_code)
+    pairs, dropped = encode_pairs(tok, train_ex, cfg.max_length)
+    val_pairs, vdropped = encode_pairs(tok, val_ex, cfg.max_length)
+    for d in dropped + vdropped:
+        print(d, file=sys.stderr)
+    if not pairs:
+        raise UserError(f"--data {train_path}: every pair is longer than --max-length {cfg.max_length}; raise it")
+    pad = tok.pad_token_id
+    log = _Log(work / "metrics.jsonl", quiet)
+    (work / "config.yaml").write_text(to_yaml(cfg))
+    if held_out:
+        log.say(f"no validation file: holding out {len(val_pairs)} of {len(train_ex) + len(val_ex)} pairs (seed {cfg.seed}) to measure on")
+    log.say(f"dpo on {len(pairs)} pairs ({len(val_pairs)} held out), beta {cfg.dpo_beta}; "
+            f"reference: {'the --from-adapter adapter' if cfg.from_adapter else 'the base model'} (log-probs computed once)")
+
+    # the reference is where training starts: score every pair once, before any update
+    t0 = time.time()
+    model.eval()
+    with torch.no_grad():
+        for group in (pairs, val_pairs):
+            for s in range(0, len(group), 4):
+                chunk = group[s : s + 4]
+                lp = sequence_logps(model, [p.chosen for p in chunk] + [p.rejected for p in chunk], pad).tolist()
+                for i, p in enumerate(chunk):
+                    p.ref_chosen, p.ref_rejected = lp[i], lp[len(chunk) + i]
+    model.train()
+    start = {**dpo_eval(model, val_pairs, cfg, pad), "logp_accuracy": logp_accuracy(model, val_pairs, pad)} if val_pairs else {}
+    if start:
+        log.write({"step": 0, "epoch": 0, **start})
+        log.say(f"held-out before training: chosen preferred (avg log-prob) {start['logp_accuracy']:.0%}")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr(cfg, total))
+    mb = cfg.micro_batch_size or 1
+    step, tokens, last_loss, t_train, vals, best, best_dir = 0, 0, float("nan"), 0.0, [], None, None
+    rng = random.Random(cfg.seed)
+    for epoch in range(1, cfg.epochs + 1):
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        for s in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
+            t = time.time()
+            idx = order[s : s + cfg.batch_size]
+            loss_sum = acc = margin = 0.0
+            for m in range(0, len(idx), mb):
+                chunk = [pairs[i] for i in idx[m : m + mb]]
+                encs = [p.chosen for p in chunk] + [p.rejected for p in chunk]
+                lp = sequence_logps(model, encs, pad)
+                k = len(chunk)
+                ref_c = torch.tensor([p.ref_chosen for p in chunk], device=lp.device)
+                ref_r = torch.tensor([p.ref_rejected for p in chunk], device=lp.device)
+                l, rc, rr = dpo_loss(lp[:k], lp[k:], ref_c, ref_r, cfg.dpo_beta)
+                (l.sum() / len(idx)).backward()  # the mean over the step's pairs, whatever the micro-batch
+                loss_sum += float(l.detach().sum())
+                acc += float((rc > rr).float().sum())
+                margin += float((rc - rr).sum())
+                tokens += sum(len(e.input_ids) for e in encs)
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            t_train += time.time() - t
+            last_loss = loss_sum / len(idx)
+            log.write({"step": step, "epoch": epoch, "loss": round(last_loss, 6), "reward_accuracy": round(acc / len(idx), 4),
+                       "reward_margin": round(margin / len(idx), 6), "lr": sched.get_last_lr()[0],
+                       "grad_norm": round(float(norm), 4), "tokens": tokens, "tokens_per_s": round(tokens / t_train, 1)})
+            log.say(f"step {step}/{total}: dpo loss {last_loss:.4f}, reward accuracy {acc / len(idx):.0%}, "
+                    f"margin {margin / len(idx):+.3f}, {tokens / t_train:.0f} tokens/s")
+        if val_pairs:
+            v = {"step": step, "epoch": epoch, **dpo_eval(model, val_pairs, cfg, pad),
+                 "logp_accuracy": logp_accuracy(model, val_pairs, pad)}
+            log.write(v)
+            vals.append(v)
+            mark = ""
+            if best is None or v["val_loss"] < best["val_loss"]:
+                best, best_dir, mark = v, _save_best(model, tok, work), " (best)"
+            log.say(f"epoch {epoch}: held-out dpo loss {v['val_loss']:.4f}, reward accuracy {v['val_accuracy']:.0%}, "
+                    f"margin {v['val_margin']:+.3f}, chosen preferred (avg log-prob) {v['logp_accuracy']:.0%}{mark}")
+        if step >= total:
+            break
+    log.close()
+    result = PrefResult(str(out), "dpo", step, last_loss, round(tokens / max(t_train, 1e-9), 1),
+                        round(time.time() - t0, 1), len(pairs), start, vals, best)
+    _finish(cfg, model, tok, work, out, model_dir, result, best_dir)
+    return result
+
+
+# ---------------------------------------------------------------- GRPO
+
+
+@contextlib.contextmanager
+def reference_of(model, has_ref_adapter: bool):
+    """Run the reference: the frozen starting adapter, or the base with the adapter switched off."""
+    if not has_ref_adapter:
+        with model.disable_adapter():
+            yield
+        return
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.base_model.set_adapter("reference")
+    try:
+        yield
+    finally:
+        model.base_model.set_adapter("default")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def _completion_enc(prompt: list[int], new: list[int], stopped: bool, stop_id: int | None) -> Encoded:
+    answer = new + ([stop_id] if stopped and stop_id is not None else [])
+    return Encoded(prompt + answer, [IGNORE] * len(prompt) + answer)
+
+
+def sample(model, tok, prompts_ids: list[list[int]], cfg, seed: int) -> list[tuple[list[int], bool]]:
+    from tunesmith.modeling import generate_ids
+
+    was = model.training
+    model.eval()
+    model.config.use_cache = True
+    try:
+        out = generate_ids(model, prompts_ids, pad_id=tok.pad_token_id, stop_ids=stop_token_ids(tok),
+                           max_new_tokens=cfg.grpo_max_new_tokens, temperature=cfg.grpo_temperature, seed=seed)
+    finally:
+        model.config.use_cache = False
+        model.train(was)
+    return out
+
+
+def grpo_eval(model, tok, val, graders, cfg) -> dict:
+    """Greedy answers to the held-out prompts, graded: the mean reward and each grader's mean."""
+    from tunesmith.modeling import generate
+
+    was = model.training
+    model.eval()
+    model.config.use_cache = True
+    try:
+        prompts, refs = zip(*val)
+        outs = generate(model, tok, list(prompts), max_new_tokens=cfg.grpo_max_new_tokens, batch_size=8)
+    finally:
+        model.config.use_cache = False
+        model.train(was)
+    rewards, means = grade(graders, list(prompts), [o.text for o in outs], list(refs))
+    return {"val_reward": round(sum(rewards) / len(rewards), 4), **{f"val_{k}": round(v, 4) for k, v in means.items()}}
+
+
+def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bool) -> PrefResult:
+    import torch
+
+    from tunesmith.eval.run import split_prompt
+    from tunesmith.train.config import to_yaml
+    from tunesmith.train.trainer import collate, setup_model
+
+    graders = parse_graders(cfg.graders, style=cfg.style, rubric=cfg.rubric, judge_default=cfg.model,
+                            trust_remote_code=trust_remote_code)
+    train_ex, val_ex, train_path, held_out = _load(cfg, "prompts")
+    model, tok, model_dir = setup_model(cfg, trust_remote_code)
+    has_ref = bool(cfg.from_adapter)
+    if has_ref:  # the starting adapter, frozen, as the KL reference (adapter weights only: MBs)
+        model.load_adapter(str(Path(cfg.from_adapter)), adapter_name="reference", is_trainable=False)
+        model.base_model.set_adapter("default")
+    train = [split_prompt(ex.messages) for ex in train_ex]
+    val = [split_prompt(ex.messages) for ex in val_ex][: cfg.eval_limit or None]
+    stop_id = (stop_token_ids(tok) or [None])[0]
+    pad = tok.pad_token_id
+    log = _Log(work / "metrics.jsonl", quiet)
+    (work / "config.yaml").write_text(to_yaml(cfg))
+    if held_out:
+        log.say(f"no validation file: holding out {len(val)} of {len(train_ex) + len(val_ex)} prompts (seed {cfg.seed}) to measure on")
+    log.say(f"grpo on {len(train)} prompts, {cfg.grpo_group} samples each, graders "
+            f"{', '.join(f'{g.name}*{g.weight:g}' for g in graders)}, KL weight {cfg.grpo_beta}")
+    t0 = time.time()
+    start = grpo_eval(model, tok, val, graders, cfg) if val else {}
+    if start:
+        log.write({"step": 0, "epoch": 0, **start})
+        log.say(f"held-out before training: reward {start['val_reward']:.3f} "
+                + ", ".join(f"{k[4:]} {v:.3f}" for k, v in start.items() if k != "val_reward"))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr(cfg, total))
+    mb = cfg.micro_batch_size or 1
+    rng = random.Random(cfg.seed)
+    step, tokens, t_work, last_loss, vals, best, best_dir = 0, 0, 0.0, float("nan"), [], None, None
+    for epoch in range(1, cfg.epochs + 1):
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        for s in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
+            t = time.time()
+            idx = order[s : s + cfg.batch_size]
+            prompts = [train[i][0] for i in idx]
+            refs = [train[i][1] for i in idx]
+            g = cfg.grpo_group
+            p_ids = [prompt_ids(tok, p) for p in prompts]
+            gens = sample(model, tok, [p for p in p_ids for _ in range(g)], cfg, seed=cfg.seed * 100003 + step)
+            texts = [tok.decode(new, skip_special_tokens=True).strip() for new, _ in gens]
+            rep_prompts = [p for p in prompts for _ in range(g)]
+            rewards, means = grade(graders, rep_prompts, texts, [r for r in refs for _ in range(g)])
+            adv = group_advantages(torch.tensor(rewards).view(len(idx), g)).view(-1)
+            encs = [_completion_enc(p_ids[i // g], new, stopped, stop_id) for i, (new, stopped) in enumerate(gens)]
+            keep = [i for i, e in enumerate(encs) if e.n_answer > 0]
+            n_tok = sum(encs[i].n_answer for i in keep)
+            loss_sum = kl_sum = 0.0
+            for m in range(0, len(keep), mb):
+                rows_i = keep[m : m + mb]
+                ids, mask, labels = collate(encs, rows_i, pad)
+                with torch.no_grad(), reference_of(model, has_ref):
+                    ref_lp, _ = token_logps(model, ids, mask, labels)
+                lp, rows = token_logps(model, ids, mask, labels)
+                a = adv[rows_i].to(lp.device)[rows]
+                # on-policy, one update per sample: the policy ratio is exp(lp - lp.detach()) = 1 with the
+                # gradient of lp; the KL to the reference is the k3 estimator (Schulman), always >= 0
+                d = ref_lp - lp
+                kl = torch.exp(d) - d - 1
+                per_token = -(torch.exp(lp - lp.detach()) * a) + cfg.grpo_beta * kl
+                (per_token.sum() / max(n_tok, 1)).backward()  # mean over the step's completion tokens
+                loss_sum += float(per_token.detach().sum())
+                kl_sum += float(kl.detach().sum())
+                tokens += int(mask.sum())
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            t_work += time.time() - t
+            last_loss = loss_sum / max(n_tok, 1)
+            mean_r = sum(rewards) / len(rewards)
+            log.write({"step": step, "epoch": epoch, "loss": round(last_loss, 6), "reward": round(mean_r, 4),
+                       **{f"reward_{k}": round(v, 4) for k, v in means.items()}, "kl": round(kl_sum / max(n_tok, 1), 6),
+                       "completion_tokens": round(n_tok / len(encs), 1), "lr": sched.get_last_lr()[0],
+                       "grad_norm": round(float(norm), 4), "tokens": tokens, "tokens_per_s": round(tokens / t_work, 1)})
+            log.say(f"step {step}/{total}: reward {mean_r:.3f} ("
+                    + ", ".join(f"{k} {v:.3f}" for k, v in means.items())
+                    + f"), kl {kl_sum / max(n_tok, 1):.4f}, {n_tok / len(encs):.0f} tokens/completion, {time.time() - t:.0f}s")
+        if val:
+            v = {"step": step, "epoch": epoch, **grpo_eval(model, tok, val, graders, cfg)}
+            log.write(v)
+            vals.append(v)
+            mark = ""
+            if best is None or v["val_reward"] > best["val_reward"]:
+                best, best_dir, mark = v, _save_best(model, tok, work), " (best)"
+            log.say(f"epoch {epoch}: held-out reward {v['val_reward']:.3f}{mark}")
+        if step >= total:
+            break
+    log.close()
+    if has_ref:
+        model.delete_adapter("reference")
+    result = PrefResult(str(out), "grpo", step, last_loss, round(tokens / max(t_work, 1e-9), 1),
+                        round(time.time() - t0, 1), len(train), start, vals, best)
+    _finish(cfg, model, tok, work, out, model_dir, result, best_dir)
+    return result
+
+
+def train_preference(cfg, *, overwrite: bool, quiet: bool, trust_remote_code: bool) -> PrefResult:
+    """--method dpo / grpo: the same run-directory rules as SFT (checked --out, a .partial dir
+    renamed into place at the end)."""
+    from tunesmith.train.trainer import check_disk, check_out_dir, partial_dir
+
+    if cfg.method == "dpo" and cfg.graders:
+        raise UserError("--graders is for --method grpo; dpo learns from the chosen/rejected pairs themselves")
+    out = Path(cfg.out)
+    work = partial_dir(out)
+    check_out_dir(out, overwrite)
+    if work.exists():
+        shutil.rmtree(work)  # preference runs do not resume yet: a leftover is a crashed run's
+    if cfg.from_adapter and cfg.model == type(cfg).model:
+        from tunesmith.modeling import base_model_of
+
+        cfg.model = base_model_of(cfg.from_adapter, None, cfg.model)
+    check_disk(out, cfg)
+    work.mkdir(parents=True)
+    try:
+        fn = train_dpo if cfg.method == "dpo" else train_grpo
+        return fn(cfg, out=out, work=work, quiet=quiet, trust_remote_code=trust_remote_code)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
