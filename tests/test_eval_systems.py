@@ -96,3 +96,33 @@ def test_sampling_with_a_seed_and_stop_strings(tiny_model_dir, tmp_path):
     for full, g in zip(greedy, stopped):
         assert g.text == (full[: full.index(cut)].strip() if cut in full else full)
         assert g.stopped or cut not in full
+
+
+def test_llm_judge_grades_every_answer(setup, tmp_path):
+    """--judge MODEL --rubric FILE: each answer's grade is what the judge model replies to the rubric
+    prompt (recomputed here in-process), on a 1-10 scale with an interval, per system."""
+    from tunesmith.eval.judge import make_judge
+
+    model, d, adapter = setup
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Starts with 'Meeting Summary:' and lists the points discussed.\n")
+    r = run_cli("eval", "--model", str(model), "--adapter", str(adapter), "--data", str(d / "test.jsonl"),
+                "--systems", "base,tuned", "--judge", str(model), "--rubric", str(rubric), "--max-new-tokens", "6",
+                "--quiet", "--out", str(tmp_path / "ev"))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    judge = make_judge(str(model), str(rubric))
+    for system in res["systems"]:
+        ex = system["examples"]
+        prompts = [[{"role": "user", "content": e["input"]}] for e in ex]
+        want = [round(10 * g, 2) for g in judge(prompts, [e["output"] for e in ex], [e["reference"] for e in ex])]
+        assert [e["scores"]["judge"] for e in ex] == want
+        assert system["metrics"]["judge"] == pytest.approx(sum(want) / len(want), abs=0.01)
+        assert len(system["metrics"]["ci95"]["judge"]) == 2
+    assert "judge" in res["systems"][1]["comparisons"]["base"]
+    assert "LLM judge grade (1-10)" in " ".join(r.stdout.split())
+
+    r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--rubric", str(rubric))
+    assert r.returncode == 2 and r.stderr == "error: --rubric goes with --judge MODEL (the local model that grades with it)\n"
+    r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--judge", str(model))
+    assert r.returncode == 2 and r.stderr == "error: --judge: needs --rubric FILE (what a good answer does, in words)\n"

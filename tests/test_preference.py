@@ -97,10 +97,12 @@ def test_grader_errors_say_what_to_write(tmp_path):
 
 
 def test_judge_score_parses_the_first_number():
-    assert P.judge_score("7") == 0.7
-    assert P.judge_score(" Score: 9/10") == 0.9
-    assert P.judge_score("12") == 1.0 and P.judge_score("0") == 0.1
-    assert P.judge_score("excellent") == 0.0
+    from tunesmith.eval.judge import judge_score
+
+    assert judge_score("7") == 0.7
+    assert judge_score(" Score: 9/10") == 0.9
+    assert judge_score("12") == 1.0 and judge_score("0") == 0.1
+    assert judge_score("excellent") == 0.0
 
 
 # ---------------------------------------------------------------- CLI runs on a tiny model

@@ -348,3 +348,35 @@ def test_eval_metric_during_training_picks_the_best_score(tiny_model_dir, data_d
     assert mean == pytest.approx(best["val_rougeL"], abs=0.01)
     with pytest.raises(UserError, match="--eval-metric 'rouge': choose from rouge1, rouge2, rougeL"):
         cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "x", eval_metric="rouge").validate()
+
+
+def test_tensorboard_gets_every_logged_metric(tiny_model_dir, data_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tmp_path / "tb"
+    trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", tensorboard=str(tb)), quiet=True)
+    logged = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "val_loss"} <= set(events.Tags()["scalars"])
+    want = [(r["step"], r["loss"]) for r in logged if "loss" in r]
+    got = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert len(got) == len(want) == 8
+    assert all(a == c and abs(b - d) < 1e-6 for (a, b), (c, d) in zip(got, want))
+    assert [e.step for e in events.Scalars("val_loss")] == [r["step"] for r in logged if "val_loss" in r]
+
+
+def test_bf16_autocast_on_a_cpu_trains_close_to_fp32(tiny_model_dir, data_dir, tmp_path):
+    """--precision bf16 on a CPU: fp32 weights, bf16 autocast forward; the losses follow fp32's."""
+    m = tiny_model_dir("llama")
+    trainer.train(cfg_for(m, data_dir, tmp_path / "fp32", precision="fp32"), quiet=True)
+    r = trainer.train(cfg_for(m, data_dir, tmp_path / "bf16", precision="bf16"), quiet=True)
+    a, b = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert len(a) == len(b) == 8
+    assert a != b  # bf16 really ran
+    assert max(abs(x - y) / x for x, y in zip(a, b)) < 0.05, (a, b)
+    assert r.val_losses[-1] < r.val_loss_start
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "bf16" / "adapter_model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in weights.values())  # the adapter stays fp32

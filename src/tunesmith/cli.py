@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memorization", action="store_true", help="also score a sample of the training set: warn on a large gap")
     p.add_argument("--forgetting", action="store_true", help="score a general-knowledge probe set before and after tuning")
     p.add_argument("--embedding", action="store_true", help="add embedding similarity (needs the 'eval' extra; ~1 min per 1000 texts)")
+    p.add_argument("--judge", metavar="MODEL", help="also grade every answer 1-10 with this local model (LLM-as-judge) and --rubric")
+    p.add_argument("--rubric", metavar="FILE", help="--judge: what a good answer does, in words")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (with --temperature)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")

@@ -29,6 +29,7 @@ ROWS = _TEXT_ROWS + [("length_ratio", "length ratio (words)")] + [
     ("label_macro_precision", "label macro precision"),
     ("label_macro_recall", "label macro recall"),
     ("label_macro_f1", "label macro F1"),
+    ("judge", "LLM judge grade (1-10)"),
     ("format_adherence", "format adherence %"),
     ("stopped_by_eos", "stopped by itself %"),
     ("mean_new_tokens", "mean new tokens"),
@@ -84,9 +85,10 @@ def _label_pairs(per: list[dict]) -> list[tuple[str, str]]:
     return [(r["label"]["gold"], r["label"]["predicted"]) for r in per]
 
 
-def score(outputs, references, rules, embedding: bool = False) -> tuple[dict, list[dict]]:
+def score(outputs, references, rules, embedding: bool = False, judged: list[float] | None = None) -> tuple[dict, list[dict]]:
     """Per-example scores, their means, and a bootstrap 95 % interval for each mean.
-    A reference is a string, or a list of strings for an example with several."""
+    A reference is a string, or a list of strings for an example with several.
+    `judged`: an LLM judge's grade of each output, 0-1 (eval.judge)."""
     refs = [[r] if isinstance(r, str) else list(r) for r in references]
     texts = [gen.text for gen in outputs]
     multi = any(len(r) > 1 for r in refs)
@@ -105,6 +107,8 @@ def score(outputs, references, rules, embedding: bool = False) -> tuple[dict, li
             row["scores"]["embedding"] = max(sims)
             if multi:
                 row["scores"]["embedding_mean_refs"] = round(statistics.fmean(sims), 2)
+    for row, g in zip(per, judged or []):
+        row["scores"]["judge"] = round(10 * g, 2)
     labels = M.label_set(refs)
     if labels:
         for row, text, rs in zip(per, texts, refs):
@@ -257,6 +261,13 @@ def cli_eval(args) -> int:
     if args.limit:
         examples = examples[: args.limit]
     rules = load_style(args.style) if args.style else []
+    if args.rubric and not args.judge:
+        raise UserError("--rubric goes with --judge MODEL (the local model that grades with it)")
+    judge = None
+    if args.judge:
+        from tunesmith.eval.judge import make_judge
+
+        judge = make_judge(args.judge, args.rubric, args.trust_remote_code)
     baseline = None
     if args.baseline:
         try:
@@ -306,7 +317,8 @@ def cli_eval(args) -> int:
             model = attach_adapter(model, Path(args.adapter), spec)
         convs, shots = system_prompts[s.name]
         outs, wall = run_generation(model, tok, convs, s.name)
-        agg, per = score(outs, all_refs, rules, embedding=args.embedding)
+        judged = judge(convs, [o.text for o in outs], list(refs)) if judge else None
+        agg, per = score(outs, all_refs, rules, embedding=args.embedding, judged=judged)
         runs.append({
             "system": s.name,
             "model": spec,

@@ -58,6 +58,7 @@ class TrainConfig:
     eval_limit: int = 0  # --eval-metric: only the first N validation examples (0 = all)
     save_every: int = 0  # checkpoint every N steps too (0 = once per epoch)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    tensorboard: str = ""  # also write the metrics as TensorBoard scalars in this folder ("" = off)
     dpo_beta: float = 0.1  # dpo: how far from the reference the preferences may pull the model
     graders: str = ""  # grpo: what scores a sampled answer, e.g. "format,rougeL*0.5"
     style: str = ""  # grpo: house-style spec for the format grader (as in `tunesmith eval --style`)
@@ -138,6 +139,7 @@ HELP = {
     "eval_limit": "--eval-metric: generate for only the first N validation examples (0 = all)",
     "save_every": "also write a checkpoint every N steps (0 = once per epoch)",
     "keep_checkpoints": "how many recent checkpoints to keep",
+    "tensorboard": "also write every logged metric as TensorBoard scalars in this folder (needs tunesmith[tensorboard])",
     "weight_decay": "AdamW weight decay",
     "dpo_beta": "--method dpo: beta, how strongly the preferences may move the model away from the reference",
     "graders": "--method grpo: KIND[:ARG][*WEIGHT],...: rouge1/rouge2/rougeL/bleu/chrf (vs the answer), format "

@@ -22,7 +22,6 @@ import importlib
 import json
 import math
 import random
-import re
 import shutil
 import sys
 import time
@@ -41,18 +40,11 @@ def token_logps(model, ids, mask, labels):
     The output layer runs only at answer positions, as in the SFT loss."""
     import torch
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    dev = next(inner.parameters()).device
-    ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
-    targets = labels[:, 1:]
-    sel = targets != IGNORE
-    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    logits = inner.get_output_embeddings()(hidden[:, :-1][sel]).float()
-    cap = getattr(inner.config, "final_logit_softcapping", None)
-    if cap:
-        logits = (logits / cap).tanh() * cap
-    lp = torch.log_softmax(logits, dim=-1).gather(1, targets[sel].unsqueeze(1)).squeeze(1)
-    rows = torch.arange(ids.shape[0], device=dev).unsqueeze(1).expand_as(targets)[sel]
+    from tunesmith.train.trainer import answer_logits
+
+    logits, targets, sel = answer_logits(model, ids, mask, labels)
+    lp = torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    rows = torch.arange(sel.shape[0], device=sel.device).unsqueeze(1).expand_as(sel)[sel]
     return lp, rows
 
 
@@ -149,7 +141,9 @@ def parse_graders(spec: str, *, style: str = "", rubric: str = "", judge_default
         elif kind == "python":
             fn = _python_grader(item, arg)
         elif kind == "judge":
-            fn = _judge_grader(item, arg or judge_default, rubric, trust_remote_code)
+            from tunesmith.eval.judge import make_judge
+
+            fn = make_judge(arg or judge_default, rubric, trust_remote_code, where=f"--graders {item!r}")
         else:
             raise UserError(f"--graders {item!r}: unknown grader {kind!r}; {GRADER_HELP}")
         graders.append(Grader(body.strip(), weight, fn))
@@ -181,39 +175,6 @@ def _python_grader(item: str, arg: str):
     return fn
 
 
-JUDGE_TEMPLATE = ("You grade an answer against a rubric.\n\nRubric:\n{rubric}\n\nQuestion:\n{prompt}\n\n"
-                  "Answer:\n{completion}\n\nReply with one number from 1 (poor) to 10 (excellent) and nothing else.")
-
-
-def _judge_grader(item: str, model_spec: str, rubric: str, trust_remote_code: bool):
-    """LLM-as-judge: a local model reads the rubric, the prompt and the answer and replies 1-10."""
-    if not rubric:
-        raise UserError(f"--graders {item!r}: needs --rubric FILE (what a good answer does, in words)")
-    if not Path(rubric).is_file():
-        raise UserError(f"--rubric {rubric}: no such file")
-    text = Path(rubric).read_text().strip()
-    state: dict = {}
-
-    def fn(prompts, outs, refs):
-        from tunesmith.modeling import generate, load
-
-        if "judge" not in state:
-            state["judge"] = load(model_spec, trust_remote_code=trust_remote_code, quiet=True)
-        j = state["judge"]
-        convs = [[{"role": "user", "content": JUDGE_TEMPLATE.format(rubric=text, prompt=p[-1]["content"] if p else "",
-                                                                     completion=o)}] for p, o in zip(prompts, outs)]
-        gens = generate(j.model, j.tokenizer, convs, max_new_tokens=4, batch_size=8)
-        return [judge_score(g.text) for g in gens]
-
-    return fn
-
-
-def judge_score(text: str) -> float:
-    """The first number 1-10 in a judge's reply, scaled to 0-1; 0 when there is none."""
-    m = re.search(r"\d+", text)
-    return min(max(int(m.group()), 1), 10) / 10 if m else 0.0
-
-
 def grade(graders: list[Grader], prompts, outs, refs) -> tuple[list[float], dict[str, float]]:
     """Weighted sum per completion, and the mean of each grader (for the log)."""
     total = [0.0] * len(outs)
@@ -243,12 +204,19 @@ class PrefResult:
 
 
 class _Log:
-    def __init__(self, path: Path, quiet: bool):
-        self.f, self.quiet = open(path, "a"), quiet
+    """metrics.jsonl (and --tensorboard), and progress lines on stderr unless quiet."""
+
+    def __init__(self, path: Path, quiet: bool, cfg):
+        from tunesmith.train.trainer import tensorboard_writer
+
+        self.f, self.quiet, self.tb = open(path, "a"), quiet, tensorboard_writer(cfg)
 
     def write(self, rec: dict) -> None:
+        from tunesmith.train.trainer import tensorboard_add
+
         self.f.write(json.dumps(rec) + "\n")
         self.f.flush()
+        tensorboard_add(self.tb, rec)
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -256,6 +224,8 @@ class _Log:
 
     def close(self) -> None:
         self.f.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 def _load(cfg, kind: str):
@@ -280,10 +250,33 @@ def _load(cfg, kind: str):
     return train, val, train_path, held_out
 
 
-def _lr(cfg, total: int):
-    from tunesmith.train.trainer import lr_schedule
+class _Optim:
+    """AdamW over the trainable parameters with the SFT loop's schedule; step() clips and updates."""
 
-    return lr_schedule(cfg, total)
+    def __init__(self, model, cfg, n_items: int):
+        import torch
+
+        from tunesmith.train.trainer import lr_schedule
+
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        per_epoch = math.ceil(n_items / cfg.batch_size)
+        self.total = min(cfg.max_steps, per_epoch * cfg.epochs) if cfg.max_steps else per_epoch * cfg.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_schedule(cfg, self.total))
+        self.clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+
+    def step(self) -> float:
+        import torch
+
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
 
 
 def _finish(cfg, model, tok, work: Path, out: Path, model_dir, result: PrefResult, best_dir: Path | None) -> None:
@@ -337,48 +330,37 @@ def encode_pairs(tok, examples, max_length: int) -> tuple[list[Pair], list[str]]
     return pairs, dropped
 
 
+def pair_logps(model, pairs: list[Pair], pad_id: int, chunk: int = 4):
+    """Summed answer log-probabilities of every pair's chosen and rejected answer (no gradients)."""
+    import torch
+
+    was = model.training
+    model.eval()
+    chosen, rejected = [], []
+    with torch.no_grad():
+        for s in range(0, len(pairs), chunk):
+            part = pairs[s : s + chunk]
+            lp = sequence_logps(model, [p.chosen for p in part] + [p.rejected for p in part], pad_id)
+            chosen.append(lp[: len(part)])
+            rejected.append(lp[len(part):])
+    model.train(was)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
 def dpo_eval(model, pairs: list[Pair], cfg, pad_id: int) -> dict:
-    """Held-out: DPO loss, accuracy (chosen's implicit reward above rejected's) and mean margin."""
+    """Held-out pairs: DPO loss, reward accuracy (chosen's implicit reward above rejected's), mean
+    margin, and a reference-free accuracy: the chosen answer has the higher average log-probability
+    per token (measurable before training, when the rewards are all 0)."""
     import torch
 
-    was = model.training
-    model.eval()
-    loss = acc = margin = 0.0
-    with torch.no_grad():
-        for s in range(0, len(pairs), 4):
-            chunk = pairs[s : s + 4]
-            lp = sequence_logps(model, [p.chosen for p in chunk] + [p.rejected for p in chunk], pad_id)
-            k = len(chunk)
-            ref_c = torch.tensor([p.ref_chosen for p in chunk], device=lp.device)
-            ref_r = torch.tensor([p.ref_rejected for p in chunk], device=lp.device)
-            l, rc, rr = dpo_loss(lp[:k], lp[k:], ref_c, ref_r, cfg.dpo_beta)
-            loss += float(l.sum())
-            acc += float((rc > rr).float().sum())
-            margin += float((rc - rr).sum())
-    model.train(was)
-    n = max(len(pairs), 1)
-    return {"val_loss": round(loss / n, 6), "val_accuracy": round(acc / n, 4), "val_margin": round(margin / n, 6)}
-
-
-def logp_accuracy(model, pairs: list[Pair], pad_id: int) -> float:
-    """Share of pairs whose chosen answer has a higher average log-probability per token than the
-    rejected one: a preference accuracy that does not depend on the reference (so it can be
-    measured before training too)."""
-    import torch
-
-    was = model.training
-    model.eval()
-    wins = 0
-    with torch.no_grad():
-        for s in range(0, len(pairs), 4):
-            chunk = pairs[s : s + 4]
-            encs = [p.chosen for p in chunk] + [p.rejected for p in chunk]
-            lp = sequence_logps(model, encs, pad_id)
-            n = torch.tensor([max(e.n_answer, 1) for e in encs], device=lp.device, dtype=lp.dtype)
-            avg = lp / n
-            wins += int((avg[: len(chunk)] > avg[len(chunk):]).sum())
-    model.train(was)
-    return wins / max(len(pairs), 1)
+    c, r = pair_logps(model, pairs, pad_id)
+    ref_c = torch.tensor([p.ref_chosen for p in pairs], device=c.device)
+    ref_r = torch.tensor([p.ref_rejected for p in pairs], device=c.device)
+    loss, rc, rr = dpo_loss(c, r, ref_c, ref_r, cfg.dpo_beta)
+    n_c = torch.tensor([max(p.chosen.n_answer, 1) for p in pairs], device=c.device)
+    n_r = torch.tensor([max(p.rejected.n_answer, 1) for p in pairs], device=c.device)
+    return {"val_loss": round(float(loss.mean()), 6), "val_accuracy": round(float((rc > rr).float().mean()), 4),
+            "val_margin": round(float((rc - rr).mean()), 6), "logp_accuracy": round(float((c / n_c > r / n_r).float().mean()), 4)}
 
 
 def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bool) -> PrefResult:
@@ -396,7 +378,7 @@ def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: boo
     if not pairs:
         raise UserError(f"--data {train_path}: every pair is longer than --max-length {cfg.max_length}; raise it")
     pad = tok.pad_token_id
-    log = _Log(work / "metrics.jsonl", quiet)
+    log = _Log(work / "metrics.jsonl", quiet, cfg)
     (work / "config.yaml").write_text(to_yaml(cfg))
     if held_out:
         log.say(f"no validation file: holding out {len(val_pairs)} of {len(train_ex) + len(val_ex)} pairs (seed {cfg.seed}) to measure on")
@@ -405,25 +387,16 @@ def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: boo
 
     # the reference is where training starts: score every pair once, before any update
     t0 = time.time()
-    model.eval()
-    with torch.no_grad():
-        for group in (pairs, val_pairs):
-            for s in range(0, len(group), 4):
-                chunk = group[s : s + 4]
-                lp = sequence_logps(model, [p.chosen for p in chunk] + [p.rejected for p in chunk], pad).tolist()
-                for i, p in enumerate(chunk):
-                    p.ref_chosen, p.ref_rejected = lp[i], lp[len(chunk) + i]
-    model.train()
-    start = {**dpo_eval(model, val_pairs, cfg, pad), "logp_accuracy": logp_accuracy(model, val_pairs, pad)} if val_pairs else {}
+    c, r = pair_logps(model, pairs + val_pairs, pad)
+    for p, lc, lr in zip(pairs + val_pairs, c.tolist(), r.tolist()):
+        p.ref_chosen, p.ref_rejected = lc, lr
+    start = dpo_eval(model, val_pairs, cfg, pad) if val_pairs else {}
     if start:
         log.write({"step": 0, "epoch": 0, **start})
         log.say(f"held-out before training: chosen preferred (avg log-prob) {start['logp_accuracy']:.0%}")
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr(cfg, total))
+    optim = _Optim(model, cfg, len(pairs))
+    total = optim.total
     mb = cfg.micro_batch_size or 1
     step, tokens, last_loss, t_train, vals, best, best_dir = 0, 0, float("nan"), 0.0, [], None, None
     rng = random.Random(cfg.seed)
@@ -449,26 +422,22 @@ def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: boo
                 acc += float((rc > rr).float().sum())
                 margin += float((rc - rr).sum())
                 tokens += sum(len(e.input_ids) for e in encs)
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            norm = optim.step()
             step += 1
             t_train += time.time() - t
             last_loss = loss_sum / len(idx)
             log.write({"step": step, "epoch": epoch, "loss": round(last_loss, 6), "reward_accuracy": round(acc / len(idx), 4),
-                       "reward_margin": round(margin / len(idx), 6), "lr": sched.get_last_lr()[0],
-                       "grad_norm": round(float(norm), 4), "tokens": tokens, "tokens_per_s": round(tokens / t_train, 1)})
+                       "reward_margin": round(margin / len(idx), 6), "lr": optim.lr,
+                       "grad_norm": round(norm, 4), "tokens": tokens, "tokens_per_s": round(tokens / t_train, 1)})
             log.say(f"step {step}/{total}: dpo loss {last_loss:.4f}, reward accuracy {acc / len(idx):.0%}, "
                     f"margin {margin / len(idx):+.3f}, {tokens / t_train:.0f} tokens/s")
         if val_pairs:
-            v = {"step": step, "epoch": epoch, **dpo_eval(model, val_pairs, cfg, pad),
-                 "logp_accuracy": logp_accuracy(model, val_pairs, pad)}
-            log.write(v)
+            v = {"step": step, "epoch": epoch, **dpo_eval(model, val_pairs, cfg, pad)}
             vals.append(v)
             mark = ""
             if best is None or v["val_loss"] < best["val_loss"]:
                 best, best_dir, mark = v, _save_best(model, tok, work), " (best)"
+            log.write(v)
             log.say(f"epoch {epoch}: held-out dpo loss {v['val_loss']:.4f}, reward accuracy {v['val_accuracy']:.0%}, "
                     f"margin {v['val_margin']:+.3f}, chosen preferred (avg log-prob) {v['logp_accuracy']:.0%}{mark}")
         if step >= total:
@@ -558,7 +527,7 @@ def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bo
     val = [split_prompt(ex.messages) for ex in val_ex][: cfg.eval_limit or None]
     stop_id = (stop_token_ids(tok) or [None])[0]
     pad = tok.pad_token_id
-    log = _Log(work / "metrics.jsonl", quiet)
+    log = _Log(work / "metrics.jsonl", quiet, cfg)
     (work / "config.yaml").write_text(to_yaml(cfg))
     if held_out:
         log.say(f"no validation file: holding out {len(val)} of {len(train_ex) + len(val_ex)} prompts (seed {cfg.seed}) to measure on")
@@ -571,11 +540,8 @@ def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bo
         log.say(f"held-out before training: reward {start['val_reward']:.3f} "
                 + ", ".join(f"{k[4:]} {v:.3f}" for k, v in start.items() if k != "val_reward"))
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr(cfg, total))
+    optim = _Optim(model, cfg, len(train))
+    total = optim.total
     mb = cfg.micro_batch_size or 1
     rng = random.Random(cfg.seed)
     step, tokens, t_work, last_loss, vals, best, best_dir = 0, 0, 0.0, float("nan"), [], None, None
@@ -616,18 +582,15 @@ def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bo
                 loss_sum += float(per_token.detach().sum())
                 kl_sum += float(kl.detach().sum())
                 tokens += int(mask.sum())
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            norm = optim.step()
             step += 1
             t_work += time.time() - t
             last_loss = loss_sum / max(n_tok, 1)
             mean_r = sum(rewards) / len(rewards)
             log.write({"step": step, "epoch": epoch, "loss": round(last_loss, 6), "reward": round(mean_r, 4),
                        **{f"reward_{k}": round(v, 4) for k, v in means.items()}, "kl": round(kl_sum / max(n_tok, 1), 6),
-                       "completion_tokens": round(n_tok / len(encs), 1), "lr": sched.get_last_lr()[0],
-                       "grad_norm": round(float(norm), 4), "tokens": tokens, "tokens_per_s": round(tokens / t_work, 1)})
+                       "completion_tokens": round(n_tok / len(encs), 1), "lr": optim.lr,
+                       "grad_norm": round(norm, 4), "tokens": tokens, "tokens_per_s": round(tokens / t_work, 1)})
             log.say(f"step {step}/{total}: reward {mean_r:.3f} ("
                     + ", ".join(f"{k} {v:.3f}" for k, v in means.items())
                     + f"), kl {kl_sum / max(n_tok, 1):.4f}, {n_tok / len(encs):.0f} tokens/completion, {time.time() - t:.0f}s")

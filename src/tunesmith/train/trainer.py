@@ -112,10 +112,9 @@ def collate(encoded: list, idx: list[int], pad_id: int):
 # ---------------------------------------------------------------- loss
 
 
-def answer_loss_sum(model, ids, mask, labels):
-    """Sum of cross-entropy over answer tokens; logits computed only where a label exists."""
-    import torch.nn.functional as F
-
+def answer_logits(model, ids, mask, labels):
+    """Logits at the answer positions only (the output layer runs nowhere else), their target
+    ids, and the [batch, length - 1] mask of where they are."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     dev = next(inner.parameters()).device
     ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
@@ -124,14 +123,21 @@ def answer_loss_sum(model, ids, mask, labels):
     if getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning:
         # prompt/prefix tuning add virtual tokens in PeftModel.forward: use it, keep the real positions
         logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]
-        return F.cross_entropy(logits[:, :-1][sel].float(), targets[sel], reduction="sum"), int(sel.sum())
+        return logits[:, :-1][sel].float(), targets[sel], sel
     hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    h = hidden[:, :-1][sel]
-    logits = inner.get_output_embeddings()(h).float()
+    logits = inner.get_output_embeddings()(hidden[:, :-1][sel]).float()
     cap = getattr(inner.config, "final_logit_softcapping", None)
     if cap:
         logits = (logits / cap).tanh() * cap
-    return F.cross_entropy(logits, targets[sel], reduction="sum"), int(sel.sum())
+    return logits, targets[sel], sel
+
+
+def answer_loss_sum(model, ids, mask, labels):
+    """Sum of cross-entropy over answer tokens, and how many there are."""
+    import torch.nn.functional as F
+
+    logits, targets, sel = answer_logits(model, ids, mask, labels)
+    return F.cross_entropy(logits, targets, reduction="sum"), int(sel.sum())
 
 
 def n_answer_tokens(encoded, idx) -> int:
@@ -149,7 +155,8 @@ def validate(model, encoded, cfg: TrainConfig, pad_id: int) -> float:
     order = dist.shard(order, *dist.world())  # each rank scores its share; the sums are combined
     with torch.no_grad():
         for s in range(0, len(order), cfg.micro_batch_size):
-            loss, n = answer_loss_sum(model, *collate(encoded, order[s : s + cfg.micro_batch_size], pad_id))
+            with amp(cfg):
+                loss, n = answer_loss_sum(model, *collate(encoded, order[s : s + cfg.micro_batch_size], pad_id))
             total += float(loss)
             count += n
     model.train(was_training)
@@ -210,6 +217,8 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
         if importlib.util.find_spec("bitsandbytes") is None:
             raise UserError("--method qlora needs bitsandbytes: pip install bitsandbytes")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    if cpu_autocast(cfg):
+        dtype = torch.float32  # weights and optimizer in fp32; the forward pass runs under bf16 autocast
     model, tok, model_dir = load_base(cfg.model, trust_remote_code=trust_remote_code, dtype=dtype,
                                       quantize_4bit=cfg.method == "qlora")
     torch.manual_seed(cfg.seed)
@@ -247,6 +256,20 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
                 raise UserError(f"--method {cfg.method}: {str(e).splitlines()[0]}") from None
     model.config.use_cache = False
     return model, tok, model_dir
+
+
+def cpu_autocast(cfg: TrainConfig) -> bool:
+    """--precision bf16 on a CPU: bf16 autocast over fp32 weights (pure bf16 weights lose too much in the
+    optimizer update). Fast where the CPU multiplies bf16 natively (AVX512-BF16, AMX)."""
+    import torch
+
+    return cfg.precision == "bf16" and not torch.cuda.is_available()
+
+
+def amp(cfg: TrainConfig):
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_autocast(cfg) else contextlib.nullcontext()
 
 
 def peft_config(cfg: TrainConfig):
@@ -328,9 +351,12 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
     step_loss_fn = dist.wrap(model, answer_loss_sum)
     t0 = time.time() - st["elapsed"]
 
+    tb = tensorboard_writer(cfg)
+
     def log(rec: dict) -> None:
         metrics.write(json.dumps(rec) + "\n")
         metrics.flush()
+        tensorboard_add(tb, rec)
         st["metric_lines"] += 1
 
     metric = f"val_{cfg.eval_metric}" if val_gen else None
@@ -397,7 +423,8 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
                     ids, mask, labels = collate(train_enc, m, pad)
                     sync = step_loss_fn.no_sync() if world_size > 1 and j < len(local) - 1 else contextlib.nullcontext()
                     with sync:
-                        loss = step_loss_fn(ids, mask, labels)
+                        with amp(cfg):
+                            loss = step_loss_fn(ids, mask, labels)
                         (loss * weight).backward()
                     step_loss += float(loss.detach()) / n_ans if weight else 0.0
                     tokens += int(mask.sum()) if weight else 0
@@ -430,8 +457,31 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
     finally:
         progress.close()
         metrics.close()
+        if tb is not None:
+            tb.close()
     st["elapsed"] = time.time() - t0
     return st
+
+
+def tensorboard_writer(cfg: TrainConfig):
+    """A SummaryWriter for --tensorboard DIR on rank 0, else None."""
+    if not cfg.tensorboard or dist.world()[0] != 0:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'tunesmith[tensorboard]'") from None
+    return SummaryWriter(log_dir=cfg.tensorboard)
+
+
+def tensorboard_add(tb, rec: dict) -> None:
+    """Every number of a metrics.jsonl record, as a scalar at its step."""
+    if tb is None:
+        return
+    for k, v in rec.items():
+        if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
+            tb.add_scalar(k, v, rec["step"])
+    tb.flush()
 
 
 def save_adapter(model, tok, where: Path) -> None:
@@ -544,6 +594,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
 
         cfg.model = base_model_of(cfg.from_adapter, None, cfg.model)
     check_disk(out, cfg)
+    if cfg.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UserError("--tensorboard needs the tensorboard package: pip install 'tunesmith[tensorboard]'")
     train_ex, val_ex, train_path = load_data(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
