@@ -125,7 +125,7 @@ HELP = {
     "train_modules": "--method freeze: train only parameters whose names contain one of these (comma-separated)",
     "virtual_tokens": "--method prompt-tuning/prefix-tuning: number of virtual tokens",
     "from_adapter": "continue training the adapter of this run directory on new data (sequential fine-tuning)",
-    "precision": "auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that supports it, else fp32)",
+    "precision": "auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that supports it, else fp32; bf16 on a CPU: autocast over fp32 weights)",
     "gradient_checkpointing": "recompute activations during backward: less memory, slower",
     "warmup_ratio": "fraction of steps spent warming up the learning rate",
     "scheduler": "learning-rate schedule after warm-up: cosine, linear or constant",
