@@ -330,14 +330,16 @@ def encode_pairs(tok, examples, max_length: int) -> tuple[list[Pair], list[str]]
     return pairs, dropped
 
 
-def pair_logps(model, pairs: list[Pair], pad_id: int, chunk: int = 4):
+def pair_logps(model, pairs: list[Pair], pad_id: int, cfg, chunk: int = 4):
     """Summed answer log-probabilities of every pair's chosen and rejected answer (no gradients)."""
     import torch
+
+    from tunesmith.train.trainer import amp
 
     was = model.training
     model.eval()
     chosen, rejected = [], []
-    with torch.no_grad():
+    with torch.no_grad(), amp(cfg):
         for s in range(0, len(pairs), chunk):
             part = pairs[s : s + chunk]
             lp = sequence_logps(model, [p.chosen for p in part] + [p.rejected for p in part], pad_id)
@@ -353,7 +355,7 @@ def dpo_eval(model, pairs: list[Pair], cfg, pad_id: int) -> dict:
     per token (measurable before training, when the rewards are all 0)."""
     import torch
 
-    c, r = pair_logps(model, pairs, pad_id)
+    c, r = pair_logps(model, pairs, pad_id, cfg)
     ref_c = torch.tensor([p.ref_chosen for p in pairs], device=c.device)
     ref_r = torch.tensor([p.ref_rejected for p in pairs], device=c.device)
     loss, rc, rr = dpo_loss(c, r, ref_c, ref_r, cfg.dpo_beta)
@@ -367,7 +369,7 @@ def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: boo
     import torch
 
     from tunesmith.train.config import to_yaml
-    from tunesmith.train.trainer import setup_model
+    from tunesmith.train.trainer import amp, setup_model
 
     train_ex, val_ex, train_path, held_out = _load(cfg, "preference")
     model, tok, model_dir = setup_model(cfg, trust_remote_code)
@@ -387,7 +389,7 @@ def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: boo
 
     # the reference is where training starts: score every pair once, before any update
     t0 = time.time()
-    c, r = pair_logps(model, pairs + val_pairs, pad)
+    c, r = pair_logps(model, pairs + val_pairs, pad, cfg)
     for p, lc, lr in zip(pairs + val_pairs, c.tolist(), r.tolist()):
         p.ref_chosen, p.ref_rejected = lc, lr
     start = dpo_eval(model, val_pairs, cfg, pad) if val_pairs else {}
@@ -412,7 +414,8 @@ def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: boo
             for m in range(0, len(idx), mb):
                 chunk = [pairs[i] for i in idx[m : m + mb]]
                 encs = [p.chosen for p in chunk] + [p.rejected for p in chunk]
-                lp = sequence_logps(model, encs, pad)
+                with amp(cfg):
+                    lp = sequence_logps(model, encs, pad)
                 k = len(chunk)
                 ref_c = torch.tensor([p.ref_chosen for p in chunk], device=lp.device)
                 ref_r = torch.tensor([p.ref_rejected for p in chunk], device=lp.device)
@@ -513,7 +516,7 @@ def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bo
 
     from tunesmith.eval.run import split_prompt
     from tunesmith.train.config import to_yaml
-    from tunesmith.train.trainer import collate, setup_model
+    from tunesmith.train.trainer import amp, collate, setup_model
 
     graders = parse_graders(cfg.graders, style=cfg.style, rubric=cfg.rubric, judge_default=cfg.model,
                             trust_remote_code=trust_remote_code)
@@ -569,9 +572,10 @@ def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bo
             for m in range(0, len(keep), mb):
                 rows_i = keep[m : m + mb]
                 ids, mask, labels = collate(encs, rows_i, pad)
-                with torch.no_grad(), reference_of(model, has_ref):
+                with torch.no_grad(), reference_of(model, has_ref), amp(cfg):
                     ref_lp, _ = token_logps(model, ids, mask, labels)
-                lp, rows = token_logps(model, ids, mask, labels)
+                with amp(cfg):
+                    lp, rows = token_logps(model, ids, mask, labels)
                 a = adv[rows_i].to(lp.device)[rows]
                 # on-policy, one update per sample: the policy ratio is exp(lp - lp.detach()) = 1 with the
                 # gradient of lp; the KL to the reference is the k3 estimator (Schulman), always >= 0
