@@ -279,6 +279,17 @@ class _Optim:
         return self.sched.get_last_lr()[0]
 
 
+def _open_log(cfg, work: Path, quiet: bool, held_out: bool, n_held: int, n_all: int, unit: str) -> _Log:
+    """metrics.jsonl and config.yaml in the run's work dir; say where the held-out items came from."""
+    from tunesmith.train.config import to_yaml
+
+    log = _Log(work / "metrics.jsonl", quiet, cfg)
+    (work / "config.yaml").write_text(to_yaml(cfg))
+    if held_out:
+        log.say(f"no validation file: holding out {n_held} of {n_all} {unit} (seed {cfg.seed}) to measure on")
+    return log
+
+
 def _finish(cfg, model, tok, work: Path, out: Path, model_dir, result: PrefResult, best_dir: Path | None) -> None:
     from safetensors.torch import load_file
 
@@ -368,7 +379,6 @@ def dpo_eval(model, pairs: list[Pair], cfg, pad_id: int) -> dict:
 def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bool) -> PrefResult:
     import torch
 
-    from tunesmith.train.config import to_yaml
     from tunesmith.train.trainer import amp, setup_model
 
     train_ex, val_ex, train_path, held_out = _load(cfg, "preference")
@@ -380,10 +390,7 @@ def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: boo
     if not pairs:
         raise UserError(f"--data {train_path}: every pair is longer than --max-length {cfg.max_length}; raise it")
     pad = tok.pad_token_id
-    log = _Log(work / "metrics.jsonl", quiet, cfg)
-    (work / "config.yaml").write_text(to_yaml(cfg))
-    if held_out:
-        log.say(f"no validation file: holding out {len(val_pairs)} of {len(train_ex) + len(val_ex)} pairs (seed {cfg.seed}) to measure on")
+    log = _open_log(cfg, work, quiet, held_out, len(val_pairs), len(train_ex) + len(val_ex), "pairs")
     log.say(f"dpo on {len(pairs)} pairs ({len(val_pairs)} held out), beta {cfg.dpo_beta}; "
             f"reference: {'the --from-adapter adapter' if cfg.from_adapter else 'the base model'} (log-probs computed once)")
 
@@ -515,7 +522,6 @@ def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bo
     import torch
 
     from tunesmith.eval.run import split_prompt
-    from tunesmith.train.config import to_yaml
     from tunesmith.train.trainer import amp, collate, setup_model
 
     graders = parse_graders(cfg.graders, style=cfg.style, rubric=cfg.rubric, judge_default=cfg.model,
@@ -530,10 +536,7 @@ def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bo
     val = [split_prompt(ex.messages) for ex in val_ex][: cfg.eval_limit or None]
     stop_id = (stop_token_ids(tok) or [None])[0]
     pad = tok.pad_token_id
-    log = _Log(work / "metrics.jsonl", quiet, cfg)
-    (work / "config.yaml").write_text(to_yaml(cfg))
-    if held_out:
-        log.say(f"no validation file: holding out {len(val)} of {len(train_ex) + len(val_ex)} prompts (seed {cfg.seed}) to measure on")
+    log = _open_log(cfg, work, quiet, held_out, len(val), len(train_ex) + len(val_ex), "prompts")
     log.say(f"grpo on {len(train)} prompts, {cfg.grpo_group} samples each, graders "
             f"{', '.join(f'{g.name}*{g.weight:g}' for g in graders)}, KL weight {cfg.grpo_beta}")
     t0 = time.time()
