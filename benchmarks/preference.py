@@ -123,7 +123,7 @@ def run_grpo(a, work: Path, exe: str) -> list[str]:
         "",
         "| test set | SFT | SFT + GRPO | change (paired) |",
         "| --- | --- | --- | --- |",
-        line("format", "format adherence, %"),
+        line("format_adherence", "format adherence, %"),
         line("rougeL", "ROUGE-L"),
         line("rouge1", "ROUGE-1"),
         "",
