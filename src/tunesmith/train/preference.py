@@ -279,6 +279,20 @@ class _Optim:
         return self.sched.get_last_lr()[0]
 
 
+def _schedule(n: int, cfg, total: int) -> list[tuple[int, list[list[int]]]]:
+    """(epoch, its steps' item indices): items shuffled per epoch (seeded), cut at `total` steps."""
+    rng, plan, left = random.Random(cfg.seed), [], total
+    for epoch in range(1, cfg.epochs + 1):
+        order = list(range(n))
+        rng.shuffle(order)
+        steps = [order[s : s + cfg.batch_size] for s in range(0, n, cfg.batch_size)][:left]
+        if not steps:
+            break
+        plan.append((epoch, steps))
+        left -= len(steps)
+    return plan
+
+
 def _open_log(cfg, work: Path, quiet: bool, held_out: bool, n_held: int, n_all: int, unit: str) -> _Log:
     """metrics.jsonl and config.yaml in the run's work dir; say where the held-out items came from."""
     from tunesmith.train.config import to_yaml
@@ -408,15 +422,9 @@ def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: boo
     total = optim.total
     mb = cfg.micro_batch_size or 1
     step, tokens, last_loss, t_train, vals, best, best_dir = 0, 0, float("nan"), 0.0, [], None, None
-    rng = random.Random(cfg.seed)
-    for epoch in range(1, cfg.epochs + 1):
-        order = list(range(len(pairs)))
-        rng.shuffle(order)
-        for s in range(0, len(order), cfg.batch_size):
-            if step >= total:
-                break
+    for epoch, steps in _schedule(len(pairs), cfg, total):
+        for idx in steps:
             t = time.time()
-            idx = order[s : s + cfg.batch_size]
             loss_sum = acc = margin = 0.0
             for m in range(0, len(idx), mb):
                 chunk = [pairs[i] for i in idx[m : m + mb]]
@@ -450,8 +458,6 @@ def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: boo
             log.write(v)
             log.say(f"epoch {epoch}: held-out dpo loss {v['val_loss']:.4f}, reward accuracy {v['val_accuracy']:.0%}, "
                     f"margin {v['val_margin']:+.3f}, chosen preferred (avg log-prob) {v['logp_accuracy']:.0%}{mark}")
-        if step >= total:
-            break
     log.close()
     result = PrefResult(str(out), "dpo", step, last_loss, round(tokens / max(t_train, 1e-9), 1),
                         round(time.time() - t0, 1), len(pairs), start, vals, best)
@@ -549,16 +555,10 @@ def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bo
     optim = _Optim(model, cfg, len(train))
     total = optim.total
     mb = cfg.micro_batch_size or 1
-    rng = random.Random(cfg.seed)
     step, tokens, t_work, last_loss, vals, best, best_dir = 0, 0, 0.0, float("nan"), [], None, None
-    for epoch in range(1, cfg.epochs + 1):
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        for s in range(0, len(order), cfg.batch_size):
-            if step >= total:
-                break
+    for epoch, steps in _schedule(len(train), cfg, total):
+        for idx in steps:
             t = time.time()
-            idx = order[s : s + cfg.batch_size]
             prompts = [train[i][0] for i in idx]
             refs = [train[i][1] for i in idx]
             g = cfg.grpo_group
@@ -609,8 +609,6 @@ def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bo
             if best is None or v["val_reward"] > best["val_reward"]:
                 best, best_dir, mark = v, _save_best(model, tok, work), " (best)"
             log.say(f"epoch {epoch}: held-out reward {v['val_reward']:.3f}{mark}")
-        if step >= total:
-            break
     log.close()
     if has_ref:
         model.delete_adapter("reference")
