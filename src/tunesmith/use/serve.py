@@ -52,6 +52,7 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)  # ("delta", text) ... then ("end", finish_reason)
     cancelled: threading.Event = field(default_factory=threading.Event)
     completion_tokens: int = 0
+    arrived: float = field(default_factory=time.monotonic)
 
     @property
     def batch_key(self):
@@ -59,6 +60,9 @@ class Job:
 
     def emit(self, kind: str, value) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+
+
+GATHER = 0.05  # seconds a request may wait for others to batch with (a decode step is ~60 ms on a CPU)
 
 
 class Engine:
@@ -95,6 +99,13 @@ class Engine:
         with self.cv:
             while not self.waiting and not self.closed:
                 self.cv.wait()
+            # Clients answered together come back together: give the stragglers GATHER seconds
+            # from the oldest request's arrival to join, rather than starting a batch of one.
+            while not self.closed and len(self.waiting) < self.max_batch:
+                left = self.waiting[0].arrived + GATHER - time.monotonic()
+                if left <= 0:
+                    break
+                self.cv.wait(left)
             if self.closed:
                 return None
             key = self.waiting[0].batch_key
