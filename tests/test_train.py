@@ -279,21 +279,33 @@ def test_from_adapter_continues_training_sequentially(tiny_model_dir, data_dir, 
                    quiet=True)
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, data_dir, tmp_path):
-    """torchrun, 2 CPU processes (gloo): the same loss curve as 1 process, within tolerance."""
+@pytest.mark.parametrize("engine", [[], ["--fsdp"], ["--fsdp", "--method", "full"]], ids=["ddp", "fsdp", "fsdp-full"])
+def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, data_dir, tmp_path, engine):
+    """torchrun, 2 CPU processes (gloo), DDP or FSDP2: the same loss curve as 1 process, within
+    tolerance, and the same weights saved (FSDP gathers its shards into a plain directory)."""
     import subprocess
     import sys
 
+    from safetensors.torch import load_file
+
     from conftest import ROOT
 
+    method = engine[engine.index("--method") + 1] if "--method" in engine else "lora"
     args = ["--model", str(tiny_model_dir("llama")), "--data", str(data_dir), "--epochs", "2", "--batch-size", "4",
-            "--micro-batch-size", "1", "--lr", "5e-3", "--lora-r", "8", "--quiet", "--threads", "1"]
+            "--micro-batch-size", "1", "--lr", "5e-3" if method == "lora" else "1e-3", "--lora-r", "8", "--quiet",
+            "--threads", "1", "--method", method]
     one = run_cli("train", *args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
+    flags = [f for f in engine if f == "--fsdp"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "tunesmith.cli", "train", *args, "--out", str(tmp_path / "two")],
+                          "-m", "tunesmith.cli", "train", *args, *flags, "--out", str(tmp_path / "two")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
+    info = json.loads((tmp_path / "two" / "tunesmith-run.json").read_text())
+    assert (info["engine"], info["processes"]) == ("fsdp" if flags else "ddp", 2)
+    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    w1, w2 = load_file(str(tmp_path / "one" / weights)), load_file(str(tmp_path / "two" / weights))
+    assert w1.keys() == w2.keys() and max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4
     (l1, v1), (l2, v2) = _losses_and_vals(tmp_path / "one"), _losses_and_vals(tmp_path / "two")
     assert len(l1) == len(l2) == 8 and len(v1) == len(v2) == 2
     assert max(abs(a - b) for a, b in zip(l1, l2)) < 1e-4, (l1, l2)
@@ -380,3 +392,15 @@ def test_bf16_autocast_on_a_cpu_trains_close_to_fp32(tiny_model_dir, data_dir, t
 
     weights = load_file(str(tmp_path / "bf16" / "adapter_model.safetensors"))
     assert all(t.dtype == torch.float32 for t in weights.values())  # the adapter stays fp32
+
+
+def test_fsdp_refusals_say_what_to_do(tiny_model_dir, data_dir, tmp_path):
+    m = tiny_model_dir("llama")
+    with pytest.raises(UserError, match=r"--fsdp shards the model across processes, and this is one process: launch with "
+                                        r"`torchrun --nproc_per_node N"):
+        trainer.train(cfg_for(m, data_dir, tmp_path / "one", fsdp=True), quiet=True)
+    assert not (tmp_path / "one").exists()
+    with pytest.raises(UserError, match=r"--fsdp works with --method lora, dora, full or freeze, not prompt-tuning"):
+        cfg_for(m, data_dir, tmp_path / "p", fsdp=True, method="prompt-tuning").validate()
+    with pytest.raises(UserError, match=r"--eval-metric generates during training, which --fsdp does not support"):
+        cfg_for(m, data_dir, tmp_path / "e", fsdp=True, eval_metric="rougeL").validate()

@@ -15,23 +15,30 @@ from pathlib import Path
 
 from tunesmith.atomic import make_temp_dir, replace_dir
 from tunesmith.errors import UserError
+from tunesmith.train.distributed import full, full_state, sharded
 
 PREFIX = "step-"
 
 
 def trainable_state(model) -> dict:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.contiguous() for n, p in full_state(model, trainable_only=True).items()}
 
 
-def save(ckpt_dir: Path, model, opt, sched, progress: dict) -> None:
+def save(ckpt_dir: Path, model, opt, sched, progress: dict, write: bool = True) -> None:
+    """Under FSDP every rank calls this (weights and optimizer moments are gathered whole, so a
+    checkpoint does not depend on the number of processes); `write` says which rank writes."""
     import torch
     from safetensors.torch import save_file
 
+    if not write and not sharded(model):
+        return
     tensors = {f"param.{n}": t for n, t in trainable_state(model).items()}
     osd = opt.state_dict()
     for idx, st in osd["state"].items():
         for k, v in st.items():
-            tensors[f"opt.{idx}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+            tensors[f"opt.{idx}.{k}"] = full(v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+    if not write:
+        return
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -65,12 +72,14 @@ def load(ckpt_dir: Path, model, opt, sched) -> dict:
             if name not in params:
                 raise UserError(f"{ckpt_dir}: checkpoint has weight {name!r} that this model lacks; was the run's model changed?")
             with torch.no_grad():
-                params[name].copy_(t)
+                params[name].copy_(like(params[name], t))
     state: dict[int, dict] = {}
+    ordered = [p for g in opt.param_groups for p in g["params"]]
     for key, t in tensors.items():
         if key.startswith("opt."):
             _, idx, k = key.split(".", 2)
-            state.setdefault(int(idx), {})[k] = t
+            p = ordered[int(idx)]
+            state.setdefault(int(idx), {})[k] = like(p, t) if t.shape == p.shape else t
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     sched.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
@@ -80,6 +89,15 @@ def load(ckpt_dir: Path, model, opt, sched) -> dict:
             torch.cuda.set_rng_state_all(cuda)
     random.setstate(_tuples(meta["python_random"]))
     return meta["progress"]
+
+
+def like(param, t):
+    """A whole saved tensor in the form of `param`: sharded the same way under FSDP."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        return distribute_tensor(t.to(param.dtype), param.device_mesh, param.placements)
+    return t
 
 
 def latest(ckpt_root: Path) -> Path | None:

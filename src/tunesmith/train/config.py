@@ -43,6 +43,7 @@ class TrainConfig:
     from_adapter: str = ""  # continue training this run's adapter (sequential fine-tuning)
     precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
+    fsdp: bool = False  # shard weights, gradients and optimizer state over the torchrun processes (FSDP2)
     warmup_ratio: float = 0.1
     scheduler: str = "cosine"  # cosine (to 10 % of peak), linear (to 0) or constant, after warm-up
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
@@ -106,6 +107,12 @@ class TrainConfig:
             raise UserError("--graders and --rubric are for --method grpo")
         if not self.lr > 0:
             raise UserError(f"--lr must be positive (got {self.lr})")
+        if self.fsdp and self.method in ("qlora", "prompt-tuning", "prefix-tuning", *PREFERENCE_METHODS):
+            raise UserError(f"--fsdp works with --method lora, dora, full or freeze, not {self.method}; "
+                            "drop --fsdp to train on each process with DDP")
+        if self.fsdp and self.eval_metric:
+            raise UserError("--eval-metric generates during training, which --fsdp does not support; "
+                            "drop --eval-metric and score the run afterwards with `tunesmith eval`")
 
 
 HELP = {
@@ -127,6 +134,8 @@ HELP = {
     "from_adapter": "continue training the adapter of this run directory on new data (sequential fine-tuning)",
     "precision": "auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that supports it, else fp32; bf16 on a CPU: autocast over fp32 weights)",
     "gradient_checkpointing": "recompute activations during backward: less memory, slower",
+    "fsdp": "shard weights, gradients and optimizer state across the torchrun processes (PyTorch FSDP2), for models "
+            "that do not fit one device; needs 2 or more processes",
     "warmup_ratio": "fraction of steps spent warming up the learning rate",
     "scheduler": "learning-rate schedule after warm-up: cosine, linear or constant",
     "max_steps": "stop after this many optimizer steps (0 = run all epochs)",

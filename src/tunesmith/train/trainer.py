@@ -145,20 +145,30 @@ def n_answer_tokens(encoded, idx) -> int:
     return sum(sum(1 for x in encoded[i].labels[1:] if x != IGNORE) for i in idx)
 
 
-def validate(model, encoded, cfg: TrainConfig, pad_id: int) -> float:
+def validate(model, encoded, cfg: TrainConfig, pad_id: int, sharded_loss=None) -> float:
+    """Mean answer-token loss. Under FSDP pass the sharded loss module: the forward must go through it."""
     import torch
 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    order = dist.shard(order, *dist.world())  # each rank scores its share; the sums are combined
+    rank, size = dist.world()
+    mine = dist.shard(order, rank, size)  # each rank scores its share; the sums are combined
+    # under FSDP each forward pass is collective: every rank runs as many (a spare one is not counted)
+    passes = -(-len(dist.shard(order, 0, size)) // cfg.micro_batch_size) if sharded_loss is not None else 0
     with torch.no_grad():
-        for s in range(0, len(order), cfg.micro_batch_size):
+        for s in range(0, max(len(mine), passes * cfg.micro_batch_size), cfg.micro_batch_size):
+            batch = mine[s : s + cfg.micro_batch_size]
+            ids, mask, labels = collate(encoded, batch or order[:1], pad_id)
             with amp(cfg):
-                loss, n = answer_loss_sum(model, *collate(encoded, order[s : s + cfg.micro_batch_size], pad_id))
-            total += float(loss)
-            count += n
+                if sharded_loss is not None:
+                    loss, n = sharded_loss(ids, mask, labels), int((labels[:, 1:] != IGNORE).sum())
+                else:
+                    loss, n = answer_loss_sum(model, ids, mask, labels)
+            if batch:
+                total += float(loss)
+                count += n
     model.train(was_training)
     total, count = dist.all_sum([total, count])
     return total / max(count, 1)
@@ -328,6 +338,8 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
 
     from tunesmith.train import checkpoint
 
+    step_loss_fn = dist.wrap(model, answer_loss_sum, cfg.fsdp)  # before the optimizer: FSDP swaps the parameters
+    sharded_loss = step_loss_fn if dist.sharded(model) else None
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
@@ -348,7 +360,6 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
             metrics_path.write_text("".join(lines))  # drop what was logged after the checkpoint
     metrics = open(metrics_path if lead else os.devnull, "a")
     progress = _Progress(total_steps, quiet or not lead, start=st["step"])
-    step_loss_fn = dist.wrap(model, answer_loss_sum)
     t0 = time.time() - st["elapsed"]
 
     tb = tensorboard_writer(cfg)
@@ -363,7 +374,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
 
     def run_validation() -> None:
         t = time.time()
-        v = validate(model, val_enc, cfg, pad)
+        v = validate(model, val_enc, cfg, pad, sharded_loss)
         rec = {"step": st["step"], "epoch": st["epoch"], "val_loss": round(v, 6)}
         if metric:
             rec[metric] = round(validate_generation(model, tok, val_gen, cfg), 2)
@@ -373,8 +384,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
         best = st["best"]
         if best is None or (rec[metric] > best[metric] if metric else v < best["val_loss"]):
             st["best"], st["bad"] = {**rec, "val_loss": v}, 0
-            if lead:
-                save_adapter(model, tok, work / "best")
+            save_adapter(model, tok, work / "best", cfg, write=lead)
             mark = " (best)"
         else:
             st["bad"] += 1
@@ -387,14 +397,14 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
 
     def save_checkpoint() -> None:
         st["elapsed"] = time.time() - t0
+        checkpoint.save(work / "checkpoints" / f"{checkpoint.PREFIX}{st['step']:07d}", model, opt, sched, st, write=lead)
         if lead:
-            checkpoint.save(work / "checkpoints" / f"{checkpoint.PREFIX}{st['step']:07d}", model, opt, sched, st)
             checkpoint.prune(work / "checkpoints", cfg.keep_checkpoints)
         dist.barrier()
 
     if val_enc and resume is None:  # where we start from, so every run shows what training changed
         t = time.time()
-        st["val_start"] = validate(model, val_enc, cfg, pad)
+        st["val_start"] = validate(model, val_enc, cfg, pad, sharded_loss)
         rec = {"step": 0, "epoch": 0, "val_loss": round(st["val_start"], 6)}
         if metric:
             rec[metric] = round(validate_generation(model, tok, val_gen, cfg), 2)
@@ -421,8 +431,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
                 step_loss, tokens = 0.0, 0
                 for j, m in enumerate(local):
                     ids, mask, labels = collate(train_enc, m, pad)
-                    sync = step_loss_fn.no_sync() if world_size > 1 and j < len(local) - 1 else contextlib.nullcontext()
-                    with sync:
+                    with dist.accumulating(step_loss_fn, last=j == len(local) - 1):
                         with amp(cfg):
                             loss = step_loss_fn(ids, mask, labels)
                         (loss * weight).backward()
@@ -440,7 +449,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
                 st["last_loss"] = step_loss
                 elapsed = time.time() - t0 - st["val_s"]  # training time only
                 log({"step": st["step"], "epoch": epoch, "loss": round(step_loss, 6), "lr": sched.get_last_lr()[0],
-                     "grad_norm": round(float(norm), 4), "tokens": st["tokens"], "tokens_per_s": round(st["tokens"] / elapsed, 1)})
+                     "grad_norm": round(float(dist.full(norm)), 4), "tokens": st["tokens"], "tokens_per_s": round(st["tokens"] / elapsed, 1)})
                 progress.update(st["step"], epoch, cfg.epochs, step_loss, st["tokens"] / elapsed)
                 if val_enc and cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0:
                     run_validation()
@@ -484,12 +493,18 @@ def tensorboard_add(tb, rec: dict) -> None:
     tb.flush()
 
 
-def save_adapter(model, tok, where: Path) -> None:
-    """The trainable part as a PEFT adapter directory, written atomically."""
+def save_adapter(model, tok, where: Path, cfg: TrainConfig | None = None, write: bool = True) -> None:
+    """The trainable part as a PEFT adapter directory (full/freeze: a model directory), written
+    atomically. Under FSDP every rank calls this (the weights are gathered) and `write` says who writes."""
+    state = None
+    if dist.sharded(model):
+        state = dist.full_state(model, trainable_only=cfg is None or cfg.method in ADAPTER_METHODS)
+    if not write:
+        return
     where.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(where)
     try:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), **({"state_dict": state} if state is not None else {}))
         tok.save_pretrained(str(tmp))
         replace_dir(tmp, where)
     finally:
@@ -579,6 +594,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
     ckpt = None
     dist.init()
     lead = dist.world()[0] == 0
+    if cfg.fsdp and dist.world()[1] == 1:
+        raise UserError("--fsdp shards the model across processes, and this is one process: launch with "
+                        "`torchrun --nproc_per_node N -m tunesmith.cli train ...` (N ≥ 2), or drop --fsdp")
     if resume:
         ckpt = checkpoint.latest(work / "checkpoints")
         if ckpt is None:
@@ -642,10 +660,16 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
     result = Result(str(out), st["step"], st["last_loss"], st["val_losses"], round(st["tokens"] / train_s, 1),
                     round(st["answer_tokens"] / train_s, 1), round(st["elapsed"], 1), len(train_enc), len(dropped),
                     best, st["stopped"], st["val_start"])
+    state = dist.full_state(model, cfg.method in ADAPTER_METHODS) if dist.sharded(model) else None  # FSDP: all ranks gather
     if not lead:
         dist.barrier()  # rank 0 writes the run directory
         return result
-    if best is not None and best["step"] != st["step"]:
+    if state is not None:
+        model.save_pretrained(str(work), state_dict=state)
+        if best is not None and best["step"] != st["step"]:  # the run's weights are the best step's, saved beside
+            for f in [*(work / "best").glob("*.safetensors"), *(work / "best").glob("*.safetensors.index.json")]:
+                shutil.copy2(f, work / f.name)
+    elif best is not None and best["step"] != st["step"]:
         # the run's adapter is the best one by validation loss; load it back for the final save
         from safetensors.torch import load_file
 
@@ -656,10 +680,13 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
         else:
             for f in sorted((work / "best").glob("*.safetensors")):
                 model.load_state_dict(load_file(str(f)), strict=False)
-    model.save_pretrained(str(work))  # the whole run dir is renamed into place below, so no temp dir here
+    if state is None:
+        model.save_pretrained(str(work))  # the whole run dir is renamed into place below, so no temp dir here
     tok.save_pretrained(str(work))
     (work / RUN_INFO).write_text(json.dumps({"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
-                                             "adapter": "best" if best else "last", "result": asdict(result)}, indent=2))
+                                             "adapter": "best" if best else "last", "processes": dist.world()[1],
+                                             "engine": "fsdp" if state is not None else "ddp" if dist.world()[1] > 1 else "single",
+                                             "result": asdict(result)}, indent=2))
     replace_dir(work, out)
     dist.barrier()
     return result
