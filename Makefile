@@ -21,6 +21,8 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -ra
+	# speed guard: a ratio against a reference step timed in the same process (benchmarks/guard.py)
+	$(PY) benchmarks/guard.py --check 1.3
 
 clean-demo:
 	rm -rf demo-out

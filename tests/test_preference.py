@@ -228,3 +228,53 @@ def test_grpo_raises_the_reward_of_a_python_grader_and_continues_from_its_adapte
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(m), tmp_path / "grpo2")
     assert list(model.peft_config) == ["default"]  # the frozen reference copy is not saved
+
+
+@pytest.mark.parametrize("method", ["dpo", "grpo"])
+def test_sigkill_then_resume_matches_the_uninterrupted_run(method, tiny_model_dir, tmp_path):
+    """A preference run killed with SIGKILL mid-training and resumed ends with the same adapter."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from conftest import ROOT
+
+    d = tmp_path / "data"
+    if method == "dpo":
+        write_jsonl(d / "train.jsonl", pref_rows(24))
+        write_jsonl(d / "val.jsonl", pref_rows(4, offset=100))
+        extra = ["--dpo-beta", "0.5"]
+    else:
+        rows = [chat(f"Write the meeting notes. Focus: {w} {i}", "ok") for i, w in enumerate("abcdefghijklmnopqrstuvwx")]
+        write_jsonl(d / "train.jsonl", rows[:20])
+        write_jsonl(d / "val.jsonl", rows[20:])
+        extra = ["--graders", "length:3", "--grpo-group", "2", "--grpo-max-new-tokens", "6"]
+    args = ["--method", method, "--model", str(tiny_model_dir("llama")), "--data", str(d), "--epochs", "3",
+            "--batch-size", "4", "--lr", "5e-3", "--save-every", "1", "--threads", "1", "--quiet", *extra]
+    ref = run_cli("train", *args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    kill_at = random.Random().randint(3, 12)
+    run, metrics = tmp_path / "run", tmp_path / ".run.partial" / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "train", *args, "--out", str(run)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count('"loss"') >= kill_at:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run must be killed mid-training for this test"
+    r = run_cli("train", "--resume", str(run), "--quiet")
+    assert r.returncode == 0, r.stderr
+    a, b = load_file(str(tmp_path / "ref" / "adapter_model.safetensors")), load_file(str(run / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    losses = lambda p: [json.loads(x)["loss"] for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa: E731
+    assert len(losses(run)) == len(losses(tmp_path / "ref")) == (18 if method == "dpo" else 15)
+    assert max(abs(x - y) for x, y in zip(losses(run), losses(tmp_path / "ref"))) < 1e-4
+    assert not (tmp_path / ".run.partial").exists()

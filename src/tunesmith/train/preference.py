@@ -209,14 +209,22 @@ class _Log:
     def __init__(self, path: Path, quiet: bool, cfg):
         from tunesmith.train.trainer import tensorboard_writer
 
-        self.f, self.quiet, self.tb = open(path, "a"), quiet, tensorboard_writer(cfg)
+        self.path, self.quiet, self.tb, self.lines = path, quiet, tensorboard_writer(cfg), 0
+        self.f = open(path, "a")
 
     def write(self, rec: dict) -> None:
         from tunesmith.train.trainer import tensorboard_add
 
         self.f.write(json.dumps(rec) + "\n")
         self.f.flush()
+        self.lines += 1
         tensorboard_add(self.tb, rec)
+
+    def keep(self, n: int) -> None:
+        """Resuming: keep the first n lines (what was logged up to the checkpoint)."""
+        self.f.close()
+        self.path.write_text("".join(self.path.read_text().splitlines(keepends=True)[:n]))
+        self.f, self.lines = open(self.path, "a"), n
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -291,6 +299,50 @@ def _schedule(n: int, cfg, total: int) -> list[tuple[int, list[list[int]]]]:
         plan.append((epoch, steps))
         left -= len(steps)
     return plan
+
+
+class _Checkpoints:
+    """A preference run's checkpoints, as SFT writes them (train/checkpoint.py: safetensors, atomic,
+    RNG states): after every epoch and every --save-every steps. `state` is the loop's progress."""
+
+    def __init__(self, cfg, work: Path, model, optim: _Optim, log: _Log):
+        self.cfg, self.root, self.model, self.optim, self.log = cfg, work / "checkpoints", model, optim, log
+
+    def resume(self, fresh: dict) -> tuple[dict, bool]:
+        from tunesmith.train import checkpoint
+
+        found = checkpoint.latest(self.root)
+        if found is None:
+            return fresh, False
+        state = checkpoint.load(found, self.model, self.optim.opt, self.optim.sched)
+        self.log.keep(state["metric_lines"])
+        self.log.say(f"resuming from {found.name}")
+        return state, True
+
+    def save(self, state: dict, t0: float) -> None:
+        from tunesmith.train import checkpoint
+
+        state["metric_lines"], state["elapsed"] = self.log.lines, time.time() - t0
+        checkpoint.save(self.root / f"{checkpoint.PREFIX}{state['step']:07d}", self.model, self.optim.opt,
+                        self.optim.sched, state)
+        checkpoint.prune(self.root, self.cfg.keep_checkpoints)
+
+
+def _fresh(**more) -> dict:
+    """A preference loop's progress at the start: what a checkpoint saves and a resume restores."""
+    return {"step": 0, "epoch": 1, "k": 0, "tokens": 0, "t_work": 0.0, "last_loss": float("nan"), "vals": [],
+            "best": None, "start": {}, "elapsed": 0.0, **more}
+
+
+def _steps(plan, st: dict):
+    """The plan's (epoch, k, item indices) not yet done, then None at each epoch's end."""
+    for epoch, steps in plan:
+        if epoch < st["epoch"]:
+            continue
+        for k, idx in enumerate(steps):
+            if epoch > st["epoch"] or k >= st["k"]:
+                yield epoch, k, idx
+        yield epoch, None, None
 
 
 def _open_log(cfg, work: Path, quiet: bool, held_out: bool, n_held: int, n_all: int, unit: str) -> _Log:
@@ -408,61 +460,67 @@ def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: boo
     log.say(f"dpo on {len(pairs)} pairs ({len(val_pairs)} held out), beta {cfg.dpo_beta}; "
             f"reference: {'the --from-adapter adapter' if cfg.from_adapter else 'the base model'} (log-probs computed once)")
 
-    # the reference is where training starts: score every pair once, before any update
-    t0 = time.time()
-    c, r = pair_logps(model, pairs + val_pairs, pad, cfg)
-    for p, lc, lr in zip(pairs + val_pairs, c.tolist(), r.tolist()):
-        p.ref_chosen, p.ref_rejected = lc, lr
-    start = dpo_eval(model, val_pairs, cfg, pad) if val_pairs else {}
-    if start:
-        log.write({"step": 0, "epoch": 0, **start})
-        log.say(f"held-out before training: chosen preferred (avg log-prob) {start['logp_accuracy']:.0%}")
-
     optim = _Optim(model, cfg, len(pairs))
     total = optim.total
+    ck = _Checkpoints(cfg, work, model, optim, log)
+    st, resumed = ck.resume(_fresh(ref=[]))
+    t0 = time.time() - st["elapsed"]
+    if not resumed:
+        # the reference is where training starts: score every pair once, before any update
+        c, r = pair_logps(model, pairs + val_pairs, pad, cfg)
+        st["ref"] = [[a, b] for a, b in zip(c.tolist(), r.tolist())]
+    for p, (lc, lr) in zip(pairs + val_pairs, st["ref"]):
+        p.ref_chosen, p.ref_rejected = lc, lr
+    if not resumed and val_pairs:
+        st["start"] = dpo_eval(model, val_pairs, cfg, pad)
+        log.write({"step": 0, "epoch": 0, **st["start"]})
+        log.say(f"held-out before training: chosen preferred (avg log-prob) {st['start']['logp_accuracy']:.0%}")
+
     mb = cfg.micro_batch_size or 1
-    step, tokens, last_loss, t_train, vals, best, best_dir = 0, 0, float("nan"), 0.0, [], None, None
-    for epoch, steps in _schedule(len(pairs), cfg, total):
-        for idx in steps:
-            t = time.time()
-            loss_sum = acc = margin = 0.0
-            for m in range(0, len(idx), mb):
-                chunk = [pairs[i] for i in idx[m : m + mb]]
-                encs = [p.chosen for p in chunk] + [p.rejected for p in chunk]
-                with amp(cfg):
-                    lp = sequence_logps(model, encs, pad)
-                k = len(chunk)
-                ref_c = torch.tensor([p.ref_chosen for p in chunk], device=lp.device)
-                ref_r = torch.tensor([p.ref_rejected for p in chunk], device=lp.device)
-                l, rc, rr = dpo_loss(lp[:k], lp[k:], ref_c, ref_r, cfg.dpo_beta)
-                (l.sum() / len(idx)).backward()  # the mean over the step's pairs, whatever the micro-batch
-                loss_sum += float(l.detach().sum())
-                acc += float((rc > rr).float().sum())
-                margin += float((rc - rr).sum())
-                tokens += sum(len(e.input_ids) for e in encs)
-            norm = optim.step()
-            step += 1
-            t_train += time.time() - t
-            last_loss = loss_sum / len(idx)
-            log.write({"step": step, "epoch": epoch, "loss": round(last_loss, 6), "reward_accuracy": round(acc / len(idx), 4),
-                       "reward_margin": round(margin / len(idx), 6), "lr": optim.lr,
-                       "grad_norm": round(norm, 4), "tokens": tokens, "tokens_per_s": round(tokens / t_train, 1)})
-            log.say(f"step {step}/{total}: dpo loss {last_loss:.4f}, reward accuracy {acc / len(idx):.0%}, "
-                    f"margin {margin / len(idx):+.3f}, {tokens / t_train:.0f} tokens/s")
-        if val_pairs:
-            v = {"step": step, "epoch": epoch, **dpo_eval(model, val_pairs, cfg, pad)}
-            vals.append(v)
-            mark = ""
-            if best is None or v["val_loss"] < best["val_loss"]:
-                best, best_dir, mark = v, _save_best(model, tok, work), " (best)"
-            log.write(v)
-            log.say(f"epoch {epoch}: held-out dpo loss {v['val_loss']:.4f}, reward accuracy {v['val_accuracy']:.0%}, "
-                    f"margin {v['val_margin']:+.3f}, chosen preferred (avg log-prob) {v['logp_accuracy']:.0%}{mark}")
-    log.close()
-    result = PrefResult(str(out), "dpo", step, last_loss, round(tokens / max(t_train, 1e-9), 1),
-                        round(time.time() - t0, 1), len(pairs), start, vals, best)
-    _finish(cfg, model, tok, work, out, model_dir, result, best_dir)
-    return result
+    for epoch, k, idx in _steps(_schedule(len(pairs), cfg, total), st):
+        if idx is None:  # the epoch's end
+            if val_pairs:
+                v = {"step": st["step"], "epoch": epoch, **dpo_eval(model, val_pairs, cfg, pad)}
+                st["vals"].append(v)
+                mark = ""
+                if st["best"] is None or v["val_loss"] < st["best"]["val_loss"]:
+                    st["best"], mark = v, " (best)"
+                    _save_best(model, tok, work)
+                log.write(v)
+                log.say(f"epoch {epoch}: held-out dpo loss {v['val_loss']:.4f}, reward accuracy {v['val_accuracy']:.0%}, "
+                        f"margin {v['val_margin']:+.3f}, chosen preferred (avg log-prob) {v['logp_accuracy']:.0%}{mark}")
+            st["epoch"], st["k"] = epoch + 1, 0
+            ck.save(st, t0)
+            continue
+        t = time.time()
+        loss_sum = acc = margin = 0.0
+        for m in range(0, len(idx), mb):
+            chunk = [pairs[i] for i in idx[m : m + mb]]
+            encs = [p.chosen for p in chunk] + [p.rejected for p in chunk]
+            with amp(cfg):
+                lp = sequence_logps(model, encs, pad)
+            n = len(chunk)
+            ref_c = torch.tensor([p.ref_chosen for p in chunk], device=lp.device)
+            ref_r = torch.tensor([p.ref_rejected for p in chunk], device=lp.device)
+            l, rc, rr = dpo_loss(lp[:n], lp[n:], ref_c, ref_r, cfg.dpo_beta)
+            (l.sum() / len(idx)).backward()  # the mean over the step's pairs, whatever the micro-batch
+            loss_sum += float(l.detach().sum())
+            acc += float((rc > rr).float().sum())
+            margin += float((rc - rr).sum())
+            st["tokens"] += sum(len(e.input_ids) for e in encs)
+        norm = optim.step()
+        st["step"], st["k"] = st["step"] + 1, k + 1
+        st["t_work"] += time.time() - t
+        st["last_loss"] = loss_sum / len(idx)
+        speed = st["tokens"] / st["t_work"]
+        log.write({"step": st["step"], "epoch": epoch, "loss": round(st["last_loss"], 6),
+                   "reward_accuracy": round(acc / len(idx), 4), "reward_margin": round(margin / len(idx), 6),
+                   "lr": optim.lr, "grad_norm": round(norm, 4), "tokens": st["tokens"], "tokens_per_s": round(speed, 1)})
+        log.say(f"step {st['step']}/{total}: dpo loss {st['last_loss']:.4f}, reward accuracy {acc / len(idx):.0%}, "
+                f"margin {margin / len(idx):+.3f}, {speed:.0f} tokens/s")
+        if cfg.save_every and st["step"] % cfg.save_every == 0:
+            ck.save(st, t0)
+    return _end(cfg, "dpo", model, tok, work, out, model_dir, st, t0, len(pairs), log)
 
 
 # ---------------------------------------------------------------- GRPO
@@ -545,100 +603,113 @@ def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bo
     log = _open_log(cfg, work, quiet, held_out, len(val), len(train_ex) + len(val_ex), "prompts")
     log.say(f"grpo on {len(train)} prompts, {cfg.grpo_group} samples each, graders "
             f"{', '.join(f'{g.name}*{g.weight:g}' for g in graders)}, KL weight {cfg.grpo_beta}")
-    t0 = time.time()
-    start = grpo_eval(model, tok, val, graders, cfg) if val else {}
-    if start:
+    optim = _Optim(model, cfg, len(train))
+    total = optim.total
+    ck = _Checkpoints(cfg, work, model, optim, log)
+    st, resumed = ck.resume(_fresh())
+    t0 = time.time() - st["elapsed"]
+    if not resumed and val:
+        st["start"] = start = grpo_eval(model, tok, val, graders, cfg)
         log.write({"step": 0, "epoch": 0, **start})
         log.say(f"held-out before training: reward {start['val_reward']:.3f} "
                 + ", ".join(f"{k[4:]} {v:.3f}" for k, v in start.items() if k != "val_reward"))
 
-    optim = _Optim(model, cfg, len(train))
-    total = optim.total
     mb = cfg.micro_batch_size or 1
-    step, tokens, t_work, last_loss, vals, best, best_dir = 0, 0, 0.0, float("nan"), [], None, None
-    for epoch, steps in _schedule(len(train), cfg, total):
-        for idx in steps:
-            t = time.time()
-            prompts = [train[i][0] for i in idx]
-            refs = [train[i][1] for i in idx]
-            g = cfg.grpo_group
-            p_ids = [prompt_ids(tok, p) for p in prompts]
-            gens = sample(model, tok, [p for p in p_ids for _ in range(g)], cfg, seed=cfg.seed * 100003 + step)
-            texts = [tok.decode(new, skip_special_tokens=True).strip() for new, _ in gens]
-            rep_prompts = [p for p in prompts for _ in range(g)]
-            rewards, means = grade(graders, rep_prompts, texts, [r for r in refs for _ in range(g)])
-            adv = group_advantages(torch.tensor(rewards).view(len(idx), g)).view(-1)
-            encs = [_completion_enc(p_ids[i // g], new, stopped, stop_id) for i, (new, stopped) in enumerate(gens)]
-            keep = [i for i, e in enumerate(encs) if e.n_answer > 0]
-            n_tok = sum(encs[i].n_answer for i in keep)
-            loss_sum = kl_sum = 0.0
-            for m in range(0, len(keep), mb):
-                rows_i = keep[m : m + mb]
-                ids, mask, labels = collate(encs, rows_i, pad)
-                with torch.no_grad(), reference_of(model, has_ref), amp(cfg):
-                    ref_lp, _ = token_logps(model, ids, mask, labels)
-                with amp(cfg):
-                    lp, rows = token_logps(model, ids, mask, labels)
-                a = adv[rows_i].to(lp.device)[rows]
-                # on-policy, one update per sample: the policy ratio is exp(lp - lp.detach()) = 1 with the
-                # gradient of lp; the KL to the reference is the k3 estimator (Schulman), always >= 0
-                d = ref_lp - lp
-                kl = torch.exp(d) - d - 1
-                per_token = -(torch.exp(lp - lp.detach()) * a) + cfg.grpo_beta * kl
-                (per_token.sum() / max(n_tok, 1)).backward()  # mean over the step's completion tokens
-                loss_sum += float(per_token.detach().sum())
-                kl_sum += float(kl.detach().sum())
-                tokens += int(mask.sum())
-            norm = optim.step()
-            step += 1
-            t_work += time.time() - t
-            last_loss = loss_sum / max(n_tok, 1)
-            mean_r = sum(rewards) / len(rewards)
-            log.write({"step": step, "epoch": epoch, "loss": round(last_loss, 6), "reward": round(mean_r, 4),
-                       **{f"reward_{k}": round(v, 4) for k, v in means.items()}, "kl": round(kl_sum / max(n_tok, 1), 6),
-                       "completion_tokens": round(n_tok / len(encs), 1), "lr": optim.lr,
-                       "grad_norm": round(norm, 4), "tokens": tokens, "tokens_per_s": round(tokens / t_work, 1)})
-            log.say(f"step {step}/{total}: reward {mean_r:.3f} ("
-                    + ", ".join(f"{k} {v:.3f}" for k, v in means.items())
-                    + f"), kl {kl_sum / max(n_tok, 1):.4f}, {n_tok / len(encs):.0f} tokens/completion, {time.time() - t:.0f}s")
-        if val:
-            v = {"step": step, "epoch": epoch, **grpo_eval(model, tok, val, graders, cfg)}
-            log.write(v)
-            vals.append(v)
-            mark = ""
-            if best is None or v["val_reward"] > best["val_reward"]:
-                best, best_dir, mark = v, _save_best(model, tok, work), " (best)"
-            log.say(f"epoch {epoch}: held-out reward {v['val_reward']:.3f}{mark}")
-    log.close()
+    g = cfg.grpo_group
+    for epoch, k, idx in _steps(_schedule(len(train), cfg, total), st):
+        if idx is None:  # the epoch's end
+            if val:
+                v = {"step": st["step"], "epoch": epoch, **grpo_eval(model, tok, val, graders, cfg)}
+                log.write(v)
+                st["vals"].append(v)
+                mark = ""
+                if st["best"] is None or v["val_reward"] > st["best"]["val_reward"]:
+                    st["best"], mark = v, " (best)"
+                    _save_best(model, tok, work)
+                log.say(f"epoch {epoch}: held-out reward {v['val_reward']:.3f}{mark}")
+            st["epoch"], st["k"] = epoch + 1, 0
+            ck.save(st, t0)
+            continue
+        t = time.time()
+        prompts = [train[i][0] for i in idx]
+        refs = [train[i][1] for i in idx]
+        p_ids = [prompt_ids(tok, p) for p in prompts]
+        gens = sample(model, tok, [p for p in p_ids for _ in range(g)], cfg, seed=cfg.seed * 100003 + st["step"])
+        texts = [tok.decode(new, skip_special_tokens=True).strip() for new, _ in gens]
+        rep_prompts = [p for p in prompts for _ in range(g)]
+        rewards, means = grade(graders, rep_prompts, texts, [r for r in refs for _ in range(g)])
+        adv = group_advantages(torch.tensor(rewards).view(len(idx), g)).view(-1)
+        encs = [_completion_enc(p_ids[i // g], new, stopped, stop_id) for i, (new, stopped) in enumerate(gens)]
+        keep = [i for i, e in enumerate(encs) if e.n_answer > 0]
+        n_tok = sum(encs[i].n_answer for i in keep)
+        loss_sum = kl_sum = 0.0
+        for m in range(0, len(keep), mb):
+            rows_i = keep[m : m + mb]
+            ids, mask, labels = collate(encs, rows_i, pad)
+            with torch.no_grad(), reference_of(model, has_ref), amp(cfg):
+                ref_lp, _ = token_logps(model, ids, mask, labels)
+            with amp(cfg):
+                lp, rows = token_logps(model, ids, mask, labels)
+            a = adv[rows_i].to(lp.device)[rows]
+            # on-policy, one update per sample: the policy ratio is exp(lp - lp.detach()) = 1 with the
+            # gradient of lp; the KL to the reference is the k3 estimator (Schulman), always >= 0
+            d = ref_lp - lp
+            kl = torch.exp(d) - d - 1
+            per_token = -(torch.exp(lp - lp.detach()) * a) + cfg.grpo_beta * kl
+            (per_token.sum() / max(n_tok, 1)).backward()  # mean over the step's completion tokens
+            loss_sum += float(per_token.detach().sum())
+            kl_sum += float(kl.detach().sum())
+            st["tokens"] += int(mask.sum())
+        norm = optim.step()
+        st["step"], st["k"] = st["step"] + 1, k + 1
+        st["t_work"] += time.time() - t
+        st["last_loss"] = loss_sum / max(n_tok, 1)
+        mean_r = sum(rewards) / len(rewards)
+        log.write({"step": st["step"], "epoch": epoch, "loss": round(st["last_loss"], 6), "reward": round(mean_r, 4),
+                   **{f"reward_{n}": round(v, 4) for n, v in means.items()}, "kl": round(kl_sum / max(n_tok, 1), 6),
+                   "completion_tokens": round(n_tok / len(encs), 1), "lr": optim.lr, "grad_norm": round(norm, 4),
+                   "tokens": st["tokens"], "tokens_per_s": round(st["tokens"] / st["t_work"], 1)})
+        log.say(f"step {st['step']}/{total}: reward {mean_r:.3f} ("
+                + ", ".join(f"{n} {v:.3f}" for n, v in means.items())
+                + f"), kl {kl_sum / max(n_tok, 1):.4f}, {n_tok / len(encs):.0f} tokens/completion, {time.time() - t:.0f}s")
+        if cfg.save_every and st["step"] % cfg.save_every == 0:
+            ck.save(st, t0)
     if has_ref:
         model.delete_adapter("reference")
-    result = PrefResult(str(out), "grpo", step, last_loss, round(tokens / max(t_work, 1e-9), 1),
-                        round(time.time() - t0, 1), len(train), start, vals, best)
-    _finish(cfg, model, tok, work, out, model_dir, result, best_dir)
+    return _end(cfg, "grpo", model, tok, work, out, model_dir, st, t0, len(train), log)
+
+
+def _end(cfg, method: str, model, tok, work: Path, out: Path, model_dir, st: dict, t0: float, n: int, log: _Log) -> PrefResult:
+    log.close()
+    result = PrefResult(str(out), method, st["step"], st["last_loss"], round(st["tokens"] / max(st["t_work"], 1e-9), 1),
+                        round(time.time() - t0, 1), n, st["start"], st["vals"], st["best"])
+    _finish(cfg, model, tok, work, out, model_dir, result, work / "best" if st["best"] else None)
     return result
 
 
-def train_preference(cfg, *, overwrite: bool, quiet: bool, trust_remote_code: bool) -> PrefResult:
+def train_preference(cfg, *, overwrite: bool, quiet: bool, trust_remote_code: bool, resume: bool = False) -> PrefResult:
     """--method dpo / grpo: the same run-directory rules as SFT (checked --out, a .partial dir
-    renamed into place at the end)."""
+    renamed into place at the end, checkpoints to --resume from)."""
     from tunesmith.train.trainer import check_disk, check_out_dir, partial_dir
 
     if cfg.method == "dpo" and cfg.graders:
         raise UserError("--graders is for --method grpo; dpo learns from the chosen/rejected pairs themselves")
     out = Path(cfg.out)
     work = partial_dir(out)
-    check_out_dir(out, overwrite)
-    if work.exists():
-        shutil.rmtree(work)  # preference runs do not resume yet: a leftover is a crashed run's
+    if not resume:
+        check_out_dir(out, overwrite)
+        if work.exists():
+            raise UserError(f"--out {out}: an unfinished run is in {work}; continue it with `tunesmith train --resume {out}` "
+                            "or delete that folder")
     if cfg.from_adapter and cfg.model == type(cfg).model:
         from tunesmith.modeling import base_model_of
 
         cfg.model = base_model_of(cfg.from_adapter, None, cfg.model)
     check_disk(out, cfg)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     try:
         fn = train_dpo if cfg.method == "dpo" else train_grpo
         return fn(cfg, out=out, work=work, quiet=quiet, trust_remote_code=trust_remote_code)
     finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+        if work.exists() and not (work / "checkpoints").is_dir():
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume from

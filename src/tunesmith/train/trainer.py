@@ -729,12 +729,10 @@ def cli_train(args) -> int:
 def _cli_preference(cfg: TrainConfig, args) -> int:
     from tunesmith.train.preference import train_preference
 
-    if args.resume:
-        raise UserError(f"--resume: {cfg.method} runs cannot be resumed yet; start the run again")
     if not cfg.data or not cfg.out:
         raise UserError("--data and --out are required")
     r = train_preference(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json,
-                         trust_remote_code=args.trust_remote_code)
+                         trust_remote_code=args.trust_remote_code, resume=bool(args.resume))
     if args.json:
         print(json.dumps(asdict(r), indent=2))
         return 0
