@@ -206,7 +206,8 @@ def _plain_cache(model) -> bool:
     from transformers import DynamicCache
 
     config = getattr(model, "config", None)
-    if config is None:
+    peft = getattr(model, "active_peft_config", None)
+    if config is None or (peft is not None and peft.is_prompt_learning):  # virtual tokens / PEFT's own prefix cache
         return False
     try:
         return all(type(layer).__name__ == "DynamicLayer" for layer in DynamicCache(config=config).layers)
