@@ -158,3 +158,21 @@ def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
     peft.save_pretrained(out)
     return out
+
+
+def train_then_sigkill(args: list[str], run: Path, kill_at: int) -> int:
+    """Start `tunesmith train ARGS --out RUN` and SIGKILL it once its metrics.jsonl has `kill_at`
+    step lines; returns the exit code (-SIGKILL when it was killed mid-training)."""
+    import signal
+    import time
+
+    metrics = run.parent / f".{run.name}.partial" / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "train", *args, "--out", str(run)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count('"loss"') >= kill_at:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    return proc.wait()

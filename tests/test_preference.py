@@ -233,16 +233,12 @@ def test_grpo_raises_the_reward_of_a_python_grader_and_continues_from_its_adapte
 @pytest.mark.parametrize("method", ["dpo", "grpo"])
 def test_sigkill_then_resume_matches_the_uninterrupted_run(method, tiny_model_dir, tmp_path):
     """A preference run killed with SIGKILL mid-training and resumed ends with the same adapter."""
-    import os
     import random
     import signal
-    import subprocess
-    import sys
-    import time
 
     from safetensors.torch import load_file
 
-    from conftest import ROOT
+    from conftest import train_then_sigkill
 
     d = tmp_path / "data"
     if method == "dpo":
@@ -259,17 +255,8 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(method, tiny_model_di
     ref = run_cli("train", *args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     kill_at = random.Random().randint(3, 12)
-    run, metrics = tmp_path / "run", tmp_path / ".run.partial" / "metrics.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "train", *args, "--out", str(run)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count('"loss"') >= kill_at:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run must be killed mid-training for this test"
+    run = tmp_path / "run"
+    assert train_then_sigkill(args, run, kill_at) == -signal.SIGKILL, "the run must be killed mid-training for this test"
     r = run_cli("train", "--resume", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
     a, b = load_file(str(tmp_path / "ref" / "adapter_model.safetensors")), load_file(str(run / "adapter_model.safetensors"))

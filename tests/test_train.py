@@ -133,14 +133,10 @@ def _losses_and_vals(run: Path):
 
 
 def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
-    import os
     import random
     import signal
-    import subprocess
-    import sys
-    import time
 
-    from conftest import ROOT
+    from conftest import train_then_sigkill
 
     d = tmp_path / "data"
     write_jsonl(d / "train.jsonl", toy_examples(64))
@@ -151,17 +147,7 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(tiny_mod
     assert ref.returncode == 0, ref.stderr
     kill_at = random.Random().randint(10, 80)
     run = tmp_path / "run"
-    partial_metrics = tmp_path / ".run.partial" / "metrics.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "train", *args, "--out", str(run)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if partial_metrics.exists() and partial_metrics.read_text().count('"loss"') >= kill_at:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run must be killed mid-training for this test"
+    assert train_then_sigkill(args, run, kill_at) == -signal.SIGKILL, "the run must be killed mid-training for this test"
     assert not run.exists()
     r = run_cli("train", "--resume", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
