@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import json
 import sys
 import time
@@ -228,11 +230,12 @@ def _padding_costs(prompts: list[list[int]]) -> bool:
 
 
 def growing_cache(reserve: int):
-    """A DynamicCache whose layers grow in place (see `_GrowingLayer`)."""
+    """A DynamicCache whose layers grow in place (see `_growing_layer_class`)."""
     from transformers import DynamicCache
 
+    layer = _growing_layer_class()
     cache = DynamicCache()
-    cache.layer_class_to_replicate = lambda: _GrowingLayer(reserve)
+    cache.layer_class_to_replicate = lambda: layer(reserve)
     return cache
 
 
@@ -257,7 +260,9 @@ def prefill_unpadded(model, prompts: list[list[int]], width: int, reserve: int):
     return merged
 
 
+@functools.cache
 def _growing_layer_class():
+    """Defined on first use: transformers is imported only when generating."""
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
@@ -293,15 +298,6 @@ def _growing_layer_class():
 
     return GrowingLayer
 
-
-def _GrowingLayer(reserve: int):  # noqa: N802  (built lazily: transformers is imported on use only)
-    global _GROWING
-    if _GROWING is None:
-        _GROWING = _growing_layer_class()
-    return _GROWING(reserve)
-
-
-_GROWING = None
 
 
 def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 256, batch_size: int = 8,
