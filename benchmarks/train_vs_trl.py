@@ -51,8 +51,8 @@ FLOP_FORMULA = (
     "weights (2N + 2N + 2N weight gradient), V·d = output layer (forward + backward to the hidden state; tied, "
     "frozen), attention = 12·d_attn·Σ_layers Σ_i min(i, window) per sequence (QKᵀ and AV, causal, forward + 2× "
     "backward). The same count is used for both runs (it is the work the task needs, not what each implementation "
-    "executes), so MFU ratio = speed ratio. MFU = achieved FLOP/s / measured fp32 matmul FLOP/s (2048×2048, "
-    "same threads)."
+    "executes), so MFU ratio = speed ratio at the same precision. MFU = achieved FLOP/s / measured matmul FLOP/s "
+    "(2048×2048, same threads) of the precision the side computes in (fp32, or bf16 under --precision bf16)."
 )
 
 
@@ -377,7 +377,8 @@ def worker_trl(spec: dict) -> None:
     hf_logging.set_verbosity_warning()
     rec: dict = {"side": "trl", "versions": versions(), "threads": torch.get_num_threads()}
     cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if spec["precision"] == "bf16" else torch.float32
+    precision = spec.get("trl_precision") or spec["precision"]
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     tok = AutoTokenizer.from_pretrained(spec["model_dir"])
     if tok.pad_token_id is None:  # as tunesmith does
         tok.pad_token = tok.eos_token
@@ -403,7 +404,7 @@ def worker_trl(spec: dict) -> None:
         learning_rate=spec["lr"], num_train_epochs=spec["epochs"],
         max_steps=spec["max_steps"] if spec["max_steps"] > 0 else -1,
         max_length=spec["max_length"], max_grad_norm=1.0, weight_decay=0.0,
-        gradient_checkpointing=False, bf16=spec["precision"] == "bf16", fp16=False, use_cpu=not cuda,
+        gradient_checkpointing=False, bf16=precision == "bf16", fp16=False, use_cpu=not cuda,
         packing=False, padding_free=False, assistant_only_loss=False,
         completion_only_loss=True if spec["trl_data"] == "native" else None,
         train_sampling_strategy={"tunesmith": "sequential"}.get(order, order),
@@ -586,7 +587,7 @@ def worker_measure(spec: dict) -> None:
         rec["bf16_native"] = bf16_native()
         rec["matmul_bf16_gflops"] = matmul_gflops("bf16")
     if spec.get("adapters") is not None:
-        dtype = torch.bfloat16 if spec["precision"] == "bf16" else torch.float32
+        dtype = torch.float32  # one judge for both sides, whatever precision each trained in
         dev = "cuda" if torch.cuda.is_available() else "cpu"
         val = json.loads(Path(spec["encoded"]).read_text())["val"]
         rec["val_loss"] = {}
@@ -625,7 +626,7 @@ def model_flops(r: dict) -> float:
     return f
 
 
-def summarize(r: dict, matmul: dict | None) -> dict:
+def summarize(r: dict, matmul: dict | None, precision: str = "fp32") -> dict:
     steps = r["steps"]
     ans = sum(s["answer_tokens"] for s in steps)
     real = sum(s["real_tokens"] for s in steps)
@@ -643,8 +644,9 @@ def summarize(r: dict, matmul: dict | None) -> dict:
             out[k] = r[k]
     out["model_flops"] = model_flops(r)
     out["achieved_gflops"] = out["model_flops"] / r["fit_s"] / 1e9
-    if matmul and matmul.get("matmul_fp32_gflops"):
-        out["mfu_vs_fp32_matmul"] = out["achieved_gflops"] / matmul["matmul_fp32_gflops"]
+    if matmul and matmul.get(f"matmul_{precision}_gflops"):
+        out["precision"] = precision
+        out["mfu"] = out["achieved_gflops"] / matmul[f"matmul_{precision}_gflops"]
     return out
 
 
@@ -705,7 +707,8 @@ def main_table(sm: dict, val: dict) -> list[str]:
             ("final train loss (last step)", "train_loss_last", 4, False),
             ("train loss, mean of last 10 % of steps", "train_loss_last10pct", 4, False),
             ("achieved model GFLOP/s", "achieved_gflops", 2, True),
-            ("MFU vs fp32 matmul peak", "mfu_vs_fp32_matmul", 4, True)]
+            ("precision of the matmuls", "precision", 0, False),
+            ("MFU (vs the matmul peak of that precision)", "mfu", 4, True)]
     sides = [k for k in ("tunesmith", "trl") if k in sm]
     head = "| metric | " + " | ".join({"tunesmith": "tunesmith", "trl": "TRL"}[k] for k in sides)
     head += " | tunesmith / TRL |" if len(sides) == 2 else " |"
@@ -735,7 +738,7 @@ def main_table(sm: dict, val: dict) -> list[str]:
 def common_spec(a, model: str) -> dict:
     return {"model": model, "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
             "micro_batch_size": a.micro_batch_size, "max_length": a.max_length, "lora_r": 16, "lora_alpha": 32,
-            "precision": a.precision, "warmup_ratio": 0.1, "max_steps": a.max_steps, "seed": a.seed,
+            "precision": a.precision, "trl_precision": a.trl_precision or a.precision, "warmup_ratio": 0.1, "max_steps": a.max_steps, "seed": a.seed,
             "trl_order": a.trl_order, "trl_data": a.trl_data}
 
 
@@ -756,7 +759,8 @@ def run_compare(a, work: Path) -> dict:
     print("measuring matmul peak and validation loss ...", flush=True)
     measure = run_worker("measure", dict(spec, matmul=not a.no_matmul,
                                          adapters={k: r["adapter"] for k, r in results.items()}), work, "measure")
-    sm = {k: summarize(r, measure) for k, r in results.items()}
+    sm = {k: summarize(r, measure, spec["precision"] if k == "tunesmith" else spec["trl_precision"])
+          for k, r in results.items()}
     val = {k: measure.get("val_loss", {}).get(k) for k in results}
     report = {"data": dict(data, which=a.data), "spec": spec, "summary": sm, "val_loss": measure.get("val_loss"),
               "matmul": {k: measure.get(k) for k in ("matmul_fp32_gflops", "matmul_bf16_gflops", "bf16_native", "threads")},
@@ -767,7 +771,8 @@ def run_compare(a, work: Path) -> dict:
     lines = [f"## tunesmith vs TRL: {a.model}, data {a.data}, {data['n_train']} train / {data['n_val']} val, "
              f"batch {a.batch_size} (micro {a.micro_batch_size}), lr {a.lr}, "
              + (f"max {a.max_steps} steps" if a.max_steps else f"{a.epochs} epochs") + f", max length {a.max_length}, "
-             f"{a.precision}, seed {a.seed}", ""]
+             + (f"tunesmith {a.precision}, TRL {a.trl_precision}" if a.trl_precision and a.trl_precision != a.precision
+                else a.precision) + f", seed {a.seed}", ""]
     lines += main_table(sm, val)
     lines.append("")
     if measure.get("val_loss"):
@@ -901,6 +906,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--trl-precision", choices=["fp32", "bf16"], help="TRL's precision when not --precision's")
     ap.add_argument("--only", choices=["tunesmith", "trl", "both"], default=None,
                     help="which trainer(s) to run (default: both; with --sweep: tunesmith)")
     ap.add_argument("--trl-order", default="tunesmith", choices=["tunesmith", "group_by_length", "random"],

@@ -364,20 +364,72 @@ def test_tensorboard_gets_every_logged_metric(tiny_model_dir, data_dir, tmp_path
     assert [e.step for e in events.Scalars("val_loss")] == [r["step"] for r in logged if "val_loss" in r]
 
 
-def test_bf16_autocast_on_a_cpu_trains_close_to_fp32(tiny_model_dir, data_dir, tmp_path):
-    """--precision bf16 on a CPU: fp32 weights, bf16 autocast forward; the losses follow fp32's."""
+@pytest.mark.parametrize("method", ["lora", "dora", "prompt-tuning", "full"])
+def test_bf16_on_a_cpu_trains_close_to_fp32(method, tiny_model_dir, data_dir, tmp_path):
+    """--precision bf16 on a CPU: bf16 autocast; adapter methods keep the frozen base in bf16 and the
+    trainable weights in fp32; the losses follow fp32's."""
+    from tunesmith.train import attention
+
     m = tiny_model_dir("llama")
-    trainer.train(cfg_for(m, data_dir, tmp_path / "fp32", precision="fp32"), quiet=True)
-    r = trainer.train(cfg_for(m, data_dir, tmp_path / "bf16", precision="bf16"), quiet=True)
+    lr = {"full": 1e-3, "prompt-tuning": 0.3}.get(method, 5e-3)
+    kw = dict(method=method, lr=lr, micro_batch_size=1, virtual_tokens=4)
+    trainer.train(cfg_for(m, data_dir, tmp_path / "fp32", precision="fp32", **kw), quiet=True)
+    attention._causal_bias.cache_clear()
+    r = trainer.train(cfg_for(m, data_dir, tmp_path / "bf16", precision="bf16", **kw), quiet=True)
     a, b = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
     assert len(a) == len(b) == 8
     assert a != b  # bf16 really ran
     assert max(abs(x - y) / x for x, y in zip(a, b)) < 0.05, (a, b)
     assert r.val_losses[-1] < r.val_loss_start
+    # with a bf16 base, batches went through the multiplied-out attention (prompt tuning's virtual tokens too);
+    # full fine-tuning keeps fp32 weights, so its hidden states and attention stay fp32 (SDPA)
+    assert (attention._causal_bias.cache_info().currsize > 0) == (method != "full")
+    model, _, _ = trainer.setup_model(cfg_for(m, data_dir, tmp_path / "x", precision="bf16", **kw))
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == (set() if method == "full" else {torch.bfloat16})
     from safetensors.torch import load_file
 
-    weights = load_file(str(tmp_path / "bf16" / "adapter_model.safetensors"))
-    assert all(t.dtype == torch.float32 for t in weights.values())  # the adapter stays fp32
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    weights = load_file(str(tmp_path / "bf16" / name))
+    assert all(t.dtype == torch.float32 for t in weights.values())  # what is saved is fp32
+
+
+def test_bf16_attention_matches_sdpa_and_leaves_the_rest_to_it(monkeypatch):
+    import torch.nn.functional as F
+    import transformers.integrations.sdpa_attention as sdpa
+
+    from tunesmith.train import attention
+
+    class Layer:  # 4 query heads sharing 2 key/value heads
+        num_key_value_groups, is_causal, sliding_window = 2, True, None
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 37, 16), torch.randn(1, 2, 37, 16), torch.randn(1, 2, 37, 16)
+    g = torch.randn(1, 37, 4, 16)
+    # the reference: fp32 SDPA with each key/value head repeated for its query heads
+    q32, k32, v32 = (t.clone().requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(q32, k32.repeat_interleave(2, 1), v32.repeat_interleave(2, 1), is_causal=True,
+                                         scale=0.3).transpose(1, 2)
+    (ref * g).sum().backward()
+    calls = []
+    real = sdpa.sdpa_attention_forward
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    out, _ = attention.attention(Layer(), qb, kb, vb, None, scaling=0.3)
+    (out.float() * g).sum().backward()
+    assert calls == [] and out.dtype == torch.bfloat16 and out.shape == (1, 37, 4, 16)
+    assert (out.float() - ref).abs().max() < 0.03
+    for mine, want in ((qb, q32), (kb, k32), (vb, v32)):
+        assert (mine.grad.float() - want.grad).abs().max() < 0.05 * want.grad.abs().max()
+    # fp32, a padding mask, a sliding window, longer than MAX_TOKENS: SDPA's job
+    attention.attention(Layer(), q, k, v, None, scaling=0.3)
+    attention.attention(Layer(), qb, kb, vb, torch.zeros(1, 1, 37, 37, dtype=torch.bfloat16), scaling=0.3)
+    window = Layer()
+    window.sliding_window = 8
+    attention.attention(window, qb, kb, vb, None, scaling=0.3)
+    monkeypatch.setattr(attention, "MAX_TOKENS", 36)
+    attention.attention(Layer(), qb, kb, vb, None, scaling=0.3)
+    assert len(calls) == 4
 
 
 def test_fsdp_refusals_say_what_to_do(tiny_model_dir, data_dir, tmp_path):
@@ -390,3 +442,22 @@ def test_fsdp_refusals_say_what_to_do(tiny_model_dir, data_dir, tmp_path):
         cfg_for(m, data_dir, tmp_path / "p", fsdp=True, method="prompt-tuning").validate()
     with pytest.raises(UserError, match=r"--eval-metric generates during training, which --fsdp does not support"):
         cfg_for(m, data_dir, tmp_path / "e", fsdp=True, eval_metric="rougeL").validate()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_bucketed_right_padding_without_a_mask_gives_the_same_loss(family, tiny_model_dir):
+    """collate(bucket=64): width rounded up, mask all ones. A causal model never looks right, so the
+    loss (and its gradient) at the answer positions is what the exactly padded, masked batch gives."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.chat import encode_chat
+
+    d = tiny_model_dir(family)
+    model, tok = AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
+    enc = [encode_chat(tok, ex["messages"], "all") for ex in toy_examples(3)]
+    for idx in ([0], [1, 2]):
+        plain = trainer.collate(enc, idx, tok.pad_token_id)
+        bucketed = trainer.collate(enc, idx, tok.pad_token_id, bucket=64)
+        assert bucketed[0].shape[1] % 64 == 0 and bucketed[0].shape[1] >= plain[0].shape[1] and bool(bucketed[1].all())
+        (a, n), (b, m) = (trainer.answer_loss_sum(model, *batch) for batch in (plain, bucketed))
+        assert n == m > 0 and abs(float(a) - float(b)) < 1e-4 * float(a)

@@ -416,7 +416,7 @@ def pair_logps(model, pairs: list[Pair], pad_id: int, cfg, chunk: int = 4):
     was = model.training
     model.eval()
     chosen, rejected = [], []
-    with torch.no_grad(), amp(cfg):
+    with torch.no_grad(), amp(cfg, model):
         for s in range(0, len(pairs), chunk):
             part = pairs[s : s + chunk]
             lp = sequence_logps(model, [p.chosen for p in part] + [p.rejected for p in part], pad_id)
@@ -497,7 +497,7 @@ def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: boo
         for m in range(0, len(idx), mb):
             chunk = [pairs[i] for i in idx[m : m + mb]]
             encs = [p.chosen for p in chunk] + [p.rejected for p in chunk]
-            with amp(cfg):
+            with amp(cfg, model):
                 lp = sequence_logps(model, encs, pad)
             n = len(chunk)
             ref_c = torch.tensor([p.ref_chosen for p in chunk], device=lp.device)
@@ -646,9 +646,9 @@ def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bo
         for m in range(0, len(keep), mb):
             rows_i = keep[m : m + mb]
             ids, mask, labels = collate(encs, rows_i, pad)
-            with torch.no_grad(), reference_of(model, has_ref), amp(cfg):
+            with torch.no_grad(), reference_of(model, has_ref), amp(cfg, model):
                 ref_lp, _ = token_logps(model, ids, mask, labels)
-            with amp(cfg):
+            with amp(cfg, model):
                 lp, rows = token_logps(model, ids, mask, labels)
             a = adv[rows_i].to(lp.device)[rows]
             # on-policy, one update per sample: the policy ratio is exp(lp - lp.detach()) = 1 with the
