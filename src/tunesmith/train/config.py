@@ -132,7 +132,7 @@ HELP = {
     "train_modules": "--method freeze: train only parameters whose names contain one of these (comma-separated)",
     "virtual_tokens": "--method prompt-tuning/prefix-tuning: number of virtual tokens",
     "from_adapter": "continue training the adapter of this run directory on new data (sequential fine-tuning)",
-    "precision": "auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that supports it, else fp32; bf16 on a CPU: autocast over fp32 weights)",
+    "precision": "auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that supports it, else fp32; bf16 on a CPU: autocast, frozen base in bf16, trainable weights fp32 — fast where the CPU has AVX512-BF16 or AMX)",
     "gradient_checkpointing": "recompute activations during backward: less memory, slower",
     "fsdp": "shard weights, gradients and optimizer state across the torchrun processes (PyTorch FSDP2), for models "
             "that do not fit one device; needs 2 or more processes",
