@@ -132,7 +132,8 @@ def answer_logits(model, ids, mask, labels):
     ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
     targets = labels[:, 1:]
     sel = targets != IGNORE
-    if prompt_learning(model):  # prompt/prefix tuning add virtual tokens in PeftModel.forward: use it, keep the real positions
+    if getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning:
+        # prompt/prefix tuning add virtual tokens in PeftModel.forward: use it, keep the real positions
         logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]
         return logits[:, :-1][sel].float(), targets[sel], sel
     hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -171,7 +172,7 @@ def validate(model, encoded, cfg: TrainConfig, pad_id: int, sharded_loss=None) -
     with torch.no_grad():
         for s in range(0, max(len(mine), passes * cfg.micro_batch_size), cfg.micro_batch_size):
             batch = mine[s : s + cfg.micro_batch_size]
-            ids, mask, labels = collate(encoded, batch or order[:1], pad_id, BUCKET if cpu_autocast(cfg) else 0)
+            ids, mask, labels = collate(encoded, batch or order[:1], pad_id, bucket_size(cfg))
             with amp(cfg, model):
                 if sharded_loss is not None:
                     loss, n = sharded_loss(ids, mask, labels), int((labels[:, 1:] != IGNORE).sum())
@@ -291,11 +292,9 @@ def cpu_autocast(cfg: TrainConfig) -> bool:
     return cfg.precision == "bf16" and not torch.cuda.is_available()
 
 
-BUCKET = 64  # under CPU bf16, training batches are padded to a multiple of this many tokens (see collate)
-
-
-def prompt_learning(model) -> bool:
-    return getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning
+def bucket_size(cfg: TrainConfig) -> int:
+    """Under CPU bf16, batches are padded to a multiple of 64 tokens (see collate)."""
+    return 64 if cpu_autocast(cfg) else 0
 
 
 def frozen_base_bf16(cfg: TrainConfig) -> bool:
@@ -387,7 +386,6 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
         total_steps = min(total_steps, cfg.max_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg, total_steps))
     pad = tok.pad_token_id
-    bucket = BUCKET if cpu_autocast(cfg) else 0
     st = {"step": 0, "epoch": 1, "step_in_epoch": 0, "tokens": 0, "answer_tokens": 0, "elapsed": 0.0, "val_s": 0.0, "val_start": None,
           "val_losses": [], "best": None, "bad": 0, "stopped": False, "last_loss": float("nan"), "metric_lines": 0}
     metrics_path = work / "metrics.jsonl"
@@ -470,7 +468,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
                 local = [mine[j : j + cfg.micro_batch_size] for j in range(0, len(mine), cfg.micro_batch_size)]
                 step_loss, tokens = 0.0, 0
                 for j, m in enumerate(local):
-                    ids, mask, labels = collate(train_enc, m, pad, bucket)
+                    ids, mask, labels = collate(train_enc, m, pad, bucket_size(cfg))
                     with dist.accumulating(step_loss_fn, last=j == len(local) - 1):
                         with amp(cfg, model):
                             loss = step_loss_fn(ids, mask, labels)
