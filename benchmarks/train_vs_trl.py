@@ -52,7 +52,7 @@ FLOP_FORMULA = (
     "frozen), attention = 12·d_attn·Σ_layers Σ_i min(i, window) per sequence (QKᵀ and AV, causal, forward + 2× "
     "backward). The same count is used for both runs (it is the work the task needs, not what each implementation "
     "executes), so MFU ratio = speed ratio at the same precision. MFU = achieved FLOP/s / measured matmul FLOP/s "
-    "(2048×2048, same threads) of the precision the side computes in (fp32, or bf16 under --precision bf16)."
+    "(2048×2048 on a CPU with the same threads, 8192×8192 on a GPU) of the precision the side computes in (fp32, or bf16 under --precision bf16)."
 )
 
 
@@ -234,6 +234,9 @@ def versions() -> dict:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out[pkg] = None
+    import torch
+
+    out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
     return out
 
 
@@ -521,11 +524,16 @@ def worker_trl(spec: dict) -> None:
 # ======================================================================== worker: matmul + validation
 
 
-def matmul_gflops(dtype_name: str, n: int = 2048, min_time: float = 1.5) -> float:
+MATMUL_N = {"cpu": 2048, "cuda": 8192}  # a GPU needs larger products to reach its peak
+
+
+def matmul_gflops(dtype_name: str, min_time: float = 1.5) -> float:
+    """Square matmul throughput; on a GPU timed over batches of 10 products, one synchronize per batch."""
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    n, batch = MATMUL_N[dev], (10 if dev == "cuda" else 1)
     a = torch.randn(n, n, dtype=dtype, device=dev)
     b = torch.randn(n, n, dtype=dtype, device=dev)
 
@@ -533,13 +541,14 @@ def matmul_gflops(dtype_name: str, n: int = 2048, min_time: float = 1.5) -> floa
         if dev == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(2):
+    for _ in range(2 * batch):
         a @ b
     sync()
     reps, t = 0, time.perf_counter()
     while True:
-        a @ b
-        reps += 1
+        for _ in range(batch):
+            a @ b
+        reps += batch
         sync()
         el = time.perf_counter() - t
         if el >= min_time and reps >= 3:
@@ -780,7 +789,8 @@ def run_compare(a, work: Path) -> dict:
                      f"one example at a time, full logits; base model before training: "
                      f"{measure['val_loss']['base model']:.4f}.")
     if measure.get("matmul_fp32_gflops"):
-        lines.append(f"Matmul peak (2048×2048, {measure['threads']} threads): fp32 {measure['matmul_fp32_gflops']:.1f} "
+        n = MATMUL_N["cuda" if measure["versions"].get("cuda") else "cpu"]
+        lines.append(f"Matmul peak ({n}×{n}, {measure['threads']} threads): fp32 {measure['matmul_fp32_gflops']:.1f} "
                      f"GFLOP/s, bf16 {measure['matmul_bf16_gflops']:.1f} GFLOP/s (native bf16: {measure['bf16_native']}).")
     lines.append(f"FLOPs: {FLOP_FORMULA}")
     if "tunesmith" in results and "trl" in results:
@@ -788,7 +798,8 @@ def run_compare(a, work: Path) -> dict:
         report["fairness"] = fair
         lines += ["", "### Fairness check (same work on both sides)", ""] + flines
     v = measure["versions"]
-    lines += ["", f"Versions: tunesmith {v['tunesmith']}, torch {v['torch']}, transformers {v['transformers']}, "
+    cuda = f" (CUDA {v['cuda']})" if v.get("cuda") else ""
+    lines += ["", f"Versions: tunesmith {v['tunesmith']}, torch {v['torch']}{cuda}, transformers {v['transformers']}, "
                   f"peft {v['peft']}, accelerate {v['accelerate']}, trl {v['trl']}, datasets {v['datasets']}. "
                   f"Machine: {machine()['summary']}."]
     if "trl" in results:

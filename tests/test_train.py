@@ -12,6 +12,9 @@ from tunesmith.errors import UserError
 from tunesmith.train import trainer
 from tunesmith.train.config import TrainConfig
 
+# what is special to bf16 training on a CPU (bf16 base under autocast, attention, recomputed norms)
+cpu_bf16 = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU bf16 path; this machine trains on a GPU")
+
 
 @pytest.fixture
 def data_dir(tmp_path):
@@ -85,15 +88,15 @@ def test_batch_8_equals_batch_4_times_accumulation_2(tiny_model_dir, tmp_path):
         r["messages"][1]["content"] += " extra words here" * (i % 5) * 3
     write_jsonl(d / "train.jsonl", rows)
     m = tiny_model_dir("llama")
-    kw = dict(epochs=1, batch_size=8, lora_dropout=0.0)
+    kw = dict(epochs=1, batch_size=8, lora_dropout=0.0, precision="fp32")
     trainer.train(cfg_for(m, d, tmp_path / "one", micro_batch_size=8, **kw), quiet=True)
     trainer.train(cfg_for(m, d, tmp_path / "acc", micro_batch_size=4, **kw), quiet=True)
-    trainer.train(cfg_for(m, d, tmp_path / "auto", micro_batch_size=0, **kw), quiet=True)  # auto: 1 on a CPU
+    trainer.train(cfg_for(m, d, tmp_path / "auto", micro_batch_size=0, **kw), quiet=True)  # auto: 1 on a CPU, 4 on a GPU
     one, acc, auto = losses(tmp_path / "one"), losses(tmp_path / "acc"), losses(tmp_path / "auto")
     assert len(one) == 2
     assert max(abs(x - y) for x, y in zip(one, acc)) < 1e-4, (one, acc)
     assert max(abs(x - y) for x, y in zip(one, auto)) < 1e-4, (one, auto)
-    assert "micro_batch_size: 1\n" in (tmp_path / "auto" / "config.yaml").read_text()
+    assert f"micro_batch_size: {4 if torch.cuda.is_available() else 1}\n" in (tmp_path / "auto" / "config.yaml").read_text()
 
 
 def test_existing_run_is_refused_and_kept_on_failed_overwrite(tiny_model_dir, data_dir, tmp_path, monkeypatch):
@@ -224,6 +227,7 @@ def test_every_method_lowers_val_loss_and_loads_without_tunesmith(method, tiny_m
         assert tuned(ids).logits.shape[-1] == base.config.vocab_size
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU --method qlora runs")
 def test_qlora_on_a_cpu_says_why_and_what_instead(tiny_model_dir, data_dir, tmp_path):
     r = run_cli("train", "--model", str(tiny_model_dir("llama")), "--data", str(data_dir), "--out", str(tmp_path / "r"),
                 "--method", "qlora")
@@ -373,6 +377,7 @@ def test_tensorboard_gets_every_logged_metric(tiny_model_dir, data_dir, tmp_path
     assert [e.step for e in events.Scalars("val_loss")] == [r["step"] for r in logged if "val_loss" in r]
 
 
+@cpu_bf16
 @pytest.mark.parametrize("method", ["lora", "dora", "prompt-tuning", "full"])
 def test_bf16_on_a_cpu_trains_close_to_fp32(method, tiny_model_dir, data_dir, tmp_path):
     """--precision bf16 on a CPU: bf16 autocast; adapter methods keep the frozen base in bf16 and the
@@ -424,9 +429,13 @@ def test_bf16_attention_matches_sdpa_and_leaves_the_rest_to_it(monkeypatch):
     real = sdpa.sdpa_attention_forward
     monkeypatch.setattr(sdpa, "sdpa_attention_forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
-    out, _ = attention.attention(Layer(), qb, kb, vb, None, scaling=0.3)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        out, _ = attention.attention(Layer(), qb, kb, vb, None, scaling=0.3)
     (out.float() * g).sum().backward()
     assert calls == [] and out.dtype == torch.bfloat16 and out.shape == (1, 37, 4, 16)
+    # the probabilities (2 key/value heads × 74 query rows × 37) are recomputed in the backward pass, not kept
+    assert saved and max(s.numel() for s in saved) == 4 * 37 * 16, saved
     assert (out.float() - ref).abs().max() < 0.03
     for mine, want in ((qb, q32), (kb, k32), (vb, v32)):
         assert (mine.grad.float() - want.grad).abs().max() < 0.05 * want.grad.abs().max()
@@ -439,6 +448,55 @@ def test_bf16_attention_matches_sdpa_and_leaves_the_rest_to_it(monkeypatch):
     monkeypatch.setattr(attention, "MAX_TOKENS", 36)
     attention.attention(Layer(), qb, kb, vb, None, scaling=0.3)
     assert len(calls) == 4
+
+
+@cpu_bf16
+@pytest.mark.parametrize("family", ["llama", "gemma3", "phi3"])
+def test_bf16_norms_recompute_instead_of_keeping_fp32_copies(family, tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """Under CPU bf16 every RMS norm recomputes itself in the backward pass: the same loss and
+    gradients, bit for bit, and none of the norms' fp32 copies of the hidden states kept."""
+    from tunesmith.train import recompute
+
+    cfg = cfg_for(tiny_model_dir(family), data_dir, tmp_path / "x", precision="bf16")
+
+    def run(model):
+        ids = torch.tensor([[1, 5, 9, 20, 33, 7, 8, 40, 41, 2]])
+        labels = ids.clone()
+        labels[:, :4] = -100
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            with trainer.amp(cfg, model):
+                loss, _ = trainer.answer_loss_sum(model, ids, torch.ones_like(ids), labels)
+        loss.backward()
+        hidden = model.config.get_text_config().hidden_size
+        fp32 = [t for t in saved if t.dtype == torch.float32 and t.dim() and t.shape[-1] == hidden and t.numel() >= 10 * hidden]
+        return loss.item(), [p.grad for p in model.parameters() if p.requires_grad], fp32
+
+    model, _, _ = trainer.setup_model(cfg)
+    loss, grads, fp32 = run(model)
+    monkeypatch.setattr(recompute, "norms", lambda model: 0)
+    loss_kept, grads_kept, fp32_kept = run(trainer.setup_model(cfg)[0])
+    assert loss == loss_kept and all(torch.equal(a, b) for a, b in zip(grads, grads_kept))
+    assert fp32_kept and not fp32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_bf16_on_a_gpu(method, tiny_model_dir, data_dir, tmp_path):
+    """bf16 on a GPU: LoRA over a bf16 base with an fp32 adapter; full fine-tuning with fp32 weights under
+    bf16 autocast (pure bf16 weights would round the updates away). Both learn; what is saved is fp32."""
+    from safetensors.torch import load_file
+
+    m = tiny_model_dir("llama")
+    cfg = cfg_for(m, data_dir, tmp_path / "run", method=method, precision="bf16", lr=1e-3 if method == "full" else 5e-3)
+    r = trainer.train(cfg, quiet=True)
+    assert r.val_losses[-1] < r.val_loss_start, (r.val_loss_start, r.val_losses)
+    model, _, _ = trainer.setup_model(cfg)
+    assert next(model.parameters()).device.type == "cuda"
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == (set() if method == "full" else {torch.bfloat16})
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    assert all(t.dtype == torch.float32 for t in load_file(str(tmp_path / "run" / name)).values())
 
 
 def test_fsdp_refusals_say_what_to_do(tiny_model_dir, data_dir, tmp_path):

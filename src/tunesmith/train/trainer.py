@@ -239,7 +239,7 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
         if importlib.util.find_spec("bitsandbytes") is None:
             raise UserError("--method qlora needs bitsandbytes: pip install bitsandbytes")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    if cpu_autocast(cfg):  # trainable weights and the optimizer in fp32, the forward pass under bf16 autocast
+    if autocast_device(cfg):  # trainable weights and the optimizer in fp32, the forward pass under bf16 autocast
         dtype = torch.bfloat16 if frozen_base_bf16(cfg) else torch.float32
     model, tok, model_dir = load_base(cfg.model, trust_remote_code=trust_remote_code, dtype=dtype,
                                       quantize_4bit=cfg.method == "qlora")
@@ -281,15 +281,34 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
             except ValueError as e:
                 raise UserError(f"--method {cfg.method}: {str(e).splitlines()[0]}") from None
     model.config.use_cache = False
+    if cpu_autocast(cfg) and frozen_base_bf16(cfg):
+        from tunesmith.train import recompute
+
+        recompute.norms(model)
     return model, tok, model_dir
 
 
-def cpu_autocast(cfg: TrainConfig) -> bool:
-    """--precision bf16 on a CPU: bf16 autocast, trainable weights in fp32 (pure bf16 weights lose too much
-    in the optimizer update). Fast where the CPU multiplies bf16 natively (AVX512-BF16, AMX)."""
+def autocast_device(cfg: TrainConfig) -> str | None:
+    """Where the forward pass runs under bf16 autocast, or None. Under it the trainable weights, their
+    gradients and AdamW stay fp32 (pure bf16 weights round most updates away), as HF Trainer's bf16=True.
+    "cpu": --precision bf16 on a CPU, fast where it multiplies bf16 natively (AVX512-BF16, AMX).
+    "cuda": bf16 on a GPU (--precision bf16, or auto on a GPU that has it). Not QLoRA: bitsandbytes
+    computes in its own compute dtype."""
     import torch
 
-    return cfg.precision == "bf16" and not torch.cuda.is_available()
+    from tunesmith.modeling import default_dtype
+
+    if not torch.cuda.is_available():
+        return "cpu" if cfg.precision == "bf16" else None
+    if cfg.method == "qlora":
+        return None
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and default_dtype() == torch.bfloat16)
+    return "cuda" if bf16 else None
+
+
+def cpu_autocast(cfg: TrainConfig) -> bool:
+    """bf16 training on a CPU, where attention, padding and norms take the CPU's fast, lean paths."""
+    return autocast_device(cfg) == "cpu"
 
 
 def bucket_size(cfg: TrainConfig) -> int:
@@ -298,25 +317,26 @@ def bucket_size(cfg: TrainConfig) -> int:
 
 
 def frozen_base_bf16(cfg: TrainConfig) -> bool:
-    """Adapter methods under CPU autocast keep the frozen base in bf16: half the memory, and no cast of
+    """Adapter methods under autocast keep the frozen base in bf16: half the memory, and no cast of
     every weight at every use. Not for full/freeze (their saved model would mix dtypes) nor FSDP (it
     shards a unit's parameters as one flat tensor of one dtype)."""
     return cfg.method in ("lora", "dora", "prompt-tuning", "prefix-tuning") and not cfg.fsdp
 
 
-def amp(cfg: TrainConfig, model=None):
-    """The forward pass's precision context. With `model`, PEFT's cast of each adapter layer's input to the
-    adapter's fp32 is switched off as well: autocast multiplies in bf16 anyway, the cast was a wasted copy."""
+def amp(cfg: TrainConfig, model):
+    """The forward pass's precision context: bf16 autocast where autocast_device says so, with PEFT's cast
+    of each adapter layer's input to the adapter's fp32 switched off (autocast multiplies in bf16 anyway,
+    the cast was a wasted copy, and its fp32 result was what autograd kept)."""
     import torch
 
-    if not cpu_autocast(cfg):
+    device = autocast_device(cfg)
+    if device is None:
         return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
-    if model is not None:
-        from peft.helpers import disable_input_dtype_casting
+    from peft.helpers import disable_input_dtype_casting
 
-        stack.enter_context(disable_input_dtype_casting(model))
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device, dtype=torch.bfloat16))
+    stack.enter_context(disable_input_dtype_casting(model))
     return stack
 
 
@@ -379,7 +399,9 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
     step_loss_fn = dist.wrap(model, answer_loss_sum, cfg.fsdp)  # before the optimizer: FSDP swaps the parameters
     sharded_loss = step_loss_fn if dist.sharded(model) else None
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for all parameters on a GPU (what TRL uses there); not for FSDP's sharded tensors
+    fused = bool(params) and params[0].is_cuda and not cfg.fsdp
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
