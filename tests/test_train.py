@@ -453,8 +453,9 @@ def test_bf16_attention_matches_sdpa_and_leaves_the_rest_to_it(monkeypatch):
 @cpu_bf16
 @pytest.mark.parametrize("family", ["llama", "gemma3", "phi3"])
 def test_bf16_norms_recompute_instead_of_keeping_fp32_copies(family, tiny_model_dir, data_dir, tmp_path, monkeypatch):
-    """Under CPU bf16 every RMS norm recomputes itself in the backward pass: the same loss and
-    gradients, bit for bit, and none of the norms' fp32 copies of the hidden states kept."""
+    """Under CPU bf16 every RMS norm keeps its bf16 input, not an fp32 copy, for the backward pass: the
+    same loss bit for bit (the forward pass is the model's own arithmetic) and the same gradients up to
+    bf16 rounding."""
     from tunesmith.train import recompute
 
     cfg = cfg_for(tiny_model_dir(family), data_dir, tmp_path / "x", precision="bf16")
@@ -473,10 +474,14 @@ def test_bf16_norms_recompute_instead_of_keeping_fp32_copies(family, tiny_model_
         return loss.item(), [p.grad for p in model.parameters() if p.requires_grad], fp32
 
     model, _, _ = trainer.setup_model(cfg)
+    layers = model.config.get_text_config().num_hidden_layers
+    assert sum(1 for m in model.modules() if "forward" in vars(m)) >= 2 * layers + 1  # two per layer, the final one
     loss, grads, fp32 = run(model)
     monkeypatch.setattr(recompute, "norms", lambda model: 0)
     loss_kept, grads_kept, fp32_kept = run(trainer.setup_model(cfg)[0])
-    assert loss == loss_kept and all(torch.equal(a, b) for a, b in zip(grads, grads_kept))
+    assert loss == loss_kept
+    diff = max((a - b).abs().max().item() for a, b in zip(grads, grads_kept))
+    assert diff <= 0.02 * max(b.abs().max().item() for b in grads_kept), diff
     assert fp32_kept and not fp32
 
 
