@@ -452,10 +452,10 @@ def test_bf16_attention_matches_sdpa_and_leaves_the_rest_to_it(monkeypatch):
 
 @cpu_bf16
 @pytest.mark.parametrize("family", ["llama", "gemma3", "phi3"])
-def test_bf16_norms_recompute_instead_of_keeping_fp32_copies(family, tiny_model_dir, data_dir, tmp_path, monkeypatch):
-    """Under CPU bf16 every RMS norm keeps its bf16 input, not an fp32 copy, for the backward pass: the
-    same loss bit for bit (the forward pass is the model's own arithmetic) and the same gradients up to
-    bf16 rounding."""
+def test_bf16_norms_and_mlps_keep_less_for_the_backward_pass(family, tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """Under CPU bf16 every RMS norm keeps its bf16 input, not an fp32 copy, and every gated MLP
+    recomputes act(gate) instead of keeping it: the same loss bit for bit (the forward pass is the
+    model's own arithmetic) and the same gradients up to bf16 rounding, with less kept."""
     from tunesmith.train import recompute
 
     cfg = cfg_for(tiny_model_dir(family), data_dir, tmp_path / "x", precision="bf16")
@@ -469,20 +469,50 @@ def test_bf16_norms_recompute_instead_of_keeping_fp32_copies(family, tiny_model_
             with trainer.amp(cfg, model):
                 loss, _ = trainer.answer_loss_sum(model, ids, torch.ones_like(ids), labels)
         loss.backward()
-        hidden = model.config.get_text_config().hidden_size
-        fp32 = [t for t in saved if t.dtype == torch.float32 and t.dim() and t.shape[-1] == hidden and t.numel() >= 10 * hidden]
-        return loss.item(), [p.grad for p in model.parameters() if p.requires_grad], fp32
+        text = model.config.get_text_config()
+        fp32 = [t for t in saved if t.dtype == torch.float32 and t.dim() and t.shape[-1] == text.hidden_size
+                and t.numel() >= 10 * text.hidden_size]
+        wide = {t.untyped_storage().data_ptr() for t in saved if t.dim() and t.shape[-1] == text.intermediate_size}
+        return loss.item(), [p.grad for p in model.parameters() if p.requires_grad], fp32, len(wide)
 
     model, _, _ = trainer.setup_model(cfg)
     layers = model.config.get_text_config().num_hidden_layers
-    assert sum(1 for m in model.modules() if "forward" in vars(m)) >= 2 * layers + 1  # two per layer, the final one
-    loss, grads, fp32 = run(model)
-    monkeypatch.setattr(recompute, "norms", lambda model: 0)
-    loss_kept, grads_kept, fp32_kept = run(trainer.setup_model(cfg)[0])
+    assert sum(1 for m in model.modules() if "forward" in vars(m)) >= 3 * layers + 1  # 2 norms and the MLP per layer
+    loss, grads, fp32, wide = run(model)
+    monkeypatch.setattr(recompute, "apply", lambda model: 0)
+    loss_kept, grads_kept, fp32_kept, wide_kept = run(trainer.setup_model(cfg)[0])
     assert loss == loss_kept
     diff = max((a - b).abs().max().item() for a, b in zip(grads, grads_kept))
     assert diff <= 0.02 * max(b.abs().max().item() for b in grads_kept), diff
     assert fp32_kept and not fp32
+    assert wide == wide_kept - layers  # act(gate) no longer kept, one per layer
+
+
+def test_blockwise_cross_entropy_matches_the_plain_one(tiny_model_dir, data_dir, tmp_path):
+    """loss.py: the output layer's cross-entropy block by block (150 rows: two full blocks and a partial
+    one) gives the plain loss and gradient, keeps only [rows × hidden] for the backward pass, and the
+    trainer uses it when the output layer is frozen."""
+    import torch.nn.functional as F
+
+    from tunesmith.train import loss as L
+
+    torch.manual_seed(0)
+    hidden, weight, targets = torch.randn(150, 32), torch.randn(1000, 32) / 4, torch.randint(0, 1000, (150,))
+    h_ref, h = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    ref = F.cross_entropy(h_ref @ weight.t(), targets, reduction="sum")
+    (ref * 0.37).backward()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        mine = L.linear_cross_entropy_sum(h, weight, targets)
+    (mine * 0.37).backward()
+    assert abs(mine.item() - ref.item()) < 1e-5 * ref.item()
+    assert torch.allclose(h.grad, h_ref.grad, atol=1e-6, rtol=1e-4)
+    assert saved == [(150, 32)]
+    with torch.no_grad():  # validation: no gradient computed, the same loss
+        assert abs(L.linear_cross_entropy_sum(hidden, weight, targets).item() - ref.item()) < 1e-5 * ref.item()
+    for method, frozen in (("lora", True), ("prompt-tuning", False), ("full", False)):
+        model, _, _ = trainer.setup_model(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / method, method=method))
+        assert (trainer.frozen_output_layer(model) is not None) == frozen, method
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")

@@ -124,30 +124,56 @@ def collate(encoded: list, idx: list[int], pad_id: int, bucket: int = 0):
 # ---------------------------------------------------------------- loss
 
 
-def answer_logits(model, ids, mask, labels):
+def _prompt_learning(model) -> bool:
+    return getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning
+
+
+def answer_logits(model, ids, mask, labels, project: bool = True):
     """Logits at the answer positions only (the output layer runs nowhere else), their target
-    ids, and the [batch, length - 1] mask of where they are."""
+    ids, and the [batch, length - 1] mask of where they are. With project=False: the hidden
+    states at those positions instead of the logits."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     dev = next(inner.parameters()).device
     ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
     targets = labels[:, 1:]
     sel = targets != IGNORE
-    if getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning:
+    if _prompt_learning(model):
         # prompt/prefix tuning add virtual tokens in PeftModel.forward: use it, keep the real positions
         logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]
         return logits[:, :-1][sel].float(), targets[sel], sel
-    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    logits = inner.get_output_embeddings()(hidden[:, :-1][sel]).float()
+    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][sel]
+    if not project:
+        return hidden, targets[sel], sel
+    logits = inner.get_output_embeddings()(hidden).float()
     cap = getattr(inner.config, "final_logit_softcapping", None)
     if cap:
         logits = (logits / cap).tanh() * cap
     return logits, targets[sel], sel
 
 
+def frozen_output_layer(model):
+    """The output layer's weight when the loss can be computed block by block (loss.py): frozen, no bias,
+    no logit softcapping, no virtual tokens; else None."""
+    import torch
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = inner.get_output_embeddings()
+    if (_prompt_learning(model) or getattr(inner.config, "final_logit_softcapping", None)
+            or type(out) is not torch.nn.Linear or out.bias is not None or out.weight.requires_grad):
+        return None
+    return out.weight
+
+
 def answer_loss_sum(model, ids, mask, labels):
     """Sum of cross-entropy over answer tokens, and how many there are."""
     import torch.nn.functional as F
 
+    from tunesmith.train.loss import linear_cross_entropy_sum
+
+    weight = frozen_output_layer(model)
+    if weight is not None:
+        hidden, targets, sel = answer_logits(model, ids, mask, labels, project=False)
+        return linear_cross_entropy_sum(hidden, weight, targets), int(sel.sum())
     logits, targets, sel = answer_logits(model, ids, mask, labels)
     return F.cross_entropy(logits, targets, reduction="sum"), int(sel.sum())
 
@@ -284,7 +310,7 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
     if cpu_autocast(cfg) and frozen_base_bf16(cfg):
         from tunesmith.train import recompute
 
-        recompute.norms(model)
+        recompute.apply(model)
     return model, tok, model_dir
 
 
