@@ -2,7 +2,8 @@
 
 Measured on one 576-token SmolLM2-135M sequence (LoRA, bf16 base), what autograd keeps for the
 backward pass: 574 MB as transformers and PEFT run it; 403 MB once attention recomputes its
-probabilities (attention.py); 365 MB with the norms below; 314 MB with the gated MLPs below.
+probabilities (attention.py); 365 MB with the norms below; 314 MB with the gated MLPs below;
+292 MB with the output layer's blockwise cross-entropy (loss.py).
 
 With the base model in bf16, every RMS norm casts its bf16 input to fp32, and autograd keeps that
 fp32 copy for the backward pass: 76 MB of the 403 MB of activations a 576-token SmolLM2-135M
