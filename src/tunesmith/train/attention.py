@@ -52,7 +52,6 @@ def _function():
     return Attention
 
 
-
 @functools.lru_cache(maxsize=4)
 def _causal_bias(t: int, groups: int, dtype):
     import torch

@@ -433,7 +433,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg, total_steps))
-    pad = tok.pad_token_id
+    pad, bucket = tok.pad_token_id, bucket_size(cfg)
     st = {"step": 0, "epoch": 1, "step_in_epoch": 0, "tokens": 0, "answer_tokens": 0, "elapsed": 0.0, "val_s": 0.0, "val_start": None,
           "val_losses": [], "best": None, "bad": 0, "stopped": False, "last_loss": float("nan"), "metric_lines": 0}
     metrics_path = work / "metrics.jsonl"
@@ -516,7 +516,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
                 local = [mine[j : j + cfg.micro_batch_size] for j in range(0, len(mine), cfg.micro_batch_size)]
                 step_loss, tokens = 0.0, 0
                 for j, m in enumerate(local):
-                    ids, mask, labels = collate(train_enc, m, pad, bucket_size(cfg))
+                    ids, mask, labels = collate(train_enc, m, pad, bucket)
                     with dist.accumulating(step_loss_fn, last=j == len(local) - 1):
                         with amp(cfg, model):
                             loss = step_loss_fn(ids, mask, labels)
