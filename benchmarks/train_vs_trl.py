@@ -10,8 +10,13 @@ Needs TRL: pip install -r benchmarks/requirements-trl.txt
 
 Each training run is its own subprocess (so peak memory is that run's alone), one after the
 other. Both get the same examples (over-long ones dropped up front for both), the same
-model, LoRA config, chat template, answer-only loss, global batch and micro-batch, learning
-rate and schedule, steps, max length, seed and precision. By default TRL is also given
+model, LoRA config, chat template, answer-only loss, global batch, learning rate and
+schedule, steps, max length, seed and precision. How a step's examples are split into forward
+passes is each side's own business and does not change the result (the loss is summed over a
+step's answer tokens): by default tunesmith uses its automatic micro-batches (under bf16 on a
+CPU, passes of similar-length examples up to 1024 tokens; otherwise one example per pass on a
+CPU) and TRL one example per pass; --micro-batch-size N gives both N, --trl-micro-batch-size
+TRL another. By default TRL is also given
 tunesmith's token ids and labels (--trl-data tokens) and its batches in tunesmith's order
 (--trl-order tunesmith), so both train on exactly the same tokens step by step; the
 per-step answer-token counts of both runs are printed side by side as the fairness check.
@@ -341,8 +346,10 @@ def trl_plan(lengths: list[int], spec: dict, epoch: int) -> list[list[int]]:
 
     from tunesmith.train.trainer import batches
 
-    ga = spec["batch_size"] // spec["micro_batch_size"]
-    plan = batches([SimpleNamespace(input_ids=[0] * n) for n in lengths], tunesmith_config(spec), epoch)
+    ga = spec["batch_size"] // spec["trl_micro_batch_size"]
+    cfg = tunesmith_config(spec)
+    cfg.micro_batch_size = spec["trl_micro_batch_size"]  # the same steps; only their split into passes is TRL's
+    plan = batches([SimpleNamespace(input_ids=[0] * n) for n in lengths], cfg, epoch)
     out, last = [], []
     for micro in plan:
         if len(micro) == ga:
@@ -399,11 +406,11 @@ def worker_trl(spec: dict) -> None:
                 raise SystemExit("--trl-data native needs one assistant turn, the last, per example")
         train_ds = Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in rows])
 
-    ga = spec["batch_size"] // spec["micro_batch_size"]
+    ga = spec["batch_size"] // spec["trl_micro_batch_size"]
     order = spec["trl_order"]
     args = SFTConfig(
         output_dir=str(Path(spec["out"]).parent / "trl-trainer-out"),
-        per_device_train_batch_size=spec["micro_batch_size"], gradient_accumulation_steps=ga,
+        per_device_train_batch_size=spec["trl_micro_batch_size"], gradient_accumulation_steps=ga,
         learning_rate=spec["lr"], num_train_epochs=spec["epochs"],
         max_steps=spec["max_steps"] if spec["max_steps"] > 0 else -1,
         max_length=spec["max_length"], max_grad_norm=1.0, weight_decay=0.0,
@@ -744,9 +751,18 @@ def main_table(sm: dict, val: dict) -> list[str]:
 # ======================================================================== parent: main and sweep
 
 
+def trl_micro(a) -> int:
+    return a.trl_micro_batch_size or a.micro_batch_size or 1
+
+
+def micro_label(a) -> str:
+    ts = a.micro_batch_size or "auto"
+    return f"{ts}" if trl_micro(a) == a.micro_batch_size else f"tunesmith {ts}, TRL {trl_micro(a)}"
+
+
 def common_spec(a, model: str) -> dict:
     return {"model": model, "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
-            "micro_batch_size": a.micro_batch_size, "max_length": a.max_length, "lora_r": 16, "lora_alpha": 32,
+            "micro_batch_size": a.micro_batch_size, "trl_micro_batch_size": trl_micro(a), "max_length": a.max_length, "lora_r": 16, "lora_alpha": 32,
             "precision": a.precision, "trl_precision": a.trl_precision or a.precision, "warmup_ratio": 0.1, "max_steps": a.max_steps, "seed": a.seed,
             "trl_order": a.trl_order, "trl_data": a.trl_data}
 
@@ -778,7 +794,7 @@ def run_compare(a, work: Path) -> dict:
               "tunesmith_settings": results.get("tunesmith", {}).get("settings"),
               "runs": {k: {x: y for x, y in r.items() if x not in ("encoding",)} for k, r in results.items()}}
     lines = [f"## tunesmith vs TRL: {a.model}, data {a.data}, {data['n_train']} train / {data['n_val']} val, "
-             f"batch {a.batch_size} (micro {a.micro_batch_size}), lr {a.lr}, "
+             f"batch {a.batch_size} (micro {micro_label(a)}), lr {a.lr}, "
              + (f"max {a.max_steps} steps" if a.max_steps else f"{a.epochs} epochs") + f", max length {a.max_length}, "
              + (f"tunesmith {a.precision}, TRL {a.trl_precision}" if a.trl_precision and a.trl_precision != a.precision
                 else a.precision) + f", seed {a.seed}", ""]
@@ -890,7 +906,7 @@ def run_sweep(a, work: Path) -> dict:
                 print("  " + json.dumps(rows[-1]), flush=True)
     cuda = any(r.get("cuda_peak_allocated_mib") is not None for r in rows)
     lines = [f"## Sweep: memory and speed vs max length and model ({a.sweep_steps} steps each, batch {a.batch_size} "
-             f"(micro {a.micro_batch_size}), examples filled to about max length, {a.precision})", "",
+             f"(micro {micro_label(a)}), examples filled to about max length, {a.precision})", "",
              "| model | max length | run | tokens/example | real tokens/s | peak RSS in training, MiB | process peak RSS, MiB |"
              + (" CUDA peak, MiB |" if cuda else ""),
              "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if cuda else "")]
@@ -912,7 +928,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (0: all epochs)")
     ap.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step")
-    ap.add_argument("--micro-batch-size", type=int, default=1, help="examples per forward pass, both sides (tunesmith's CPU default)")
+    ap.add_argument("--micro-batch-size", type=int, default=0,
+                    help="examples per forward pass, both sides (0: tunesmith's automatic micro-batches, TRL 1)")
+    ap.add_argument("--trl-micro-batch-size", type=int, default=0, help="TRL's examples per forward pass when not --micro-batch-size's")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=42)
@@ -941,8 +959,8 @@ def main() -> None:
         spec = json.loads(Path(a.spec).read_text())
         {"tunesmith": worker_tunesmith, "trl": worker_trl, "measure": worker_measure}[a.worker](spec)
         return
-    if a.batch_size % a.micro_batch_size:
-        sys.exit("--batch-size must be a multiple of --micro-batch-size")
+    if a.micro_batch_size and a.batch_size % a.micro_batch_size or a.batch_size % trl_micro(a):
+        sys.exit("--batch-size must be a multiple of --micro-batch-size and --trl-micro-batch-size")
     if a.only in (None, "both", "trl") and not a.sweep or a.only in ("both", "trl"):
         import importlib.util
 

@@ -563,3 +563,58 @@ def test_bucketed_right_padding_without_a_mask_gives_the_same_loss(family, tiny_
         assert bucketed[0].shape[1] % 64 == 0 and bucketed[0].shape[1] >= plain[0].shape[1] and bool(bucketed[1].all())
         (a, n), (b, m) = (trainer.answer_loss_sum(model, *batch) for batch in (plain, bucketed))
         assert n == m > 0 and abs(float(a) - float(b)) < 1e-4 * float(a)
+
+
+def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
+    """--micro-batch-size 0 under CPU bf16: each pass holds examples of similar length up to TOKEN_BUDGET
+    padded tokens (a longer example alone); every example exactly once. A fixed size otherwise."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lengths = [900, 60, 300, 130, 1000, 250, 70, 500, 128, 1024, 10, 600]
+    enc = [SimpleNamespace(input_ids=[1] * n) for n in lengths]
+    idx = list(range(len(lengths)))
+    cfg = TrainConfig(precision="bf16", batch_size=12, micro_batch_size=0)
+    assert trainer.token_budget(cfg) == trainer.TOKEN_BUDGET == 1024
+    passes = trainer.micro_batches(enc, idx, cfg)
+    assert sorted(i for p in passes for i in p) == idx
+    widths = [max(-(-lengths[i] // 64) * 64 for i in p) for p in passes]
+    assert [[lengths[i] for i in p] for p in passes] == [[10, 60, 70, 128, 130], [250, 300], [500], [600], [900],
+                                                         [1000], [1024]]
+    assert all(w * len(p) <= 1024 for w, p in zip(widths, passes))
+    assert trainer.micro_batches(enc, idx, TrainConfig(precision="bf16", batch_size=12, micro_batch_size=4)) == [
+        idx[:4], idx[4:8], idx[8:]]  # a fixed size: as given, in order
+    for other in (TrainConfig(precision="fp32", micro_batch_size=0), TrainConfig(precision="bf16", fsdp=True)):
+        assert trainer.token_budget(other) == 0
+    # a whole epoch: every example once, full steps in random order, the short remainder step last
+    many = [SimpleNamespace(input_ids=[1] * (20 + 37 * i % 700)) for i in range(150)]
+    for epoch in (1, 2):
+        plan = trainer.batches(many, TrainConfig(precision="bf16", batch_size=8, micro_batch_size=0), epoch)
+        steps = [[i for p in step for i in p] for step in plan]
+        assert sorted(i for s in steps for i in s) == list(range(150))
+        assert [len(s) for s in steps] == [8] * 18 + [6]
+        assert any(len(step) > 1 for step in plan) and any(len(p) > 1 for step in plan for p in step)
+
+
+@cpu_bf16
+def test_auto_micro_batches_under_cpu_bf16_train_like_one_example_per_pass(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """Passes of several examples (right-padded, no mask) give the step losses of one example per pass."""
+    m = tiny_model_dir("llama")
+    rows = []
+    real = trainer.collate
+
+    def collate(encoded, idx, pad_id, bucket=0):
+        rows.append(len(idx))
+        return real(encoded, idx, pad_id, bucket)
+
+    monkeypatch.setattr(trainer, "collate", collate)
+    kw = dict(precision="bf16", lora_dropout=0.0, epochs=1)
+    trainer.train(cfg_for(m, data_dir, tmp_path / "one", micro_batch_size=1, **kw), quiet=True)
+    assert set(rows) == {1}
+    rows.clear()
+    trainer.train(cfg_for(m, data_dir, tmp_path / "auto", micro_batch_size=0, **kw), quiet=True)
+    assert max(rows) == 4  # the toy examples are short: a whole step (batch 4) in one pass, validation too
+    one, auto = losses(tmp_path / "one"), losses(tmp_path / "auto")
+    assert len(one) == len(auto) == 4
+    assert max(abs(x - y) / x for x, y in zip(one, auto)) < 0.01, (one, auto)
+    assert "micro_batch_size: 0\n" in (tmp_path / "auto" / "config.yaml").read_text()

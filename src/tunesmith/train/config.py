@@ -121,7 +121,8 @@ HELP = {
     "lr": "peak learning rate (linear warm-up, then cosine decay)",
     "batch_size": "examples per optimizer step",
     "micro_batch_size": "examples per forward pass; batch-size / micro-batch-size steps of gradient accumulation "
-                        "(default 0 = auto: 1 on a CPU, up to 4 on a GPU)",
+                        "(default 0 = auto: 1 on a CPU, up to 4 on a GPU; with --precision bf16 on a CPU, as many "
+                        "examples of similar length as fit in 1024 tokens)",
     "max_length": "drop examples longer than this many tokens (reported)",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha (scale = alpha / r)",

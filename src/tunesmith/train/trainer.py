@@ -81,6 +81,7 @@ def batches(encoded: list, cfg: TrainConfig, epoch: int) -> list[list[list[int]]
 
     Length-grouped: shuffle, then sort within windows of 8 steps' worth of examples, so a
     micro-batch holds examples of similar length (little padding) while order stays random.
+    A short last step (fewer examples than --batch-size) stays last, as in a DataLoader.
     """
     rng = random.Random(cfg.seed * 1000 + epoch)
     idx = list(range(len(encoded)))
@@ -90,8 +91,31 @@ def batches(encoded: list, cfg: TrainConfig, epoch: int) -> list[list[list[int]]
     for s in range(0, len(idx), window):
         ordered += sorted(idx[s : s + window], key=lambda i: len(encoded[i].input_ids))
     steps = [ordered[s : s + cfg.batch_size] for s in range(0, len(ordered), cfg.batch_size)]
+    short = steps.pop() if steps and len(steps[-1]) < cfg.batch_size else None
     rng.shuffle(steps)
-    return [[step[m : m + cfg.micro_batch_size] for m in range(0, len(step), cfg.micro_batch_size)] for step in steps]
+    if short:
+        steps.append(short)
+    return [micro_batches(encoded, step, cfg) for step in steps]
+
+
+def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig) -> list[list[int]]:
+    """Split one step's examples `idx` into forward passes: --micro-batch-size examples each, or, where
+    token_budget says so, as many examples of similar length as fit in that many padded tokens."""
+    budget = token_budget(cfg)
+    if not budget:
+        return [idx[m : m + cfg.micro_batch_size] for m in range(0, len(idx), cfg.micro_batch_size)]
+    bucket = bucket_size(cfg)
+    out: list[list[int]] = []
+    width = 0
+    for i in sorted(idx, key=lambda i: len(encoded[i].input_ids)):
+        w = -(-len(encoded[i].input_ids) // bucket) * bucket
+        if out and max(width, w) * (len(out[-1]) + 1) <= budget:
+            out[-1].append(i)
+            width = max(width, w)
+        else:
+            out.append([i])
+            width = w
+    return out
 
 
 def collate(encoded: list, idx: list[int], pad_id: int, bucket: int = 0):
@@ -193,12 +217,13 @@ def validate(model, encoded, cfg: TrainConfig, pad_id: int, sharded_loss=None) -
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     rank, size = dist.world()
     mine = dist.shard(order, rank, size)  # each rank scores its share; the sums are combined
-    # under FSDP each forward pass is collective: every rank runs as many (a spare one is not counted)
-    passes = -(-len(dist.shard(order, 0, size)) // cfg.micro_batch_size) if sharded_loss is not None else 0
+    groups = micro_batches(encoded, mine, cfg)
+    if sharded_loss is not None:  # FSDP: each forward pass is collective, every rank runs as many (a spare one is not counted)
+        groups += [[]] * (-(-len(dist.shard(order, 0, size)) // cfg.micro_batch_size) - len(groups))
+    bucket = bucket_size(cfg)
     with torch.no_grad():
-        for s in range(0, max(len(mine), passes * cfg.micro_batch_size), cfg.micro_batch_size):
-            batch = mine[s : s + cfg.micro_batch_size]
-            ids, mask, labels = collate(encoded, batch or order[:1], pad_id, bucket_size(cfg))
+        for batch in groups:
+            ids, mask, labels = collate(encoded, batch or order[:1], pad_id, bucket)
             with amp(cfg, model):
                 if sharded_loss is not None:
                     loss, n = sharded_loss(ids, mask, labels), int((labels[:, 1:] != IGNORE).sum())
@@ -340,6 +365,22 @@ def cpu_autocast(cfg: TrainConfig) -> bool:
 def bucket_size(cfg: TrainConfig) -> int:
     """Under CPU bf16, batches are padded to a multiple of 64 tokens (see collate)."""
     return 64 if cpu_autocast(cfg) else 0
+
+
+# Under CPU bf16 a short sequence leaves the CPU idle: one LoRA pass of SmolLM2-135M ran 273 tokens/s at
+# 128 tokens, 353 at 256, 381 at 448, but 4 × 128 tokens in one pass 432 and 2 × 256 420 (2-core EPYC,
+# AVX512-BF16): oneDNN's bf16 matmuls want many rows, while attention's cost grows with each row's
+# length. So auto micro-batches fill a pass with examples of similar length up to this many padded
+# tokens. On DialogSum steps (64 examples, 260 tokens on average): one example per pass 303 tokens/s;
+# budgets 512 / 768 / 1024 / 1536: 342 / 368 / 381 / 397. 1024, the default --max-length, because a pass
+# then never holds more tokens than one longest example may: the peak memory stays what it was.
+TOKEN_BUDGET = 1024
+
+
+def token_budget(cfg: TrainConfig) -> int:
+    """Padded tokens per forward pass when --micro-batch-size is 0 (auto) under CPU bf16 (not FSDP, whose
+    ranks must run as many passes), else 0: a fixed number of examples per pass."""
+    return TOKEN_BUDGET if not cfg.micro_batch_size and cpu_autocast(cfg) and not cfg.fsdp else 0
 
 
 def frozen_base_bf16(cfg: TrainConfig) -> bool:
@@ -513,7 +554,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
                 weight = world_size / n_ans  # DDP averages gradients over ranks; we want the sum over the step
                 if not mine:  # fewer examples than ranks: take part with a zero-weight example
                     mine, weight = micro[0][:1], 0.0
-                local = [mine[j : j + cfg.micro_batch_size] for j in range(0, len(mine), cfg.micro_batch_size)]
+                local = micro_batches(train_enc, mine, cfg)
                 step_loss, tokens = 0.0, 0
                 for j, m in enumerate(local):
                     ids, mask, labels = collate(train_enc, m, pad, bucket)
@@ -707,7 +748,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tok, model_dir = setup_model(cfg, trust_remote_code)
-    if not cfg.micro_batch_size:
+    if not cfg.micro_batch_size and not token_budget(cfg):  # else 0 stays: passes of up to TOKEN_BUDGET tokens
         on_cpu = next(model.parameters()).device.type == "cpu"
         cfg.micro_batch_size = 1 if on_cpu else max(d for d in range(1, 5) if cfg.batch_size % d == 0)
     train_enc, dropped = encode_all(tok, train_ex, cfg)
