@@ -14,10 +14,10 @@ model, LoRA config, chat template, answer-only loss, global batch, learning rate
 schedule, steps, max length, seed and precision. How a step's examples are split into forward
 passes is each side's own business and does not change the result (the loss is summed over a
 step's answer tokens): by default tunesmith uses its automatic micro-batches (under bf16 on a
-CPU, passes of similar-length examples up to 1024 tokens; otherwise one example per pass on a
-CPU) and TRL one example per pass; --micro-batch-size N gives both N, --trl-micro-batch-size
-TRL another. By default TRL is also given
-tunesmith's token ids and labels (--trl-data tokens) and its batches in tunesmith's order
+CPU, passes of similar-length examples up to the longest one's width, at most 1024 tokens;
+otherwise one example per pass on a CPU) and TRL one example per pass; --micro-batch-size N
+gives both N, --trl-micro-batch-size TRL another. By default TRL is also given tunesmith's
+token ids and labels (--trl-data tokens) and its batches in tunesmith's order
 (--trl-order tunesmith), so both train on exactly the same tokens step by step; the
 per-step answer-token counts of both runs are printed side by side as the fairness check.
 After training, one answer-only loss function in this script (full logits, no tricks) scores

@@ -582,6 +582,10 @@ def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
     assert [[lengths[i] for i in p] for p in passes] == [[10, 60, 70, 128, 130], [250, 300], [500], [600], [900],
                                                          [1000], [1024]]
     assert all(w * len(p) <= 1024 for w, p in zip(widths, passes))
+    # where the longest example is shorter than the budget, no pass holds more than its padded width
+    short = [SimpleNamespace(input_ids=[1] * n) for n in (300, 60, 70, 130)]
+    assert [[len(short[i].input_ids) for i in p] for p in trainer.micro_batches(short, [0, 1, 2, 3], cfg)] == [
+        [60, 70], [130], [300]]
     assert trainer.micro_batches(enc, idx, TrainConfig(precision="bf16", batch_size=12, micro_batch_size=4)) == [
         idx[:4], idx[4:8], idx[8:]]  # a fixed size: as given, in order
     for other in (TrainConfig(precision="fp32", micro_batch_size=0), TrainConfig(precision="bf16", fsdp=True)):
@@ -597,23 +601,33 @@ def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
 
 
 @cpu_bf16
-def test_auto_micro_batches_under_cpu_bf16_train_like_one_example_per_pass(tiny_model_dir, data_dir, tmp_path, monkeypatch):
-    """Passes of several examples (right-padded, no mask) give the step losses of one example per pass."""
+def test_auto_micro_batches_under_cpu_bf16_train_like_one_example_per_pass(tiny_model_dir, tmp_path, monkeypatch):
+    """Passes of several examples (right-padded, no mask) give the step losses of one example per pass, and
+    no pass holds more padded tokens than the longest example alone."""
+    d = tmp_path / "data"
+    rows = toy_examples(16)
+    rows[5]["messages"][1]["content"] += " The budget was agreed after a long discussion." * 12  # one long answer
+    write_jsonl(d / "train.jsonl", rows)
+    write_jsonl(d / "val.jsonl", toy_examples(4, seed=1))
     m = tiny_model_dir("llama")
-    rows = []
+    shapes = []
     real = trainer.collate
 
     def collate(encoded, idx, pad_id, bucket=0):
-        rows.append(len(idx))
-        return real(encoded, idx, pad_id, bucket)
+        out = real(encoded, idx, pad_id, bucket)
+        shapes.append(tuple(out[0].shape))
+        return out
 
     monkeypatch.setattr(trainer, "collate", collate)
     kw = dict(precision="bf16", lora_dropout=0.0, epochs=1)
-    trainer.train(cfg_for(m, data_dir, tmp_path / "one", micro_batch_size=1, **kw), quiet=True)
-    assert set(rows) == {1}
-    rows.clear()
-    trainer.train(cfg_for(m, data_dir, tmp_path / "auto", micro_batch_size=0, **kw), quiet=True)
-    assert max(rows) == 4  # the toy examples are short: a whole step (batch 4) in one pass, validation too
+    trainer.train(cfg_for(m, d, tmp_path / "one", micro_batch_size=1, **kw), quiet=True)
+    assert {r for r, _ in shapes} == {1}
+    longest = max(w for _, w in shapes)
+    assert longest >= 256 and sorted(w for _, w in shapes)[-2] <= 128  # one long example, the rest short
+    shapes.clear()
+    trainer.train(cfg_for(m, d, tmp_path / "auto", micro_batch_size=0, **kw), quiet=True)
+    assert max(r for r, _ in shapes) >= 3  # short examples share a pass
+    assert all(r * w <= longest for r, w in shapes), (longest, shapes)
     one, auto = losses(tmp_path / "one"), losses(tmp_path / "auto")
     assert len(one) == len(auto) == 4
     assert max(abs(x - y) / x for x, y in zip(one, auto)) < 0.01, (one, auto)

@@ -122,7 +122,7 @@ HELP = {
     "batch_size": "examples per optimizer step",
     "micro_batch_size": "examples per forward pass; batch-size / micro-batch-size steps of gradient accumulation "
                         "(default 0 = auto: 1 on a CPU, up to 4 on a GPU; with --precision bf16 on a CPU, as many "
-                        "examples of similar length as fit in 1024 tokens)",
+                        "examples of similar length as fit in the longest example's width, at most 1024 tokens)",
     "max_length": "drop examples longer than this many tokens (reported)",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha (scale = alpha / r)",
