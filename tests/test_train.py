@@ -576,7 +576,8 @@ def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
     idx = list(range(len(lengths)))
     cfg = TrainConfig(precision="bf16", batch_size=12, micro_batch_size=0)
     assert trainer.token_budget(cfg) == trainer.TOKEN_BUDGET == 1024
-    passes = trainer.micro_batches(enc, idx, cfg)
+    assert trainer.pass_budget(enc, cfg) == 1024
+    passes = trainer.micro_batches(enc, idx, cfg, 1024)
     assert sorted(i for p in passes for i in p) == idx
     widths = [max(-(-lengths[i] // 64) * 64 for i in p) for p in passes]
     assert [[lengths[i] for i in p] for p in passes] == [[10, 60, 70, 128, 130], [250, 300], [500], [600], [900],
@@ -584,9 +585,11 @@ def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
     assert all(w * len(p) <= 1024 for w, p in zip(widths, passes))
     # where the longest example is shorter than the budget, no pass holds more than its padded width
     short = [SimpleNamespace(input_ids=[1] * n) for n in (300, 60, 70, 130)]
-    assert [[len(short[i].input_ids) for i in p] for p in trainer.micro_batches(short, [0, 1, 2, 3], cfg)] == [
+    assert trainer.pass_budget(short, cfg) == 320
+    assert [[len(short[i].input_ids) for i in p] for p in trainer.micro_batches(short, [0, 1, 2, 3], cfg, 320)] == [
         [60, 70], [130], [300]]
-    assert trainer.micro_batches(enc, idx, TrainConfig(precision="bf16", batch_size=12, micro_batch_size=4)) == [
+    fixed = TrainConfig(precision="bf16", batch_size=12, micro_batch_size=4)
+    assert trainer.pass_budget(enc, fixed) == 0 and trainer.micro_batches(enc, idx, fixed, 0) == [
         idx[:4], idx[4:8], idx[8:]]  # a fixed size: as given, in order
     for other in (TrainConfig(precision="fp32", micro_batch_size=0), TrainConfig(precision="bf16", fsdp=True)):
         assert trainer.token_budget(other) == 0

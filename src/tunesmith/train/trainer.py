@@ -95,17 +95,25 @@ def batches(encoded: list, cfg: TrainConfig, epoch: int) -> list[list[list[int]]
     rng.shuffle(steps)
     if short:
         steps.append(short)
-    return [micro_batches(encoded, step, cfg) for step in steps]
+    budget = pass_budget(encoded, cfg)
+    return [micro_batches(encoded, step, cfg, budget) for step in steps]
 
 
-def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig) -> list[list[int]]:
-    """Split one step's examples `idx` into forward passes: --micro-batch-size examples each, or, where
-    token_budget says so, as many examples of similar length as fit in the padded width of the longest
-    example of `encoded` (at most TOKEN_BUDGET): no pass holds more tokens than that example alone."""
-    if not token_budget(cfg):
+def pass_budget(encoded: list, cfg: TrainConfig) -> int:
+    """token_budget, capped at the padded width of the longest example of `encoded` (so no pass holds more
+    tokens than that example alone); 0 where passes hold a fixed number of examples."""
+    if not token_budget(cfg) or not encoded:
+        return 0
+    bucket = bucket_size(cfg)
+    return min(token_budget(cfg), -(-max(len(e.input_ids) for e in encoded) // bucket) * bucket)
+
+
+def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig, budget: int) -> list[list[int]]:
+    """Split one step's examples `idx` into forward passes: --micro-batch-size examples each, or with a
+    `budget` (pass_budget) as many examples of similar length as fit in that many padded tokens."""
+    if not budget:
         return [idx[m : m + cfg.micro_batch_size] for m in range(0, len(idx), cfg.micro_batch_size)]
     bucket = bucket_size(cfg)
-    budget = min(token_budget(cfg), -(-max(len(e.input_ids) for e in encoded) // bucket) * bucket)
     out: list[list[int]] = []
     width = 0
     for i in sorted(idx, key=lambda i: len(encoded[i].input_ids)):
@@ -218,7 +226,7 @@ def validate(model, encoded, cfg: TrainConfig, pad_id: int, sharded_loss=None) -
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     rank, size = dist.world()
     mine = dist.shard(order, rank, size)  # each rank scores its share; the sums are combined
-    groups = micro_batches(encoded, mine, cfg)
+    groups = micro_batches(encoded, mine, cfg, pass_budget(encoded, cfg))
     if sharded_loss is not None:  # FSDP: each forward pass is collective, every rank runs as many (a spare one is not counted)
         groups += [[]] * (-(-len(dist.shard(order, 0, size)) // cfg.micro_batch_size) - len(groups))
     bucket = bucket_size(cfg)
@@ -374,9 +382,9 @@ def bucket_size(cfg: TrainConfig) -> int:
 # length. So auto micro-batches fill a pass with examples of similar length up to this many padded
 # tokens. On DialogSum steps (64 examples, 260 tokens on average): one example per pass 303 tokens/s;
 # budgets 512 / 768 / 1024 / 1536: 342 / 368 / 381 / 397. The budget is also capped at the longest
-# example's padded width (micro_batches), so no pass holds more tokens than that example alone: on the
+# example's padded width (pass_budget), so no pass holds more tokens than that example alone: on the
 # example data (longest 645 tokens) a flat 1024 raised the peak RSS from 1,936 to 2,472 MiB, the cap
-# (704) kept it at 1,977; on DialogSum (longest 856, budget 896) 2,041 → 2,412 MiB for 1.2× the speed.
+# (704) kept it at 1,971; on DialogSum (longest 856, budget 896) 2,041 → 2,412 MiB for 1.2× the speed.
 TOKEN_BUDGET = 1024
 
 
@@ -477,7 +485,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg, total_steps))
-    pad, bucket = tok.pad_token_id, bucket_size(cfg)
+    pad, bucket, budget = tok.pad_token_id, bucket_size(cfg), pass_budget(train_enc, cfg)
     st = {"step": 0, "epoch": 1, "step_in_epoch": 0, "tokens": 0, "answer_tokens": 0, "elapsed": 0.0, "val_s": 0.0, "val_start": None,
           "val_losses": [], "best": None, "bad": 0, "stopped": False, "last_loss": float("nan"), "metric_lines": 0}
     metrics_path = work / "metrics.jsonl"
@@ -557,7 +565,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
                 weight = world_size / n_ans  # DDP averages gradients over ranks; we want the sum over the step
                 if not mine:  # fewer examples than ranks: take part with a zero-weight example
                     mine, weight = micro[0][:1], 0.0
-                local = micro_batches(train_enc, mine, cfg)
+                local = micro_batches(train_enc, mine, cfg, budget)
                 step_loss, tokens = 0.0, 0
                 for j, m in enumerate(local):
                     ids, mask, labels = collate(train_enc, m, pad, bucket)
