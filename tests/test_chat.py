@@ -68,3 +68,23 @@ def test_system_prompt_is_context_not_answer():
 def test_no_assistant_turn_is_an_error():
     with pytest.raises(ValueError, match="no assistant turn"):
         encode_chat(make_tokenizer("llama"), TWO_TURNS[:1])
+
+
+def test_end_of_turn_markers_are_looked_up_once_per_vocabulary(monkeypatch):
+    """get_vocab() builds a dict of the whole vocabulary; encoding used to call it 8 times per example
+    (72 s of a DialogSum run's setup). Now once per tokenizer, again only when tokens are added."""
+    from tunesmith.chat import stop_token_ids
+
+    tok = make_tokenizer("llama")
+    calls = []
+    real = type(tok).get_vocab
+    monkeypatch.setattr(type(tok), "get_vocab", lambda self: calls.append(1) or real(self))
+    first = [encode_chat(tok, TWO_TURNS) for _ in range(20)]
+    assert len(calls) == 1
+    assert all(e.input_ids == first[0].input_ids and e.labels == first[0].labels for e in first)
+    before = stop_token_ids(tok)
+    assert tok.convert_tokens_to_ids("<|im_end|>") in before
+    tok.add_special_tokens({"additional_special_tokens": ["<end_of_turn>"]})  # a marker the vocabulary lacked
+    after = stop_token_ids(tok)
+    assert len(calls) == 2 and set(after) == set(before) | {tok.convert_tokens_to_ids("<end_of_turn>")}
+    assert len(after) == len(before) + 1

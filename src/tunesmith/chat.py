@@ -51,14 +51,26 @@ def _needs_bos(tokenizer, first_ids: list[int]) -> bool:
     return bool(probe) and probe[0] == bos
 
 
+def _markers(tokenizer) -> dict[str, int]:
+    """The END_OF_TURN markers in the tokenizer's vocabulary, token -> id. Cached on the tokenizer (for its
+    vocabulary size): get_vocab() builds a dict of the whole vocabulary, 18 ms for SmolLM2's 49,152, and
+    was called 8 times per example, 93 % of encoding time (72 s of setup for 500 DialogSum chats)."""
+    size = len(tokenizer)
+    cached = tokenizer.__dict__.get("_tunesmith_markers")
+    if cached is None or cached[0] != size:
+        vocab = tokenizer.get_vocab()
+        cached = (size, {t: vocab[t] for t in END_OF_TURN if t in vocab})
+        tokenizer.__dict__["_tunesmith_markers"] = cached
+    return cached[1]
+
+
 def stop_token_ids(tokenizer) -> list[int]:
     ids = []
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    for t in END_OF_TURN:
-        if t in vocab and vocab[t] not in ids:
-            ids.append(vocab[t])
+    for i in _markers(tokenizer).values():
+        if i not in ids:
+            ids.append(i)
     return ids
 
 
@@ -87,7 +99,7 @@ def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encod
     if train_on == "last":
         assistant_idx = assistant_idx[-1:]
     stops = set(stop_token_ids(tokenizer))
-    markers = [t for t in END_OF_TURN if t in tokenizer.get_vocab()]
+    markers = list(_markers(tokenizer))
     input_ids: list[int] = []
     labels: list[int] = []
     cursor = 0
