@@ -104,8 +104,7 @@ def pass_budget(encoded: list, cfg: TrainConfig) -> int:
     tokens than that example alone); 0 where passes hold a fixed number of examples."""
     if not token_budget(cfg) or not encoded:
         return 0
-    bucket = bucket_size(cfg)
-    return min(token_budget(cfg), -(-max(len(e.input_ids) for e in encoded) // bucket) * bucket)
+    return min(token_budget(cfg), padded_width(max(len(e.input_ids) for e in encoded), bucket_size(cfg)))
 
 
 def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig, budget: int) -> list[list[int]]:
@@ -117,7 +116,7 @@ def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig, budget: int) 
     out: list[list[int]] = []
     width = 0
     for i in sorted(idx, key=lambda i: len(encoded[i].input_ids)):
-        w = -(-len(encoded[i].input_ids) // bucket) * bucket
+        w = padded_width(len(encoded[i].input_ids), bucket)
         if out and max(width, w) * (len(out[-1]) + 1) <= budget:
             out[-1].append(i)
             width = max(width, w)
@@ -125,6 +124,11 @@ def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig, budget: int) 
             out.append([i])
             width = w
     return out
+
+
+def padded_width(n: int, bucket: int) -> int:
+    """`n` tokens rounded up to a multiple of `bucket` (0: not rounded): a row's width in a batch."""
+    return -(-n // bucket) * bucket if bucket else n
 
 
 def collate(encoded: list, idx: list[int], pad_id: int, bucket: int = 0):
@@ -140,9 +144,7 @@ def collate(encoded: list, idx: list[int], pad_id: int, bucket: int = 0):
     what the fewer distinct shapes save)."""
     import torch
 
-    width = max(len(encoded[i].input_ids) for i in idx)
-    if bucket:
-        width = -(-width // bucket) * bucket
+    width = padded_width(max(len(encoded[i].input_ids) for i in idx), bucket)
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
     mask = torch.full((len(idx), width), 1 if bucket else 0, dtype=torch.long)
