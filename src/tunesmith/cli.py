@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (only once the new one is done)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="with --resume: continue although the data files changed since the run started (recorded in the run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     from tunesmith.train.config import add_config_flags  # light: dataclasses only
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import warnings
 
-    from tunesmith.errors import UserError
+    from tunesmith.errors import UserError, disk_full
 
     # Library deprecation notices are for us, not for the person running a command.
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -210,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        where = getattr(e, "filename", None)
+        print(f"error: disk full{f' writing {where}' if where else ''}; nothing was replaced: free some space and run "
+              "again (an interrupted `train` continues with --resume)", file=sys.stderr)
         return 1
 
 

@@ -1,5 +1,7 @@
 """Errors meant for people: the CLI prints them as one line, without a traceback."""
 
+import errno
+
 
 class UserError(Exception):
     """A mistake the user can fix (bad path, bad flag, bad data). Message says what and how."""
@@ -11,3 +13,9 @@ class DataErrors(UserError):
     """Data failed validation; the report was already printed."""
 
     exit_code = 1
+
+
+def disk_full(e: BaseException) -> bool:
+    """ENOSPC (or a quota) as an OSError, or inside the message of a library's own error type
+    (safetensors raises SafetensorError with the OS message)."""
+    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)

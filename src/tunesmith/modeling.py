@@ -13,8 +13,7 @@ from typing import Callable
 
 from tunesmith.chat import prompt_ids, stop_token_ids
 from tunesmith.errors import UserError
-
-RUN_INFO = "tunesmith-run.json"  # written by `train` into the run dir: which base model it tuned
+from tunesmith.outputs import RUN_INFO
 
 
 @dataclass

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tunesmith.atomic import make_temp_dir
+from tunesmith.atomic import make_temp_dir, sweep
 from tunesmith.errors import UserError
 
 MANIFEST = "tunesmith-model.json"
@@ -241,6 +241,7 @@ def _convert_gguf(gguf: Path, target: Path, source: dict) -> Path:
     hf_logging.disable_progress_bar()
     _say(f"converting {gguf.name} to a safetensors model in {target} (once) ...")
     target.parent.mkdir(parents=True, exist_ok=True)
+    sweep(target.parent, target.name)  # a conversion killed earlier leaves GBs behind
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

@@ -132,6 +132,23 @@ def data_files(path: str | Path) -> list[Path]:
     return [p]
 
 
+def locate_paths(data: str, val: str | None) -> tuple[Path, Path | None]:
+    """--data DIR (train.jsonl + val.jsonl) or FILE, and an optional --val FILE."""
+    d = Path(data)
+    if d.is_dir():
+        train = d / "train.jsonl"
+        if not train.is_file():
+            raise UserError(f"--data {d}: folder has no train.jsonl (expected train.jsonl and val.jsonl)")
+        v = Path(val) if val else next((d / n for n in ("val.jsonl", "validation.jsonl") if (d / n).is_file()), None)
+    else:
+        if not d.exists():
+            raise UserError(f"--data {d}: no such file or directory")
+        train, v = d, Path(val) if val else None
+    if v is not None and not v.exists():
+        raise UserError(f"--val {v}: no such file")
+    return train, v
+
+
 def read_records(path: Path, opts: ReadOptions | None = None) -> Iterator[tuple[int, object]]:
     """(location, parsed object) for each record; problems come back as Issue objects."""
     opts = opts or ReadOptions()

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from tunesmith.atomic import make_temp_dir, replace_dir
 from tunesmith.data.dedupe import near_duplicates
-from tunesmith.data.formats import Example, ReadOptions, iter_examples, load_examples, messages_digest
+from tunesmith.data.formats import Example, ReadOptions, iter_examples, load_examples, locate_paths, messages_digest
 from tunesmith.errors import UserError
+from tunesmith.outputs import check_out, check_replaceable
 
 SPLITS = ("train", "val", "test")
 ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
@@ -96,8 +97,6 @@ def apply_weights(examples: list[Example], weights: dict[str, float], seed: int)
 
 def load_training_mix(path: str | Path, seed: int) -> tuple[list[Example], list[Example]]:
     """`train --data mix.yaml`: each data set's train (and val) split, task-labelled and weighted."""
-    from tunesmith.train.trainer import locate_paths
-
     mix = Mix.load(path)
     train, val = [], []
     for d in mix.datasets:
@@ -189,8 +188,9 @@ def prepare(sources: list[str], out: Path, *, split_spec: str = "0.8,0.1,0.1", s
             near_dup: float = 0.8, max_length: int | None = None, tokenizer=None, eval_sets: list[str] = (),
             opts: ReadOptions | None = None, overwrite: bool = False) -> dict:
     opts = opts or ReadOptions()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out}: not empty; choose a new folder or pass --overwrite (replaced only once the new data is written)")
+    mixes = [Mix.load(s) for s in sources if is_mix(s)]
+    check_out(out, "data", overwrite=overwrite,
+              inputs={"source": [*sources, *(d["path"] for m in mixes for d in m.datasets)], "--eval-set": list(eval_sets)})
     if not 0 < near_dup <= 1:
         raise UserError(f"--near-dup {near_dup}: expected a Jaccard similarity in (0, 1]")
     dropped: list[dict] = []
@@ -355,6 +355,7 @@ def write_output(out: Path, parts: dict[str, list[Example]], card: dict) -> None
                     f.write(json.dumps(e.to_json(), ensure_ascii=False) + "\n")
         (tmp / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False))
         (tmp / "card.md").write_text(card_text(card))
+        check_replaceable(out, "data")
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 from tunesmith.atomic import make_temp_dir, replace_dir
-from tunesmith.errors import UserError
+from tunesmith.errors import UserError, disk_full
+from tunesmith.faults import killpoint
 from tunesmith.train.distributed import full, full_state, sharded
 
 PREFIX = "step-"
@@ -49,10 +50,22 @@ def save(ckpt_dir: Path, model, opt, sched, progress: dict, write: bool = True) 
     tmp = make_temp_dir(ckpt_dir)
     try:
         save_file(tensors, str(tmp / "state.safetensors"))
+        killpoint("checkpoint.file")
         (tmp / "state.json").write_text(json.dumps(meta))
+        killpoint("checkpoint.written")
         replace_dir(tmp, ckpt_dir)
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        need = sum(t.numel() * t.element_size() for t in tensors.values())
+        free = shutil.disk_usage(ckpt_dir.parent).free
+        last = latest(ckpt_dir.parent)
+        kept = f"the last good checkpoint, {last}, is intact" if last else "no earlier checkpoint exists"
+        raise UserError(f"{ckpt_dir.parent}: disk full while writing a checkpoint (needs about {need / 2**20:,.0f} MB, "
+                        f"{free / 2**20:,.0f} MB free); {kept}; free some space, then `tunesmith train --resume`") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    killpoint("checkpoint.saved")
 
 
 def load(ckpt_dir: Path, model, opt, sched) -> dict:

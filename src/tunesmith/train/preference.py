@@ -28,9 +28,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tunesmith.atomic import write_text
 from tunesmith.chat import IGNORE, Encoded, encode_chat, prompt_ids, stop_token_ids
-from tunesmith.data.formats import load_examples
+from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.errors import UserError
+from tunesmith.train import rundir
 
 # ---------------------------------------------------------------- log-probabilities
 
@@ -223,7 +225,7 @@ class _Log:
     def keep(self, n: int) -> None:
         """Resuming: keep the first n lines (what was logged up to the checkpoint)."""
         self.f.close()
-        self.path.write_text("".join(self.path.read_text().splitlines(keepends=True)[:n]))
+        write_text(self.path, "".join(self.path.read_text().splitlines(keepends=True)[:n]))
         self.f, self.lines = open(self.path, "a"), n
 
     def say(self, text: str) -> None:
@@ -237,8 +239,6 @@ class _Log:
 
 
 def _load(cfg, kind: str):
-    from tunesmith.train.trainer import locate_paths
-
     train_path, val_path = locate_paths(cfg.data, cfg.val)
     train = load_examples(train_path, "--data", kind=None)
     val = load_examples(val_path, "--val", kind=None) if val_path else []
@@ -313,6 +313,7 @@ class _Checkpoints:
 
         found = checkpoint.latest(self.root)
         if found is None:
+            self.log.keep(0)  # a run killed before its first checkpoint starts over
             return fresh, False
         state = checkpoint.load(found, self.model, self.optim.opt, self.optim.sched)
         self.log.keep(state["metric_lines"])
@@ -346,11 +347,8 @@ def _steps(plan, st: dict):
 
 
 def _open_log(cfg, work: Path, quiet: bool, held_out: bool, n_held: int, n_all: int, unit: str) -> _Log:
-    """metrics.jsonl and config.yaml in the run's work dir; say where the held-out items came from."""
-    from tunesmith.train.config import to_yaml
-
+    """metrics.jsonl in the run's work dir; say where the held-out items came from."""
     log = _Log(work / "metrics.jsonl", quiet, cfg)
-    (work / "config.yaml").write_text(to_yaml(cfg))
     if held_out:
         log.say(f"no validation file: holding out {n_held} of {n_all} {unit} (seed {cfg.seed}) to measure on")
     return log
@@ -361,19 +359,14 @@ def _finish(cfg, model, tok, work: Path, out: Path, model_dir, result: PrefResul
 
     from peft import set_peft_model_state_dict
 
-    from tunesmith.atomic import replace_dir
-    from tunesmith.modeling import RUN_INFO
-
     if best_dir is not None and best_dir.is_dir():
         set_peft_model_state_dict(model, load_file(str(best_dir / "adapter_model.safetensors")))
     model.save_pretrained(str(work))
     tok.save_pretrained(str(work))
-    (work / RUN_INFO).write_text(json.dumps({"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
-                                             "from_adapter": cfg.from_adapter or None,
-                                             "adapter": "best" if best_dir is not None else "last",
-                                             "result": asdict(result)}, indent=2))
     shutil.rmtree(work / "best", ignore_errors=True)
-    replace_dir(work, out)
+    rundir.finish(work, out, {"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
+                              "from_adapter": cfg.from_adapter or None, "adapter": "best" if best_dir is not None else "last",
+                              "result": asdict(result)})
 
 
 def _save_best(model, tok, work: Path) -> Path:
@@ -687,26 +680,25 @@ def _end(cfg, method: str, model, tok, work: Path, out: Path, model_dir, st: dic
     return result
 
 
-def train_preference(cfg, *, overwrite: bool, quiet: bool, trust_remote_code: bool, resume: bool = False) -> PrefResult:
-    """--method dpo / grpo: the same run-directory rules as SFT (checked --out, a .partial dir
-    renamed into place at the end, checkpoints to --resume from)."""
-    from tunesmith.train.trainer import check_disk, check_out_dir, partial_dir
+def train_preference(cfg, *, overwrite: bool, quiet: bool, trust_remote_code: bool, resume: bool = False,
+                     allow_changed_data: bool = False, config_file: str | None = None) -> PrefResult:
+    """--method dpo / grpo: the same run-directory rules as SFT (train/rundir.py: a checked --out, a
+    .partial dir swapped into place at the end, checkpoints to --resume from, the data checked on resume)."""
+    from tunesmith.train import checkpoint
 
     if cfg.method == "dpo" and cfg.graders:
         raise UserError("--graders is for --method grpo; dpo learns from the chosen/rejected pairs themselves")
-    out = Path(cfg.out)
-    work = partial_dir(out)
-    if not resume:
-        check_out_dir(out, overwrite)
-        if work.exists():
-            raise UserError(f"--out {out}: an unfinished run is in {work}; continue it with `tunesmith train --resume {out}` "
-                            "or delete that folder")
     if cfg.from_adapter and cfg.model == type(cfg).model:
         from tunesmith.modeling import base_model_of
 
         cfg.model = base_model_of(cfg.from_adapter, None, cfg.model)
-    check_disk(out, cfg)
-    work.mkdir(parents=True, exist_ok=True)
+    out, work = rundir.begin(cfg, overwrite=overwrite, resume=resume, config_file=config_file)
+    ckpt = checkpoint.latest(work / "checkpoints") if resume else None
+    if ckpt is not None:
+        rundir.check_data(work, cfg, ckpt, allow_changed_data)
+    rundir.check_disk(out, cfg)
+    if ckpt is None:
+        rundir.record(work, cfg, rundir.fingerprint(cfg))
     try:
         fn = train_dpo if cfg.method == "dpo" else train_grpo
         return fn(cfg, out=out, work=work, quiet=quiet, trust_remote_code=trust_remote_code)

@@ -20,40 +20,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunesmith.chat import IGNORE, encode_chat
-from tunesmith.data.formats import load_examples
+from tunesmith.atomic import make_temp_dir, replace_dir, write_text
+from tunesmith.data.formats import load_examples, locate_paths
+from tunesmith.data.prepare import is_mix, load_training_mix
 from tunesmith.errors import UserError
-from tunesmith.modeling import RUN_INFO
-from tunesmith.atomic import make_temp_dir, replace_dir
+from tunesmith.faults import killpoint
 from tunesmith.train import distributed as dist
+from tunesmith.train import rundir
 from tunesmith.train.config import ADAPTER_METHODS, PREFERENCE_METHODS, TrainConfig, resolve_config, to_yaml
-
-RUN_MARKERS = ("adapter_config.json", "config.yaml", RUN_INFO)
 
 
 # ---------------------------------------------------------------- data
 
 
-def locate_paths(data: str, val: str | None) -> tuple[Path, Path | None]:
-    """--data DIR (train.jsonl + val.jsonl) or FILE, and an optional --val FILE."""
-    d = Path(data)
-    if d.is_dir():
-        train = d / "train.jsonl"
-        if not train.is_file():
-            raise UserError(f"--data {d}: folder has no train.jsonl (expected train.jsonl and val.jsonl)")
-        v = Path(val) if val else next((d / n for n in ("val.jsonl", "validation.jsonl") if (d / n).is_file()), None)
-    else:
-        if not d.exists():
-            raise UserError(f"--data {d}: no such file or directory")
-        train, v = d, Path(val) if val else None
-    if v is not None and not v.exists():
-        raise UserError(f"--val {v}: no such file")
-    return train, v
-
-
 def load_data(cfg: TrainConfig):
     """Training and validation examples; a mix file (.yaml) combines several data sets by weight."""
-    from tunesmith.data.prepare import is_mix, load_training_mix
-
     if is_mix(cfg.data):
         if not Path(cfg.data).is_file():
             raise UserError(f"--data {cfg.data}: no such file")
@@ -497,8 +478,8 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
         st = checkpoint.load(resume, model, opt, sched)
         if lead:
             lines = metrics_path.read_text().splitlines(keepends=True)[: st["metric_lines"]] if metrics_path.exists() else []
-            metrics_path.write_text("".join(lines))  # drop what was logged after the checkpoint
-    metrics = open(metrics_path if lead else os.devnull, "a")
+            write_text(metrics_path, "".join(lines))  # drop what was logged after the checkpoint
+    metrics = open(metrics_path if lead else os.devnull, "a" if resume is not None else "w")
     progress = _Progress(total_steps, quiet or not lead, start=st["step"])
     t0 = time.time() - st["elapsed"]
 
@@ -514,6 +495,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
 
     def run_validation() -> None:
         t = time.time()
+        killpoint("validation")
         v = validate(model, val_enc, cfg, pad, sharded_loss)
         rec = {"step": st["step"], "epoch": st["epoch"], "val_loss": round(v, 6)}
         if metric:
@@ -556,10 +538,14 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
     model.train()
     try:
         for epoch in range(st["epoch"], cfg.epochs + 1):
-            if st["stopped"] or st["step"] >= total_steps:
+            # step_in_epoch > 0: a checkpoint from inside this epoch, whose end (validation, checkpoint) is still
+            # to do, even when its last step was the run's last (a kill between that checkpoint and the validation)
+            if (st["stopped"] or st["step"] >= total_steps) and st["step_in_epoch"] == 0:
                 break
             st["epoch"] = epoch
             for k, micro in enumerate(batches(train_enc, cfg, epoch)):
+                if st["stopped"] or st["step"] >= total_steps:
+                    break
                 if k < st["step_in_epoch"]:
                     continue  # done before the checkpoint we resumed from
                 n_ans = sum(n_answer_tokens(train_enc, m) for m in micro)
@@ -595,8 +581,6 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
                     run_validation()
                 if cfg.save_every and st["step"] % cfg.save_every == 0:
                     save_checkpoint()
-                if st["stopped"] or st["step"] >= total_steps:
-                    break
             if val_enc and not (cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0):
                 run_validation()
             elif not val_enc:
@@ -693,34 +677,8 @@ class _Progress:
 # ---------------------------------------------------------------- run directory
 
 
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any((out / m).exists() for m in RUN_MARKERS) and not overwrite:
-        raise UserError(f"--out {out}: already holds a run; choose a new --out, or pass --overwrite "
-                        "(the old run is replaced only once the new one has finished)")
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"--out {out}: cannot write in {parent}")
-
-
-def check_disk(out: Path, cfg: TrainConfig) -> None:
-    """Refuse to start when the output's disk cannot hold even the adapter and two checkpoints."""
-    free = shutil.disk_usage(out.resolve().parent).free
-    need = 64 << 20 if cfg.method in ADAPTER_METHODS else 2 << 30  # rough: adapters are MBs, full models GBs
-    if free < need:
-        raise UserError(f"--out {out}: only {free >> 20} MB free on that disk; a {cfg.method} run needs about "
-                        f"{need >> 20} MB for its weights and checkpoints")
-
-
-def partial_dir(out: Path) -> Path:
-    """Where a run lives until it finishes (then it is renamed to --out); --resume finds it here."""
-    return out.resolve().parent / f".{out.name}.partial"
-
-
 def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, trust_remote_code: bool = False,
-          resume: bool = False) -> Result:
+          resume: bool = False, allow_changed_data: bool = False, config_file: str | None = None) -> Result:
     import torch
 
     from tunesmith.train import checkpoint
@@ -729,29 +687,24 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
         raise UserError("--data is required (a folder with train.jsonl and val.jsonl, or a file)")
     if not cfg.out:
         raise UserError("--out is required: the run directory to create")
-    out = Path(cfg.out)
-    work = partial_dir(out)
-    ckpt = None
     dist.init()
     lead = dist.world()[0] == 0
     if cfg.fsdp and dist.world()[1] == 1:
         raise UserError("--fsdp shards the model across processes, and this is one process: launch with "
                         "`torchrun --nproc_per_node N -m tunesmith.cli train ...` (N ≥ 2), or drop --fsdp")
-    if resume:
-        ckpt = checkpoint.latest(work / "checkpoints")
-        if ckpt is None:
-            raise UserError(f"--resume {out}: no checkpoint to resume from in {work} (a run writes one every epoch "
-                            "and every --save-every steps)")
-    else:
-        check_out_dir(out, overwrite)
-        if work.exists():
-            raise UserError(f"--out {out}: an unfinished run is in {work}; continue it with `tunesmith train --resume {out}` "
-                            "or delete that folder")
     if cfg.from_adapter and cfg.model == TrainConfig.model:
         from tunesmith.modeling import base_model_of
 
         cfg.model = base_model_of(cfg.from_adapter, None, cfg.model)
-    check_disk(out, cfg)
+    out, work = rundir.begin(cfg, overwrite=overwrite, resume=resume, config_file=config_file, lead=lead)
+    ckpt = checkpoint.latest(work / "checkpoints") if resume else None
+    if ckpt is not None:
+        data_print = rundir.check_data(work, cfg, ckpt, allow_changed_data, write=lead)
+    else:  # a new run, or one killed before its first checkpoint: (re)start it with its saved config
+        data_print = rundir.fingerprint(cfg)
+        if resume and not quiet:
+            print(f"{work}: no checkpoint yet; starting the run over with its saved config", file=sys.stderr)
+    rundir.check_disk(out, cfg)
     if cfg.tensorboard:
         import importlib.util
 
@@ -782,9 +735,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
         print(f"{what}training {cfg.method} on {len(train_enc)} examples ({len(val_enc)} validation), "
               f"{trainable:,} of {total:,} parameters trainable", file=sys.stderr)
     dist.barrier()  # every rank has checked --out before rank 0 creates the run directory
-    if lead:
-        work.mkdir(parents=True, exist_ok=True)
-        (work / "config.yaml").write_text(to_yaml(cfg))
+    if lead and ckpt is None:
+        rundir.record(work, cfg, data_print)
     dist.barrier()
     val_gen = None
     if cfg.eval_metric:
@@ -823,11 +775,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
     if state is None:
         model.save_pretrained(str(work))  # the whole run dir is renamed into place below, so no temp dir here
     tok.save_pretrained(str(work))
-    (work / RUN_INFO).write_text(json.dumps({"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
-                                             "adapter": "best" if best else "last", "processes": dist.world()[1],
-                                             "engine": "fsdp" if state is not None else "ddp" if dist.world()[1] > 1 else "single",
-                                             "result": asdict(result)}, indent=2))
-    replace_dir(work, out)
+    rundir.finish(work, out, {"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
+                              "adapter": "best" if best else "last", "processes": dist.world()[1],
+                              "engine": "fsdp" if state is not None else "ddp" if dist.world()[1] > 1 else "single",
+                              "result": asdict(result)})
     dist.barrier()
     return result
 
@@ -835,15 +786,13 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
 def cli_train(args) -> int:
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
-                 if v not in (None, False) and k not in ("resume", "quiet", "json", "handler", "command", "trust_remote_code")]
+                 if v not in (None, False) and k not in ("resume", "quiet", "json", "handler", "command", "trust_remote_code",
+                                                          "allow_changed_data")]
         if given:
             raise UserError(f"--resume continues with the run's saved config; drop {', '.join(given)}")
-        saved = partial_dir(Path(args.resume)) / "config.yaml"
-        if not saved.is_file():
-            done = Path(args.resume) / RUN_INFO
-            why = "that run already finished" if done.is_file() else f"no unfinished run at {saved.parent}"
-            raise UserError(f"--resume {args.resume}: {why}")
-        args.config = str(saved)
+        args.config = str(rundir.saved_config(args.resume))
+    elif args.allow_changed_data:
+        raise UserError("--allow-changed-data goes with --resume: it continues an interrupted run on data that changed")
     cfg = resolve_config(args)
     if args.print_config:
         print(to_yaml(cfg), end="")
@@ -851,7 +800,8 @@ def cli_train(args) -> int:
     if cfg.method in PREFERENCE_METHODS:
         return _cli_preference(cfg, args)
     r = train(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json, trust_remote_code=args.trust_remote_code,
-              resume=bool(args.resume))
+              resume=bool(args.resume), allow_changed_data=args.allow_changed_data,
+              config_file=None if args.resume else args.config)
     if dist.world()[0] != 0:
         return 0  # rank 0 reports for everyone
     if args.json:
@@ -872,7 +822,8 @@ def _cli_preference(cfg: TrainConfig, args) -> int:
     if not cfg.data or not cfg.out:
         raise UserError("--data and --out are required")
     r = train_preference(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json,
-                         trust_remote_code=args.trust_remote_code, resume=bool(args.resume))
+                         trust_remote_code=args.trust_remote_code, resume=bool(args.resume),
+                         allow_changed_data=args.allow_changed_data, config_file=None if args.resume else args.config)
     if args.json:
         print(json.dumps(asdict(r), indent=2))
         return 0

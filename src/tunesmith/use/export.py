@@ -28,17 +28,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.atomic import make_temp_dir, replace_dir
+from tunesmith.atomic import make_temp_dir, make_temp_file, replace_dir
 from tunesmith.cli import DEFAULT_MODEL
 from tunesmith.errors import UserError
+from tunesmith.faults import killpoint
+from tunesmith.outputs import GGUF_MARK, MERGE_INFO, check_out, check_replaceable
 
 PROMPT_LEARNING = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT"}
-MERGE_INFO = "tunesmith-merge.json"
 
 # HF model_type -> GGUF architecture name, and whether llama.cpp wants q/k rows permuted
 # (its llama graph applies RoPE to interleaved pairs; HF rotates the two halves of a head).
@@ -89,26 +91,6 @@ def _adapter_config(adapter: str) -> dict:
     if peft_type != "LORA":
         raise UserError(f"--adapter {adapter}: peft_type {cfg.get('peft_type')!r}; only LoRA adapters can be merged or exported")
     return cfg
-
-
-def _check_out(out: str, overwrite: bool, *, is_file: bool, protect: dict | None = None) -> Path:
-    protect = protect or {}
-    path = Path(out).expanduser()
-    if is_file:
-        if path.suffix.lower() != ".gguf":
-            raise UserError(f"--out {out}: expected a file name ending in .gguf")
-        if path.is_dir():
-            raise UserError(f"--out {out}: is a directory; give the .gguf file to write")
-    elif path.exists() and not path.is_dir():
-        raise UserError(f"--out {out}: exists and is a file; give a directory to write")
-    if path.exists() and not overwrite and (is_file or any(path.iterdir())):
-        raise UserError(f"--out {out}: already exists; pass --overwrite to replace it (only once the new one is written)")
-    if not path.resolve().parent.is_dir():
-        raise UserError(f"--out {out}: the folder {path.resolve().parent} does not exist")
-    for flag, value in protect.items():
-        if value and Path(value).expanduser().resolve() == path.resolve():
-            raise UserError(f"--out {out}: is the {flag} directory itself; write the result somewhere else")
-    return path
 
 
 def _load_fp32(spec: str, adapter: str | None, trust_remote_code: bool):
@@ -165,12 +147,10 @@ def merge_to_dir(spec: str, adapter: str, out: Path, *, trust_remote_code: bool 
                 "lora_r": lora.get("r"), "lora_alpha": lora.get("lora_alpha"), "use_dora": bool(lora.get("use_dora")),
                 "use_rslora": bool(lora.get("use_rslora")), "dtype": str(dtype).removeprefix("torch.")}
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2))
+        check_replaceable(out, "merge")
         replace_dir(tmp, out)
     finally:
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     weights = sum(p.stat().st_size for p in out.glob("*.safetensors"))
     return {"dir": out, "bytes": weights, "arch": model.config.model_type, "dtype": info["dtype"]}
 
@@ -178,9 +158,9 @@ def merge_to_dir(spec: str, adapter: str, out: Path, *, trust_remote_code: bool 
 def cli_merge(args) -> int:
     from tunesmith.modeling import base_model_of
 
-    out = _check_out(args.out, args.overwrite, is_file=False, protect={"--adapter": args.adapter, "--model": args.model})
-    _adapter_config(args.adapter)
     spec = base_model_of(args.adapter, args.model, DEFAULT_MODEL)
+    out = check_out(args.out, "merge", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec})
+    _adapter_config(args.adapter)
     t0 = time.time()
     r = merge_to_dir(spec, args.adapter, out, trust_remote_code=args.trust_remote_code)
     print(f"wrote {out}/ ({_size(r['bytes'])} safetensors, {r['dtype']}, {r['arch']}, merged in {time.time() - t0:.0f}s)")
@@ -319,21 +299,21 @@ class _Plan:
 
 
 def _write_atomic(out: Path, arch_name: str, fill) -> int:
-    """Run `fill(writer)` on a GGUFWriter aimed at a temp file beside `out`, then rename it into place."""
-    import tempfile
-
+    """Run `fill(writer)` on a GGUFWriter aimed at a temp file beside `out`, then rename it into place.
+    Every file carries GGUF_MARK, so a later `--overwrite` knows it replaces a file of ours."""
     import gguf
 
-    fd, tmp_name = tempfile.mkstemp(dir=out.resolve().parent, prefix=f".{out.name}.tmp-")
+    from tunesmith import __version__
+
+    fd, tmp = make_temp_file(out)
     os.close(fd)
-    tmp = Path(tmp_name)
     writer = gguf.GGUFWriter(tmp, arch_name)
     try:
+        writer.add_string(GGUF_MARK, f"tunesmith {__version__}")
         fill(writer)
         writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        killpoint("export.before_rename")
+        check_replaceable(out, "gguf")
         os.replace(tmp, out)
     finally:
         writer.close()
@@ -604,12 +584,14 @@ def cli_export(args) -> int:
         raise UserError(f"--format {args.format}: only gguf is supported")
     if args.quant not in QUANTS:
         raise UserError(f"--quant {args.quant}: expected one of {', '.join(QUANTS)}")
-    out = _check_out(args.out, args.overwrite, is_file=True)
+    if Path(args.out).suffix.lower() != ".gguf":
+        raise UserError(f"--out {args.out}: expected a file name ending in .gguf")
     if args.adapter_only and not args.adapter:
         raise UserError("--adapter-only needs --adapter RUN_DIR (the adapter to write)")
+    spec = base_model_of(args.adapter, args.model, DEFAULT_MODEL)
+    out = check_out(args.out, "gguf", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec})
     if args.adapter:
         _adapter_config(args.adapter)
-    spec = base_model_of(args.adapter, args.model, DEFAULT_MODEL)
     where = f"--model {spec}"
     t0 = time.time()
     model_dir = resolve(spec, trust_remote_code=args.trust_remote_code)
