@@ -201,14 +201,22 @@ def test_merge_refuses_an_existing_out_and_overwrite_replaces_it(llama_run, tmp_
     out = tmp_path / "merged"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    rc, _, err = cli(capsys, "merge", "--adapter", str(run), "--out", str(out))
-    assert rc == 2
-    assert err == f"error: --out {out}: already exists; pass --overwrite to replace it (only once the new one is written)\n"
+    for extra in ([], ["--overwrite"]):  # a folder of someone else's files is never replaced
+        rc, _, err = cli(capsys, "merge", "--adapter", str(run), "--out", str(out), *extra)
+        assert rc == 2
+        assert err == (f"error: --out {out}: holds files tunesmith did not write (keep.txt); choose a new --out "
+                       "(tunesmith never replaces what it did not write)\n")
     assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert cli(capsys, "merge", "--adapter", str(run), "--out", str(out))[0] == 0  # an empty folder is fine
+    rc, _, err = cli(capsys, "merge", "--adapter", str(run), "--out", str(out))
+    assert rc == 2 and err == (f"error: --out {out}: already holds a merged model; choose a new --out, or pass --overwrite "
+                               "(the old one is replaced only once the new one is complete)\n")
+    first = (out / "model.safetensors").stat().st_ino
     assert cli(capsys, "merge", "--adapter", str(run), "--out", str(out), "--overwrite")[0] == 0
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "model.safetensors").stat().st_ino != first
     rc, _, err = cli(capsys, "merge", "--adapter", str(run), "--out", str(run), "--overwrite")
-    assert rc == 2 and err == f"error: --out {run}: is the --adapter directory itself; write the result somewhere else\n"
+    assert rc == 2 and err == f"error: --out {run}: is the --adapter {run} itself; write the result somewhere else\n"
     assert (run / "adapter_model.safetensors").is_file()
 
 
@@ -320,10 +328,17 @@ def test_export_out_checks(llama_run, tmp_path, capsys):
     _, run = llama_run
     existing = tmp_path / "x.gguf"
     existing.write_bytes(b"keep")
-    rc, _, err = cli(capsys, "export", "--adapter", str(run), "--out", str(existing))
-    assert rc == 2
-    assert err == f"error: --out {existing}: already exists; pass --overwrite to replace it (only once the new one is written)\n"
+    for extra in ([], ["--overwrite"]):
+        rc, _, err = cli(capsys, "export", "--adapter", str(run), "--out", str(existing), *extra)
+        assert rc == 2
+        assert err == (f"error: --out {existing}: exists and is not a GGUF file tunesmith exported; choose a new --out "
+                       "(tunesmith never replaces what it did not write)\n")
     assert existing.read_bytes() == b"keep"
+    existing.unlink()
+    assert cli(capsys, "export", "--adapter", str(run), "--out", str(existing), "--quant", "f16")[0] == 0
+    rc, _, err = cli(capsys, "export", "--adapter", str(run), "--out", str(existing))
+    assert rc == 2 and err == (f"error: --out {existing}: already holds a GGUF file tunesmith exported; choose a new --out, "
+                               "or pass --overwrite (the old one is replaced only once the new one is complete)\n")
     rc, _, err = cli(capsys, "export", "--adapter", str(run), "--out", str(tmp_path / "x.bin"))
     assert rc == 2 and err == f"error: --out {tmp_path / 'x.bin'}: expected a file name ending in .gguf\n"
     rc, _, err = cli(capsys, "export", "--adapter-only", "--out", str(tmp_path / "a.gguf"))
@@ -550,6 +565,7 @@ def test_default_model_export_equals_what_llama_cpp_converter_wrote(tmp_path, ca
     want.pop("tokenizer.ggml.add_space_prefix")  # False, llama.cpp's default
     assert got.pop("tokenizer.ggml.add_eos_token") is False
     assert got.pop("llama.attention.key_length") == got.pop("llama.attention.value_length") == 64
+    assert got.pop("tunesmith.exported_by").startswith("tunesmith ")  # marks a file `--overwrite` may replace
     assert got == want  # tokens, token types, merges, bos/eos/unk/pad ids, chat template, every hparam
     ref_t = {t.name: t for t in ref.tensors}
     our_t = {t.name: t for t in ours.tensors}

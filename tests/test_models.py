@@ -35,7 +35,7 @@ def test_missing_paths_and_pickle_only_dirs(tmp_path):
         models.resolve(str(tmp_path / "model.gguf"))
     d = tmp_path / "m"
     d.mkdir()
-    (d / "config.json").write_text("{}")
+    (d / "config.json").write_text('{"model_type": "llama"}')
     (d / "pytorch_model.bin").write_bytes(b"x")
     with pytest.raises(UserError, match=r"no \.safetensors weights \(found pytorch_model\.bin: pickle files are not loaded"):
         models.resolve(str(d))

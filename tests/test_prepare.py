@@ -142,7 +142,7 @@ def test_interrupted_prepare_keeps_previous_output(tmp_path, monkeypatch):
     out = tmp_path / "out"
     prep.prepare([str(src)], out, split_spec="10,5,5")
     before = (out / "train.jsonl").read_bytes()
-    with pytest.raises(UserError, match="not empty; choose a new folder or pass --overwrite"):
+    with pytest.raises(UserError, match="already holds a prepared data set; choose a new --out, or pass --overwrite"):
         prep.prepare([str(src)], out, split_spec="10,5,5")
 
     def crash(*a, **k):

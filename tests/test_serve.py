@@ -214,6 +214,8 @@ def test_full_queue_gets_429(server):
             codes.append(200)
         except openai.RateLimitError as e:
             assert e.body["code"] == "queue_full"
+            wait = int(e.response.headers["retry-after"])  # whole seconds, from the measured batch time
+            assert 1 <= wait <= 60 and f"retry in about {wait} s" in e.body["message"]
             codes.append(429)
 
     blocker = threading.Thread(target=lambda: c.chat.completions.create(model="support", messages=MSG, max_tokens=200))
@@ -225,6 +227,98 @@ def test_full_queue_gets_429(server):
     for t in threads + [blocker]:
         t.join()
     assert codes.count(200) == 3 and codes.count(429) == 3  # --max-queue 3 while the blocker generates
+
+
+# ---------------------------------------------------------------- malformed bodies: always a JSON 4xx
+
+NAN, INF, BIG = "__NaN__", "__Infinity__", "__1e400__"  # JSON tokens json.dumps cannot be asked for directly
+BAD_FIELDS = {
+    "max_tokens": [NAN, INF, BIG, -1, 0, 901, "5", True, 1.5, [], {}, 10**30],
+    "max_completion_tokens": [NAN, -5, "x", False],
+    "n": [NAN, 2, 0, "1", True, 1.5],
+    "temperature": [NAN, INF, BIG, -0.1, 2.5, "0", True, []],
+    "top_p": [NAN, -1, 1.5, "1", False],
+    "seed": [2**64, -(2**70), 1.5, "7", True, NAN],
+    "stop": [5, [1], ["a", "b", "c", "d", "e"], {}, True, [None]],
+    "stream": ["no", 1, "true", [], None],
+    "stream_options": [5, "x", [], {"include_usage": "yes"}],
+    "model": [5, None, [], {}, ""],
+}
+BAD_MESSAGES = ["hi", [], [5], [{"role": "bot", "content": "x"}], [{"role": "user"}], [{"role": "user", "content": 5}],
+                [{"role": "user", "content": None}], [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+                [{"role": "user", "content": [{"type": "text", "text": None}]}], [{"role": "user", "content": [5]}],
+                [{"role": "user", "content": "a \ud800 b"}], None]
+BAD_PROMPTS = [5, [], ["a", "b"], None, [5], {}, "", "\udfff"]
+RAW = [b"", b"{", b"[]", b"null", b"5", b'"x"', b"[" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000, b"\xff\xfe{}",
+       b'{"model": "notes", "messages": [', b'{"model": "notes", "prompt": "a"' + b", " * 3]
+
+
+def _body(base: dict, field: str, value) -> bytes:
+    raw = json.dumps({**base, field: value})
+    return raw.replace(f'"{NAN}"', "NaN").replace(f'"{INF}"', "Infinity").replace(f'"{BIG}"', "1e400").encode()
+
+
+def malformed() -> list[tuple[str, bytes]]:
+    chat = {"model": "notes", "messages": MSG, "max_tokens": 2}
+    text = {"model": "notes", "prompt": "Write the notes.", "max_tokens": 2}
+    cases = []
+    for field, values in BAD_FIELDS.items():
+        for v in values:
+            cases += [("/v1/chat/completions", _body(chat, field, v)), ("/v1/completions", _body(text, field, v))]
+    cases += [("/v1/chat/completions", _body(chat, "messages", v)) for v in BAD_MESSAGES]
+    cases += [("/v1/completions", _body(text, "prompt", v)) for v in BAD_PROMPTS]
+    cases += [(route, raw) for raw in RAW for route in ("/v1/chat/completions", "/v1/completions")]
+    return cases
+
+
+def test_malformed_bodies_get_a_json_4xx_naming_the_field(server):
+    import http.client
+
+    cases = malformed()
+    assert len(cases) >= 80
+    problems = []
+    for route, body in cases:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("POST", route, body=body, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        r = conn.getresponse()
+        raw = r.read()
+        conn.close()
+        try:
+            err = json.loads(raw)["error"]
+        except (ValueError, KeyError, TypeError):
+            problems.append((route, body[:80], r.status, raw[:200]))
+            continue
+        if not 400 <= r.status < 500 or not err.get("message"):
+            problems.append((route, body[:80], r.status, err))
+    for method, route, body, key in [("POST", "/v1/models", b"{}", KEY), ("GET", "/v1/chat/completions", None, KEY),
+                                     ("PUT", "/v1/completions", b"{}", KEY), ("GET", "/v1/../../etc/passwd", None, KEY),
+                                     ("GET", "/v1/models", None, "nope"), ("POST", "/v1/completions", b"[" * 5000, "nope"),
+                                     ("DELETE", "/health", None, KEY)]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request(method, route, body=body, headers={"Authorization": f"Bearer {key}"})
+        r = conn.getresponse()
+        raw = r.read()
+        conn.close()
+        if not 400 <= r.status < 500 or "message" not in json.loads(raw).get("error", {}):
+            problems.append((method, route, r.status, raw[:200]))
+    assert problems == [], problems
+    assert server.health()["status"] == "ok"
+    # the ones the attack found, with the exact field named
+    for field, value, want in [("max_tokens", NAN, "'max_tokens': input should be a valid integer (got nan)"),
+                               ("stream", "no", "'stream': input should be a valid boolean (got 'no')"),
+                               ("seed", 2**64, "'seed': input should be less than or equal to 18446744073709551615"),
+                               ("stream_options", 5, "'stream_options': input should be a valid dictionary")]:
+        status, body = server.post("/v1/chat/completions", _body({"model": "notes", "messages": MSG}, field, value))
+        assert status == 400 and body["error"]["param"] == field and body["error"]["message"].startswith(want), body
+    status, body = server.post("/v1/chat/completions", b"[" * 5000)
+    assert status == 400 and body["error"]["message"] == "request body is nested more than 32 levels deep"
+
+
+def test_a_tiny_temperature_is_greedy_not_an_error(server):
+    c = server.client()
+    greedy = c.chat.completions.create(model="notes", messages=MSG, max_tokens=8, temperature=0).choices[0].message.content
+    tiny = c.chat.completions.create(model="notes", messages=MSG, max_tokens=8, temperature=1e-300, seed=3)
+    assert tiny.choices[0].message.content == greedy
 
 
 def test_disconnecting_client_cancels_generation(server):

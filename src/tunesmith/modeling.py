@@ -13,6 +13,7 @@ from typing import Callable
 
 from tunesmith.chat import prompt_ids, stop_token_ids
 from tunesmith.errors import UserError
+from tunesmith.models import check_safetensors, resolve
 from tunesmith.outputs import RUN_INFO
 
 
@@ -49,6 +50,7 @@ def check_adapter_dir(adapter: str | Path) -> Path:
         raise UserError(f"--adapter {adapter}: no adapter_config.json; expected the run directory written by `tunesmith train`")
     if not list(path.glob("adapter_model.safetensors")):
         raise UserError(f"--adapter {adapter}: no adapter_model.safetensors (pickle adapters are not loaded, for safety)")
+    check_safetensors(path / "adapter_model.safetensors")
     return path
 
 
@@ -59,21 +61,57 @@ def base_model_of(adapter: str | Path | None, model: str | None, default: str) -
     if adapter:
         info = Path(adapter) / RUN_INFO
         if info.is_file():
-            return json.loads(info.read_text())["model"]
+            try:
+                return str(json.loads(info.read_text())["model"])
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{info}: damaged (no base model recorded); pass --model to name the base model") from None
     return default
+
+
+# What loading a model folder that is damaged or not what it claims raises (transformers, safetensors,
+# tokenizers): each is a problem with the user's files, reported in one line naming the folder.
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError)
+
+
+def _why(e: BaseException) -> str:
+    lines = [x for x in str(e).strip().splitlines() if x.strip()]
+    text = lines[0] if lines else ""
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+
+def _shape_mismatch(model_dir: Path, trust_remote_code: bool) -> str | None:
+    """Which weight does not fit config.json (transformers only logs it): the model is built on the
+    meta device (no memory) and compared with the safetensors headers."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)).state_dict().items()}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                got = tuple(st.get_slice(k).get_shape())
+                if k in want and want[k] != got:
+                    return f"{f.name} holds {k} as {list(got)}, but config.json makes it {list(want[k])}"
+    return None
 
 
 def load_tokenizer(model_dir: Path, trust_remote_code: bool = False, light: bool = False):
     """The model's tokenizer. `light` (for data commands) reads tokenizer.json without importing
     torch, which keeps `data check` on a large file within a few hundred MB of memory."""
-    if light and not trust_remote_code and (Path(model_dir) / "tokenizer.json").is_file():
-        from transformers.tokenization_utils_tokenizers import PreTrainedTokenizerFast
+    try:
+        if light and not trust_remote_code and (Path(model_dir) / "tokenizer.json").is_file():
+            from transformers.tokenization_utils_tokenizers import PreTrainedTokenizerFast
 
-        tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
-    else:
-        from transformers import AutoTokenizer
+            tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+        else:
+            from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+            tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    except LOAD_ERRORS as e:
+        raise UserError(f"{model_dir}: cannot load its tokenizer ({_why(e)})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -81,8 +119,6 @@ def load_tokenizer(model_dir: Path, trust_remote_code: bool = False, light: bool
 
 def load_base(model_spec: str, *, trust_remote_code: bool = False, dtype=None, quantize_4bit: bool = False):
     """-> (model, tokenizer, model_dir): the base model on the default device, in train mode."""
-    from tunesmith.models import resolve
-
     model_dir = resolve(model_spec, trust_remote_code=trust_remote_code)
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -101,10 +137,11 @@ def load_base(model_spec: str, *, trust_remote_code: bool = False, dtype=None, q
         model = AutoModelForCausalLM.from_pretrained(
             str(model_dir), dtype=dtype or default_dtype(), use_safetensors=True, trust_remote_code=trust_remote_code, **extra
         )
-    except ValueError as e:
+    except LOAD_ERRORS as e:
         if "trust_remote_code" in str(e):
             raise UserError(f"{model_dir}: this model needs its own code; pass --trust-remote-code if you trust it") from None
-        raise
+        mismatch = _shape_mismatch(model_dir, trust_remote_code) if "mismatched_sizes" in str(e) else None
+        raise UserError(f"{model_dir}: cannot load this model ({mismatch or _why(e)})") from None
     tok = load_tokenizer(model_dir, trust_remote_code)
     if not quantize_4bit:
         model.to(device())
@@ -334,8 +371,8 @@ def attach_adapter(model, adapter_dir: Path, model_spec: str, merge: bool = True
 
     try:
         model = PeftModel.from_pretrained(model, str(adapter_dir))
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise UserError(f"--adapter {adapter_dir}: does not fit model {model_spec} ({str(e).splitlines()[0]})") from None
+    except LOAD_ERRORS as e:
+        raise UserError(f"--adapter {adapter_dir}: does not fit model {model_spec} ({_why(e)})") from None
     if merge and not model.active_peft_config.is_prompt_learning:
         model = model.merge_and_unload()
     model.eval()

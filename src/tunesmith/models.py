@@ -107,7 +107,7 @@ def resolve(spec: str, *, trust_remote_code: bool = False) -> Path:
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_dir():
-            return _check_hf_dir(path)
+            return _check_hf_dir(path, trust_remote_code)
         if path.suffix == ".gguf":
             return _gguf_dir(path)
         raise UserError(f"{spec}: not a model directory or a .gguf file")
@@ -125,16 +125,105 @@ def resolve(spec: str, *, trust_remote_code: bool = False) -> Path:
     )
 
 
-def _check_hf_dir(path: Path) -> Path:
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path}: no config.json; expected a Hugging Face model directory (or a .gguf file)")
-    weights = list(path.glob("*.safetensors"))
+def _check_hf_dir(path: Path, trust_remote_code: bool = False) -> Path:
+    """A local model folder, checked before transformers reads any of it: config.json is JSON with
+    an architecture this transformers knows (or code the user trusts), and every weight file that
+    would be loaded is safetensors with a sound header. Pickle is never loaded (transformers would
+    `torch.load` a .bin that an index file names), and a damaged file is one line, not a traceback."""
+    config = _read_json(path / "config.json", "expected a Hugging Face model directory (or a .gguf file)")
+    if not isinstance(config, dict):
+        raise UserError(f"{path / 'config.json'}: expected a JSON object of model settings")
+    if config.get("auto_map") and not trust_remote_code:
+        raise UserError(f"{path}: this model ships its own Python code (auto_map in config.json); pass "
+                        "--trust-remote-code if you trust it")
+    if not config.get("auto_map"):
+        from transformers import CONFIG_MAPPING
+
+        kind = config.get("model_type")
+        if not isinstance(kind, str) or kind not in CONFIG_MAPPING:
+            raise UserError(f"{path / 'config.json'}: model_type {kind!r} is not an architecture this version of "
+                            "transformers knows")
+    weights = _weight_files(path)
+    for w in weights:
+        check_safetensors(w)
+    _verify_manifest(path)
+    return path
+
+
+def _read_json(f: Path, missing: str):
+    if not f.is_file():
+        raise UserError(f"{f.parent}: no {f.name}; {missing}")
+    try:
+        return json.loads(f.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{f}: not valid JSON ({e})") from None
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files transformers would load: the ones an index names (all must be
+    safetensors, in this folder), else model.safetensors or every *.safetensors."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        spec = _read_json(index, "")
+        wmap = spec.get("weight_map") if isinstance(spec, dict) else None
+        if not isinstance(wmap, dict) or not wmap:
+            raise UserError(f"{index}: expected a weight_map of tensor name -> file")
+        files = []
+        for name in dict.fromkeys(wmap.values()):
+            if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+                raise UserError(f"{index}: names {name!r}; only .safetensors files in this folder are loaded "
+                                "(pickle weights can run code, so they are never loaded)")
+            if not (path / name).is_file():
+                raise UserError(f"{index}: names {name}, which is not in {path}")
+            files.append(path / name)
+        return files
+    weights = sorted(path.glob("*.safetensors"))
     if not weights:
         pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
         extra = f" (found {', '.join(pickles)}: pickle files are not loaded, for safety)" if pickles else ""
         raise UserError(f"{path}: no .safetensors weights{extra}; convert the weights to safetensors first")
-    _verify_manifest(path)
-    return path
+    return weights
+
+
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+                      "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+MAX_HEADER = 100_000_000  # what the safetensors library itself accepts
+
+
+def check_safetensors(f: Path) -> None:
+    """The file's header is read (never its tensors) and checked against its size: a pickle renamed
+    .safetensors, an empty or cut file, and a header that claims 2^63 bytes are all refused here."""
+    size = f.stat().st_size
+    bad = f"{f}: not a valid safetensors file"
+    if size < 8:
+        raise UserError(f"{bad} ({size} bytes; the file is empty or cut short)")
+    with open(f, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if n > MAX_HEADER or 8 + n > size:
+            raise UserError(f"{bad} (its header claims {n:,} bytes; the file has {size:,}): damaged, cut short, or "
+                            "another format (a pickle?)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{bad} (its header is not JSON): damaged, or another format (a pickle?)") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{bad} (its header is not a JSON object)")
+    body = size - 8 - n
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            count = 1
+            for d in t["shape"]:
+                count *= int(d)
+            begin, end = (int(x) for x in t["data_offsets"])
+            ok = 0 <= begin <= end <= body and end - begin == count * SAFETENSORS_DTYPES[t["dtype"]]
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise UserError(f"{bad} (tensor {name!r} lies outside the file or does not match its shape): damaged or "
+                            "cut short")
 
 
 def _verify_manifest(path: Path) -> None:
@@ -142,8 +231,12 @@ def _verify_manifest(path: Path) -> None:
     manifest = path / MANIFEST
     if not manifest.is_file():
         return
-    info = json.loads(manifest.read_text())
-    for name, (size, digest) in info.get("files", {}).items():
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        entries = [(name, int(size), str(digest)) for name, (size, digest) in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{manifest}: damaged; delete {path} and run again to re-create it") from None
+    for name, size, digest in entries:
         f = path / name
         if not f.is_file() or f.stat().st_size != size or _sha256(f) != digest:
             raise UserError(
@@ -284,7 +377,7 @@ def _hub_dir(repo_id: str) -> Path:
         )
     except Exception as e:
         raise UserError(f"--model {repo_id!r}: download failed ({type(e).__name__}: {e})") from None
-    return _check_hf_dir(Path(local))
+    return _check_hf_dir(Path(local), trust_remote_code)
 
 
 def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:

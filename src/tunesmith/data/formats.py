@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -155,12 +156,20 @@ def read_records(path: Path, opts: ReadOptions | None = None) -> Iterator[tuple[
     if path.is_dir():
         yield from _read_pairs(path, opts)
         return
+    if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
+        yield 0, Issue(str(path), 0, "", "not a regular file (a pipe, socket or device); give a file")
+        return
     try:
         f = open(path, "rb")
     except OSError as e:
         yield 0, Issue(str(path), 0, "", f"cannot read file ({e.strerror})")
         return
     with f:
+        start = f.read(4)
+        f.seek(0)
+        if path.suffix != ".parquet" and (wide := _wide_encoding(start)):
+            yield 0, Issue(str(path), 0, "", f"the file is {wide} (it starts with a {wide} byte-order mark); save it as UTF-8")
+            return
         if path.suffix == ".jsonl":
             yield from _read_jsonl(path, f)
         elif path.suffix == ".json":
@@ -171,8 +180,27 @@ def read_records(path: Path, opts: ReadOptions | None = None) -> Iterator[tuple[
             yield from _read_parquet(path)
 
 
+def _wide_encoding(start: bytes) -> str | None:
+    if start.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "UTF-32"
+    if start.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    return None
+
+
+def parse_json(text: str):
+    """json.loads, with nesting deeper than the interpreter's recursion limit reported as invalid JSON
+    (json.loads raises RecursionError there, which is not a JSONDecodeError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+
+
 def _read_jsonl(path: Path, f) -> Iterator[tuple[int, object]]:
     for n, raw in enumerate(f, 1):
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as JSON and CSV accept
+            raw = raw[3:]
         if not raw.strip():
             continue
         try:
@@ -181,7 +209,7 @@ def _read_jsonl(path: Path, f) -> Iterator[tuple[int, object]]:
             yield n, Issue(str(path), n, "", f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})")
             continue
         try:
-            yield n, json.loads(text)
+            yield n, parse_json(text)
         except json.JSONDecodeError as e:
             yield n, Issue(str(path), n, "", f"invalid JSON: {e.msg} (column {e.colno})")
 
@@ -204,7 +232,7 @@ def _read_json(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
         yield text.line, text
         return
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except json.JSONDecodeError as e:
         yield e.lineno, Issue(str(path), e.lineno, "", f"invalid JSON: {e.msg} (column {e.colno})")
         return
@@ -217,6 +245,7 @@ def _read_json(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
 
 
 def _read_csv(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # the default, 128 KB, refuses a long transcript in one cell
     text = _decode(path, raw)
     if isinstance(text, Issue):
         yield text.line, text
@@ -241,7 +270,7 @@ def _csv_value(key: str, value):
     """CSV cells are strings; list-valued columns (messages, conversations) hold JSON."""
     if key in ("messages", "conversations") and isinstance(value, str):
         try:
-            return json.loads(value)
+            return parse_json(value)
         except json.JSONDecodeError:
             return value
     return value
@@ -258,10 +287,13 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, object]]:
         yield 0, Issue(str(path), 0, "", f"cannot read Parquet ({e})")
         return
     n = 0
-    for batch in table.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            n += 1
-            yield n, row
+    try:
+        for batch in table.iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+    except Exception as e:  # a damaged page: pyarrow raises OSError, ArrowInvalid, ... mid-file
+        yield n + 1, Issue(str(path), n + 1, "", f"cannot read Parquet from this row on ({type(e).__name__}: {e})")
 
 
 def _read_pairs(folder: Path, opts: ReadOptions) -> Iterator[tuple[int, object]]:
@@ -322,7 +354,8 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
     if missing:
         return None, [("error", k, f"missing; the {shape} shape needs {', '.join(REQUIRED_KEYS[shape])}") for k in missing]
     meta = {k: v for k, v in obj.items() if k not in SHAPE_KEYS[shape] and not k.startswith("_")}
-    problems: list[tuple[str, str, str]] = []
+    problems: list[tuple[str, str, str]] = [("error", k, "holds an unpaired surrogate (e.g. \\ud800): not valid Unicode text")
+                                            for k, v in meta.items() if not _encodable(k) or isinstance(v, str) and not _encodable(v)]
     rejected = None
     if shape in ("prompt-completion", "preference"):
         answer_key = "completion" if shape == "prompt-completion" else "chosen"
@@ -354,6 +387,8 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
             problems.append(("error", name, f"expected a string, got {type(c).__name__}"))
         elif not c.strip():
             problems.append(("error", name, "empty"))
+        elif not _encodable(c):
+            problems.append(("error", name, "holds an unpaired surrogate (e.g. \\ud800): not valid Unicode text"))
     if rejected is not None:
         msgs = msgs[:-1]
         if rejected == obj["chosen"]:
@@ -362,6 +397,14 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
     if any(level == "error" for level, _, _ in problems):
         return None, problems
     return Example(msgs, "", 0, meta, rejected), problems
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | None, list[str]]:
@@ -384,7 +427,8 @@ def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | N
             elif role not in ROLES:
                 problems.append(("error", f"{f}.role", f"unknown role {role!r}; expected system, user or assistant"))
         else:
-            role, content = SHAREGPT_ROLES.get(m.get("from")), m.get("value")
+            speaker = m.get("from")
+            role, content = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None, m.get("value")
             extra = set(m) - {"from", "value"}
             if role is None:
                 problems.append(("error", f"{f}.from", f"unknown speaker {m.get('from')!r}; expected human, gpt or system"))
@@ -422,16 +466,21 @@ def iter_examples(path: str | Path, opts: ReadOptions | None = None) -> Iterator
     if opts.format is not None and opts.format not in SHAPES:
         raise UserError(f"--format {opts.format!r}: expected one of {', '.join(SHAPES)}")
     for f in data_files(path):
+        seen = 0
         for line, obj in read_records(f, opts):
+            seen += 1
             if isinstance(obj, Issue):
                 yield None, [obj]
                 continue
-            where = obj.pop("_path", str(f)) if isinstance(obj, dict) else str(f)
+            # `_path` is where a folder pair's record came from; in a data file it is just an unknown key
+            where = str(obj.pop("_path")) if f.is_dir() and isinstance(obj, dict) else str(f)
             ex, problems = normalize(obj, opts.format)
             issues = [Issue(where, line, fld, msg, lvl) for lvl, fld, msg in problems]
             if ex is not None:
                 ex.path, ex.line = where, line
             yield ex, issues
+        if not seen:
+            yield None, [Issue(str(f), 0, "", "no examples: the file is empty or holds only blank lines")]
 
 
 def load_examples(path: str | Path, what: str = "--data", opts: ReadOptions | None = None,

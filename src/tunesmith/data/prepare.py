@@ -68,6 +68,8 @@ class Mix:
         for i, d in enumerate(spec["datasets"]):
             if not isinstance(d, dict) or "path" not in d or set(d) - {"path", "task", "weight"}:
                 raise UserError(f"{path}: datasets[{i}]: expected keys path (required), task, weight")
+            if not isinstance(d["path"], str) or not d["path"].strip():
+                raise UserError(f"{path}: datasets[{i}].path: expected a file or folder name, got {d['path']!r}")
             w = d.get("weight", 1.0)
             if not isinstance(w, (int, float)) or w <= 0:
                 raise UserError(f"{path}: datasets[{i}].weight: expected a positive number, got {w!r}")

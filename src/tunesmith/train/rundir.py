@@ -64,7 +64,7 @@ def source_files(cfg: TrainConfig) -> list[Path]:
         for f in [r] if is_mix(r) else data_files(r):
             files += sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
     files += [Path(p) for p in (cfg.style, cfg.rubric) if p and Path(p).is_file()]
-    return list(dict.fromkeys(files))
+    return [f for f in dict.fromkeys(files) if f.is_file()]  # a pipe is refused when the data is read, not hashed here
 
 
 def fingerprint(cfg: TrainConfig) -> list[dict]:

@@ -14,6 +14,7 @@ chooses one only by its name, never by a path.
 import asyncio
 import hmac
 import json
+import math
 import os
 import sys
 import threading
@@ -30,9 +31,10 @@ class APIError(Exception):
     """An OpenAI-style error response."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None):
+                 param: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.headers = headers
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -62,6 +64,7 @@ class Job:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
 
 
+MIN_TEMPERATURE = 1e-4  # a smaller one (1e-300 was sent) makes logits / T overflow; it is greedy in effect
 GATHER = 0.05  # seconds a request may wait for others to batch with (a decode step is ~60 ms on a CPU)
 
 
@@ -79,16 +82,24 @@ class Engine:
         self.closed = False
         self.busy = 0  # jobs being generated now
         self.batches = 0
+        self.batch_s = 1.0  # moving average of a batch's generation time, for Retry-After (1 s until measured)
         self.thread = threading.Thread(target=self._work, name="tunesmith-engine", daemon=True)
         self.thread.start()
 
     def submit(self, job: Job) -> None:
         with self.cv:
             if len(self.waiting) >= self.max_queue:
-                raise APIError(429, f"the server is busy: {self.max_queue} requests are already waiting; retry later",
-                               "rate_limit_exceeded", "queue_full")
+                wait = self.retry_after()
+                raise APIError(429, f"the server is busy: {self.max_queue} requests are already waiting; retry in about "
+                               f"{wait} s", "rate_limit_exceeded", "queue_full", headers={"Retry-After": str(wait)})
             self.waiting.append(job)
             self.cv.notify()
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has drained, from the measured time of recent batches: the batch being
+        generated, then the waiting requests max_batch at a time. Called with the lock held."""
+        batches = -(-len(self.waiting) // self.max_batch) + (1 if self.busy else 0)
+        return max(1, min(3600, math.ceil(batches * self.batch_s)))
 
     def close(self) -> None:
         with self.cv:
@@ -127,8 +138,10 @@ class Engine:
                 else:
                     live.append(job)
             if live:
+                t = time.monotonic()
                 try:
                     self._generate(live)
+                    self.batch_s = 0.7 * self.batch_s + 0.3 * (time.monotonic() - t) if self.batches > 1 else time.monotonic() - t
                 except Exception as e:  # a bug or out of memory: fail these requests, keep serving
                     print(f"tunesmith serve: generation failed: {e!r}", file=sys.stderr)
                     for job in live:
@@ -209,6 +222,9 @@ class Settings:
 def create_app(engine: Engine, base_name: str, settings: Settings):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
+    from pydantic import ValidationError
+
+    from tunesmith.use.api_schema import MAX_DEPTH, ChatRequest, CompletionRequest, first_problem, too_deep
 
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
     models = [base_name] + engine.adapters
@@ -217,7 +233,7 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(404)
     async def _not_found(request: Request, e):
@@ -250,49 +266,47 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
             body += chunk
             if len(body) > settings.max_body:
                 raise APIError(413, f"request body is over the limit of {settings.max_body} bytes", code="body_too_large")
+        if too_deep(body):
+            raise APIError(400, f"request body is nested more than {MAX_DEPTH} levels deep", code="invalid_json")
         try:
             data = json.loads(body)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
         if not isinstance(data, dict):
             raise APIError(400, "request body must be a JSON object", code="invalid_json")
         return data
 
-    def pick_model(data: dict) -> str | None:
-        name = data.get("model")
-        if name not in models:
-            raise APIError(404, f"model {name!r} does not exist; this server has: {', '.join(models)}",
+    def parse(schema, data: dict):
+        try:
+            return schema.model_validate(data)
+        except ValidationError as e:
+            param, message = first_problem(e)
+            raise APIError(400, message, param=param or None) from None
+
+    def pick_model(req) -> str | None:
+        if req.model not in models:
+            raise APIError(404, f"model {req.model!r} does not exist; this server has: {', '.join(models)}",
                            code="model_not_found", param="model")
-        return None if name == base_name else name
+        return None if req.model == base_name else req.model
 
-    def number(data: dict, key: str, default, lo, hi, kind=float):
-        value = data.get(key, default)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            raise APIError(400, f"'{key}' must be a {'whole ' if kind is int else ''}number", param=key)
-        if not lo <= value <= hi:
-            raise APIError(400, f"'{key}' is {value}; it must be between {lo} and {hi}", param=key)
-        return kind(value)
-
-    def make_job(data: dict, ids: list[int], adapter: str | None) -> Job:
+    def make_job(req, ids: list[int], adapter: str | None) -> Job:
         if len(ids) > settings.max_prompt_tokens:
             raise APIError(400, f"the prompt is {len(ids)} tokens; this server accepts at most {settings.max_prompt_tokens}",
                            code="context_length_exceeded", param="messages")
-        key = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
-        max_tokens = number(data, key, min(256, settings.max_tokens), 1, settings.max_tokens, int)
-        if number(data, "n", 1, 1, 1, int) != 1:
-            raise APIError(400, "'n' must be 1", param="n")
-        stop = data.get("stop")
-        stop = [stop] if isinstance(stop, str) else stop
-        if stop is not None and (not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop)):
-            raise APIError(400, "'stop' must be a string or a list of up to 4 strings", param="stop")
-        seed = data.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise APIError(400, "'seed' must be an integer", param="seed")
-        return Job(adapter=adapter, ids=ids, max_tokens=max_tokens,
-                   temperature=number(data, "temperature", 0.0, 0.0, 2.0), top_p=number(data, "top_p", 1.0, 0.0, 1.0),
-                   seed=seed, stop=stop or [], deadline=time.monotonic() + settings.timeout, loop=asyncio.get_running_loop())
+        key = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        max_tokens = getattr(req, key)
+        max_tokens = min(256, settings.max_tokens) if max_tokens is None else max_tokens
+        if not 1 <= max_tokens <= settings.max_tokens:
+            raise APIError(400, f"'{key}' is {max_tokens}; it must be between 1 and {settings.max_tokens}", param=key)
+        if req.n not in (None, 1):
+            raise APIError(400, f"'n' is {req.n}; this server makes one answer per request, so it must be 1", param="n")
+        temperature = 0.0 if req.temperature is None else req.temperature
+        # below this, dividing the logits overflows to inf/nan: such a temperature means greedy anyway
+        temperature = temperature if temperature >= MIN_TEMPERATURE else 0.0
+        return Job(adapter=adapter, ids=ids, max_tokens=max_tokens, temperature=temperature,
+                   top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
+                   stop=[req.stop] if isinstance(req.stop, str) else req.stop or [],
+                   deadline=time.monotonic() + settings.timeout, loop=asyncio.get_running_loop())
 
     def note(request: Request, **fields) -> None:
         request.state.log = {**getattr(request.state, "log", {}), **fields}
@@ -399,21 +413,9 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
     async def chat_completions(request: Request):
         from tunesmith.chat import prompt_ids
 
-        data = await read_json(request)
-        adapter = pick_model(data)
-        messages = data.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise APIError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
-        convo = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
-                raise APIError(400, f"messages[{i}]: needs a role of system, user or assistant", param="messages")
-            content = m.get("content")
-            if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-            if not isinstance(content, str):
-                raise APIError(400, f"messages[{i}].content must be a string", param="messages")
-            convo.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+        req = parse(ChatRequest, await read_json(request))
+        adapter = pick_model(req)
+        convo = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         if settings.log_prompts:
             note(request, messages=convo)
         with tok_lock:
@@ -421,26 +423,24 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
                 ids = prompt_ids(engine.tokenizer, convo)
             except Exception as e:  # the chat template refused this conversation
                 raise APIError(400, f"the model's chat template refused these messages: {e}", param="messages") from None
-        job = make_job(data, ids, adapter)
-        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-        return await run(request, job, "chat", data["model"], bool(data.get("stream")), include_usage)
+        job = make_job(req, ids, adapter)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return await run(request, job, "chat", req.model, req.stream, include_usage)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        data = await read_json(request)
-        adapter = pick_model(data)
-        prompt = data.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
+        req = parse(CompletionRequest, await read_json(request))
+        adapter = pick_model(req)
+        prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+        if not prompt:
             raise APIError(400, "'prompt' must be a non-empty string (one prompt per request)", param="prompt")
         if settings.log_prompts:
             note(request, prompt=prompt)
         with tok_lock:
             ids = engine.tokenizer(prompt)["input_ids"]
-        job = make_job(data, ids, adapter)
-        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-        return await run(request, job, "text", data["model"], bool(data.get("stream")), include_usage)
+        job = make_job(req, ids, adapter)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return await run(request, job, "text", req.model, req.stream, include_usage)
 
     return AccessLog(app, settings)
 
