@@ -209,6 +209,26 @@ def test_resume_refuses_an_edited_config_and_restores_a_damaged_one(tiny_model_d
     assert (run / "config.yaml").read_text() == good
 
 
+def test_dpo_resume_checks_data_and_config_the_same_way(tiny_model_dir, tmp_path):
+    d = tmp_path / "prefs"
+    rows = [{"prompt": f"Write the notes {i}.", "chosen": f"Meeting Summary: item {i}.", "rejected": f"no {i}"} for i in range(12)]
+    write_jsonl(d / "train.jsonl", rows[:10])
+    write_jsonl(d / "val.jsonl", rows[10:])
+    run = tmp_path / "run"
+    args = ["--method", "dpo", "--model", str(tiny_model_dir("llama")), "--data", str(d), "--epochs", "2", "--batch-size", "2",
+            "--save-every", "2", "--threads", "1", "--quiet", "--out", str(run)]
+    assert _train(args, env={"TUNESMITH_TEST_KILL_AT": "checkpoint.saved@1"}).returncode == -signal.SIGKILL
+    (d / "val.jsonl").write_text((d / "val.jsonl").read_text().replace("no 10", "nope 10"))
+    r = _train(["--resume", str(run)])
+    assert r.returncode == 2 and r.stderr.startswith(f"error: --resume {run}: the data changed since the run started: "
+                                                     f"{d / 'val.jsonl'} (changed)"), r.stderr
+    r = _train(["--resume", str(run), "--allow-changed-data", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    info = json.loads((run / "tunesmith-run.json").read_text())
+    assert info["method"] == "dpo" and info["resumes"][0]["changed_data"] == [str(d / "val.jsonl")]
+    assert leftovers(tmp_path) == []
+
+
 # ---------------------------------------------------------------- leftovers and the swap
 
 

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near-dup", type=float, default=0.8, help="drop examples this similar (word 5-gram Jaccard) to an earlier one (default 0.8)")
     p.add_argument("--max-length", type=int, default=None, help="drop examples longer than this many tokens")
     p.add_argument("--eval-set", action="append", help="a held-out set: examples that duplicate it are dropped (repeatable)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (only once the new data is written)")
+    p.add_argument("--overwrite", action="store_true", help="replace a data set tunesmith prepared in --out (only once the new one is written)")
     p.add_argument("--json", action="store_true", help="print the data card as JSON")
     _add_model(p)
     _add_read_options(p)
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--config", help="YAML file with any of these flags (command line wins)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (only once the new one is done)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run tunesmith wrote in --out (only once the new one is done)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--allow-changed-data", action="store_true",
                    help="with --resume: continue although the data files changed since the run started (recorded in the run)")
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--adapter", required=True, help="run directory of a trained adapter")
     p.add_argument("--out", required=True, help="directory to write (safetensors, tokenizer, chat template)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (only once the new one is written)")
+    p.add_argument("--overwrite", action="store_true", help="replace a merged model tunesmith wrote in --out (only once the new one is written)")
     p.set_defaults(handler="tunesmith.use.export:cli_merge")
 
     p = sub.add_parser("export", help="export the merged model (or the adapter alone) as a GGUF file for llama.cpp/Ollama")
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", choices=["f32", "f16", "q8_0"], default="f16", help="tensor type (default f16)")
     p.add_argument("--adapter-only", action="store_true", help="write a GGUF LoRA adapter (llama.cpp --lora) instead of a merged model")
     p.add_argument("--out", required=True, help="the .gguf file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a GGUF file tunesmith exported (only once the new one is written)")
     p.set_defaults(handler="tunesmith.use.export:cli_export")
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP API with one or more adapters (needs the 'serve' extra)")

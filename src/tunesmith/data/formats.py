@@ -287,11 +287,12 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, object]]:
         yield 0, Issue(str(path), 0, "", f"cannot read Parquet ({e})")
         return
     n = 0
-    try:
-        for batch in table.iter_batches(batch_size=4096):
-            for row in batch.to_pylist():
-                n += 1
-                yield n, row
+    try:  # one row group at a time: a damaged page is then reported at its own group's first row
+        for g in range(table.num_row_groups):
+            for batch in table.read_row_group(g).to_batches(max_chunksize=4096):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield n, row
     except Exception as e:  # a damaged page: pyarrow raises OSError, ArrowInvalid, ... mid-file
         yield n + 1, Issue(str(path), n + 1, "", f"cannot read Parquet from this row on ({type(e).__name__}: {e})")
 

@@ -514,11 +514,15 @@ def load_engine(model_spec: str | None, adapters: dict[str, Path], *, trust_remo
     first = next(iter(adapters.values()), None)
     spec = base_model_of(first, model_spec, DEFAULT_MODEL)
     for name, path in adapters.items():
-        info = path / "tunesmith-run.json"
-        if not model_spec and info.is_file() and _json.loads(info.read_text())["model"] != spec:
-            raise UserError(f"--adapter {name}={path}: was trained on {_json.loads(info.read_text())['model']}, "
+        trained_on = base_model_of(path, None, spec)
+        if not model_spec and trained_on != spec:
+            raise UserError(f"--adapter {name}={path}: was trained on {trained_on}, "
                             f"not on {spec} like the first adapter; serve one base model per server, or pass --model")
-        cfg = _json.loads((path / "adapter_config.json").read_text())
+        try:
+            cfg = _json.loads((path / "adapter_config.json").read_text())
+            cfg.get("peft_type")
+        except (ValueError, AttributeError):
+            raise UserError(f"--adapter {name}={path}: adapter_config.json is damaged (not a JSON object)") from None
         if cfg.get("peft_type") not in ("LORA",):
             raise UserError(f"--adapter {name}={path}: a {cfg.get('peft_type')} adapter; serve takes LoRA/DoRA/QLoRA adapters "
                             f"(use `tunesmith generate` or `tunesmith chat` with a prompt/prefix-tuning run)")
