@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunesmith-installed
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo lint test clean-demo
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tunesmith needs Python >= 3.11 (found %s); set PYTHON=..." % sys.version.split()[0])'
@@ -19,7 +19,12 @@ setup: $(STAMP)
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
-test: setup
+# the project's own rules: ruff (pyproject [tool.ruff]) and the layers without cycles (import-linter)
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q -ra
 	# speed guard: a ratio against a reference step timed in the same process (benchmarks/guard.py)
 	$(PY) benchmarks/guard.py --check 1.3

@@ -69,7 +69,7 @@ def main() -> int:
     print(json.dumps(row), file=sys.stderr)
     print(f"\n`benchmarks/eval_generation.py {' '.join(sys.argv[1:])}` — {platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n")
-    print("| examples | mean prompt tokens | max new | one at a time | batched (batch %d) | speed-up | same text |" % args.batch_size)
+    print(f"| examples | mean prompt tokens | max new | one at a time | batched (batch {args.batch_size}) | speed-up | same text |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {args.n} | {row['mean_prompt_tokens']} | {args.max_new_tokens} | {one_s:.1f} s ({row['one_tokens_per_s']} tok/s) | "
           f"{batch_s:.1f} s ({row['batched_tokens_per_s']} tok/s) | {row['speedup']}× | {row['same_text']} |")

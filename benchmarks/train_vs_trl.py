@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -859,7 +858,7 @@ def sweep_examples(tok, length: int, count: int) -> list[dict]:
     pool = [(line, r["summary"]) for r in rows for line in r["dialogue"].splitlines() if line.strip()]
     out, pos = [], 0
     for _ in range(count):
-        def build(k):
+        def build(k, pos=pos):  # this example's lines start at pos
             lines = [pool[(pos + j) % len(pool)][0] for j in range(k)]
             return {"messages": [{"role": "system", "content": SYSTEM},
                                  {"role": "user", "content": USER.format(dialogue="\n".join(lines))},

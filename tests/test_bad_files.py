@@ -1,6 +1,7 @@
 """The corpus of bad files in tests/data/bad: each problem reported with its exact message and place."""
 
 import pytest
+
 from conftest import ROOT, run_cli
 
 BAD = "tests/data/bad"

@@ -1,8 +1,8 @@
 """Loss on the answer only: label masks checked token by token for every chat-template family."""
 
 import pytest
-from conftest import FAMILIES, make_tokenizer
 
+from conftest import FAMILIES, make_tokenizer
 from tunesmith.chat import IGNORE, encode_chat, prompt_ids
 
 END = {"llama": "<|im_end|>", "qwen2": "<|im_end|>", "qwen3": "<|im_end|>", "gemma3": "<end_of_turn>", "phi3": "<|end|>"}

@@ -3,7 +3,6 @@
 import json
 
 from conftest import chat, run_cli, toy_examples, write_jsonl
-
 from tunesmith.data.formats import normalize
 
 

@@ -89,7 +89,7 @@ def test_eval_bad_inputs(tiny_model_dir, tmp_path):
 
 
 def test_eval_with_several_references_labels_and_a_json_rule(tiny_model_dir, tmp_path):
-    from tunesmith.eval.metrics import METEOR_VARIANT, embedding_available
+    from tunesmith.scoring.metrics import METEOR_VARIANT, embedding_available
 
     rows = [{"prompt": f"Is item {i} in stock?", "completion": ans, "references": [ans.upper() + "."]}
             for i, ans in enumerate(["yes", "no", "yes"])]

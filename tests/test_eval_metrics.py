@@ -5,13 +5,13 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import SHARED, write_jsonl
 
+from conftest import SHARED, write_jsonl
 from tunesmith.data.formats import Example, load_examples
 from tunesmith.errors import UserError
-from tunesmith.eval import metrics as M
 from tunesmith.eval.run import compare, print_table, references_of, score, split_prompt
-from tunesmith.eval.style import check_style, load_style
+from tunesmith.scoring import metrics as M
+from tunesmith.scoring.style import check_style, load_style
 
 
 def gens(*texts):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tunesmith.eval.metrics import scores, token_f1
-from tunesmith.eval.stats import bootstrap_ci, paired_test
+from tunesmith.scoring.metrics import scores, token_f1
+from tunesmith.scoring.stats import bootstrap_ci, paired_test
 
 
 def test_token_f1_and_exact_match_by_hand():

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+
 from conftest import make_adapter, run_cli, toy_examples, write_jsonl
 
 
@@ -101,7 +102,7 @@ def test_sampling_with_a_seed_and_stop_strings(tiny_model_dir, tmp_path):
 def test_llm_judge_grades_every_answer(setup, tmp_path):
     """--judge MODEL --rubric FILE: each answer's grade is what the judge model replies to the rubric
     prompt (recomputed here in-process), on a 1-10 scale with an interval, per system."""
-    from tunesmith.eval.judge import make_judge
+    from tunesmith.scoring.judge import make_judge
 
     model, d, adapter = setup
     rubric = tmp_path / "rubric.txt"

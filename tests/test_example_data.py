@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import EXAMPLES, ROOT, SHARED
 
+from conftest import EXAMPLES, ROOT, SHARED
 from tunesmith.data.check import check
-from tunesmith.eval.style import check_style, load_style
+from tunesmith.scoring.style import check_style, load_style
 
 SPLITS = ("train", "val", "test")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import toy_examples, write_jsonl
 
+from conftest import toy_examples, write_jsonl
 from tunesmith.cli import main
 from tunesmith.modeling import RUN_INFO
 

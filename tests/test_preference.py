@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import chat, run_cli, write_jsonl
 
+from conftest import chat, run_cli, write_jsonl
 from tunesmith.errors import UserError
 from tunesmith.train import preference as P
 
@@ -97,7 +97,7 @@ def test_grader_errors_say_what_to_write(tmp_path):
 
 
 def test_judge_score_parses_the_first_number():
-    from tunesmith.eval.judge import judge_score
+    from tunesmith.scoring.judge import judge_score
 
     assert judge_score("7") == 0.7
     assert judge_score(" Score: 9/10") == 0.9

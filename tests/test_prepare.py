@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, run_cli, write_jsonl
 
+from conftest import EXAMPLES, run_cli, write_jsonl
 from tunesmith.data import prepare as prep
 from tunesmith.data.formats import ReadOptions
 from tunesmith.errors import UserError

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_adapter, run_cli, toy_examples, write_jsonl
 
+from conftest import ROOT, make_adapter, run_cli, toy_examples, write_jsonl
 from tunesmith import atomic
 
 OURS = re.compile(r"\.(tmp|old)-\d+|\.partial$")

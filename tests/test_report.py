@@ -11,11 +11,10 @@ import pytest
 
 
 def results_for(system: str, outputs: list[str], refs: list[str]) -> dict:
-    from tunesmith.eval.run import ROWS, score
-    from tunesmith.eval.style import load_style
-    from tunesmith.modeling import Generation
-
     from conftest import EXAMPLES
+    from tunesmith.eval.run import score
+    from tunesmith.modeling import Generation
+    from tunesmith.scoring.style import load_style
 
     rules = load_style(str(EXAMPLES / "style.yaml"))
     agg, per = score([Generation(o, len(o.split()), True) for o in outputs], refs, rules)

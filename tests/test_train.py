@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAMILIES, run_cli, toy_examples, write_jsonl
 
+from conftest import FAMILIES, run_cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
 from tunesmith.train import trainer
 from tunesmith.train.config import TrainConfig
@@ -240,7 +240,6 @@ def test_qlora_on_a_cpu_says_why_and_what_instead(tiny_model_dir, data_dir, tmp_
 
 def test_eos_is_learned_so_the_tuned_model_stops_by_itself(tiny_model_dir, tmp_path):
     from conftest import chat
-
     from tunesmith.modeling import generate, load
 
     d = tmp_path / "data"
@@ -338,8 +337,8 @@ def test_precision_rslora_and_full_disk(tiny_model_dir, data_dir, tmp_path, monk
 
 
 def test_eval_metric_during_training_picks_the_best_score(tiny_model_dir, data_dir, tmp_path):
-    from tunesmith.eval.metrics import scores
     from tunesmith.modeling import generate, load
+    from tunesmith.scoring.metrics import scores
 
     r = trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", epochs=2, lr=5e-2, eval_metric="rougeL",
                               eval_limit=4, eval_max_new_tokens=24), quiet=True)

@@ -32,6 +32,21 @@ class Encoded:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
+def last_assistant(messages: list[dict]) -> int:
+    """Index of the last assistant turn: the answer training learns last and evaluation scores."""
+    return max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+
+
+def split_prompt(messages: list[dict], system: str | None = None) -> tuple[list[dict], str]:
+    """(the conversation up to the last answer, that answer); `system` replaces any system turn."""
+    last = last_assistant(messages)
+    prompt = list(messages[:last])
+    if system is not None:
+        prompt = [m for m in prompt if m["role"] != "system"]
+        prompt.insert(0, {"role": "system", "content": system})
+    return prompt, messages[last]["content"]
+
+
 def render(tokenizer, messages, add_generation_prompt: bool = False) -> str:
     template = tokenizer.chat_template or FALLBACK_TEMPLATE
     return tokenizer.apply_chat_template(

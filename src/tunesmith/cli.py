@@ -11,7 +11,10 @@ import importlib
 import os
 import sys
 
-DEFAULT_MODEL = "smollm2-135m"
+from tunesmith import __version__
+from tunesmith.errors import UserError, disk_full
+from tunesmith.models import DEFAULT_MODEL  # stdlib only: keeps --help fast
+from tunesmith.train.config import add_config_flags  # light: dataclasses and the core, no torch
 
 
 def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -43,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tunesmith",
         description="Fine-tune a small language model on your own examples, offline, and prove it helped.",
     )
-    parser.add_argument("--version", action="version", version=f"tunesmith {_version()}")
+    parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("models", help="list model aliases and what is cached")
@@ -89,10 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: continue although the data files changed since the run started (recorded in the run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
-    from tunesmith.train.config import add_config_flags  # light: dataclasses only
-
     add_config_flags(p)
-    p.set_defaults(handler="tunesmith.train.trainer:cli_train")
+    p.set_defaults(handler="tunesmith.train.cli:cli_train")
 
     p = sub.add_parser("eval", help="generate on held-out examples, score them (ROUGE, BLEU, METEOR, house style, ...), "
                        "compare systems; writes results.json and report.html")
@@ -178,12 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _version() -> str:
-    from tunesmith import __version__
-
-    return __version__
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -193,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import warnings
 
-    from tunesmith.errors import UserError, disk_full
 
     # Library deprecation notices are for us, not for the person running a command.
     warnings.filterwarnings("ignore", category=FutureWarning)

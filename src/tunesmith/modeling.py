@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import functools
-
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from tunesmith.chat import prompt_ids, stop_token_ids
 from tunesmith.errors import UserError
-from tunesmith.models import check_safetensors, resolve
+from tunesmith.models import DEFAULT_MODEL, check_safetensors, resolve
 from tunesmith.outputs import RUN_INFO
 
 
@@ -54,8 +53,9 @@ def check_adapter_dir(adapter: str | Path) -> Path:
     return path
 
 
-def base_model_of(adapter: str | Path | None, model: str | None, default: str) -> str:
-    """--model wins; else the base model recorded in the run dir; else the default."""
+def base_model_of(adapter: str | Path | None, model: str | None, default: str = DEFAULT_MODEL) -> str:
+    """The one rule for which base model a command uses: --model wins; else the base model recorded in
+    the adapter's run dir; else the default."""
     if model:
         return model
     if adapter:
@@ -290,7 +290,7 @@ def prefill_unpadded(model, prompts: list[list[int]], width: int, reserve: int):
     merged = growing_cache(reserve)
     for i in range(len(caches[0].layers)):
         def batch(name):  # left-pad each row's cache on the time axis, then stack the rows
-            rows = [getattr(c.layers[i], name) for c in caches]
+            rows = [getattr(c.layers[i], name) for c in caches]  # noqa: B023 (called at once, in this iteration)
             return torch.cat([torch.nn.functional.pad(t, (0, 0, width - 1 - t.shape[2], 0)) for t in rows])
         merged.update(batch("keys"), batch("values"), i)
     return merged
@@ -314,7 +314,6 @@ def _growing_layer_class():
             self._k = self._v = None
 
         def update(self, key_states, value_states, *args, **kwargs):
-            import torch
 
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
@@ -352,7 +351,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
         outs = generate_ids(model, [encoded[i] for i in idx], pad_id=tokenizer.pad_token_id, stop_ids=stops,
                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             seed=None if seed is None else seed + b,
-                            on_token=(lambda row, t: (streams[row].add(t), streams[row].hit_stop)[1]) if stop else None)
+                            on_token=(lambda row, t: (streams[row].add(t), streams[row].hit_stop)[1])  # noqa: B023 (used in this call)
+                            if stop else None)
         for i, stream, (kept, stopped) in zip(idx, streams, outs):
             if stop and stream.hit_stop:
                 text, stopped = stream.text, True

@@ -25,6 +25,7 @@ from tunesmith.atomic import make_temp_dir, sweep
 from tunesmith.errors import UserError
 
 MANIFEST = "tunesmith-model.json"
+DEFAULT_MODEL = "smollm2-135m"  # what every command uses when neither --model nor an adapter's run names one
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def resolve(spec: str, *, trust_remote_code: bool = False) -> Path:
     if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") != 1:
         raise UserError(f"{spec}: no such file or directory")
     if spec.count("/") == 1 and all(spec.split("/")):
-        return _hub_dir(spec)
+        return _hub_dir(spec, trust_remote_code)
     import difflib
 
     close = difflib.get_close_matches(spec.lower(), list(ALIASES), n=1, cutoff=0.5)
@@ -328,7 +329,6 @@ def _convert_gguf(gguf: Path, target: Path, source: dict) -> Path:
     """Dequantize a GGUF through transformers' loader and cache it as a safetensors directory."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -358,7 +358,7 @@ def _convert_gguf(gguf: Path, target: Path, source: dict) -> Path:
 # ---------------------------------------------------------------- hub
 
 
-def _hub_dir(repo_id: str) -> Path:
+def _hub_dir(repo_id: str, trust_remote_code: bool = False) -> Path:
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     url = urlparse(endpoint)
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)

@@ -12,8 +12,11 @@ import sys
 from array import array
 from pathlib import Path
 
+from tunesmith.chat import last_assistant, render, rendered_lengths
 from tunesmith.data.formats import Issue, ReadOptions, iter_examples, messages_digest
 from tunesmith.errors import DataErrors
+from tunesmith.modeling import load_tokenizer
+from tunesmith.models import DEFAULT_MODEL, resolve
 
 FEW_EXAMPLES = 100
 EVAL_NAMES = ("val", "valid", "validation", "dev", "test", "eval")
@@ -55,7 +58,7 @@ class Checker:
             self.ex_file.append(len(self.files) - 1)
             self.ex_line.append(ex.line)
             msgs = ex.messages
-            last = len(msgs) - 1 if msgs[-1]["role"] == "assistant" else max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            last = len(msgs) - 1 if msgs[-1]["role"] == "assistant" else last_assistant(msgs)
             answer = msgs[last]["content"]
             pk = messages_digest(msgs[:last])
             ak = messages_digest(msgs[last:], ex.rejected) & 0xFFFFFFFF
@@ -87,8 +90,6 @@ class Checker:
         roles = tuple(m["role"] for m in msgs)
         over = self.overheads.get(roles)
         if over is None:
-            from tunesmith.chat import render
-
             probe = [{"role": r, "content": "x"} for r in roles]
             over = self.overheads[roles] = len(render(self.tokenizer, probe).encode()) - len(roles) + 1
         return over + sum(len(m["content"].encode()) for m in msgs) > self.max_length
@@ -96,7 +97,6 @@ class Checker:
     def flush_lengths(self) -> None:
         if not self.pending:
             return
-        from tunesmith.chat import rendered_lengths
 
         for ex, n in zip(self.pending, rendered_lengths(self.tokenizer, [e.messages for e in self.pending])):
             if n > self.max_length:
@@ -136,10 +136,7 @@ def check(paths: list[str], tokenizer=None, max_length: int | None = None, opts:
 def cli_check(args) -> int:
     tokenizer = None
     if args.max_length:
-        from tunesmith.modeling import load_tokenizer
-        from tunesmith.models import resolve
-
-        tokenizer = load_tokenizer(resolve(args.model or "smollm2-135m", trust_remote_code=args.trust_remote_code),
+        tokenizer = load_tokenizer(resolve(args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code),
                                    args.trust_remote_code, light=True)
     opts = ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
     issues, valid = check(args.paths, tokenizer, args.max_length, opts)

@@ -16,9 +16,9 @@ import hashlib
 import io
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from tunesmith.errors import UserError
 
@@ -240,8 +240,7 @@ def _read_json(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
         data = next((v for v in data.values() if isinstance(v, list)), data)  # {"data": [...]}
     if not isinstance(data, list):
         data = [data]
-    for i, obj in enumerate(data, 1):
-        yield i, obj  # for .json, the "line" is the item number
+    yield from enumerate(data, 1)  # for .json, the "line" is the item number
 
 
 def _read_csv(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:

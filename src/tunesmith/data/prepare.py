@@ -21,9 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.atomic import make_temp_dir, replace_dir
+from tunesmith.chat import last_assistant, rendered_lengths
 from tunesmith.data.dedupe import near_duplicates
-from tunesmith.data.formats import Example, ReadOptions, iter_examples, load_examples, locate_paths, messages_digest
+from tunesmith.data.formats import (
+    Example,
+    ReadOptions,
+    iter_examples,
+    load_examples,
+    locate_paths,
+    messages_digest,
+)
 from tunesmith.errors import UserError
+from tunesmith.modeling import load_tokenizer
+from tunesmith.models import DEFAULT_MODEL, resolve
 from tunesmith.outputs import check_out, check_replaceable
 
 SPLITS = ("train", "val", "test")
@@ -43,8 +53,7 @@ def example_text(ex: Example) -> str:
 
 
 def prompt_digest(ex: Example) -> int:
-    last = max(i for i, m in enumerate(ex.messages) if m["role"] == "assistant")
-    return messages_digest(ex.messages[:last])
+    return messages_digest(ex.messages[: last_assistant(ex.messages)])
 
 
 @dataclass
@@ -174,7 +183,7 @@ def histogram(values: list[int], bins: int = 8) -> list[dict]:
 def _lengths(examples: list[Example], tokenizer) -> tuple[list[int], list[int]]:
     ins, outs = [], []
     for ex in examples:
-        last = max(i for i, m in enumerate(ex.messages) if m["role"] == "assistant")
+        last = last_assistant(ex.messages)
         i_text = "\n".join(m["content"] for m in ex.messages[:last])
         o_text = ex.messages[last]["content"]
         if tokenizer is None:
@@ -234,8 +243,6 @@ def prepare(sources: list[str], out: Path, *, split_spec: str = "0.8,0.1,0.1", s
         seen[key] = where
         kept.append(ex)
     if max_length and tokenizer is not None:
-        from tunesmith.chat import rendered_lengths
-
         lengths = rendered_lengths(tokenizer, [e.messages for e in kept])
         long = {i for i, n in enumerate(lengths) if n > max_length}
         for i in sorted(long):
@@ -366,10 +373,7 @@ def write_output(out: Path, parts: dict[str, list[Example]], card: dict) -> None
 def cli_prepare(args) -> int:
     tokenizer = None
     if args.max_length or args.model:
-        from tunesmith.modeling import load_tokenizer
-        from tunesmith.models import resolve
-
-        tokenizer = load_tokenizer(resolve(args.model or "smollm2-135m", trust_remote_code=args.trust_remote_code),
+        tokenizer = load_tokenizer(resolve(args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code),
                                    args.trust_remote_code, light=True)
     opts = ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
     card = prepare(args.sources, Path(args.out), split_spec=args.split, seed=args.seed, group_by=args.group_by,

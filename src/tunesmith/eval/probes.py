@@ -19,6 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tunesmith.chat import encode_chat, split_prompt
+from tunesmith.data.formats import load_examples
+from tunesmith.modeling import generate
+from tunesmith.scoring.metrics import token_f1
+from tunesmith.train.trainer import answer_loss_sum, collate
+
 PROBE_FILE = Path(__file__).parent / "probe-data" / "general.jsonl"
 MEMORIZATION_GAP = 10.0  # points of the headline metric
 FORGETTING_PPL_RATIO = 1.25
@@ -27,9 +33,6 @@ FORGETTING_PPL_RATIO = 1.25
 def answer_perplexity(model, tokenizer, conversations: list[list[dict]], batch_size: int = 8) -> float:
     """exp(mean cross-entropy over the last assistant turn's tokens), as training counts them."""
     import torch
-
-    from tunesmith.chat import encode_chat
-    from tunesmith.train.trainer import answer_loss_sum, collate
 
     enc = [encode_chat(tokenizer, c, train_on="last") for c in conversations]
     total, count = 0.0, 0
@@ -44,17 +47,11 @@ def answer_perplexity(model, tokenizer, conversations: list[list[dict]], batch_s
 
 
 def probe_examples():
-    from tunesmith.data.formats import load_examples
-
     return load_examples(str(PROBE_FILE), "probe set")
 
 
 def run_probe(model, tokenizer, *, max_new_tokens: int = 32, batch_size: int = 16) -> dict:
     """Perplexity and generated-answer scores on the shipped probe set."""
-    from tunesmith.eval.metrics import token_f1
-    from tunesmith.eval.run import split_prompt
-    from tunesmith.modeling import generate
-
     examples = probe_examples()
     prompts, refs = zip(*(split_prompt(ex.messages) for ex in examples))
     outs = generate(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -8,14 +8,19 @@ import sys
 import time
 from pathlib import Path
 
-from tunesmith.atomic import write_json
-from tunesmith.cli import DEFAULT_MODEL
+from tunesmith.atomic import write_json, write_text
+from tunesmith.chat import split_prompt
 from tunesmith.data.formats import load_examples
 from tunesmith.errors import UserError
-from tunesmith.eval import metrics as M
-from tunesmith.eval.metrics import LABEL_MACRO, TEXT_METRICS
-from tunesmith.eval.stats import bootstrap_ci, paired_test
-from tunesmith.eval.style import check_style, load_style
+from tunesmith.eval.probes import forgetting_report, memorization_report, run_probe, sample_train
+from tunesmith.eval.report import render
+from tunesmith.eval.systems import System, build_prompts, parse_systems
+from tunesmith.modeling import attach_adapter, base_model_of, check_adapter_dir, generate, load
+from tunesmith.scoring import metrics as M
+from tunesmith.scoring.judge import make_judge
+from tunesmith.scoring.metrics import LABEL_MACRO, TEXT_METRICS
+from tunesmith.scoring.stats import bootstrap_ci, paired_test
+from tunesmith.scoring.style import check_style, load_style
 
 # Several references: a text metric's headline value is its best over the references (the
 # metric under its own name); the mean over the references is `<name>_mean_refs`.
@@ -43,15 +48,6 @@ METRIC_NOTES = {
               f"at most {M.LABEL_MAX_CLASSES} distinct labels; compared after lower-casing, collapsing whitespace and "
               "dropping trailing punctuation; macro averages over the gold labels"),
 }
-
-
-def split_prompt(messages: list[dict], system: str | None = None) -> tuple[list[dict], str]:
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    prompt = list(messages[:last])
-    if system is not None:
-        prompt = [m for m in prompt if m["role"] != "system"]
-        prompt.insert(0, {"role": "system", "content": system})
-    return prompt, messages[last]["content"]
 
 
 def references_of(ex, reference: str) -> list[str]:
@@ -88,7 +84,7 @@ def _label_pairs(per: list[dict]) -> list[tuple[str, str]]:
 def score(outputs, references, rules, embedding: bool = False, judged: list[float] | None = None) -> tuple[dict, list[dict]]:
     """Per-example scores, their means, and a bootstrap 95 % interval for each mean.
     A reference is a string, or a list of strings for an example with several.
-    `judged`: an LLM judge's grade of each output, 0-1 (eval.judge)."""
+    `judged`: an LLM judge's grade of each output, 0-1 (scoring/judge.py)."""
     refs = [[r] if isinstance(r, str) else list(r) for r in references]
     texts = [gen.text for gen in outputs]
     multi = any(len(r) > 1 for r in refs)
@@ -230,9 +226,6 @@ def print_systems_table(runs: list[dict]) -> None:
 
 
 def cli_eval(args) -> int:
-    from tunesmith.eval.systems import System, build_prompts, parse_systems
-    from tunesmith.modeling import attach_adapter, base_model_of, check_adapter_dir, generate, load
-
     if args.adapter:
         check_adapter_dir(args.adapter)
     if args.system_file:
@@ -256,7 +249,7 @@ def cli_eval(args) -> int:
         raise UserError("--memorization and --forgetting look at a tuned model: give --adapter RUN_DIR")
     if args.baseline and len(systems) > 1:
         raise UserError("--baseline compares one system with an earlier run; with --systems the first system is the baseline")
-    spec = base_model_of(args.adapter, args.model, DEFAULT_MODEL)
+    spec = base_model_of(args.adapter, args.model)
     examples = load_examples(args.data, "--data")
     if args.limit:
         examples = examples[: args.limit]
@@ -265,8 +258,6 @@ def cli_eval(args) -> int:
         raise UserError("--rubric goes with --judge MODEL (the local model that grades with it)")
     judge = None
     if args.judge:
-        from tunesmith.eval.judge import make_judge
-
         judge = make_judge(args.judge, args.rubric, args.trust_remote_code)
     baseline = None
     if args.baseline:
@@ -311,8 +302,6 @@ def cli_eval(args) -> int:
     for s in sorted(systems, key=lambda s: s.uses_adapter):  # the base-model systems first, then the adapter
         if s.uses_adapter:
             if args.forgetting:
-                from tunesmith.eval.probes import run_probe
-
                 probe_before = run_probe(model, tok)
             model = attach_adapter(model, Path(args.adapter), spec)
         convs, shots = system_prompts[s.name]
@@ -349,8 +338,6 @@ def cli_eval(args) -> int:
     if baseline:
         results["comparison"] = compare(results, baseline)
     if args.memorization:
-        from tunesmith.eval.probes import memorization_report, sample_train
-
         sample = sample_train(train, min(len(examples), 50))
         t_prompts, t_refs = zip(*(split_prompt(ex.messages) for ex in sample))
         outs, _ = run_generation(model, tok, list(t_prompts), "training sample")
@@ -359,15 +346,10 @@ def cli_eval(args) -> int:
         results["memorization"] = memorization_report(per_example_values(t_per, "rougeL"),
                                                       per_example_values(tuned_run["examples"], "rougeL"), "rougeL")
     if args.forgetting:
-        from tunesmith.eval.probes import forgetting_report, run_probe
-
         results["forgetting"] = forgetting_report(probe_before, run_probe(model, tok))
     if args.out:
         out = Path(args.out)
         write_json(out / "results.json", results)
-        from tunesmith.atomic import write_text
-        from tunesmith.eval.report import render
-
         run_dir = args.adapter if args.adapter and (Path(args.adapter) / "metrics.jsonl").is_file() else None
         write_text(out / "report.html", render(runs, ROWS, run_dir=run_dir, extra=results))
     if args.json:

@@ -61,7 +61,6 @@ def _causal_bias(t: int, groups: int, dtype):
 
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs):
     import torch
-
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     b, h, t, d = query.shape

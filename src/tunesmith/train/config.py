@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.modeling import base_model_of
 
 METHODS = ("lora", "dora", "qlora", "full", "freeze", "prompt-tuning", "prefix-tuning", "dpo", "grpo")
 PREFERENCE_METHODS = ("dpo", "grpo")  # LoRA adapters trained on preferences / graded samples (train/preference.py)
@@ -19,7 +20,7 @@ ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt-tuning", "prefix-tuning", *P
 
 @dataclass
 class TrainConfig:
-    model: str = "smollm2-135m"
+    model: str = ""  # unset: the --from-adapter run's base model, else the default (__post_init__)
     data: str | None = None
     val: str | None = None
     out: str | None = None
@@ -69,6 +70,12 @@ class TrainConfig:
     grpo_max_new_tokens: int = 128  # grpo: longest sampled answer
     grpo_temperature: float = 1.0  # grpo: sampling temperature (> 0: a group needs different answers)
 
+    def __post_init__(self) -> None:
+        """An explicit model stays as given (even the default's name); an unset one becomes the
+        --from-adapter run's base model, else the default (one rule: modeling.base_model_of)."""
+        if not self.model:
+            self.model = base_model_of(self.from_adapter or None, None)
+
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"--method {self.method!r}: supported methods are {', '.join(METHODS)}")
@@ -78,7 +85,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(self, name)})")
         if self.eval_metric:
-            from tunesmith.eval.metrics import TEXT_METRICS
+            from tunesmith.scoring.metrics import TEXT_METRICS
 
             if self.eval_metric not in TEXT_METRICS:
                 raise UserError(f"--eval-metric {self.eval_metric!r}: choose from {', '.join(TEXT_METRICS)}")

@@ -29,10 +29,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunesmith.atomic import write_text
-from tunesmith.chat import IGNORE, Encoded, encode_chat, prompt_ids, stop_token_ids
+from tunesmith.chat import IGNORE, Encoded, encode_chat, prompt_ids, split_prompt, stop_token_ids
 from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.errors import UserError
-from tunesmith.train import rundir
+from tunesmith.modeling import generate, generate_ids
+from tunesmith.scoring import metrics as M
+from tunesmith.scoring.judge import make_judge
+from tunesmith.scoring.style import check_style, load_style
+from tunesmith.train import checkpoint, rundir
+from tunesmith.train.trainer import (
+    amp,
+    answer_logits,
+    collate,
+    lr_schedule,
+    save_adapter,
+    setup_model,
+    tensorboard_add,
+    tensorboard_writer,
+)
 
 # ---------------------------------------------------------------- log-probabilities
 
@@ -41,8 +55,6 @@ def token_logps(model, ids, mask, labels):
     """Log-probability of every answer token, and the row each belongs to (1-D tensors).
     The output layer runs only at answer positions, as in the SFT loss."""
     import torch
-
-    from tunesmith.train.trainer import answer_logits
 
     logits, targets, sel = answer_logits(model, ids, mask, labels)
     lp = torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
@@ -53,8 +65,6 @@ def token_logps(model, ids, mask, labels):
 def sequence_logps(model, encs: list[Encoded], pad_id: int):
     """Sum of answer-token log-probabilities of each encoded sequence (a tensor, one per sequence)."""
     import torch
-
-    from tunesmith.train.trainer import collate
 
     ids, mask, labels = collate(encs, list(range(len(encs))), pad_id)
     lp, rows = token_logps(model, ids, mask, labels)
@@ -99,7 +109,6 @@ GRADER_HELP = ("comma-separated KIND[:ARG][*WEIGHT]: rouge1, rouge2, rougeL, ble
 
 def parse_graders(spec: str, *, style: str = "", rubric: str = "", judge_default: str = "",
                   trust_remote_code: bool = False) -> list[Grader]:
-    from tunesmith.eval import metrics as M
 
     if not spec.strip():
         raise UserError(f"--method grpo needs --graders ({GRADER_HELP})")
@@ -123,7 +132,6 @@ def parse_graders(spec: str, *, style: str = "", rubric: str = "", judge_default
         elif kind == "format":
             if not style:
                 raise UserError("--graders format: needs --style SPEC.yaml (the house-style spec of `tunesmith eval`)")
-            from tunesmith.eval.style import check_style, load_style
 
             rules = load_style(style)
             if not rules:
@@ -143,7 +151,6 @@ def parse_graders(spec: str, *, style: str = "", rubric: str = "", judge_default
         elif kind == "python":
             fn = _python_grader(item, arg)
         elif kind == "judge":
-            from tunesmith.eval.judge import make_judge
 
             fn = make_judge(arg or judge_default, rubric, trust_remote_code, where=f"--graders {item!r}")
         else:
@@ -209,14 +216,10 @@ class _Log:
     """metrics.jsonl (and --tensorboard), and progress lines on stderr unless quiet."""
 
     def __init__(self, path: Path, quiet: bool, cfg):
-        from tunesmith.train.trainer import tensorboard_writer
-
         self.path, self.quiet, self.tb, self.lines = path, quiet, tensorboard_writer(cfg), 0
         self.f = open(path, "a")
 
     def write(self, rec: dict) -> None:
-        from tunesmith.train.trainer import tensorboard_add
-
         self.f.write(json.dumps(rec) + "\n")
         self.f.flush()
         self.lines += 1
@@ -264,7 +267,6 @@ class _Optim:
     def __init__(self, model, cfg, n_items: int):
         import torch
 
-        from tunesmith.train.trainer import lr_schedule
 
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -309,8 +311,6 @@ class _Checkpoints:
         self.cfg, self.root, self.model, self.optim, self.log = cfg, work / "checkpoints", model, optim, log
 
     def resume(self, fresh: dict) -> tuple[dict, bool]:
-        from tunesmith.train import checkpoint
-
         found = checkpoint.latest(self.root)
         if found is None:
             self.log.keep(0)  # a run killed before its first checkpoint starts over
@@ -321,8 +321,6 @@ class _Checkpoints:
         return state, True
 
     def save(self, state: dict, t0: float) -> None:
-        from tunesmith.train import checkpoint
-
         state["metric_lines"], state["elapsed"] = self.log.lines, time.time() - t0
         checkpoint.save(self.root / f"{checkpoint.PREFIX}{state['step']:07d}", self.model, self.optim.opt,
                         self.optim.sched, state)
@@ -355,9 +353,8 @@ def _open_log(cfg, work: Path, quiet: bool, held_out: bool, n_held: int, n_all: 
 
 
 def _finish(cfg, model, tok, work: Path, out: Path, model_dir, result: PrefResult, best_dir: Path | None) -> None:
-    from safetensors.torch import load_file
-
     from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
 
     if best_dir is not None and best_dir.is_dir():
         set_peft_model_state_dict(model, load_file(str(best_dir / "adapter_model.safetensors")))
@@ -370,8 +367,6 @@ def _finish(cfg, model, tok, work: Path, out: Path, model_dir, result: PrefResul
 
 
 def _save_best(model, tok, work: Path) -> Path:
-    from tunesmith.train.trainer import save_adapter
-
     save_adapter(model, tok, work / "best")
     return work / "best"
 
@@ -404,8 +399,6 @@ def pair_logps(model, pairs: list[Pair], pad_id: int, cfg, chunk: int = 4):
     """Summed answer log-probabilities of every pair's chosen and rejected answer (no gradients)."""
     import torch
 
-    from tunesmith.train.trainer import amp
-
     was = model.training
     model.eval()
     chosen, rejected = [], []
@@ -437,8 +430,6 @@ def dpo_eval(model, pairs: list[Pair], cfg, pad_id: int) -> dict:
 
 def train_dpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bool) -> PrefResult:
     import torch
-
-    from tunesmith.train.trainer import amp, setup_model
 
     train_ex, val_ex, train_path, held_out = _load(cfg, "preference")
     model, tok, model_dir = setup_model(cfg, trust_remote_code)
@@ -544,8 +535,6 @@ def _completion_enc(prompt: list[int], new: list[int], stopped: bool, stop_id: i
 
 
 def sample(model, tok, prompts_ids: list[list[int]], cfg, seed: int) -> list[tuple[list[int], bool]]:
-    from tunesmith.modeling import generate_ids
-
     was = model.training
     model.eval()
     model.config.use_cache = True
@@ -560,7 +549,6 @@ def sample(model, tok, prompts_ids: list[list[int]], cfg, seed: int) -> list[tup
 
 def grpo_eval(model, tok, val, graders, cfg) -> dict:
     """Greedy answers to the held-out prompts, graded: the mean reward and each grader's mean."""
-    from tunesmith.modeling import generate
 
     was = model.training
     model.eval()
@@ -577,9 +565,6 @@ def grpo_eval(model, tok, val, graders, cfg) -> dict:
 
 def train_grpo(cfg, *, out: Path, work: Path, quiet: bool, trust_remote_code: bool) -> PrefResult:
     import torch
-
-    from tunesmith.eval.run import split_prompt
-    from tunesmith.train.trainer import amp, collate, setup_model
 
     graders = parse_graders(cfg.graders, style=cfg.style, rubric=cfg.rubric, judge_default=cfg.model,
                             trust_remote_code=trust_remote_code)
@@ -684,14 +669,9 @@ def train_preference(cfg, *, overwrite: bool, quiet: bool, trust_remote_code: bo
                      allow_changed_data: bool = False, config_file: str | None = None) -> PrefResult:
     """--method dpo / grpo: the same run-directory rules as SFT (train/rundir.py: a checked --out, a
     .partial dir swapped into place at the end, checkpoints to --resume from, the data checked on resume)."""
-    from tunesmith.train import checkpoint
 
     if cfg.method == "dpo" and cfg.graders:
         raise UserError("--graders is for --method grpo; dpo learns from the chosen/rejected pairs themselves")
-    if cfg.from_adapter and cfg.model == type(cfg).model:
-        from tunesmith.modeling import base_model_of
-
-        cfg.model = base_model_of(cfg.from_adapter, None, cfg.model)
     out, work = rundir.begin(cfg, overwrite=overwrite, resume=resume, config_file=config_file)
     ckpt = checkpoint.latest(work / "checkpoints") if resume else None
     if ckpt is not None:

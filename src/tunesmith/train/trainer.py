@@ -19,16 +19,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tunesmith.chat import IGNORE, encode_chat
 from tunesmith.atomic import make_temp_dir, replace_dir, write_text
+from tunesmith.chat import IGNORE, encode_chat, split_prompt
 from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.data.prepare import is_mix, load_training_mix
 from tunesmith.errors import UserError
 from tunesmith.faults import killpoint
+from tunesmith.modeling import check_adapter_dir, default_dtype, generate, load_base
+from tunesmith.scoring.metrics import scores
+from tunesmith.train import attention, checkpoint, recompute, rundir
 from tunesmith.train import distributed as dist
-from tunesmith.train import rundir
-from tunesmith.train.config import ADAPTER_METHODS, PREFERENCE_METHODS, TrainConfig, resolve_config, to_yaml
-
+from tunesmith.train.config import ADAPTER_METHODS, TrainConfig
+from tunesmith.train.loss import linear_cross_entropy_sum
 
 # ---------------------------------------------------------------- data
 
@@ -184,8 +186,6 @@ def answer_loss_sum(model, ids, mask, labels):
     """Sum of cross-entropy over answer tokens, and how many there are."""
     import torch.nn.functional as F
 
-    from tunesmith.train.loss import linear_cross_entropy_sum
-
     weight = frozen_output_layer(model)
     if weight is not None:
         hidden, targets, sel = answer_logits(model, ids, mask, labels, project=False)
@@ -233,9 +233,6 @@ def validate_generation(model, tok, val_gen: tuple[list, list], cfg: TrainConfig
     """--eval-metric: greedy answers for the validation prompts, scored against their references (0-100)."""
     import statistics
 
-    from tunesmith.eval.metrics import scores
-    from tunesmith.modeling import generate
-
     prompts, refs = val_gen
     was_training, use_cache = model.training, model.config.use_cache
     model.eval()
@@ -271,8 +268,6 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
     """The base model with the chosen method applied: what is trainable, and how."""
     import torch
 
-    from tunesmith.modeling import load_base
-
     if cfg.method == "qlora":
         if not torch.cuda.is_available():
             raise UserError("--method qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
@@ -287,8 +282,6 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
     model, tok, model_dir = load_base(cfg.model, trust_remote_code=trust_remote_code, dtype=dtype,
                                       quantize_4bit=cfg.method == "qlora")
     if cpu_autocast(cfg):
-        from tunesmith.train import attention
-
         model.set_attn_implementation(attention.register())
     torch.manual_seed(cfg.seed)
     if cfg.gradient_checkpointing:
@@ -307,8 +300,6 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
         elif cfg.gradient_checkpointing:
             model.enable_input_require_grads()
         if cfg.from_adapter:
-            from tunesmith.modeling import check_adapter_dir
-
             src = check_adapter_dir(cfg.from_adapter)
             kind = json.loads((src / "adapter_config.json").read_text()).get("peft_type")
             want = peft_config(cfg).peft_type.value
@@ -325,8 +316,6 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
                 raise UserError(f"--method {cfg.method}: {str(e).splitlines()[0]}") from None
     model.config.use_cache = False
     if cpu_autocast(cfg) and frozen_base_bf16(cfg):
-        from tunesmith.train import recompute
-
         recompute.apply(model)
     return model, tok, model_dir
 
@@ -338,8 +327,6 @@ def autocast_device(cfg: TrainConfig) -> str | None:
     "cuda": bf16 on a GPU (--precision bf16, or auto on a GPU that has it). Not QLoRA: bitsandbytes
     computes in its own compute dtype."""
     import torch
-
-    from tunesmith.modeling import default_dtype
 
     if not torch.cuda.is_available():
         return "cpu" if cfg.precision == "bf16" else None
@@ -454,8 +441,6 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
     With `val_gen` (prompts, references) each validation also generates and scores (--eval-metric);
     the best step is then the one with the highest score rather than the lowest loss."""
     import torch
-
-    from tunesmith.train import checkpoint
 
     step_loss_fn = dist.wrap(model, answer_loss_sum, cfg.fsdp)  # before the optimizer: FSDP swaps the parameters
     sharded_loss = step_loss_fn if dist.sharded(model) else None
@@ -681,8 +666,6 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
           resume: bool = False, allow_changed_data: bool = False, config_file: str | None = None) -> Result:
     import torch
 
-    from tunesmith.train import checkpoint
-
     if not cfg.data:
         raise UserError("--data is required (a folder with train.jsonl and val.jsonl, or a file)")
     if not cfg.out:
@@ -692,10 +675,6 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
     if cfg.fsdp and dist.world()[1] == 1:
         raise UserError("--fsdp shards the model across processes, and this is one process: launch with "
                         "`torchrun --nproc_per_node N -m tunesmith.cli train ...` (N ≥ 2), or drop --fsdp")
-    if cfg.from_adapter and cfg.model == TrainConfig.model:
-        from tunesmith.modeling import base_model_of
-
-        cfg.model = base_model_of(cfg.from_adapter, None, cfg.model)
     out, work = rundir.begin(cfg, overwrite=overwrite, resume=resume, config_file=config_file, lead=lead)
     ckpt = checkpoint.latest(work / "checkpoints") if resume else None
     if ckpt is not None:
@@ -742,8 +721,6 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
     if cfg.eval_metric:
         if not val_ex:
             raise UserError("--eval-metric needs validation examples: --val FILE, or val.jsonl beside the training data")
-        from tunesmith.eval.run import split_prompt
-
         kept = val_ex[: cfg.eval_limit] if cfg.eval_limit else val_ex
         val_gen = tuple(map(list, zip(*(split_prompt(ex.messages) for ex in kept))))
     st = fit(model, tok, train_enc, val_enc, cfg, work, quiet, resume=ckpt, val_gen=val_gen)
@@ -781,59 +758,3 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
                               "result": asdict(result)})
     dist.barrier()
     return result
-
-
-def cli_train(args) -> int:
-    if args.resume:
-        given = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
-                 if v not in (None, False) and k not in ("resume", "quiet", "json", "handler", "command", "trust_remote_code",
-                                                          "allow_changed_data")]
-        if given:
-            raise UserError(f"--resume continues with the run's saved config; drop {', '.join(given)}")
-        args.config = str(rundir.saved_config(args.resume))
-    elif args.allow_changed_data:
-        raise UserError("--allow-changed-data goes with --resume: it continues an interrupted run on data that changed")
-    cfg = resolve_config(args)
-    if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
-    if cfg.method in PREFERENCE_METHODS:
-        return _cli_preference(cfg, args)
-    r = train(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json, trust_remote_code=args.trust_remote_code,
-              resume=bool(args.resume), allow_changed_data=args.allow_changed_data,
-              config_file=None if args.resume else args.config)
-    if dist.world()[0] != 0:
-        return 0  # rank 0 reports for everyone
-    if args.json:
-        print(json.dumps(asdict(r), indent=2))
-    else:
-        val = f", val loss {r.val_losses[-1]:.4f}" if r.val_losses else ""
-        key = next((k for k in (r.best or {}) if k.startswith("val_") and k != "val_loss"), None)
-        how = f"{key.replace('_', ' ')} {r.best[key]:.1f}" if key else f"val loss {r.best['val_loss']:.4f}" if r.best else ""
-        best = f"; adapter from step {r.best['step']} (best {how})" if r.best else ""
-        print(f"saved adapter to {r.run_dir} ({r.steps} steps, train loss {r.train_loss:.4f}{val}, "
-              f"{r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s{best})")
-    return 0
-
-
-def _cli_preference(cfg: TrainConfig, args) -> int:
-    from tunesmith.train.preference import train_preference
-
-    if not cfg.data or not cfg.out:
-        raise UserError("--data and --out are required")
-    r = train_preference(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json,
-                         trust_remote_code=args.trust_remote_code, resume=bool(args.resume),
-                         allow_changed_data=args.allow_changed_data, config_file=None if args.resume else args.config)
-    if args.json:
-        print(json.dumps(asdict(r), indent=2))
-        return 0
-    last = r.val[-1] if r.val else {}
-    if cfg.method == "dpo" and last:
-        what = (f"held-out reward accuracy {last['val_accuracy']:.0%}, chosen preferred (avg log-prob) "
-                f"{r.val_start.get('logp_accuracy', 0):.0%} -> {last['logp_accuracy']:.0%}")
-    elif last:
-        what = f"held-out reward {r.val_start.get('val_reward', float('nan')):.3f} -> {last['val_reward']:.3f}"
-    else:
-        what = f"loss {r.train_loss:.4f}"
-    print(f"saved adapter to {r.run_dir} ({cfg.method}, {r.steps} steps, {what}, {r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s)")
-    return 0

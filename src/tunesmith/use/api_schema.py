@@ -13,7 +13,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 MAX_DEPTH = 32  # a chat body is 4 levels deep (body, messages, message, content parts); 5,000 overflowed the parser
 Finite = Annotated[float, Field(allow_inf_nan=False)]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from tunesmith.cli import DEFAULT_MODEL
+from tunesmith.chat import prompt_ids, stop_token_ids
 from tunesmith.errors import UserError
+from tunesmith.modeling import TextStream, base_model_of, check_adapter_dir, generate_ids, load
 
 HELP = "type a message; /reset forgets the conversation, /exit or Ctrl-D leaves"
 
@@ -17,8 +18,6 @@ HELP = "type a message; /reset forgets the conversation, /exit or Ctrl-D leaves"
 def reply(loaded, history: list[dict], *, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None,
           write=None) -> str:
     """Generate the assistant's answer to `history`, handing each piece of text to `write` as it comes."""
-    from tunesmith.chat import prompt_ids, stop_token_ids
-    from tunesmith.modeling import TextStream, generate_ids
 
     tok = loaded.tokenizer
     stream = TextStream(tok)
@@ -38,15 +37,13 @@ def reply(loaded, history: list[dict], *, max_new_tokens: int, temperature: floa
 
 
 def cli_chat(args) -> int:
-    from tunesmith.modeling import base_model_of, check_adapter_dir, load
-
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
     if args.temperature < 0:
         raise UserError("--temperature must be 0 (greedy) or more")
     if args.adapter:
         check_adapter_dir(args.adapter)
-    spec = base_model_of(args.adapter, args.model, DEFAULT_MODEL)
+    spec = base_model_of(args.adapter, args.model)
     loaded = load(spec, args.adapter, trust_remote_code=args.trust_remote_code)
     tty = sys.stdin.isatty()
     start = [{"role": "system", "content": args.system}] if args.system else []

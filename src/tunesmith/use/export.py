@@ -34,10 +34,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith import __version__
 from tunesmith.atomic import make_temp_dir, make_temp_file, replace_dir
-from tunesmith.cli import DEFAULT_MODEL
+from tunesmith.chat import FALLBACK_TEMPLATE
 from tunesmith.errors import UserError
 from tunesmith.faults import killpoint
+from tunesmith.modeling import base_model_of, check_adapter_dir, load, load_tokenizer
+from tunesmith.models import resolve
 from tunesmith.outputs import GGUF_MARK, MERGE_INFO, check_out, check_replaceable
 
 PROMPT_LEARNING = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT"}
@@ -69,7 +72,6 @@ def _say(msg: str) -> None:
 
 def _adapter_config(adapter: str) -> dict:
     """adapter_config.json of a run dir, after the checks every command makes."""
-    from tunesmith.modeling import check_adapter_dir
 
     path = Path(adapter)
     if path.is_dir() and (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
@@ -96,9 +98,6 @@ def _adapter_config(adapter: str) -> dict:
 def _load_fp32(spec: str, adapter: str | None, trust_remote_code: bool):
     """Base model (+ adapter folded in) in float32, on the CPU: merging in full precision."""
     import torch
-
-    from tunesmith.modeling import load
-
     from peft import PeftModel
 
     loaded = load(spec, adapter, trust_remote_code=trust_remote_code, dtype=torch.float32, merge=True)
@@ -118,8 +117,6 @@ def _saved_dtype(model_dir: Path):
 
 
 def _chat_template(tok) -> str:
-    from tunesmith.chat import FALLBACK_TEMPLATE
-
     template = tok.chat_template
     if isinstance(template, dict):
         template = template.get("default") or next(iter(template.values()))
@@ -156,9 +153,7 @@ def merge_to_dir(spec: str, adapter: str, out: Path, *, trust_remote_code: bool 
 
 
 def cli_merge(args) -> int:
-    from tunesmith.modeling import base_model_of
-
-    spec = base_model_of(args.adapter, args.model, DEFAULT_MODEL)
+    spec = base_model_of(args.adapter, args.model)
     out = check_out(args.out, "merge", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec})
     _adapter_config(args.adapter)
     t0 = time.time()
@@ -293,7 +288,7 @@ class _Plan:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for name, shape, qtype, fetch in self.items:
+        for _name, _shape, qtype, fetch in self.items:
             data = _encode(fetch(), qtype)
             writer.write_tensor_data(data)
 
@@ -303,7 +298,6 @@ def _write_atomic(out: Path, arch_name: str, fill) -> int:
     Every file carries GGUF_MARK, so a later `--overwrite` knows it replaces a file of ours."""
     import gguf
 
-    from tunesmith import __version__
 
     fd, tmp = make_temp_file(out)
     os.close(fd)
@@ -577,8 +571,6 @@ def _block_order(module: str):
 def cli_export(args) -> int:
     from transformers import AutoConfig
 
-    from tunesmith.modeling import base_model_of, load_tokenizer
-    from tunesmith.models import resolve
 
     if args.format != "gguf":
         raise UserError(f"--format {args.format}: only gguf is supported")
@@ -588,7 +580,7 @@ def cli_export(args) -> int:
         raise UserError(f"--out {args.out}: expected a file name ending in .gguf")
     if args.adapter_only and not args.adapter:
         raise UserError("--adapter-only needs --adapter RUN_DIR (the adapter to write)")
-    spec = base_model_of(args.adapter, args.model, DEFAULT_MODEL)
+    spec = base_model_of(args.adapter, args.model)
     out = check_out(args.out, "gguf", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec})
     if args.adapter:
         _adapter_config(args.adapter)

@@ -6,8 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from tunesmith.cli import DEFAULT_MODEL
+from tunesmith.chat import last_assistant
+from tunesmith.data.formats import Issue, normalize, read_records
 from tunesmith.errors import UserError
+from tunesmith.modeling import base_model_of, check_adapter_dir, generate, load
 
 
 def read_prompts(path: str) -> list[list[dict]]:
@@ -16,7 +18,6 @@ def read_prompts(path: str) -> list[list[dict]]:
     if not p.is_file():
         raise UserError(f"--input {path}: no such file")
     if p.suffix in (".jsonl", ".json"):
-        from tunesmith.data.formats import Issue, normalize, read_records
 
         convs = []
         for line, obj in read_records(p):
@@ -28,15 +29,12 @@ def read_prompts(path: str) -> list[list[dict]]:
             ex, problems = normalize(obj)
             if ex is None:
                 raise UserError(f"{path}:{line}: {'; '.join(m for lvl, _, m in problems if lvl == 'error')}")
-            last = max(i for i, m in enumerate(ex.messages) if m["role"] == "assistant")
-            convs.append(ex.messages[:last])
+            convs.append(ex.messages[: last_assistant(ex.messages)])
         return convs
     return [[{"role": "user", "content": line}] for line in p.read_text().splitlines() if line.strip()]
 
 
 def cli_generate(args) -> int:
-    from tunesmith.modeling import base_model_of, check_adapter_dir, generate, load
-
     if args.input:
         convs = read_prompts(args.input)
     elif args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty()):
@@ -51,7 +49,7 @@ def cli_generate(args) -> int:
         convs = [[{"role": "system", "content": args.system}] + [m for m in c if m["role"] != "system"] for c in convs]
     if args.adapter:
         check_adapter_dir(args.adapter)
-    spec = base_model_of(args.adapter, args.model, DEFAULT_MODEL)
+    spec = base_model_of(args.adapter, args.model)
     loaded = load(spec, args.adapter, trust_remote_code=args.trust_remote_code, quiet=args.json)
     outs = generate(loaded.model, loaded.tokenizer, convs, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     for o in outs:

@@ -23,8 +23,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.cli import DEFAULT_MODEL
+from tunesmith.chat import prompt_ids, stop_token_ids
 from tunesmith.errors import UserError
+from tunesmith.modeling import TextStream, base_model_of, check_adapter_dir, generate_ids, load
 
 
 class APIError(Exception):
@@ -72,8 +73,6 @@ class Engine:
     """The model, its adapters, and the worker thread that batches waiting requests."""
 
     def __init__(self, model, tokenizer, adapters: list[str], *, max_batch: int, max_queue: int):
-        from tunesmith.chat import stop_token_ids
-
         self.model, self.tokenizer, self.adapters = model, tokenizer, adapters
         self.max_batch, self.max_queue = max_batch, max_queue
         self.stop_ids = stop_token_ids(tokenizer)
@@ -150,8 +149,6 @@ class Engine:
                 self.busy = 0
 
     def _generate(self, jobs: list[Job]) -> None:
-        from tunesmith.modeling import TextStream, generate_ids
-
         streams = [TextStream(self.tokenizer, j.stop) for j in jobs]
         reason = ["length"] * len(jobs)
 
@@ -224,6 +221,7 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
     from fastapi.responses import JSONResponse, StreamingResponse
     from pydantic import ValidationError
 
+    # pydantic comes with the 'serve' extra, like fastapi: imported here so that without it `tunesmith serve` says so
     from tunesmith.use.api_schema import MAX_DEPTH, ChatRequest, CompletionRequest, first_problem, too_deep
 
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
@@ -328,7 +326,7 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
                 while True:
                     try:
                         kind, value = await asyncio.wait_for(job.events.get(), timeout=0.5)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         if await request.is_disconnected():
                             job.cancelled.set()
                             note(request, cancelled=True)
@@ -411,7 +409,6 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        from tunesmith.chat import prompt_ids
 
         req = parse(ChatRequest, await read_json(request))
         adapter = pick_model(req)
@@ -491,8 +488,6 @@ def read_keys(args) -> list[str]:
 
 
 def parse_adapters(specs: list[str]) -> dict[str, Path]:
-    from tunesmith.modeling import check_adapter_dir
-
     out: dict[str, Path] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -509,10 +504,9 @@ def load_engine(model_spec: str | None, adapters: dict[str, Path], *, trust_remo
     """Base model with every adapter loaded under its name (LoRA/DoRA kept unmerged, switched per batch)."""
     import json as _json
 
-    from tunesmith.modeling import base_model_of, load
 
     first = next(iter(adapters.values()), None)
-    spec = base_model_of(first, model_spec, DEFAULT_MODEL)
+    spec = base_model_of(first, model_spec)
     for name, path in adapters.items():
         trained_on = base_model_of(path, None, spec)
         if not model_spec and trained_on != spec:

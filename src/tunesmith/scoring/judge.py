@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.modeling import generate, load
 
 TEMPLATE = ("You grade an answer against a rubric.\n\nRubric:\n{rubric}\n\nQuestion:\n{prompt}\n\n"
             "{reference}Answer to grade:\n{completion}\n\n"
@@ -33,8 +34,6 @@ def make_judge(model_spec: str, rubric: str, trust_remote_code: bool = False, *,
     state: dict = {}
 
     def fn(prompts, outs, refs):
-        from tunesmith.modeling import generate, load
-
         if "judge" not in state:
             state["judge"] = load(model_spec, trust_remote_code=trust_remote_code, quiet=True)
         j = state["judge"]

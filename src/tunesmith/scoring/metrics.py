@@ -13,7 +13,7 @@ from importlib.util import find_spec
 
 import numpy as np
 
-from tunesmith.eval.stats import RESAMPLES
+from tunesmith.scoring.stats import RESAMPLES
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # scored against each reference; several references give a best-of and a mean-over-references value
