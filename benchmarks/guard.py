@@ -7,7 +7,7 @@ models we train. The data is chat-shaped: a 192-token prompt and a 32-token answ
 
 - reference: what TRL's SFTTrainer computes, `model(input_ids, labels=labels).loss` with the
   answer-only labels (the output layer and cross-entropy over every position);
-- tunesmith: `trainer.answer_loss_sum` (the output layer only at answer positions).
+- tunesmith: `loss.answer_loss_sum` (the output layer only at answer positions).
 
 Both are LoRA r16 on all linear layers, AdamW, one example per forward pass, fp32, alternated
 step by step so that machine noise hits both alike; the median step time of each is compared.
@@ -36,7 +36,7 @@ def main() -> int:
     from peft import LoraConfig, get_peft_model
 
     from tunesmith.chat import IGNORE
-    from tunesmith.train.trainer import answer_loss_sum
+    from tunesmith.train.loss import answer_loss_sum
 
     torch.manual_seed(0)
     cfg = tf.LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=768, num_hidden_layers=4,

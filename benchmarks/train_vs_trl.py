@@ -343,7 +343,7 @@ def trl_plan(lengths: list[int], spec: dict, epoch: int) -> list[list[int]]:
     that many (same examples, same step); a step with fewer examples than that goes to the epoch's end."""
     from types import SimpleNamespace
 
-    from tunesmith.train.trainer import batches
+    from tunesmith.train.batching import batches
 
     ga = spec["batch_size"] // spec["trl_micro_batch_size"]
     cfg = tunesmith_config(spec)

@@ -9,7 +9,8 @@ import torch
 
 from tunesmith.chat import encode_chat
 from tunesmith.modeling import generate, load, load_base
-from tunesmith.train import trainer
+from tunesmith.train import batching, setup
+from tunesmith.train import loss as L2
 from tunesmith.train.config import TrainConfig
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,7 @@ def test_default_model_generates_and_stops():
 
 def test_one_training_step_lowers_loss_on_a_fixed_batch():
     cfg = TrainConfig(lr=1e-3, lora_dropout=0.0, micro_batch_size=2, batch_size=2)
-    model, tok, _ = trainer.setup_model(cfg)
+    model, tok, _ = setup.setup_model(cfg)
     msgs = [
         [{"role": "user", "content": "Write the meeting notes. Focus: budget"},
          {"role": "assistant", "content": "Meeting Summary: The team discussed the budget.\n\nPoints discussed:\n- The budget is 12.50 euros."}],
@@ -33,14 +34,14 @@ def test_one_training_step_lowers_loss_on_a_fixed_batch():
          {"role": "assistant", "content": "Meeting Summary: The team discussed the design.\n\nPoints discussed:\n- A rubber case was chosen."}],
     ]
     enc = [encode_chat(tok, m) for m in msgs]
-    ids, mask, labels = trainer.collate(enc, [0, 1], tok.pad_token_id)
+    ids, mask, labels = batching.collate(enc, [0, 1], tok.pad_token_id)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     model.train()
-    loss0, n = trainer.answer_loss_sum(model, ids, mask, labels)
+    loss0, n = L2.answer_loss_sum(model, ids, mask, labels)
     (loss0 / n).backward()
     opt.step()
     with torch.no_grad():
-        loss1, _ = trainer.answer_loss_sum(model, ids, mask, labels)
+        loss1, _ = L2.answer_loss_sum(model, ids, mask, labels)
     assert float(loss1) / n < float(loss0) / n - 0.01
 
 
@@ -49,9 +50,9 @@ def test_answer_only_loss_matches_full_logits_loss():
     model, tok, _ = load_base("smollm2-135m")
     model.eval()
     enc = [encode_chat(tok, [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there!"}])]
-    ids, mask, labels = trainer.collate(enc, [0], tok.pad_token_id)
+    ids, mask, labels = batching.collate(enc, [0], tok.pad_token_id)
     with torch.no_grad():
-        fast, n = trainer.answer_loss_sum(model, ids, mask, labels)
+        fast, n = L2.answer_loss_sum(model, ids, mask, labels)
         ref = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     assert abs(float(fast) / n - float(ref)) < 1e-4
 

@@ -9,7 +9,8 @@ import torch
 
 from conftest import FAMILIES, run_cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
-from tunesmith.train import trainer
+from tunesmith.train import batching, precision, setup, trainer
+from tunesmith.train import loss as L2
 from tunesmith.train.config import TrainConfig
 
 # what is special to bf16 training on a CPU (bf16 base under autocast, attention, recomputed norms)
@@ -397,7 +398,7 @@ def test_bf16_on_a_cpu_trains_close_to_fp32(method, tiny_model_dir, data_dir, tm
     # with a bf16 base, batches went through the multiplied-out attention (prompt tuning's virtual tokens too);
     # full fine-tuning keeps fp32 weights, so its hidden states and attention stay fp32 (SDPA)
     assert (attention._causal_bias.cache_info().currsize > 0) == (method != "full")
-    model, _, _ = trainer.setup_model(cfg_for(m, data_dir, tmp_path / "x", precision="bf16", **kw))
+    model, _, _ = setup.setup_model(cfg_for(m, data_dir, tmp_path / "x", precision="bf16", **kw))
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     assert {p.dtype for p in model.parameters() if not p.requires_grad} == (set() if method == "full" else {torch.bfloat16})
     from safetensors.torch import load_file
@@ -465,8 +466,8 @@ def test_bf16_norms_and_mlps_keep_less_for_the_backward_pass(family, tiny_model_
         labels[:, :4] = -100
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-            with trainer.amp(cfg, model):
-                loss, _ = trainer.answer_loss_sum(model, ids, torch.ones_like(ids), labels)
+            with precision.amp(cfg, model):
+                loss, _ = L2.answer_loss_sum(model, ids, torch.ones_like(ids), labels)
         loss.backward()
         text = model.config.get_text_config()
         fp32 = [t for t in saved if t.dtype == torch.float32 and t.dim() and t.shape[-1] == text.hidden_size
@@ -474,12 +475,12 @@ def test_bf16_norms_and_mlps_keep_less_for_the_backward_pass(family, tiny_model_
         wide = {t.untyped_storage().data_ptr() for t in saved if t.dim() and t.shape[-1] == text.intermediate_size}
         return loss.item(), [p.grad for p in model.parameters() if p.requires_grad], fp32, len(wide)
 
-    model, _, _ = trainer.setup_model(cfg)
+    model, _, _ = setup.setup_model(cfg)
     layers = model.config.get_text_config().num_hidden_layers
     assert sum(1 for m in model.modules() if "forward" in vars(m)) >= 3 * layers + 1  # 2 norms and the MLP per layer
     loss, grads, fp32, wide = run(model)
     monkeypatch.setattr(recompute, "apply", lambda model: 0)
-    loss_kept, grads_kept, fp32_kept, wide_kept = run(trainer.setup_model(cfg)[0])
+    loss_kept, grads_kept, fp32_kept, wide_kept = run(setup.setup_model(cfg)[0])
     assert loss == loss_kept
     diff = max((a - b).abs().max().item() for a, b in zip(grads, grads_kept))
     assert diff <= 0.02 * max(b.abs().max().item() for b in grads_kept), diff
@@ -510,8 +511,8 @@ def test_blockwise_cross_entropy_matches_the_plain_one(tiny_model_dir, data_dir,
     with torch.no_grad():  # validation: no gradient computed, the same loss
         assert abs(L.linear_cross_entropy_sum(hidden, weight, targets).item() - ref.item()) < 1e-5 * ref.item()
     for method, frozen in (("lora", True), ("prompt-tuning", False), ("full", False)):
-        model, _, _ = trainer.setup_model(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / method, method=method))
-        assert (trainer.frozen_output_layer(model) is not None) == frozen, method
+        model, _, _ = setup.setup_model(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / method, method=method))
+        assert (L2.frozen_output_layer(model) is not None) == frozen, method
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")
@@ -525,7 +526,7 @@ def test_bf16_on_a_gpu(method, tiny_model_dir, data_dir, tmp_path):
     cfg = cfg_for(m, data_dir, tmp_path / "run", method=method, precision="bf16", lr=1e-3 if method == "full" else 5e-3)
     r = trainer.train(cfg, quiet=True)
     assert r.val_losses[-1] < r.val_loss_start, (r.val_loss_start, r.val_losses)
-    model, _, _ = trainer.setup_model(cfg)
+    model, _, _ = setup.setup_model(cfg)
     assert next(model.parameters()).device.type == "cuda"
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     assert {p.dtype for p in model.parameters() if not p.requires_grad} == (set() if method == "full" else {torch.bfloat16})
@@ -557,10 +558,10 @@ def test_bucketed_right_padding_without_a_mask_gives_the_same_loss(family, tiny_
     model, tok = AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
     enc = [encode_chat(tok, ex["messages"], "all") for ex in toy_examples(3)]
     for idx in ([0], [1, 2]):
-        plain = trainer.collate(enc, idx, tok.pad_token_id)
-        bucketed = trainer.collate(enc, idx, tok.pad_token_id, bucket=64)
+        plain = batching.collate(enc, idx, tok.pad_token_id)
+        bucketed = batching.collate(enc, idx, tok.pad_token_id, bucket=64)
         assert bucketed[0].shape[1] % 64 == 0 and bucketed[0].shape[1] >= plain[0].shape[1] and bool(bucketed[1].all())
-        (a, n), (b, m) = (trainer.answer_loss_sum(model, *batch) for batch in (plain, bucketed))
+        (a, n), (b, m) = (L2.answer_loss_sum(model, *batch) for batch in (plain, bucketed))
         assert n == m > 0 and abs(float(a) - float(b)) < 1e-4 * float(a)
 
 
@@ -574,9 +575,9 @@ def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
     enc = [SimpleNamespace(input_ids=[1] * n) for n in lengths]
     idx = list(range(len(lengths)))
     cfg = TrainConfig(precision="bf16", batch_size=12, micro_batch_size=0)
-    assert trainer.token_budget(cfg) == trainer.TOKEN_BUDGET == 1024
-    assert trainer.pass_budget(enc, cfg) == 1024
-    passes = trainer.micro_batches(enc, idx, cfg, 1024)
+    assert precision.token_budget(cfg) == precision.TOKEN_BUDGET == 1024
+    assert batching.pass_budget(enc, cfg) == 1024
+    passes = batching.micro_batches(enc, idx, cfg, 1024)
     assert sorted(i for p in passes for i in p) == idx
     widths = [max(-(-lengths[i] // 64) * 64 for i in p) for p in passes]
     assert [[lengths[i] for i in p] for p in passes] == [[10, 60, 70, 128, 130], [250, 300], [500], [600], [900],
@@ -584,18 +585,18 @@ def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
     assert all(w * len(p) <= 1024 for w, p in zip(widths, passes))
     # where the longest example is shorter than the budget, no pass holds more than its padded width
     short = [SimpleNamespace(input_ids=[1] * n) for n in (300, 60, 70, 130)]
-    assert trainer.pass_budget(short, cfg) == 320
-    assert [[len(short[i].input_ids) for i in p] for p in trainer.micro_batches(short, [0, 1, 2, 3], cfg, 320)] == [
+    assert batching.pass_budget(short, cfg) == 320
+    assert [[len(short[i].input_ids) for i in p] for p in batching.micro_batches(short, [0, 1, 2, 3], cfg, 320)] == [
         [60, 70], [130], [300]]
     fixed = TrainConfig(precision="bf16", batch_size=12, micro_batch_size=4)
-    assert trainer.pass_budget(enc, fixed) == 0 and trainer.micro_batches(enc, idx, fixed, 0) == [
+    assert batching.pass_budget(enc, fixed) == 0 and batching.micro_batches(enc, idx, fixed, 0) == [
         idx[:4], idx[4:8], idx[8:]]  # a fixed size: as given, in order
     for other in (TrainConfig(precision="fp32", micro_batch_size=0), TrainConfig(precision="bf16", fsdp=True)):
-        assert trainer.token_budget(other) == 0
+        assert precision.token_budget(other) == 0
     # a whole epoch: every example once, full steps in random order, the short remainder step last
     many = [SimpleNamespace(input_ids=[1] * (20 + 37 * i % 700)) for i in range(150)]
     for epoch in (1, 2):
-        plan = trainer.batches(many, TrainConfig(precision="bf16", batch_size=8, micro_batch_size=0), epoch)
+        plan = batching.batches(many, TrainConfig(precision="bf16", batch_size=8, micro_batch_size=0), epoch)
         steps = [[i for p in step for i in p] for step in plan]
         assert sorted(i for s in steps for i in s) == list(range(150))
         assert [len(s) for s in steps] == [8] * 18 + [6]
@@ -634,3 +635,15 @@ def test_auto_micro_batches_under_cpu_bf16_train_like_one_example_per_pass(tiny_
     assert len(one) == len(auto) == 4
     assert max(abs(x - y) / x for x, y in zip(one, auto)) < 0.01, (one, auto)
     assert "micro_batch_size: 0\n" in (tmp_path / "auto" / "config.yaml").read_text()
+
+
+def test_an_explicit_model_is_kept_beside_from_adapter_and_an_unset_one_follows_it(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tunesmith-run.json").write_text(json.dumps({"model": "gemma3-270m"}))
+    assert TrainConfig(from_adapter=str(run)).model == "gemma3-270m"
+    assert TrainConfig(model="smollm2-135m", from_adapter=str(run)).model == "smollm2-135m"
+    assert TrainConfig().model == "smollm2-135m"
+    (run / "tunesmith-run.json").write_text("{")
+    with pytest.raises(UserError, match="tunesmith-run.json: damaged .no base model recorded.; pass --model"):
+        TrainConfig(from_adapter=str(run))

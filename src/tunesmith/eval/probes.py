@@ -23,7 +23,8 @@ from tunesmith.chat import encode_chat, split_prompt
 from tunesmith.data.formats import load_examples
 from tunesmith.modeling import generate
 from tunesmith.scoring.metrics import token_f1
-from tunesmith.train.trainer import answer_loss_sum, collate
+from tunesmith.train.batching import collate
+from tunesmith.train.loss import answer_loss_sum
 
 PROBE_FILE = Path(__file__).parent / "probe-data" / "general.jsonl"
 MEMORIZATION_GAP = 10.0  # points of the headline metric

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 
+from tunesmith.chat import IGNORE
+
 BLOCK = 64  # answer positions per block: 64 × 49,152 fp32 logits = 12.6 MB for SmolLM2
 
 
@@ -50,3 +52,59 @@ def _function():
 def linear_cross_entropy_sum(hidden, weight, targets):
     """Σ cross-entropy(hidden @ weightᵀ, targets) over the rows; the weight must not need a gradient."""
     return _function().apply(hidden, weight, targets)
+
+
+# ---------------------------------------------------------------- the loss on answer tokens
+
+
+def _prompt_learning(model) -> bool:
+    return getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning
+
+
+def answer_logits(model, ids, mask, labels, project: bool = True):
+    """Logits at the answer positions only (the output layer runs nowhere else), their target
+    ids, and the [batch, length - 1] mask of where they are. With project=False: the hidden
+    states at those positions instead of the logits."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dev = next(inner.parameters()).device
+    ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
+    targets = labels[:, 1:]
+    sel = targets != IGNORE
+    if _prompt_learning(model):
+        # prompt/prefix tuning add virtual tokens in PeftModel.forward: use it, keep the real positions
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]
+        return logits[:, :-1][sel].float(), targets[sel], sel
+    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][sel]
+    if not project:
+        return hidden, targets[sel], sel
+    logits = inner.get_output_embeddings()(hidden).float()
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    if cap:
+        logits = (logits / cap).tanh() * cap
+    return logits, targets[sel], sel
+
+
+def frozen_output_layer(model):
+    """The output layer's weight when the loss can be computed block by block (loss.py): frozen, no bias,
+    no logit softcapping, no virtual tokens; else None."""
+    import torch
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = inner.get_output_embeddings()
+    if (_prompt_learning(model) or getattr(inner.config, "final_logit_softcapping", None)
+            or type(out) is not torch.nn.Linear or out.bias is not None or out.weight.requires_grad):
+        return None
+    return out.weight
+
+
+def answer_loss_sum(model, ids, mask, labels):
+    """Sum of cross-entropy over answer tokens, and how many there are."""
+    import torch.nn.functional as F
+
+    weight = frozen_output_layer(model)
+    if weight is not None:
+        hidden, targets, sel = answer_logits(model, ids, mask, labels, project=False)
+        return linear_cross_entropy_sum(hidden, weight, targets), int(sel.sum())
+    logits, targets, sel = answer_logits(model, ids, mask, labels)
+    return F.cross_entropy(logits, targets, reduction="sum"), int(sel.sum())
+

@@ -37,16 +37,12 @@ from tunesmith.scoring import metrics as M
 from tunesmith.scoring.judge import make_judge
 from tunesmith.scoring.style import check_style, load_style
 from tunesmith.train import checkpoint, rundir
-from tunesmith.train.trainer import (
-    amp,
-    answer_logits,
-    collate,
-    lr_schedule,
-    save_adapter,
-    setup_model,
-    tensorboard_add,
-    tensorboard_writer,
-)
+from tunesmith.train.batching import collate
+from tunesmith.train.loss import answer_logits
+from tunesmith.train.precision import amp
+from tunesmith.train.progress import tensorboard_add, tensorboard_writer
+from tunesmith.train.setup import setup_model
+from tunesmith.train.trainer import lr_schedule, save_adapter
 
 # ---------------------------------------------------------------- log-probabilities
 

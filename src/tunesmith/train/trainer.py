@@ -8,11 +8,9 @@ answer tokens of the optimizer step, so batch 8 == batch 4 x accumulation 2.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
@@ -20,17 +18,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunesmith.atomic import make_temp_dir, replace_dir, write_text
-from tunesmith.chat import IGNORE, encode_chat, split_prompt
+from tunesmith.chat import IGNORE, split_prompt
 from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.data.prepare import is_mix, load_training_mix
 from tunesmith.errors import UserError
 from tunesmith.faults import killpoint
-from tunesmith.modeling import check_adapter_dir, default_dtype, generate, load_base
+from tunesmith.modeling import generate
 from tunesmith.scoring.metrics import scores
-from tunesmith.train import attention, checkpoint, recompute, rundir
+from tunesmith.train import checkpoint, rundir
 from tunesmith.train import distributed as dist
+from tunesmith.train.batching import batches, collate, encode_all, micro_batches, n_answer_tokens, pass_budget
 from tunesmith.train.config import ADAPTER_METHODS, TrainConfig
-from tunesmith.train.loss import linear_cross_entropy_sum
+from tunesmith.train.loss import answer_loss_sum
+from tunesmith.train.precision import amp, bucket_size, token_budget
+from tunesmith.train.progress import Progress, tensorboard_add, tensorboard_writer
+from tunesmith.train.setup import setup_model
 
 # ---------------------------------------------------------------- data
 
@@ -48,155 +50,7 @@ def load_data(cfg: TrainConfig):
     return load_examples(train_path, "--data"), (load_examples(val_path, "--val") if val_path else []), train_path
 
 
-def encode_all(tokenizer, examples, cfg: TrainConfig) -> tuple[list, list[str]]:
-    kept, dropped = [], []
-    for ex in examples:
-        enc = encode_chat(tokenizer, ex.messages, cfg.train_on)
-        if len(enc.input_ids) > cfg.max_length:
-            dropped.append(f"{ex.path}:{ex.line}: {len(enc.input_ids)} tokens > --max-length {cfg.max_length}, dropped")
-        else:
-            kept.append(enc)
-    return kept, dropped
-
-
-def batches(encoded: list, cfg: TrainConfig, epoch: int) -> list[list[list[int]]]:
-    """Optimizer steps, each a list of micro-batches of example indices.
-
-    Length-grouped: shuffle, then sort within windows of 8 steps' worth of examples, so a
-    micro-batch holds examples of similar length (little padding) while order stays random.
-    A short last step (fewer examples than --batch-size) stays last, as in a DataLoader.
-    """
-    rng = random.Random(cfg.seed * 1000 + epoch)
-    idx = list(range(len(encoded)))
-    rng.shuffle(idx)
-    window = cfg.batch_size * 8
-    ordered: list[int] = []
-    for s in range(0, len(idx), window):
-        ordered += sorted(idx[s : s + window], key=lambda i: len(encoded[i].input_ids))
-    steps = [ordered[s : s + cfg.batch_size] for s in range(0, len(ordered), cfg.batch_size)]
-    short = steps.pop() if steps and len(steps[-1]) < cfg.batch_size else None
-    rng.shuffle(steps)
-    if short:
-        steps.append(short)
-    budget = pass_budget(encoded, cfg)
-    return [micro_batches(encoded, step, cfg, budget) for step in steps]
-
-
-def pass_budget(encoded: list, cfg: TrainConfig) -> int:
-    """token_budget, capped at the padded width of the longest example of `encoded` (so no pass holds more
-    tokens than that example alone); 0 where passes hold a fixed number of examples."""
-    if not token_budget(cfg) or not encoded:
-        return 0
-    return min(token_budget(cfg), padded_width(max(len(e.input_ids) for e in encoded), bucket_size(cfg)))
-
-
-def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig, budget: int) -> list[list[int]]:
-    """Split one step's examples `idx` into forward passes: --micro-batch-size examples each, or with a
-    `budget` (pass_budget) as many examples of similar length as fit in that many padded tokens."""
-    if not budget:
-        return [idx[m : m + cfg.micro_batch_size] for m in range(0, len(idx), cfg.micro_batch_size)]
-    bucket = bucket_size(cfg)
-    out: list[list[int]] = []
-    width = 0
-    for i in sorted(idx, key=lambda i: len(encoded[i].input_ids)):
-        w = padded_width(len(encoded[i].input_ids), bucket)
-        if out and max(width, w) * (len(out[-1]) + 1) <= budget:
-            out[-1].append(i)
-            width = max(width, w)
-        else:
-            out.append([i])
-            width = w
-    return out
-
-
-def padded_width(n: int, bucket: int) -> int:
-    """`n` tokens rounded up to a multiple of `bucket` (0: not rounded): a row's width in a batch."""
-    return -(-n // bucket) * bucket if bucket else n
-
-
-def collate(encoded: list, idx: list[int], pad_id: int, bucket: int = 0):
-    """Right-padded ids, attention mask and labels of the examples `idx`.
-
-    With `bucket`, the width is rounded up to a multiple of it and the mask is all ones: in a
-    causal model no real token looks right, so right padding needs no mask (its positions are
-    never targets), and the attention can take its unmasked fast path. Why round at all: on a
-    CPU every new sequence length makes oneDNN build and cache new matmul kernels (with their
-    own buffers) and fragments the heap; with every example a different length, bf16 training's
-    peak RSS on the example data grew to ~3.4 GB where one sequence needs ~1.4 GB. Widths in
-    steps of 64 measured 2.7 GB at the same speed (the padding's ~7 % more tokens cost about
-    what the fewer distinct shapes save)."""
-    import torch
-
-    width = padded_width(max(len(encoded[i].input_ids) for i in idx), bucket)
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
-    mask = torch.full((len(idx), width), 1 if bucket else 0, dtype=torch.long)
-    for r, i in enumerate(idx):
-        n = len(encoded[i].input_ids)
-        ids[r, :n] = torch.tensor(encoded[i].input_ids)
-        labels[r, :n] = torch.tensor(encoded[i].labels)
-        mask[r, :n] = 1
-    return ids, mask, labels
-
-
 # ---------------------------------------------------------------- loss
-
-
-def _prompt_learning(model) -> bool:
-    return getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning
-
-
-def answer_logits(model, ids, mask, labels, project: bool = True):
-    """Logits at the answer positions only (the output layer runs nowhere else), their target
-    ids, and the [batch, length - 1] mask of where they are. With project=False: the hidden
-    states at those positions instead of the logits."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    dev = next(inner.parameters()).device
-    ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
-    targets = labels[:, 1:]
-    sel = targets != IGNORE
-    if _prompt_learning(model):
-        # prompt/prefix tuning add virtual tokens in PeftModel.forward: use it, keep the real positions
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]
-        return logits[:, :-1][sel].float(), targets[sel], sel
-    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][sel]
-    if not project:
-        return hidden, targets[sel], sel
-    logits = inner.get_output_embeddings()(hidden).float()
-    cap = getattr(inner.config, "final_logit_softcapping", None)
-    if cap:
-        logits = (logits / cap).tanh() * cap
-    return logits, targets[sel], sel
-
-
-def frozen_output_layer(model):
-    """The output layer's weight when the loss can be computed block by block (loss.py): frozen, no bias,
-    no logit softcapping, no virtual tokens; else None."""
-    import torch
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = inner.get_output_embeddings()
-    if (_prompt_learning(model) or getattr(inner.config, "final_logit_softcapping", None)
-            or type(out) is not torch.nn.Linear or out.bias is not None or out.weight.requires_grad):
-        return None
-    return out.weight
-
-
-def answer_loss_sum(model, ids, mask, labels):
-    """Sum of cross-entropy over answer tokens, and how many there are."""
-    import torch.nn.functional as F
-
-    weight = frozen_output_layer(model)
-    if weight is not None:
-        hidden, targets, sel = answer_logits(model, ids, mask, labels, project=False)
-        return linear_cross_entropy_sum(hidden, weight, targets), int(sel.sum())
-    logits, targets, sel = answer_logits(model, ids, mask, labels)
-    return F.cross_entropy(logits, targets, reduction="sum"), int(sel.sum())
-
-
-def n_answer_tokens(encoded, idx) -> int:
-    # labels are shifted by one for prediction; the first token never is a target
-    return sum(sum(1 for x in encoded[i].labels[1:] if x != IGNORE) for i in idx)
 
 
 def validate(model, encoded, cfg: TrainConfig, pad_id: int, sharded_loss=None) -> float:
@@ -264,163 +118,6 @@ class Result:
     val_loss_start: float | None = None  # before training
 
 
-def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
-    """The base model with the chosen method applied: what is trainable, and how."""
-    import torch
-
-    if cfg.method == "qlora":
-        if not torch.cuda.is_available():
-            raise UserError("--method qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
-                            "on this machine use --method lora (the same adapter, on an unquantized base)")
-        import importlib.util
-
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise UserError("--method qlora needs bitsandbytes: pip install bitsandbytes")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    if autocast_device(cfg):  # trainable weights and the optimizer in fp32, the forward pass under bf16 autocast
-        dtype = torch.bfloat16 if frozen_base_bf16(cfg) else torch.float32
-    model, tok, model_dir = load_base(cfg.model, trust_remote_code=trust_remote_code, dtype=dtype,
-                                      quantize_4bit=cfg.method == "qlora")
-    if cpu_autocast(cfg):
-        model.set_attn_implementation(attention.register())
-    torch.manual_seed(cfg.seed)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.method in ("full", "freeze"):
-        if cfg.from_adapter:
-            raise UserError(f"--from-adapter is for adapter methods; to continue a {cfg.method} run, pass its directory as --model")
-        select_trainable(model, cfg)
-    else:
-        from peft import PeftModel, get_peft_model
-
-        if cfg.method == "qlora":
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-        elif cfg.gradient_checkpointing:
-            model.enable_input_require_grads()
-        if cfg.from_adapter:
-            src = check_adapter_dir(cfg.from_adapter)
-            kind = json.loads((src / "adapter_config.json").read_text()).get("peft_type")
-            want = peft_config(cfg).peft_type.value
-            if kind != want:
-                raise UserError(f"--from-adapter {src}: a {kind} adapter cannot continue as --method {cfg.method} ({want})")
-            try:
-                model = PeftModel.from_pretrained(model, str(src), is_trainable=True)
-            except (RuntimeError, ValueError, KeyError) as e:
-                raise UserError(f"--from-adapter {src}: does not fit model {cfg.model} ({str(e).splitlines()[0]})") from None
-        else:
-            try:
-                model = get_peft_model(model, peft_config(cfg))
-            except ValueError as e:
-                raise UserError(f"--method {cfg.method}: {str(e).splitlines()[0]}") from None
-    model.config.use_cache = False
-    if cpu_autocast(cfg) and frozen_base_bf16(cfg):
-        recompute.apply(model)
-    return model, tok, model_dir
-
-
-def autocast_device(cfg: TrainConfig) -> str | None:
-    """Where the forward pass runs under bf16 autocast, or None. Under it the trainable weights, their
-    gradients and AdamW stay fp32 (pure bf16 weights round most updates away), as HF Trainer's bf16=True.
-    "cpu": --precision bf16 on a CPU, fast where it multiplies bf16 natively (AVX512-BF16, AMX).
-    "cuda": bf16 on a GPU (--precision bf16, or auto on a GPU that has it). Not QLoRA: bitsandbytes
-    computes in its own compute dtype."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "cpu" if cfg.precision == "bf16" else None
-    if cfg.method == "qlora":
-        return None
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and default_dtype() == torch.bfloat16)
-    return "cuda" if bf16 else None
-
-
-def cpu_autocast(cfg: TrainConfig) -> bool:
-    """bf16 training on a CPU, where attention, padding and norms take the CPU's fast, lean paths."""
-    return autocast_device(cfg) == "cpu"
-
-
-def bucket_size(cfg: TrainConfig) -> int:
-    """Under CPU bf16, batches are padded to a multiple of 64 tokens (see collate)."""
-    return 64 if cpu_autocast(cfg) else 0
-
-
-# Under CPU bf16 a short sequence leaves the CPU idle: one LoRA pass of SmolLM2-135M ran 273 tokens/s at
-# 128 tokens, 353 at 256, 381 at 448, but 4 × 128 tokens in one pass 432 and 2 × 256 420 (2-core EPYC,
-# AVX512-BF16): oneDNN's bf16 matmuls want many rows, while attention's cost grows with each row's
-# length. So auto micro-batches fill a pass with examples of similar length up to this many padded
-# tokens. On DialogSum steps (64 examples, 260 tokens on average): one example per pass 303 tokens/s;
-# budgets 512 / 768 / 1024 / 1536: 342 / 368 / 381 / 397. The budget is also capped at the longest
-# example's padded width (pass_budget), so no pass holds more tokens than that example alone: on the
-# example data (longest 645 tokens) a flat 1024 raised the peak RSS from 1,936 to 2,472 MiB, the cap
-# (704) kept it at 1,971; on DialogSum (longest 856, budget 896) 2,041 → 2,412 MiB for 1.2× the speed.
-TOKEN_BUDGET = 1024
-
-
-def token_budget(cfg: TrainConfig) -> int:
-    """Padded tokens per forward pass when --micro-batch-size is 0 (auto) under CPU bf16 (not FSDP, whose
-    ranks must run as many passes), else 0: a fixed number of examples per pass."""
-    return TOKEN_BUDGET if not cfg.micro_batch_size and cpu_autocast(cfg) and not cfg.fsdp else 0
-
-
-def frozen_base_bf16(cfg: TrainConfig) -> bool:
-    """Adapter methods under autocast keep the frozen base in bf16: half the memory, and no cast of
-    every weight at every use. Not for full/freeze (their saved model would mix dtypes) nor FSDP (it
-    shards a unit's parameters as one flat tensor of one dtype)."""
-    return cfg.method in ("lora", "dora", "prompt-tuning", "prefix-tuning") and not cfg.fsdp
-
-
-def amp(cfg: TrainConfig, model):
-    """The forward pass's precision context: bf16 autocast where autocast_device says so, with PEFT's cast
-    of each adapter layer's input to the adapter's fp32 switched off (autocast multiplies in bf16 anyway,
-    the cast was a wasted copy, and its fp32 result was what autograd kept)."""
-    import torch
-
-    device = autocast_device(cfg)
-    if device is None:
-        return contextlib.nullcontext()
-    from peft.helpers import disable_input_dtype_casting
-
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.autocast(device, dtype=torch.bfloat16))
-    stack.enter_context(disable_input_dtype_casting(model))
-    return stack
-
-
-def peft_config(cfg: TrainConfig):
-    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit
-
-    if cfg.method == "prompt-tuning":
-        return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.virtual_tokens,
-                                  prompt_tuning_init=PromptTuningInit.RANDOM)
-    if cfg.method == "prefix-tuning":
-        return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.virtual_tokens)
-    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-                      use_dora=cfg.method == "dora", use_rslora=cfg.rslora, task_type="CAUSAL_LM")
-
-
-def select_trainable(model, cfg: TrainConfig) -> None:
-    """full: every weight. freeze: only the last N layers, or the named modules."""
-    if cfg.method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return
-    names = [n.strip() for n in cfg.train_modules.split(",") if n.strip()]
-    if not names:
-        n_layers = model.config.num_hidden_layers
-        names = [f"layers.{i}." for i in range(max(0, n_layers - cfg.freeze_layers), n_layers)]
-    hit = 0
-    for name, p in model.named_parameters():
-        on = any(k in name for k in names)
-        p.requires_grad_(on)
-        hit += on
-    if not hit:
-        raise UserError(f"--train-modules {cfg.train_modules!r}: matches no parameter of this model "
-                        f"(names look like {next(iter(dict(model.named_parameters())))})")
-
-
 def lr_schedule(cfg: TrainConfig, total_steps: int):
     warmup = max(1, int(total_steps * cfg.warmup_ratio)) if cfg.warmup_ratio > 0 else 0
 
@@ -465,7 +162,7 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
             lines = metrics_path.read_text().splitlines(keepends=True)[: st["metric_lines"]] if metrics_path.exists() else []
             write_text(metrics_path, "".join(lines))  # drop what was logged after the checkpoint
     metrics = open(metrics_path if lead else os.devnull, "a" if resume is not None else "w")
-    progress = _Progress(total_steps, quiet or not lead, start=st["step"])
+    progress = Progress(total_steps, quiet or not lead, start=st["step"])
     t0 = time.time() - st["elapsed"]
 
     tb = tensorboard_writer(cfg)
@@ -581,27 +278,6 @@ def fit(model, tok, train_enc, val_enc, cfg: TrainConfig, work: Path, quiet: boo
     return st
 
 
-def tensorboard_writer(cfg: TrainConfig):
-    """A SummaryWriter for --tensorboard DIR on rank 0, else None."""
-    if not cfg.tensorboard or dist.world()[0] != 0:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("--tensorboard needs the tensorboard package: pip install 'tunesmith[tensorboard]'") from None
-    return SummaryWriter(log_dir=cfg.tensorboard)
-
-
-def tensorboard_add(tb, rec: dict) -> None:
-    """Every number of a metrics.jsonl record, as a scalar at its step."""
-    if tb is None:
-        return
-    for k, v in rec.items():
-        if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
-            tb.add_scalar(k, v, rec["step"])
-    tb.flush()
-
-
 def save_adapter(model, tok, where: Path, cfg: TrainConfig | None = None, write: bool = True) -> None:
     """The trainable part as a PEFT adapter directory (full/freeze: a model directory), written
     atomically. Under FSDP every rank calls this (the weights are gathered) and `write` says who writes."""
@@ -618,45 +294,6 @@ def save_adapter(model, tok, where: Path, cfg: TrainConfig | None = None, write:
         replace_dir(tmp, where)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-class _Progress:
-    """A progress bar with loss, tokens/s and ETA; plain lines when not on a terminal; silent with --quiet."""
-
-    def __init__(self, total: int, quiet: bool, start: int = 0):
-        self.quiet, self.total, self.t0, self.start = quiet, total, time.time(), start
-        if quiet:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.console = Console(stderr=True)
-        self.live = self.console.is_terminal
-        if self.live:
-            self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                              TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
-            self.task = self.p.add_task("train", total=total, completed=start, info="")
-            self.p.start()
-        self.every = max(1, total // 10)
-
-    def update(self, step, epoch, epochs, loss, tps):
-        if self.quiet:
-            return
-        info = f"epoch {epoch}/{epochs} loss {loss:.4f} {tps:,.0f} tok/s"
-        if self.live:
-            self.p.update(self.task, completed=step, info=info)
-        elif step % self.every == 0 or step == self.total:
-            el = time.time() - self.t0
-            eta = el / max(1, step - self.start) * (self.total - step)
-            self.console.print(f"step {step}/{self.total} {info} ETA {eta // 60:.0f}m{eta % 60:02.0f}s", highlight=False)
-
-    def note(self, text):
-        if not self.quiet:
-            self.console.print(text, highlight=False)
-
-    def close(self):
-        if not self.quiet and self.live:
-            self.p.stop()
 
 
 # ---------------------------------------------------------------- run directory

@@ -1,0 +1,107 @@
+"""Examples into optimizer steps and forward passes: length-grouped shuffling, the auto token budget
+under CPU bf16, and right padding into tensors."""
+
+from __future__ import annotations
+
+import random
+
+from tunesmith.chat import IGNORE, encode_chat
+from tunesmith.train.config import TrainConfig
+from tunesmith.train.precision import bucket_size, token_budget
+
+
+def encode_all(tokenizer, examples, cfg: TrainConfig) -> tuple[list, list[str]]:
+    kept, dropped = [], []
+    for ex in examples:
+        enc = encode_chat(tokenizer, ex.messages, cfg.train_on)
+        if len(enc.input_ids) > cfg.max_length:
+            dropped.append(f"{ex.path}:{ex.line}: {len(enc.input_ids)} tokens > --max-length {cfg.max_length}, dropped")
+        else:
+            kept.append(enc)
+    return kept, dropped
+
+
+def batches(encoded: list, cfg: TrainConfig, epoch: int) -> list[list[list[int]]]:
+    """Optimizer steps, each a list of micro-batches of example indices.
+
+    Length-grouped: shuffle, then sort within windows of 8 steps' worth of examples, so a
+    micro-batch holds examples of similar length (little padding) while order stays random.
+    A short last step (fewer examples than --batch-size) stays last, as in a DataLoader.
+    """
+    rng = random.Random(cfg.seed * 1000 + epoch)
+    idx = list(range(len(encoded)))
+    rng.shuffle(idx)
+    window = cfg.batch_size * 8
+    ordered: list[int] = []
+    for s in range(0, len(idx), window):
+        ordered += sorted(idx[s : s + window], key=lambda i: len(encoded[i].input_ids))
+    steps = [ordered[s : s + cfg.batch_size] for s in range(0, len(ordered), cfg.batch_size)]
+    short = steps.pop() if steps and len(steps[-1]) < cfg.batch_size else None
+    rng.shuffle(steps)
+    if short:
+        steps.append(short)
+    budget = pass_budget(encoded, cfg)
+    return [micro_batches(encoded, step, cfg, budget) for step in steps]
+
+
+def pass_budget(encoded: list, cfg: TrainConfig) -> int:
+    """token_budget, capped at the padded width of the longest example of `encoded` (so no pass holds more
+    tokens than that example alone); 0 where passes hold a fixed number of examples."""
+    if not token_budget(cfg) or not encoded:
+        return 0
+    return min(token_budget(cfg), padded_width(max(len(e.input_ids) for e in encoded), bucket_size(cfg)))
+
+
+def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig, budget: int) -> list[list[int]]:
+    """Split one step's examples `idx` into forward passes: --micro-batch-size examples each, or with a
+    `budget` (pass_budget) as many examples of similar length as fit in that many padded tokens."""
+    if not budget:
+        return [idx[m : m + cfg.micro_batch_size] for m in range(0, len(idx), cfg.micro_batch_size)]
+    bucket = bucket_size(cfg)
+    out: list[list[int]] = []
+    width = 0
+    for i in sorted(idx, key=lambda i: len(encoded[i].input_ids)):
+        w = padded_width(len(encoded[i].input_ids), bucket)
+        if out and max(width, w) * (len(out[-1]) + 1) <= budget:
+            out[-1].append(i)
+            width = max(width, w)
+        else:
+            out.append([i])
+            width = w
+    return out
+
+
+def padded_width(n: int, bucket: int) -> int:
+    """`n` tokens rounded up to a multiple of `bucket` (0: not rounded): a row's width in a batch."""
+    return -(-n // bucket) * bucket if bucket else n
+
+
+def collate(encoded: list, idx: list[int], pad_id: int, bucket: int = 0):
+    """Right-padded ids, attention mask and labels of the examples `idx`.
+
+    With `bucket`, the width is rounded up to a multiple of it and the mask is all ones: in a
+    causal model no real token looks right, so right padding needs no mask (its positions are
+    never targets), and the attention can take its unmasked fast path. Why round at all: on a
+    CPU every new sequence length makes oneDNN build and cache new matmul kernels (with their
+    own buffers) and fragments the heap; with every example a different length, bf16 training's
+    peak RSS on the example data grew to ~3.4 GB where one sequence needs ~1.4 GB. Widths in
+    steps of 64 measured 2.7 GB at the same speed (the padding's ~7 % more tokens cost about
+    what the fewer distinct shapes save)."""
+    import torch
+
+    width = padded_width(max(len(encoded[i].input_ids) for i in idx), bucket)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+    mask = torch.full((len(idx), width), 1 if bucket else 0, dtype=torch.long)
+    for r, i in enumerate(idx):
+        n = len(encoded[i].input_ids)
+        ids[r, :n] = torch.tensor(encoded[i].input_ids)
+        labels[r, :n] = torch.tensor(encoded[i].labels)
+        mask[r, :n] = 1
+    return ids, mask, labels
+
+
+def n_answer_tokens(encoded, idx) -> int:
+    # labels are shifted by one for prediction; the first token never is a target
+    return sum(sum(1 for x in encoded[i].labels[1:] if x != IGNORE) for i in idx)
+
