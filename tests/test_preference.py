@@ -11,6 +11,7 @@ import torch
 
 from conftest import chat, run_cli, write_jsonl
 from tunesmith.errors import UserError
+from tunesmith.train import graders as G
 from tunesmith.train import preference as P
 
 
@@ -69,11 +70,11 @@ def test_group_advantages_are_normalized_within_each_group():
 def test_graders_parse_weight_and_score(tmp_path):
     style = tmp_path / "style.yaml"
     style.write_text("required:\n  - '^Meeting Summary:'\nmax_words: 5\n")
-    g = P.parse_graders("format, length:4*0.5, rougeL*2", style=str(style))
+    g = G.parse_graders("format, length:4*0.5, rougeL*2", style=str(style))
     assert [(x.name, x.weight) for x in g] == [("format", 1.0), ("length:4", 0.5), ("rougeL", 2.0)]
     outs = ["Meeting Summary: the budget.", "some long answer that goes on and on"]
     refs = ["Meeting Summary: the budget.", "an answer"]
-    total, means = P.grade(g, [[], []], outs, refs)
+    total, means = G.grade(g, [[], []], outs, refs)
     # first: format 2/2 rules, length 4 words of 4 -> 1, rougeL 1.0; second: format 0/2, 8 words -> 0, rougeL 2/10
     assert total == pytest.approx([1 + 0.5 + 2.0, 0 + 0 + 2 * 0.2])
     assert means == pytest.approx({"format": 0.5, "length:4": 0.5, "rougeL": 0.6})
@@ -92,7 +93,7 @@ def test_grader_errors_say_what_to_write(tmp_path):
     }
     for spec, msg in cases.items():
         with pytest.raises(UserError) as e:
-            P.parse_graders(spec)
+            G.parse_graders(spec)
         assert str(e.value).startswith(msg), (spec, str(e.value))
 
 
