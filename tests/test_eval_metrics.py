@@ -9,7 +9,8 @@ import pytest
 from conftest import SHARED, write_jsonl
 from tunesmith.data.formats import Example, load_examples
 from tunesmith.errors import UserError
-from tunesmith.eval.run import compare, print_table, references_of, score, split_prompt
+from tunesmith.eval.run import compare, references_of, score, split_prompt
+from tunesmith.eval.tables import print_table
 from tunesmith.scoring import metrics as M
 from tunesmith.scoring.style import check_style, load_style
 

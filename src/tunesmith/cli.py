@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_generation(p)
-    p.set_defaults(handler="tunesmith.eval.run:cli_eval")
+    p.set_defaults(handler="tunesmith.eval.cli:cli_eval")
 
     p = sub.add_parser("generate", help="generate text with the base model or an adapter attached")
     _add_model(p)

