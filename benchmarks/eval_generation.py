@@ -34,7 +34,7 @@ def main() -> int:
     from tunesmith.chat import prompt_ids, stop_token_ids
     from tunesmith.data.formats import load_examples
     from tunesmith.eval.run import split_prompt
-    from tunesmith.modeling import generate, load
+    from tunesmith.loading import generate, load
 
     loaded = load(args.model, quiet=True)
     model, tok = loaded.model, loaded.tokenizer

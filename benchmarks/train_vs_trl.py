@@ -108,7 +108,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def prepare_data(work: Path, model: str, train_ex, val_ex, max_length: int) -> dict:
-    from tunesmith.modeling import load_tokenizer
+    from tunesmith.loading import load_tokenizer
     from tunesmith.models import resolve
 
     model_dir = resolve(model)
@@ -877,7 +877,7 @@ def sweep_examples(tok, length: int, count: int) -> list[dict]:
 
 
 def run_sweep(a, work: Path) -> dict:
-    from tunesmith.modeling import load_tokenizer
+    from tunesmith.loading import load_tokenizer
     from tunesmith.models import resolve
 
     sides = ["tunesmith"] if a.only in (None, "tunesmith") else (["tunesmith", "trl"] if a.only == "both" else [a.only])

@@ -6,8 +6,8 @@ from conftest import run_cli
 
 
 def test_chat_keeps_history_and_resets(tiny_model_dir):
-    from tunesmith.modeling import generate, load
-    from tunesmith.use.chat import reply
+    from tunesmith.loading import generate, load
+    from tunesmith.use.talk import reply
 
     model = tiny_model_dir("llama")
     loaded = load(str(model), quiet=True)

@@ -24,7 +24,7 @@ import torch
 
 from conftest import toy_examples, write_jsonl
 from tunesmith.cli import main
-from tunesmith.modeling import RUN_INFO
+from tunesmith.loading import RUN_INFO
 
 IDS = torch.tensor([[1, 5, 9, 20, 33, 100, 200, 7, 42, 64, 128, 3]])
 MERGE_TOL = 1e-4
@@ -424,7 +424,7 @@ def test_adapter_only_refuses_dora(tiny_model_dir, tmp_path, capsys):
 
 
 def test_trained_adapter_merge_and_export_agree_with_generate(tiny_model_dir, tmp_path, capsys):
-    from tunesmith.modeling import generate, load
+    from tunesmith.loading import generate, load
     from tunesmith.train import trainer
     from tunesmith.train.config import TrainConfig
 

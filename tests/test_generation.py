@@ -22,7 +22,7 @@ def greedy_without_cache(model, ids: list[int], n: int) -> list[int]:
 def test_batched_generation_equals_a_plain_greedy_loop(family, monkeypatch):
     import random
 
-    from tunesmith import modeling
+    from tunesmith import loading
 
     tok = make_tokenizer(family)
     model = make_model(family, tok)
@@ -30,10 +30,10 @@ def test_batched_generation_equals_a_plain_greedy_loop(family, monkeypatch):
     # lengths far apart, so the padded batch would be mostly padding
     prompts = [[rng.randrange(10, len(tok)) for _ in range(n)] for n in (3, 41, 17, 70)]
     unpadded = []
-    real = modeling.prefill_unpadded
-    monkeypatch.setattr(modeling, "prefill_unpadded", lambda *a, **k: unpadded.append(1) or real(*a, **k))
+    real = loading.prefill_unpadded
+    monkeypatch.setattr(loading, "prefill_unpadded", lambda *a, **k: unpadded.append(1) or real(*a, **k))
 
-    outs = modeling.generate_ids(model, prompts, pad_id=tok.pad_token_id, stop_ids=[], max_new_tokens=12)
+    outs = loading.generate_ids(model, prompts, pad_id=tok.pad_token_id, stop_ids=[], max_new_tokens=12)
 
     assert [ids for ids, _ in outs] == [greedy_without_cache(model, p, 12) for p in prompts]
     # sliding-window layers (gemma3) keep transformers' own cache and the padded prompt pass
@@ -43,7 +43,7 @@ def test_batched_generation_equals_a_plain_greedy_loop(family, monkeypatch):
 def test_growing_cache_layer_keeps_every_token_in_place():
     import torch
 
-    from tunesmith.modeling import growing_cache
+    from tunesmith.loading import growing_cache
 
     cache = growing_cache(reserve=2)
     k = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
@@ -66,7 +66,7 @@ def test_prompt_and_prefix_adapters_keep_pefts_own_generation_path(kind):
     import torch
     from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
-    from tunesmith import modeling
+    from tunesmith import loading
 
     tok = make_tokenizer("llama")
     base = make_model("llama", tok)
@@ -78,5 +78,5 @@ def test_prompt_and_prefix_adapters_keep_pefts_own_generation_path(kind):
             if p.requires_grad:
                 p.normal_(0, 1.0)  # a visible effect on the output
     prompts = [[20 + i for i in range(n)] for n in (3, 30, 11)]
-    outs = modeling.generate_ids(model, prompts, pad_id=tok.pad_token_id, stop_ids=[], max_new_tokens=6)
+    outs = loading.generate_ids(model, prompts, pad_id=tok.pad_token_id, stop_ids=[], max_new_tokens=6)
     assert [ids for ids, _ in outs] == [greedy_without_cache(model, p, 6) for p in prompts]

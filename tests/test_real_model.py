@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tunesmith.chat import encode_chat
-from tunesmith.modeling import generate, load, load_base
+from tunesmith.loading import generate, load, load_base
 from tunesmith.train import batching, setup
 from tunesmith.train import loss as L2
 from tunesmith.train.config import TrainConfig

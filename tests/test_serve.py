@@ -93,11 +93,11 @@ def server(tiny_model_dir, tmp_path_factory):
 
 def reference(model_dir: Path, adapter: Path | None, messages: list[dict], n: int) -> str:
     """What `tunesmith generate` makes for the same conversation (greedy)."""
-    from tunesmith.modeling import load
+    from tunesmith.loading import load
 
     loaded = load(str(model_dir), adapter, quiet=True)
     from tunesmith.chat import prompt_ids, stop_token_ids
-    from tunesmith.modeling import generate_ids
+    from tunesmith.loading import generate_ids
 
     (ids, _), = generate_ids(loaded.model, [prompt_ids(loaded.tokenizer, messages)], pad_id=loaded.tokenizer.pad_token_id,
                              stop_ids=stop_token_ids(loaded.tokenizer), max_new_tokens=n)

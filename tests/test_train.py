@@ -241,7 +241,7 @@ def test_qlora_on_a_cpu_says_why_and_what_instead(tiny_model_dir, data_dir, tmp_
 
 def test_eos_is_learned_so_the_tuned_model_stops_by_itself(tiny_model_dir, tmp_path):
     from conftest import chat
-    from tunesmith.modeling import generate, load
+    from tunesmith.loading import generate, load
 
     d = tmp_path / "data"
     rows = [chat(f"Notes on the {w}.", f"Meeting Summary: The team discussed the {w}.")
@@ -338,7 +338,7 @@ def test_precision_rslora_and_full_disk(tiny_model_dir, data_dir, tmp_path, monk
 
 
 def test_eval_metric_during_training_picks_the_best_score(tiny_model_dir, data_dir, tmp_path):
-    from tunesmith.modeling import generate, load
+    from tunesmith.loading import generate, load
     from tunesmith.scoring.metrics import scores
 
     r = trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", epochs=2, lr=5e-2, eval_metric="rougeL",

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system prompt for the conversation")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
-    p.set_defaults(handler="tunesmith.use.chat:cli_chat")
+    p.set_defaults(handler="tunesmith.use.talk:cli_chat")
 
     p = sub.add_parser("merge", help="fold an adapter into the base model: a standalone Hugging Face directory")
     _add_model(p)

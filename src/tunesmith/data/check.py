@@ -15,7 +15,7 @@ from pathlib import Path
 from tunesmith.chat import last_assistant, render, rendered_lengths
 from tunesmith.data.formats import Issue, ReadOptions, iter_examples, messages_digest
 from tunesmith.errors import DataErrors
-from tunesmith.modeling import load_tokenizer
+from tunesmith.loading import load_tokenizer
 from tunesmith.models import DEFAULT_MODEL, resolve
 
 FEW_EXAMPLES = 100

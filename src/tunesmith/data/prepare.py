@@ -32,7 +32,7 @@ from tunesmith.data.formats import (
     messages_digest,
 )
 from tunesmith.errors import UserError
-from tunesmith.modeling import load_tokenizer
+from tunesmith.loading import load_tokenizer
 from tunesmith.models import DEFAULT_MODEL, resolve
 from tunesmith.outputs import check_out, check_replaceable
 

@@ -16,7 +16,7 @@ from tunesmith.errors import UserError
 from tunesmith.eval.probes import forgetting_report, memorization_report, run_probe, sample_train
 from tunesmith.eval.report import render
 from tunesmith.eval.systems import System, build_prompts, parse_systems
-from tunesmith.modeling import attach_adapter, base_model_of, check_adapter_dir, generate, load
+from tunesmith.loading import attach_adapter, base_model_of, check_adapter_dir, generate, load
 from tunesmith.scoring import metrics as M
 from tunesmith.scoring.judge import make_judge
 from tunesmith.scoring.metrics import LABEL_MACRO, TEXT_METRICS

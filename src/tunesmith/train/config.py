@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.modeling import base_model_of
+from tunesmith.loading import base_model_of
 
 METHODS = ("lora", "dora", "qlora", "full", "freeze", "prompt-tuning", "prefix-tuning", "dpo", "grpo")
 PREFERENCE_METHODS = ("dpo", "grpo")  # LoRA adapters trained on preferences / graded samples (train/preference.py)
@@ -72,7 +72,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """An explicit model stays as given (even the default's name); an unset one becomes the
-        --from-adapter run's base model, else the default (one rule: modeling.base_model_of)."""
+        --from-adapter run's base model, else the default (one rule: loading.base_model_of)."""
         if not self.model:
             self.model = base_model_of(self.from_adapter or None, None)
 

@@ -31,7 +31,7 @@ from tunesmith.atomic import write_text
 from tunesmith.chat import IGNORE, Encoded, encode_chat, prompt_ids, split_prompt, stop_token_ids
 from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.errors import UserError
-from tunesmith.modeling import generate, generate_ids
+from tunesmith.loading import generate, generate_ids
 from tunesmith.train import checkpoint, rundir
 from tunesmith.train.batching import collate
 from tunesmith.train.graders import grade, parse_graders

@@ -23,7 +23,7 @@ from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.data.prepare import is_mix, load_training_mix
 from tunesmith.errors import UserError
 from tunesmith.faults import killpoint
-from tunesmith.modeling import generate
+from tunesmith.loading import generate
 from tunesmith.scoring.metrics import scores
 from tunesmith.train import checkpoint, rundir
 from tunesmith.train import distributed as dist

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from tunesmith.chat import stop_token_ids
-from tunesmith.modeling import TextStream, generate_ids
+from tunesmith.loading import TextStream, generate_ids
 
 
 class APIError(Exception):

@@ -39,7 +39,7 @@ from tunesmith.atomic import make_temp_dir, make_temp_file, replace_dir
 from tunesmith.chat import FALLBACK_TEMPLATE
 from tunesmith.errors import UserError
 from tunesmith.faults import killpoint
-from tunesmith.modeling import base_model_of, check_adapter_dir, load, load_tokenizer
+from tunesmith.loading import base_model_of, check_adapter_dir, load, load_tokenizer
 from tunesmith.models import resolve
 from tunesmith.outputs import GGUF_MARK, MERGE_INFO, check_out, check_replaceable
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.modeling import base_model_of, check_adapter_dir, load
+from tunesmith.loading import base_model_of, check_adapter_dir, load
 from tunesmith.use.engine import Engine
 
 
