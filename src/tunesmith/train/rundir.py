@@ -15,7 +15,6 @@ runs, what it was made from, and how it ends.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -27,6 +26,7 @@ from tunesmith.data.formats import data_files, locate_paths
 from tunesmith.data.prepare import Mix, is_mix
 from tunesmith.errors import UserError
 from tunesmith.faults import killpoint
+from tunesmith.models import sha256_file
 from tunesmith.outputs import RUN_INFO, check_out, check_replaceable
 from tunesmith.train.config import ADAPTER_METHODS, TrainConfig, to_yaml
 
@@ -68,14 +68,7 @@ def source_files(cfg: TrainConfig) -> list[Path]:
 
 
 def fingerprint(cfg: TrainConfig) -> list[dict]:
-    out = []
-    for f in source_files(cfg):
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-        out.append({"path": str(f), "bytes": f.stat().st_size, "sha256": h.hexdigest()})
-    return out
+    return [{"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in source_files(cfg)]
 
 
 def run_inputs(cfg: TrainConfig, config_file: str | None = None) -> dict[str, object]:
