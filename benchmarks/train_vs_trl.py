@@ -266,20 +266,23 @@ def worker_tunesmith(spec: dict) -> None:
     t_start = time.time()
     import torch
 
-    import tunesmith.train.trainer as T
+    import tunesmith.train.sft as S
+    from tunesmith.train.run import Run
+    from tunesmith.train.trainer import train
 
     rec: dict = {"side": "tunesmith", "versions": versions(), "threads": torch.get_num_threads()}
     plans: dict[int, list] = {}
     mem = PeakMemory()
-    orig_batches, orig_fit = T.batches, T.fit
+    orig_batches, orig_fit = S.batches, Run.fit
 
     def batches(encoded, cfg, epoch):  # record the step plan tunesmith actually uses
         plans[epoch] = orig_batches(encoded, cfg, epoch)
         return plans[epoch]
 
-    def fit(model, tok, train_enc, val_enc, cfg, work, quiet=False, resume=None, **kw):
+    def fit(run):  # the run harness's loop, timed from its start to its end (validation and checkpoints included)
+        train_enc = run.m.train_enc
         rec["setup_s"] = time.time() - t_start
-        rec["model"] = model_stats(model)
+        rec["model"] = model_stats(run.m.model)
         rec["encoding"] = [(len(e.input_ids), n_answer(e.labels)) for e in train_enc]
         expected = json.loads(Path(spec["encoded"]).read_text())["train"]
         rec["same_token_ids_as_shared_encoding"] = len(expected) == len(train_enc) and all(
@@ -287,7 +290,7 @@ def worker_tunesmith(spec: dict) -> None:
         rec["encoded_lengths"] = [len(e.input_ids) for e in train_enc]
         mem.start()
         t = time.perf_counter()
-        st = orig_fit(model, tok, train_enc, val_enc, cfg, work, quiet, resume, **kw)
+        st = orig_fit(run)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         rec["fit_s"] = time.perf_counter() - t
@@ -295,9 +298,9 @@ def worker_tunesmith(spec: dict) -> None:
         rec["_enc"] = train_enc
         return st
 
-    T.batches, T.fit = batches, fit
+    S.batches, Run.fit = batches, fit
     cfg = tunesmith_config(spec)
-    res = T.train(cfg, quiet=True)
+    res = train(cfg, quiet=True)
     enc = rec.pop("_enc")
     steps, done = [], 0
     for epoch in sorted(plans):
@@ -381,7 +384,7 @@ def worker_trl(spec: dict) -> None:
     from trl import SFTConfig, SFTTrainer
 
     from tunesmith.chat import FALLBACK_TEMPLATE
-    from tunesmith.train.trainer import lr_schedule
+    from tunesmith.train.run import lr_schedule
 
     hf_logging.set_verbosity_warning()
     rec: dict = {"side": "trl", "versions": versions(), "threads": torch.get_num_threads()}

@@ -11,18 +11,19 @@ import torch
 
 from conftest import chat, run_cli, write_jsonl
 from tunesmith.errors import UserError
+from tunesmith.train import dpo, grpo
 from tunesmith.train import graders as G
 from tunesmith.train import preference as P
 
 
 def test_dpo_loss_against_a_hand_computed_value():
     # pi_c - ref_c = +1, pi_r - ref_r = -1, beta 0.1: rewards +0.1 / -0.1, loss = -log sigmoid(0.2)
-    loss, rc, rr = P.dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), 0.1)
+    loss, rc, rr = dpo.dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), 0.1)
     assert abs(float(loss) - math.log(1 + math.exp(-0.2))) < 1e-6  # 0.598139
     assert abs(float(loss) - 0.5981389) < 1e-6
     assert abs(float(rc) - 0.1) < 1e-6 and abs(float(rr) + 0.1) < 1e-6
     # equal policy and reference: log 2, whatever beta
-    loss, _, _ = P.dpo_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-5.0]), torch.tensor([-7.0]), 0.5)
+    loss, _, _ = dpo.dpo_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-5.0]), torch.tensor([-7.0]), 0.5)
     assert abs(float(loss) - math.log(2)) < 1e-6
 
 
@@ -51,20 +52,20 @@ def test_sequence_logps_equal_the_full_logits_computation(tiny_model_dir):
     want = [by_hand(chosen), by_hand(rejected)]
     assert max(abs(a - b) for a, b in zip(ours, want)) < 1e-4, (ours, want)
     ref = [want[0] + 0.3, want[1] - 0.2]  # a reference that liked chosen less and rejected more
-    loss, _, _ = P.dpo_loss(torch.tensor(ours[:1]), torch.tensor(ours[1:]), torch.tensor(ref[:1]), torch.tensor(ref[1:]), 0.1)
+    loss, _, _ = dpo.dpo_loss(torch.tensor(ours[:1]), torch.tensor(ours[1:]), torch.tensor(ref[:1]), torch.tensor(ref[1:]), 0.1)
     assert abs(float(loss) - math.log(1 + math.exp(-0.1 * (-0.3 - 0.2)))) < 1e-5
 
 
 def test_group_advantages_are_normalized_within_each_group():
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5], [3.0, 1.0, 2.0, 0.0]])
-    a = P.group_advantages(r)
+    a = grpo.group_advantages(r)
     assert torch.allclose(a.mean(dim=1), torch.zeros(3), atol=1e-6)
     assert torch.allclose(a[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-3)
     assert torch.equal(a[1], torch.zeros(4))  # every answer equally good: nothing to learn
     assert torch.allclose(a[2].std(unbiased=False), torch.tensor(1.0), atol=1e-3)
     assert a[2].argsort().tolist() == [3, 1, 2, 0]  # order of the rewards kept
     # a group's scale does not matter, only ranks within it
-    assert torch.allclose(P.group_advantages(r * 100)[2], a[2], atol=1e-3)
+    assert torch.allclose(grpo.group_advantages(r * 100)[2], a[2], atol=1e-3)
 
 
 def test_graders_parse_weight_and_score(tmp_path):

@@ -9,9 +9,10 @@ import torch
 
 from conftest import FAMILIES, run_cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
-from tunesmith.train import batching, precision, setup, trainer
+from tunesmith.train import batching, precision, setup, sft, trainer
 from tunesmith.train import loss as L2
 from tunesmith.train.config import TrainConfig
+from tunesmith.train.run import Run
 
 # what is special to bf16 training on a CPU (bf16 base under autocast, attention, recomputed norms)
 cpu_bf16 = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU bf16 path; this machine trains on a GPU")
@@ -111,7 +112,7 @@ def test_existing_run_is_refused_and_kept_on_failed_overwrite(tiny_model_dir, da
     def crash(*a, **k):
         raise RuntimeError("simulated crash mid-training")
 
-    monkeypatch.setattr(trainer, "fit", crash)
+    monkeypatch.setattr(Run, "fit", crash)
     with pytest.raises(RuntimeError):
         trainer.train(cfg_for(m, data_dir, run), overwrite=True, quiet=True)
     assert (run / "adapter_model.safetensors").read_bytes() == before
@@ -466,7 +467,7 @@ def test_bf16_norms_and_mlps_keep_less_for_the_backward_pass(family, tiny_model_
         labels[:, :4] = -100
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-            with precision.amp(cfg, model):
+            with precision.amp(precision.autocast_device(cfg), model):
                 loss, _ = L2.answer_loss_sum(model, ids, torch.ones_like(ids), labels)
         loss.backward()
         text = model.config.get_text_config()
@@ -614,14 +615,14 @@ def test_auto_micro_batches_under_cpu_bf16_train_like_one_example_per_pass(tiny_
     write_jsonl(d / "val.jsonl", toy_examples(4, seed=1))
     m = tiny_model_dir("llama")
     shapes = []
-    real = trainer.collate
+    real = sft.collate
 
     def collate(encoded, idx, pad_id, bucket=0):
         out = real(encoded, idx, pad_id, bucket)
         shapes.append(tuple(out[0].shape))
         return out
 
-    monkeypatch.setattr(trainer, "collate", collate)
+    monkeypatch.setattr(sft, "collate", collate)
     kw = dict(precision="bf16", lora_dropout=0.0, epochs=1)
     trainer.train(cfg_for(m, d, tmp_path / "one", micro_batch_size=1, **kw), quiet=True)
     assert {r for r, _ in shapes} == {1}
@@ -647,3 +648,12 @@ def test_an_explicit_model_is_kept_beside_from_adapter_and_an_unset_one_follows_
     (run / "tunesmith-run.json").write_text("{")
     with pytest.raises(UserError, match="tunesmith-run.json: damaged .no base model recorded.; pass --model"):
         TrainConfig(from_adapter=str(run))
+
+
+def test_every_method_has_one_entry_in_the_method_tables():
+    """setup's tables say what each --method trains; a method missing from them, or in both, is a bug."""
+    from tunesmith.train.config import ADAPTER_METHODS, METHODS
+
+    assert set(setup.ADAPTERS) == set(ADAPTER_METHODS)
+    assert set(setup.SELECTIONS) == set(METHODS) - set(ADAPTER_METHODS)
+    assert set(trainer.METHODS) <= set(ADAPTER_METHODS)

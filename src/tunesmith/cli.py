@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="run directory of a trained adapter")
     p.add_argument("--out", required=True, help="directory to write (safetensors, tokenizer, chat template)")
     p.add_argument("--overwrite", action="store_true", help="replace a merged model tunesmith wrote in --out (only once the new one is written)")
-    p.set_defaults(handler="tunesmith.use.export:cli_merge")
+    p.set_defaults(handler="tunesmith.use.merge:cli_merge")
 
     p = sub.add_parser("export", help="export the merged model (or the adapter alone) as a GGUF file for llama.cpp/Ollama")
     _add_model(p)

@@ -17,9 +17,9 @@ import io
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.data.records import Example, Issue, ReadOptions
 from tunesmith.errors import UserError
 
 ROLES = ("system", "user", "assistant")
@@ -27,7 +27,6 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 TEXT_SUFFIXES = (".txt", ".md")
 SHAPES = ("chat", "prompt-completion", "alpaca", "sharegpt", "preference")
-DEFAULT_PAIR_TEMPLATE = "{input}"
 
 SHAPE_KEYS = {
     "chat": ("messages",),
@@ -43,48 +42,6 @@ REQUIRED_KEYS = {
     "alpaca": ("instruction", "output"),
     "preference": ("prompt", "chosen", "rejected"),
 }
-
-
-@dataclass
-class Issue:
-    path: str
-    line: int
-    field: str
-    message: str
-    level: str = "error"
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.field + ': ' if self.field else ''}{self.message}"
-
-    def as_dict(self) -> dict:
-        return {"path": self.path, "line": self.line, "field": self.field, "message": self.message, "level": self.level}
-
-
-@dataclass
-class Example:
-    messages: list[dict]
-    path: str
-    line: int
-    meta: dict = field(default_factory=dict)
-    rejected: str | None = None  # preference pairs: messages end with the chosen answer
-
-    @property
-    def kind(self) -> str:
-        return "preference" if self.rejected is not None else "chat"
-
-    def to_json(self) -> dict:
-        out = {"messages": self.messages}
-        if self.rejected is not None:
-            out["rejected"] = self.rejected
-        return {**out, **{k: v for k, v in self.meta.items() if k not in out}}
-
-
-@dataclass
-class ReadOptions:
-    format: str | None = None  # force a shape instead of detecting it
-    template: str = DEFAULT_PAIR_TEMPLATE  # folder pairs: user turn built from {input} (and {name})
-    system: str | None = None  # folder pairs: optional system prompt
 
 
 # ---------------------------------------------------------------- identity

@@ -204,7 +204,32 @@ def prepare(sources: list[str], out: Path, *, split_spec: str = "0.8,0.1,0.1", s
               inputs={"source": [*sources, *(d["path"] for m in mixes for d in m.datasets)], "--eval-set": list(eval_sets)})
     if not 0 < near_dup <= 1:
         raise UserError(f"--near-dup {near_dup}: expected a Jaccard similarity in (0, 1]")
-    dropped: list[dict] = []
+    dropped: list[dict] = []  # {"where", "reason"} of every example left out, for the data card
+    examples, weights = read_sources(sources, opts, dropped)
+    kept = drop_exact_duplicates(examples, dropped)
+    if max_length and tokenizer is not None:
+        kept = drop_long(kept, tokenizer, max_length, dropped)
+    kept = drop_near_duplicates(kept, near_dup, dropped)
+    leaks_eval: list[str] = []
+    for ev in eval_sets:
+        kept = drop_eval_leaks(kept, ev, near_dup, opts, dropped, leaks_eval)
+    if not kept:
+        raise UserError("no examples left after cleaning; see the reasons with `tunesmith data check`")
+    targets = parse_split(split_spec, len(kept))
+    parts = split(kept, targets, seed, group_by)
+    if weights:
+        parts["train"] = apply_weights(parts["train"], weights, seed)
+    cross = cross_split_leaks(parts, near_dup)
+    card = make_card(sources, parts, dropped, cross, leaks_eval, tokenizer, dict(
+        split=split_spec, seed=seed, group_by=group_by, near_dup=near_dup, max_length=max_length,
+        eval_sets=list(eval_sets), weights=weights or None, format=opts.format))
+    write_output(out, parts, card)
+    return card
+
+
+def read_sources(sources: list[str], opts: ReadOptions, dropped: list[dict]) -> tuple[list[Example], dict[str, float]]:
+    """Every valid example of the sources, cleaned (a mix's examples tagged with their task), and the
+    mix weights by task; invalid records go to `dropped`."""
     weights: dict[str, float] = {}
     inputs: list[tuple[str, str | None]] = []
     for s in sources:
@@ -220,7 +245,8 @@ def prepare(sources: list[str], out: Path, *, split_spec: str = "0.8,0.1,0.1", s
             errs = [i for i in issues if i.level == "error"]
             if errs or ex is None:
                 where = f"{errs[0].path}:{errs[0].line}" if errs and errs[0].line else (errs[0].path if errs else path)
-                dropped.append({"where": where, "reason": "invalid: " + "; ".join(f"{i.field + ': ' if i.field else ''}{i.message}" for i in errs)})
+                reason = "; ".join(f"{i.field + ': ' if i.field else ''}{i.message}" for i in errs)
+                dropped.append({"where": where, "reason": "invalid: " + reason})
                 continue
             for m in ex.messages:
                 m["content"] = clean_text(m["content"])
@@ -229,6 +255,11 @@ def prepare(sources: list[str], out: Path, *, split_spec: str = "0.8,0.1,0.1", s
             if task is not None:
                 ex.meta["task"] = task
             examples.append(ex)
+    return examples, weights
+
+
+def drop_exact_duplicates(examples: list[Example], dropped: list[dict]) -> list[Example]:
+    """Examples empty after cleaning, and exact repeats of an earlier one, left out."""
     kept: list[Example] = []
     seen: dict[str, str] = {}
     for ex in examples:
@@ -242,48 +273,47 @@ def prepare(sources: list[str], out: Path, *, split_spec: str = "0.8,0.1,0.1", s
             continue
         seen[key] = where
         kept.append(ex)
-    if max_length and tokenizer is not None:
-        lengths = rendered_lengths(tokenizer, [e.messages for e in kept])
-        long = {i for i, n in enumerate(lengths) if n > max_length}
-        for i in sorted(long):
-            ex = kept[i]
-            dropped.append({"where": f"{ex.path}:{ex.line}", "reason": f"{lengths[i]} tokens > --max-length {max_length}"})
-        kept = [e for i, e in enumerate(kept) if i not in long]
-    texts = [example_text(e) for e in kept]
+    return kept
+
+
+def drop_long(kept: list[Example], tokenizer, max_length: int, dropped: list[dict]) -> list[Example]:
+    lengths = rendered_lengths(tokenizer, [e.messages for e in kept])
+    long = {i for i, n in enumerate(lengths) if n > max_length}
+    for i in sorted(long):
+        ex = kept[i]
+        dropped.append({"where": f"{ex.path}:{ex.line}", "reason": f"{lengths[i]} tokens > --max-length {max_length}"})
+    return [e for i, e in enumerate(kept) if i not in long]
+
+
+def drop_near_duplicates(kept: list[Example], near_dup: float, dropped: list[dict]) -> list[Example]:
+    """The later of two examples at least `near_dup` alike (Jaccard), left out."""
     near = {}
-    for i, j, J in near_duplicates(texts, near_dup):
+    for i, j, J in near_duplicates([example_text(e) for e in kept], near_dup):
         if j not in near and i not in near:
             near[j] = (i, J)
     for j, (i, J) in sorted(near.items()):
-        dropped.append({"where": f"{kept[j].path}:{kept[j].line}", "reason": f"near duplicate (Jaccard {J}) of {kept[i].path}:{kept[i].line}"})
-    kept = [e for k, e in enumerate(kept) if k not in near]
-    leaks_eval = []
-    for ev in eval_sets:
-        ev_examples = load_examples(ev, "--eval-set", opts, kind=None)
-        ev_prompts = {prompt_digest(e): e for e in ev_examples}
-        bad: dict[int, str] = {}
-        for k, e in enumerate(kept):
-            hit = ev_prompts.get(prompt_digest(e))
-            if hit is not None:
-                bad[k] = f"leak: same input as --eval-set {hit.path}:{hit.line}"
-        for k, j, J in near_duplicates([example_text(e) for e in kept], near_dup, against=[example_text(e) for e in ev_examples]):
-            bad.setdefault(k, f"leak: near duplicate (Jaccard {J}) of --eval-set {ev_examples[j].path}:{ev_examples[j].line}")
-        for k, reason in sorted(bad.items()):
-            dropped.append({"where": f"{kept[k].path}:{kept[k].line}", "reason": reason})
-            leaks_eval.append(reason)
-        kept = [e for k, e in enumerate(kept) if k not in bad]
-    if not kept:
-        raise UserError("no examples left after cleaning; see the reasons with `tunesmith data check`")
-    targets = parse_split(split_spec, len(kept))
-    parts = split(kept, targets, seed, group_by)
-    if weights:
-        parts["train"] = apply_weights(parts["train"], weights, seed)
-    cross = cross_split_leaks(parts, near_dup)
-    card = make_card(sources, parts, dropped, cross, leaks_eval, tokenizer, dict(
-        split=split_spec, seed=seed, group_by=group_by, near_dup=near_dup, max_length=max_length,
-        eval_sets=list(eval_sets), weights=weights or None, format=opts.format))
-    write_output(out, parts, card)
-    return card
+        dropped.append({"where": f"{kept[j].path}:{kept[j].line}",
+                        "reason": f"near duplicate (Jaccard {J}) of {kept[i].path}:{kept[i].line}"})
+    return [e for k, e in enumerate(kept) if k not in near]
+
+
+def drop_eval_leaks(kept: list[Example], eval_set: str, near_dup: float, opts: ReadOptions, dropped: list[dict],
+                    leaks: list[str]) -> list[Example]:
+    """Examples whose input is in the --eval-set (the same, or a near duplicate), left out and listed."""
+    ev_examples = load_examples(eval_set, "--eval-set", opts, kind=None)
+    ev_prompts = {prompt_digest(e): e for e in ev_examples}
+    bad: dict[int, str] = {}
+    for k, e in enumerate(kept):
+        hit = ev_prompts.get(prompt_digest(e))
+        if hit is not None:
+            bad[k] = f"leak: same input as --eval-set {hit.path}:{hit.line}"
+    against = [example_text(e) for e in ev_examples]
+    for k, j, J in near_duplicates([example_text(e) for e in kept], near_dup, against=against):
+        bad.setdefault(k, f"leak: near duplicate (Jaccard {J}) of --eval-set {ev_examples[j].path}:{ev_examples[j].line}")
+    for k, reason in sorted(bad.items()):
+        dropped.append({"where": f"{kept[k].path}:{kept[k].line}", "reason": reason})
+        leaks.append(reason)
+    return [e for k, e in enumerate(kept) if k not in bad]
 
 
 def cross_split_leaks(parts: dict[str, list[Example]], threshold: float) -> list[str]:

@@ -1,5 +1,4 @@
-"""`tunesmith train`: parse the flags into a TrainConfig and run SFT (trainer.py) or preference
-training (preference.py). Kept apart from both so neither imports the other for dispatch."""
+"""`tunesmith train`: parse the flags into a TrainConfig, train (trainer.py), say what came out."""
 
 from __future__ import annotations
 
@@ -9,8 +8,9 @@ from dataclasses import asdict
 from tunesmith.errors import UserError
 from tunesmith.train import distributed as dist
 from tunesmith.train import rundir
-from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig, resolve_config, to_yaml
-from tunesmith.train.preference import train_preference
+from tunesmith.train.config import TrainConfig, resolve_config, to_yaml
+from tunesmith.train.preference import PrefResult
+from tunesmith.train.sft import Result
 from tunesmith.train.trainer import train
 
 
@@ -28,8 +28,6 @@ def cli_train(args) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    if cfg.method in PREFERENCE_METHODS:
-        return _cli_preference(cfg, args)
     r = train(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json, trust_remote_code=args.trust_remote_code,
               resume=bool(args.resume), allow_changed_data=args.allow_changed_data,
               config_file=None if args.resume else args.config)
@@ -38,24 +36,20 @@ def cli_train(args) -> int:
     if args.json:
         print(json.dumps(asdict(r), indent=2))
     else:
-        val = f", val loss {r.val_losses[-1]:.4f}" if r.val_losses else ""
-        key = next((k for k in (r.best or {}) if k.startswith("val_") and k != "val_loss"), None)
-        how = f"{key.replace('_', ' ')} {r.best[key]:.1f}" if key else f"val loss {r.best['val_loss']:.4f}" if r.best else ""
-        best = f"; adapter from step {r.best['step']} (best {how})" if r.best else ""
-        print(f"saved adapter to {r.run_dir} ({r.steps} steps, train loss {r.train_loss:.4f}{val}, "
-              f"{r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s{best})")
+        print(_preference_summary(cfg, r) if isinstance(r, PrefResult) else _summary(r))
     return 0
 
 
-def _cli_preference(cfg: TrainConfig, args) -> int:
-    if not cfg.data or not cfg.out:
-        raise UserError("--data and --out are required")
-    r = train_preference(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json,
-                         trust_remote_code=args.trust_remote_code, resume=bool(args.resume),
-                         allow_changed_data=args.allow_changed_data, config_file=None if args.resume else args.config)
-    if args.json:
-        print(json.dumps(asdict(r), indent=2))
-        return 0
+def _summary(r: Result) -> str:
+    val = f", val loss {r.val_losses[-1]:.4f}" if r.val_losses else ""
+    key = next((k for k in (r.best or {}) if k.startswith("val_") and k != "val_loss"), None)
+    how = f"{key.replace('_', ' ')} {r.best[key]:.1f}" if key else f"val loss {r.best['val_loss']:.4f}" if r.best else ""
+    best = f"; adapter from step {r.best['step']} (best {how})" if r.best else ""
+    return (f"saved adapter to {r.run_dir} ({r.steps} steps, train loss {r.train_loss:.4f}{val}, "
+            f"{r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s{best})")
+
+
+def _preference_summary(cfg: TrainConfig, r: PrefResult) -> str:
     last = r.val[-1] if r.val else {}
     if cfg.method == "dpo" and last:
         what = (f"held-out reward accuracy {last['val_accuracy']:.0%}, chosen preferred (avg log-prob) "
@@ -64,5 +58,4 @@ def _cli_preference(cfg: TrainConfig, args) -> int:
         what = f"held-out reward {r.val_start.get('val_reward', float('nan')):.3f} -> {last['val_reward']:.3f}"
     else:
         what = f"loss {r.train_loss:.4f}"
-    print(f"saved adapter to {r.run_dir} ({cfg.method}, {r.steps} steps, {what}, {r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s)")
-    return 0
+    return f"saved adapter to {r.run_dir} ({cfg.method}, {r.steps} steps, {what}, {r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s)"

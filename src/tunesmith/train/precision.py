@@ -61,13 +61,13 @@ def frozen_base_bf16(cfg: TrainConfig) -> bool:
     return cfg.method in ("lora", "dora", "prompt-tuning", "prefix-tuning") and not cfg.fsdp
 
 
-def amp(cfg: TrainConfig, model):
-    """The forward pass's precision context: bf16 autocast where autocast_device says so, with PEFT's cast
-    of each adapter layer's input to the adapter's fp32 switched off (autocast multiplies in bf16 anyway,
-    the cast was a wasted copy, and its fp32 result was what autograd kept)."""
+def amp(device: str | None, model):
+    """The forward pass's precision context for `device` = autocast_device(cfg), worked out once per run:
+    bf16 autocast there, with PEFT's cast of each adapter layer's input to the adapter's fp32 switched off
+    (autocast multiplies in bf16 anyway, the cast was a wasted copy, and its fp32 result was what autograd
+    kept); None: a no-op."""
     import torch
 
-    device = autocast_device(cfg)
     if device is None:
         return contextlib.nullcontext()
     from peft.helpers import disable_input_dtype_casting
@@ -76,4 +76,3 @@ def amp(cfg: TrainConfig, model):
     stack.enter_context(torch.autocast(device, dtype=torch.bfloat16))
     stack.enter_context(disable_input_dtype_casting(model))
     return stack
-

@@ -10,15 +10,16 @@ from tunesmith.train import distributed as dist
 from tunesmith.train.config import TrainConfig
 
 
-def tensorboard_writer(cfg: TrainConfig):
-    """A SummaryWriter for --tensorboard DIR on rank 0, else None."""
+def tensorboard_writer(cfg: TrainConfig, purge_step: int | None = None):
+    """A SummaryWriter for --tensorboard DIR on rank 0, else None. `purge_step` (resuming): events from
+    that step on, logged before the run was interrupted, are hidden (the resumed run logs them again)."""
     if not cfg.tensorboard or dist.world()[0] != 0:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("--tensorboard needs the tensorboard package: pip install 'tunesmith[tensorboard]'") from None
-    return SummaryWriter(log_dir=cfg.tensorboard)
+    return SummaryWriter(log_dir=cfg.tensorboard, purge_step=purge_step)
 
 
 def tensorboard_add(tb, rec: dict) -> None:

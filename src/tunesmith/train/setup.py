@@ -34,7 +34,7 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
     torch.manual_seed(cfg.seed)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.method in ("full", "freeze"):
+    if cfg.method in SELECTIONS:
         if cfg.from_adapter:
             raise UserError(f"--from-adapter is for adapter methods; to continue a {cfg.method} run, pass its directory as --model")
         select_trainable(model, cfg)
@@ -68,25 +68,34 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
     return model, tok, model_dir
 
 
-def peft_config(cfg: TrainConfig):
-    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit
+def _lora(cfg: TrainConfig):
+    from peft import LoraConfig
 
-    if cfg.method == "prompt-tuning":
-        return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.virtual_tokens,
-                                  prompt_tuning_init=PromptTuningInit.RANDOM)
-    if cfg.method == "prefix-tuning":
-        return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.virtual_tokens)
     targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
                       use_dora=cfg.method == "dora", use_rslora=cfg.rslora, task_type="CAUSAL_LM")
 
 
-def select_trainable(model, cfg: TrainConfig) -> None:
-    """full: every weight. freeze: only the last N layers, or the named modules."""
-    if cfg.method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return
+def _prompt_tuning(cfg: TrainConfig):
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.virtual_tokens,
+                              prompt_tuning_init=PromptTuningInit.RANDOM)
+
+
+def _prefix_tuning(cfg: TrainConfig):
+    from peft import PrefixTuningConfig
+
+    return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.virtual_tokens)
+
+
+def _every_weight(model, cfg: TrainConfig) -> None:
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+def _chosen_weights(model, cfg: TrainConfig) -> None:
+    """Only the last --freeze-layers layers, or the --train-modules named."""
     names = [n.strip() for n in cfg.train_modules.split(",") if n.strip()]
     if not names:
         n_layers = model.config.num_hidden_layers
@@ -100,3 +109,17 @@ def select_trainable(model, cfg: TrainConfig) -> None:
         raise UserError(f"--train-modules {cfg.train_modules!r}: matches no parameter of this model "
                         f"(names look like {next(iter(dict(model.named_parameters())))})")
 
+
+# What each --method trains: a PEFT adapter (its config), or a selection of the model's own weights.
+ADAPTERS = {"lora": _lora, "dora": _lora, "qlora": _lora, "dpo": _lora, "grpo": _lora,
+            "prompt-tuning": _prompt_tuning, "prefix-tuning": _prefix_tuning}
+SELECTIONS = {"full": _every_weight, "freeze": _chosen_weights}
+
+
+def peft_config(cfg: TrainConfig):
+    return ADAPTERS[cfg.method](cfg)
+
+
+def select_trainable(model, cfg: TrainConfig) -> None:
+    """full: every weight. freeze: only the last N layers, or the named modules."""
+    SELECTIONS[cfg.method](model, cfg)

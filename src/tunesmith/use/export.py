@@ -1,10 +1,6 @@
-"""`tunesmith merge` and `tunesmith export`: take a trained adapter out of tunesmith.
-
-merge   folds the LoRA weights into the base model and writes a standalone Hugging Face
-        directory (safetensors + config + tokenizer + chat template) that plain
-        `AutoModelForCausalLM.from_pretrained` loads.
-export  writes a GGUF file for llama.cpp / Ollama: the merged model (or the base model alone),
-        or with --adapter-only a GGUF LoRA adapter for `llama-cli -m BASE.gguf --lora FILE.gguf`.
+"""`tunesmith export`: a GGUF file for llama.cpp / Ollama: the merged model (or the base model
+alone), or with --adapter-only a GGUF LoRA adapter for `llama-cli -m BASE.gguf --lora FILE.gguf`.
+(`tunesmith merge`, merge.py, writes a Hugging Face directory instead.)
 
 How GGUF is written, and why this way: with the `gguf` package (gguf-py, pinned in pyproject)
 and its tensor-name maps, not with llama.cpp's `convert_hf_to_gguf.py`. That converter is not
@@ -25,141 +21,27 @@ end, so an interrupted run never leaves a half-written model where a good one wa
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith import __version__
-from tunesmith.atomic import make_temp_dir, make_temp_file, replace_dir
-from tunesmith.chat import FALLBACK_TEMPLATE
+from tunesmith.atomic import make_temp_file
 from tunesmith.errors import UserError
 from tunesmith.faults import killpoint
-from tunesmith.loading import base_model_of, check_adapter_dir, load, load_tokenizer
+from tunesmith.loading import base_model_of, load_tokenizer
 from tunesmith.models import resolve
-from tunesmith.outputs import GGUF_MARK, MERGE_INFO, check_out, check_replaceable
-
-PROMPT_LEARNING = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT"}
+from tunesmith.outputs import GGUF_MARK, check_out, check_replaceable
+from tunesmith.use.gguf_vocab import add_tokenizer, bpe_pre, tokenizer_json
+from tunesmith.use.merge import adapter_config, human_bytes, load_fp32
 
 # HF model_type -> GGUF architecture name, and whether llama.cpp wants q/k rows permuted
 # (its llama graph applies RoPE to interleaved pairs; HF rotates the two halves of a head).
 ARCHS = {"llama": ("llama", True), "qwen2": ("qwen2", False), "qwen3": ("qwen3", False), "phi3": ("phi3", False)}
 
-# Pre-tokenizer regexes of Qwen2 and Llama-3 tokenizer.json files, and llama.cpp's name for each.
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-                r"|\s+(?!\S)|\s+")
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-SPLIT_PRE = {_QWEN2_SPLIT: "qwen2", _LLAMA3_SPLIT: "llama-bpe"}
-
 QUANTS = ("f32", "f16", "q8_0")
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- checks shared by both commands
-
-
-def _adapter_config(adapter: str) -> dict:
-    """adapter_config.json of a run dir, after the checks every command makes."""
-
-    path = Path(adapter)
-    if path.is_dir() and (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        raise UserError(
-            f"--adapter {adapter}: this run (method full or freeze) is already a standalone Hugging Face model "
-            f"directory; there is nothing to merge. Load it as it is, or export it with "
-            f"`tunesmith export --model {adapter} --out FILE.gguf`"
-        )
-    check_adapter_dir(path)
-    cfg = json.loads((path / "adapter_config.json").read_text())
-    peft_type = str(cfg.get("peft_type", "")).upper()
-    if peft_type in PROMPT_LEARNING:
-        kind = peft_type.lower().replace("_", "-")
-        raise UserError(
-            f"--adapter {adapter}: a {kind} adapter adds learned virtual tokens to every prompt; it changes no "
-            f"weights, so it cannot be merged into the model or exported. Use it with `tunesmith generate/serve "
-            f"--adapter {adapter}`, or train with --method lora to get a mergeable adapter"
-        )
-    if peft_type != "LORA":
-        raise UserError(f"--adapter {adapter}: peft_type {cfg.get('peft_type')!r}; only LoRA adapters can be merged or exported")
-    return cfg
-
-
-def _load_fp32(spec: str, adapter: str | None, trust_remote_code: bool):
-    """Base model (+ adapter folded in) in float32, on the CPU: merging in full precision."""
-    import torch
-    from peft import PeftModel
-
-    loaded = load(spec, adapter, trust_remote_code=trust_remote_code, dtype=torch.float32, merge=True)
-    loaded.model.to("cpu")
-    if isinstance(loaded.model, PeftModel):  # load() merges every LoRA; guard anyway
-        raise UserError(f"--adapter {adapter}: could not be folded into the model")
-    return loaded
-
-
-def _saved_dtype(model_dir: Path):
-    """The dtype the base model's weights were saved in (the merged model keeps it)."""
-    import torch
-
-    cfg = json.loads((model_dir / "config.json").read_text())
-    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(name), torch.float32)
-
-
-def _chat_template(tok) -> str:
-    template = tok.chat_template
-    if isinstance(template, dict):
-        template = template.get("default") or next(iter(template.values()))
-    return template or FALLBACK_TEMPLATE  # what tunesmith trained and generates with
-
-
-# ---------------------------------------------------------------- merge
-
-
-def merge_to_dir(spec: str, adapter: str, out: Path, *, trust_remote_code: bool = False) -> dict:
-    """Write base + adapter as a standalone HF directory at `out` (replaced atomically)."""
-    lora = _adapter_config(adapter)
-    loaded = _load_fp32(spec, adapter, trust_remote_code)
-    model, tok = loaded.model, loaded.tokenizer
-    dtype = _saved_dtype(loaded.model_dir)
-    model.to(dtype)
-    tok.chat_template = _chat_template(tok)
-    tmp = make_temp_dir(out)
-    try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tok.save_pretrained(str(tmp))
-        if not list(tmp.glob("*.safetensors")) or list(tmp.glob("*.bin")):
-            raise UserError("the merged model was not saved as safetensors (transformers version?); nothing was written")
-        info = {"base_model": spec, "base_model_dir": str(loaded.model_dir), "adapter": str(Path(adapter).resolve()),
-                "lora_r": lora.get("r"), "lora_alpha": lora.get("lora_alpha"), "use_dora": bool(lora.get("use_dora")),
-                "use_rslora": bool(lora.get("use_rslora")), "dtype": str(dtype).removeprefix("torch.")}
-        (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2))
-        check_replaceable(out, "merge")
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    weights = sum(p.stat().st_size for p in out.glob("*.safetensors"))
-    return {"dir": out, "bytes": weights, "arch": model.config.model_type, "dtype": info["dtype"]}
-
-
-def cli_merge(args) -> int:
-    spec = base_model_of(args.adapter, args.model)
-    out = check_out(args.out, "merge", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec})
-    _adapter_config(args.adapter)
-    t0 = time.time()
-    r = merge_to_dir(spec, args.adapter, out, trust_remote_code=args.trust_remote_code)
-    print(f"wrote {out}/ ({_size(r['bytes'])} safetensors, {r['dtype']}, {r['arch']}, merged in {time.time() - t0:.0f}s)")
-    return 0
 
 
 # ---------------------------------------------------------------- GGUF: architecture
@@ -315,88 +197,6 @@ def _write_atomic(out: Path, arch_name: str, fill) -> int:
     return out.stat().st_size
 
 
-# ---------------------------------------------------------------- GGUF: tokenizer
-
-
-def _tokenizer_json(tok) -> dict:
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
-        raise UserError("the model's tokenizer has no tokenizer.json (a 'fast' tokenizer); GGUF export needs one")
-    return json.loads(backend.to_str())
-
-
-def _bpe_pre(tj: dict, where: str) -> str:
-    """llama.cpp's name (tokenizer.ggml.pre) for this byte-level BPE tokenizer's pre-tokenizer."""
-    model, pre, norm = tj.get("model") or {}, tj.get("pre_tokenizer") or {}, tj.get("normalizer")
-    pieces = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre] if pre else []
-    kinds = [p.get("type") for p in pieces]
-    byte_level = pieces[-1] if pieces and kinds[-1] == "ByteLevel" else None
-    found = None
-    # NFC (Qwen2's normalizer) changes only text that is not already NFC; llama.cpp's converter skips it too
-    if (model.get("type") == "BPE" and not model.get("byte_fallback") and (norm or {}).get("type") in (None, "NFC")
-            and byte_level is not None and not byte_level.get("add_prefix_space")):
-        regex = byte_level.get("use_regex", True)
-        if kinds == ["ByteLevel"] and regex:
-            found = "gpt-2"
-        elif kinds == ["Digits", "ByteLevel"] and pieces[0].get("individual_digits") and regex:
-            found = "smollm"
-        elif kinds == ["Split", "ByteLevel"] and not regex and pieces[0].get("behavior") == "Isolated":
-            found = SPLIT_PRE.get((pieces[0].get("pattern") or {}).get("Regex"))
-    if found is None:
-        desc = f"{model.get('type')} model, pre-tokenizer {'+'.join(k or '?' for k in kinds) or 'none'}"
-        if model.get("byte_fallback") or (norm or {}).get("type") not in (None, "NFC"):
-            desc += ", sentencepiece-style"
-        raise UserError(
-            f"{where}: its tokenizer ({desc}) is not one GGUF export can describe to llama.cpp yet; supported are "
-            f"byte-level BPE tokenizers of the GPT-2, SmolLM, Qwen2 and Llama-3 kinds. `tunesmith merge` writes a "
-            f"Hugging Face directory instead"
-        )
-    return found
-
-
-def _add_tokenizer(writer, tok, config, where: str) -> dict:
-    import gguf
-
-    vocab_size = config.vocab_size
-    tj = _tokenizer_json(tok)
-    pre = _bpe_pre(tj, where)
-    tokens: list[str | None] = [None] * vocab_size
-    types = [gguf.TokenType.UNUSED] * vocab_size
-    for text, i in tj["model"]["vocab"].items():
-        if i >= vocab_size:
-            raise UserError(f"{where}: tokenizer has token id {i}, beyond the model's vocab_size {vocab_size}")
-        tokens[i], types[i] = text, gguf.TokenType.NORMAL
-    for added in tj.get("added_tokens", []):
-        i = added["id"]
-        if i >= vocab_size:
-            raise UserError(f"{where}: tokenizer has token id {i}, beyond the model's vocab_size {vocab_size}")
-        tokens[i] = added["content"]
-        types[i] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
-    tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
-    merges = tj["model"].get("merges") or []
-    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
-
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    for kind in ("bos", "eos", "unk", "pad"):
-        tid = getattr(tok, f"{kind}_token_id")
-        if tid is None:  # as llama.cpp's converter does: the model config's id when the tokenizer has none
-            tid = getattr(config, f"{kind}_token_id", None)
-            tid = tid[0] if isinstance(tid, (list, tuple)) and tid else tid
-        if isinstance(tid, int) and 0 <= tid < vocab_size:
-            getattr(writer, f"add_{kind}_token_id")(tid)
-    # llama.cpp adds BOS to a prompt exactly when tunesmith does (see chat.prompt_ids)
-    probe = tok("a")["input_ids"]
-    add_bos = tok.bos_token_id is not None and bool(probe) and probe[0] == tok.bos_token_id
-    writer.add_add_bos_token(add_bos)
-    writer.add_add_eos_token(False)
-    writer.add_chat_template(_chat_template(tok))
-    return {"pre": pre, "add_bos": add_bos}
-
-
 # ---------------------------------------------------------------- GGUF: model
 
 
@@ -463,7 +263,7 @@ def export_model(model, tok, out: Path, quant: str, *, name: str, where: str) ->
 
     def fill(writer):
         _add_hparams(writer, model.config, arch, quant, name)
-        meta.update(_add_tokenizer(writer, tok, model.config, where))
+        meta.update(add_tokenizer(writer, tok, model.config, where))
         plan.write(writer)
 
     size = _write_atomic(out, arch.gguf_arch, fill)
@@ -478,43 +278,16 @@ def export_lora(adapter: str, model_dir: Path, out: Path, quant: str, *, trust_r
     model's GGUF tensor names. Reads only the base model's config and tensor shapes, not its weights."""
     import gguf
     import torch
-    from safetensors import safe_open
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    lora = _adapter_config(adapter)
     where = f"--adapter {adapter}"
-    if lora.get("use_dora"):
-        raise UserError(f"{where}: a DoRA adapter rescales whole weight columns, which a llama.cpp LoRA file cannot "
-                        f"express; drop --adapter-only to export the merged model")
-    if lora.get("rank_pattern") or lora.get("alpha_pattern"):
-        raise UserError(f"{where}: per-module ranks or alphas (rank_pattern/alpha_pattern) cannot be written to one "
-                        f"llama.cpp LoRA file; drop --adapter-only to export the merged model")
-    if lora.get("modules_to_save"):
-        raise UserError(f"{where}: the adapter also trains whole modules ({', '.join(lora['modules_to_save'])}), "
-                        f"which a llama.cpp LoRA file cannot hold; drop --adapter-only to export the merged model")
+    lora = _exportable_lora(adapter, where)
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     arch = _arch(config, f"--model {model_dir}")
     name_map = _name_map(arch)
-
-    # shapes of the base weights, from the safetensors headers
-    base_shapes: dict[str, tuple[int, ...]] = {}
-    for f in sorted(model_dir.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as sf:
-            for k in sf.keys():
-                base_shapes[k] = tuple(sf.get_slice(k).get_shape())
-
-    weights = load_file(str(Path(adapter) / "adapter_model.safetensors"))
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, t in weights.items():
-        if ".lora_A." in key or ".lora_B." in key:
-            module, ab = key.split(".lora_A." if ".lora_A." in key else ".lora_B.")[0], "A" if ".lora_A." in key else "B"
-        else:
-            what = "embedding LoRA" if "lora_embedding" in key else "tensor"
-            raise UserError(f"{where}: {what} {key} cannot be written to a llama.cpp LoRA file; "
-                            f"drop --adapter-only to export the merged model")
-        module = module.removeprefix("base_model.model.")
-        pairs.setdefault(module, {})[ab] = t
+    base_shapes = _base_shapes(model_dir)
+    pairs = _lora_pairs(load_file(str(Path(adapter) / "adapter_model.safetensors")), where)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     plan = _Plan()
     ranks = set()
@@ -558,8 +331,50 @@ def export_lora(adapter: str, model_dir: Path, out: Path, quant: str, *, trust_r
         writer.add_name(out.stem)
         plan.write(writer)
 
-    size = _write_atomic(out, arch.gguf_arch, fill)
-    return {"bytes": size, "arch": arch.gguf_arch, "tensors": len(plan.items), "alpha": gguf_alpha, "r": r}
+    n_bytes = _write_atomic(out, arch.gguf_arch, fill)
+    return {"bytes": n_bytes, "arch": arch.gguf_arch, "tensors": len(plan.items), "alpha": gguf_alpha, "r": r}
+
+
+def _exportable_lora(adapter: str, where: str) -> dict:
+    """The adapter's config, if a llama.cpp LoRA file can express the adapter."""
+    lora = adapter_config(adapter)
+    if lora.get("use_dora"):
+        raise UserError(f"{where}: a DoRA adapter rescales whole weight columns, which a llama.cpp LoRA file cannot "
+                        f"express; drop --adapter-only to export the merged model")
+    if lora.get("rank_pattern") or lora.get("alpha_pattern"):
+        raise UserError(f"{where}: per-module ranks or alphas (rank_pattern/alpha_pattern) cannot be written to one "
+                        f"llama.cpp LoRA file; drop --adapter-only to export the merged model")
+    if lora.get("modules_to_save"):
+        raise UserError(f"{where}: the adapter also trains whole modules ({', '.join(lora['modules_to_save'])}), "
+                        f"which a llama.cpp LoRA file cannot hold; drop --adapter-only to export the merged model")
+    return lora
+
+
+def _base_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the base weights, from the safetensors headers (no weights read)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as sf:
+            for k in sf.keys():
+                shapes[k] = tuple(sf.get_slice(k).get_shape())
+    return shapes
+
+
+def _lora_pairs(weights: dict, where: str) -> dict[str, dict]:
+    """{module: {"A": tensor, "B": tensor}} of an adapter's LoRA weights; anything else is refused."""
+    pairs: dict[str, dict] = {}
+    for key, t in weights.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            module, ab = key.split(".lora_A." if ".lora_A." in key else ".lora_B.")[0], "A" if ".lora_A." in key else "B"
+        else:
+            what = "embedding LoRA" if "lora_embedding" in key else "tensor"
+            raise UserError(f"{where}: {what} {key} cannot be written to a llama.cpp LoRA file; "
+                            f"drop --adapter-only to export the merged model")
+        module = module.removeprefix("base_model.model.")
+        pairs.setdefault(module, {})[ab] = t
+    return pairs
 
 
 def _block_order(module: str):
@@ -583,20 +398,20 @@ def cli_export(args) -> int:
     spec = base_model_of(args.adapter, args.model)
     out = check_out(args.out, "gguf", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec})
     if args.adapter:
-        _adapter_config(args.adapter)
+        adapter_config(args.adapter)
     where = f"--model {spec}"
     t0 = time.time()
     model_dir = resolve(spec, trust_remote_code=args.trust_remote_code)
     if args.adapter_only:
         r = export_lora(args.adapter, model_dir, out, args.quant, trust_remote_code=args.trust_remote_code)
-        print(f"wrote {out} ({_size(r['bytes'])}, {args.quant}, {r['arch']} LoRA adapter, r={r['r']}, "
+        print(f"wrote {out} ({human_bytes(r['bytes'])}, {args.quant}, {r['arch']} LoRA adapter, r={r['r']}, "
               f"alpha {r['alpha']:g}) in {time.time() - t0:.0f}s")
         return 0
     # refuse an architecture or tokenizer we cannot describe before loading any weights
     _arch(AutoConfig.from_pretrained(str(model_dir), trust_remote_code=args.trust_remote_code), where)
-    _bpe_pre(_tokenizer_json(load_tokenizer(model_dir, args.trust_remote_code)), where)
-    loaded = _load_fp32(spec, args.adapter, args.trust_remote_code)
+    bpe_pre(tokenizer_json(load_tokenizer(model_dir, args.trust_remote_code)), where)
+    loaded = load_fp32(spec, args.adapter, args.trust_remote_code)
     r = export_model(loaded.model, loaded.tokenizer, out, args.quant, name=out.stem, where=where)
     what = "merged" if args.adapter else "base model"
-    print(f"wrote {out} ({_size(r['bytes'])}, {args.quant}, {r['arch']}, {what}) in {time.time() - t0:.0f}s")
+    print(f"wrote {out} ({human_bytes(r['bytes'])}, {args.quant}, {r['arch']}, {what}) in {time.time() - t0:.0f}s")
     return 0

@@ -1,0 +1,96 @@
+"""The tokenizer half of a GGUF file (tokenizer.ggml.* keys): the vocabulary with token types, the
+merges, the pre-tokenizer llama.cpp must use (recognised from tokenizer.json's split regex), the
+special tokens and the chat template. Apart from export.py, which writes the tensors."""
+
+from __future__ import annotations
+
+import json
+
+from tunesmith.errors import UserError
+from tunesmith.use.merge import chat_template
+
+# Pre-tokenizer regexes of Qwen2 and Llama-3 tokenizer.json files, and llama.cpp's name for each.
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+                r"|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_PRE = {_QWEN2_SPLIT: "qwen2", _LLAMA3_SPLIT: "llama-bpe"}
+
+
+def tokenizer_json(tok) -> dict:
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError("the model's tokenizer has no tokenizer.json (a 'fast' tokenizer); GGUF export needs one")
+    return json.loads(backend.to_str())
+
+
+def bpe_pre(tj: dict, where: str) -> str:
+    """llama.cpp's name (tokenizer.ggml.pre) for this byte-level BPE tokenizer's pre-tokenizer."""
+    model, pre, norm = tj.get("model") or {}, tj.get("pre_tokenizer") or {}, tj.get("normalizer")
+    pieces = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre] if pre else []
+    kinds = [p.get("type") for p in pieces]
+    byte_level = pieces[-1] if pieces and kinds[-1] == "ByteLevel" else None
+    found = None
+    # NFC (Qwen2's normalizer) changes only text that is not already NFC; llama.cpp's converter skips it too
+    if (model.get("type") == "BPE" and not model.get("byte_fallback") and (norm or {}).get("type") in (None, "NFC")
+            and byte_level is not None and not byte_level.get("add_prefix_space")):
+        regex = byte_level.get("use_regex", True)
+        if kinds == ["ByteLevel"] and regex:
+            found = "gpt-2"
+        elif kinds == ["Digits", "ByteLevel"] and pieces[0].get("individual_digits") and regex:
+            found = "smollm"
+        elif kinds == ["Split", "ByteLevel"] and not regex and pieces[0].get("behavior") == "Isolated":
+            found = SPLIT_PRE.get((pieces[0].get("pattern") or {}).get("Regex"))
+    if found is None:
+        desc = f"{model.get('type')} model, pre-tokenizer {'+'.join(k or '?' for k in kinds) or 'none'}"
+        if model.get("byte_fallback") or (norm or {}).get("type") not in (None, "NFC"):
+            desc += ", sentencepiece-style"
+        raise UserError(
+            f"{where}: its tokenizer ({desc}) is not one GGUF export can describe to llama.cpp yet; supported are "
+            f"byte-level BPE tokenizers of the GPT-2, SmolLM, Qwen2 and Llama-3 kinds. `tunesmith merge` writes a "
+            f"Hugging Face directory instead"
+        )
+    return found
+
+
+def add_tokenizer(writer, tok, config, where: str) -> dict:
+    import gguf
+
+    vocab_size = config.vocab_size
+    tj = tokenizer_json(tok)
+    pre = bpe_pre(tj, where)
+    tokens: list[str | None] = [None] * vocab_size
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for text, i in tj["model"]["vocab"].items():
+        if i >= vocab_size:
+            raise UserError(f"{where}: tokenizer has token id {i}, beyond the model's vocab_size {vocab_size}")
+        tokens[i], types[i] = text, gguf.TokenType.NORMAL
+    for added in tj.get("added_tokens", []):
+        i = added["id"]
+        if i >= vocab_size:
+            raise UserError(f"{where}: tokenizer has token id {i}, beyond the model's vocab_size {vocab_size}")
+        tokens[i] = added["content"]
+        types[i] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+    tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
+    merges = tj["model"].get("merges") or []
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for kind in ("bos", "eos", "unk", "pad"):
+        tid = getattr(tok, f"{kind}_token_id")
+        if tid is None:  # as llama.cpp's converter does: the model config's id when the tokenizer has none
+            tid = getattr(config, f"{kind}_token_id", None)
+            tid = tid[0] if isinstance(tid, (list, tuple)) and tid else tid
+        if isinstance(tid, int) and 0 <= tid < vocab_size:
+            getattr(writer, f"add_{kind}_token_id")(tid)
+    # llama.cpp adds BOS to a prompt exactly when tunesmith does (see chat.prompt_ids)
+    probe = tok("a")["input_ids"]
+    add_bos = tok.bos_token_id is not None and bool(probe) and probe[0] == tok.bos_token_id
+    writer.add_add_bos_token(add_bos)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(chat_template(tok))
+    return {"pre": pre, "add_bos": add_bos}
