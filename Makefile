@@ -19,9 +19,10 @@ setup: $(STAMP)
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
-# the project's own rules: ruff (pyproject [tool.ruff]), the layers without cycles (import-linter), and
+# the project's own rules: ruff's format and checks (pyproject [tool.ruff]), the layers without cycles (import-linter), and
 # the size rules (modules <= 500 lines, functions <= 80, no function-local imports of our own modules)
 lint: setup
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/check_structure.py

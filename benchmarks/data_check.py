@@ -22,8 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("meeting team budget design remote battery case prototype marketing research decision action item "
-         "project manager interface designer user cost target market speech recognition button screen").split()
+WORDS = (
+    "meeting team budget design remote battery case prototype marketing research decision action item "
+    "project manager interface designer user cost target market speech recognition button screen"
+).split()
 
 
 def make_file(path: Path, lines: int, seed: int = 0) -> int:
@@ -36,7 +38,17 @@ def make_file(path: Path, lines: int, seed: int = 0) -> int:
                 continue
             user = "Write the meeting notes. Transcript: " + " ".join(rng.choices(WORDS, k=120))
             answer = "Meeting Summary: " + " ".join(rng.choices(WORDS, k=25))
-            last = json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}) + "\n"
+            last = (
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": user},
+                            {"role": "assistant", "content": answer},
+                        ]
+                    }
+                )
+                + "\n"
+            )
             f.write(last)
     return path.stat().st_size
 
@@ -45,9 +57,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--no-tokens", action="store_true", help="skip the --max-length (tokenization) check")
-    ap.add_argument("--max-length", type=int, default=2048,
-                    help="2048: examples (~1.2 KB) fit by their byte length, so none needs tokenizing; "
-                         "256: every example is tokenized")
+    ap.add_argument(
+        "--max-length",
+        type=int,
+        default=2048,
+        help="2048: examples (~1.2 KB) fit by their byte length, so none needs tokenizing; "
+        "256: every example is tokenized",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the generated file")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tunesmith-bench-"))
@@ -63,9 +79,22 @@ def main() -> None:
     wall = time.time() - t
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     rep = json.loads(r.stdout)
-    print(json.dumps({"lines": a.lines, "bytes": size, "max_length": None if a.no_tokens else a.max_length, "wall_s": round(wall, 1),
-                      "lines_per_s": round(a.lines / wall), "peak_rss_mb": round(peak_mb), "examples": rep["examples"],
-                      "errors": rep["errors"], "warnings": rep["warnings"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "lines": a.lines,
+                "bytes": size,
+                "max_length": None if a.no_tokens else a.max_length,
+                "wall_s": round(wall, 1),
+                "lines_per_s": round(a.lines / wall),
+                "peak_rss_mb": round(peak_mb),
+                "examples": rep["examples"],
+                "errors": rep["errors"],
+                "warnings": rep["warnings"],
+            },
+            indent=2,
+        )
+    )
     if not a.keep:
         data.unlink()
         os.rmdir(tmp)

@@ -34,30 +34,44 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "dialogsum"
 USER = "Summarize this dialogue.\n\n{dialogue}"
-SYSTEM = ("You summarize dialogues. Write one to three short sentences in the third person, naming the speakers "
-          "#Person1# and #Person2#, that say what happened and what was decided. No preamble, no lists.")
+SYSTEM = (
+    "You summarize dialogues. Write one to three short sentences in the third person, naming the speakers "
+    "#Person1# and #Person2#, that say what happened and what was decided. No preamble, no lists."
+)
 METRICS = ["rouge1", "rouge2", "rougeL", "bleu", "chrf"]
 
 
 def chat(dialogue: str, summary: str, **extra) -> dict:
-    return {"messages": [{"role": "user", "content": USER.format(dialogue=dialogue.strip())},
-                         {"role": "assistant", "content": summary.strip()}], **extra}
+    return {
+        "messages": [
+            {"role": "user", "content": USER.format(dialogue=dialogue.strip())},
+            {"role": "assistant", "content": summary.strip()},
+        ],
+        **extra,
+    }
 
 
 def convert(work: Path, n_train: int, n_val: int, n_test: int) -> dict:
     train = [json.loads(l) for l in (DATA / "train.jsonl").read_text().splitlines() if l.strip()]
     test = [json.loads(l) for l in (DATA / "test.jsonl").read_text().splitlines() if l.strip()]
     if n_train + n_val > len(train) or n_test > len(test):
-        sys.exit(f"{DATA} has {len(train)} train and {len(test)} test dialogues; asked for "
-                 f"{n_train}+{n_val} and {n_test}")
+        sys.exit(
+            f"{DATA} has {len(train)} train and {len(test)} test dialogues; asked for "
+            f"{n_train}+{n_val} and {n_test}"
+        )
 
     def write(name, rows):
         (work / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     write("train.jsonl", [chat(r["dialogue"], r["summary"]) for r in train[:n_train]])
     write("val.jsonl", [chat(r["dialogue"], r["summary"]) for r in train[n_train : n_train + n_val]])
-    write("test.jsonl", [chat(r["dialogue"], r["summary1"], references=[r["summary2"], r["summary3"]])
-                         for r in test[:n_test]])
+    write(
+        "test.jsonl",
+        [
+            chat(r["dialogue"], r["summary1"], references=[r["summary2"], r["summary3"]])
+            for r in test[:n_test]
+        ],
+    )
     (work / "system.txt").write_text(SYSTEM + "\n")
     return {"train": n_train, "val": n_val, "test": n_test}
 
@@ -81,15 +95,27 @@ def fmt(m: dict, key: str) -> str:
 
 def table(results: dict) -> list[str]:
     runs = results["systems"]
-    head = "| system | " + " | ".join(METRICS) + " | mean ROUGE-L of 3 refs | vs base (ROUGE-L) | mean new tokens | generation s |"
+    head = (
+        "| system | "
+        + " | ".join(METRICS)
+        + " | mean ROUGE-L of 3 refs | vs base (ROUGE-L) | mean new tokens | generation s |"
+    )
     lines = [head, "| --- " * (len(METRICS) + 5) + "|"]
     for r in runs:
         m = r["metrics"]
         cmp = (r.get("comparisons") or {}).get("base", {}).get("rougeL")
-        vs = "–" if cmp is None else f"{cmp['change']:+.1f}" + (f", p={cmp['p']:.3f}" if cmp.get("p") is not None else "")
+        vs = (
+            "–"
+            if cmp is None
+            else f"{cmp['change']:+.1f}" + (f", p={cmp['p']:.3f}" if cmp.get("p") is not None else "")
+        )
         new = m.get("mean_new_tokens", float("nan"))
-        lines.append(f"| {r['system']} | " + " | ".join(fmt(m, k) for k in METRICS)
-                     + f" | {m.get('rougeL_mean_refs', float('nan')):.1f} | {vs} | {new:.0f} | {r['generation_s']:.0f} |")
+        lines.append(
+            f"| {r['system']} | "
+            + " | ".join(fmt(m, k) for k in METRICS)
+            + f" | {m.get('rougeL_mean_refs', float('nan')):.1f} | {vs} | {new:.0f} | "
+            f"{r['generation_s']:.0f} |"
+        )
     return lines
 
 
@@ -103,7 +129,9 @@ def main() -> int:
     ap.add_argument("--systems", default="base,prompted,few-shot:3,rag:3,tuned")
     ap.add_argument("--max-new-tokens", type=int, default=80)
     ap.add_argument("--train-args", default="", help="extra flags for tunesmith train, as one string")
-    ap.add_argument("--keep", help="keep the converted data, run and eval output in this folder (outside the project)")
+    ap.add_argument(
+        "--keep", help="keep the converted data, run and eval output in this folder (outside the project)"
+    )
     ap.add_argument("--out", help="also write the table and timings as JSON here")
     a = ap.parse_args()
     if not (DATA / "train.jsonl").is_file():
@@ -120,31 +148,79 @@ def main() -> int:
         work = Path(tempfile.mkdtemp(prefix="dialogsum-"))
     try:
         sizes = convert(work, a.n_train, a.n_val, a.n_test)
-        train_cmd = [exe, "train", "--model", a.model, "--data", str(work), "--out", str(work / "run"),
-                     "--epochs", str(a.epochs), "--quiet", "--json", *a.train_args.split()]
+        train_cmd = [
+            exe,
+            "train",
+            "--model",
+            a.model,
+            "--data",
+            str(work),
+            "--out",
+            str(work / "run"),
+            "--epochs",
+            str(a.epochs),
+            "--quiet",
+            "--json",
+            *a.train_args.split(),
+        ]
         print("running:", " ".join(train_cmd), file=sys.stderr, flush=True)
         train_s, out = run(train_cmd, work / "train.log")
         trained = json.loads(out)
-        eval_cmd = [exe, "eval", "--adapter", str(work / "run"), "--data", str(work / "test.jsonl"),
-                    "--train", str(work / "train.jsonl"), "--systems", a.systems, "--system-file", str(work / "system.txt"),
-                    "--max-new-tokens", str(a.max_new_tokens), "--out", str(work / "eval"), "--quiet", "--json"]
+        eval_cmd = [
+            exe,
+            "eval",
+            "--adapter",
+            str(work / "run"),
+            "--data",
+            str(work / "test.jsonl"),
+            "--train",
+            str(work / "train.jsonl"),
+            "--systems",
+            a.systems,
+            "--system-file",
+            str(work / "system.txt"),
+            "--max-new-tokens",
+            str(a.max_new_tokens),
+            "--out",
+            str(work / "eval"),
+            "--quiet",
+            "--json",
+        ]
         print("running:", " ".join(eval_cmd), file=sys.stderr, flush=True)
         eval_s, _ = run(eval_cmd, work / "eval.log")
         results = json.loads((work / "eval" / "results.json").read_text())
-        lines = [f"DialogSum ({sizes['train']} train / {sizes['val']} val / {sizes['test']} test, 3 references), "
-                 f"{a.model}, {a.epochs} epoch(s), greedy, max {a.max_new_tokens} new tokens; "
-                 f"best of 3 references with 95 % bootstrap intervals", "", *table(results), "",
-                 f"train: {train_s:.0f} s ({trained.get('steps')} steps, {trained.get('tokens_per_s')} tokens/s, "
-                 f"val loss {trained.get('val_loss_start') or float('nan'):.3f} → "
-                 f"{', '.join(f'{v:.3f}' for v in trained.get('val_losses') or [])}); eval of {len(results['systems'])} systems: {eval_s:.0f} s",
-                 f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-                 f"{time.strftime('%Y-%m-%d')}"]
+        lines = [
+            f"DialogSum ({sizes['train']} train / {sizes['val']} val / {sizes['test']} test, 3 references), "
+            f"{a.model}, {a.epochs} epoch(s), greedy, max {a.max_new_tokens} new tokens; "
+            f"best of 3 references with 95 % bootstrap intervals",
+            "",
+            *table(results),
+            "",
+            f"train: {train_s:.0f} s ({trained.get('steps')} steps, {trained.get('tokens_per_s')} tokens/s, "
+            f"val loss {trained.get('val_loss_start') or float('nan'):.3f} → "
+            f"{', '.join(f'{v:.3f}' for v in trained.get('val_losses') or [])}); eval of "
+            f"{len(results['systems'])} systems: {eval_s:.0f} s",
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+            f"{time.strftime('%Y-%m-%d')}",
+        ]
         print("\n".join(lines))
         if a.out:
-            Path(a.out).write_text(json.dumps({"sizes": sizes, "train": trained, "train_s": train_s, "eval_s": eval_s,
-                                               "markdown": "\n".join(lines),
-                                               "systems": [{k: r[k] for k in ("system", "metrics", "generation_s")}
-                                                           for r in results["systems"]]}, indent=1))
+            Path(a.out).write_text(
+                json.dumps(
+                    {
+                        "sizes": sizes,
+                        "train": trained,
+                        "train_s": train_s,
+                        "eval_s": eval_s,
+                        "markdown": "\n".join(lines),
+                        "systems": [
+                            {k: r[k] for k in ("system", "metrics", "generation_s")}
+                            for r in results["systems"]
+                        ],
+                    },
+                    indent=1,
+                )
+            )
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -49,9 +49,15 @@ def main() -> int:
     for conv in prompts:
         ids = torch.tensor([prompt_ids(tok, conv)])
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                                 do_sample=False, eos_token_id=stops, pad_token_id=tok.pad_token_id)
-        new = out[0, ids.shape[1]:].tolist()
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=tok.pad_token_id,
+            )
+        new = out[0, ids.shape[1] :].tolist()
         new = new[: next((k for k, t in enumerate(new) if t in stops), len(new))]
         one_tokens += len(new)
         one_texts.append(tok.decode(new, skip_special_tokens=True).strip())
@@ -61,18 +67,35 @@ def main() -> int:
     outs = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     batch_s = time.perf_counter() - t0
     same = sum(o.text == t for o, t in zip(outs, one_texts))
-    row = {"model": args.model, "n": args.n, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-           "mean_prompt_tokens": round(sum(len(prompt_ids(tok, c)) for c in prompts) / len(prompts)),
-           "one_at_a_time_s": round(one_s, 1), "one_tokens_per_s": round(one_tokens / one_s, 1),
-           "batched_s": round(batch_s, 1), "batched_tokens_per_s": round(sum(o.new_tokens for o in outs) / batch_s, 1),
-           "speedup": round(one_s / batch_s, 2), "same_text": f"{same}/{len(outs)}"}
+    row = {
+        "model": args.model,
+        "n": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "mean_prompt_tokens": round(sum(len(prompt_ids(tok, c)) for c in prompts) / len(prompts)),
+        "one_at_a_time_s": round(one_s, 1),
+        "one_tokens_per_s": round(one_tokens / one_s, 1),
+        "batched_s": round(batch_s, 1),
+        "batched_tokens_per_s": round(sum(o.new_tokens for o in outs) / batch_s, 1),
+        "speedup": round(one_s / batch_s, 2),
+        "same_text": f"{same}/{len(outs)}",
+    }
     print(json.dumps(row), file=sys.stderr)
-    print(f"\n`benchmarks/eval_generation.py {' '.join(sys.argv[1:])}` — {platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n")
-    print(f"| examples | mean prompt tokens | max new | one at a time | batched (batch {args.batch_size}) | speed-up | same text |")
+    print(
+        f"\n`benchmarks/eval_generation.py {' '.join(sys.argv[1:])}` — {platform.machine()}, "
+        f"{os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n"
+    )
+    print(
+        f"| examples | mean prompt tokens | max new | one at a time | batched (batch {args.batch_size}) | "
+        "speed-up | same text |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {args.n} | {row['mean_prompt_tokens']} | {args.max_new_tokens} | {one_s:.1f} s ({row['one_tokens_per_s']} tok/s) | "
-          f"{batch_s:.1f} s ({row['batched_tokens_per_s']} tok/s) | {row['speedup']}× | {row['same_text']} |")
+    print(
+        f"| {args.n} | {row['mean_prompt_tokens']} | {args.max_new_tokens} | {one_s:.1f} s "
+        f"({row['one_tokens_per_s']} tok/s) | "
+        f"{batch_s:.1f} s ({row['batched_tokens_per_s']} tok/s) | {row['speedup']}× | {row['same_text']} |"
+    )
     return 0
 
 

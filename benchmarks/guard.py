@@ -39,9 +39,19 @@ def main() -> int:
     from tunesmith.train.loss import answer_loss_sum
 
     torch.manual_seed(0)
-    cfg = tf.LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
-    model = get_peft_model(tf.LlamaForCausalLM(cfg), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    cfg = tf.LlamaConfig(
+        vocab_size=49152,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    model = get_peft_model(
+        tf.LlamaForCausalLM(cfg), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     ids = torch.randint(0, cfg.vocab_size, (1, 224))
@@ -67,10 +77,21 @@ def main() -> int:
                 times[name].append(time.perf_counter() - t)
     ref, mine = statistics.median(times["reference"]), statistics.median(times["tunesmith"])
     ratio = ref / mine
-    print(json.dumps({"reference_step_s": round(ref, 4), "tunesmith_step_s": round(mine, 4), "speedup": round(ratio, 2)}))
+    print(
+        json.dumps(
+            {
+                "reference_step_s": round(ref, 4),
+                "tunesmith_step_s": round(mine, 4),
+                "speedup": round(ratio, 2),
+            }
+        )
+    )
     if args.check and ratio < args.check:
-        print(f"speed regression: tunesmith's training step is {ratio:.2f}x the reference's, expected at least "
-              f"{args.check}x (benchmarks/guard.py)", file=sys.stderr)
+        print(
+            f"speed regression: tunesmith's training step is {ratio:.2f}x the reference's, expected at least "
+            f"{args.check}x (benchmarks/guard.py)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

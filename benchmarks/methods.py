@@ -28,24 +28,57 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in a.methods.split(","):
-            cmd = [sys.executable, "-m", "tunesmith.cli", "train", "--model", a.model, "--data", str(ROOT / "examples" / "meeting-notes"),
-                   "--out", f"{tmp}/{method}", "--method", method, "--max-steps", str(a.max_steps), "--batch-size", "4",
-                   "--lr", str(LR[method]), "--json"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "tunesmith.cli",
+                "train",
+                "--model",
+                a.model,
+                "--data",
+                str(ROOT / "examples" / "meeting-notes"),
+                "--out",
+                f"{tmp}/{method}",
+                "--method",
+                method,
+                "--max-steps",
+                str(a.max_steps),
+                "--batch-size",
+                "4",
+                "--lr",
+                str(LR[method]),
+                "--json",
+            ]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode:
                 rows.append({"method": method, "error": r.stderr.strip().splitlines()[-1]})
             else:
                 out = json.loads(r.stdout)
-                rows.append({"method": method, "lr": LR[method], "steps": out["steps"], "tokens_per_s": out["tokens_per_s"],
-                             "val_loss_start": round(out["val_loss_start"], 4), "val_loss": round(out["val_losses"][-1], 4), "train_loss": round(out["train_loss"], 4),
-                             "wall_s": out["wall_s"]})
+                rows.append(
+                    {
+                        "method": method,
+                        "lr": LR[method],
+                        "steps": out["steps"],
+                        "tokens_per_s": out["tokens_per_s"],
+                        "val_loss_start": round(out["val_loss_start"], 4),
+                        "val_loss": round(out["val_losses"][-1], 4),
+                        "train_loss": round(out["train_loss"], 4),
+                        "wall_s": out["wall_s"],
+                    }
+                )
             print(json.dumps(rows[-1]), flush=True)
-    print("\n| method | lr | steps | tokens/s | train loss | val loss before → after |\n| --- | --- | --- | --- | --- | --- |")
+    print(
+        "\n| method | lr | steps | tokens/s | train loss | val loss before → after |\n| --- | --- | --- | "
+        "--- | --- | --- |"
+    )
     for r in rows:
         if "error" in r:
             print(f"| {r['method']} | - | - | - | - | {r['error']} |")
         else:
-            print(f"| {r['method']} | {r['lr']} | {r['steps']} | {r['tokens_per_s']} | {r['train_loss']} | {r['val_loss_start']} → {r['val_loss']} |")
+            print(
+                f"| {r['method']} | {r['lr']} | {r['steps']} | {r['tokens_per_s']} | {r['train_loss']} | "
+                f"{r['val_loss_start']} → {r['val_loss']} |"
+            )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """DPO and GRPO on the shipped example data, through the CLI, with before/after numbers.
 
-    .venv/bin/python benchmarks/preference.py dpo     # pairs: reference notes (chosen) vs base-model notes (rejected)
+    # pairs: reference notes (chosen) vs base-model notes (rejected)
+    .venv/bin/python benchmarks/preference.py dpo
     .venv/bin/python benchmarks/preference.py grpo    # from a short SFT run, GRPO with the format grader
 
 dpo:  the base model writes notes for --n-train training and --n-val validation prompts
@@ -41,8 +42,13 @@ def rows(path: Path) -> list[dict]:
 def cli(exe: str, *args: str, log: Path) -> tuple[float, str]:
     t0 = time.time()
     with log.open("w") as err:
-        p = subprocess.run([exe, *args], stdout=subprocess.PIPE, stderr=err, text=True,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        p = subprocess.run(
+            [exe, *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     if p.returncode:
         sys.exit(f"failed ({p.returncode}): tunesmith {' '.join(args)}\n{log.read_text()[-3000:]}")
     return time.time() - t0, p.stdout
@@ -65,24 +71,47 @@ def run_dpo(a, work: Path, exe: str) -> list[str]:
 
     d = work / "prefs"
     d.mkdir()
-    for name, rs, os_ in (("train", train, outs[: len(train)]), ("val", val, outs[len(train):])):
+    for name, rs, os_ in (("train", train, outs[: len(train)]), ("val", val, outs[len(train) :])):
         (d / f"{name}.jsonl").write_text("".join(json.dumps(pair(r, o)) + "\n" for r, o in zip(rs, os_)))
-    train_s, out = cli(exe, "train", "--method", "dpo", "--model", a.model, "--data", str(d), "--out", str(work / "dpo"),
-                       "--epochs", str(a.epochs), "--dpo-beta", str(a.beta), "--lr", str(a.lr), "--json", log=work / "dpo.log")
+    train_s, out = cli(
+        exe,
+        "train",
+        "--method",
+        "dpo",
+        "--model",
+        a.model,
+        "--data",
+        str(d),
+        "--out",
+        str(work / "dpo"),
+        "--epochs",
+        str(a.epochs),
+        "--dpo-beta",
+        str(a.beta),
+        "--lr",
+        str(a.lr),
+        "--json",
+        log=work / "dpo.log",
+    )
     r = json.loads(out)
     s, e = r["val_start"], r["val"][-1]
     return [
-        f"DPO on the example data: {len(train)} train / {len(val)} held-out pairs (chosen: the reference notes; rejected: "
-        f"{a.model}'s own greedy notes, max {a.max_new_tokens} new tokens), {a.epochs} epoch(s), beta {a.beta}, lr {a.lr}",
+        f"DPO on the example data: {len(train)} train / {len(val)} held-out pairs (chosen: the reference "
+        "notes; rejected: "
+        f"{a.model}'s own greedy notes, max {a.max_new_tokens} new tokens), {a.epochs} epoch(s), beta "
+        f"{a.beta}, lr {a.lr}",
         "",
         "| held-out pairs | before | after |",
         "| --- | --- | --- |",
         f"| DPO loss | {s['val_loss']:.4f} | {e['val_loss']:.4f} |",
-        f"| reward accuracy (chosen's implicit reward > rejected's) | {s['val_accuracy']:.0%} (policy = reference: ties) | {e['val_accuracy']:.0%} |",
+        f"| reward accuracy (chosen's implicit reward > rejected's) | {s['val_accuracy']:.0%} (policy = "
+        f"reference: ties) | {e['val_accuracy']:.0%} |",
         f"| mean reward margin | {s['val_margin']:+.3f} | {e['val_margin']:+.3f} |",
-        f"| chosen has the higher average log-prob per token | {s['logp_accuracy']:.0%} | {e['logp_accuracy']:.0%} |",
+        f"| chosen has the higher average log-prob per token | {s['logp_accuracy']:.0%} | "
+        f"{e['logp_accuracy']:.0%} |",
         "",
-        f"rejected answers generated in {gen_s:.0f} s; dpo: {r['steps']} steps, {r['tokens_per_s']:.0f} tokens/s, {train_s:.0f} s "
+        f"rejected answers generated in {gen_s:.0f} s; dpo: {r['steps']} steps, {r['tokens_per_s']:.0f} "
+        f"tokens/s, {train_s:.0f} s "
         f"wall (process, incl. the reference pass and validation)",
     ]
 
@@ -92,17 +121,79 @@ def run_grpo(a, work: Path, exe: str) -> list[str]:
     test = ["--data", str(DATA / "test.jsonl"), "--style", style, "--max-new-tokens", str(a.max_new_tokens)]
     if a.n_test:
         test += ["--limit", str(a.n_test)]
-    sft_s, _ = cli(exe, "train", "--model", a.model, "--data", str(DATA), "--out", str(work / "sft"), "--max-steps",
-                   str(a.sft_steps), "--batch-size", "4", "--json", log=work / "sft.log")
-    e1_s, _ = cli(exe, "eval", "--adapter", str(work / "sft"), *test, "--out", str(work / "eval-sft"), "--quiet", "--json",
-                  log=work / "eval-sft.log")
-    grpo_s, out = cli(exe, "train", "--method", "grpo", "--from-adapter", str(work / "sft"), "--data", str(DATA),
-                      "--out", str(work / "grpo"), "--graders", "format", "--style", style, "--max-steps", str(a.grpo_steps),
-                      "--batch-size", str(a.grpo_batch), "--grpo-group", str(a.group), "--grpo-max-new-tokens",
-                      str(a.max_new_tokens), "--lr", str(a.lr), "--eval-limit", "10", "--json", log=work / "grpo.log")
+    sft_s, _ = cli(
+        exe,
+        "train",
+        "--model",
+        a.model,
+        "--data",
+        str(DATA),
+        "--out",
+        str(work / "sft"),
+        "--max-steps",
+        str(a.sft_steps),
+        "--batch-size",
+        "4",
+        "--json",
+        log=work / "sft.log",
+    )
+    e1_s, _ = cli(
+        exe,
+        "eval",
+        "--adapter",
+        str(work / "sft"),
+        *test,
+        "--out",
+        str(work / "eval-sft"),
+        "--quiet",
+        "--json",
+        log=work / "eval-sft.log",
+    )
+    grpo_s, out = cli(
+        exe,
+        "train",
+        "--method",
+        "grpo",
+        "--from-adapter",
+        str(work / "sft"),
+        "--data",
+        str(DATA),
+        "--out",
+        str(work / "grpo"),
+        "--graders",
+        "format",
+        "--style",
+        style,
+        "--max-steps",
+        str(a.grpo_steps),
+        "--batch-size",
+        str(a.grpo_batch),
+        "--grpo-group",
+        str(a.group),
+        "--grpo-max-new-tokens",
+        str(a.max_new_tokens),
+        "--lr",
+        str(a.lr),
+        "--eval-limit",
+        "10",
+        "--json",
+        log=work / "grpo.log",
+    )
     g = json.loads(out)
-    e2_s, _ = cli(exe, "eval", "--adapter", str(work / "grpo"), *test, "--baseline", str(work / "eval-sft" / "results.json"),
-                  "--out", str(work / "eval-grpo"), "--quiet", "--json", log=work / "eval-grpo.log")
+    e2_s, _ = cli(
+        exe,
+        "eval",
+        "--adapter",
+        str(work / "grpo"),
+        *test,
+        "--baseline",
+        str(work / "eval-sft" / "results.json"),
+        "--out",
+        str(work / "eval-grpo"),
+        "--quiet",
+        "--json",
+        log=work / "eval-grpo.log",
+    )
     before = json.loads((work / "eval-sft" / "results.json").read_text())
     after = json.loads((work / "eval-grpo" / "results.json").read_text())
     cmp = after.get("comparison") or {}
@@ -115,10 +206,14 @@ def run_grpo(a, work: Path, exe: str) -> list[str]:
         f = lambda v, ci: f"{v:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
         return f"| {name} | {f(b, ci_b)} | {f(x, ci_x)} | {p} |"
 
-    steps = [json.loads(l) for l in (work / "grpo" / "metrics.jsonl").read_text().splitlines() if '"reward"' in l]
+    steps = [
+        json.loads(l) for l in (work / "grpo" / "metrics.jsonl").read_text().splitlines() if '"reward"' in l
+    ]
     return [
-        f"GRPO on the example data: SFT {a.sft_steps} steps (batch 4), then GRPO from that adapter with the format grader "
-        f"(examples/meeting-notes/style.yaml), {g['steps']} steps of {a.grpo_batch} prompts x {a.group} samples, "
+        f"GRPO on the example data: SFT {a.sft_steps} steps (batch 4), then GRPO from that adapter with the "
+        "format grader "
+        f"(examples/meeting-notes/style.yaml), {g['steps']} steps of {a.grpo_batch} prompts x {a.group} "
+        "samples, "
         f"max {a.max_new_tokens} new tokens, lr {a.lr}; test set {after['n']} examples, greedy",
         "",
         "| test set | SFT | SFT + GRPO | change (paired) |",
@@ -127,10 +222,12 @@ def run_grpo(a, work: Path, exe: str) -> list[str]:
         line("rougeL", "ROUGE-L"),
         line("rouge1", "ROUGE-1"),
         "",
-        "sampled reward (format share) per step: " + ", ".join(f"{s['reward']:.2f}" for s in steps)
+        "sampled reward (format share) per step: "
+        + ", ".join(f"{s['reward']:.2f}" for s in steps)
         + f"; held-out (10 val prompts, greedy) {g['val_start'].get('val_reward', float('nan')):.2f} -> "
         + ", ".join(f"{v['val_reward']:.2f}" for v in g["val"]),
-        f"times: sft {sft_s:.0f} s, eval {e1_s:.0f} s, grpo {grpo_s:.0f} s ({g['tokens_per_s']:.0f} trained tokens/s), "
+        f"times: sft {sft_s:.0f} s, eval {e1_s:.0f} s, grpo {grpo_s:.0f} s ({g['tokens_per_s']:.0f} trained "
+        "tokens/s), "
         f"eval {e2_s:.0f} s",
     ]
 
@@ -162,8 +259,10 @@ def main() -> int:
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    lines.append(f"total {time.time() - t0:.0f} s; `benchmarks/preference.py {' '.join(sys.argv[1:])}`; "
-                 f"{platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+    lines.append(
+        f"total {time.time() - t0:.0f} s; `benchmarks/preference.py {' '.join(sys.argv[1:])}`; "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}"
+    )
     print("\n".join(lines))
     return 0
 

@@ -37,11 +37,28 @@ def free_port() -> int:
 
 def prompts(kind: str) -> list[list[dict]]:
     if kind == "short":
-        topics = ["the budget", "the remote control design", "battery choice", "the marketing research", "the prototype",
-                  "the next meeting", "the case material", "user interface ideas"]
-        return [[{"role": "user", "content": f"In two sentences, what should a team keep in mind when deciding on {t}?"}]
-                for t in topics]
-    rows = [json.loads(line) for line in (ROOT / "examples/meeting-notes/test.jsonl").read_text().splitlines()]
+        topics = [
+            "the budget",
+            "the remote control design",
+            "battery choice",
+            "the marketing research",
+            "the prototype",
+            "the next meeting",
+            "the case material",
+            "user interface ideas",
+        ]
+        return [
+            [
+                {
+                    "role": "user",
+                    "content": f"In two sentences, what should a team keep in mind when deciding on {t}?",
+                }
+            ]
+            for t in topics
+        ]
+    rows = [
+        json.loads(line) for line in (ROOT / "examples/meeting-notes/test.jsonl").read_text().splitlines()
+    ]
     out = []
     for r in rows:
         msgs = r["messages"]
@@ -51,8 +68,9 @@ def prompts(kind: str) -> list[list[dict]]:
 
 
 def post(url: str, body: dict, timeout: float) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
@@ -62,8 +80,15 @@ def post(url: str, body: dict, timeout: float) -> tuple[int, dict]:
         return 0, {"error": str(e)}
 
 
-def run_level(url: str, model: str, convs: list[list[dict]], clients: int, max_tokens: int, requests: int,
-              seconds: float) -> dict:
+def run_level(
+    url: str,
+    model: str,
+    convs: list[list[dict]],
+    clients: int,
+    max_tokens: int,
+    requests: int,
+    seconds: float,
+) -> dict:
     lock = threading.Lock()
     sent = 0
     latencies, tokens, errors = [], [], []
@@ -78,8 +103,11 @@ def run_level(url: str, model: str, convs: list[list[dict]], clients: int, max_t
                 i = sent
                 sent += 1
             t0 = time.perf_counter()
-            status, body = post(url, {"model": model, "messages": convs[i % len(convs)], "max_tokens": max_tokens},
-                                timeout=600)
+            status, body = post(
+                url,
+                {"model": model, "messages": convs[i % len(convs)], "max_tokens": max_tokens},
+                timeout=600,
+            )
             dt = time.perf_counter() - t0
             with lock:
                 if status == 200:
@@ -97,9 +125,16 @@ def run_level(url: str, model: str, convs: list[list[dict]], clients: int, max_t
     wall = time.perf_counter() - t0
     lat = sorted(latencies)
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")  # noqa: E731
-    return {"clients": clients, "requests": len(lat), "errors": len(errors), "wall_s": round(wall, 1),
-            "tokens": sum(tokens), "tokens_per_s": round(sum(tokens) / wall, 1),
-            "p50_s": round(statistics.median(lat), 2) if lat else None, "p95_s": round(q(0.95), 2) if lat else None}
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "errors": len(errors),
+        "wall_s": round(wall, 1),
+        "tokens": sum(tokens),
+        "tokens_per_s": round(sum(tokens) / wall, 1),
+        "p50_s": round(statistics.median(lat), 2) if lat else None,
+        "p95_s": round(q(0.95), 2) if lat else None,
+    }
 
 
 def main() -> int:
@@ -117,8 +152,23 @@ def main() -> int:
 
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"tunesmith-serve-bench-{port}.log"
-    cmd = [sys.executable, "-m", "tunesmith.cli", "serve", "--model", args.model, "--no-auth", "--port", str(port),
-           "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue), "--max-tokens", str(args.max_tokens)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunesmith.cli",
+        "serve",
+        "--model",
+        args.model,
+        "--no-auth",
+        "--port",
+        str(port),
+        "--max-batch",
+        str(args.max_batch),
+        "--max-queue",
+        str(args.max_queue),
+        "--max-tokens",
+        str(args.max_tokens),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"), cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -135,22 +185,35 @@ def main() -> int:
         run_level(base + "/v1/chat/completions", model, convs, 2, args.max_tokens, 2, 60)  # warm-up
         rows = []
         for c in [int(x) for x in args.clients.split(",")]:
-            row = run_level(base + "/v1/chat/completions", model, convs, c, args.max_tokens, max(args.requests, 2 * c),
-                            args.seconds)
+            row = run_level(
+                base + "/v1/chat/completions",
+                model,
+                convs,
+                c,
+                args.max_tokens,
+                max(args.requests, 2 * c),
+                args.seconds,
+            )
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         proc.terminate()
         proc.wait(30)
     ref = rows[0]["tokens_per_s"] if rows and rows[0]["clients"] == 1 else None
-    print(f"\n`{' '.join(['benchmarks/serve.py'] + sys.argv[1:])}` — {args.model}, {args.prompts} prompts, "
-          f"max_tokens {args.max_tokens}, --max-batch {args.max_batch}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
+    print(
+        f"\n`{' '.join(['benchmarks/serve.py'] + sys.argv[1:])}` — {args.model}, {args.prompts} prompts, "
+        f"max_tokens {args.max_tokens}, --max-batch {args.max_batch}; "
+        f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n"
+    )
     print("| clients | requests | errors | tokens/s | vs 1 client | p50 latency s | p95 latency s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ratio = f"{r['tokens_per_s'] / ref:.1f}×" if ref else "-"
-        print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['tokens_per_s']} | {ratio} | {r['p50_s']} | {r['p95_s']} |")
+        print(
+            f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['tokens_per_s']} | {ratio} | "
+            f"{r['p50_s']} | {r['p95_s']} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

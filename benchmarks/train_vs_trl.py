@@ -45,18 +45,29 @@ DIALOGSUM = ROOT.parent / "shared" / "data" / "dialogsum" / "train.jsonl"
 EXAMPLE = ROOT / "examples" / "meeting-notes"
 SYSTEM = "You are a helpful assistant that writes short, factual summaries of dialogues."
 USER = "Summarize the following dialogue in one or two sentences.\n\n{dialogue}"
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 IGNORE = -100
 FLOP_FORMULA = (
-    "model FLOPs = sum over steps of [4·N_frozen·T + 6·N_lora·T + 4·V·d·A + attention]: T = real (non-pad) tokens, "
+    "model FLOPs = sum over steps of [4·N_frozen·T + 6·N_lora·T + 4·V·d·A + attention]: T = real (non-pad) "
+    "tokens, "
     "A = answer tokens (the loss needs the output layer there only), N_frozen = frozen weights outside the "
     "embedding/output layer (forward 2N + backward to the activations 2N, no weight gradient), N_lora = LoRA "
-    "weights (2N + 2N + 2N weight gradient), V·d = output layer (forward + backward to the hidden state; tied, "
-    "frozen), attention = 12·d_attn·Σ_layers Σ_i min(i, window) per sequence (QKᵀ and AV, causal, forward + 2× "
-    "backward). The same count is used for both runs (it is the work the task needs, not what each implementation "
-    "executes), so MFU ratio = speed ratio at the same precision. MFU = achieved FLOP/s / measured matmul FLOP/s "
-    "(2048×2048 on a CPU with the same threads, 8192×8192 on a GPU) of the precision the side computes in (fp32, or bf16 under --precision bf16)."
+    "weights (2N + 2N + 2N weight gradient), V·d = output layer (forward + backward to the hidden state; "
+    "tied, "
+    "frozen), attention = 12·d_attn·Σ_layers Σ_i min(i, window) per sequence (QKᵀ and AV, causal, forward + "
+    "2× "
+    "backward). The same count is used for both runs (it is the work the task needs, not what each "
+    "implementation "
+    "executes), so MFU ratio = speed ratio at the same precision. MFU = achieved FLOP/s / measured matmul "
+    "FLOP/s "
+    "(2048×2048 on a CPU with the same threads, 8192×8192 on a GPU) of the precision the side computes in "
+    "(fp32, or bf16 under --precision bf16)."
 )
 
 
@@ -71,12 +82,17 @@ def chat_examples(which: str, n_train: int, n_val: int) -> tuple[list[dict], lis
         rows = [json.loads(l) for l in DIALOGSUM.read_text().splitlines() if l.strip()]
 
         def conv(r):
-            return {"messages": [{"role": "system", "content": SYSTEM},
-                                 {"role": "user", "content": USER.format(dialogue=r["dialogue"].strip())},
-                                 {"role": "assistant", "content": r["summary"].strip()}]}
+            return {
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": USER.format(dialogue=r["dialogue"].strip())},
+                    {"role": "assistant", "content": r["summary"].strip()},
+                ]
+            }
 
         return [conv(r) for r in rows[:n_train]], [conv(r) for r in rows[n_train : n_train + n_val]]
     if which == "example":
+
         def load(p):
             return [{"messages": json.loads(l)["messages"]} for l in p.read_text().splitlines() if l.strip()]
 
@@ -119,11 +135,18 @@ def prepare_data(work: Path, model: str, train_ex, val_ex, max_length: int) -> d
     write_jsonl(work / "train.jsonl", train_ex)
     write_jsonl(work / "val.jsonl", val_ex)
     (work / "encoded.json").write_text(json.dumps({"train": train_enc, "val": val_enc}))
-    return {"model_dir": str(model_dir), "train": str(work / "train.jsonl"), "val": str(work / "val.jsonl"),
-            "encoded": str(work / "encoded.json"), "n_train": len(train_enc), "n_val": len(val_enc),
-            "dropped_train": d1, "dropped_val": d2,
-            "train_tokens_per_epoch": sum(len(e["input_ids"]) for e in train_enc),
-            "train_answer_tokens_per_epoch": sum(n_answer(e["labels"]) for e in train_enc)}
+    return {
+        "model_dir": str(model_dir),
+        "train": str(work / "train.jsonl"),
+        "val": str(work / "val.jsonl"),
+        "encoded": str(work / "encoded.json"),
+        "n_train": len(train_enc),
+        "n_val": len(val_enc),
+        "dropped_train": d1,
+        "dropped_val": d2,
+        "train_tokens_per_epoch": sum(len(e["input_ids"]) for e in train_enc),
+        "train_answer_tokens_per_epoch": sum(n_answer(e["labels"]) for e in train_enc),
+    }
 
 
 # ======================================================================== parent: running workers
@@ -138,8 +161,13 @@ def run_worker(kind: str, spec: dict, work: Path, tag: str) -> dict:
     env = dict(os.environ, **OFFLINE_ENV)
     t0 = time.time()
     with open(log_path, "w") as log:
-        p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", str(spec_path)],
-                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+        p = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", str(spec_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(ROOT),
+        )
         _, status, ru = os.wait4(p.pid, 0)
     wall = time.time() - t0
     rc = os.waitstatus_to_exitcode(status)
@@ -202,7 +230,11 @@ class PeakMemory:
             peak = self.poll_peak
         else:
             peak = _status_kib("VmHWM")
-        out = {"rss_before_train_mib": self.rss_start / 1024, "peak_rss_train_mib": peak / 1024, "rss_method": self.method}
+        out = {
+            "rss_before_train_mib": self.rss_start / 1024,
+            "peak_rss_train_mib": peak / 1024,
+            "rss_method": self.method,
+        }
         if self.cuda:
             torch.cuda.synchronize()
             out["cuda_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -225,8 +257,16 @@ def model_stats(model) -> dict:
     types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
     window = getattr(cfg, "sliding_window", None)
     windows = [window if (t == "sliding_attention" and window) else None for t in types]
-    return {"params_total": total, "params_lora": lora, "params_frozen_body": frozen, "vocab": head.shape[0],
-            "hidden": head.shape[1], "tied_embeddings": tied, "d_attn": heads * head_dim, "layer_windows": windows}
+    return {
+        "params_total": total,
+        "params_lora": lora,
+        "params_frozen_body": frozen,
+        "vocab": head.shape[0],
+        "hidden": head.shape[1],
+        "tied_embeddings": tied,
+        "d_attn": heads * head_dim,
+        "layer_windows": windows,
+    }
 
 
 def versions() -> dict:
@@ -251,12 +291,28 @@ def write_result(spec: dict, rec: dict) -> None:
 def tunesmith_config(spec: dict):
     from tunesmith.train.config import TrainConfig
 
-    return TrainConfig(model=spec["model"], data=spec.get("train"), out=spec.get("out"), method="lora",
-                       epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch_size"],
-                       micro_batch_size=spec["micro_batch_size"], max_length=spec["max_length"], lora_r=spec["lora_r"],
-                       lora_alpha=spec["lora_alpha"], lora_dropout=0.0, lora_targets="all-linear",
-                       precision=spec["precision"], warmup_ratio=spec["warmup_ratio"], scheduler="cosine",
-                       max_steps=spec["max_steps"], max_grad_norm=1.0, weight_decay=0.0, seed=spec["seed"])
+    return TrainConfig(
+        model=spec["model"],
+        data=spec.get("train"),
+        out=spec.get("out"),
+        method="lora",
+        epochs=spec["epochs"],
+        lr=spec["lr"],
+        batch_size=spec["batch_size"],
+        micro_batch_size=spec["micro_batch_size"],
+        max_length=spec["max_length"],
+        lora_r=spec["lora_r"],
+        lora_alpha=spec["lora_alpha"],
+        lora_dropout=0.0,
+        lora_targets="all-linear",
+        precision=spec["precision"],
+        warmup_ratio=spec["warmup_ratio"],
+        scheduler="cosine",
+        max_steps=spec["max_steps"],
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        seed=spec["seed"],
+    )
 
 
 # ======================================================================== worker: tunesmith
@@ -279,14 +335,17 @@ def worker_tunesmith(spec: dict) -> None:
         plans[epoch] = orig_batches(encoded, cfg, epoch)
         return plans[epoch]
 
-    def fit(run):  # the run harness's loop, timed from its start to its end (validation and checkpoints included)
+    def fit(
+        run,
+    ):  # the run harness's loop, timed from its start to its end (validation and checkpoints included)
         train_enc = run.m.train_enc
         rec["setup_s"] = time.time() - t_start
         rec["model"] = model_stats(run.m.model)
         rec["encoding"] = [(len(e.input_ids), n_answer(e.labels)) for e in train_enc]
         expected = json.loads(Path(spec["encoded"]).read_text())["train"]
         rec["same_token_ids_as_shared_encoding"] = len(expected) == len(train_enc) and all(
-            e.input_ids == x["input_ids"] and e.labels == x["labels"] for e, x in zip(train_enc, expected))
+            e.input_ids == x["input_ids"] and e.labels == x["labels"] for e, x in zip(train_enc, expected)
+        )
         rec["encoded_lengths"] = [len(e.input_ids) for e in train_enc]
         mem.start()
         t = time.perf_counter()
@@ -313,10 +372,15 @@ def worker_tunesmith(spec: dict) -> None:
     losses = [m["loss"] for m in metrics if "loss" in m]
     for s, l in zip(steps, losses):
         s["loss"] = l
-    rec.update(steps=steps, n_steps=res.steps, adapter=spec["out"], reported_tokens_per_s=res.tokens_per_s,
-               reported_answer_tokens_per_s=res.answer_tokens_per_s,
-               reported_tokens=max((m.get("tokens", 0) for m in metrics), default=0),
-               settings={k: v for k, v in vars(cfg).items()})
+    rec.update(
+        steps=steps,
+        n_steps=res.steps,
+        adapter=spec["out"],
+        reported_tokens_per_s=res.tokens_per_s,
+        reported_answer_tokens_per_s=res.answer_tokens_per_s,
+        reported_tokens=max((m.get("tokens", 0) for m in metrics), default=0),
+        settings={k: v for k, v in vars(cfg).items()},
+    )
     write_result(spec, rec)
 
 
@@ -333,8 +397,13 @@ def step_stats(micro_batches, get) -> dict:
             lengths.append(len(ids))
             width = max(width, len(ids))
         padded += width * len(mb)
-    return {"answer_tokens": ans, "real_tokens": real, "padded_tokens": padded, "micro_batches": len(micro_batches),
-            "lengths": lengths}
+    return {
+        "answer_tokens": ans,
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "micro_batches": len(micro_batches),
+        "lengths": lengths,
+    }
 
 
 # ======================================================================== worker: TRL
@@ -350,7 +419,9 @@ def trl_plan(lengths: list[int], spec: dict, epoch: int) -> list[list[int]]:
 
     ga = spec["batch_size"] // spec["trl_micro_batch_size"]
     cfg = tunesmith_config(spec)
-    cfg.micro_batch_size = spec["trl_micro_batch_size"]  # the same steps; only their split into passes is TRL's
+    cfg.micro_batch_size = spec[
+        "trl_micro_batch_size"
+    ]  # the same steps; only their split into passes is TRL's
     plan = batches([SimpleNamespace(input_ids=[0] * n) for n in lengths], cfg, epoch)
     out, last = [], []
     for micro in plan:
@@ -412,16 +483,30 @@ def worker_trl(spec: dict) -> None:
     order = spec["trl_order"]
     args = SFTConfig(
         output_dir=str(Path(spec["out"]).parent / "trl-trainer-out"),
-        per_device_train_batch_size=spec["trl_micro_batch_size"], gradient_accumulation_steps=ga,
-        learning_rate=spec["lr"], num_train_epochs=spec["epochs"],
+        per_device_train_batch_size=spec["trl_micro_batch_size"],
+        gradient_accumulation_steps=ga,
+        learning_rate=spec["lr"],
+        num_train_epochs=spec["epochs"],
         max_steps=spec["max_steps"] if spec["max_steps"] > 0 else -1,
-        max_length=spec["max_length"], max_grad_norm=1.0, weight_decay=0.0,
-        gradient_checkpointing=False, bf16=precision == "bf16", fp16=False, use_cpu=not cuda,
-        packing=False, padding_free=False, assistant_only_loss=False,
+        max_length=spec["max_length"],
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        gradient_checkpointing=False,
+        bf16=precision == "bf16",
+        fp16=False,
+        use_cpu=not cuda,
+        packing=False,
+        padding_free=False,
+        assistant_only_loss=False,
         completion_only_loss=True if spec["trl_data"] == "native" else None,
         train_sampling_strategy={"tunesmith": "sequential"}.get(order, order),
-        seed=spec["seed"], data_seed=spec["seed"],
-        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+        seed=spec["seed"],
+        data_seed=spec["seed"],
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
         dataloader_num_workers=0,
     )
     micro_log: collections.deque = collections.deque()
@@ -446,18 +531,26 @@ def worker_trl(spec: dict) -> None:
         def wrapped(examples):
             batch = collate(examples)
             lab = batch["labels"]
-            micro_log.append({"answer": int((lab[:, 1:] != IGNORE).sum()), "real": int(batch["attention_mask"].sum()),
-                              "padded": int(batch["input_ids"].numel()),
-                              "lengths": batch["attention_mask"].sum(1).tolist()})
+            micro_log.append(
+                {
+                    "answer": int((lab[:, 1:] != IGNORE).sum()),
+                    "real": int(batch["attention_mask"].sum()),
+                    "padded": int(batch["input_ids"].numel()),
+                    "lengths": batch["attention_mask"].sum(1).tolist(),
+                }
+            )
             return batch
 
         return wrapped
 
     class BenchSFTTrainer(SFTTrainer):
         def create_scheduler(self, num_training_steps, optimizer=None):
-            if self.lr_scheduler is None:  # the exact schedule tunesmith uses, so both see the same lr every step
-                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer,
-                                                                      lr_schedule(ts_cfg, num_training_steps))
+            if (
+                self.lr_scheduler is None
+            ):  # the exact schedule tunesmith uses, so both see the same lr every step
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer or self.optimizer, lr_schedule(ts_cfg, num_training_steps)
+                )
                 self._created_lr_scheduler = True
             return self.lr_scheduler
 
@@ -465,16 +558,27 @@ def worker_trl(spec: dict) -> None:
             if order != "tunesmith":
                 return super().get_train_dataloader()
             ds = self._remove_unused_columns(self.train_dataset, description="Training")
-            return self.accelerator.prepare(DataLoader(ds, batch_sampler=PlanBatchSampler(), collate_fn=self.data_collator,
-                                                       num_workers=0))
+            return self.accelerator.prepare(
+                DataLoader(ds, batch_sampler=PlanBatchSampler(), collate_fn=self.data_collator, num_workers=0)
+            )
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             m = micro_log.popleft()
             step = self.state.global_step + 1
             if not steps_rec or steps_rec[-1]["step"] != step:
-                steps_rec.append({"step": step, "answer_tokens": 0, "real_tokens": 0, "padded_tokens": 0,
-                                  "micro_batches": 0, "lengths": [], "num_items_in_batch": int(num_items_in_batch)
-                                  if num_items_in_batch is not None else None})
+                steps_rec.append(
+                    {
+                        "step": step,
+                        "answer_tokens": 0,
+                        "real_tokens": 0,
+                        "padded_tokens": 0,
+                        "micro_batches": 0,
+                        "lengths": [],
+                        "num_items_in_batch": int(num_items_in_batch)
+                        if num_items_in_batch is not None
+                        else None,
+                    }
+                )
             s = steps_rec[-1]
             s["answer_tokens"] += m["answer"]
             s["real_tokens"] += m["real"]
@@ -483,10 +587,16 @@ def worker_trl(spec: dict) -> None:
             s["lengths"] += m["lengths"]
             return super().training_step(model, inputs, num_items_in_batch)
 
-    peft_config = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0,
-                             target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = BenchSFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
-                              peft_config=peft_config)
+    peft_config = LoraConfig(
+        r=spec["lora_r"],
+        lora_alpha=spec["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    trainer = BenchSFTTrainer(
+        model=model, args=args, train_dataset=train_ds, processing_class=tok, peft_config=peft_config
+    )
     trainer.data_collator = counting(trainer.data_collator)
     prepared = trainer.train_dataset
     if len(prepared) != len(shared):
@@ -511,22 +621,44 @@ def worker_trl(spec: dict) -> None:
         s["loss"] = losses.get(s["step"])
     trainer.save_model(spec["out"])
     defaults = SFTConfig(output_dir=args.output_dir, use_cpu=not cuda)
-    changed = {k: v for k, v in args.to_dict().items() if defaults.to_dict().get(k) != v and k not in ("logging_dir",)}
-    rec.update(steps=steps_rec, n_steps=trainer.state.global_step, adapter=spec["out"],
-               train_runtime=out.metrics.get("train_runtime"), reported_num_tokens=trainer._total_train_tokens,
-               settings={"SFTConfig (non-defaults)": changed, "optim": str(args.optim),
-                         "peft_config": {"r": spec["lora_r"], "lora_alpha": spec["lora_alpha"], "lora_dropout": 0.0,
-                                         "target_modules": "all-linear", "task_type": "CAUSAL_LM"},
-                         "lr_scheduler": "LambdaLR with tunesmith's multiplier (linear warm-up over "
-                                         f"{spec['warmup_ratio']:.0%} of steps, cosine to 10 % of peak), "
-                                         "via create_scheduler override",
-                         "dataset": ("pre-tokenized input_ids + labels (tunesmith's encoding)" if spec["trl_data"] == "tokens"
-                                     else "conversational prompt/completion, tokenized by TRL (completion_only_loss)"),
-                         "order": {"tunesmith": "tunesmith's batches via a batch_sampler (get_train_dataloader override)",
-                                   "group_by_length": "HF LengthGroupedSampler",
-                                   "random": "HF RandomSampler"}[order],
-                         "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
-                         "dtype": str(dtype)})
+    changed = {
+        k: v
+        for k, v in args.to_dict().items()
+        if defaults.to_dict().get(k) != v and k not in ("logging_dir",)
+    }
+    rec.update(
+        steps=steps_rec,
+        n_steps=trainer.state.global_step,
+        adapter=spec["out"],
+        train_runtime=out.metrics.get("train_runtime"),
+        reported_num_tokens=trainer._total_train_tokens,
+        settings={
+            "SFTConfig (non-defaults)": changed,
+            "optim": str(args.optim),
+            "peft_config": {
+                "r": spec["lora_r"],
+                "lora_alpha": spec["lora_alpha"],
+                "lora_dropout": 0.0,
+                "target_modules": "all-linear",
+                "task_type": "CAUSAL_LM",
+            },
+            "lr_scheduler": "LambdaLR with tunesmith's multiplier (linear warm-up over "
+            f"{spec['warmup_ratio']:.0%} of steps, cosine to 10 % of peak), "
+            "via create_scheduler override",
+            "dataset": (
+                "pre-tokenized input_ids + labels (tunesmith's encoding)"
+                if spec["trl_data"] == "tokens"
+                else "conversational prompt/completion, tokenized by TRL (completion_only_loss)"
+            ),
+            "order": {
+                "tunesmith": "tunesmith's batches via a batch_sampler (get_train_dataloader override)",
+                "group_by_length": "HF LengthGroupedSampler",
+                "random": "HF RandomSampler",
+            }[order],
+            "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
+            "dtype": str(dtype),
+        },
+    )
     write_result(spec, rec)
 
 
@@ -588,8 +720,14 @@ def answer_loss_reference(model, items: list[dict]) -> tuple[float, int]:
             ids = torch.tensor([e["input_ids"]], device=dev)
             tgt = torch.tensor([e["labels"][1:]], device=dev)
             logits = model(input_ids=ids).logits[:, :-1].float()
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                           ignore_index=IGNORE, reduction="sum"))
+            total += float(
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]),
+                    tgt.reshape(-1),
+                    ignore_index=IGNORE,
+                    reduction="sum",
+                )
+            )
             count += int((tgt != IGNORE).sum())
     return total / max(count, 1), count
 
@@ -611,7 +749,9 @@ def worker_measure(spec: dict) -> None:
         rec["val_loss"] = {}
 
         def base():
-            m = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=dtype, use_safetensors=True).to(dev)
+            m = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=dtype, use_safetensors=True).to(
+                dev
+            )
             return m.eval()
 
         if val:
@@ -650,13 +790,23 @@ def summarize(r: dict, matmul: dict | None, precision: str = "fp32") -> dict:
     real = sum(s["real_tokens"] for s in steps)
     pad = sum(s["padded_tokens"] for s in steps)
     losses = [s["loss"] for s in steps if s.get("loss") is not None]
-    tail = losses[-max(1, len(losses) // 10):] if losses else []
-    out = {"steps": r["n_steps"], "answer_tokens": ans, "real_tokens": real, "padded_tokens": pad,
-           "answer_tokens_per_s": ans / r["fit_s"], "real_tokens_per_s": real / r["fit_s"], "train_s": r["fit_s"],
-           "setup_s": r["setup_s"], "total_s": r["process_wall_s"], "peak_rss_process_mib": r["process_peak_rss_mib"],
-           "peak_rss_train_mib": r["peak_rss_train_mib"], "rss_before_train_mib": r["rss_before_train_mib"],
-           "train_loss_last": losses[-1] if losses else None,
-           "train_loss_last10pct": sum(tail) / len(tail) if tail else None}
+    tail = losses[-max(1, len(losses) // 10) :] if losses else []
+    out = {
+        "steps": r["n_steps"],
+        "answer_tokens": ans,
+        "real_tokens": real,
+        "padded_tokens": pad,
+        "answer_tokens_per_s": ans / r["fit_s"],
+        "real_tokens_per_s": real / r["fit_s"],
+        "train_s": r["fit_s"],
+        "setup_s": r["setup_s"],
+        "total_s": r["process_wall_s"],
+        "peak_rss_process_mib": r["process_peak_rss_mib"],
+        "peak_rss_train_mib": r["peak_rss_train_mib"],
+        "rss_before_train_mib": r["rss_before_train_mib"],
+        "train_loss_last": losses[-1] if losses else None,
+        "train_loss_last10pct": sum(tail) / len(tail) if tail else None,
+    }
     for k in ("cuda_peak_allocated_mib", "cuda_peak_reserved_mib"):
         if k in r:
             out[k] = r[k]
@@ -683,17 +833,24 @@ def fairness_report(ts: dict, trl: dict, show: int = 5) -> tuple[list[str], dict
     e1, e2 = ts["encoding"], trl["encoding"]
     same_len = sum(a[0] == b[0] for a, b in zip(e1, e2))
     d_ans = sum(b[1] - a[1] for a, b in zip(e1, e2))
-    lines.append(f"- examples: {len(e1)} (tunesmith) / {len(e2)} (TRL); identical token ids: {same_len}/{len(e1)}; "
-                 f"answer tokens per epoch: {sum(a[1] for a in e1):,} (tunesmith) / {sum(b[1] for b in e2):,} (TRL), "
-                 f"difference {d_ans:+,}")
+    lines.append(
+        f"- examples: {len(e1)} (tunesmith) / {len(e2)} (TRL); identical token ids: {same_len}/{len(e1)}; "
+        f"answer tokens per epoch: {sum(a[1] for a in e1):,} (tunesmith) / {sum(b[1] for b in e2):,} (TRL), "
+        f"difference {d_ans:+,}"
+    )
     s1, s2 = ts["steps"], trl["steps"]
     n = min(len(s1), len(s2))
-    same_steps = sum(s1[i]["answer_tokens"] == s2[i]["answer_tokens"] and s1[i]["real_tokens"] == s2[i]["real_tokens"]
-                     for i in range(n))
-    lines.append(f"- steps: {len(s1)} / {len(s2)}; steps with identical answer and real token counts: {same_steps}/{n}; "
-                 f"totals: answer {sum(s['answer_tokens'] for s in s1):,} / {sum(s['answer_tokens'] for s in s2):,}, "
-                 f"real {sum(s['real_tokens'] for s in s1):,} / {sum(s['real_tokens'] for s in s2):,}, "
-                 f"padded {sum(s['padded_tokens'] for s in s1):,} / {sum(s['padded_tokens'] for s in s2):,}")
+    same_steps = sum(
+        s1[i]["answer_tokens"] == s2[i]["answer_tokens"] and s1[i]["real_tokens"] == s2[i]["real_tokens"]
+        for i in range(n)
+    )
+    lines.append(
+        f"- steps: {len(s1)} / {len(s2)}; steps with identical answer and real token counts: "
+        f"{same_steps}/{n}; "
+        f"totals: answer {sum(s['answer_tokens'] for s in s1):,} / {sum(s['answer_tokens'] for s in s2):,}, "
+        f"real {sum(s['real_tokens'] for s in s1):,} / {sum(s['real_tokens'] for s in s2):,}, "
+        f"padded {sum(s['padded_tokens'] for s in s1):,} / {sum(s['padded_tokens'] for s in s2):,}"
+    )
     nums = [s.get("num_items_in_batch") for s in s2]
     if all(x is not None for x in nums):
         ok = all(x == s["answer_tokens"] for x, s in zip(nums, s2))
@@ -704,29 +861,44 @@ def fairness_report(ts: dict, trl: dict, show: int = 5) -> tuple[list[str], dict
     idx = list(range(min(show, n))) + ([n - 1] if n > show else [])
     for i in idx:
         a, b = s1[i], s2[i]
-        lines.append(f"| {i + 1} | {a['answer_tokens']} / {b['answer_tokens']} | {a['real_tokens']} / {b['real_tokens']} | "
-                     f"{a['padded_tokens']} / {b['padded_tokens']} | {fmt(a.get('loss'), 4)} / {fmt(b.get('loss'), 4)} |")
-    diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(s1, s2) if a.get("loss") is not None and b.get("loss") is not None]
-    return lines, {"identical_token_ids": same_len, "examples": len(e1), "answer_token_diff_per_epoch": d_ans,
-                   "steps_identical_counts": same_steps, "steps_compared": n,
-                   "max_abs_step_loss_diff": max(diffs) if diffs else None}
+        lines.append(
+            f"| {i + 1} | {a['answer_tokens']} / {b['answer_tokens']} | {a['real_tokens']} / "
+            f"{b['real_tokens']} | "
+            f"{a['padded_tokens']} / {b['padded_tokens']} | {fmt(a.get('loss'), 4)} / "
+            f"{fmt(b.get('loss'), 4)} |"
+        )
+    diffs = [
+        abs(a["loss"] - b["loss"])
+        for a, b in zip(s1, s2)
+        if a.get("loss") is not None and b.get("loss") is not None
+    ]
+    return lines, {
+        "identical_token_ids": same_len,
+        "examples": len(e1),
+        "answer_token_diff_per_epoch": d_ans,
+        "steps_identical_counts": same_steps,
+        "steps_compared": n,
+        "max_abs_step_loss_diff": max(diffs) if diffs else None,
+    }
 
 
 def main_table(sm: dict, val: dict) -> list[str]:
-    rows = [("trained (answer) tokens/s", "answer_tokens_per_s", 1, True),
-            ("all real (non-pad) tokens/s", "real_tokens_per_s", 1, True),
-            ("training wall time, s (fit, no model load)", "train_s", 1, False),
-            ("setup: start → training, s (imports, model load, data)", "setup_s", 1, False),
-            ("total wall time of the process, s", "total_s", 1, False),
-            ("peak RSS of the process, MiB", "peak_rss_process_mib", 0, False),
-            ("peak RSS during training, MiB", "peak_rss_train_mib", 0, False),
-            ("RSS when training starts, MiB", "rss_before_train_mib", 0, False),
-            ("CUDA peak allocated, MiB", "cuda_peak_allocated_mib", 0, False),
-            ("final train loss (last step)", "train_loss_last", 4, False),
-            ("train loss, mean of last 10 % of steps", "train_loss_last10pct", 4, False),
-            ("achieved model GFLOP/s", "achieved_gflops", 2, True),
-            ("precision of the matmuls", "precision", 0, False),
-            ("MFU (vs the matmul peak of that precision)", "mfu", 4, True)]
+    rows = [
+        ("trained (answer) tokens/s", "answer_tokens_per_s", 1, True),
+        ("all real (non-pad) tokens/s", "real_tokens_per_s", 1, True),
+        ("training wall time, s (fit, no model load)", "train_s", 1, False),
+        ("setup: start → training, s (imports, model load, data)", "setup_s", 1, False),
+        ("total wall time of the process, s", "total_s", 1, False),
+        ("peak RSS of the process, MiB", "peak_rss_process_mib", 0, False),
+        ("peak RSS during training, MiB", "peak_rss_train_mib", 0, False),
+        ("RSS when training starts, MiB", "rss_before_train_mib", 0, False),
+        ("CUDA peak allocated, MiB", "cuda_peak_allocated_mib", 0, False),
+        ("final train loss (last step)", "train_loss_last", 4, False),
+        ("train loss, mean of last 10 % of steps", "train_loss_last10pct", 4, False),
+        ("achieved model GFLOP/s", "achieved_gflops", 2, True),
+        ("precision of the matmuls", "precision", 0, False),
+        ("MFU (vs the matmul peak of that precision)", "mfu", 4, True),
+    ]
     sides = [k for k in ("tunesmith", "trl") if k in sm]
     head = "| metric | " + " | ".join({"tunesmith": "tunesmith", "trl": "TRL"}[k] for k in sides)
     head += " | tunesmith / TRL |" if len(sides) == 2 else " |"
@@ -738,14 +910,24 @@ def main_table(sm: dict, val: dict) -> list[str]:
         line = f"| {label} | " + " | ".join(fmt(v, digits) for v in vals)
         if len(sides) == 2:
             a, b = vals
-            line += f" | {a / b:.2f}× |" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else " | - |"
+            line += (
+                f" | {a / b:.2f}× |"
+                if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b
+                else " | - |"
+            )
         else:
             line += " |"
         lines.append(line)
     if val:
         vals = [val.get(k) for k in sides]
         line = "| validation loss (shared answer-only loss) | " + " | ".join(fmt(v, 4) for v in vals)
-        line += (f" | {vals[0] / vals[1]:.3f}× |" if len(sides) == 2 and all(vals) else " |" if len(sides) != 2 else " | - |")
+        line += (
+            f" | {vals[0] / vals[1]:.3f}× |"
+            if len(sides) == 2 and all(vals)
+            else " |"
+            if len(sides) != 2
+            else " | - |"
+        )
         lines.append(line)
     return lines
 
@@ -763,53 +945,101 @@ def micro_label(a) -> str:
 
 
 def common_spec(a, model: str) -> dict:
-    return {"model": model, "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
-            "micro_batch_size": a.micro_batch_size, "trl_micro_batch_size": trl_micro(a), "max_length": a.max_length, "lora_r": 16, "lora_alpha": 32,
-            "precision": a.precision, "trl_precision": a.trl_precision or a.precision, "warmup_ratio": 0.1, "max_steps": a.max_steps, "seed": a.seed,
-            "trl_order": a.trl_order, "trl_data": a.trl_data}
+    return {
+        "model": model,
+        "epochs": a.epochs,
+        "lr": a.lr,
+        "batch_size": a.batch_size,
+        "micro_batch_size": a.micro_batch_size,
+        "trl_micro_batch_size": trl_micro(a),
+        "max_length": a.max_length,
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "precision": a.precision,
+        "trl_precision": a.trl_precision or a.precision,
+        "warmup_ratio": 0.1,
+        "max_steps": a.max_steps,
+        "seed": a.seed,
+        "trl_order": a.trl_order,
+        "trl_data": a.trl_data,
+    }
 
 
 def run_compare(a, work: Path) -> dict:
     train_ex, val_ex = chat_examples(a.data, a.n_train, a.n_val)
     data = prepare_data(work / "data", a.model, train_ex, val_ex, a.max_length)
-    print(f"data {a.data}: {data['n_train']} train / {data['n_val']} val examples (dropped as longer than "
-          f"{a.max_length} tokens: {data['dropped_train']} / {data['dropped_val']}); per epoch "
-          f"{data['train_tokens_per_epoch']:,} tokens, {data['train_answer_tokens_per_epoch']:,} answer tokens", flush=True)
+    print(
+        f"data {a.data}: {data['n_train']} train / {data['n_val']} val examples (dropped as longer than "
+        f"{a.max_length} tokens: {data['dropped_train']} / {data['dropped_val']}); per epoch "
+        f"{data['train_tokens_per_epoch']:,} tokens, {data['train_answer_tokens_per_epoch']:,} answer tokens",
+        flush=True,
+    )
     spec = dict(common_spec(a, a.model), **{k: data[k] for k in ("model_dir", "train", "val", "encoded")})
     results, sides = {}, (["tunesmith", "trl"] if a.only == "both" else [a.only])
     for side in sides:
         print(f"running {side} ...", flush=True)
         results[side] = run_worker(side, dict(spec, out=str(work / f"{side}-run")), work, side)
         r = results[side]
-        print(f"  {side}: {r['n_steps']} steps in {r['fit_s']:.1f}s (process {r['process_wall_s']:.1f}s, "
-              f"peak RSS {r['process_peak_rss_mib']:.0f} MiB)", flush=True)
+        print(
+            f"  {side}: {r['n_steps']} steps in {r['fit_s']:.1f}s (process {r['process_wall_s']:.1f}s, "
+            f"peak RSS {r['process_peak_rss_mib']:.0f} MiB)",
+            flush=True,
+        )
     print("measuring matmul peak and validation loss ...", flush=True)
-    measure = run_worker("measure", dict(spec, matmul=not a.no_matmul,
-                                         adapters={k: r["adapter"] for k, r in results.items()}), work, "measure")
-    sm = {k: summarize(r, measure, spec["precision"] if k == "tunesmith" else spec["trl_precision"])
-          for k, r in results.items()}
+    measure = run_worker(
+        "measure",
+        dict(spec, matmul=not a.no_matmul, adapters={k: r["adapter"] for k, r in results.items()}),
+        work,
+        "measure",
+    )
+    sm = {
+        k: summarize(r, measure, spec["precision"] if k == "tunesmith" else spec["trl_precision"])
+        for k, r in results.items()
+    }
     val = {k: measure.get("val_loss", {}).get(k) for k in results}
-    report = {"data": dict(data, which=a.data), "spec": spec, "summary": sm, "val_loss": measure.get("val_loss"),
-              "matmul": {k: measure.get(k) for k in ("matmul_fp32_gflops", "matmul_bf16_gflops", "bf16_native", "threads")},
-              "flop_formula": FLOP_FORMULA, "machine": machine(), "versions": measure["versions"],
-              "trl_settings": results.get("trl", {}).get("settings"),
-              "tunesmith_settings": results.get("tunesmith", {}).get("settings"),
-              "runs": {k: {x: y for x, y in r.items() if x not in ("encoding",)} for k, r in results.items()}}
-    lines = [f"## tunesmith vs TRL: {a.model}, data {a.data}, {data['n_train']} train / {data['n_val']} val, "
-             f"batch {a.batch_size} (micro {micro_label(a)}), lr {a.lr}, "
-             + (f"max {a.max_steps} steps" if a.max_steps else f"{a.epochs} epochs") + f", max length {a.max_length}, "
-             + (f"tunesmith {a.precision}, TRL {a.trl_precision}" if a.trl_precision and a.trl_precision != a.precision
-                else a.precision) + f", seed {a.seed}", ""]
+    report = {
+        "data": dict(data, which=a.data),
+        "spec": spec,
+        "summary": sm,
+        "val_loss": measure.get("val_loss"),
+        "matmul": {
+            k: measure.get(k) for k in ("matmul_fp32_gflops", "matmul_bf16_gflops", "bf16_native", "threads")
+        },
+        "flop_formula": FLOP_FORMULA,
+        "machine": machine(),
+        "versions": measure["versions"],
+        "trl_settings": results.get("trl", {}).get("settings"),
+        "tunesmith_settings": results.get("tunesmith", {}).get("settings"),
+        "runs": {k: {x: y for x, y in r.items() if x not in ("encoding",)} for k, r in results.items()},
+    }
+    lines = [
+        f"## tunesmith vs TRL: {a.model}, data {a.data}, {data['n_train']} train / {data['n_val']} val, "
+        f"batch {a.batch_size} (micro {micro_label(a)}), lr {a.lr}, "
+        + (f"max {a.max_steps} steps" if a.max_steps else f"{a.epochs} epochs")
+        + f", max length {a.max_length}, "
+        + (
+            f"tunesmith {a.precision}, TRL {a.trl_precision}"
+            if a.trl_precision and a.trl_precision != a.precision
+            else a.precision
+        )
+        + f", seed {a.seed}",
+        "",
+    ]
     lines += main_table(sm, val)
     lines.append("")
     if measure.get("val_loss"):
-        lines.append(f"Validation loss: {measure['val_answer_tokens']:,} answer tokens of {data['n_val']} examples, "
-                     f"one example at a time, full logits; base model before training: "
-                     f"{measure['val_loss']['base model']:.4f}.")
+        lines.append(
+            f"Validation loss: {measure['val_answer_tokens']:,} answer tokens of {data['n_val']} examples, "
+            f"one example at a time, full logits; base model before training: "
+            f"{measure['val_loss']['base model']:.4f}."
+        )
     if measure.get("matmul_fp32_gflops"):
         n = MATMUL_N["cuda" if measure["versions"].get("cuda") else "cpu"]
-        lines.append(f"Matmul peak ({n}×{n}, {measure['threads']} threads): fp32 {measure['matmul_fp32_gflops']:.1f} "
-                     f"GFLOP/s, bf16 {measure['matmul_bf16_gflops']:.1f} GFLOP/s (native bf16: {measure['bf16_native']}).")
+        lines.append(
+            f"Matmul peak ({n}×{n}, {measure['threads']} threads): fp32 {measure['matmul_fp32_gflops']:.1f} "
+            f"GFLOP/s, bf16 {measure['matmul_bf16_gflops']:.1f} GFLOP/s (native bf16: "
+            f"{measure['bf16_native']})."
+        )
     lines.append(f"FLOPs: {FLOP_FORMULA}")
     if "tunesmith" in results and "trl" in results:
         flines, fair = fairness_report(results["tunesmith"], results["trl"])
@@ -817,9 +1047,12 @@ def run_compare(a, work: Path) -> dict:
         lines += ["", "### Fairness check (same work on both sides)", ""] + flines
     v = measure["versions"]
     cuda = f" (CUDA {v['cuda']})" if v.get("cuda") else ""
-    lines += ["", f"Versions: tunesmith {v['tunesmith']}, torch {v['torch']}{cuda}, transformers {v['transformers']}, "
-                  f"peft {v['peft']}, accelerate {v['accelerate']}, trl {v['trl']}, datasets {v['datasets']}. "
-                  f"Machine: {machine()['summary']}."]
+    lines += [
+        "",
+        f"Versions: tunesmith {v['tunesmith']}, torch {v['torch']}{cuda}, transformers {v['transformers']}, "
+        f"peft {v['peft']}, accelerate {v['accelerate']}, trl {v['trl']}, datasets {v['datasets']}. "
+        f"Machine: {machine()['summary']}.",
+    ]
     if "trl" in results:
         lines += ["", "TRL settings: " + json.dumps(results["trl"]["settings"], default=str)]
     report["markdown"] = "\n".join(lines)
@@ -834,8 +1067,12 @@ def machine() -> dict:
         pass
     gpu = None
     try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                           timeout=10)
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         gpu = r.stdout.strip() or None if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         pass
@@ -845,27 +1082,42 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    summary = f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM" if mem else f"{cpu}, {os.cpu_count()} CPUs"
+    summary = (
+        f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM" if mem else f"{cpu}, {os.cpu_count()} CPUs"
+    )
     if gpu:
         summary += f", GPU {gpu}"
     if load:
         summary += f", load average at start {load[0]:.2f}"
-    return {"cpu": cpu, "cpus": os.cpu_count(), "mem_gib": mem, "gpu": gpu, "loadavg": load, "summary": summary}
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "mem_gib": mem,
+        "gpu": gpu,
+        "loadavg": load,
+        "summary": summary,
+    }
 
 
 def sweep_examples(tok, length: int, count: int) -> list[dict]:
-    """Chats that fill about `length` tokens: dialogsum dialogues joined line by line, a summary as the answer."""
+    """Chats that fill about `length` tokens: dialogsum dialogues joined line by line, a summary as the
+    answer."""
     from tunesmith.chat import encode_chat
 
     rows = [json.loads(l) for l in DIALOGSUM.read_text().splitlines() if l.strip()]
     pool = [(line, r["summary"]) for r in rows for line in r["dialogue"].splitlines() if line.strip()]
     out, pos = [], 0
     for _ in range(count):
+
         def build(k, pos=pos):  # this example's lines start at pos
             lines = [pool[(pos + j) % len(pool)][0] for j in range(k)]
-            return {"messages": [{"role": "system", "content": SYSTEM},
-                                 {"role": "user", "content": USER.format(dialogue="\n".join(lines))},
-                                 {"role": "assistant", "content": pool[pos % len(pool)][1]}]}
+            return {
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": USER.format(dialogue="\n".join(lines))},
+                    {"role": "assistant", "content": pool[pos % len(pool)][1]},
+                ]
+            }
 
         lo, hi = 1, max(2, length // 4)  # most lines with the whole chat at most `length` tokens
         while lo < hi:
@@ -883,7 +1135,11 @@ def run_sweep(a, work: Path) -> dict:
     from tunesmith.loading import load_tokenizer
     from tunesmith.models import resolve
 
-    sides = ["tunesmith"] if a.only in (None, "tunesmith") else (["tunesmith", "trl"] if a.only == "both" else [a.only])
+    sides = (
+        ["tunesmith"]
+        if a.only in (None, "tunesmith")
+        else (["tunesmith", "trl"] if a.only == "both" else [a.only])
+    )
     rows = []
     for model in a.sweep_models.split(","):
         model_dir = resolve(model)
@@ -893,61 +1149,120 @@ def run_sweep(a, work: Path) -> dict:
             d = work / tag
             ex = sweep_examples(tok, length, a.batch_size * a.sweep_steps)
             data = prepare_data(d, model, ex, [], length)
-            spec = dict(common_spec(a, model), max_length=length, max_steps=a.sweep_steps, epochs=1,
-                        **{k: data[k] for k in ("model_dir", "train", "val", "encoded")})
+            spec = dict(
+                common_spec(a, model),
+                max_length=length,
+                max_steps=a.sweep_steps,
+                epochs=1,
+                **{k: data[k] for k in ("model_dir", "train", "val", "encoded")},
+            )
             for side in sides:
                 print(f"sweep {tag} {side} ...", flush=True)
                 r = run_worker(side, dict(spec, out=str(d / f"{side}-run")), d, side)
                 s = summarize(r, None)
-                rows.append({"model": model, "max_length": length, "side": side, "steps": r["n_steps"],
-                             "mean_tokens_per_example": data["train_tokens_per_epoch"] / data["n_train"],
-                             **{k: s.get(k) for k in ("real_tokens_per_s", "answer_tokens_per_s", "train_s",
-                                                      "peak_rss_train_mib", "peak_rss_process_mib",
-                                                      "rss_before_train_mib", "cuda_peak_allocated_mib",
-                                                      "achieved_gflops")}})
+                rows.append(
+                    {
+                        "model": model,
+                        "max_length": length,
+                        "side": side,
+                        "steps": r["n_steps"],
+                        "mean_tokens_per_example": data["train_tokens_per_epoch"] / data["n_train"],
+                        **{
+                            k: s.get(k)
+                            for k in (
+                                "real_tokens_per_s",
+                                "answer_tokens_per_s",
+                                "train_s",
+                                "peak_rss_train_mib",
+                                "peak_rss_process_mib",
+                                "rss_before_train_mib",
+                                "cuda_peak_allocated_mib",
+                                "achieved_gflops",
+                            )
+                        },
+                    }
+                )
                 print("  " + json.dumps(rows[-1]), flush=True)
     cuda = any(r.get("cuda_peak_allocated_mib") is not None for r in rows)
-    lines = [f"## Sweep: memory and speed vs max length and model ({a.sweep_steps} steps each, batch {a.batch_size} "
-             f"(micro {micro_label(a)}), examples filled to about max length, {a.precision})", "",
-             "| model | max length | run | tokens/example | real tokens/s | peak RSS in training, MiB | process peak RSS, MiB |"
-             + (" CUDA peak, MiB |" if cuda else ""),
-             "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if cuda else "")]
+    lines = [
+        f"## Sweep: memory and speed vs max length and model ({a.sweep_steps} steps each, batch "
+        f"{a.batch_size} "
+        f"(micro {micro_label(a)}), examples filled to about max length, {a.precision})",
+        "",
+        "| model | max length | run | tokens/example | real tokens/s | peak RSS in training, MiB | process "
+        "peak RSS, MiB |" + (" CUDA peak, MiB |" if cuda else ""),
+        "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if cuda else ""),
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['max_length']} | {r['side']} | {r['mean_tokens_per_example']:.0f} | "
-                     f"{fmt(r['real_tokens_per_s'])} | {fmt(r['peak_rss_train_mib'], 0)} | {fmt(r['peak_rss_process_mib'], 0)} |"
-                     + (f" {fmt(r.get('cuda_peak_allocated_mib'), 0)} |" if cuda else ""))
+        lines.append(
+            f"| {r['model']} | {r['max_length']} | {r['side']} | {r['mean_tokens_per_example']:.0f} | "
+            f"{fmt(r['real_tokens_per_s'])} | {fmt(r['peak_rss_train_mib'], 0)} | "
+            f"{fmt(r['peak_rss_process_mib'], 0)} |"
+            + (f" {fmt(r.get('cuda_peak_allocated_mib'), 0)} |" if cuda else "")
+        )
     return {"sweep": rows, "machine": machine(), "versions": versions(), "markdown": "\n".join(lines)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="dialogsum", choices=["dialogsum", "example"],
-                    help="dialogsum: ../shared/data/dialogsum (first --n-train for training, the next --n-val for "
-                         "validation); example: examples/meeting-notes")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data",
+        default="dialogsum",
+        choices=["dialogsum", "example"],
+        help="dialogsum: ../shared/data/dialogsum (first --n-train for training, the next --n-val for "
+        "validation); example: examples/meeting-notes",
+    )
     ap.add_argument("--n-train", type=int, default=450)
     ap.add_argument("--n-val", type=int, default=50)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (0: all epochs)")
     ap.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step")
-    ap.add_argument("--micro-batch-size", type=int, default=0,
-                    help="examples per forward pass, both sides (0: tunesmith's automatic micro-batches, TRL 1)")
-    ap.add_argument("--trl-micro-batch-size", type=int, default=0, help="TRL's examples per forward pass when not --micro-batch-size's")
+    ap.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=0,
+        help="examples per forward pass, both sides (0: tunesmith's automatic micro-batches, TRL 1)",
+    )
+    ap.add_argument(
+        "--trl-micro-batch-size",
+        type=int,
+        default=0,
+        help="TRL's examples per forward pass when not --micro-batch-size's",
+    )
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--trl-precision", choices=["fp32", "bf16"], help="TRL's precision when not --precision's")
-    ap.add_argument("--only", choices=["tunesmith", "trl", "both"], default=None,
-                    help="which trainer(s) to run (default: both; with --sweep: tunesmith)")
-    ap.add_argument("--trl-order", default="tunesmith", choices=["tunesmith", "group_by_length", "random"],
-                    help="TRL's batch order: tunesmith's batches (default; identical work per step), or HF's own "
-                         "length-grouped or random sampler")
-    ap.add_argument("--trl-data", default="tokens", choices=["tokens", "native"],
-                    help="tokens: TRL gets tunesmith's token ids and labels (default; identical answer tokens); native: "
-                         "conversational prompt/completion, tokenized by TRL (trains also on the newline after the "
-                         "end-of-turn token: +1 answer token per example)")
-    ap.add_argument("--sweep", action="store_true", help="memory and tokens/s vs max length and model instead")
+    ap.add_argument(
+        "--trl-precision", choices=["fp32", "bf16"], help="TRL's precision when not --precision's"
+    )
+    ap.add_argument(
+        "--only",
+        choices=["tunesmith", "trl", "both"],
+        default=None,
+        help="which trainer(s) to run (default: both; with --sweep: tunesmith)",
+    )
+    ap.add_argument(
+        "--trl-order",
+        default="tunesmith",
+        choices=["tunesmith", "group_by_length", "random"],
+        help="TRL's batch order: tunesmith's batches (default; identical work per step), or HF's own "
+        "length-grouped or random sampler",
+    )
+    ap.add_argument(
+        "--trl-data",
+        default="tokens",
+        choices=["tokens", "native"],
+        help="tokens: TRL gets tunesmith's token ids and labels (default; identical answer tokens); native: "
+        "conversational prompt/completion, tokenized by TRL (trains also on the newline after the "
+        "end-of-turn token: +1 answer token per example)",
+    )
+    ap.add_argument(
+        "--sweep", action="store_true", help="memory and tokens/s vs max length and model instead"
+    )
     ap.add_argument("--sweep-lengths", default="512,1024,2048")
     ap.add_argument("--sweep-models", default="smollm2-135m,gemma3-270m")
     ap.add_argument("--sweep-steps", type=int, default=3)
@@ -967,7 +1282,10 @@ def main() -> None:
         import importlib.util
 
         if importlib.util.find_spec("trl") is None:
-            sys.exit("TRL is not installed: pip install -r benchmarks/requirements-trl.txt (or pass --only tunesmith)")
+            sys.exit(
+                "TRL is not installed: pip install -r benchmarks/requirements-trl.txt (or pass --only "
+                "tunesmith)"
+            )
     if a.only is None and not a.sweep:
         a.only = "both"
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="train-vs-trl-"))

@@ -175,11 +175,18 @@ def load_candidates(qmsum: Path, skipped: Counter) -> dict[str, list[dict]]:
             if why:
                 skipped[why] += 1
                 continue
-            items.append({
-                "messages": [{"role": "user", "content": PROMPT.format(query=query, excerpt=ex)},
-                             {"role": "assistant", "content": note}],
-                "meeting": f.stem, "query": query, "_tokens": n, "_order": order,
-            })
+            items.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": PROMPT.format(query=query, excerpt=ex)},
+                        {"role": "assistant", "content": note},
+                    ],
+                    "meeting": f.stem,
+                    "query": query,
+                    "_tokens": n,
+                    "_order": order,
+                }
+            )
         # Within a meeting: the shortest excerpts first (quick to train on a CPU), then file order.
         items.sort(key=lambda x: (x["_tokens"], x["_order"]))
         if len(items) > PER_MEETING:
@@ -279,34 +286,57 @@ python3 scripts/build_example_data.py --qmsum ../shared/data/qmsum --out example
 ```
 
 The script uses only the Python standard library and rebuilds these files byte-identically.
-"""
+"""  # noqa: E501 (a line of the generated README, as it is)
 
 
 def write(out: Path, qmsum: Path, splits: dict[str, list[dict]], skipped: Counter, n_meetings: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
-        text = "".join(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, ensure_ascii=False) + "\n"
-                       for r in rows)
+        text = "".join(
+            json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, ensure_ascii=False) + "\n"
+            for r in rows
+        )
         (out / f"{name}.jsonl").write_text(text, encoding="utf-8", newline="\n")
     (out / "style.yaml").write_text(STYLE, encoding="utf-8", newline="\n")
     (out / "LICENSE-QMSum").write_bytes((qmsum / "LICENSE").read_bytes())
     order = ("train", "val", "test")
-    table = "\n".join(f"| `{name}.jsonl` | {len(splits[name])} examples from "
-                      f"{len({r['meeting'] for r in splits[name]})} meetings |" for name in order)
+    table = "\n".join(
+        f"| `{name}.jsonl` | {len(splits[name])} examples from "
+        f"{len({r['meeting'] for r in splits[name]})} meetings |"
+        for name in order
+    )
     readme = README.format(
-        table=table, min_tok=MIN_TOKENS, max_tok=MAX_TOKENS, max_words=MAX_WORDS, seed=SEED,
-        skip_person=skipped["answer in first person (I/we/my/our)"], skip_long=skipped[f"note over {MAX_WORDS} words"],
-        skip_id=skipped[SKIP_ID], n_meetings=n_meetings, t_test=TARGETS["test"], t_val=TARGETS["val"], t_train=TARGETS["train"],
-        per_meeting=PER_MEETING)
+        table=table,
+        min_tok=MIN_TOKENS,
+        max_tok=MAX_TOKENS,
+        max_words=MAX_WORDS,
+        seed=SEED,
+        skip_person=skipped["answer in first person (I/we/my/our)"],
+        skip_long=skipped[f"note over {MAX_WORDS} words"],
+        skip_id=skipped[SKIP_ID],
+        n_meetings=n_meetings,
+        t_test=TARGETS["test"],
+        t_val=TARGETS["val"],
+        t_train=TARGETS["train"],
+        per_meeting=PER_MEETING,
+    )
     (out / "README.md").write_text(readme, encoding="utf-8", newline="\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--qmsum", type=Path, default=ROOT.parent / "shared" / "data" / "qmsum",
-                    help="QMSum folder with train/ val/ LICENSE (default: ../shared/data/qmsum)")
-    ap.add_argument("--out", type=Path, default=ROOT / "examples" / "meeting-notes",
-                    help="output folder (default: examples/meeting-notes)")
+    ap.add_argument(
+        "--qmsum",
+        type=Path,
+        default=ROOT.parent / "shared" / "data" / "qmsum",
+        help="QMSum folder with train/ val/ LICENSE (default: ../shared/data/qmsum)",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "examples" / "meeting-notes",
+        help="output folder (default: examples/meeting-notes)",
+    )
     a = ap.parse_args()
     skipped: Counter = Counter()
     by_meeting = load_candidates(a.qmsum, skipped)
@@ -315,9 +345,11 @@ def main() -> None:
     write(a.out, a.qmsum, splits, skipped, len(by_meeting))
     for name in ("train", "val", "test"):
         rows = splits[name]
-        print(f"{name:5}: {len(rows):3} examples from {len({r['meeting'] for r in rows}):2} meetings; "
-              f"est. tokens min/median/max: excerpt {stats([r['_tokens'] for r in rows])}, "
-              f"notes {stats([est_tokens(r['messages'][1]['content']) for r in rows])}")
+        print(
+            f"{name:5}: {len(rows):3} examples from {len({r['meeting'] for r in rows}):2} meetings; "
+            f"est. tokens min/median/max: excerpt {stats([r['_tokens'] for r in rows])}, "
+            f"notes {stats([est_tokens(r['messages'][1]['content']) for r in rows])}"
+        )
     print(f"meetings with usable queries: {len(by_meeting)}")
     print("skipped:", "; ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none")
     print(f"wrote {a.out}")

@@ -21,7 +21,10 @@ SRC = ROOT / "src" / "tunesmith"
 MAX_MODULE, MAX_FUNCTION = 500, 80
 BUILDERS = {"build_parser"}  # argparse builders: flags, one after another
 LATE_IMPORTS_ALLOWED = {  # (module, imported): why it is imported where it is used
-    ("tunesmith.train.config", "tunesmith.scoring.metrics"): "the metric names, only when --eval-metric is given",
+    (
+        "tunesmith.train.config",
+        "tunesmith.scoring.metrics",
+    ): "the metric names, only when --eval-metric is given",
     ("tunesmith.use.serve", "tunesmith.use.app"): "fastapi is the optional serve extra",
 }
 
@@ -45,7 +48,10 @@ def findings(report: dict) -> list[str]:
                 n = node.end_lineno - node.lineno + 1
                 report["functions"].append((n, f"{rel}:{node.lineno} {node.name}"))
                 if n > MAX_FUNCTION and node.name not in BUILDERS:
-                    out.append(f"{rel}:{node.lineno}: {node.name} is {n} lines, over {MAX_FUNCTION}; give its parts names")
+                    out.append(
+                        f"{rel}:{node.lineno}: {node.name} is {n} lines, over {MAX_FUNCTION}; give its parts "
+                        "names"
+                    )
                 for sub in ast.walk(node):
                     if isinstance(sub, ast.ImportFrom) and sub.module and sub.module.startswith("tunesmith"):
                         names = [sub.module]
@@ -56,14 +62,19 @@ def findings(report: dict) -> list[str]:
                     for name in names:
                         report["late"].add((mod, name, sub.lineno))
                         if (mod, name) not in LATE_IMPORTS_ALLOWED:
-                            out.append(f"{rel}:{sub.lineno}: imports {name} inside {node.name}; import it at the top "
-                                       "(a cycle? move the shared part down a layer)")
+                            out.append(
+                                f"{rel}:{sub.lineno}: imports {name} inside {node.name}; import it at the "
+                                "top "
+                                "(a cycle? move the shared part down a layer)"
+                            )
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--report", action="store_true", help="print the largest module, longest functions and counts")
+    ap.add_argument(
+        "--report", action="store_true", help="print the largest module, longest functions and counts"
+    )
     args = ap.parse_args()
     report: dict = {"modules": [], "functions": [], "late": set()}
     found = findings(report)

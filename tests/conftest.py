@@ -19,12 +19,15 @@ SHARED = ROOT.parent / "shared"
 EXAMPLES = ROOT / "examples" / "meeting-notes"
 
 CHATML = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% "
+    "endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 GEMMA = (
-    "{{ bos_token }}{% for m in messages %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n'"
-    " + m['content'] + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    "{{ bos_token }}{% for m in messages %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else "
+    "m['role']) + '\n'"
+    " + m['content'] + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ "
+    "'<start_of_turn>model\n' }}{% endif %}"
 )
 PHI = (
     "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
@@ -33,11 +36,29 @@ PHI = (
 
 FAMILIES = {
     # family: (special tokens, bos, eos, pad, template)
-    "llama": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_start|>", "<|im_end|>", "<|im_end|>", CHATML),
+    "llama": (
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|im_end|>",
+        CHATML,
+    ),
     "qwen2": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|im_end|>", "<|endoftext|>", CHATML),
     "qwen3": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|im_end|>", "<|endoftext|>", CHATML),
-    "gemma3": (["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>", "<pad>", GEMMA),
-    "phi3": (["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], None, "<|endoftext|>", "<|endoftext|>", PHI),
+    "gemma3": (
+        ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+        "<bos>",
+        "<eos>",
+        "<pad>",
+        GEMMA,
+    ),
+    "phi3": (
+        ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        None,
+        "<|endoftext|>",
+        "<|endoftext|>",
+        PHI,
+    ),
 }
 
 CORPUS = [
@@ -45,7 +66,8 @@ CORPUS = [
     "Points discussed: - The project manager opened the meeting. - Marketing presented user research.",
     "Decisions and actions: - The team agreed to use a rubber case. - The designer will prepare a prototype.",
     "Write the meeting notes for this transcript excerpt. Focus: what did the group decide?",
-    "Transcript: Project Manager: Okay, let's start. Industrial Designer: I think we should use kinetic batteries.",
+    "Transcript: Project Manager: Okay, let's start. Industrial Designer: I think we should use kinetic "
+    "batteries.",
     "The quick brown fox jumps over the lazy dog. What is the capital of France? Paris is the capital.",
     "user assistant system model hello world 0123456789 ,.;:!?'\"()[]{}-_/\\",
 ]
@@ -59,8 +81,12 @@ def make_tokenizer(family: str):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS * 3, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
     fast.chat_template = template
@@ -72,9 +98,18 @@ def make_model(family: str, tok, seed: int = 0):
     import transformers as tf
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     if family == "llama":
         cfg, cls = tf.LlamaConfig(tie_word_embeddings=True, **common), tf.LlamaForCausalLM
     elif family == "qwen2":
@@ -123,7 +158,9 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def chat(user: str, answer: str, system: str | None = None) -> dict:
     msgs = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": answer},
+    ]
     return {"messages": msgs}
 
 
@@ -135,16 +172,28 @@ def toy_examples(n: int, seed: int = 0) -> list[dict]:
     out = []
     for i in range(n):
         topic = " ".join(rng.sample(words, 3))
-        out.append(chat(f"Write the meeting notes. Focus: {topic} {i}",
-                        f"Meeting Summary: The team discussed the {topic}.\n\nPoints discussed:\n- {words[i % len(words)]}"))
+        out.append(
+            chat(
+                f"Write the meeting notes. Focus: {topic} {i}",
+                f"Meeting Summary: The team discussed the {topic}.\n\nPoints discussed:\n- "
+                f"{words[i % len(words)]}",
+            )
+        )
     return out
 
 
 def run_cli(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True,
-                          env=full_env, input=input, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
@@ -155,7 +204,9 @@ def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
+    peft = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
+    )
     peft.save_pretrained(out)
     return out
 
@@ -167,8 +218,12 @@ def train_then_sigkill(args: list[str], run: Path, kill_at: int) -> int:
     import time
 
     metrics = run.parent / f".{run.name}.partial" / "metrics.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "train", *args, "--out", str(run)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith.cli", "train", *args, "--out", str(run)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists() and metrics.read_text().count('"loss"') >= kill_at:

@@ -37,7 +37,8 @@ CASES = {
         f"pairs: {ONE}",
     ],
     "leak": [
-        "leak/train.jsonl:4: also in tests/data/bad/leak/test.jsonl:1: a training example leaks into evaluation (warning)",
+        "leak/train.jsonl:4: also in tests/data/bad/leak/test.jsonl:1: a training example leaks into "
+        "evaluation (warning)",
         "leak/train.jsonl:4: exact duplicate of tests/data/bad/leak/test.jsonl:1 (warning)",
         "leak: only 6 examples; fine-tuning usually needs 100+ to help (warning)",
     ],

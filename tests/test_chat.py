@@ -5,7 +5,13 @@ import pytest
 from conftest import FAMILIES, make_tokenizer
 from tunesmith.chat import IGNORE, encode_chat, prompt_ids
 
-END = {"llama": "<|im_end|>", "qwen2": "<|im_end|>", "qwen3": "<|im_end|>", "gemma3": "<end_of_turn>", "phi3": "<|end|>"}
+END = {
+    "llama": "<|im_end|>",
+    "qwen2": "<|im_end|>",
+    "qwen3": "<|im_end|>",
+    "gemma3": "<end_of_turn>",
+    "phi3": "<|end|>",
+}
 
 TWO_TURNS = [
     {"role": "user", "content": "What is the capital of France?"},

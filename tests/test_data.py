@@ -8,29 +8,36 @@ from tunesmith.data.formats import normalize
 
 def test_check_reports_every_problem_with_location(tmp_path):
     good = chat("Summarize: the team met.", "Meeting Summary: The team met.")
-    f = write_jsonl(tmp_path / "d.jsonl", [
-        good,                                                           # 1 ok
-        '{"messages": [ broken',                                        # 2 invalid JSON
-        {"messages": [{"role": "user", "content": "hi"}]},              # 3 no assistant
-        {"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]},  # 4 order
-        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]},   # 5 empty
-        {"messages": [{"role": "bot", "content": "a"}]},                # 6 unknown role
-        {"text": "hello"},                                              # 7 unknown shape
-        good,                                                           # 8 exact duplicate
-        chat("Summarize: the team met.", "Meeting Summary: Something else."),  # 9 conflicting
-        {"prompt": "p", "completion": 3},                               # 10 wrong type
-    ])
+    f = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            good,  # 1 ok
+            '{"messages": [ broken',  # 2 invalid JSON
+            {"messages": [{"role": "user", "content": "hi"}]},  # 3 no assistant
+            {
+                "messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]
+            },  # 4 order
+            {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]},  # 5 empty
+            {"messages": [{"role": "bot", "content": "a"}]},  # 6 unknown role
+            {"text": "hello"},  # 7 unknown shape
+            good,  # 8 exact duplicate
+            chat("Summarize: the team met.", "Meeting Summary: Something else."),  # 9 conflicting
+            {"prompt": "p", "completion": 3},  # 10 wrong type
+        ],
+    )
     with open(f, "ab") as fh:
-        fh.write(b'{"prompt": "caf\xe9", "completion": "x"}\n')          # 11 not UTF-8
+        fh.write(b'{"prompt": "caf\xe9", "completion": "x"}\n')  # 11 not UTF-8
     r = run_cli("data", "check", str(f))
     assert r.returncode == 1
     assert r.stdout.splitlines() == [
         f"{f}:2: invalid JSON: Expecting value (column 16)",
         f"{f}:3: messages: no assistant turn: nothing to learn or score",
-        f"{f}:4: messages: wrong role order: turn 1 is assistant, expected user (user and assistant alternate, user first)",
+        f"{f}:4: messages: wrong role order: turn 1 is assistant, expected user (user and assistant "
+        "alternate, user first)",
         f"{f}:5: messages[0].content: empty",
         f"{f}:6: messages[0].role: unknown role 'bot'; expected system, user or assistant",
-        f"{f}:7: unknown shape: expected keys messages, prompt+completion, instruction+output, conversations or prompt+chosen+rejected; found text",
+        f"{f}:7: unknown shape: expected keys messages, prompt+completion, instruction+output, conversations "
+        "or prompt+chosen+rejected; found text",
         f"{f}:10: completion: expected a string, got int",
         f"{f}:11: not UTF-8 (byte 0xe9 at column 16)",
         f"{f}:8: exact duplicate of {f}:1 (warning)",
@@ -67,11 +74,16 @@ def test_missing_path_is_one_clear_line(tmp_path):
 
 def test_other_shapes_normalize_to_chat():
     assert normalize({"prompt": "p", "completion": "c"})[0].messages == [
-        {"role": "user", "content": "p"}, {"role": "assistant", "content": "c"}]
+        {"role": "user", "content": "p"},
+        {"role": "assistant", "content": "c"},
+    ]
     assert normalize({"instruction": "Do it", "input": "text", "output": "done"})[0].messages == [
-        {"role": "user", "content": "Do it\n\ntext"}, {"role": "assistant", "content": "done"}]
-    assert normalize({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})[0].messages == [
-        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        {"role": "user", "content": "Do it\n\ntext"},
+        {"role": "assistant", "content": "done"},
+    ]
+    assert normalize({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})[
+        0
+    ].messages == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     ex, _ = normalize({**chat("q", "a"), "meeting": "Bed004"})
     assert ex.meta == {"meeting": "Bed004"} and len(ex.messages) == 2
     pref, _ = normalize({"prompt": "q", "chosen": "good", "rejected": "bad"})

@@ -7,7 +7,8 @@ from tunesmith.scoring.stats import bootstrap_ci, paired_test
 
 
 def test_token_f1_and_exact_match_by_hand():
-    # prediction tokens {team, met, monday}, reference {team, met, on, friday}: 2 common -> P 2/3, R 2/4 -> F1 4/7
+    # prediction tokens {team, met, monday}, reference {team, met, on, friday}: 2 common -> P 2/3, R 2/4 -> F1
+    # 4/7
     assert token_f1("The team met Monday.", "the team met on Friday") == pytest.approx(100 * 4 / 7, abs=0.01)
     assert token_f1("", "") == 100.0 and token_f1("a", "b c") == 0.0
     s = scores("The team met.", "the team met")
@@ -17,7 +18,9 @@ def test_token_f1_and_exact_match_by_hand():
 
 
 def test_identical_text_scores_full_marks():
-    s = scores("Meeting Summary: The team chose a rubber case.", "Meeting Summary: The team chose a rubber case.")
+    s = scores(
+        "Meeting Summary: The team chose a rubber case.", "Meeting Summary: The team chose a rubber case."
+    )
     assert s["bleu"] == 100.0 and s["chrf"] == 100.0 and s["rougeLsum"] == 100.0
 
 

@@ -22,9 +22,26 @@ def setup(tiny_model_dir, tmp_path):
 
 def test_systems_in_one_command(setup, tmp_path):
     model, d, adapter = setup
-    r = run_cli("eval", "--model", str(model), "--adapter", str(adapter), "--data", str(d / "test.jsonl"),
-                "--systems", "base,prompted,few-shot:2,rag:1,tuned", "--system", "You write meeting notes.",
-                "--max-new-tokens", "6", "--quiet", "--out", str(tmp_path / "ev"), "--memorization", "--forgetting")
+    r = run_cli(
+        "eval",
+        "--model",
+        str(model),
+        "--adapter",
+        str(adapter),
+        "--data",
+        str(d / "test.jsonl"),
+        "--systems",
+        "base,prompted,few-shot:2,rag:1,tuned",
+        "--system",
+        "You write meeting notes.",
+        "--max-new-tokens",
+        "6",
+        "--quiet",
+        "--out",
+        str(tmp_path / "ev"),
+        "--memorization",
+        "--forgetting",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert [s["system"] for s in res["systems"]] == ["base", "prompted", "few-shot:2", "rag:1", "tuned"]
@@ -39,11 +56,19 @@ def test_systems_in_one_command(setup, tmp_path):
     # the adapter changes the outputs; the base-model systems differ by their prompts
     assert [e["output"] for e in by["tuned"]["examples"]] != [e["output"] for e in by["base"]["examples"]]
     mem, fg = res["memorization"], res["forgetting"]
-    assert mem["n_train"] == 4 and mem["n_held_out"] == 4 and mem["gap"] == pytest.approx(mem["train"] - mem["held_out"], abs=0.01)
+    assert (
+        mem["n_train"] == 4
+        and mem["n_held_out"] == 4
+        and mem["gap"] == pytest.approx(mem["train"] - mem["held_out"], abs=0.01)
+    )
     assert fg["before"]["n"] == 40 and fg["before"]["perplexity"] != fg["after"]["perplexity"]
-    assert fg["perplexity_ratio"] == pytest.approx(fg["after"]["perplexity"] / fg["before"]["perplexity"], abs=1e-3)
+    assert fg["perplexity_ratio"] == pytest.approx(
+        fg["after"]["perplexity"] / fg["before"]["perplexity"], abs=1e-3
+    )
     out = " ".join(r.stdout.split())
-    assert "5 systems on" in out and "memorization: rougeL" in out and "forgetting (40 general questions)" in out
+    assert (
+        "5 systems on" in out and "memorization: rougeL" in out and "forgetting (40 general questions)" in out
+    )
     html = (tmp_path / "ev" / "report.html").read_text()
     assert html.count('data-system="rag:1"') >= 5 and "Generalization and forgetting" in html
 
@@ -67,7 +92,9 @@ def test_answer_perplexity_matches_full_logits(tiny_model_dir):
         keep = tgt != -100
         total += float(torch.nn.functional.cross_entropy(logits[keep], tgt[keep], reduction="sum"))
         n += int(keep.sum())
-    assert answer_perplexity(loaded.model, loaded.tokenizer, convs) == pytest.approx(math.exp(total / n), rel=1e-4)
+    assert answer_perplexity(loaded.model, loaded.tokenizer, convs) == pytest.approx(
+        math.exp(total / n), rel=1e-4
+    )
 
 
 def test_systems_errors(setup, tmp_path):
@@ -75,11 +102,29 @@ def test_systems_errors(setup, tmp_path):
     r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--systems", "base,tuned")
     assert r.returncode == 2 and r.stderr == "error: --systems tuned needs --adapter RUN_DIR\n"
     r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--systems", "prompted")
-    assert r.returncode == 2 and r.stderr == "error: --systems prompted: needs your system prompt: --system TEXT or --system-file FILE\n"
-    r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--systems", "rag:2", "--train", str(tmp_path / "no.jsonl"))
+    assert (
+        r.returncode == 2
+        and r.stderr
+        == "error: --systems prompted: needs your system prompt: --system TEXT or --system-file FILE\n"
+    )
+    r = run_cli(
+        "eval",
+        "--model",
+        str(model),
+        "--data",
+        str(d / "test.jsonl"),
+        "--systems",
+        "rag:2",
+        "--train",
+        str(tmp_path / "no.jsonl"),
+    )
     assert r.returncode == 2 and "need training examples: --train FILE" in r.stderr
     r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--forgetting")
-    assert r.returncode == 2 and r.stderr == "error: --memorization and --forgetting look at a tuned model: give --adapter RUN_DIR\n"
+    assert (
+        r.returncode == 2
+        and r.stderr
+        == "error: --memorization and --forgetting look at a tuned model: give --adapter RUN_DIR\n"
+    )
 
 
 def test_sampling_with_a_seed_and_stop_strings(tiny_model_dir, tmp_path):
@@ -88,7 +133,9 @@ def test_sampling_with_a_seed_and_stop_strings(tiny_model_dir, tmp_path):
     model = tiny_model_dir("llama")  # with a random adapter it writes visible characters rather than newlines
     loaded = load(str(model), make_adapter(model, tmp_path / "a", seed=1), quiet=True)
     convs = [ex["messages"][:1] for ex in toy_examples(3)]
-    run = lambda **kw: [g.text for g in generate(loaded.model, loaded.tokenizer, convs, max_new_tokens=12, **kw)]  # noqa: E731
+    run = lambda **kw: [
+        g.text for g in generate(loaded.model, loaded.tokenizer, convs, max_new_tokens=12, **kw)
+    ]  # noqa: E731
     a, b = run(temperature=1.0, seed=7), run(temperature=1.0, seed=7)
     assert a == b and a != run(temperature=1.0, seed=8) and a != run()
     greedy = run()
@@ -107,16 +154,35 @@ def test_llm_judge_grades_every_answer(setup, tmp_path):
     model, d, adapter = setup
     rubric = tmp_path / "rubric.txt"
     rubric.write_text("Starts with 'Meeting Summary:' and lists the points discussed.\n")
-    r = run_cli("eval", "--model", str(model), "--adapter", str(adapter), "--data", str(d / "test.jsonl"),
-                "--systems", "base,tuned", "--judge", str(model), "--rubric", str(rubric), "--max-new-tokens", "6",
-                "--quiet", "--out", str(tmp_path / "ev"))
+    r = run_cli(
+        "eval",
+        "--model",
+        str(model),
+        "--adapter",
+        str(adapter),
+        "--data",
+        str(d / "test.jsonl"),
+        "--systems",
+        "base,tuned",
+        "--judge",
+        str(model),
+        "--rubric",
+        str(rubric),
+        "--max-new-tokens",
+        "6",
+        "--quiet",
+        "--out",
+        str(tmp_path / "ev"),
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     judge = make_judge(str(model), str(rubric))
     for system in res["systems"]:
         ex = system["examples"]
         prompts = [[{"role": "user", "content": e["input"]}] for e in ex]
-        want = [round(10 * g, 2) for g in judge(prompts, [e["output"] for e in ex], [e["reference"] for e in ex])]
+        want = [
+            round(10 * g, 2) for g in judge(prompts, [e["output"] for e in ex], [e["reference"] for e in ex])
+        ]
         assert [e["scores"]["judge"] for e in ex] == want
         assert system["metrics"]["judge"] == pytest.approx(sum(want) / len(want), abs=0.01)
         assert len(system["metrics"]["ci95"]["judge"]) == 2
@@ -124,6 +190,12 @@ def test_llm_judge_grades_every_answer(setup, tmp_path):
     assert "LLM judge grade (1-10)" in " ".join(r.stdout.split())
 
     r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--rubric", str(rubric))
-    assert r.returncode == 2 and r.stderr == "error: --rubric goes with --judge MODEL (the local model that grades with it)\n"
+    assert (
+        r.returncode == 2
+        and r.stderr == "error: --rubric goes with --judge MODEL (the local model that grades with it)\n"
+    )
     r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--judge", str(model))
-    assert r.returncode == 2 and r.stderr == "error: --judge: needs --rubric FILE (what a good answer does, in words)\n"
+    assert (
+        r.returncode == 2
+        and r.stderr == "error: --judge: needs --rubric FILE (what a good answer does, in words)\n"
+    )

@@ -46,7 +46,10 @@ def test_licence_and_attribution_ship_with_the_data():
 
 @pytest.mark.skipif(not (SHARED / "data" / "qmsum").is_dir(), reason="../shared/data/qmsum is not present")
 def test_build_script_reproduces_the_files(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_example_data.py"), "--out", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_example_data.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "style.yaml", "README.md"):
         assert (tmp_path / name).read_bytes() == (EXAMPLES / name).read_bytes(), name

@@ -34,8 +34,16 @@ GGUF_TOL = {"f32": 1e-4, "f16": 5e-3, "q8_0": 5e-2}
 # ---------------------------------------------------------------- helpers
 
 
-def lora_run(model_dir: Path, run: Path, *, r: int = 8, alpha: int = 16, rslora: bool = False, seed: int = 1,
-             targets="all-linear") -> Path:
+def lora_run(
+    model_dir: Path,
+    run: Path,
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    rslora: bool = False,
+    seed: int = 1,
+    targets="all-linear",
+) -> Path:
     """A run dir with a LoRA adapter whose A and B are both random (a freshly trained adapter has
     B near zero, too weak to show a wrong merge or a wrong q/k permutation)."""
     from peft import LoraConfig, get_peft_model
@@ -43,8 +51,14 @@ def lora_run(model_dir: Path, run: Path, *, r: int = 8, alpha: int = 16, rslora:
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, init_lora_weights=False, use_rslora=rslora,
-                     task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=targets,
+        init_lora_weights=False,
+        use_rslora=rslora,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(base, cfg)
     with torch.no_grad():  # PEFT's random init of B is small; make every adapted weight move for real
         for name, p in model.named_parameters():
@@ -79,17 +93,24 @@ def load_gguf(path: Path, **config_overrides):
     """The GGUF file read by transformers' loader: the independent reader."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                                 **config_overrides).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32, **config_overrides
+    ).eval()
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return model, tok
 
 
 def greedy(model, ids: torch.Tensor, n: int = 16) -> list[int]:
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def fields(path: Path) -> dict:
@@ -109,7 +130,10 @@ def tensors(path: Path) -> dict:
     from gguf import GGUFReader, dequantize
 
     reader = GGUFReader(path)
-    return {t.name: (t.tensor_type.name, dequantize(t.data, t.tensor_type).astype(np.float32)) for t in reader.tensors}
+    return {
+        t.name: (t.tensor_type.name, dequantize(t.data, t.tensor_type).astype(np.float32))
+        for t in reader.tensors
+    }
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:
@@ -147,7 +171,9 @@ def test_merge_gives_a_plain_hf_model_with_base_plus_adapter_logits(llama_run, t
     base = peft_logits(model_dir, None)
     tuned = peft_logits(model_dir, run)
     merged = hf_logits(out)
-    assert (tuned - base).abs().max() > 100 * MERGE_TOL, "the adapter must matter, or this test proves nothing"
+    assert (tuned - base).abs().max() > 100 * MERGE_TOL, (
+        "the adapter must matter, or this test proves nothing"
+    )
     assert (merged - tuned).abs().max() < MERGE_TOL
 
     from peft import PeftModel
@@ -170,15 +196,19 @@ def test_merge_refuses_prompt_tuning(tiny_model_dir, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     run = tmp_path / "pt"
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")),
-                           PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    )
     model.save_pretrained(run)
     for cmd in (["merge", "--out", str(tmp_path / "m")], ["export", "--out", str(tmp_path / "m.gguf")]):
         rc, _, err = cli(capsys, *cmd, "--adapter", str(run))
         assert rc == 2
         assert err == (
-            f"error: --adapter {run}: a prompt-tuning adapter adds learned virtual tokens to every prompt; it changes "
-            f"no weights, so it cannot be merged into the model or exported. Use it with `tunesmith generate/serve "
+            f"error: --adapter {run}: a prompt-tuning adapter adds learned virtual tokens to every prompt; "
+            "it changes "
+            "no weights, so it cannot be merged into the model or exported. Use it with `tunesmith "
+            "generate/serve "
             f"--adapter {run}`, or train with --method lora to get a mergeable adapter\n"
         )
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.gguf").exists()
@@ -190,7 +220,8 @@ def test_merge_of_a_full_run_says_it_is_already_a_model(tiny_model_dir, tmp_path
     rc, _, err = cli(capsys, "merge", "--adapter", str(full), "--out", str(tmp_path / "m"))
     assert rc == 2
     assert err == (
-        f"error: --adapter {full}: this run (method full or freeze) is already a standalone Hugging Face model "
+        f"error: --adapter {full}: this run (method full or freeze) is already a standalone Hugging Face "
+        "model "
         f"directory; there is nothing to merge. Load it as it is, or export it with "
         f"`tunesmith export --model {full} --out FILE.gguf`\n"
     )
@@ -204,19 +235,26 @@ def test_merge_refuses_an_existing_out_and_overwrite_replaces_it(llama_run, tmp_
     for extra in ([], ["--overwrite"]):  # a folder of someone else's files is never replaced
         rc, _, err = cli(capsys, "merge", "--adapter", str(run), "--out", str(out), *extra)
         assert rc == 2
-        assert err == (f"error: --out {out}: holds files tunesmith did not write (keep.txt); choose a new --out "
-                       "(tunesmith never replaces what it did not write)\n")
+        assert err == (
+            f"error: --out {out}: holds files tunesmith did not write (keep.txt); choose a new --out "
+            "(tunesmith never replaces what it did not write)\n"
+        )
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()
     assert cli(capsys, "merge", "--adapter", str(run), "--out", str(out))[0] == 0  # an empty folder is fine
     rc, _, err = cli(capsys, "merge", "--adapter", str(run), "--out", str(out))
-    assert rc == 2 and err == (f"error: --out {out}: already holds a merged model; choose a new --out, or pass --overwrite "
-                               "(the old one is replaced only once the new one is complete)\n")
+    assert rc == 2 and err == (
+        f"error: --out {out}: already holds a merged model; choose a new --out, or pass --overwrite "
+        "(the old one is replaced only once the new one is complete)\n"
+    )
     first = (out / "model.safetensors").stat().st_ino
     assert cli(capsys, "merge", "--adapter", str(run), "--out", str(out), "--overwrite")[0] == 0
     assert (out / "model.safetensors").is_file() and (out / "model.safetensors").stat().st_ino != first
     rc, _, err = cli(capsys, "merge", "--adapter", str(run), "--out", str(run), "--overwrite")
-    assert rc == 2 and err == f"error: --out {run}: is the --adapter {run} itself; write the result somewhere else\n"
+    assert (
+        rc == 2
+        and err == f"error: --out {run}: is the --adapter {run} itself; write the result somewhere else\n"
+    )
     assert (run / "adapter_model.safetensors").is_file()
 
 
@@ -245,7 +283,9 @@ def test_export_merged_gguf_reads_back_with_the_same_logits(llama_run, tmp_path,
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     assert meta["tokenizer.chat_template"] == tok.chat_template
-    assert meta["tokenizer.ggml.bos_token_id"] == tok.bos_token_id == tok.convert_tokens_to_ids("<|im_start|>")
+    assert (
+        meta["tokenizer.ggml.bos_token_id"] == tok.bos_token_id == tok.convert_tokens_to_ids("<|im_start|>")
+    )
     assert meta["tokenizer.ggml.eos_token_id"] == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
     assert meta["tokenizer.ggml.add_bos_token"] is False
     assert len(meta["tokenizer.ggml.tokens"]) == len(tok) and meta["tokenizer.ggml.tokens"][2] == "<|im_end|>"
@@ -262,7 +302,9 @@ def test_export_merged_gguf_reads_back_with_the_same_logits(llama_run, tmp_path,
         back = model(IDS).logits
     assert (back - tuned).abs().max() < GGUF_TOL[quant]
     text = "Meeting Summary: The team discussed the budget."
-    assert gtok(text, add_special_tokens=False)["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+    assert (
+        gtok(text, add_special_tokens=False)["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+    )
     if quant != "q8_0":
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
@@ -318,7 +360,8 @@ def test_export_unsupported_architecture(tiny_model_dir, tmp_path, capsys):
     rc, _, err = cli(capsys, "export", "--model", str(model_dir), "--out", str(tmp_path / "g.gguf"))
     assert rc == 2
     assert err.endswith(
-        f"error: --model {model_dir}: architecture 'gemma3_text' cannot be exported to GGUF yet; supported: llama, "
+        f"error: --model {model_dir}: architecture 'gemma3_text' cannot be exported to GGUF yet; supported: "
+        "llama, "
         f"qwen2, qwen3, phi3. `tunesmith merge` writes a Hugging Face directory for any architecture\n"
     )
     assert not list(tmp_path.glob("*g.gguf*"))
@@ -331,19 +374,28 @@ def test_export_out_checks(llama_run, tmp_path, capsys):
     for extra in ([], ["--overwrite"]):
         rc, _, err = cli(capsys, "export", "--adapter", str(run), "--out", str(existing), *extra)
         assert rc == 2
-        assert err == (f"error: --out {existing}: exists and is not a GGUF file tunesmith exported; choose a new --out "
-                       "(tunesmith never replaces what it did not write)\n")
+        assert err == (
+            f"error: --out {existing}: exists and is not a GGUF file tunesmith exported; choose a new --out "
+            "(tunesmith never replaces what it did not write)\n"
+        )
     assert existing.read_bytes() == b"keep"
     existing.unlink()
     assert cli(capsys, "export", "--adapter", str(run), "--out", str(existing), "--quant", "f16")[0] == 0
     rc, _, err = cli(capsys, "export", "--adapter", str(run), "--out", str(existing))
-    assert rc == 2 and err == (f"error: --out {existing}: already holds a GGUF file tunesmith exported; choose a new --out, "
-                               "or pass --overwrite (the old one is replaced only once the new one is complete)\n")
+    assert rc == 2 and err == (
+        f"error: --out {existing}: already holds a GGUF file tunesmith exported; choose a new --out, "
+        "or pass --overwrite (the old one is replaced only once the new one is complete)\n"
+    )
     rc, _, err = cli(capsys, "export", "--adapter", str(run), "--out", str(tmp_path / "x.bin"))
     assert rc == 2 and err == f"error: --out {tmp_path / 'x.bin'}: expected a file name ending in .gguf\n"
     rc, _, err = cli(capsys, "export", "--adapter-only", "--out", str(tmp_path / "a.gguf"))
     assert rc == 2 and err == "error: --adapter-only needs --adapter RUN_DIR (the adapter to write)\n"
-    assert cli(capsys, "export", "--adapter", str(run), "--out", str(existing), "--overwrite", "--quant", "q8_0")[0] == 0
+    assert (
+        cli(
+            capsys, "export", "--adapter", str(run), "--out", str(existing), "--overwrite", "--quant", "q8_0"
+        )[0]
+        == 0
+    )
     assert fields(existing)["general.file_type"] == 7
 
 
@@ -363,8 +415,10 @@ def test_export_unsupported_tokenizer(tiny_model_dir, tmp_path, capsys):
     rc, _, err = cli(capsys, "export", "--model", str(model_dir), "--out", str(tmp_path / "s.gguf"))
     assert rc == 2
     assert err.endswith(
-        f"error: --model {model_dir}: its tokenizer (BPE model, pre-tokenizer Metaspace, sentencepiece-style) is not "
-        f"one GGUF export can describe to llama.cpp yet; supported are byte-level BPE tokenizers of the GPT-2, "
+        f"error: --model {model_dir}: its tokenizer (BPE model, pre-tokenizer Metaspace, "
+        "sentencepiece-style) is not "
+        "one GGUF export can describe to llama.cpp yet; supported are byte-level BPE tokenizers of the "
+        "GPT-2, "
         f"SmolLM, Qwen2 and Llama-3 kinds. `tunesmith merge` writes a Hugging Face directory instead\n"
     )
     assert not list(tmp_path.glob("*s.gguf*"))
@@ -374,18 +428,25 @@ def test_export_unsupported_tokenizer(tiny_model_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("rslora", [False, True])
-def test_adapter_only_gguf_is_the_difference_between_merged_and_base(tiny_model_dir, tmp_path, capsys, rslora):
+def test_adapter_only_gguf_is_the_difference_between_merged_and_base(
+    tiny_model_dir, tmp_path, capsys, rslora
+):
     model_dir = tiny_model_dir("llama")
     r, alpha = 4, 8
     run = lora_run(model_dir, tmp_path / "run", r=r, alpha=alpha, rslora=rslora)
     base, merged, lora = tmp_path / "base.gguf", tmp_path / "merged.gguf", tmp_path / "lora.gguf"
     assert cli(capsys, "export", "--model", str(model_dir), "--quant", "f32", "--out", str(base))[0] == 0
     assert cli(capsys, "export", "--adapter", str(run), "--quant", "f32", "--out", str(merged))[0] == 0
-    rc, stdout, _ = cli(capsys, "export", "--adapter", str(run), "--adapter-only", "--quant", "f32", "--out", str(lora))
-    gguf_alpha = alpha * r ** 0.5 if rslora else alpha
+    rc, stdout, _ = cli(
+        capsys, "export", "--adapter", str(run), "--adapter-only", "--quant", "f32", "--out", str(lora)
+    )
+    gguf_alpha = alpha * r**0.5 if rslora else alpha
     assert rc == 0
-    assert re.fullmatch(rf"wrote {re.escape(str(lora))} \(\d+ kB, f32, llama LoRA adapter, r={r}, alpha {gguf_alpha:g}\) "
-                        rf"in \d+s\n", stdout), stdout
+    assert re.fullmatch(
+        rf"wrote {re.escape(str(lora))} \(\d+ kB, f32, llama LoRA adapter, r={r}, alpha {gguf_alpha:g}\) "
+        rf"in \d+s\n",
+        stdout,
+    ), stdout
 
     meta = fields(lora)
     assert meta["general.type"] == "adapter" and meta["adapter.type"] == "lora"
@@ -410,14 +471,20 @@ def test_adapter_only_refuses_dora(tiny_model_dir, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     run = tmp_path / "dora"
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")),
-                           LoraConfig(r=4, target_modules=["q_proj"], use_dora=True, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")),
+        LoraConfig(r=4, target_modules=["q_proj"], use_dora=True, task_type="CAUSAL_LM"),
+    )
     model.save_pretrained(run)
     (run / RUN_INFO).write_text(json.dumps({"model": str(tiny_model_dir("llama"))}))
-    rc, _, err = cli(capsys, "export", "--adapter", str(run), "--adapter-only", "--out", str(tmp_path / "d.gguf"))
+    rc, _, err = cli(
+        capsys, "export", "--adapter", str(run), "--adapter-only", "--out", str(tmp_path / "d.gguf")
+    )
     assert rc == 2
-    assert err == (f"error: --adapter {run}: a DoRA adapter rescales whole weight columns, which a llama.cpp LoRA file "
-                   f"cannot express; drop --adapter-only to export the merged model\n")
+    assert err == (
+        f"error: --adapter {run}: a DoRA adapter rescales whole weight columns, which a llama.cpp LoRA file "
+        f"cannot express; drop --adapter-only to export the merged model\n"
+    )
 
 
 # ---------------------------------------------------------------- the real training path, end to end
@@ -433,10 +500,25 @@ def test_trained_adapter_merge_and_export_agree_with_generate(tiny_model_dir, tm
     write_jsonl(data / "train.jsonl", toy_examples(8))
     write_jsonl(data / "val.jsonl", toy_examples(2, seed=1))
     run = tmp_path / "run"
-    trainer.train(TrainConfig(model=str(model_dir), data=str(data), out=str(run), epochs=2, lr=2e-2, batch_size=4,
-                              micro_batch_size=4, lora_r=8, lora_alpha=16), quiet=True)
+    trainer.train(
+        TrainConfig(
+            model=str(model_dir),
+            data=str(data),
+            out=str(run),
+            epochs=2,
+            lr=2e-2,
+            batch_size=4,
+            micro_batch_size=4,
+            lora_r=8,
+            lora_alpha=16,
+        ),
+        quiet=True,
+    )
     assert cli(capsys, "merge", "--adapter", str(run), "--out", str(tmp_path / "merged"))[0] == 0
-    assert cli(capsys, "export", "--adapter", str(run), "--quant", "f32", "--out", str(tmp_path / "m.gguf"))[0] == 0
+    assert (
+        cli(capsys, "export", "--adapter", str(run), "--quant", "f32", "--out", str(tmp_path / "m.gguf"))[0]
+        == 0
+    )
 
     conv = [[{"role": "user", "content": "Write the meeting notes. Focus: budget design"}]]
     tuned = load(str(model_dir), run, quiet=True)
@@ -477,7 +559,12 @@ def test_llama_cpp_runs_the_export_and_the_lora(llama_run, tmp_path, capsys):
     merged, base, lora = tmp_path / "merged.gguf", tmp_path / "base.gguf", tmp_path / "lora.gguf"
     assert cli(capsys, "export", "--adapter", str(run), "--quant", "f32", "--out", str(merged))[0] == 0
     assert cli(capsys, "export", "--model", str(model_dir), "--quant", "f32", "--out", str(base))[0] == 0
-    assert cli(capsys, "export", "--adapter", str(run), "--adapter-only", "--quant", "f32", "--out", str(lora))[0] == 0
+    assert (
+        cli(capsys, "export", "--adapter", str(run), "--adapter-only", "--quant", "f32", "--out", str(lora))[
+            0
+        ]
+        == 0
+    )
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     conv = [{"role": "user", "content": "Write the meeting notes. Focus: the budget"}]
@@ -490,7 +577,9 @@ def test_llama_cpp_runs_the_export_and_the_lora(llama_run, tmp_path, capsys):
     common = dict(n_ctx=256, n_threads=1, n_batch=256, logits_all=True, verbose=False)
     llm = llama_cpp.Llama(model_path=str(merged), **common)
     text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-    assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, "llama.cpp tokenizes like tunesmith"
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, (
+        "llama.cpp tokenizes like tunesmith"
+    )
     llm.eval(ids)
     assert np.abs(np.asarray(llm.scores[: len(ids)]) - ref_logits).max() < 1e-3
     assert _llama_greedy(llm, ids, 16) == want
@@ -505,7 +594,8 @@ def test_llama_cpp_runs_the_export_and_the_lora(llama_run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_default_model_export_with_a_tiny_adapter(tmp_path, capsys):
-    """SmolLM2-135M (llama, 30 layers, 9 heads / 3 kv heads) + a rank-2 LoRA on q,k: export f16, read it back."""
+    """SmolLM2-135M (llama, 30 layers, 9 heads / 3 kv heads) + a rank-2 LoRA on q,k: export f16, read it
+    back."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -516,8 +606,10 @@ def test_default_model_export_with_a_tiny_adapter(tmp_path, capsys):
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = torch.tensor([prompt_ids(tok, [{"role": "user", "content": "What is the capital of France?"}])])
     torch.manual_seed(0)
-    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
-                          LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "k_proj"], init_lora_weights=False))
+    peft = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "k_proj"], init_lora_weights=False),
+    )
     with torch.no_grad():
         for name, p in peft.named_parameters():
             if "lora_B" in name:

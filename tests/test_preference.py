@@ -18,12 +18,16 @@ from tunesmith.train import preference as P
 
 def test_dpo_loss_against_a_hand_computed_value():
     # pi_c - ref_c = +1, pi_r - ref_r = -1, beta 0.1: rewards +0.1 / -0.1, loss = -log sigmoid(0.2)
-    loss, rc, rr = dpo.dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), 0.1)
+    loss, rc, rr = dpo.dpo_loss(
+        torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), 0.1
+    )
     assert abs(float(loss) - math.log(1 + math.exp(-0.2))) < 1e-6  # 0.598139
     assert abs(float(loss) - 0.5981389) < 1e-6
     assert abs(float(rc) - 0.1) < 1e-6 and abs(float(rr) + 0.1) < 1e-6
     # equal policy and reference: log 2, whatever beta
-    loss, _, _ = dpo.dpo_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-5.0]), torch.tensor([-7.0]), 0.5)
+    loss, _, _ = dpo.dpo_loss(
+        torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-5.0]), torch.tensor([-7.0]), 0.5
+    )
     assert abs(float(loss) - math.log(2)) < 1e-6
 
 
@@ -38,7 +42,9 @@ def test_sequence_logps_equal_the_full_logits_computation(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     msgs = [{"role": "user", "content": "Write the meeting notes."}]
-    chosen = encode_chat(tok, msgs + [{"role": "assistant", "content": "Meeting Summary: The team met."}], "last")
+    chosen = encode_chat(
+        tok, msgs + [{"role": "assistant", "content": "Meeting Summary: The team met."}], "last"
+    )
     rejected = encode_chat(tok, msgs + [{"role": "assistant", "content": "no"}], "last")
 
     def by_hand(enc):
@@ -52,7 +58,9 @@ def test_sequence_logps_equal_the_full_logits_computation(tiny_model_dir):
     want = [by_hand(chosen), by_hand(rejected)]
     assert max(abs(a - b) for a, b in zip(ours, want)) < 1e-4, (ours, want)
     ref = [want[0] + 0.3, want[1] - 0.2]  # a reference that liked chosen less and rejected more
-    loss, _, _ = dpo.dpo_loss(torch.tensor(ours[:1]), torch.tensor(ours[1:]), torch.tensor(ref[:1]), torch.tensor(ref[1:]), 0.1)
+    loss, _, _ = dpo.dpo_loss(
+        torch.tensor(ours[:1]), torch.tensor(ours[1:]), torch.tensor(ref[:1]), torch.tensor(ref[1:]), 0.1
+    )
     assert abs(float(loss) - math.log(1 + math.exp(-0.1 * (-0.3 - 0.2)))) < 1e-5
 
 
@@ -76,7 +84,8 @@ def test_graders_parse_weight_and_score(tmp_path):
     outs = ["Meeting Summary: the budget.", "some long answer that goes on and on"]
     refs = ["Meeting Summary: the budget.", "an answer"]
     total, means = G.grade(g, [[], []], outs, refs)
-    # first: format 2/2 rules, length 4 words of 4 -> 1, rougeL 1.0; second: format 0/2, 8 words -> 0, rougeL 2/10
+    # first: format 2/2 rules, length 4 words of 4 -> 1, rougeL 1.0; second: format 0/2, 8 words -> 0, rougeL
+    # 2/10
     assert total == pytest.approx([1 + 0.5 + 2.0, 0 + 0 + 2 * 0.2])
     assert means == pytest.approx({"format": 0.5, "length:4": 0.5, "rougeL": 0.6})
 
@@ -115,9 +124,13 @@ def pref_rows(n: int, offset: int = 0) -> list[dict]:
     rows = []
     for i in range(offset, offset + n):
         t = topics[i % len(topics)]
-        rows.append({"prompt": f"Write the meeting notes. Focus: {t} {i}",
-                     "chosen": f"Meeting Summary: The team discussed the {t}.",
-                     "rejected": f"{t} ok? ! fox dog 0123 {t} ?? {i}"})
+        rows.append(
+            {
+                "prompt": f"Write the meeting notes. Focus: {t} {i}",
+                "chosen": f"Meeting Summary: The team discussed the {t}.",
+                "rejected": f"{t} ok? ! fox dog 0123 {t} ?? {i}",
+            }
+        )
     return rows
 
 
@@ -126,13 +139,35 @@ def test_dpo_from_the_cli_learns_held_out_preferences(tiny_model_dir, tmp_path):
     write_jsonl(d / "train.jsonl", pref_rows(24))
     write_jsonl(d / "val.jsonl", pref_rows(8, offset=100))
     run = tmp_path / "dpo"
-    r = run_cli("train", "--method", "dpo", "--model", str(tiny_model_dir("llama")), "--data", str(d), "--out", str(run),
-                "--epochs", "3", "--batch-size", "4", "--lr", "5e-3", "--dpo-beta", "0.5", "--threads", "1", "--json")
+    r = run_cli(
+        "train",
+        "--method",
+        "dpo",
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(d),
+        "--out",
+        str(run),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-3",
+        "--dpo-beta",
+        "0.5",
+        "--threads",
+        "1",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["method"] == "dpo" and res["steps"] == 18 and res["examples"] == 24
     before, after = res["val_start"], res["val"][-1]
-    assert before["val_accuracy"] == 0.0 and abs(before["val_loss"] - math.log(2)) < 1e-4  # policy == reference
+    assert (
+        before["val_accuracy"] == 0.0 and abs(before["val_loss"] - math.log(2)) < 1e-4
+    )  # policy == reference
     assert after["val_accuracy"] >= 0.875 and after["val_loss"] < 0.5 * math.log(2), after
     assert after["logp_accuracy"] > before["logp_accuracy"]
     steps = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
@@ -154,15 +189,45 @@ def test_dpo_holds_out_pairs_when_there_is_no_val_file_and_continues_an_sft_adap
     sft_data = tmp_path / "sft"
     write_jsonl(sft_data / "train.jsonl", [chat(r["prompt"], r["chosen"]) for r in pref_rows(8)])
     sft = tmp_path / "sft-run"
-    assert run_cli("train", "--model", str(m), "--data", str(sft_data), "--out", str(sft), "--epochs", "1",
-                   "--batch-size", "4", "--quiet").returncode == 0
+    assert (
+        run_cli(
+            "train",
+            "--model",
+            str(m),
+            "--data",
+            str(sft_data),
+            "--out",
+            str(sft),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--quiet",
+        ).returncode
+        == 0
+    )
     prefs = write_jsonl(tmp_path / "prefs.jsonl", pref_rows(20))
-    r = run_cli("train", "--method", "dpo", "--from-adapter", str(sft), "--data", str(prefs), "--out",
-                str(tmp_path / "dpo"), "--epochs", "1", "--batch-size", "6")
+    r = run_cli(
+        "train",
+        "--method",
+        "dpo",
+        "--from-adapter",
+        str(sft),
+        "--data",
+        str(prefs),
+        "--out",
+        str(tmp_path / "dpo"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "6",
+    )
     assert r.returncode == 0, r.stderr
     assert "no validation file: holding out 2 of 20 pairs (seed 42) to measure on" in r.stderr
     assert "reference: the --from-adapter adapter (log-probs computed once)" in r.stderr
-    assert r.stdout.startswith(f"saved adapter to {tmp_path / 'dpo'} (dpo, 3 steps, held-out reward accuracy ")
+    assert r.stdout.startswith(
+        f"saved adapter to {tmp_path / 'dpo'} (dpo, 3 steps, held-out reward accuracy "
+    )
     info = json.loads((tmp_path / "dpo" / "tunesmith-run.json").read_text())
     assert info["from_adapter"] == str(sft) and info["model"] == str(m)
 
@@ -173,16 +238,56 @@ def test_preference_methods_refuse_the_wrong_data(tiny_model_dir, tmp_path):
     prefs = write_jsonl(tmp_path / "prefs.jsonl", pref_rows(3))
     r = run_cli("train", "--method", "dpo", "--model", m, "--data", str(chats), "--out", str(tmp_path / "x"))
     assert r.returncode == 2
-    assert r.stderr == (f"error: {chats}:1: --method dpo trains on preference pairs "
-                        '{"prompt", "chosen", "rejected"}\n')
-    r = run_cli("train", "--method", "grpo", "--graders", "rougeL", "--model", m, "--data", str(prefs), "--out", str(tmp_path / "x"))
+    assert r.stderr == (
+        f'error: {chats}:1: --method dpo trains on preference pairs {{"prompt", "chosen", "rejected"}}\n'
+    )
+    r = run_cli(
+        "train",
+        "--method",
+        "grpo",
+        "--graders",
+        "rougeL",
+        "--model",
+        m,
+        "--data",
+        str(prefs),
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert r.returncode == 2
-    assert r.stderr == (f"error: {prefs}:1: --method grpo trains on prompts with a reference answer "
-                        "(chat or prompt/completion), not preference pairs\n")
-    r = run_cli("train", "--method", "lora", "--graders", "rougeL", "--model", m, "--data", str(chats), "--out", str(tmp_path / "x"))
+    assert r.stderr == (
+        f"error: {prefs}:1: --method grpo trains on prompts with a reference answer "
+        "(chat or prompt/completion), not preference pairs\n"
+    )
+    r = run_cli(
+        "train",
+        "--method",
+        "lora",
+        "--graders",
+        "rougeL",
+        "--model",
+        m,
+        "--data",
+        str(chats),
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert r.stderr == "error: --graders and --rubric are for --method grpo\n"
-    r = run_cli("train", "--method", "grpo", "--grpo-group", "1", "--graders", "rougeL", "--model", m, "--data", str(chats),
-                "--out", str(tmp_path / "x"))
+    r = run_cli(
+        "train",
+        "--method",
+        "grpo",
+        "--grpo-group",
+        "1",
+        "--graders",
+        "rougeL",
+        "--model",
+        m,
+        "--data",
+        str(chats),
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert r.stderr.startswith("error: --grpo-group must be at least 2")
     assert not (tmp_path / "x").exists() and not (tmp_path / ".x.partial").exists()
 
@@ -194,7 +299,9 @@ def vowels(prompt, completion, reference):
 '''
 
 
-def test_grpo_raises_the_reward_of_a_python_grader_and_continues_from_its_adapter(tiny_model_dir, tmp_path, monkeypatch):
+def test_grpo_raises_the_reward_of_a_python_grader_and_continues_from_its_adapter(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     m = str(tiny_model_dir("llama"))
     (tmp_path / "mygraders.py").write_text(GRADER_MODULE)
     monkeypatch.chdir(tmp_path)  # python:MODULE:FUNCTION imports from the working directory
@@ -203,10 +310,38 @@ def test_grpo_raises_the_reward_of_a_python_grader_and_continues_from_its_adapte
     write_jsonl(d / "train.jsonl", rows[:8])
     write_jsonl(d / "val.jsonl", rows[8:])
     run = tmp_path / "grpo"
-    args = ["--method", "grpo", "--graders", "python:mygraders:vowels", "--grpo-group", "4", "--grpo-max-new-tokens", "8",
-            "--batch-size", "4", "--lr", "1e-2", "--threads", "1", "--seed", "3"]
-    r = run_cli("train", "--model", m, "--data", str(d), "--out", str(run), "--epochs", "6", *args, "--json",
-                env={"PYTHONPATH": str(tmp_path)})
+    args = [
+        "--method",
+        "grpo",
+        "--graders",
+        "python:mygraders:vowels",
+        "--grpo-group",
+        "4",
+        "--grpo-max-new-tokens",
+        "8",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-2",
+        "--threads",
+        "1",
+        "--seed",
+        "3",
+    ]
+    r = run_cli(
+        "train",
+        "--model",
+        m,
+        "--data",
+        str(d),
+        "--out",
+        str(run),
+        "--epochs",
+        "6",
+        *args,
+        "--json",
+        env={"PYTHONPATH": str(tmp_path)},
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["method"] == "grpo" and res["steps"] == 12
@@ -220,8 +355,19 @@ def test_grpo_raises_the_reward_of_a_python_grader_and_continues_from_its_adapte
     assert steps[0]["kl"] == 0.0  # the first sample comes from the reference itself
 
     # continue from that adapter: the reference is now that adapter, frozen
-    r = run_cli("train", "--from-adapter", str(run), "--data", str(d), "--out", str(tmp_path / "grpo2"), "--epochs", "1",
-                *args, env={"PYTHONPATH": str(tmp_path)})
+    r = run_cli(
+        "train",
+        "--from-adapter",
+        str(run),
+        "--data",
+        str(d),
+        "--out",
+        str(tmp_path / "grpo2"),
+        "--epochs",
+        "1",
+        *args,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
     assert r.returncode == 0, r.stderr
     first = json.loads((tmp_path / "grpo2" / "metrics.jsonl").read_text().splitlines()[1])
     assert first["kl"] == 0.0  # the reference adapter equals the starting point
@@ -248,22 +394,50 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(method, tiny_model_di
         write_jsonl(d / "val.jsonl", pref_rows(4, offset=100))
         extra = ["--dpo-beta", "0.5"]
     else:
-        rows = [chat(f"Write the meeting notes. Focus: {w} {i}", "ok") for i, w in enumerate("abcdefghijklmnopqrstuvwx")]
+        rows = [
+            chat(f"Write the meeting notes. Focus: {w} {i}", "ok")
+            for i, w in enumerate("abcdefghijklmnopqrstuvwx")
+        ]
         write_jsonl(d / "train.jsonl", rows[:20])
         write_jsonl(d / "val.jsonl", rows[20:])
         extra = ["--graders", "length:3", "--grpo-group", "2", "--grpo-max-new-tokens", "6"]
-    args = ["--method", method, "--model", str(tiny_model_dir("llama")), "--data", str(d), "--epochs", "3",
-            "--batch-size", "4", "--lr", "5e-3", "--save-every", "1", "--threads", "1", "--quiet", *extra]
+    args = [
+        "--method",
+        method,
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(d),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-3",
+        "--save-every",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        *extra,
+    ]
     ref = run_cli("train", *args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     kill_at = random.Random().randint(3, 12)
     run = tmp_path / "run"
-    assert train_then_sigkill(args, run, kill_at) == -signal.SIGKILL, "the run must be killed mid-training for this test"
+    assert train_then_sigkill(args, run, kill_at) == -signal.SIGKILL, (
+        "the run must be killed mid-training for this test"
+    )
     r = run_cli("train", "--resume", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
-    a, b = load_file(str(tmp_path / "ref" / "adapter_model.safetensors")), load_file(str(run / "adapter_model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "ref" / "adapter_model.safetensors")),
+        load_file(str(run / "adapter_model.safetensors")),
+    )
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
-    losses = lambda p: [json.loads(x)["loss"] for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa: E731
+    losses = lambda p: [
+        json.loads(x)["loss"] for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x
+    ]  # noqa: E731
     assert len(losses(run)) == len(losses(tmp_path / "ref")) == (18 if method == "dpo" else 15)
     assert max(abs(x - y) for x, y in zip(losses(run), losses(tmp_path / "ref"))) < 1e-4
     assert not (tmp_path / ".run.partial").exists()

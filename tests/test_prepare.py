@@ -51,9 +51,15 @@ def test_every_format_round_trips_to_chat_jsonl(shape, suffix, tmp_path):
         r = json.loads(json.dumps(SHAPES[shape]).replace("Monday", f"day {i} of the month number {i * 7}"))
         rows.append({**r, "meeting": f"m{i}"})
     src = write_as(tmp_path / f"src{suffix}", rows)
-    r = run_cli("data", "prepare", str(src), "--out", str(tmp_path / "out"), "--split", "2,1,1", "--near-dup", "0.95")
+    r = run_cli(
+        "data", "prepare", str(src), "--out", str(tmp_path / "out"), "--split", "2,1,1", "--near-dup", "0.95"
+    )
     assert r.returncode == 0, r.stderr
-    got = [json.loads(x) for s in ("train", "val", "test") for x in (tmp_path / "out" / f"{s}.jsonl").read_text().splitlines()]
+    got = [
+        json.loads(x)
+        for s in ("train", "val", "test")
+        for x in (tmp_path / "out" / f"{s}.jsonl").read_text().splitlines()
+    ]
     assert len(got) == 4
     for g in got:
         i = int(g["meeting"][1:])
@@ -66,12 +72,28 @@ def test_folder_pairs_with_template_round_trip(tmp_path):
     (d / "inputs").mkdir(parents=True)
     (d / "outputs").mkdir()
     for i in range(3):
-        (d / "inputs" / f"call{i}.txt").write_text(f"Alice: item {i} is done.\r\n\r\n\r\n\r\nBob: ok\u200b.  \n")
+        (d / "inputs" / f"call{i}.txt").write_text(
+            f"Alice: item {i} is done.\r\n\r\n\r\n\r\nBob: ok\u200b.  \n"
+        )
         (d / "outputs" / f"call{i}.md").write_text(f"Meeting Summary: Item {i} is done.\n")
-    r = run_cli("data", "prepare", str(d), "--out", str(tmp_path / "out"), "--split", "3,0,0",
-                "--template", "Notes for {name}:\n{input}", "--system", "House style.")
+    r = run_cli(
+        "data",
+        "prepare",
+        str(d),
+        "--out",
+        str(tmp_path / "out"),
+        "--split",
+        "3,0,0",
+        "--template",
+        "Notes for {name}:\n{input}",
+        "--system",
+        "House style.",
+    )
     assert r.returncode == 0, r.stderr
-    rows = sorted((json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()), key=lambda r: r["source"])
+    rows = sorted(
+        (json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()),
+        key=lambda r: r["source"],
+    )
     assert rows[0]["messages"] == [
         {"role": "system", "content": "House style."},
         {"role": "user", "content": "Notes for call0:\nAlice: item 0 is done.\n\nBob: ok."},  # cleaned
@@ -80,10 +102,17 @@ def test_folder_pairs_with_template_round_trip(tmp_path):
 
 
 def test_groups_never_cross_splits_and_counts_hold(tmp_path):
-    prep.prepare([str(EXAMPLES / "train.jsonl"), str(EXAMPLES / "val.jsonl"), str(EXAMPLES / "test.jsonl")],
-                 tmp_path / "out", split_spec="0.7,0.15,0.15", group_by="meeting", seed=5)
-    meetings = {s: {json.loads(x)["meeting"] for x in (tmp_path / "out" / f"{s}.jsonl").read_text().splitlines()}
-                for s in ("train", "val", "test")}
+    prep.prepare(
+        [str(EXAMPLES / "train.jsonl"), str(EXAMPLES / "val.jsonl"), str(EXAMPLES / "test.jsonl")],
+        tmp_path / "out",
+        split_spec="0.7,0.15,0.15",
+        group_by="meeting",
+        seed=5,
+    )
+    meetings = {
+        s: {json.loads(x)["meeting"] for x in (tmp_path / "out" / f"{s}.jsonl").read_text().splitlines()}
+        for s in ("train", "val", "test")
+    }
     assert not (meetings["train"] & meetings["val"]) and not (meetings["train"] & meetings["test"])
     assert not (meetings["val"] & meetings["test"])
     card = json.loads((tmp_path / "out" / "card.json").read_text())
@@ -96,7 +125,9 @@ def test_planted_duplicates_and_eval_leaks_are_dropped_with_reasons(tmp_path):
     rows = [json.loads(x) for x in (EXAMPLES / "train.jsonl").read_text().splitlines()[:30]]
     test_rows = [json.loads(x) for x in (EXAMPLES / "test.jsonl").read_text().splitlines()[:2]]
     near = json.loads(json.dumps(rows[4]))
-    near["messages"][1]["content"] = near["messages"][1]["content"].replace("Meeting Summary:", "Meeting Summary: In short,")
+    near["messages"][1]["content"] = near["messages"][1]["content"].replace(
+        "Meeting Summary:", "Meeting Summary: In short,"
+    )
     leaked = json.loads(json.dumps(test_rows[1]))
     leaked["messages"][0]["content"] += " Thanks."
     empty = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\u200b \n "}]}
@@ -107,7 +138,9 @@ def test_planted_duplicates_and_eval_leaks_are_dropped_with_reasons(tmp_path):
     assert reasons["31"] == f"exact duplicate of {src}:3"
     assert reasons["32"].startswith("near duplicate (Jaccard 0.") and reasons["32"].endswith(f"of {src}:5")
     assert reasons["33"] == f"leak: same input as --eval-set {ev}:1"
-    assert reasons["34"].startswith("leak: near duplicate (Jaccard") and reasons["34"].endswith(f"--eval-set {ev}:2")
+    assert reasons["34"].startswith("leak: near duplicate (Jaccard") and reasons["34"].endswith(
+        f"--eval-set {ev}:2"
+    )
     assert reasons["35"] == "empty after cleaning"
     assert reasons["36"].startswith("invalid: invalid JSON")
     assert sum(s["examples"] for s in card["splits"].values()) == 30
@@ -121,14 +154,31 @@ def test_mix_file_weights_tasks_and_train_honours_it(tmp_path, tiny_model_dir):
     write_jsonl(tmp_path / "a" / "train.jsonl", toy_examples(10))
     write_jsonl(tmp_path / "b" / "train.jsonl", toy_examples(10, seed=3))
     mix = tmp_path / "mix.yaml"
-    mix.write_text("datasets:\n  - {path: a/train.jsonl, task: notes, weight: 2}\n  - {path: b/train.jsonl, task: other, weight: 0.5}\n")
+    mix.write_text(
+        "datasets:\n  - {path: a/train.jsonl, task: notes, weight: 2}\n  - {path: b/train.jsonl, task: "
+        "other, weight: 0.5}\n"
+    )
     card = prep.prepare([str(mix)], tmp_path / "out", split_spec="1.0,0,0", near_dup=1.0)
     tasks = card["splits"]["train"]["tasks"]
     assert tasks["notes"] == 20 and 0 < tasks["other"] < 10
     # train reads the mix directly too
     (tmp_path / "a" / "val.jsonl").write_text((tmp_path / "a" / "train.jsonl").read_text())
-    r = run_cli("train", "--model", str(tiny_model_dir("llama")), "--data", str(mix), "--out", str(tmp_path / "run"),
-                "--epochs", "1", "--batch-size", "4", "--micro-batch-size", "4", "--json")
+    r = run_cli(
+        "train",
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(mix),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "4",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     assert 20 < json.loads(r.stdout)["examples"] < 30
     bad = tmp_path / "bad.yaml"
@@ -138,11 +188,15 @@ def test_mix_file_weights_tasks_and_train_honours_it(tmp_path, tiny_model_dir):
 
 
 def test_interrupted_prepare_keeps_previous_output(tmp_path, monkeypatch):
-    src = write_jsonl(tmp_path / "s.jsonl", [json.loads(x) for x in (EXAMPLES / "val.jsonl").read_text().splitlines()])
+    src = write_jsonl(
+        tmp_path / "s.jsonl", [json.loads(x) for x in (EXAMPLES / "val.jsonl").read_text().splitlines()]
+    )
     out = tmp_path / "out"
     prep.prepare([str(src)], out, split_spec="10,5,5")
     before = (out / "train.jsonl").read_bytes()
-    with pytest.raises(UserError, match="already holds a prepared data set; choose a new --out, or pass --overwrite"):
+    with pytest.raises(
+        UserError, match="already holds a prepared data set; choose a new --out, or pass --overwrite"
+    ):
         prep.prepare([str(src)], out, split_spec="10,5,5")
 
     def crash(*a, **k):
@@ -156,7 +210,9 @@ def test_interrupted_prepare_keeps_previous_output(tmp_path, monkeypatch):
 
 
 def test_bad_split_and_group_field(tmp_path):
-    src = write_jsonl(tmp_path / "s.jsonl", [json.loads(x) for x in (EXAMPLES / "val.jsonl").read_text().splitlines()])
+    src = write_jsonl(
+        tmp_path / "s.jsonl", [json.loads(x) for x in (EXAMPLES / "val.jsonl").read_text().splitlines()]
+    )
     with pytest.raises(UserError, match=r"--split .0.5,0.2.: expected three values"):
         prep.prepare([str(src)], tmp_path / "o", split_spec="0.5,0.2")
     with pytest.raises(UserError, match=r"--split 100,5,5: asks for 110 examples but only 20 remain"):

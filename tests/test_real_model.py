@@ -19,7 +19,12 @@ pytestmark = pytest.mark.slow
 def test_default_model_generates_and_stops():
     m = load("smollm2-135m", quiet=True)
     assert m.model.config.model_type == "llama" and m.model.config.num_hidden_layers == 30
-    [g] = generate(m.model, m.tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]], max_new_tokens=30)
+    [g] = generate(
+        m.model,
+        m.tokenizer,
+        [[{"role": "user", "content": "What is the capital of France?"}]],
+        max_new_tokens=30,
+    )
     assert "Paris" in g.text
     assert g.stopped, "the instruct model ends its answer with <|im_end|>"
 
@@ -28,10 +33,22 @@ def test_one_training_step_lowers_loss_on_a_fixed_batch():
     cfg = TrainConfig(lr=1e-3, lora_dropout=0.0, micro_batch_size=2, batch_size=2)
     model, tok, _ = setup.setup_model(cfg)
     msgs = [
-        [{"role": "user", "content": "Write the meeting notes. Focus: budget"},
-         {"role": "assistant", "content": "Meeting Summary: The team discussed the budget.\n\nPoints discussed:\n- The budget is 12.50 euros."}],
-        [{"role": "user", "content": "Write the meeting notes. Focus: design"},
-         {"role": "assistant", "content": "Meeting Summary: The team discussed the design.\n\nPoints discussed:\n- A rubber case was chosen."}],
+        [
+            {"role": "user", "content": "Write the meeting notes. Focus: budget"},
+            {
+                "role": "assistant",
+                "content": "Meeting Summary: The team discussed the budget.\n\nPoints discussed:\n- The "
+                "budget is 12.50 euros.",
+            },
+        ],
+        [
+            {"role": "user", "content": "Write the meeting notes. Focus: design"},
+            {
+                "role": "assistant",
+                "content": "Meeting Summary: The team discussed the design.\n\nPoints discussed:\n- A rubber "
+                "case was chosen.",
+            },
+        ],
     ]
     enc = [encode_chat(tok, m) for m in msgs]
     ids, mask, labels = batching.collate(enc, [0, 1], tok.pad_token_id)
@@ -49,7 +66,11 @@ def test_answer_only_loss_matches_full_logits_loss():
     """The fast loss (output layer only at answer positions) equals the plain full-logits loss."""
     model, tok, _ = load_base("smollm2-135m")
     model.eval()
-    enc = [encode_chat(tok, [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there!"}])]
+    enc = [
+        encode_chat(
+            tok, [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there!"}]
+        )
+    ]
     ids, mask, labels = batching.collate(enc, [0], tok.pad_token_id)
     with torch.no_grad():
         fast, n = L2.answer_loss_sum(model, ids, mask, labels)
@@ -72,7 +93,12 @@ def test_local_gguf_file_is_converted_once_and_loads(tmp_path, monkeypatch):
     assert (d / "model.safetensors").is_file() and (d / models.MANIFEST).is_file()
     assert models.resolve(str(local)) == d  # second time: from the cache
     m = load(str(local), quiet=True)
-    [g] = generate(m.model, m.tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]], max_new_tokens=12)
+    [g] = generate(
+        m.model,
+        m.tokenizer,
+        [[{"role": "user", "content": "What is the capital of France?"}]],
+        max_new_tokens=12,
+    )
     assert "Paris" in g.text
 
 
@@ -86,8 +112,10 @@ def test_dpo_on_pairs_from_the_example_data_raises_held_out_preference_accuracy(
     from conftest import EXAMPLES, run_cli, write_jsonl
 
     def off_style(notes: str) -> str:
-        lines = [re.sub(r"^(Meeting Summary:|Points discussed:|Decisions and actions:|- )\s*", "", x).strip()
-                 for x in notes.splitlines()]
+        lines = [
+            re.sub(r"^(Meeting Summary:|Points discussed:|Decisions and actions:|- )\s*", "", x).strip()
+            for x in notes.splitlines()
+        ]
         return "We talked about this. " + " ".join(x for x in lines if x)
 
     rows = [json.loads(x) for x in (EXAMPLES / "train.jsonl").read_text().splitlines()]
@@ -101,8 +129,24 @@ def test_dpo_on_pairs_from_the_example_data_raises_held_out_preference_accuracy(
     d = tmp_path / "prefs"
     write_jsonl(d / "train.jsonl", pairs[:24])
     write_jsonl(d / "val.jsonl", pairs[24:32])
-    r = run_cli("train", "--method", "dpo", "--data", str(d), "--out", str(tmp_path / "dpo"), "--epochs", "1",
-                "--batch-size", "4", "--lr", "5e-4", "--max-length", "640", "--json")
+    r = run_cli(
+        "train",
+        "--method",
+        "dpo",
+        "--data",
+        str(d),
+        "--out",
+        str(tmp_path / "dpo"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-4",
+        "--max-length",
+        "640",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     before, after = res["val_start"], res["val"][-1]

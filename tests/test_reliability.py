@@ -52,12 +52,19 @@ def test_train_out_refuses_folders_and_paths_it_did_not_write(tiny_model_dir, da
     before = {**tree(tmp_path / "x"), **tree(data)}
     base = ["train", "--model", m, "--max-steps", "1", "--quiet"]
     cases = {
-        str(precious): f"error: --out {precious}: holds files tunesmith did not write (thesis.docx); choose a new --out "
-                       "(tunesmith never replaces what it did not write)\n",
+        str(
+            precious
+        ): f"error: --out {precious}: holds files tunesmith did not write (thesis.docx); choose a new --out "
+        "(tunesmith never replaces what it did not write)\n",
         str(data): f"error: --out {data}: is the --data {data} itself; write the result somewhere else\n",
-        str(data / "run"): f"error: --out {data / 'run'}: lies inside the --data folder {data}; write the result somewhere else\n",
-        str(tmp_path): f"error: --out {tmp_path}: contains the --data {data}, which replacing it would delete; "
-                       "write the result somewhere else\n",
+        str(
+            data / "run"
+        ): f"error: --out {data / 'run'}: lies inside the --data folder {data}; write the result somewhere "
+        "else\n",
+        str(
+            tmp_path
+        ): f"error: --out {tmp_path}: contains the --data {data}, which replacing it would delete; "
+        "write the result somewhere else\n",
     }
     for out, message in cases.items():
         for extra in ([], ["--overwrite"]):
@@ -75,31 +82,52 @@ def test_prepare_merge_and_export_refuse_to_replace_their_inputs(tiny_model_dir,
     (src / "notes.txt").write_text("mine")
     before = tree(src)
     r = run_cli("data", "prepare", str(src / "data.jsonl"), "--out", str(src), "--overwrite")
-    assert (r.returncode, r.stderr) == (2, f"error: --out {src}: contains the source {src / 'data.jsonl'}, which "
-                                           "replacing it would delete; write the result somewhere else\n")
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"error: --out {src}: contains the source {src / 'data.jsonl'}, which "
+        "replacing it would delete; write the result somewhere else\n",
+    )
     (tmp_path / "afile").write_text("x")
     r = run_cli("data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "afile"))
-    assert (r.returncode, r.stderr) == (2, f"error: --out {tmp_path / 'afile'}: exists and is a file; give a folder to create\n")
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"error: --out {tmp_path / 'afile'}: exists and is a file; give a folder to create\n",
+    )
     ok = run_cli("data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "prepared"))
     assert ok.returncode == 0, ok.stderr
     again = run_cli("data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "prepared"))
-    assert again.returncode == 2 and "already holds a prepared data set; choose a new --out, or pass --overwrite" in again.stderr
-    assert run_cli("data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "prepared"), "--overwrite").returncode == 0
+    assert (
+        again.returncode == 2
+        and "already holds a prepared data set; choose a new --out, or pass --overwrite" in again.stderr
+    )
+    assert (
+        run_cli(
+            "data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "prepared"), "--overwrite"
+        ).returncode
+        == 0
+    )
     assert tree(src) == before
 
     m = tiny_model_dir("llama")
     adapter = make_adapter(m, tmp_path / "adapter", seed=1)
     held = tree(adapter)
     r = run_cli("merge", "--model", str(m), "--adapter", str(adapter), "--out", str(adapter), "--overwrite")
-    assert (r.returncode, r.stderr) == (2, f"error: --out {adapter}: is the --adapter {adapter} itself; write the result "
-                                           "somewhere else\n")
-    r = run_cli("merge", "--model", str(m), "--adapter", str(adapter), "--out", str(tmp_path / "src"), "--overwrite")
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"error: --out {adapter}: is the --adapter {adapter} itself; write the result somewhere else\n",
+    )
+    r = run_cli(
+        "merge", "--model", str(m), "--adapter", str(adapter), "--out", str(tmp_path / "src"), "--overwrite"
+    )
     assert r.returncode == 2 and "holds files tunesmith did not write (data.jsonl, notes.txt)" in r.stderr
     foreign = tmp_path / "someone-else.gguf"
     foreign.write_bytes(b"GGUF not ours")
     r = run_cli("export", "--model", str(m), "--out", str(foreign), "--overwrite")
-    assert (r.returncode, r.stderr) == (2, f"error: --out {foreign}: exists and is not a GGUF file tunesmith exported; "
-                                           "choose a new --out (tunesmith never replaces what it did not write)\n")
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"error: --out {foreign}: exists and is not a GGUF file tunesmith exported; "
+        "choose a new --out (tunesmith never replaces what it did not write)\n",
+    )
     ours = tmp_path / "ours.gguf"
     assert run_cli("export", "--model", str(m), "--out", str(ours)).returncode == 0
     assert run_cli("export", "--model", str(m), "--out", str(ours), "--overwrite").returncode == 0
@@ -109,25 +137,57 @@ def test_prepare_merge_and_export_refuse_to_replace_their_inputs(tiny_model_dir,
 
 # ---------------------------------------------------------------- kill at every point, resume, same result
 
-ARGS = ["--data", "{data}", "--batch-size", "2", "--epochs", "2", "--max-steps", "10", "--save-every", "5",
-        "--eval-every-steps", "4", "--lr", "3e-3", "--threads", "1", "--quiet"]
-# (point, n-th time it is reached, extra environment). The run: 6 steps an epoch, 10 steps, validations at steps
+ARGS = [
+    "--data",
+    "{data}",
+    "--batch-size",
+    "2",
+    "--epochs",
+    "2",
+    "--max-steps",
+    "10",
+    "--save-every",
+    "5",
+    "--eval-every-steps",
+    "4",
+    "--lr",
+    "3e-3",
+    "--threads",
+    "1",
+    "--quiet",
+]
+# (point, n-th time it is reached, extra environment). The run: 6 steps an epoch, 10 steps, validations at
+# steps
 # 0, 4, 6 (epoch end), 8, 10; checkpoints at 5, 6, 10 (--save-every), 10 again (epoch end).
 POINTS = [
     ("config.write", 1, {}),  # inputs.json written, config.yaml not yet: before any checkpoint
     ("checkpoint.file", 2, {}),  # inside a checkpoint: weights written, state.json not
     ("checkpoint.written", 1, {}),  # a whole temp checkpoint, not yet renamed
-    ("checkpoint.saved", 3, {}),  # the final step's checkpoint, before the last validation (issue 17, point 2)
+    (
+        "checkpoint.saved",
+        3,
+        {},
+    ),  # the final step's checkpoint, before the last validation (issue 17, point 2)
     ("validation", 4, {}),  # during a validation
     ("swap.exchanged", 2, {}),  # a directory swapped, the old one not yet removed
-    ("swap.between", 2, {"TUNESMITH_TEST_NO_RENAME_EXCHANGE": "1"}),  # the fallback swap, between its two renames
+    (
+        "swap.between",
+        2,
+        {"TUNESMITH_TEST_NO_RENAME_EXCHANGE": "1"},
+    ),  # the fallback swap, between its two renames
     ("finish.before_swap", 1, {}),  # a finished run, not yet in --out
 ]
 
 
 def _train(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunesmith.cli", "train", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "train", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def _outcome(run: Path) -> tuple:
@@ -173,13 +233,19 @@ def test_a_kill_at_any_point_resumes_to_the_same_run(reference, point, nth, env,
 def test_resume_refuses_changed_data_unless_allowed_and_recorded(tiny_model_dir, data, tmp_path):
     run = tmp_path / "run"
     args = ["--model", str(tiny_model_dir("llama")), *(a.format(data=data) for a in ARGS)]
-    assert _train([*args, "--out", str(run)], env={"TUNESMITH_TEST_KILL_AT": "checkpoint.saved@1"}).returncode == -signal.SIGKILL
+    assert (
+        _train([*args, "--out", str(run)], env={"TUNESMITH_TEST_KILL_AT": "checkpoint.saved@1"}).returncode
+        == -signal.SIGKILL
+    )
     lines = (data / "train.jsonl").read_text().splitlines(keepends=True)
     (data / "train.jsonl").write_text("".join(lines[:6]))  # half the lines gone
     r = _train(["--resume", str(run)])
-    assert (r.returncode, r.stderr) == (2, f"error: --resume {run}: the data changed since the run started: "
-                                           f"{data / 'train.jsonl'} (changed); restore it, or pass --allow-changed-data "
-                                           "to continue on the new data (recorded in the run)\n")
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"error: --resume {run}: the data changed since the run started: "
+        f"{data / 'train.jsonl'} (changed); restore it, or pass --allow-changed-data "
+        "to continue on the new data (recorded in the run)\n",
+    )
     r = _train(["--resume", str(run), "--allow-changed-data", "--quiet"])
     assert r.returncode == 0, r.stderr
     info = json.loads((run / "tunesmith-run.json").read_text())
@@ -188,20 +254,30 @@ def test_resume_refuses_changed_data_unless_allowed_and_recorded(tiny_model_dir,
     assert [d["path"] for d in info["data"]] == [str(data / "train.jsonl"), str(data / "val.jsonl")]
     assert info["data"][0]["sha256"] == hashlib.sha256("".join(lines).encode()).hexdigest()
     r = run_cli("train", "--data", str(data), "--out", str(tmp_path / "other"), "--allow-changed-data")
-    assert r.stderr == "error: --allow-changed-data goes with --resume: it continues an interrupted run on data that changed\n"
+    assert (
+        r.stderr
+        == "error: --allow-changed-data goes with --resume: it continues an interrupted run on data that "
+        "changed\n"
+    )
 
 
 def test_resume_refuses_an_edited_config_and_restores_a_damaged_one(tiny_model_dir, data, tmp_path):
     run = tmp_path / "run"
     args = ["--model", str(tiny_model_dir("llama")), *(a.format(data=data) for a in ARGS)]
-    assert _train([*args, "--out", str(run)], env={"TUNESMITH_TEST_KILL_AT": "checkpoint.saved@1"}).returncode == -signal.SIGKILL
+    assert (
+        _train([*args, "--out", str(run)], env={"TUNESMITH_TEST_KILL_AT": "checkpoint.saved@1"}).returncode
+        == -signal.SIGKILL
+    )
     saved = tmp_path / ".run.partial" / "config.yaml"
     good = saved.read_text()
     saved.write_text(good.replace("lr: 0.003\n", "lr: 0.01\n"))
     r = _train(["--resume", str(run)])
-    assert (r.returncode, r.stderr) == (2, f"error: {saved}: edited since the run started (lr 0.003 -> 0.01); a resumed run "
-                                           "continues with the settings it started with (its optimizer and schedule are in "
-                                           "the checkpoint): undo the edit, or start a new run\n")
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"error: {saved}: edited since the run started (lr 0.003 -> 0.01); a resumed run "
+        "continues with the settings it started with (its optimizer and schedule are in "
+        "the checkpoint): undo the edit, or start a new run\n",
+    )
     saved.write_text("")  # what a kill during an in-place write used to leave
     r = _train(["--resume", str(run), "--quiet"])
     assert r.returncode == 0, r.stderr
@@ -211,17 +287,38 @@ def test_resume_refuses_an_edited_config_and_restores_a_damaged_one(tiny_model_d
 
 def test_dpo_resume_checks_data_and_config_the_same_way(tiny_model_dir, tmp_path):
     d = tmp_path / "prefs"
-    rows = [{"prompt": f"Write the notes {i}.", "chosen": f"Meeting Summary: item {i}.", "rejected": f"no {i}"} for i in range(12)]
+    rows = [
+        {"prompt": f"Write the notes {i}.", "chosen": f"Meeting Summary: item {i}.", "rejected": f"no {i}"}
+        for i in range(12)
+    ]
     write_jsonl(d / "train.jsonl", rows[:10])
     write_jsonl(d / "val.jsonl", rows[10:])
     run = tmp_path / "run"
-    args = ["--method", "dpo", "--model", str(tiny_model_dir("llama")), "--data", str(d), "--epochs", "2", "--batch-size", "2",
-            "--save-every", "2", "--threads", "1", "--quiet", "--out", str(run)]
+    args = [
+        "--method",
+        "dpo",
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(d),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--save-every",
+        "2",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        str(run),
+    ]
     assert _train(args, env={"TUNESMITH_TEST_KILL_AT": "checkpoint.saved@1"}).returncode == -signal.SIGKILL
     (d / "val.jsonl").write_text((d / "val.jsonl").read_text().replace("no 10", "nope 10"))
     r = _train(["--resume", str(run)])
-    assert r.returncode == 2 and r.stderr.startswith(f"error: --resume {run}: the data changed since the run started: "
-                                                     f"{d / 'val.jsonl'} (changed)"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith(
+        f"error: --resume {run}: the data changed since the run started: {d / 'val.jsonl'} (changed)"
+    ), r.stderr
     r = _train(["--resume", str(run), "--allow-changed-data", "--quiet"])
     assert r.returncode == 0, r.stderr
     info = json.loads((run / "tunesmith-run.json").read_text())
@@ -233,19 +330,31 @@ def test_dpo_resume_checks_data_and_config_the_same_way(tiny_model_dir, tmp_path
 
 
 def test_sweep_removes_only_our_temporaries_of_dead_processes(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     live = str(os.getpid())
-    for name in [f".run.tmp-{dead}-abc", f".best.tmp-{dead}-x", f".run.tmp-{live}-abc", ".run.tmp-abc",
-                 "run.tmp-1-x", ".notes.txt", f".gone.old-{dead}"]:
+    for name in [
+        f".run.tmp-{dead}-abc",
+        f".best.tmp-{dead}-x",
+        f".run.tmp-{live}-abc",
+        ".run.tmp-abc",
+        "run.tmp-1-x",
+        ".notes.txt",
+        f".gone.old-{dead}",
+    ]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "f").write_text(name)
     (tmp_path / f".model.gguf.tmp-{dead}-q").write_text("half a GGUF")
     removed = atomic.sweep(tmp_path)
-    assert sorted(p.name for p in removed) == sorted([f".run.tmp-{dead}-abc", f".best.tmp-{dead}-x", f".model.gguf.tmp-{dead}-q"])
-    # a live process's temp, a name we would not write, and a stranger's file stay; a killed swap's old output is put back
+    assert sorted(p.name for p in removed) == sorted(
+        [f".run.tmp-{dead}-abc", f".best.tmp-{dead}-x", f".model.gguf.tmp-{dead}-q"]
+    )
+    # a live process's temp, a name we would not write, and a stranger's file stay; a killed swap's old output
+    # is put back
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f".run.tmp-{live}-abc", ".run.tmp-abc", "run.tmp-1-x", ".notes.txt", "gone"])
+        [f".run.tmp-{live}-abc", ".run.tmp-abc", "run.tmp-1-x", ".notes.txt", "gone"]
+    )
     assert (tmp_path / "gone" / "f").read_text() == f".gone.old-{dead}"
 
 
@@ -273,7 +382,9 @@ def small_disk(tmp_path):
         pytest.skip("needs root to mount a small tmpfs")
     small = tmp_path / "small"
     small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=70m", "tmpfs", str(small)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=70m", "tmpfs", str(small)], capture_output=True
+    ).returncode:
         pytest.skip("this machine does not allow mounting a tmpfs")
     yield small
     subprocess.run(["umount", "-l", str(small)])
@@ -307,9 +418,12 @@ def test_disk_full_while_writing_a_checkpoint_names_it_and_keeps_the_last_one(ti
     fill(small_disk)
     with pytest.raises(UserError) as e:
         checkpoint.save(root / "step-0000002", model, opt, sched, {"step": 2})
-    assert re.fullmatch(rf"{root}: disk full while writing a checkpoint \(needs about [\d,]+ MB, 0 MB free\); the last "
-                        rf"good checkpoint, {root / 'step-0000001'}, is intact; free some space, then `tunesmith train "
-                        r"--resume`", str(e.value)), e.value
+    assert re.fullmatch(
+        rf"{root}: disk full while writing a checkpoint \(needs about [\d,]+ MB, 0 MB free\); the last "
+        rf"good checkpoint, {root / 'step-0000001'}, is intact; free some space, then `tunesmith train "
+        r"--resume`",
+        str(e.value),
+    ), e.value
     assert tree(root) == first and leftovers(small_disk) == []
     assert checkpoint.load(root / "step-0000001", model, opt, sched) == {"step": 1}
 
@@ -318,9 +432,17 @@ def test_a_run_that_fills_the_disk_stops_in_one_line_and_resumes(tiny_model_dir,
     args = ["--model", str(tiny_model_dir("llama")), *(a.format(data=data) for a in ARGS)]
     run = small_disk / "run"
     # stopped (SIGSTOP) right after its first checkpoint; the disk fills; it goes on
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "train", *args, "--out", str(run)], cwd=ROOT,
-                            env={**os.environ, "TUNESMITH_TEST_KILL_AT": "checkpoint.saved@1",
-                                 "TUNESMITH_TEST_KILL_SIGNAL": "SIGSTOP"}, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith.cli", "train", *args, "--out", str(run)],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "TUNESMITH_TEST_KILL_AT": "checkpoint.saved@1",
+            "TUNESMITH_TEST_KILL_SIGNAL": "SIGSTOP",
+        },
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stat = Path(f"/proc/{proc.pid}/stat")
     while proc.poll() is None and stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
         pass

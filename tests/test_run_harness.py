@@ -26,7 +26,10 @@ class Toy(torch.nn.Module):
 
     def save_pretrained(self, folder: str, state_dict=None) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in (state_dict or self.state_dict()).items()}, f"{folder}/model.safetensors")
+        save_file(
+            {k: v.contiguous() for k, v in (state_dict or self.state_dict()).items()},
+            f"{folder}/model.safetensors",
+        )
 
 
 class Tok:
@@ -87,8 +90,18 @@ class ToyMethod:
 
 
 def cfg_for(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(model="toy", data="d", out=str(tmp_path / "out"), method="full", epochs=4, batch_size=4, lr=0.3, max_grad_norm=0.0,
-                warmup_ratio=0.0, scheduler="constant")
+    base = dict(
+        model="toy",
+        data="d",
+        out=str(tmp_path / "out"),
+        method="full",
+        epochs=4,
+        batch_size=4,
+        lr=0.3,
+        max_grad_norm=0.0,
+        warmup_ratio=0.0,
+        scheduler="constant",
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -111,23 +124,32 @@ def test_the_loop_logs_every_step_and_validation_and_learns(tmp_path):
     steps = [r for r in recs if "loss" in r]
     vals = [r for r in recs if "val_loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 17)) and st.step == 16
-    assert [list(r)[:4] for r in steps[:1]] == [["step", "epoch", "loss", "items"]]  # the method's numbers after loss
+    assert [list(r)[:4] for r in steps[:1]] == [
+        ["step", "epoch", "loss", "items"]
+    ]  # the method's numbers after loss
     assert [(v["step"], v["epoch"]) for v in vals] == [(0, 0), (4, 1), (8, 2), (12, 3), (16, 4)]
     assert vals[-1]["val_loss"] < vals[0]["val_loss"] / 4
     assert st.start == {k: v for k, v in vals[0].items() if k not in ("step", "epoch")}
     assert st.best["step"] == 16 and st.tokens == 16 * 40 and st.answer_tokens == 16 * 4
     assert st.extra == {"note": "kept in checkpoints"}
-    assert sorted(p.name for p in (tmp_path / "w" / "checkpoints").iterdir()) == ["step-0000012", "step-0000016"]
+    assert sorted(p.name for p in (tmp_path / "w" / "checkpoints").iterdir()) == [
+        "step-0000012",
+        "step-0000016",
+    ]
 
 
 def test_best_follows_the_goal_direction_and_patience_stops(tmp_path):
     # higher is better: the score peaks in epoch 2, so epochs 3 and 4 are no better; patience 1 stops after 3
-    _, st, _ = fit(tmp_path, "w", goal=("val_score", True), score_by_epoch={1: 0.2, 2: 0.9, 3: 0.5, 4: 0.95}, patience=1)
+    _, st, _ = fit(
+        tmp_path, "w", goal=("val_score", True), score_by_epoch={1: 0.2, 2: 0.9, 3: 0.5, 4: 0.95}, patience=1
+    )
     assert st.best["step"] == 8 and st.best["val_score"] == 0.9
     assert st.stopped and st.step == 12
     saved = load_file(str(tmp_path / "w" / "best" / "model.safetensors"))
     ckpt = load_file(str(tmp_path / "w" / "checkpoints" / "step-0000012" / "state.safetensors"))
-    assert not torch.equal(saved["w.weight"], ckpt["param.w.weight"])  # best/ holds step 8's weights, not 12's
+    assert not torch.equal(
+        saved["w.weight"], ckpt["param.w.weight"]
+    )  # best/ holds step 8's weights, not 12's
     # lower is better (the loss falls every epoch): the last validation is the best
     _, st, _ = fit(tmp_path, "v", goal=("val_loss", False), patience=1)
     assert st.best["step"] == 16 and not st.stopped
@@ -149,7 +171,9 @@ def test_resume_from_a_mid_run_checkpoint_ends_exactly_as_an_uninterrupted_run(t
 
 
 def test_finish_writes_the_best_weights_and_swaps_the_run_into_place(tmp_path):
-    run, st, _ = fit(tmp_path, ".out.partial", goal=("val_score", True), score_by_epoch={1: 0.1, 2: 0.8, 3: 0.3, 4: 0.2})
+    run, st, _ = fit(
+        tmp_path, ".out.partial", goal=("val_score", True), score_by_epoch={1: 0.1, 2: 0.8, 3: 0.3, 4: 0.2}
+    )
     out = tmp_path / "out"
     result = run.finish(out, "toy")
     assert result is st and not (tmp_path / ".out.partial").exists()

@@ -37,7 +37,11 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tunesmith.cli", "serve", "--port", str(self.port), *args],
-            stdout=subprocess.DEVNULL, stderr=log.open("w"), cwd=ROOT, env={**os.environ, **(env or {})})
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -58,8 +62,12 @@ class Server:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60)
 
     def post(self, path: str, body: bytes, key: str = KEY) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + path, data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path,
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return r.status, json.loads(r.read())
@@ -83,9 +91,30 @@ def server(tiny_model_dir, tmp_path_factory):
     model = tiny_model_dir("llama")
     a1, a2 = make_adapter(model, d / "a1", 1), make_adapter(model, d / "a2", 2)
     (d / "keys").write_text(f"# keys\n{KEY}\n")
-    srv = Server(["--model", str(model), "--adapter", f"notes={a1}", "--adapter", f"support={a2}",
-                  "--api-key-file", str(d / "keys"), "--max-batch", "4", "--max-queue", "3", "--max-tokens", "900",
-                  "--max-prompt-tokens", "200", "--max-body", "5000"], d / "server.log", env={"TUNESMITH_API_KEYS": "sk-env"})
+    srv = Server(
+        [
+            "--model",
+            str(model),
+            "--adapter",
+            f"notes={a1}",
+            "--adapter",
+            f"support={a2}",
+            "--api-key-file",
+            str(d / "keys"),
+            "--max-batch",
+            "4",
+            "--max-queue",
+            "3",
+            "--max-tokens",
+            "900",
+            "--max-prompt-tokens",
+            "200",
+            "--max-body",
+            "5000",
+        ],
+        d / "server.log",
+        env={"TUNESMITH_API_KEYS": "sk-env"},
+    )
     srv.model, srv.adapters = model, {"notes": a1, "support": a2}
     yield srv
     srv.stop()
@@ -99,8 +128,13 @@ def reference(model_dir: Path, adapter: Path | None, messages: list[dict], n: in
     from tunesmith.chat import prompt_ids, stop_token_ids
     from tunesmith.loading import generate_ids
 
-    (ids, _), = generate_ids(loaded.model, [prompt_ids(loaded.tokenizer, messages)], pad_id=loaded.tokenizer.pad_token_id,
-                             stop_ids=stop_token_ids(loaded.tokenizer), max_new_tokens=n)
+    ((ids, _),) = generate_ids(
+        loaded.model,
+        [prompt_ids(loaded.tokenizer, messages)],
+        pad_id=loaded.tokenizer.pad_token_id,
+        stop_ids=stop_token_ids(loaded.tokenizer),
+        max_new_tokens=n,
+    )
     return loaded.tokenizer.decode(ids, skip_special_tokens=True)
 
 
@@ -109,11 +143,16 @@ MSG = [{"role": "user", "content": "Write the meeting notes. Focus: budget"}]
 
 def test_models_and_adapter_selection(server):
     c = server.client()
-    assert [m.id for m in c.models.list().data] == ["tiny-llama0", "notes", "support"] or \
-        [m.id for m in c.models.list().data][1:] == ["notes", "support"]
+    assert [m.id for m in c.models.list().data] == ["tiny-llama0", "notes", "support"] or [
+        m.id for m in c.models.list().data
+    ][1:] == ["notes", "support"]
     base_name = c.models.list().data[0].id
     outs = {}
-    for name, adapter in [(base_name, None), ("notes", server.adapters["notes"]), ("support", server.adapters["support"])]:
+    for name, adapter in [
+        (base_name, None),
+        ("notes", server.adapters["notes"]),
+        ("support", server.adapters["support"]),
+    ]:
         r = c.chat.completions.create(model=name, messages=MSG, max_tokens=12)
         assert r.object == "chat.completion" and r.model == name
         assert r.choices[0].finish_reason in ("length", "stop")
@@ -128,8 +167,11 @@ def test_models_and_adapter_selection(server):
 def test_streaming_matches_plain_and_completions(server):
     c = server.client()
     plain = c.chat.completions.create(model="notes", messages=MSG, max_tokens=20).choices[0].message.content
-    chunks = list(c.chat.completions.create(model="notes", messages=MSG, max_tokens=20, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model="notes", messages=MSG, max_tokens=20, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == plain
@@ -137,16 +179,24 @@ def test_streaming_matches_plain_and_completions(server):
     assert chunks[-1].usage.completion_tokens >= 1 and chunks[-1].choices == []
 
     comp = c.completions.create(model="support", prompt="The team discussed the", max_tokens=8)
-    assert comp.object == "text_completion" and comp.usage.completion_tokens == 8 or comp.choices[0].finish_reason == "stop"
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
-        model="support", prompt="The team discussed the", max_tokens=8, stream=True))
+    assert (
+        comp.object == "text_completion"
+        and comp.usage.completion_tokens == 8
+        or comp.choices[0].finish_reason == "stop"
+    )
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(
+            model="support", prompt="The team discussed the", max_tokens=8, stream=True
+        )
+    )
     assert streamed == comp.choices[0].text
 
 
 def test_stop_sequence(server):
     c = server.client()
     full = c.completions.create(model="notes", prompt="The team discussed the", max_tokens=30).choices[0].text
-    cut = next((full[i:i + 2] for i in range(3, len(full) - 2) if full[i:i + 2].strip()), None)
+    cut = next((full[i : i + 2] for i in range(3, len(full) - 2) if full[i : i + 2].strip()), None)
     if cut is None:
         pytest.skip(f"output has no usable stop string: {full!r}")
     r = c.completions.create(model="notes", prompt="The team discussed the", max_tokens=30, stop=[cut])
@@ -183,16 +233,28 @@ def test_errors(server):
 
 def test_concurrent_requests_are_batched_and_equal_to_one_at_a_time(server):
     c = server.client()
-    prompts = [[{"role": "user", "content": f"Write the meeting notes. Focus: {w}"}] for w in ("budget", "design", "remote case")]
-    alone = [c.chat.completions.create(model="notes", messages=p, max_tokens=40).choices[0].message.content for p in prompts]
+    prompts = [
+        [{"role": "user", "content": f"Write the meeting notes. Focus: {w}"}]
+        for w in ("budget", "design", "remote case")
+    ]
+    alone = [
+        c.chat.completions.create(model="notes", messages=p, max_tokens=40).choices[0].message.content
+        for p in prompts
+    ]
     before = server.health()["batches"]
     results: list = [None] * 3
 
     def ask(i):
-        results[i] = c.chat.completions.create(model="notes", messages=prompts[i], max_tokens=40).choices[0].message.content
+        results[i] = (
+            c.chat.completions.create(model="notes", messages=prompts[i], max_tokens=40)
+            .choices[0]
+            .message.content
+        )
 
     # hold the worker busy on a long request so the three queue up and go in one batch
-    blocker = threading.Thread(target=lambda: c.chat.completions.create(model="support", messages=MSG, max_tokens=200))
+    blocker = threading.Thread(
+        target=lambda: c.chat.completions.create(model="support", messages=MSG, max_tokens=200)
+    )
     blocker.start()
     time.sleep(0.3)
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
@@ -218,7 +280,9 @@ def test_full_queue_gets_429(server):
             assert 1 <= wait <= 60 and f"retry in about {wait} s" in e.body["message"]
             codes.append(429)
 
-    blocker = threading.Thread(target=lambda: c.chat.completions.create(model="support", messages=MSG, max_tokens=200))
+    blocker = threading.Thread(
+        target=lambda: c.chat.completions.create(model="support", messages=MSG, max_tokens=200)
+    )
     blocker.start()
     time.sleep(0.3)
     threads = [threading.Thread(target=ask) for _ in range(6)]
@@ -244,18 +308,41 @@ BAD_FIELDS = {
     "stream_options": [5, "x", [], {"include_usage": "yes"}],
     "model": [5, None, [], {}, ""],
 }
-BAD_MESSAGES = ["hi", [], [5], [{"role": "bot", "content": "x"}], [{"role": "user"}], [{"role": "user", "content": 5}],
-                [{"role": "user", "content": None}], [{"role": "user", "content": [{"type": "text", "text": 5}]}],
-                [{"role": "user", "content": [{"type": "text", "text": None}]}], [{"role": "user", "content": [5]}],
-                [{"role": "user", "content": "a \ud800 b"}], None]
+BAD_MESSAGES = [
+    "hi",
+    [],
+    [5],
+    [{"role": "bot", "content": "x"}],
+    [{"role": "user"}],
+    [{"role": "user", "content": 5}],
+    [{"role": "user", "content": None}],
+    [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+    [{"role": "user", "content": [{"type": "text", "text": None}]}],
+    [{"role": "user", "content": [5]}],
+    [{"role": "user", "content": "a \ud800 b"}],
+    None,
+]
 BAD_PROMPTS = [5, [], ["a", "b"], None, [5], {}, "", "\udfff"]
-RAW = [b"", b"{", b"[]", b"null", b"5", b'"x"', b"[" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000, b"\xff\xfe{}",
-       b'{"model": "notes", "messages": [', b'{"model": "notes", "prompt": "a"' + b", " * 3]
+RAW = [
+    b"",
+    b"{",
+    b"[]",
+    b"null",
+    b"5",
+    b'"x"',
+    b"[" * 5000,
+    b'{"a":' * 5000 + b"1" + b"}" * 5000,
+    b"\xff\xfe{}",
+    b'{"model": "notes", "messages": [',
+    b'{"model": "notes", "prompt": "a"' + b", " * 3,
+]
 
 
 def _body(base: dict, field: str, value) -> bytes:
     raw = json.dumps({**base, field: value})
-    return raw.replace(f'"{NAN}"', "NaN").replace(f'"{INF}"', "Infinity").replace(f'"{BIG}"', "1e400").encode()
+    return (
+        raw.replace(f'"{NAN}"', "NaN").replace(f'"{INF}"', "Infinity").replace(f'"{BIG}"', "1e400").encode()
+    )
 
 
 def malformed() -> list[tuple[str, bytes]]:
@@ -264,7 +351,10 @@ def malformed() -> list[tuple[str, bytes]]:
     cases = []
     for field, values in BAD_FIELDS.items():
         for v in values:
-            cases += [("/v1/chat/completions", _body(chat, field, v)), ("/v1/completions", _body(text, field, v))]
+            cases += [
+                ("/v1/chat/completions", _body(chat, field, v)),
+                ("/v1/completions", _body(text, field, v)),
+            ]
     cases += [("/v1/chat/completions", _body(chat, "messages", v)) for v in BAD_MESSAGES]
     cases += [("/v1/completions", _body(text, "prompt", v)) for v in BAD_PROMPTS]
     cases += [(route, raw) for raw in RAW for route in ("/v1/chat/completions", "/v1/completions")]
@@ -279,7 +369,12 @@ def test_malformed_bodies_get_a_json_4xx_naming_the_field(server):
     problems = []
     for route, body in cases:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        conn.request("POST", route, body=body, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            route,
+            body=body,
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        )
         r = conn.getresponse()
         raw = r.read()
         conn.close()
@@ -290,10 +385,15 @@ def test_malformed_bodies_get_a_json_4xx_naming_the_field(server):
             continue
         if not 400 <= r.status < 500 or not err.get("message"):
             problems.append((route, body[:80], r.status, err))
-    for method, route, body, key in [("POST", "/v1/models", b"{}", KEY), ("GET", "/v1/chat/completions", None, KEY),
-                                     ("PUT", "/v1/completions", b"{}", KEY), ("GET", "/v1/../../etc/passwd", None, KEY),
-                                     ("GET", "/v1/models", None, "nope"), ("POST", "/v1/completions", b"[" * 5000, "nope"),
-                                     ("DELETE", "/health", None, KEY)]:
+    for method, route, body, key in [
+        ("POST", "/v1/models", b"{}", KEY),
+        ("GET", "/v1/chat/completions", None, KEY),
+        ("PUT", "/v1/completions", b"{}", KEY),
+        ("GET", "/v1/../../etc/passwd", None, KEY),
+        ("GET", "/v1/models", None, "nope"),
+        ("POST", "/v1/completions", b"[" * 5000, "nope"),
+        ("DELETE", "/health", None, KEY),
+    ]:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         conn.request(method, route, body=body, headers={"Authorization": f"Bearer {key}"})
         r = conn.getresponse()
@@ -304,19 +404,29 @@ def test_malformed_bodies_get_a_json_4xx_naming_the_field(server):
     assert problems == [], problems
     assert server.health()["status"] == "ok"
     # the ones the attack found, with the exact field named
-    for field, value, want in [("max_tokens", NAN, "'max_tokens': input should be a valid integer (got nan)"),
-                               ("stream", "no", "'stream': input should be a valid boolean (got 'no')"),
-                               ("seed", 2**64, "'seed': input should be less than or equal to 18446744073709551615"),
-                               ("stream_options", 5, "'stream_options': input should be a valid dictionary")]:
-        status, body = server.post("/v1/chat/completions", _body({"model": "notes", "messages": MSG}, field, value))
-        assert status == 400 and body["error"]["param"] == field and body["error"]["message"].startswith(want), body
+    for field, value, want in [
+        ("max_tokens", NAN, "'max_tokens': input should be a valid integer (got nan)"),
+        ("stream", "no", "'stream': input should be a valid boolean (got 'no')"),
+        ("seed", 2**64, "'seed': input should be less than or equal to 18446744073709551615"),
+        ("stream_options", 5, "'stream_options': input should be a valid dictionary"),
+    ]:
+        status, body = server.post(
+            "/v1/chat/completions", _body({"model": "notes", "messages": MSG}, field, value)
+        )
+        assert (
+            status == 400 and body["error"]["param"] == field and body["error"]["message"].startswith(want)
+        ), body
     status, body = server.post("/v1/chat/completions", b"[" * 5000)
     assert status == 400 and body["error"]["message"] == "request body is nested more than 32 levels deep"
 
 
 def test_a_tiny_temperature_is_greedy_not_an_error(server):
     c = server.client()
-    greedy = c.chat.completions.create(model="notes", messages=MSG, max_tokens=8, temperature=0).choices[0].message.content
+    greedy = (
+        c.chat.completions.create(model="notes", messages=MSG, max_tokens=8, temperature=0)
+        .choices[0]
+        .message.content
+    )
     tiny = c.chat.completions.create(model="notes", messages=MSG, max_tokens=8, temperature=1e-300, seed=3)
     assert tiny.choices[0].message.content == greedy
 
@@ -325,9 +435,12 @@ def test_disconnecting_client_cancels_generation(server):
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "notes", "messages": MSG, "max_tokens": 900,
-                                                               "stream": True}),
-                 {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"model": "notes", "messages": MSG, "max_tokens": 900, "stream": True}),
+        {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
     resp = conn.getresponse()
     assert resp.status == 200
     resp.fp.readline()  # the first event is there: generation has started
@@ -344,8 +457,10 @@ def test_disconnecting_client_cancels_generation(server):
 
 
 def test_timeout_and_no_auth(tiny_model_dir, tmp_path):
-    srv = Server(["--model", str(tiny_model_dir("llama")), "--no-auth", "--timeout", "0.3", "--max-tokens", "900"],
-                 tmp_path / "log")
+    srv = Server(
+        ["--model", str(tiny_model_dir("llama")), "--no-auth", "--timeout", "0.3", "--max-tokens", "900"],
+        tmp_path / "log",
+    )
     try:
         c = srv.client("anything")
         with pytest.raises(openai.APIStatusError) as e:
@@ -360,8 +475,13 @@ def test_serve_refuses_bad_setup(tiny_model_dir, tmp_path):
 
     r = run_cli("serve", "--model", str(tiny_model_dir("llama")), env={"TUNESMITH_API_KEYS": ""})
     assert r.returncode == 2
-    assert r.stderr.startswith("error: no API keys: set TUNESMITH_API_KEYS=key1,key2 or pass --api-key-file FILE")
+    assert r.stderr.startswith(
+        "error: no API keys: set TUNESMITH_API_KEYS=key1,key2 or pass --api-key-file FILE"
+    )
     r = run_cli("serve", "--no-auth", "--adapter", "notes")
-    assert r.returncode == 2 and r.stderr == "error: --adapter notes: expected NAME=RUN_DIR, e.g. --adapter notes=runs/notes\n"
+    assert (
+        r.returncode == 2
+        and r.stderr == "error: --adapter notes: expected NAME=RUN_DIR, e.g. --adapter notes=runs/notes\n"
+    )
     r = run_cli("serve", "--no-auth", "--adapter", f"notes={tmp_path}/nope")
     assert r.returncode == 2 and r.stderr == f"error: --adapter {tmp_path}/nope: no such directory\n"

@@ -17,13 +17,25 @@ def conv(user, answer=None, system=None):
 
 def test_parse_systems():
     assert parse_systems("base,prompted,few-shot:3,rag:2+prompted,tuned") == [
-        System("base", "base"), System("prompted", "prompted", 0, True), System("few-shot:3", "few-shot", 3),
-        System("rag:2+prompted", "rag", 2, True), System("tuned", "tuned")]
-    for bad, msg in [("rag", "--systems rag: give how many examples, e.g. rag:3"),
-                     ("zero", "--systems zero: unknown system 'zero'; choose from base, prompted, few-shot:K, rag:K, tuned"),
-                     ("base,base", "--systems base,base: give each system once, e.g. base,prompted,few-shot:3,rag:3,tuned"),
-                     ("tuned:2", "--systems tuned:2: tuned takes no ':K'"),
-                     ("rag:2+x", "--systems rag:2+x: only '+prompted' can be added to a system (e.g. rag:3+prompted)")]:
+        System("base", "base"),
+        System("prompted", "prompted", 0, True),
+        System("few-shot:3", "few-shot", 3),
+        System("rag:2+prompted", "rag", 2, True),
+        System("tuned", "tuned"),
+    ]
+    for bad, msg in [
+        ("rag", "--systems rag: give how many examples, e.g. rag:3"),
+        (
+            "zero",
+            "--systems zero: unknown system 'zero'; choose from base, prompted, few-shot:K, rag:K, tuned",
+        ),
+        (
+            "base,base",
+            "--systems base,base: give each system once, e.g. base,prompted,few-shot:3,rag:3,tuned",
+        ),
+        ("tuned:2", "--systems tuned:2: tuned takes no ':K'"),
+        ("rag:2+x", "--systems rag:2+x: only '+prompted' can be added to a system (e.g. rag:3+prompted)"),
+    ]:
         with pytest.raises(UserError) as e:
             parse_systems(bad)
         assert str(e.value) == msg
@@ -41,19 +53,34 @@ def test_bm25_matches_hand_computed_scores():
 
 
 def test_few_shot_and_rag_prompts():
-    train = [conv("budget talk about money", "Notes: budget"), conv("battery choice kinetic", "Notes: battery"),
-             conv("case design rubber", "Notes: case", system="old system")]
+    train = [
+        conv("budget talk about money", "Notes: budget"),
+        conv("battery choice kinetic", "Notes: battery"),
+        conv("case design rubber", "Notes: case", system="old system"),
+    ]
     prompts = [conv("what about the battery", system="data system"), conv("rubber case please")]
     rag, used = build_prompts(System("rag:1", "rag", 1), prompts, train=train)
     assert used == [[1], [2]]
-    assert rag[0] == [{"role": "system", "content": "data system"}, {"role": "user", "content": "battery choice kinetic"},
-                      {"role": "assistant", "content": "Notes: battery"}, {"role": "user", "content": "what about the battery"}]
-    assert rag[1] == [{"role": "user", "content": "case design rubber"}, {"role": "assistant", "content": "Notes: case"},
-                      {"role": "user", "content": "rubber case please"}]  # the shot's own system prompt is not carried
+    assert rag[0] == [
+        {"role": "system", "content": "data system"},
+        {"role": "user", "content": "battery choice kinetic"},
+        {"role": "assistant", "content": "Notes: battery"},
+        {"role": "user", "content": "what about the battery"},
+    ]
+    assert rag[1] == [
+        {"role": "user", "content": "case design rubber"},
+        {"role": "assistant", "content": "Notes: case"},
+        {"role": "user", "content": "rubber case please"},
+    ]  # the shot's own system prompt is not carried
     few, used = build_prompts(System("few-shot:2", "few-shot", 2), prompts, train=train)
     assert used[0] == used[1] and len(used[0]) == 2  # the same examples for every prompt
-    prompted, _ = build_prompts(System("prompted", "prompted", 0, True), prompts, system_prompt="You write notes.")
-    assert prompted[0] == [{"role": "system", "content": "You write notes."}, {"role": "user", "content": "what about the battery"}]
+    prompted, _ = build_prompts(
+        System("prompted", "prompted", 0, True), prompts, system_prompt="You write notes."
+    )
+    assert prompted[0] == [
+        {"role": "system", "content": "You write notes."},
+        {"role": "user", "content": "what about the battery"},
+    ]
     with pytest.raises(UserError, match="needs your system prompt"):
         build_prompts(System("prompted", "prompted", 0, True), prompts)
     with pytest.raises(UserError, match="asks for 5 examples; the training file has 3"):

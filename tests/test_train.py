@@ -15,7 +15,9 @@ from tunesmith.train.config import TrainConfig
 from tunesmith.train.run import Run
 
 # what is special to bf16 training on a CPU (bf16 base under autocast, attention, recomputed norms)
-cpu_bf16 = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU bf16 path; this machine trains on a GPU")
+cpu_bf16 = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="tests the CPU bf16 path; this machine trains on a GPU"
+)
 
 
 @pytest.fixture
@@ -27,19 +29,32 @@ def data_dir(tmp_path):
 
 
 def losses(run: Path) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    return [
+        r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r
+    ]
 
 
 def cfg_for(model_dir, data_dir, out, **kw) -> TrainConfig:
-    base = dict(model=str(model_dir), data=str(data_dir), out=str(out), epochs=2, lr=5e-3, batch_size=4,
-                micro_batch_size=2, lora_r=8, lora_alpha=16)
+    base = dict(
+        model=str(model_dir),
+        data=str(data_dir),
+        out=str(out),
+        epochs=2,
+        lr=5e-3,
+        batch_size=4,
+        micro_batch_size=2,
+        lora_r=8,
+        lora_alpha=16,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_trains_and_val_loss_drops(family, tiny_model_dir, data_dir, tmp_path):
-    r = trainer.train(cfg_for(tiny_model_dir(family), data_dir, tmp_path / "run", epochs=3, lr=1e-2), quiet=True)
+    r = trainer.train(
+        cfg_for(tiny_model_dir(family), data_dir, tmp_path / "run", epochs=3, lr=1e-2), quiet=True
+    )
     # val_loss_start: the validation loss of the untouched model, measured before the first step
     assert r.val_losses[-1] < r.val_loss_start - 0.05, (r.val_loss_start, r.val_losses)
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
@@ -49,8 +64,10 @@ def test_every_family_trains_and_val_loss_drops(family, tiny_model_dir, data_dir
 def test_every_family_trains_in_bf16_on_a_cpu(family, tiny_model_dir, data_dir, tmp_path):
     """The CPU bf16 path (bf16 base, multiplied-out attention, bucketed batches) for every family:
     Gemma 3's sliding-window layers and Phi-3's fused projections included."""
-    r = trainer.train(cfg_for(tiny_model_dir(family), data_dir, tmp_path / "run", micro_batch_size=1, precision="bf16"),
-                      quiet=True)
+    r = trainer.train(
+        cfg_for(tiny_model_dir(family), data_dir, tmp_path / "run", micro_batch_size=1, precision="bf16"),
+        quiet=True,
+    )
     assert r.val_losses[-1] < r.val_loss_start, (r.val_loss_start, r.val_losses)
 
 
@@ -93,15 +110,22 @@ def test_batch_8_equals_batch_4_times_accumulation_2(tiny_model_dir, tmp_path):
     kw = dict(epochs=1, batch_size=8, lora_dropout=0.0, precision="fp32")
     trainer.train(cfg_for(m, d, tmp_path / "one", micro_batch_size=8, **kw), quiet=True)
     trainer.train(cfg_for(m, d, tmp_path / "acc", micro_batch_size=4, **kw), quiet=True)
-    trainer.train(cfg_for(m, d, tmp_path / "auto", micro_batch_size=0, **kw), quiet=True)  # auto: 1 on a CPU, 4 on a GPU
+    trainer.train(
+        cfg_for(m, d, tmp_path / "auto", micro_batch_size=0, **kw), quiet=True
+    )  # auto: 1 on a CPU, 4 on a GPU
     one, acc, auto = losses(tmp_path / "one"), losses(tmp_path / "acc"), losses(tmp_path / "auto")
     assert len(one) == 2
     assert max(abs(x - y) for x, y in zip(one, acc)) < 1e-4, (one, acc)
     assert max(abs(x - y) for x, y in zip(one, auto)) < 1e-4, (one, auto)
-    assert f"micro_batch_size: {4 if torch.cuda.is_available() else 1}\n" in (tmp_path / "auto" / "config.yaml").read_text()
+    assert (
+        f"micro_batch_size: {4 if torch.cuda.is_available() else 1}\n"
+        in (tmp_path / "auto" / "config.yaml").read_text()
+    )
 
 
-def test_existing_run_is_refused_and_kept_on_failed_overwrite(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+def test_existing_run_is_refused_and_kept_on_failed_overwrite(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch
+):
     m = tiny_model_dir("llama")
     run = tmp_path / "run"
     trainer.train(cfg_for(m, data_dir, run), quiet=True)
@@ -118,7 +142,10 @@ def test_existing_run_is_refused_and_kept_on_failed_overwrite(tiny_model_dir, da
     assert (run / "adapter_model.safetensors").read_bytes() == before
     # the unfinished run is kept aside, to resume; nothing else is left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.partial", "data", "run"]
-    with pytest.raises(UserError, match=r"an unfinished run is in .*\.run\.partial; continue it with `tunesmith train --resume"):
+    with pytest.raises(
+        UserError,
+        match=r"an unfinished run is in .*\.run\.partial; continue it with `tunesmith train --resume",
+    ):
         trainer.train(cfg_for(m, data_dir, run), overwrite=True, quiet=True)
 
 
@@ -135,7 +162,17 @@ def test_config_file_unknown_key_names_closest(tmp_path, data_dir):
 
 
 def test_bad_flags_are_one_line(tmp_path, data_dir):
-    r = run_cli("train", "--data", str(data_dir), "--out", str(tmp_path / "r"), "--batch-size", "6", "--micro-batch-size", "4")
+    r = run_cli(
+        "train",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "r"),
+        "--batch-size",
+        "6",
+        "--micro-batch-size",
+        "4",
+    )
     assert r.stderr == "error: --batch-size 6 must be a multiple of --micro-batch-size 4\n"
     r = run_cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
     assert r.stderr == f"error: --data {tmp_path / 'missing'}: no such file or directory\n"
@@ -143,7 +180,9 @@ def test_bad_flags_are_one_line(tmp_path, data_dir):
 
 def _losses_and_vals(run: Path):
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in recs if "loss" in r], [r["val_loss"] for r in recs if "val_loss" in r and r["step"] > 0]
+    return [r["loss"] for r in recs if "loss" in r], [
+        r["val_loss"] for r in recs if "val_loss" in r and r["step"] > 0
+    ]
 
 
 def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
@@ -155,13 +194,32 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(tiny_mod
     d = tmp_path / "data"
     write_jsonl(d / "train.jsonl", toy_examples(64))
     write_jsonl(d / "val.jsonl", toy_examples(4, seed=1))
-    args = ["--model", str(tiny_model_dir("llama")), "--data", str(d), "--epochs", "3", "--batch-size", "2",
-            "--micro-batch-size", "1", "--lr", "3e-3", "--save-every", "1", "--threads", "1", "--quiet"]
+    args = [
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(d),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "2",
+        "--micro-batch-size",
+        "1",
+        "--lr",
+        "3e-3",
+        "--save-every",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     ref = run_cli("train", *args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     kill_at = random.Random().randint(10, 80)
     run = tmp_path / "run"
-    assert train_then_sigkill(args, run, kill_at) == -signal.SIGKILL, "the run must be killed mid-training for this test"
+    assert train_then_sigkill(args, run, kill_at) == -signal.SIGKILL, (
+        "the run must be killed mid-training for this test"
+    )
     assert not run.exists()
     r = run_cli("train", "--resume", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
@@ -176,7 +234,10 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(tiny_mod
 
 
 def test_checkpoints_are_safetensors_and_pruned(tiny_model_dir, data_dir, tmp_path):
-    trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", save_every=1, keep_checkpoints=2), quiet=True)
+    trainer.train(
+        cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", save_every=1, keep_checkpoints=2),
+        quiet=True,
+    )
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["step-0000007", "step-0000008"]
     files = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / ckpts[-1]).iterdir())
@@ -191,13 +252,28 @@ def test_early_stopping_keeps_and_marks_the_best_adapter(tiny_model_dir, data_di
     from safetensors.torch import load_file
 
     # a learning rate far too high: the validation loss soon gets worse, and patience runs out
-    r = trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", epochs=20, lr=0.5, eval_every_steps=1,
-                           patience=2, warmup_ratio=0.0, scheduler="constant"), quiet=True)
+    r = trainer.train(
+        cfg_for(
+            tiny_model_dir("llama"),
+            data_dir,
+            tmp_path / "run",
+            epochs=20,
+            lr=0.5,
+            eval_every_steps=1,
+            patience=2,
+            warmup_ratio=0.0,
+            scheduler="constant",
+        ),
+        quiet=True,
+    )
     assert r.early_stopped and r.steps < 80 and r.best["step"] < r.steps
     vals = _losses_and_vals(tmp_path / "run")[1]
     assert r.best["val_loss"] == pytest.approx(min(vals), abs=1e-6)
     run = tmp_path / "run"
-    root, best = load_file(str(run / "adapter_model.safetensors")), load_file(str(run / "best" / "adapter_model.safetensors"))
+    root, best = (
+        load_file(str(run / "adapter_model.safetensors")),
+        load_file(str(run / "best" / "adapter_model.safetensors")),
+    )
     assert root.keys() == best.keys() and all(torch.equal(root[k], best[k]) for k in root)
     info = json.loads((run / "tunesmith-run.json").read_text())
     assert info["adapter"] == "best" and info["result"]["best"]["step"] == r.best["step"]
@@ -210,7 +286,16 @@ def test_every_method_lowers_val_loss_and_loads_without_tunesmith(method, tiny_m
 
     base_dir = tiny_model_dir("llama")
     lr = {"full": 1e-3, "freeze": 3e-3, "prompt-tuning": 0.3, "prefix-tuning": 3e-2}.get(method, 1e-2)
-    cfg = cfg_for(base_dir, data_dir, tmp_path / "run", method=method, epochs=3, lr=lr, freeze_layers=1, virtual_tokens=4)
+    cfg = cfg_for(
+        base_dir,
+        data_dir,
+        tmp_path / "run",
+        method=method,
+        epochs=3,
+        lr=lr,
+        freeze_layers=1,
+        virtual_tokens=4,
+    )
     r = trainer.train(cfg, quiet=True)
     assert r.val_losses[-1] < r.val_loss_start - 0.01, (r.val_loss_start, r.val_losses)
     run = tmp_path / "run"
@@ -218,12 +303,21 @@ def test_every_method_lowers_val_loss_and_loads_without_tunesmith(method, tiny_m
     ids = torch.tensor([[1, 5, 9, 20, 33]])
     if method in ("full", "freeze"):
         tuned = AutoModelForCausalLM.from_pretrained(run).eval()  # a plain model directory
-        changed = {n for n, p in tuned.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])}
+        changed = {
+            n for n, p in tuned.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])
+        }
         if method == "freeze":  # only the last layer (of 2) was trained
             assert changed and all(".layers.1." in n for n in changed), changed
     else:
-        assert json.loads((run / "adapter_config.json").read_text())["peft_type"] == {
-            "lora": "LORA", "dora": "LORA", "prompt-tuning": "PROMPT_TUNING", "prefix-tuning": "PREFIX_TUNING"}[method]
+        assert (
+            json.loads((run / "adapter_config.json").read_text())["peft_type"]
+            == {
+                "lora": "LORA",
+                "dora": "LORA",
+                "prompt-tuning": "PROMPT_TUNING",
+                "prefix-tuning": "PREFIX_TUNING",
+            }[method]
+        )
         tuned = PeftModel.from_pretrained(base, run).eval()
     with torch.no_grad():
         assert tuned(ids).logits.shape[-1] == base.config.vocab_size
@@ -231,13 +325,27 @@ def test_every_method_lowers_val_loss_and_loads_without_tunesmith(method, tiny_m
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU --method qlora runs")
 def test_qlora_on_a_cpu_says_why_and_what_instead(tiny_model_dir, data_dir, tmp_path):
-    r = run_cli("train", "--model", str(tiny_model_dir("llama")), "--data", str(data_dir), "--out", str(tmp_path / "r"),
-                "--method", "qlora")
+    r = run_cli(
+        "train",
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "r"),
+        "--method",
+        "qlora",
+    )
     assert r.returncode == 2
-    assert r.stderr == ("error: --method qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
-                        "on this machine use --method lora (the same adapter, on an unquantized base)\n")
+    assert r.stderr == (
+        "error: --method qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
+        "on this machine use --method lora (the same adapter, on an unquantized base)\n"
+    )
     r = run_cli("eval", "--adapter", str(tiny_model_dir("llama")), "--data", str(data_dir / "val.jsonl"))
-    assert r.stderr.endswith(f"holds a whole model (method full or freeze), not an adapter; use --model {tiny_model_dir('llama')}\n")
+    assert r.stderr.endswith(
+        "holds a whole model (method full or freeze), not an adapter; "
+        f"use --model {tiny_model_dir('llama')}\n"
+    )
 
 
 def test_eos_is_learned_so_the_tuned_model_stops_by_itself(tiny_model_dir, tmp_path):
@@ -245,16 +353,31 @@ def test_eos_is_learned_so_the_tuned_model_stops_by_itself(tiny_model_dir, tmp_p
     from tunesmith.loading import generate, load
 
     d = tmp_path / "data"
-    rows = [chat(f"Notes on the {w}.", f"Meeting Summary: The team discussed the {w}.")
-            for w in ("budget", "design", "battery", "marketing")]
+    rows = [
+        chat(f"Notes on the {w}.", f"Meeting Summary: The team discussed the {w}.")
+        for w in ("budget", "design", "battery", "marketing")
+    ]
     write_jsonl(d / "train.jsonl", rows)
     m = tiny_model_dir("llama")
     base = load(str(m), quiet=True)
     prompts = [r["messages"][:1] for r in rows]
     assert not any(g.stopped for g in generate(base.model, base.tokenizer, prompts, max_new_tokens=40))
     # a random 2-layer model needs all its weights to memorize; the mask and EOS are the same for every method
-    trainer.train(cfg_for(m, d, tmp_path / "run", method="full", epochs=80, lr=3e-3, batch_size=4, micro_batch_size=4,
-                       warmup_ratio=0.0, scheduler="constant"), quiet=True)
+    trainer.train(
+        cfg_for(
+            m,
+            d,
+            tmp_path / "run",
+            method="full",
+            epochs=80,
+            lr=3e-3,
+            batch_size=4,
+            micro_batch_size=4,
+            warmup_ratio=0.0,
+            scheduler="constant",
+        ),
+        quiet=True,
+    )
     tuned = load(str(tmp_path / "run"), quiet=True)
     outs = generate(tuned.model, tuned.tokenizer, prompts, max_new_tokens=40)
     assert all(g.stopped for g in outs), [g.text for g in outs]
@@ -266,20 +389,30 @@ def test_from_adapter_continues_training_sequentially(tiny_model_dir, data_dir, 
 
     m = tiny_model_dir("llama")
     first = trainer.train(cfg_for(m, data_dir, tmp_path / "first"), quiet=True)
-    second = trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "second", from_adapter=str(tmp_path / "first")),
-                        quiet=True)
+    second = trainer.train(
+        cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "second", from_adapter=str(tmp_path / "first")),
+        quiet=True,
+    )
     # it starts where the first run ended, not from a fresh adapter
     assert second.val_loss_start == pytest.approx(first.best["val_loss"], abs=1e-5)
     assert second.val_losses[-1] < second.val_loss_start
     a = load_file(str(tmp_path / "first" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "second" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(UserError, match=r"a LORA adapter cannot continue as --method prompt-tuning \(PROMPT_TUNING\)"):
-        trainer.train(cfg_for(m, data_dir, tmp_path / "third", method="prompt-tuning", from_adapter=str(tmp_path / "first")),
-                   quiet=True)
+    with pytest.raises(
+        UserError, match=r"a LORA adapter cannot continue as --method prompt-tuning \(PROMPT_TUNING\)"
+    ):
+        trainer.train(
+            cfg_for(
+                m, data_dir, tmp_path / "third", method="prompt-tuning", from_adapter=str(tmp_path / "first")
+            ),
+            quiet=True,
+        )
 
 
-@pytest.mark.parametrize("engine", [[], ["--fsdp"], ["--fsdp", "--method", "full"]], ids=["ddp", "fsdp", "fsdp-full"])
+@pytest.mark.parametrize(
+    "engine", [[], ["--fsdp"], ["--fsdp", "--method", "full"]], ids=["ddp", "fsdp", "fsdp-full"]
+)
 def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, data_dir, tmp_path, engine):
     """torchrun, 2 CPU processes (gloo), DDP or FSDP2: the same loss curve as 1 process, within
     tolerance, and the same weights saved (FSDP gathers its shards into a plain directory)."""
@@ -291,15 +424,51 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, data
     from conftest import ROOT
 
     method = engine[engine.index("--method") + 1] if "--method" in engine else "lora"
-    args = ["--model", str(tiny_model_dir("llama")), "--data", str(data_dir), "--epochs", "2", "--batch-size", "4",
-            "--micro-batch-size", "1", "--lr", "5e-3" if method == "lora" else "1e-3", "--lora-r", "8", "--quiet",
-            "--threads", "1", "--method", method]
+    args = [
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(data_dir),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "1",
+        "--lr",
+        "5e-3" if method == "lora" else "1e-3",
+        "--lora-r",
+        "8",
+        "--quiet",
+        "--threads",
+        "1",
+        "--method",
+        method,
+    ]
     one = run_cli("train", *args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     flags = [f for f in engine if f == "--fsdp"]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "tunesmith.cli", "train", *args, *flags, "--out", str(tmp_path / "two")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "tunesmith.cli",
+            "train",
+            *args,
+            *flags,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     info = json.loads((tmp_path / "two" / "tunesmith-run.json").read_text())
     assert (info["engine"], info["processes"]) == ("fsdp" if flags else "ddp", 2)
@@ -310,8 +479,12 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, data
     assert len(l1) == len(l2) == 8 and len(v1) == len(v2) == 2
     assert max(abs(a - b) for a, b in zip(l1, l2)) < 1e-4, (l1, l2)
     assert max(abs(a - b) for a, b in zip(v1, v2)) < 1e-4, (v1, v2)
-    tokens1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    tokens2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    tokens1 = [
+        json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x
+    ]
+    tokens2 = [
+        json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x
+    ]
     assert [r["tokens"] for r in tokens1] == [r["tokens"] for r in tokens2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "one", "two"]
 
@@ -329,12 +502,16 @@ def test_precision_rslora_and_full_disk(tiny_model_dir, data_dir, tmp_path, monk
     from collections import namedtuple
 
     m = tiny_model_dir("llama")
-    r = trainer.train(cfg_for(m, data_dir, tmp_path / "bf16", epochs=1, precision="bf16", rslora=True), quiet=True)
+    r = trainer.train(
+        cfg_for(m, data_dir, tmp_path / "bf16", epochs=1, precision="bf16", rslora=True), quiet=True
+    )
     assert r.steps == 4 and r.val_losses[-1] < r.val_loss_start
     assert json.loads((tmp_path / "bf16" / "adapter_config.json").read_text())["use_rslora"] is True
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10 << 30, 10 << 30, 5 << 20))
-    with pytest.raises(UserError, match=r"--out .*full: only 5 MB free on that disk; a full run needs about 2048 MB"):
+    with pytest.raises(
+        UserError, match=r"--out .*full: only 5 MB free on that disk; a full run needs about 2048 MB"
+    ):
         trainer.train(cfg_for(m, data_dir, tmp_path / "full", method="full"), quiet=True)
 
 
@@ -342,9 +519,24 @@ def test_eval_metric_during_training_picks_the_best_score(tiny_model_dir, data_d
     from tunesmith.loading import generate, load
     from tunesmith.scoring.metrics import scores
 
-    r = trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", epochs=2, lr=5e-2, eval_metric="rougeL",
-                              eval_limit=4, eval_max_new_tokens=24), quiet=True)
-    vals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
+    r = trainer.train(
+        cfg_for(
+            tiny_model_dir("llama"),
+            data_dir,
+            tmp_path / "run",
+            epochs=2,
+            lr=5e-2,
+            eval_metric="rougeL",
+            eval_limit=4,
+            eval_max_new_tokens=24,
+        ),
+        quiet=True,
+    )
+    vals = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if "val_loss" in line
+    ]
     assert [v["step"] for v in vals] == [0, 4, 8] and all("val_rougeL" in v for v in vals)
     best = max(vals[1:], key=lambda v: v["val_rougeL"])  # the first best wins a tie
     assert r.best["step"] == best["step"] and r.best["val_rougeL"] == best["val_rougeL"]
@@ -366,7 +558,9 @@ def test_tensorboard_gets_every_logged_metric(tiny_model_dir, data_dir, tmp_path
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tb = tmp_path / "tb"
-    trainer.train(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", tensorboard=str(tb)), quiet=True)
+    trainer.train(
+        cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / "run", tensorboard=str(tb)), quiet=True
+    )
     logged = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     events = EventAccumulator(str(tb))
     events.Reload()
@@ -396,12 +590,15 @@ def test_bf16_on_a_cpu_trains_close_to_fp32(method, tiny_model_dir, data_dir, tm
     assert a != b  # bf16 really ran
     assert max(abs(x - y) / x for x, y in zip(a, b)) < 0.05, (a, b)
     assert r.val_losses[-1] < r.val_loss_start
-    # with a bf16 base, batches went through the multiplied-out attention (prompt tuning's virtual tokens too);
+    # with a bf16 base, batches went through the multiplied-out attention (prompt tuning's virtual tokens
+    # too);
     # full fine-tuning keeps fp32 weights, so its hidden states and attention stay fp32 (SDPA)
     assert (attention._causal_bias.cache_info().currsize > 0) == (method != "full")
     model, _, _ = setup.setup_model(cfg_for(m, data_dir, tmp_path / "x", precision="bf16", **kw))
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
-    assert {p.dtype for p in model.parameters() if not p.requires_grad} == (set() if method == "full" else {torch.bfloat16})
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == (
+        set() if method == "full" else {torch.bfloat16}
+    )
     from safetensors.torch import load_file
 
     name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
@@ -423,8 +620,9 @@ def test_bf16_attention_matches_sdpa_and_leaves_the_rest_to_it(monkeypatch):
     g = torch.randn(1, 37, 4, 16)
     # the reference: fp32 SDPA with each key/value head repeated for its query heads
     q32, k32, v32 = (t.clone().requires_grad_() for t in (q, k, v))
-    ref = F.scaled_dot_product_attention(q32, k32.repeat_interleave(2, 1), v32.repeat_interleave(2, 1), is_causal=True,
-                                         scale=0.3).transpose(1, 2)
+    ref = F.scaled_dot_product_attention(
+        q32, k32.repeat_interleave(2, 1), v32.repeat_interleave(2, 1), is_causal=True, scale=0.3
+    ).transpose(1, 2)
     (ref * g).sum().backward()
     calls = []
     real = sdpa.sdpa_attention_forward
@@ -453,7 +651,9 @@ def test_bf16_attention_matches_sdpa_and_leaves_the_rest_to_it(monkeypatch):
 
 @cpu_bf16
 @pytest.mark.parametrize("family", ["llama", "gemma3", "phi3"])
-def test_bf16_norms_and_mlps_keep_less_for_the_backward_pass(family, tiny_model_dir, data_dir, tmp_path, monkeypatch):
+def test_bf16_norms_and_mlps_keep_less_for_the_backward_pass(
+    family, tiny_model_dir, data_dir, tmp_path, monkeypatch
+):
     """Under CPU bf16 every RMS norm keeps its bf16 input, not an fp32 copy, and every gated MLP
     recomputes act(gate) instead of keeping it: the same loss bit for bit (the forward pass is the
     model's own arithmetic) and the same gradients up to bf16 rounding, with less kept."""
@@ -471,14 +671,24 @@ def test_bf16_norms_and_mlps_keep_less_for_the_backward_pass(family, tiny_model_
                 loss, _ = L2.answer_loss_sum(model, ids, torch.ones_like(ids), labels)
         loss.backward()
         text = model.config.get_text_config()
-        fp32 = [t for t in saved if t.dtype == torch.float32 and t.dim() and t.shape[-1] == text.hidden_size
-                and t.numel() >= 10 * text.hidden_size]
-        wide = {t.untyped_storage().data_ptr() for t in saved if t.dim() and t.shape[-1] == text.intermediate_size}
+        fp32 = [
+            t
+            for t in saved
+            if t.dtype == torch.float32
+            and t.dim()
+            and t.shape[-1] == text.hidden_size
+            and t.numel() >= 10 * text.hidden_size
+        ]
+        wide = {
+            t.untyped_storage().data_ptr() for t in saved if t.dim() and t.shape[-1] == text.intermediate_size
+        }
         return loss.item(), [p.grad for p in model.parameters() if p.requires_grad], fp32, len(wide)
 
     model, _, _ = setup.setup_model(cfg)
     layers = model.config.get_text_config().num_hidden_layers
-    assert sum(1 for m in model.modules() if "forward" in vars(m)) >= 3 * layers + 1  # 2 norms and the MLP per layer
+    assert (
+        sum(1 for m in model.modules() if "forward" in vars(m)) >= 3 * layers + 1
+    )  # 2 norms and the MLP per layer
     loss, grads, fp32, wide = run(model)
     monkeypatch.setattr(recompute, "apply", lambda model: 0)
     loss_kept, grads_kept, fp32_kept, wide_kept = run(setup.setup_model(cfg)[0])
@@ -510,9 +720,13 @@ def test_blockwise_cross_entropy_matches_the_plain_one(tiny_model_dir, data_dir,
     assert torch.allclose(h.grad, h_ref.grad, atol=1e-6, rtol=1e-4)
     assert saved == [(150, 32)]
     with torch.no_grad():  # validation: no gradient computed, the same loss
-        assert abs(L.linear_cross_entropy_sum(hidden, weight, targets).item() - ref.item()) < 1e-5 * ref.item()
+        assert (
+            abs(L.linear_cross_entropy_sum(hidden, weight, targets).item() - ref.item()) < 1e-5 * ref.item()
+        )
     for method, frozen in (("lora", True), ("prompt-tuning", False), ("full", False)):
-        model, _, _ = setup.setup_model(cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / method, method=method))
+        model, _, _ = setup.setup_model(
+            cfg_for(tiny_model_dir("llama"), data_dir, tmp_path / method, method=method)
+        )
         assert (L2.frozen_output_layer(model) is not None) == frozen, method
 
 
@@ -524,26 +738,37 @@ def test_bf16_on_a_gpu(method, tiny_model_dir, data_dir, tmp_path):
     from safetensors.torch import load_file
 
     m = tiny_model_dir("llama")
-    cfg = cfg_for(m, data_dir, tmp_path / "run", method=method, precision="bf16", lr=1e-3 if method == "full" else 5e-3)
+    cfg = cfg_for(
+        m, data_dir, tmp_path / "run", method=method, precision="bf16", lr=1e-3 if method == "full" else 5e-3
+    )
     r = trainer.train(cfg, quiet=True)
     assert r.val_losses[-1] < r.val_loss_start, (r.val_loss_start, r.val_losses)
     model, _, _ = setup.setup_model(cfg)
     assert next(model.parameters()).device.type == "cuda"
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
-    assert {p.dtype for p in model.parameters() if not p.requires_grad} == (set() if method == "full" else {torch.bfloat16})
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == (
+        set() if method == "full" else {torch.bfloat16}
+    )
     name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     assert all(t.dtype == torch.float32 for t in load_file(str(tmp_path / "run" / name)).values())
 
 
 def test_fsdp_refusals_say_what_to_do(tiny_model_dir, data_dir, tmp_path):
     m = tiny_model_dir("llama")
-    with pytest.raises(UserError, match=r"--fsdp shards the model across processes, and this is one process: launch with "
-                                        r"`torchrun --nproc_per_node N"):
+    with pytest.raises(
+        UserError,
+        match=r"--fsdp shards the model across processes, and this is one process: launch with "
+        r"`torchrun --nproc_per_node N",
+    ):
         trainer.train(cfg_for(m, data_dir, tmp_path / "one", fsdp=True), quiet=True)
     assert not (tmp_path / "one").exists()
-    with pytest.raises(UserError, match=r"--fsdp works with --method lora, dora, full or freeze, not prompt-tuning"):
+    with pytest.raises(
+        UserError, match=r"--fsdp works with --method lora, dora, full or freeze, not prompt-tuning"
+    ):
         cfg_for(m, data_dir, tmp_path / "p", fsdp=True, method="prompt-tuning").validate()
-    with pytest.raises(UserError, match=r"--eval-metric generates during training, which --fsdp does not support"):
+    with pytest.raises(
+        UserError, match=r"--eval-metric generates during training, which --fsdp does not support"
+    ):
         cfg_for(m, data_dir, tmp_path / "e", fsdp=True, eval_metric="rougeL").validate()
 
 
@@ -561,7 +786,11 @@ def test_bucketed_right_padding_without_a_mask_gives_the_same_loss(family, tiny_
     for idx in ([0], [1, 2]):
         plain = batching.collate(enc, idx, tok.pad_token_id)
         bucketed = batching.collate(enc, idx, tok.pad_token_id, bucket=64)
-        assert bucketed[0].shape[1] % 64 == 0 and bucketed[0].shape[1] >= plain[0].shape[1] and bool(bucketed[1].all())
+        assert (
+            bucketed[0].shape[1] % 64 == 0
+            and bucketed[0].shape[1] >= plain[0].shape[1]
+            and bool(bucketed[1].all())
+        )
         (a, n), (b, m) = (L2.answer_loss_sum(model, *batch) for batch in (plain, bucketed))
         assert n == m > 0 and abs(float(a) - float(b)) < 1e-4 * float(a)
 
@@ -581,18 +810,32 @@ def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
     passes = batching.micro_batches(enc, idx, cfg, 1024)
     assert sorted(i for p in passes for i in p) == idx
     widths = [max(-(-lengths[i] // 64) * 64 for i in p) for p in passes]
-    assert [[lengths[i] for i in p] for p in passes] == [[10, 60, 70, 128, 130], [250, 300], [500], [600], [900],
-                                                         [1000], [1024]]
+    assert [[lengths[i] for i in p] for p in passes] == [
+        [10, 60, 70, 128, 130],
+        [250, 300],
+        [500],
+        [600],
+        [900],
+        [1000],
+        [1024],
+    ]
     assert all(w * len(p) <= 1024 for w, p in zip(widths, passes))
     # where the longest example is shorter than the budget, no pass holds more than its padded width
     short = [SimpleNamespace(input_ids=[1] * n) for n in (300, 60, 70, 130)]
     assert batching.pass_budget(short, cfg) == 320
-    assert [[len(short[i].input_ids) for i in p] for p in batching.micro_batches(short, [0, 1, 2, 3], cfg, 320)] == [
-        [60, 70], [130], [300]]
+    assert [
+        [len(short[i].input_ids) for i in p] for p in batching.micro_batches(short, [0, 1, 2, 3], cfg, 320)
+    ] == [[60, 70], [130], [300]]
     fixed = TrainConfig(precision="bf16", batch_size=12, micro_batch_size=4)
     assert batching.pass_budget(enc, fixed) == 0 and batching.micro_batches(enc, idx, fixed, 0) == [
-        idx[:4], idx[4:8], idx[8:]]  # a fixed size: as given, in order
-    for other in (TrainConfig(precision="fp32", micro_batch_size=0), TrainConfig(precision="bf16", fsdp=True)):
+        idx[:4],
+        idx[4:8],
+        idx[8:],
+    ]  # a fixed size: as given, in order
+    for other in (
+        TrainConfig(precision="fp32", micro_batch_size=0),
+        TrainConfig(precision="bf16", fsdp=True),
+    ):
         assert precision.token_budget(other) == 0
     # a whole epoch: every example once, full steps in random order, the short remainder step last
     many = [SimpleNamespace(input_ids=[1] * (20 + 37 * i % 700)) for i in range(150)]
@@ -605,12 +848,16 @@ def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
 
 
 @cpu_bf16
-def test_auto_micro_batches_under_cpu_bf16_train_like_one_example_per_pass(tiny_model_dir, tmp_path, monkeypatch):
+def test_auto_micro_batches_under_cpu_bf16_train_like_one_example_per_pass(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     """Passes of several examples (right-padded, no mask) give the step losses of one example per pass, and
     no pass holds more padded tokens than the longest example alone."""
     d = tmp_path / "data"
     rows = toy_examples(16)
-    rows[5]["messages"][1]["content"] += " The budget was agreed after a long discussion." * 12  # one long answer
+    rows[5]["messages"][1]["content"] += (
+        " The budget was agreed after a long discussion." * 12
+    )  # one long answer
     write_jsonl(d / "train.jsonl", rows)
     write_jsonl(d / "val.jsonl", toy_examples(4, seed=1))
     m = tiny_model_dir("llama")

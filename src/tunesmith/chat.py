@@ -120,7 +120,7 @@ def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encod
     cursor = 0
     for i in assistant_idx:
         before = render(tokenizer, messages[:i], True)
-        answer = render(tokenizer, messages[: i + 1], False)[len(before):]
+        answer = render(tokenizer, messages[: i + 1], False)[len(before) :]
         # The answer ends at its first end-of-turn marker; what a template adds after it
         # (a newline, or an EOS only at the very end of a chat) belongs to the context.
         content_at = answer.find(messages[i]["content"])

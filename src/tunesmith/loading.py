@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from tunesmith.chat import prompt_ids, stop_token_ids
 from tunesmith.errors import UserError
+from tunesmith.kvcache import growing_cache, padding_costs, plain_cache, prefill_unpadded
 from tunesmith.models import DEFAULT_MODEL, check_safetensors, resolve
 from tunesmith.outputs import RUN_INFO
 
@@ -44,11 +44,19 @@ def check_adapter_dir(adapter: str | Path) -> Path:
     if not path.is_dir():
         raise UserError(f"--adapter {adapter}: no such directory")
     if not (path / "adapter_config.json").is_file() and (path / "config.json").is_file():
-        raise UserError(f"--adapter {adapter}: holds a whole model (method full or freeze), not an adapter; use --model {adapter}")
+        raise UserError(
+            f"--adapter {adapter}: holds a whole model (method full or freeze), not an adapter; use --model "
+            f"{adapter}"
+        )
     if not (path / "adapter_config.json").is_file():
-        raise UserError(f"--adapter {adapter}: no adapter_config.json; expected the run directory written by `tunesmith train`")
+        raise UserError(
+            f"--adapter {adapter}: no adapter_config.json; expected the run directory written by `tunesmith "
+            "train`"
+        )
     if not list(path.glob("adapter_model.safetensors")):
-        raise UserError(f"--adapter {adapter}: no adapter_model.safetensors (pickle adapters are not loaded, for safety)")
+        raise UserError(
+            f"--adapter {adapter}: no adapter_model.safetensors (pickle adapters are not loaded, for safety)"
+        )
     check_safetensors(path / "adapter_model.safetensors")
     return path
 
@@ -64,13 +72,24 @@ def base_model_of(adapter: str | Path | None, model: str | None, default: str = 
             try:
                 return str(json.loads(info.read_text())["model"])
             except (ValueError, KeyError, TypeError):
-                raise UserError(f"{info}: damaged (no base model recorded); pass --model to name the base model") from None
+                raise UserError(
+                    f"{info}: damaged (no base model recorded); pass --model to name the base model"
+                ) from None
     return default
 
 
 # What loading a model folder that is damaged or not what it claims raises (transformers, safetensors,
 # tokenizers): each is a problem with the user's files, reported in one line naming the folder.
-LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError)
+LOAD_ERRORS = (
+    OSError,
+    ValueError,
+    RuntimeError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    UnicodeDecodeError,
+)
 
 
 def _why(e: BaseException) -> str:
@@ -87,8 +106,14 @@ def _shape_mismatch(model_dir: Path, trust_remote_code: bool) -> str | None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(
-            AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)).state_dict().items()}
+        want = {
+            k: tuple(v.shape)
+            for k, v in AutoModelForCausalLM.from_config(
+                AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+            )
+            .state_dict()
+            .items()
+        }
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(f), "pt") as st:
             for k in st.keys():
@@ -130,16 +155,26 @@ def load_base(model_spec: str, *, trust_remote_code: bool = False, dtype=None, q
         import torch
         from transformers import BitsAndBytesConfig
 
-        extra["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                          bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
         extra["device_map"] = {"": 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=dtype or default_dtype(), use_safetensors=True, trust_remote_code=trust_remote_code, **extra
+            str(model_dir),
+            dtype=dtype or default_dtype(),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            **extra,
         )
     except LOAD_ERRORS as e:
         if "trust_remote_code" in str(e):
-            raise UserError(f"{model_dir}: this model needs its own code; pass --trust-remote-code if you trust it") from None
+            raise UserError(
+                f"{model_dir}: this model needs its own code; pass --trust-remote-code if you trust it"
+            ) from None
         mismatch = _shape_mismatch(model_dir, trust_remote_code) if "mismatched_sizes" in str(e) else None
         raise UserError(f"{model_dir}: cannot load this model ({mismatch or _why(e)})") from None
     tok = load_tokenizer(model_dir, trust_remote_code)
@@ -148,8 +183,15 @@ def load_base(model_spec: str, *, trust_remote_code: bool = False, dtype=None, q
     return model, tok, model_dir
 
 
-def load(model_spec: str, adapter: str | Path | None = None, *, trust_remote_code: bool = False,
-         dtype=None, quiet: bool = False, merge: bool = True) -> Loaded:
+def load(
+    model_spec: str,
+    adapter: str | Path | None = None,
+    *,
+    trust_remote_code: bool = False,
+    dtype=None,
+    quiet: bool = False,
+    merge: bool = True,
+) -> Loaded:
     """Base model (+ adapter) ready to generate: eval mode, no gradients.
 
     With `merge`, LoRA weights are folded into the base weights in memory (nothing is
@@ -164,7 +206,11 @@ def load(model_spec: str, adapter: str | Path | None = None, *, trust_remote_cod
     for p in model.parameters():
         p.requires_grad_(False)
     if not quiet:
-        print(f"loaded {model_spec}{' + ' + str(adapter_dir) if adapter_dir else ''} in {time.time() - t0:.1f}s", file=sys.stderr)
+        print(
+            f"loaded {model_spec}{' + ' + str(adapter_dir) if adapter_dir else ''} in "
+            f"{time.time() - t0:.1f}s",
+            file=sys.stderr,
+        )
     return Loaded(model, tok, model_dir, model_spec, adapter_dir)
 
 
@@ -175,10 +221,32 @@ class Generation:
     stopped: bool  # ended with an end-of-turn/EOS token rather than running out of tokens
 
 
-def generate_ids(model, prompts: list[list[int]], *, pad_id: int, stop_ids: list[int], max_new_tokens: int | list[int],
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 on_token: Callable[[int, int], bool] | None = None,
-                 should_stop: Callable[[int], bool] | None = None) -> list[tuple[list[int], bool]]:
+def left_padded(prompts: list[list[int]], pad_id: int):
+    """Ids and attention mask of the prompts as one left-padded batch (generation appends on the right)."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, seq in enumerate(prompts):
+        ids[row, width - len(seq) :] = torch.tensor(seq)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def generate_ids(
+    model,
+    prompts: list[list[int]],
+    *,
+    pad_id: int,
+    stop_ids: list[int],
+    max_new_tokens: int | list[int],
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    on_token: Callable[[int, int], bool] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> list[tuple[list[int], bool]]:
     """One batch through `model.generate` (KV cache), prompts left-padded.
 
     Returns, per prompt, the new token ids (without the stop token) and whether it ended on a
@@ -213,131 +281,51 @@ def generate_ids(model, prompts: list[list[int]], *, pad_id: int, stop_ids: list
                         done[row] = True
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
-    width = max(len(p) for p in prompts)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for row, seq in enumerate(prompts):
-        ids[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    ids, mask = left_padded(prompts, pad_id)
+    width = ids.shape[1]
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     if seed is not None:
         torch.manual_seed(seed)
     dev = next(model.parameters()).device
     with torch.no_grad():
         cache = None
-        if dev.type == "cpu" and _plain_cache(model):
+        if dev.type == "cpu" and plain_cache(model):
             reserve = max(limits) + 1
-            cache = prefill_unpadded(model, prompts, width, reserve) if _padding_costs(prompts) else growing_cache(reserve)
-        model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max(limits),
-                       eos_token_id=list(stop_set), pad_token_id=pad_id, stopping_criteria=StoppingCriteriaList([Rows()]),
-                       past_key_values=cache, **sampling)
+            cache = (
+                prefill_unpadded(model, prompts, width, reserve)
+                if padding_costs(prompts)
+                else growing_cache(reserve)
+            )
+        model.generate(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            max_new_tokens=max(limits),
+            eos_token_id=list(stop_set),
+            pad_token_id=pad_id,
+            stopping_criteria=StoppingCriteriaList([Rows()]),
+            past_key_values=cache,
+            **sampling,
+        )
     return list(zip(new, stopped))
 
 
-# Our own KV-cache handling for CPU generation. transformers' continuous batching (`generate_batch`)
-# was measured first: 55 s for the 16-prompt case below against 25 s for `generate` on a padded
-# batch, so we keep `generate` and fix its two CPU costs instead.
-
-
-def _plain_cache(model) -> bool:
-    """Whether the model's KV cache is plain full attention (no sliding-window or recurrent layers)."""
-    from transformers import DynamicCache
-
-    config = getattr(model, "config", None)
-    peft = getattr(model, "active_peft_config", None)
-    if config is None or (peft is not None and peft.is_prompt_learning):  # virtual tokens / PEFT's own prefix cache
-        return False
-    try:
-        return all(type(layer).__name__ == "DynamicLayer" for layer in DynamicCache(config=config).layers)
-    except Exception:  # a config this version of transformers cannot describe: leave it to generate
-        return False
-
-
-def _padding_costs(prompts: list[list[int]]) -> bool:
-    """Whether to build the prompts' KV cache one prompt at a time rather than as one padded batch.
-
-    On a CPU the prompt pass is compute-bound, so every pad token costs as much as a real one:
-    16 example-data prompts (209-510 tokens) took 16.8 s padded against 11.0 s unpadded.
-    (On a GPU the padded batch is one launch and the pads are nearly free; not used there.)"""
-    if len(prompts) < 2 or min(len(p) for p in prompts) < 2:
-        return False
-    width, total = max(len(p) for p in prompts), sum(len(p) for p in prompts)
-    return width * len(prompts) > 1.1 * total
-
-
-def growing_cache(reserve: int):
-    """A DynamicCache whose layers grow in place (see `_growing_layer_class`)."""
-    from transformers import DynamicCache
-
-    layer = _growing_layer_class()
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = lambda: layer(reserve)
-    return cache
-
-
-def prefill_unpadded(model, prompts: list[list[int]], width: int, reserve: int):
-    """The KV cache of each prompt but its last token, computed one prompt at a time (no pad tokens)
-    and then left-padded into one batch cache, so `generate` starts at the last prompt token.
-
-    Rotary positions are applied before keys are cached, and `generate` derives positions from the
-    attention mask, so every row sees the same positions as when it is generated alone (tested:
-    same greedy tokens as one at a time)."""
-    import torch
-
-    dev = next(model.parameters()).device
-    caches = [model(input_ids=torch.tensor([seq[:-1]], device=dev), use_cache=True, logits_to_keep=1).past_key_values
-              for seq in prompts]
-    merged = growing_cache(reserve)
-    for i in range(len(caches[0].layers)):
-        def batch(name):  # left-pad each row's cache on the time axis, then stack the rows
-            rows = [getattr(c.layers[i], name) for c in caches]  # noqa: B023 (called at once, in this iteration)
-            return torch.cat([torch.nn.functional.pad(t, (0, 0, width - 1 - t.shape[2], 0)) for t in rows])
-        merged.update(batch("keys"), batch("values"), i)
-    return merged
-
-
-@functools.cache
-def _growing_layer_class():
-    """Defined on first use: transformers is imported only when generating."""
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        """A cache layer written in place into a buffer with room for the tokens still to come.
-
-        transformers' DynamicLayer concatenates the whole cache with each new token, a fresh
-        allocation of every layer's keys and values per step: at batch 16 with ~500 cached tokens
-        that alone took 129 ms of a step whose matmuls take ~25 ms (page faults on the new memory)."""
-
-        def __init__(self, reserve: int):
-            super().__init__()
-            self.reserve, self.length = reserve, 0
-            self._k = self._v = None
-
-        def update(self, key_states, value_states, *args, **kwargs):
-
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            end = self.length + key_states.shape[-2]
-            if self._k is None or end > self._k.shape[-2] or self._k.shape[0] != key_states.shape[0]:
-                shape = (*key_states.shape[:2], end + self.reserve, key_states.shape[-1])
-                k, v = key_states.new_empty(shape), value_states.new_empty(shape)
-                if self.length:
-                    k[:, :, : self.length] = self._k[:, :, : self.length]
-                    v[:, :, : self.length] = self._v[:, :, : self.length]
-                self._k, self._v = k, v
-            self._k[:, :, self.length : end] = key_states
-            self._v[:, :, self.length : end] = value_states
-            self.length = end
-            self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
-            return self.keys, self.values
-
-    return GrowingLayer
-
-
-
-def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 256, batch_size: int = 8,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
-             on_batch: Callable[[int, int], None] | None = None) -> list[Generation]:
+def generate(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[Generation]:
     """Batched generation with KV cache; prompts left-padded and grouped by length. Greedy unless
     `temperature` > 0 (then `seed` makes it repeatable); text is cut at the first `stop` string."""
     encoded = [prompt_ids(tokenizer, c) for c in conversations]
@@ -348,11 +336,19 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
     for b, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start : start + batch_size]
         streams = [TextStream(tokenizer, stop) for _ in idx]
-        outs = generate_ids(model, [encoded[i] for i in idx], pad_id=tokenizer.pad_token_id, stop_ids=stops,
-                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            seed=None if seed is None else seed + b,
-                            on_token=(lambda row, t: (streams[row].add(t), streams[row].hit_stop)[1])  # noqa: B023 (used in this call)
-                            if stop else None)
+        outs = generate_ids(
+            model,
+            [encoded[i] for i in idx],
+            pad_id=tokenizer.pad_token_id,
+            stop_ids=stops,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=None if seed is None else seed + b,
+            on_token=(lambda row, t: (streams[row].add(t), streams[row].hit_stop)[1])  # noqa: B023 (used in this call)
+            if stop
+            else None,
+        )
         for i, stream, (kept, stopped) in zip(idx, streams, outs):
             if stop and stream.hit_stop:
                 text, stopped = stream.text, True
@@ -405,12 +401,12 @@ class TextStream:
                 self.text, self.hit_stop = text[:at], True
         hold = 0 if self.hit_stop else max((len(s) - 1 for s in self.stop), default=0)
         end = max(self.sent, len(self.text) - hold)
-        out, self.sent = self.text[self.sent:end], end
+        out, self.sent = self.text[self.sent : end], end
         return out
 
     def flush(self) -> str:
         """The rest, at the end (an incomplete character included, as a plain decode would)."""
         if not self.hit_stop:
             self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        out, self.sent = self.text[self.sent:], len(self.text)
+        out, self.sent = self.text[self.sent :], len(self.text)
         return out

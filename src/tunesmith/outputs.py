@@ -27,7 +27,12 @@ DATA_CARD = "card.json"  # written by `data prepare`
 GGUF_MARK = "tunesmith.exported_by"  # a GGUF metadata key written by `export`
 
 MARKERS = {"run": RUN_INFO, "data": DATA_CARD, "merge": MERGE_INFO}
-WHAT = {"run": "a run", "data": "a prepared data set", "merge": "a merged model", "gguf": "a GGUF file tunesmith exported"}
+WHAT = {
+    "run": "a run",
+    "data": "a prepared data set",
+    "merge": "a merged model",
+    "gguf": "a GGUF file tunesmith exported",
+}
 
 
 def holds(path: Path, kind: str) -> bool:
@@ -46,8 +51,15 @@ def _gguf_is_ours(path: Path) -> bool:
         return False
 
 
-def check_out(out: str | Path, kind: str, *, overwrite: bool, inputs: dict[str, object] | None = None,
-              flag: str = "--out", clean: bool = True) -> Path:
+def check_out(
+    out: str | Path,
+    kind: str,
+    *,
+    overwrite: bool,
+    inputs: dict[str, object] | None = None,
+    flag: str = "--out",
+    clean: bool = True,
+) -> Path:
     """Refuse an --out that would delete or replace something that is not ours; returns the path.
     With `clean`, first clears our own leftovers of killed earlier runs beside it (never anything else)."""
     path = Path(out).expanduser()
@@ -62,11 +74,15 @@ def check_out(out: str | Path, kind: str, *, overwrite: bool, inputs: dict[str, 
         raise UserError(f"{flag} {out}: exists and is a file; give a folder to create")
     if path.exists() and (kind == "gguf" or any(path.iterdir())):
         if not holds(path, kind):
-            raise UserError(f"{flag} {out}: {_not_ours(path, kind)}; choose a new {flag} "
-                            "(tunesmith never replaces what it did not write)")
+            raise UserError(
+                f"{flag} {out}: {_not_ours(path, kind)}; choose a new {flag} "
+                "(tunesmith never replaces what it did not write)"
+            )
         if not overwrite:
-            raise UserError(f"{flag} {out}: already holds {WHAT[kind]}; choose a new {flag}, or pass --overwrite "
-                            "(the old one is replaced only once the new one is complete)")
+            raise UserError(
+                f"{flag} {out}: already holds {WHAT[kind]}; choose a new {flag}, or pass --overwrite "
+                "(the old one is replaced only once the new one is complete)"
+            )
     if not parent.is_dir():
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +96,11 @@ def check_out(out: str | Path, kind: str, *, overwrite: bool, inputs: dict[str, 
 def check_replaceable(path: Path, kind: str, keep: Path | None = None, flag: str = "--out") -> None:
     """Just before the swap: `path` must still be absent, empty, or ours (a resumed run, or a folder
     someone filled while we worked). `keep` says where the finished output waits meanwhile."""
-    if not path.exists() or (path.is_dir() and kind != "gguf" and not any(path.iterdir())) or holds(path, kind):
+    if (
+        not path.exists()
+        or (path.is_dir() and kind != "gguf" and not any(path.iterdir()))
+        or holds(path, kind)
+    ):
         return
     where = f"; the finished output is kept in {keep}" if keep else ""
     raise UserError(f"{flag} {path}: {_not_ours(path, kind)}, so it was not replaced{where}")
@@ -112,7 +132,11 @@ def check_inputs(out: Path, inputs: dict[str, object], flag: str = "--out") -> N
         if ro == rp:
             raise UserError(f"{flag} {out}: is the {name} {p} itself; write the result somewhere else")
         if rp in ro.parents:
-            raise UserError(f"{flag} {out}: lies inside the {name} folder {p}; write the result somewhere else")
+            raise UserError(
+                f"{flag} {out}: lies inside the {name} folder {p}; write the result somewhere else"
+            )
         if ro in rp.parents:
-            raise UserError(f"{flag} {out}: contains the {name} {p}, which replacing it would delete; "
-                            "write the result somewhere else")
+            raise UserError(
+                f"{flag} {out}: contains the {name} {p}, which replacing it would delete; "
+                "write the result somewhere else"
+            )

@@ -70,13 +70,25 @@ class Checker:
                 first = prev & 0xFFFFFFFF
                 self.leak(first, n)
                 if prev >> 32 == ak:
-                    self.issues.append(Issue(ex.path, ex.line, "", f"exact duplicate of {self.loc(first)}", "warning"))
+                    self.issues.append(
+                        Issue(ex.path, ex.line, "", f"exact duplicate of {self.loc(first)}", "warning")
+                    )
                     continue
                 if ex.rejected is None:
-                    self.issues.append(Issue(ex.path, ex.line, "", f"conflicting duplicate: same input as {self.loc(first)} but a different answer", "warning"))
+                    self.issues.append(
+                        Issue(
+                            ex.path,
+                            ex.line,
+                            "",
+                            f"conflicting duplicate: same input as {self.loc(first)} but a different answer",
+                            "warning",
+                        )
+                    )
             answer = answer.strip()
             if len(answer) >= 20 and any(answer in m["content"] for m in msgs[:last]):
-                self.issues.append(Issue(ex.path, ex.line, f"messages[{last}]", "answer is copied from the input", "warning"))
+                self.issues.append(
+                    Issue(ex.path, ex.line, f"messages[{last}]", "answer is copied from the input", "warning")
+                )
             if self.tokenizer is not None and self.max_length and self.may_be_too_long(msgs):
                 self.pending.append(ex)
                 if len(self.pending) >= TOKEN_BATCH:
@@ -100,31 +112,58 @@ class Checker:
 
         for ex, n in zip(self.pending, rendered_lengths(self.tokenizer, [e.messages for e in self.pending])):
             if n > self.max_length:
-                self.issues.append(Issue(ex.path, ex.line, "", f"{n} tokens, longer than --max-length {self.max_length}"))
+                self.issues.append(
+                    Issue(ex.path, ex.line, "", f"{n} tokens, longer than --max-length {self.max_length}")
+                )
         self.pending = []
 
     def finish(self, paths: list[str]) -> None:
         if 0 < self.valid < FEW_EXAMPLES:
-            self.issues.append(Issue(", ".join(paths), 0, "", f"only {self.valid} example{'s' if self.valid != 1 else ''}; fine-tuning usually needs {FEW_EXAMPLES}+ to help", "warning"))
+            self.issues.append(
+                Issue(
+                    ", ".join(paths),
+                    0,
+                    "",
+                    f"only {self.valid} example{'s' if self.valid != 1 else ''}; fine-tuning usually needs "
+                    f"{FEW_EXAMPLES}+ to help",
+                    "warning",
+                )
+            )
         if len(self.words) >= 20:
             q = statistics.quantiles(self.words, n=4)
             iqr = q[2] - q[0]
             hi, lo = q[2] + 3 * iqr, q[0] - 3 * iqr
             for n, w in enumerate(self.words):
                 if w > hi or w < lo:
-                    self.issues.append(Issue(self.files[self.ex_file[n]], self.ex_line[n], "",
-                                             f"answer length {w} words is an outlier (middle half: {q[0]:.0f}-{q[2]:.0f})", "warning"))
+                    self.issues.append(
+                        Issue(
+                            self.files[self.ex_file[n]],
+                            self.ex_line[n],
+                            "",
+                            f"answer length {w} words is an outlier (middle half: {q[0]:.0f}-{q[2]:.0f})",
+                            "warning",
+                        )
+                    )
 
     def leak(self, first: int, n: int) -> None:
         """A training example whose input also appears in a val/test file (by file name)."""
         r1, r2 = self.roles[self.ex_file[first]], self.roles[self.ex_file[n]]
         if {r1, r2} == {"train", "eval"}:
             train, other = (n, first) if r2 == "train" else (first, n)
-            self.issues.append(Issue(self.files[self.ex_file[train]], self.ex_line[train], "",
-                                     f"also in {self.loc(other)}: a training example leaks into evaluation", "warning"))
+            self.issues.append(
+                Issue(
+                    self.files[self.ex_file[train]],
+                    self.ex_line[train],
+                    "",
+                    f"also in {self.loc(other)}: a training example leaks into evaluation",
+                    "warning",
+                )
+            )
 
 
-def check(paths: list[str], tokenizer=None, max_length: int | None = None, opts: ReadOptions | None = None) -> tuple[list[Issue], int]:
+def check(
+    paths: list[str], tokenizer=None, max_length: int | None = None, opts: ReadOptions | None = None
+) -> tuple[list[Issue], int]:
     """Returns (issues, number of valid examples)."""
     c = Checker(tokenizer, max_length)
     for p in paths:
@@ -136,21 +175,36 @@ def check(paths: list[str], tokenizer=None, max_length: int | None = None, opts:
 def cli_check(args) -> int:
     tokenizer = None
     if args.max_length:
-        tokenizer = load_tokenizer(resolve(args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code),
-                                   args.trust_remote_code, light=True)
+        tokenizer = load_tokenizer(
+            resolve(args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code),
+            args.trust_remote_code,
+            light=True,
+        )
     opts = ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
     issues, valid = check(args.paths, tokenizer, args.max_length, opts)
     errors = [i for i in issues if i.level == "error"]
     warnings = [i for i in issues if i.level == "warning"]
     if args.json:
-        print(json.dumps({"examples": valid, "errors": len(errors), "warnings": len(warnings),
-                          "issues": [i.as_dict() for i in issues]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "examples": valid,
+                    "errors": len(errors),
+                    "warnings": len(warnings),
+                    "issues": [i.as_dict() for i in issues],
+                },
+                indent=2,
+            )
+        )
     else:
         for i in errors:
             print(i)
         for i in warnings:
             print(f"{i} (warning)")
-        print(f"{valid} valid examples, {len(errors)} error(s), {len(warnings)} warning(s)", file=sys.stderr if errors else sys.stdout)
+        print(
+            f"{valid} valid examples, {len(errors)} error(s), {len(warnings)} warning(s)",
+            file=sys.stderr if errors else sys.stdout,
+        )
     if errors:
         raise DataErrors("")
     return 0

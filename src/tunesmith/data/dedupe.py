@@ -37,15 +37,23 @@ class MinHasher:
     def signature(self, sh: set[str]) -> np.ndarray:
         if not sh:
             return np.full(len(self.a), PRIME, dtype=np.uint64)
-        x = np.fromiter((int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "little") & PRIME for s in sh),
-                        dtype=np.uint64, count=len(sh))
+        x = np.fromiter(
+            (
+                int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "little") & PRIME
+                for s in sh
+            ),
+            dtype=np.uint64,
+            count=len(sh),
+        )
         return ((x[:, None] * self.a + self.b) % PRIME).min(axis=0)
 
     def band_keys(self, sig: np.ndarray) -> list[bytes]:
         return [bytes([i]) + sig[i * self.rows : (i + 1) * self.rows].tobytes() for i in range(self.bands)]
 
 
-def near_duplicates(texts: list[str], threshold: float = 0.8, against: list[str] | None = None) -> list[tuple[int, int, float]]:
+def near_duplicates(
+    texts: list[str], threshold: float = 0.8, against: list[str] | None = None
+) -> list[tuple[int, int, float]]:
     """Pairs (i, j, jaccard) with jaccard >= threshold.
 
     Without `against`: pairs within `texts`, i < j (j is the later one, to drop).

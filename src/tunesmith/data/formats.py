@@ -20,28 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tunesmith.data.records import Example, Issue, ReadOptions
+from tunesmith.data.shapes import SHAPES, detect, normalize
 from tunesmith.errors import UserError
 
-ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 TEXT_SUFFIXES = (".txt", ".md")
-SHAPES = ("chat", "prompt-completion", "alpaca", "sharegpt", "preference")
-
-SHAPE_KEYS = {
-    "chat": ("messages",),
-    "sharegpt": ("conversations",),
-    "prompt-completion": ("prompt", "completion"),
-    "alpaca": ("instruction", "input", "output", "system"),
-    "preference": ("prompt", "chosen", "rejected"),
-}
-REQUIRED_KEYS = {
-    "chat": ("messages",),
-    "sharegpt": ("conversations",),
-    "prompt-completion": ("prompt", "completion"),
-    "alpaca": ("instruction", "output"),
-    "preference": ("prompt", "chosen", "rejected"),
-}
 
 
 # ---------------------------------------------------------------- identity
@@ -82,11 +65,15 @@ def data_files(path: str | Path) -> list[Path]:
             elif sub.is_file() and sub.suffix in SUFFIXES and not any(is_pairs_dir(a) for a in sub.parents):
                 found.append(sub)
         if not found:
-            raise UserError(f"{p}: folder holds no .jsonl, .json, .csv or .parquet files, nor inputs/ + outputs/ folders")
+            raise UserError(
+                f"{p}: folder holds no .jsonl, .json, .csv or .parquet files, nor inputs/ + outputs/ folders"
+            )
         return found
     if p.suffix not in SUFFIXES:
-        raise UserError(f"{p}: unsupported file type {p.suffix or '(none)'}; expected .jsonl, .json, .csv, .parquet "
-                        "or a folder with inputs/ and outputs/")
+        raise UserError(
+            f"{p}: unsupported file type {p.suffix or '(none)'}; expected .jsonl, .json, .csv, .parquet "
+            "or a folder with inputs/ and outputs/"
+        )
     return [p]
 
 
@@ -97,7 +84,11 @@ def locate_paths(data: str, val: str | None) -> tuple[Path, Path | None]:
         train = d / "train.jsonl"
         if not train.is_file():
             raise UserError(f"--data {d}: folder has no train.jsonl (expected train.jsonl and val.jsonl)")
-        v = Path(val) if val else next((d / n for n in ("val.jsonl", "validation.jsonl") if (d / n).is_file()), None)
+        v = (
+            Path(val)
+            if val
+            else next((d / n for n in ("val.jsonl", "validation.jsonl") if (d / n).is_file()), None)
+        )
     else:
         if not d.exists():
             raise UserError(f"--data {d}: no such file or directory")
@@ -125,7 +116,15 @@ def read_records(path: Path, opts: ReadOptions | None = None) -> Iterator[tuple[
         start = f.read(4)
         f.seek(0)
         if path.suffix != ".parquet" and (wide := _wide_encoding(start)):
-            yield 0, Issue(str(path), 0, "", f"the file is {wide} (it starts with a {wide} byte-order mark); save it as UTF-8")
+            yield (
+                0,
+                Issue(
+                    str(path),
+                    0,
+                    "",
+                    f"the file is {wide} (it starts with a {wide} byte-order mark); save it as UTF-8",
+                ),
+            )
             return
         if path.suffix == ".jsonl":
             yield from _read_jsonl(path, f)
@@ -201,7 +200,9 @@ def _read_json(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
 
 
 def _read_csv(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # the default, 128 KB, refuses a long transcript in one cell
+    csv.field_size_limit(
+        min(sys.maxsize, 2**31 - 1)
+    )  # the default, 128 KB, refuses a long transcript in one cell
     text = _decode(path, raw)
     if isinstance(text, Issue):
         yield text.line, text
@@ -215,7 +216,10 @@ def _read_csv(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
         for row in reader:
             row_no += 1
             if None in row:
-                yield row_no, Issue(str(path), row_no, "", f"{len(row[None])} more value(s) than header columns")
+                yield (
+                    row_no,
+                    Issue(str(path), row_no, "", f"{len(row[None])} more value(s) than header columns"),
+                )
                 continue
             yield row_no, {k: _csv_value(k, v) for k, v in row.items() if k}
     except csv.Error as e:
@@ -250,7 +254,10 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, object]]:
                     n += 1
                     yield n, row
     except Exception as e:  # a damaged page: pyarrow raises OSError, ArrowInvalid, ... mid-file
-        yield n + 1, Issue(str(path), n + 1, "", f"cannot read Parquet from this row on ({type(e).__name__}: {e})")
+        yield (
+            n + 1,
+            Issue(str(path), n + 1, "", f"cannot read Parquet from this row on ({type(e).__name__}: {e})"),
+        )
 
 
 def _read_pairs(folder: Path, opts: ReadOptions) -> Iterator[tuple[int, object]]:
@@ -277,147 +284,17 @@ def _read_pairs(folder: Path, opts: ReadOptions) -> Iterator[tuple[int, object]]
                 prompt = opts.template.format(input=texts[0], name=name)
             except (KeyError, IndexError, ValueError) as e:
                 raise UserError(f"--template: only {{input}} and {{name}} may be used ({e})") from None
-            msgs = ([{"role": "system", "content": opts.system}] if opts.system else [])
+            msgs = [{"role": "system", "content": opts.system}] if opts.system else []
             msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": texts[1]}]
             yield (0, {"messages": msgs, "source": name, "_path": str(inputs[name])})
-
-
-# ---------------------------------------------------------------- shapes
-
-
-def detect(obj: dict) -> str | None:
-    if "messages" in obj:
-        return "chat"
-    if "conversations" in obj:
-        return "sharegpt"
-    if "chosen" in obj or "rejected" in obj:
-        return "preference"
-    if "prompt" in obj or "completion" in obj:
-        return "prompt-completion"
-    if "instruction" in obj or "output" in obj:
-        return "alpaca"
-    return None
-
-
-def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, list[tuple[str, str, str]]]:
-    """-> (Example with path/line unset, or None; [(level, field, message)])."""
-    if not isinstance(obj, dict):
-        return None, [("error", "", f"expected a JSON object, got {type(obj).__name__}")]
-    shape = shape or detect(obj)
-    if shape is None:
-        return None, [("error", "", "unknown shape: expected keys messages, prompt+completion, "
-                       f"instruction+output, conversations or prompt+chosen+rejected; found {', '.join(sorted(obj)) or 'none'}")]
-    missing = [k for k in REQUIRED_KEYS[shape] if k not in obj]
-    if missing:
-        return None, [("error", k, f"missing; the {shape} shape needs {', '.join(REQUIRED_KEYS[shape])}") for k in missing]
-    meta = {k: v for k, v in obj.items() if k not in SHAPE_KEYS[shape] and not k.startswith("_")}
-    problems: list[tuple[str, str, str]] = [("error", k, "holds an unpaired surrogate (e.g. \\ud800): not valid Unicode text")
-                                            for k, v in meta.items() if not _encodable(k) or isinstance(v, str) and not _encodable(v)]
-    rejected = None
-    if shape in ("prompt-completion", "preference"):
-        answer_key = "completion" if shape == "prompt-completion" else "chosen"
-        msgs = [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj[answer_key]}]
-        names = ["prompt", answer_key]
-        if shape == "preference":
-            rejected = obj["rejected"]
-            msgs.append({"role": "assistant", "content": rejected})  # checked like the others, removed below
-            names.append("rejected")
-    elif shape == "alpaca":
-        inp = obj.get("input") or ""
-        if not isinstance(inp, str):
-            problems.append(("error", "input", f"expected a string, got {type(inp).__name__}"))
-            inp = ""
-        instruction = obj["instruction"]
-        user = f"{instruction}\n\n{inp}" if inp and isinstance(instruction, str) else instruction
-        msgs = ([{"role": "system", "content": obj["system"]}] if obj.get("system") else [])
-        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": obj["output"]}]
-        names = (["system"] if obj.get("system") else []) + ["instruction", "output"]
-    else:
-        msgs, names = _message_list(obj, shape, problems)
-        if msgs is None:
-            return None, problems
-    for m, name in zip(msgs, names):
-        c = m["content"]
-        if c is None:
-            problems.append(("error", name, "missing"))
-        elif not isinstance(c, str):
-            problems.append(("error", name, f"expected a string, got {type(c).__name__}"))
-        elif not c.strip():
-            problems.append(("error", name, "empty"))
-        elif not _encodable(c):
-            problems.append(("error", name, "holds an unpaired surrogate (e.g. \\ud800): not valid Unicode text"))
-    if rejected is not None:
-        msgs = msgs[:-1]
-        if rejected == obj["chosen"]:
-            problems.append(("error", "rejected", "same as chosen"))
-    problems += _role_order(msgs, "messages" if shape == "chat" else shape)
-    if any(level == "error" for level, _, _ in problems):
-        return None, problems
-    return Example(msgs, "", 0, meta, rejected), problems
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | None, list[str]]:
-    key = "messages" if shape == "chat" else "conversations"
-    raw = obj[key]
-    if not isinstance(raw, list) or not raw:
-        problems.append(("error", key, "expected a non-empty list of messages"))
-        return None, []
-    msgs, names = [], []
-    for i, m in enumerate(raw):
-        f = f"{key}[{i}]"
-        if not isinstance(m, dict):
-            problems.append(("error", f, f"expected an object, got {type(m).__name__}"))
-            continue
-        if shape == "chat":
-            role, content = m.get("role"), m.get("content")
-            extra = set(m) - {"role", "content", "name"}
-            if "role" not in m:
-                problems.append(("error", f"{f}.role", "missing"))
-            elif role not in ROLES:
-                problems.append(("error", f"{f}.role", f"unknown role {role!r}; expected system, user or assistant"))
-        else:
-            speaker = m.get("from")
-            role, content = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None, m.get("value")
-            extra = set(m) - {"from", "value"}
-            if role is None:
-                problems.append(("error", f"{f}.from", f"unknown speaker {m.get('from')!r}; expected human, gpt or system"))
-        for k in sorted(extra):
-            problems.append(("warning", f"{f}.{k}", "unknown key, ignored"))
-        msgs.append({"role": role, "content": content})
-        names.append(f"{f}.{'content' if shape == 'chat' else 'value'}")
-    return msgs, names
-
-
-def _role_order(msgs: list[dict], field: str) -> list[tuple[str, str, str]]:
-    roles = [m["role"] for m in msgs if m.get("role") in ROLES]
-    if len(roles) != len(msgs):
-        return []  # already reported
-    body = roles[1:] if roles and roles[0] == "system" else roles
-    if "system" in body:
-        return [("error", field, "a system message may only come first")]
-    if "assistant" not in body:
-        return [("error", field, "no assistant turn: nothing to learn or score")]
-    for i, r in enumerate(body):
-        want = "user" if i % 2 == 0 else "assistant"
-        if r != want:
-            return [("error", field, f"wrong role order: turn {i + 1} is {r}, expected {want} (user and assistant alternate, user first)")]
-    if body[-1] != "assistant":
-        return [("warning", field, "ends with a user turn, which is not learned from")]
-    return []
 
 
 # ---------------------------------------------------------------- whole data sets
 
 
-def iter_examples(path: str | Path, opts: ReadOptions | None = None) -> Iterator[tuple[Example | None, list[Issue]]]:
+def iter_examples(
+    path: str | Path, opts: ReadOptions | None = None
+) -> Iterator[tuple[Example | None, list[Issue]]]:
     """Every record of a file or folder: (example or None, its issues)."""
     opts = opts or ReadOptions()
     if opts.format is not None and opts.format not in SHAPES:
@@ -440,8 +317,9 @@ def iter_examples(path: str | Path, opts: ReadOptions | None = None) -> Iterator
             yield None, [Issue(str(f), 0, "", "no examples: the file is empty or holds only blank lines")]
 
 
-def load_examples(path: str | Path, what: str = "--data", opts: ReadOptions | None = None,
-                  kind: str | None = "chat") -> list[Example]:
+def load_examples(
+    path: str | Path, what: str = "--data", opts: ReadOptions | None = None, kind: str | None = "chat"
+) -> list[Example]:
     """All examples of a file or folder; any error prints the report and stops."""
     examples: list[Example] = []
     errors: list[Issue] = []
@@ -460,6 +338,8 @@ def load_examples(path: str | Path, what: str = "--data", opts: ReadOptions | No
         raise UserError(f"{what} {path}: no examples found")
     if kind == "chat" and any(e.kind == "preference" for e in examples):
         first = next(e for e in examples if e.kind == "preference")
-        raise UserError(f"{what} {first.path}:{first.line}: preference pairs (prompt/chosen/rejected) are for "
-                        "preference training, not supervised fine-tuning; give chat or prompt/completion examples")
+        raise UserError(
+            f"{what} {first.path}:{first.line}: preference pairs (prompt/chosen/rejected) are for "
+            "preference training, not supervised fine-tuning; give chat or prompt/completion examples"
+        )
     return examples

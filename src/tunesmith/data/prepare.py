@@ -17,7 +17,6 @@ import shutil
 import statistics
 import sys
 import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.atomic import make_temp_dir, replace_dir
@@ -28,9 +27,9 @@ from tunesmith.data.formats import (
     ReadOptions,
     iter_examples,
     load_examples,
-    locate_paths,
     messages_digest,
 )
+from tunesmith.data.mix import Mix, apply_weights, is_mix
 from tunesmith.errors import UserError
 from tunesmith.loading import load_tokenizer
 from tunesmith.models import DEFAULT_MODEL, resolve
@@ -56,81 +55,20 @@ def prompt_digest(ex: Example) -> int:
     return messages_digest(ex.messages[: last_assistant(ex.messages)])
 
 
-@dataclass
-class Mix:
-    """A multi-task mix file: several data sets, each with a task label and a weight."""
-
-    datasets: list[dict] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Mix:
-        import yaml
-
-        p = Path(path)
-        try:
-            spec = yaml.safe_load(p.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise UserError(f"{path}: cannot read mix file ({e})") from None
-        if not isinstance(spec, dict) or set(spec) != {"datasets"} or not isinstance(spec["datasets"], list):
-            raise UserError(f"{path}: a mix file holds one key, datasets: a list of {{path, task, weight}}")
-        out = []
-        for i, d in enumerate(spec["datasets"]):
-            if not isinstance(d, dict) or "path" not in d or set(d) - {"path", "task", "weight"}:
-                raise UserError(f"{path}: datasets[{i}]: expected keys path (required), task, weight")
-            if not isinstance(d["path"], str) or not d["path"].strip():
-                raise UserError(f"{path}: datasets[{i}].path: expected a file or folder name, got {d['path']!r}")
-            w = d.get("weight", 1.0)
-            if not isinstance(w, (int, float)) or w <= 0:
-                raise UserError(f"{path}: datasets[{i}].weight: expected a positive number, got {w!r}")
-            src = Path(d["path"])
-            out.append({"path": str(src if src.is_absolute() else p.parent / src), "task": str(d.get("task") or src.stem),
-                        "weight": float(w)})
-        if not out:
-            raise UserError(f"{path}: datasets is empty")
-        return cls(out)
-
-
-def is_mix(path: str | Path) -> bool:
-    return Path(path).suffix in (".yaml", ".yml")
-
-
-def apply_weights(examples: list[Example], weights: dict[str, float], seed: int) -> list[Example]:
-    """Up/down-sample training examples per task: weight 2 repeats each twice, 0.5 keeps half."""
-    rng = random.Random(seed)
-    out = []
-    for ex in examples:
-        w = weights.get(ex.meta.get("task"), 1.0)
-        copies = int(w) + (1 if rng.random() < w - int(w) else 0)
-        out += [ex] * copies
-    rng.shuffle(out)
-    return out
-
-
-def load_training_mix(path: str | Path, seed: int) -> tuple[list[Example], list[Example]]:
-    """`train --data mix.yaml`: each data set's train (and val) split, task-labelled and weighted."""
-    mix = Mix.load(path)
-    train, val = [], []
-    for d in mix.datasets:
-        tr, va = locate_paths(d["path"], None)
-        for ex in load_examples(tr, f"{path}: {d['path']}"):
-            ex.meta["task"] = d["task"]
-            train.append(ex)
-        if va:
-            for ex in load_examples(va, f"{path}: {d['path']}"):
-                ex.meta["task"] = d["task"]
-                val.append(ex)
-    return apply_weights(train, {d["task"]: d["weight"] for d in mix.datasets}, seed), val
-
-
 def parse_split(spec: str, n: int) -> dict[str, int]:
     parts = [p.strip() for p in spec.split(",")]
     if len(parts) != 3:
-        raise UserError(f"--split {spec!r}: expected three values for train,val,test (ratios like 0.8,0.1,0.1 or counts like 150,20,30)")
+        raise UserError(
+            f"--split {spec!r}: expected three values for train,val,test (ratios like 0.8,0.1,0.1 or counts "
+            "like 150,20,30)"
+        )
     try:
         if all(re.fullmatch(r"\d+", p) for p in parts):
             counts = [int(p) for p in parts]
             if sum(counts) > n:
-                raise UserError(f"--split {spec}: asks for {sum(counts)} examples but only {n} remain after cleaning")
+                raise UserError(
+                    f"--split {spec}: asks for {sum(counts)} examples but only {n} remain after cleaning"
+                )
             return dict(zip(SPLITS, counts))
         ratios = [float(p) for p in parts]
     except ValueError:
@@ -141,13 +79,17 @@ def parse_split(spec: str, n: int) -> dict[str, int]:
     return {"train": n - val - test, "val": val, "test": test}
 
 
-def split(examples: list[Example], targets: dict[str, int], seed: int, group_by: str | None) -> dict[str, list[Example]]:
+def split(
+    examples: list[Example], targets: dict[str, int], seed: int, group_by: str | None
+) -> dict[str, list[Example]]:
     """Whole groups go to one split: test is filled first, then val, then train takes the rest."""
     groups: dict[str, list[Example]] = {}
     for i, ex in enumerate(examples):
         if group_by:
             if group_by not in ex.meta:
-                raise UserError(f"{ex.path}:{ex.line}: --group-by {group_by}: the example has no {group_by!r} field")
+                raise UserError(
+                    f"{ex.path}:{ex.line}: --group-by {group_by}: the example has no {group_by!r} field"
+                )
             key = json.dumps(ex.meta[group_by], sort_keys=True)
         else:
             key = f"#{i}"
@@ -176,7 +118,13 @@ def histogram(values: list[int], bins: int = 8) -> list[dict]:
         start = lo + b * width
         if start > hi:
             break
-        rows.append({"from": start, "to": start + width - 1, "count": sum(1 for v in values if start <= v < start + width)})
+        rows.append(
+            {
+                "from": start,
+                "to": start + width - 1,
+                "count": sum(1 for v in values if start <= v < start + width),
+            }
+        )
     return rows
 
 
@@ -195,13 +143,31 @@ def _lengths(examples: list[Example], tokenizer) -> tuple[list[int], list[int]]:
     return ins, outs
 
 
-def prepare(sources: list[str], out: Path, *, split_spec: str = "0.8,0.1,0.1", seed: int = 13, group_by: str | None = None,
-            near_dup: float = 0.8, max_length: int | None = None, tokenizer=None, eval_sets: list[str] = (),
-            opts: ReadOptions | None = None, overwrite: bool = False) -> dict:
+def prepare(
+    sources: list[str],
+    out: Path,
+    *,
+    split_spec: str = "0.8,0.1,0.1",
+    seed: int = 13,
+    group_by: str | None = None,
+    near_dup: float = 0.8,
+    max_length: int | None = None,
+    tokenizer=None,
+    eval_sets: list[str] = (),
+    opts: ReadOptions | None = None,
+    overwrite: bool = False,
+) -> dict:
     opts = opts or ReadOptions()
     mixes = [Mix.load(s) for s in sources if is_mix(s)]
-    check_out(out, "data", overwrite=overwrite,
-              inputs={"source": [*sources, *(d["path"] for m in mixes for d in m.datasets)], "--eval-set": list(eval_sets)})
+    check_out(
+        out,
+        "data",
+        overwrite=overwrite,
+        inputs={
+            "source": [*sources, *(d["path"] for m in mixes for d in m.datasets)],
+            "--eval-set": list(eval_sets),
+        },
+    )
     if not 0 < near_dup <= 1:
         raise UserError(f"--near-dup {near_dup}: expected a Jaccard similarity in (0, 1]")
     dropped: list[dict] = []  # {"where", "reason"} of every example left out, for the data card
@@ -220,14 +186,31 @@ def prepare(sources: list[str], out: Path, *, split_spec: str = "0.8,0.1,0.1", s
     if weights:
         parts["train"] = apply_weights(parts["train"], weights, seed)
     cross = cross_split_leaks(parts, near_dup)
-    card = make_card(sources, parts, dropped, cross, leaks_eval, tokenizer, dict(
-        split=split_spec, seed=seed, group_by=group_by, near_dup=near_dup, max_length=max_length,
-        eval_sets=list(eval_sets), weights=weights or None, format=opts.format))
+    card = make_card(
+        sources,
+        parts,
+        dropped,
+        cross,
+        leaks_eval,
+        tokenizer,
+        dict(
+            split=split_spec,
+            seed=seed,
+            group_by=group_by,
+            near_dup=near_dup,
+            max_length=max_length,
+            eval_sets=list(eval_sets),
+            weights=weights or None,
+            format=opts.format,
+        ),
+    )
     write_output(out, parts, card)
     return card
 
 
-def read_sources(sources: list[str], opts: ReadOptions, dropped: list[dict]) -> tuple[list[Example], dict[str, float]]:
+def read_sources(
+    sources: list[str], opts: ReadOptions, dropped: list[dict]
+) -> tuple[list[Example], dict[str, float]]:
     """Every valid example of the sources, cleaned (a mix's examples tagged with their task), and the
     mix weights by task; invalid records go to `dropped`."""
     weights: dict[str, float] = {}
@@ -244,7 +227,11 @@ def read_sources(sources: list[str], opts: ReadOptions, dropped: list[dict]) -> 
         for ex, issues in iter_examples(path, opts):
             errs = [i for i in issues if i.level == "error"]
             if errs or ex is None:
-                where = f"{errs[0].path}:{errs[0].line}" if errs and errs[0].line else (errs[0].path if errs else path)
+                where = (
+                    f"{errs[0].path}:{errs[0].line}"
+                    if errs and errs[0].line
+                    else (errs[0].path if errs else path)
+                )
                 reason = "; ".join(f"{i.field + ': ' if i.field else ''}{i.message}" for i in errs)
                 dropped.append({"where": where, "reason": "invalid: " + reason})
                 continue
@@ -281,7 +268,9 @@ def drop_long(kept: list[Example], tokenizer, max_length: int, dropped: list[dic
     long = {i for i, n in enumerate(lengths) if n > max_length}
     for i in sorted(long):
         ex = kept[i]
-        dropped.append({"where": f"{ex.path}:{ex.line}", "reason": f"{lengths[i]} tokens > --max-length {max_length}"})
+        dropped.append(
+            {"where": f"{ex.path}:{ex.line}", "reason": f"{lengths[i]} tokens > --max-length {max_length}"}
+        )
     return [e for i, e in enumerate(kept) if i not in long]
 
 
@@ -292,13 +281,23 @@ def drop_near_duplicates(kept: list[Example], near_dup: float, dropped: list[dic
         if j not in near and i not in near:
             near[j] = (i, J)
     for j, (i, J) in sorted(near.items()):
-        dropped.append({"where": f"{kept[j].path}:{kept[j].line}",
-                        "reason": f"near duplicate (Jaccard {J}) of {kept[i].path}:{kept[i].line}"})
+        dropped.append(
+            {
+                "where": f"{kept[j].path}:{kept[j].line}",
+                "reason": f"near duplicate (Jaccard {J}) of {kept[i].path}:{kept[i].line}",
+            }
+        )
     return [e for k, e in enumerate(kept) if k not in near]
 
 
-def drop_eval_leaks(kept: list[Example], eval_set: str, near_dup: float, opts: ReadOptions, dropped: list[dict],
-                    leaks: list[str]) -> list[Example]:
+def drop_eval_leaks(
+    kept: list[Example],
+    eval_set: str,
+    near_dup: float,
+    opts: ReadOptions,
+    dropped: list[dict],
+    leaks: list[str],
+) -> list[Example]:
     """Examples whose input is in the --eval-set (the same, or a near duplicate), left out and listed."""
     ev_examples = load_examples(eval_set, "--eval-set", opts, kind=None)
     ev_prompts = {prompt_digest(e): e for e in ev_examples}
@@ -309,7 +308,9 @@ def drop_eval_leaks(kept: list[Example], eval_set: str, near_dup: float, opts: R
             bad[k] = f"leak: same input as --eval-set {hit.path}:{hit.line}"
     against = [example_text(e) for e in ev_examples]
     for k, j, J in near_duplicates([example_text(e) for e in kept], near_dup, against=against):
-        bad.setdefault(k, f"leak: near duplicate (Jaccard {J}) of --eval-set {ev_examples[j].path}:{ev_examples[j].line}")
+        bad.setdefault(
+            k, f"leak: near duplicate (Jaccard {J}) of --eval-set {ev_examples[j].path}:{ev_examples[j].line}"
+        )
     for k, reason in sorted(bad.items()):
         dropped.append({"where": f"{kept[k].path}:{kept[k].line}", "reason": reason})
         leaks.append(reason)
@@ -324,21 +325,40 @@ def cross_split_leaks(parts: dict[str, list[Example]], threshold: float) -> list
         pa = {prompt_digest(e): e for e in parts[a]}
         for e in parts[b]:
             if prompt_digest(e) in pa:
-                found.append(f"{b} {e.path}:{e.line} has the same input as {a} {pa[prompt_digest(e)].path}:{pa[prompt_digest(e)].line}")
-        for i, j, J in near_duplicates([example_text(e) for e in parts[b]], threshold, against=[example_text(e) for e in parts[a]]):
-            found.append(f"{b} {parts[b][i].path}:{parts[b][i].line} is a near duplicate (Jaccard {J}) of {a} {parts[a][j].path}:{parts[a][j].line}")
+                found.append(
+                    f"{b} {e.path}:{e.line} has the same input as {a} "
+                    f"{pa[prompt_digest(e)].path}:{pa[prompt_digest(e)].line}"
+                )
+        for i, j, J in near_duplicates(
+            [example_text(e) for e in parts[b]], threshold, against=[example_text(e) for e in parts[a]]
+        ):
+            found.append(
+                f"{b} {parts[b][i].path}:{parts[b][i].line} is a near duplicate (Jaccard {J}) of {a} "
+                f"{parts[a][j].path}:{parts[a][j].line}"
+            )
     return found
 
 
 def make_card(sources, parts, dropped, cross, leaks_eval, tokenizer, settings) -> dict:
     unit = "tokens" if tokenizer is not None else "words"
-    card = {"sources": [{"path": s} for s in sources], "settings": settings, "length_unit": unit, "splits": {},
-            "dropped": dropped, "leak_check": {"across_splits": cross, "against_eval_sets": leaks_eval}}
+    card = {
+        "sources": [{"path": s} for s in sources],
+        "settings": settings,
+        "length_unit": unit,
+        "splits": {},
+        "dropped": dropped,
+        "leak_check": {"across_splits": cross, "against_eval_sets": leaks_eval},
+    }
     group_by = settings.get("group_by")
     for name, exs in parts.items():
         ins, outs = _lengths(exs, tokenizer)
-        info = {"examples": len(exs), "input_length": _summary(ins), "output_length": _summary(outs),
-                "input_histogram": histogram(ins), "output_histogram": histogram(outs)}
+        info = {
+            "examples": len(exs),
+            "input_length": _summary(ins),
+            "output_length": _summary(outs),
+            "input_histogram": histogram(ins),
+            "output_histogram": histogram(outs),
+        }
         if group_by:
             info["groups"] = len({json.dumps(e.meta.get(group_by)) for e in exs})
         tasks = sorted({e.meta["task"] for e in exs if "task" in e.meta})
@@ -351,15 +371,27 @@ def make_card(sources, parts, dropped, cross, leaks_eval, tokenizer, settings) -
 def _summary(values: list[int]) -> dict:
     if not values:
         return {}
-    return {"min": min(values), "median": statistics.median(values), "max": max(values), "mean": round(statistics.fmean(values), 1)}
+    return {
+        "min": min(values),
+        "median": statistics.median(values),
+        "max": max(values),
+        "mean": round(statistics.fmean(values), 1),
+    }
 
 
 def card_text(card: dict) -> str:
     unit = card["length_unit"]
     s = card["settings"]
-    lines = ["# Data card", "", f"Sources: {', '.join(x['path'] for x in card['sources'])}",
-             f"Split {s['split']} (train,val,test), seed {s['seed']}" + (f", grouped by {s['group_by']!r}" if s["group_by"] else "")
-             + f"; near-duplicate threshold {s['near_dup']}" + (f"; max length {s['max_length']} tokens" if s["max_length"] else ""), ""]
+    lines = [
+        "# Data card",
+        "",
+        f"Sources: {', '.join(x['path'] for x in card['sources'])}",
+        f"Split {s['split']} (train,val,test), seed {s['seed']}"
+        + (f", grouped by {s['group_by']!r}" if s["group_by"] else "")
+        + f"; near-duplicate threshold {s['near_dup']}"
+        + (f"; max length {s['max_length']} tokens" if s["max_length"] else ""),
+        "",
+    ]
     for name, info in card["splits"].items():
         extra = f" from {info['groups']} groups" if "groups" in info else ""
         tasks = f"; tasks {info['tasks']}" if "tasks" in info else ""
@@ -368,10 +400,14 @@ def card_text(card: dict) -> str:
             summ = info[f"{label}_length"]
             if not summ:
                 continue
-            lines.append(f"{label} length ({unit}): min {summ['min']}, median {summ['median']}, max {summ['max']}")
+            lines.append(
+                f"{label} length ({unit}): min {summ['min']}, median {summ['median']}, max {summ['max']}"
+            )
             top = max(h["count"] for h in info[f"{label}_histogram"]) or 1
             for h in info[f"{label}_histogram"]:
-                lines.append(f"  {h['from']:>6}-{h['to']:<6} {'#' * round(30 * h['count'] / top):<30} {h['count']}")
+                lines.append(
+                    f"  {h['from']:>6}-{h['to']:<6} {'#' * round(30 * h['count'] / top):<30} {h['count']}"
+                )
         lines.append("")
     lines.append(f"## Dropped: {len(card['dropped'])}")
     lines += [f"- {d['where']}: {d['reason']}" for d in card["dropped"]] or ["(none)"]
@@ -379,8 +415,13 @@ def card_text(card: dict) -> str:
     lk = card["leak_check"]
     lines += [f"- {x}" for x in lk["across_splits"]] or ["- across splits: no exact or near duplicates"]
     if s["eval_sets"]:
-        lines.append(f"- against --eval-set: {len(lk['against_eval_sets'])} example(s) dropped (listed above)")
-    lines += ["", "Cleaning policy: " + " ".join((__doc__ or "").split("Policy (stated in the card too):")[1].split())]
+        lines.append(
+            f"- against --eval-set: {len(lk['against_eval_sets'])} example(s) dropped (listed above)"
+        )
+    lines += [
+        "",
+        "Cleaning policy: " + " ".join((__doc__ or "").split("Policy (stated in the card too):")[1].split()),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -403,17 +444,33 @@ def write_output(out: Path, parts: dict[str, list[Example]], card: dict) -> None
 def cli_prepare(args) -> int:
     tokenizer = None
     if args.max_length or args.model:
-        tokenizer = load_tokenizer(resolve(args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code),
-                                   args.trust_remote_code, light=True)
+        tokenizer = load_tokenizer(
+            resolve(args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code),
+            args.trust_remote_code,
+            light=True,
+        )
     opts = ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
-    card = prepare(args.sources, Path(args.out), split_spec=args.split, seed=args.seed, group_by=args.group_by,
-                   near_dup=args.near_dup, max_length=args.max_length, tokenizer=tokenizer, eval_sets=args.eval_set or [],
-                   opts=opts, overwrite=args.overwrite)
+    card = prepare(
+        args.sources,
+        Path(args.out),
+        split_spec=args.split,
+        seed=args.seed,
+        group_by=args.group_by,
+        near_dup=args.near_dup,
+        max_length=args.max_length,
+        tokenizer=tokenizer,
+        eval_sets=args.eval_set or [],
+        opts=opts,
+        overwrite=args.overwrite,
+    )
     if args.json:
         print(json.dumps(card, indent=2, ensure_ascii=False))
         return 0
     counts = ", ".join(f"{k} {v['examples']}" for k, v in card["splits"].items())
-    print(f"wrote {args.out}: {counts}; dropped {len(card['dropped'])} (reasons in {Path(args.out) / 'card.md'})")
+    print(
+        f"wrote {args.out}: {counts}; dropped {len(card['dropped'])} (reasons in "
+        f"{Path(args.out) / 'card.md'})"
+    )
     for x in card["leak_check"]["across_splits"]:
         print(f"leak: {x}", file=sys.stderr)
     return 0

@@ -23,7 +23,13 @@ class Issue:
         return f"{where}: {self.field + ': ' if self.field else ''}{self.message}"
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "line": self.line, "field": self.field, "message": self.message, "level": self.level}
+        return {
+            "path": self.path,
+            "line": self.line,
+            "field": self.field,
+            "message": self.message,
+            "level": self.level,
+        }
 
 
 @dataclass

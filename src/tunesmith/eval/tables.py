@@ -24,7 +24,10 @@ def print_table(results: dict, baseline: dict | None = None) -> None:
     m = results["metrics"]
     refs = results.get("max_references", 1)
     several = f", {results.get('multi_reference', HEADLINE)} of up to {refs} references" if refs > 1 else ""
-    t = Table(title=f"{results['system']} on {results['data']} ({results['n']} examples{several}; mean [95 % bootstrap CI])")
+    t = Table(
+        title=f"{results['system']} on {results['data']} ({results['n']} examples{several}; mean [95 % "
+        "bootstrap CI])"
+    )
     t.add_column("metric")
     tests = results.get("comparison")
     if baseline:
@@ -45,8 +48,15 @@ def print_table(results: dict, baseline: dict | None = None) -> None:
             row = [label, "-" if before is None else _value(b, key), _value(m, key), change]
             if tests:
                 tst = tests.get(key)
-                row.append("" if not tst or tst["p"] is None else
-                           (f"significant (p={tst['p']:.3f})" if tst["significant"] else f"no significant difference (p={tst['p']:.2f})"))
+                row.append(
+                    ""
+                    if not tst or tst["p"] is None
+                    else (
+                        f"significant (p={tst['p']:.3f})"
+                        if tst["significant"]
+                        else f"no significant difference (p={tst['p']:.2f})"
+                    )
+                )
             t.add_row(*row)
         else:
             t.add_row(label, _value(m, key))
@@ -64,9 +74,11 @@ def print_systems_table(runs: list[dict]) -> None:
     from rich.table import Table
 
     first = runs[0]
-    t = Table(title=f"{len(runs)} systems on {first['data']} ({first['n']} examples)",
-              caption=f"means; * = significantly different from {first['system']} (paired bootstrap, p<0.05); "
-                      "intervals in results.json and report.html")
+    t = Table(
+        title=f"{len(runs)} systems on {first['data']} ({first['n']} examples)",
+        caption=f"means; * = significantly different from {first['system']} (paired bootstrap, p<0.05); "
+        "intervals in results.json and report.html",
+    )
     t.add_column("metric")
     for r in runs:
         t.add_column(r["system"], justify="right")
@@ -87,13 +99,19 @@ def print_systems_table(runs: list[dict]) -> None:
 
 def print_probe(key: str, rep: dict) -> None:
     if key == "memorization":
-        print(f"memorization: {rep['metric']} {rep['train']:.1f} on {rep['n_train']} training examples vs "
-              f"{rep['held_out']:.1f} held out (gap {rep['gap']:+.1f}, 95 % interval {rep['gap_ci95'][0]:+.1f} to {rep['gap_ci95'][1]:+.1f})")
+        print(
+            f"memorization: {rep['metric']} {rep['train']:.1f} on {rep['n_train']} training examples vs "
+            f"{rep['held_out']:.1f} held out (gap {rep['gap']:+.1f}, 95 % interval {rep['gap_ci95'][0]:+.1f} "
+            f"to {rep['gap_ci95'][1]:+.1f})"
+        )
     else:
         b, a = rep["before"], rep["after"]
-        print(f"forgetting ({b['n']} general questions): answer perplexity {b['perplexity']:.2f} -> {a['perplexity']:.2f} "
-              f"({rep['perplexity_ratio']:.2f}x), answer found {b['contains_answer']:.0f}% -> {a['contains_answer']:.0f}%, "
-              f"token F1 {b['token_f1']:.1f} -> {a['token_f1']:.1f}")
+        print(
+            f"forgetting ({b['n']} general questions): answer perplexity {b['perplexity']:.2f} -> "
+            f"{a['perplexity']:.2f} "
+            f"({rep['perplexity_ratio']:.2f}x), answer found {b['contains_answer']:.0f}% -> "
+            f"{a['contains_answer']:.0f}%, "
+            f"token F1 {b['token_f1']:.1f} -> {a['token_f1']:.1f}"
+        )
     if rep.get("warning"):
         print(f"warning: {rep['warning']}")
-

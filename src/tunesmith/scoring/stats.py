@@ -30,5 +30,9 @@ def paired_test(after, before, seed: int = 0) -> dict:
     p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
     if d.std() == 0:
         p = 1.0 if d.mean() == 0 else 0.0
-    return {"change": round(float(d.mean()), 2), "ci": [round(float(lo), 2), round(float(hi), 2)],
-            "p": round(p, 4), "significant": bool(p < 0.05)}
+    return {
+        "change": round(float(d.mean()), 2),
+        "ci": [round(float(lo), 2), round(float(hi), 2)],
+        "p": round(p, 4),
+        "significant": bool(p < 0.05),
+    }

@@ -76,13 +76,17 @@ def _schema_rule(path, spec: dict) -> Rule | None:
     else:
         return None
     if not isinstance(schema, (dict, bool)):
-        raise UserError(f"--style {path}: {key}: expected a JSON Schema (a mapping), got {type(schema).__name__}")
+        raise UserError(
+            f"--style {path}: {key}: expected a JSON Schema (a mapping), got {type(schema).__name__}"
+        )
     try:
         from jsonschema import SchemaError
         from jsonschema.validators import validator_for
     except ImportError:
-        raise UserError(f"--style {path}: {key}: checking JSON needs the jsonschema package: "
-                        "pip install 'tunesmith[eval]'") from None
+        raise UserError(
+            f"--style {path}: {key}: checking JSON needs the jsonschema package: "
+            "pip install 'tunesmith[eval]'"
+        ) from None
     cls = validator_for(schema)
     try:
         cls.check_schema(schema)
@@ -106,21 +110,29 @@ def load_style(path: str | Path) -> list[Rule]:
         raise UserError(f"--style {path}: expected a mapping with {', '.join(sorted(KEYS))}")
     unknown = set(spec) - KEYS
     if unknown:
-        raise UserError(f"--style {path}: unknown key(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(KEYS))}")
+        raise UserError(
+            f"--style {path}: unknown key(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(KEYS))}"
+        )
     rules: list[Rule] = []
     for kind in ("required", "forbidden"):
         items = spec.get(kind) or []
         if not isinstance(items, list):
-            raise UserError(f"--style {path}: {kind}: expected a list of patterns (strings or {{pattern, name}})")
+            raise UserError(
+                f"--style {path}: {kind}: expected a list of patterns (strings or {{pattern, name}})"
+            )
         for i, item in enumerate(items):
             if isinstance(item, str):
                 item = {"pattern": item}
             if not isinstance(item, dict) or "pattern" not in item:
-                raise UserError(f"--style {path}: {kind}[{i}]: expected a pattern (string) or {{pattern, name}}")
+                raise UserError(
+                    f"--style {path}: {kind}[{i}]: expected a pattern (string) or {{pattern, name}}"
+                )
             try:
                 rx = re.compile(item["pattern"])
             except (re.error, TypeError) as e:
-                raise UserError(f"--style {path}: {kind}[{i}].pattern: invalid regular expression ({e})") from None
+                raise UserError(
+                    f"--style {path}: {kind}[{i}].pattern: invalid regular expression ({e})"
+                ) from None
             rules.append(Rule(item.get("name") or f"{kind} {item['pattern']}", kind, rx))
     for key, unit in (("max_words", "words"), ("max_chars", "characters")):
         n = _limit(path, spec, key)

@@ -59,21 +59,42 @@ def _causal_bias(t: int, groups: int, dtype):
     return torch.full((t, t), float("-inf"), dtype=dtype).triu(1).repeat(groups, 1)
 
 
-def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs):
+def attention(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs
+):
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     b, h, t, d = query.shape
-    if (attention_mask is None and key.shape[2] == t and 1 < t <= MAX_TOKENS and query.dtype == torch.bfloat16
-            and dropout == 0.0 and kwargs.get("softcap") is None and not getattr(module, "sliding_window", None)
-            and is_causal is not False and getattr(module, "is_causal", True)):
+    if (
+        attention_mask is None
+        and key.shape[2] == t
+        and 1 < t <= MAX_TOKENS
+        and query.dtype == torch.bfloat16
+        and dropout == 0.0
+        and kwargs.get("softcap") is None
+        and not getattr(module, "sliding_window", None)
+        and is_causal is not False
+        and getattr(module, "is_causal", True)
+    ):
         hk = key.shape[1]
         g = h // hk  # query heads per key/value head: head i uses key/value head i // g
         q = (query * (scaling if scaling is not None else d**-0.5)).reshape(b * hk, g * t, d)
-        out = _function().apply(q, key.reshape(b * hk, t, d), value.reshape(b * hk, t, d), _causal_bias(t, g, query.dtype))
+        out = _function().apply(
+            q, key.reshape(b * hk, t, d), value.reshape(b * hk, t, d), _causal_bias(t, g, query.dtype)
+        )
         return out.view(b, h, t, d).transpose(1, 2).contiguous(), None
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                  is_causal=is_causal, **kwargs)
+    return sdpa_attention_forward(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=dropout,
+        scaling=scaling,
+        is_causal=is_causal,
+        **kwargs,
+    )
 
 
 @functools.cache
@@ -83,5 +104,7 @@ def register() -> str:
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(NAME, attention)
-    AttentionMaskInterface.register(NAME, sdpa_mask)  # the same masks as SDPA: none at all for unpadded batches
+    AttentionMaskInterface.register(
+        NAME, sdpa_mask
+    )  # the same masks as SDPA: none at all for unpadded batches
     return NAME

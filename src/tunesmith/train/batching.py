@@ -15,7 +15,9 @@ def encode_all(tokenizer, examples, cfg: TrainConfig) -> tuple[list, list[str]]:
     for ex in examples:
         enc = encode_chat(tokenizer, ex.messages, cfg.train_on)
         if len(enc.input_ids) > cfg.max_length:
-            dropped.append(f"{ex.path}:{ex.line}: {len(enc.input_ids)} tokens > --max-length {cfg.max_length}, dropped")
+            dropped.append(
+                f"{ex.path}:{ex.line}: {len(enc.input_ids)} tokens > --max-length {cfg.max_length}, dropped"
+            )
         else:
             kept.append(enc)
     return kept, dropped
@@ -104,4 +106,3 @@ def collate(encoded: list, idx: list[int], pad_id: int, bucket: int = 0):
 def n_answer_tokens(encoded, idx) -> int:
     # labels are shifted by one for prediction; the first token never is a target
     return sum(sum(1 for x in encoded[i].labels[1:] if x != IGNORE) for i in idx)
-

@@ -37,15 +37,21 @@ def save(ckpt_dir: Path, model, opt, sched, progress: dict, write: bool = True) 
     osd = opt.state_dict()
     for idx, st in osd["state"].items():
         for k, v in st.items():
-            tensors[f"opt.{idx}.{k}"] = full(v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+            tensors[f"opt.{idx}.{k}"] = (
+                full(v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+            )
     if not write:
         return
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    meta = {"progress": progress, "param_groups": osd["param_groups"], "scheduler": sched.state_dict(),
-            "python_random": _jsonable(random.getstate())}
+    meta = {
+        "progress": progress,
+        "param_groups": osd["param_groups"],
+        "scheduler": sched.state_dict(),
+        "python_random": _jsonable(random.getstate()),
+    }
     ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(ckpt_dir)
     try:
@@ -61,8 +67,10 @@ def save(ckpt_dir: Path, model, opt, sched, progress: dict, write: bool = True) 
         free = shutil.disk_usage(ckpt_dir.parent).free
         last = latest(ckpt_dir.parent)
         kept = f"the last good checkpoint, {last}, is intact" if last else "no earlier checkpoint exists"
-        raise UserError(f"{ckpt_dir.parent}: disk full while writing a checkpoint (needs about {need / 2**20:,.0f} MB, "
-                        f"{free / 2**20:,.0f} MB free); {kept}; free some space, then `tunesmith train --resume`") from None
+        raise UserError(
+            f"{ckpt_dir.parent}: disk full while writing a checkpoint (needs about {need / 2**20:,.0f} MB, "
+            f"{free / 2**20:,.0f} MB free); {kept}; free some space, then `tunesmith train --resume`"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     killpoint("checkpoint.saved")
@@ -77,13 +85,18 @@ def load(ckpt_dir: Path, model, opt, sched) -> dict:
         tensors = load_file(str(ckpt_dir / "state.safetensors"))
         meta = json.loads((ckpt_dir / "state.json").read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"{ckpt_dir}: checkpoint unreadable ({e}); delete it to resume from the one before") from None
+        raise UserError(
+            f"{ckpt_dir}: checkpoint unreadable ({e}); delete it to resume from the one before"
+        ) from None
     params = dict(model.named_parameters())
     for key, t in tensors.items():
         if key.startswith("param."):
-            name = key[len("param."):]
+            name = key[len("param.") :]
             if name not in params:
-                raise UserError(f"{ckpt_dir}: checkpoint has weight {name!r} that this model lacks; was the run's model changed?")
+                raise UserError(
+                    f"{ckpt_dir}: checkpoint has weight {name!r} that this model lacks; was the run's model "
+                    "changed?"
+                )
             with torch.no_grad():
                 params[name].copy_(like(params[name], t))
     state: dict[int, dict] = {}
@@ -114,7 +127,11 @@ def like(param, t):
 
 
 def latest(ckpt_root: Path) -> Path | None:
-    found = sorted(p for p in ckpt_root.glob(f"{PREFIX}*") if (p / "state.json").is_file()) if ckpt_root.is_dir() else []
+    found = (
+        sorted(p for p in ckpt_root.glob(f"{PREFIX}*") if (p / "state.json").is_file())
+        if ckpt_root.is_dir()
+        else []
+    )
     return found[-1] if found else None
 
 

@@ -14,8 +14,18 @@ from tunesmith.errors import UserError
 from tunesmith.loading import base_model_of
 
 METHODS = ("lora", "dora", "qlora", "full", "freeze", "prompt-tuning", "prefix-tuning", "dpo", "grpo")
-PREFERENCE_METHODS = ("dpo", "grpo")  # LoRA adapters trained on preferences / graded samples (train/preference.py)
-ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt-tuning", "prefix-tuning", *PREFERENCE_METHODS)  # write a PEFT adapter; the rest a model
+PREFERENCE_METHODS = (
+    "dpo",
+    "grpo",
+)  # LoRA adapters trained on preferences / graded samples (train/preference.py)
+ADAPTER_METHODS = (
+    "lora",
+    "dora",
+    "qlora",
+    "prompt-tuning",
+    "prefix-tuning",
+    *PREFERENCE_METHODS,
+)  # write a PEFT adapter; the rest a model
 
 
 @dataclass
@@ -103,23 +113,36 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
-            raise UserError(f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
+            raise UserError(
+                f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size "
+                f"{self.micro_batch_size}"
+            )
         if not self.dpo_beta > 0 or self.grpo_beta < 0:
             raise UserError("--dpo-beta must be positive and --grpo-beta 0 or more")
         if self.grpo_group < 2:
-            raise UserError(f"--grpo-group must be at least 2: advantages compare answers to the same prompt (got {self.grpo_group})")
+            raise UserError(
+                "--grpo-group must be at least 2: advantages compare answers to the same prompt (got "
+                f"{self.grpo_group})"
+            )
         if not self.grpo_temperature > 0 or self.grpo_max_new_tokens < 1:
-            raise UserError("--grpo-temperature must be above 0 (identical samples teach nothing) and --grpo-max-new-tokens at least 1")
+            raise UserError(
+                "--grpo-temperature must be above 0 (identical samples teach nothing) and "
+                "--grpo-max-new-tokens at least 1"
+            )
         if self.method != "grpo" and (self.graders or self.rubric):
             raise UserError("--graders and --rubric are for --method grpo")
         if not self.lr > 0:
             raise UserError(f"--lr must be positive (got {self.lr})")
         if self.fsdp and self.method in ("qlora", "prompt-tuning", "prefix-tuning", *PREFERENCE_METHODS):
-            raise UserError(f"--fsdp works with --method lora, dora, full or freeze, not {self.method}; "
-                            "drop --fsdp to train on each process with DDP")
+            raise UserError(
+                f"--fsdp works with --method lora, dora, full or freeze, not {self.method}; "
+                "drop --fsdp to train on each process with DDP"
+            )
         if self.fsdp and self.eval_metric:
-            raise UserError("--eval-metric generates during training, which --fsdp does not support; "
-                            "drop --eval-metric and score the run afterwards with `tunesmith eval`")
+            raise UserError(
+                "--eval-metric generates during training, which --fsdp does not support; "
+                "drop --eval-metric and score the run afterwards with `tunesmith eval`"
+            )
 
 
 HELP = {
@@ -127,9 +150,10 @@ HELP = {
     "epochs": "passes over the training data",
     "lr": "peak learning rate (linear warm-up, then cosine decay)",
     "batch_size": "examples per optimizer step",
-    "micro_batch_size": "examples per forward pass; batch-size / micro-batch-size steps of gradient accumulation "
-                        "(default 0 = auto: 1 on a CPU, up to 4 on a GPU; with --precision bf16 on a CPU, as many "
-                        "examples of similar length as fit in the longest example's width, at most 1024 tokens)",
+    "micro_batch_size": "examples per forward pass; batch-size / micro-batch-size steps of gradient "
+    "accumulation "
+    "(default 0 = auto: 1 on a CPU, up to 4 on a GPU; with --precision bf16 on a CPU, as many "
+    "examples of similar length as fit in the longest example's width, at most 1024 tokens)",
     "max_length": "drop examples longer than this many tokens (reported)",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha (scale = alpha / r)",
@@ -137,30 +161,38 @@ HELP = {
     "lora_targets": "modules to adapt: all-linear, or names like q_proj,v_proj",
     "rslora": "rank-stabilized LoRA: scale by alpha/sqrt(r) instead of alpha/r",
     "freeze_layers": "--method freeze: train only the last N transformer layers",
-    "train_modules": "--method freeze: train only parameters whose names contain one of these (comma-separated)",
+    "train_modules": "--method freeze: train only parameters whose names contain one of these "
+    "(comma-separated)",
     "virtual_tokens": "--method prompt-tuning/prefix-tuning: number of virtual tokens",
-    "from_adapter": "continue training the adapter of this run directory on new data (sequential fine-tuning)",
-    "precision": "auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that supports it, else fp32; bf16 on a CPU: autocast, frozen base in bf16, trainable weights fp32 — fast where the CPU has AVX512-BF16 or AMX)",
+    "from_adapter": "continue training the adapter of this run directory on new data (sequential "
+    "fine-tuning)",
+    "precision": "auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that supports it, else fp32; bf16 on a CPU: "
+    "autocast, frozen base in bf16, trainable weights fp32 — fast where the CPU has AVX512-BF16 "
+    "or AMX)",
     "gradient_checkpointing": "recompute activations during backward: less memory, slower",
-    "fsdp": "shard weights, gradients and optimizer state across the torchrun processes (PyTorch FSDP2), for models "
-            "that do not fit one device; needs 2 or more processes",
+    "fsdp": "shard weights, gradients and optimizer state across the torchrun processes (PyTorch FSDP2), for "
+    "models "
+    "that do not fit one device; needs 2 or more processes",
     "warmup_ratio": "fraction of steps spent warming up the learning rate",
     "scheduler": "learning-rate schedule after warm-up: cosine, linear or constant",
     "max_steps": "stop after this many optimizer steps (0 = run all epochs)",
     "max_grad_norm": "clip gradients to this norm (0 = off)",
     "eval_every_steps": "also compute the validation loss every N steps (0 = once per epoch)",
     "patience": "early stopping: stop after N validations without a new best (0 = off)",
-    "eval_metric": "also generate on the validation set at each validation, score with this metric (e.g. rougeL), "
-                   "and keep / early-stop on the best score instead of the lowest loss",
+    "eval_metric": "also generate on the validation set at each validation, score with this metric (e.g. "
+    "rougeL), "
+    "and keep / early-stop on the best score instead of the lowest loss",
     "eval_max_new_tokens": "--eval-metric: longest generated answer in tokens",
     "eval_limit": "--eval-metric: generate for only the first N validation examples (0 = all)",
     "save_every": "also write a checkpoint every N steps (0 = once per epoch)",
     "keep_checkpoints": "how many recent checkpoints to keep",
-    "tensorboard": "also write every logged metric as TensorBoard scalars in this folder (needs tunesmith[tensorboard])",
+    "tensorboard": "also write every logged metric as TensorBoard scalars in this folder (needs "
+    "tunesmith[tensorboard])",
     "weight_decay": "AdamW weight decay",
     "dpo_beta": "--method dpo: beta, how strongly the preferences may move the model away from the reference",
-    "graders": "--method grpo: KIND[:ARG][*WEIGHT],...: rouge1/rouge2/rougeL/bleu/chrf (vs the answer), format "
-               "(--style), length:N (words), python:MODULE:FUNCTION, judge[:MODEL] (--rubric)",
+    "graders": "--method grpo: KIND[:ARG][*WEIGHT],...: rouge1/rouge2/rougeL/bleu/chrf (vs the answer), "
+    "format "
+    "(--style), length:N (words), python:MODULE:FUNCTION, judge[:MODEL] (--rubric)",
     "style": "--method grpo: house-style spec (YAML) for the format grader",
     "rubric": "--method grpo: rubric text file for the judge grader",
     "grpo_group": "--method grpo: answers sampled per prompt (the group the rewards are compared within)",
@@ -172,9 +204,19 @@ HELP = {
     "threads": "CPU threads for torch (0 = default)",
 }
 # Names people bring from other tools, mapped to ours (for "did you mean").
-SYNONYMS = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "r": "lora_r",
-            "rank": "lora_r", "alpha": "lora_alpha", "max_seq_length": "max_length", "max_seq_len": "max_length",
-            "per_device_train_batch_size": "micro_batch_size", "target_modules": "lora_targets", "base_model": "model"}
+SYNONYMS = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "r": "lora_r",
+    "rank": "lora_r",
+    "alpha": "lora_alpha",
+    "max_seq_length": "max_length",
+    "max_seq_len": "max_length",
+    "per_device_train_batch_size": "micro_batch_size",
+    "target_modules": "lora_targets",
+    "base_model": "model",
+}
 CLI_ONLY = {"model", "data", "val", "out"}  # declared by the CLI itself
 
 
@@ -184,11 +226,21 @@ def add_config_flags(parser) -> None:
             continue
         typ = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
         if f.type == "bool":
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true", default=None,
-                                help=HELP[f.name])
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                dest=f.name,
+                action="store_true",
+                default=None,
+                help=HELP[f.name],
+            )
             continue
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=typ, default=None,
-                            help=f"{HELP[f.name]} (default {f.default})")
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=typ,
+            default=None,
+            help=f"{HELP[f.name]} (default {f.default})",
+        )
 
 
 def load_yaml(path: str) -> dict:

@@ -108,6 +108,7 @@ def accumulating(module, last: bool):
             yield
         finally:
             module.set_requires_gradient_sync(True)
+
     return off()
 
 
@@ -121,8 +122,11 @@ def full(t):
 def full_state(model, trainable_only: bool) -> dict:
     """{name: whole tensor on the CPU}: the trainable parameters, or the whole state dict.
     Under FSDP every rank must call this (it gathers); plain tensors are only copied."""
-    items = ([(n, p) for n, p in model.named_parameters() if p.requires_grad] if trainable_only
-             else list(model.state_dict(keep_vars=True).items()))
+    items = (
+        [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if trainable_only
+        else list(model.state_dict(keep_vars=True).items())
+    )
     seen: set[int] = set()
     out = {}
     for n, t in items:

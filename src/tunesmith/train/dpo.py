@@ -63,7 +63,7 @@ def pair_logps(model, pairs: list[Pair], pad_id: int, autocast: str | None, chun
             part = pairs[s : s + chunk]
             lp = sequence_logps(model, [p.chosen for p in part] + [p.rejected for p in part], pad_id)
             chosen.append(lp[: len(part)])
-            rejected.append(lp[len(part):])
+            rejected.append(lp[len(part) :])
     model.train(was)
     return torch.cat(chosen), torch.cat(rejected)
 
@@ -80,16 +80,25 @@ def dpo_eval(model, pairs: list[Pair], beta: float, pad_id: int, autocast: str |
     loss, rc, rr = dpo_loss(c, r, ref_c, ref_r, beta)
     n_c = torch.tensor([max(p.chosen.n_answer, 1) for p in pairs], device=c.device)
     n_r = torch.tensor([max(p.rejected.n_answer, 1) for p in pairs], device=c.device)
-    return {"val_loss": round(float(loss.mean()), 6), "val_accuracy": round(float((rc > rr).float().mean()), 4),
-            "val_margin": round(float((rc - rr).mean()), 6),
-            "logp_accuracy": round(float((c / n_c > r / n_r).float().mean()), 4)}
+    return {
+        "val_loss": round(float(loss.mean()), 6),
+        "val_accuracy": round(float((rc > rr).float().mean()), 4),
+        "val_margin": round(float((rc - rr).mean()), 6),
+        "logp_accuracy": round(float((c / n_c > r / n_r).float().mean()), 4),
+    }
 
 
 class Dpo(Preference):
     goal = ("val_loss", False)
 
-    def __init__(self, cfg: TrainConfig, *, trust_remote_code: bool = False, quiet: bool = False,
-                 resumed_from: str | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        trust_remote_code: bool = False,
+        quiet: bool = False,
+        resumed_from: str | None = None,
+    ):
         super().__init__(cfg, quiet)
         train_ex, val_ex, train_path, held_out = load_split(cfg, "preference")
         self.model, self.tok, self.model_dir = setup_model(cfg, trust_remote_code)
@@ -98,12 +107,18 @@ class Dpo(Preference):
         for d in dropped + vdropped:
             print(d, file=sys.stderr)
         if not self.pairs:
-            raise UserError(f"--data {train_path}: every pair is longer than --max-length {cfg.max_length}; raise it")
+            raise UserError(
+                f"--data {train_path}: every pair is longer than --max-length {cfg.max_length}; raise it"
+            )
         self.pad, self.n_items, self.has_val = self.tok.pad_token_id, len(self.pairs), bool(self.val_pairs)
         self._plan = schedule(len(self.pairs), cfg)
         self.held_out(held_out, len(self.val_pairs), len(train_ex) + len(val_ex), "pairs")
-        self.say(f"dpo on {len(self.pairs)} pairs ({len(self.val_pairs)} held out), beta {cfg.dpo_beta}; reference: "
-                 f"{'the --from-adapter adapter' if cfg.from_adapter else 'the base model'} (log-probs computed once)")
+        self.say(
+            f"dpo on {len(self.pairs)} pairs ({len(self.val_pairs)} held out), beta {cfg.dpo_beta}; "
+            "reference: "
+            f"{'the --from-adapter adapter' if cfg.from_adapter else 'the base model'} (log-probs computed "
+            "once)"
+        )
         if resumed_from:
             self.say(f"resuming from {resumed_from}")
 
@@ -136,12 +151,18 @@ class Dpo(Preference):
             margin += float((rc - rr).sum())
             tokens += sum(len(e.input_ids) for e in encs)
         acc, margin = acc / len(idx), margin / len(idx)
-        return StepOut(loss_sum / len(idx), tokens, record={"reward_accuracy": round(acc, 4),
-                                                            "reward_margin": round(margin, 6)})
+        return StepOut(
+            loss_sum / len(idx),
+            tokens,
+            record={"reward_accuracy": round(acc, 4), "reward_margin": round(margin, 6)},
+        )
 
     def step_line(self, out: StepOut, state: State, total: int, speed: float, step_s: float) -> str:
-        return (f"step {state.step}/{total}: dpo loss {out.loss:.4f}, reward accuracy {out.record['reward_accuracy']:.0%}, "
-                f"margin {out.record['reward_margin']:+.3f}, {speed:.0f} tokens/s")
+        return (
+            f"step {state.step}/{total}: dpo loss {out.loss:.4f}, reward accuracy "
+            f"{out.record['reward_accuracy']:.0%}, "
+            f"margin {out.record['reward_margin']:+.3f}, {speed:.0f} tokens/s"
+        )
 
     def evaluate(self) -> dict:
         return dpo_eval(self.model, self.val_pairs, self.cfg.dpo_beta, self.pad, self.autocast)
@@ -150,6 +171,9 @@ class Dpo(Preference):
         return f"held-out before training: chosen preferred (avg log-prob) {rec['logp_accuracy']:.0%}"
 
     def val_line(self, rec: dict, state: State, mark: str) -> str:
-        return (f"epoch {rec['epoch']}: held-out dpo loss {rec['val_loss']:.4f}, reward accuracy {rec['val_accuracy']:.0%}, "
-                f"margin {rec['val_margin']:+.3f}, chosen preferred (avg log-prob) {rec['logp_accuracy']:.0%}{mark}")
-
+        return (
+            f"epoch {rec['epoch']}: held-out dpo loss {rec['val_loss']:.4f}, reward accuracy "
+            f"{rec['val_accuracy']:.0%}, "
+            f"margin {rec['val_margin']:+.3f}, chosen preferred (avg log-prob) "
+            f"{rec['logp_accuracy']:.0%}{mark}"
+        )

@@ -23,14 +23,17 @@ class Grader:
     fn: object  # (prompts: list[list[dict]], completions: list[str], references: list[str]) -> list[float]
 
 
-GRADER_HELP = ("comma-separated KIND[:ARG][*WEIGHT]: rouge1, rouge2, rougeL, bleu, chrf (against the example's "
-               "answer), format (the --style spec: share of rules passed), length:N (closeness to N words), "
-               "python:MODULE:FUNCTION (your function(prompt, completion, reference) -> float), "
-               "judge[:MODEL] (a local model grades with --rubric)")
+GRADER_HELP = (
+    "comma-separated KIND[:ARG][*WEIGHT]: rouge1, rouge2, rougeL, bleu, chrf (against the example's "
+    "answer), format (the --style spec: share of rules passed), length:N (closeness to N words), "
+    "python:MODULE:FUNCTION (your function(prompt, completion, reference) -> float), "
+    "judge[:MODEL] (a local model grades with --rubric)"
+)
 
 
-def parse_graders(spec: str, *, style: str = "", rubric: str = "", judge_default: str = "",
-                  trust_remote_code: bool = False) -> list[Grader]:
+def parse_graders(
+    spec: str, *, style: str = "", rubric: str = "", judge_default: str = "", trust_remote_code: bool = False
+) -> list[Grader]:
 
     if not spec.strip():
         raise UserError(f"--method grpo needs --graders ({GRADER_HELP})")
@@ -42,18 +45,24 @@ def parse_graders(spec: str, *, style: str = "", rubric: str = "", judge_default
         try:
             weight = float(w) if w else 1.0
         except ValueError:
-            raise UserError(f"--graders {item!r}: weight {w!r} is not a number (write e.g. rougeL*0.5)") from None
+            raise UserError(
+                f"--graders {item!r}: weight {w!r} is not a number (write e.g. rougeL*0.5)"
+            ) from None
         kind, _, arg = body.partition(":")
         kind = kind.strip()
         if kind in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+
             def fn(prompts, outs, refs, k=kind):
                 return [M.rouge(o, r)[k] / 100 for o, r in zip(outs, refs)]
         elif kind in ("bleu", "chrf"):
+
             def fn(prompts, outs, refs, k=kind):
                 return [M.scores(o, r)[k] / 100 for o, r in zip(outs, refs)]
         elif kind == "format":
             if not style:
-                raise UserError("--graders format: needs --style SPEC.yaml (the house-style spec of `tunesmith eval`)")
+                raise UserError(
+                    "--graders format: needs --style SPEC.yaml (the house-style spec of `tunesmith eval`)"
+                )
 
             rules = load_style(style)
             if not rules:
@@ -66,14 +75,15 @@ def parse_graders(spec: str, *, style: str = "", rubric: str = "", judge_default
                 target = int(arg)
                 assert target > 0
             except (ValueError, AssertionError):
-                raise UserError(f"--graders {item!r}: length needs a target in words, e.g. length:120") from None
+                raise UserError(
+                    f"--graders {item!r}: length needs a target in words, e.g. length:120"
+                ) from None
 
             def fn(prompts, outs, refs, n=target):
                 return [max(0.0, 1 - abs(len(o.split()) - n) / n) for o in outs]
         elif kind == "python":
             fn = _python_grader(item, arg)
         elif kind == "judge":
-
             fn = make_judge(arg or judge_default, rubric, trust_remote_code, where=f"--graders {item!r}")
         else:
             raise UserError(f"--graders {item!r}: unknown grader {kind!r}; {GRADER_HELP}")
@@ -84,7 +94,9 @@ def parse_graders(spec: str, *, style: str = "", rubric: str = "", judge_default
 def _python_grader(item: str, arg: str):
     module, _, func = arg.rpartition(":")
     if not module or not func:
-        raise UserError(f"--graders {item!r}: expected python:MODULE:FUNCTION, e.g. python:mygraders:has_action_items")
+        raise UserError(
+            f"--graders {item!r}: expected python:MODULE:FUNCTION, e.g. python:mygraders:has_action_items"
+        )
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # a graders.py beside the user's data
     try:
@@ -99,7 +111,9 @@ def _python_grader(item: str, arg: str):
         for p, o, r in zip(prompts, outs, refs):
             v = f(prompt=p[-1]["content"] if p else "", completion=o, reference=r)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise UserError(f"--graders {item!r}: {module}.{func} returned {v!r}; expected a finite number")
+                raise UserError(
+                    f"--graders {item!r}: {module}.{func} returned {v!r}; expected a finite number"
+                )
             vals.append(float(v))
         return vals
 
@@ -115,4 +129,3 @@ def grade(graders: list[Grader], prompts, outs, refs) -> tuple[list[float], dict
         means[g.name] = sum(vals) / max(len(vals), 1)
         total = [t + g.weight * v for t, v in zip(total, vals)]
     return total, means
-

@@ -55,13 +55,22 @@ def completion_enc(prompt: list[int], new: list[int], stopped: bool, stop_id: in
     return Encoded(prompt + answer, [IGNORE] * len(prompt) + answer)
 
 
-def sample(model, tok, prompts_ids: list[list[int]], cfg: TrainConfig, seed: int) -> list[tuple[list[int], bool]]:
+def sample(
+    model, tok, prompts_ids: list[list[int]], cfg: TrainConfig, seed: int
+) -> list[tuple[list[int], bool]]:
     was = model.training
     model.eval()
     model.config.use_cache = True
     try:
-        out = generate_ids(model, prompts_ids, pad_id=tok.pad_token_id, stop_ids=stop_token_ids(tok),
-                           max_new_tokens=cfg.grpo_max_new_tokens, temperature=cfg.grpo_temperature, seed=seed)
+        out = generate_ids(
+            model,
+            prompts_ids,
+            pad_id=tok.pad_token_id,
+            stop_ids=stop_token_ids(tok),
+            max_new_tokens=cfg.grpo_max_new_tokens,
+            temperature=cfg.grpo_temperature,
+            seed=seed,
+        )
     finally:
         model.config.use_cache = False
         model.train(was)
@@ -80,17 +89,31 @@ def grpo_eval(model, tok, val, graders, cfg: TrainConfig) -> dict:
         model.config.use_cache = False
         model.train(was)
     rewards, means = grade(graders, list(prompts), [o.text for o in outs], list(refs))
-    return {"val_reward": round(sum(rewards) / len(rewards), 4), **{f"val_{k}": round(v, 4) for k, v in means.items()}}
+    return {
+        "val_reward": round(sum(rewards) / len(rewards), 4),
+        **{f"val_{k}": round(v, 4) for k, v in means.items()},
+    }
 
 
 class Grpo(Preference):
     goal = ("val_reward", True)
 
-    def __init__(self, cfg: TrainConfig, *, trust_remote_code: bool = False, quiet: bool = False,
-                 resumed_from: str | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        trust_remote_code: bool = False,
+        quiet: bool = False,
+        resumed_from: str | None = None,
+    ):
         super().__init__(cfg, quiet)
-        self.graders = parse_graders(cfg.graders, style=cfg.style, rubric=cfg.rubric, judge_default=cfg.model,
-                                     trust_remote_code=trust_remote_code)
+        self.graders = parse_graders(
+            cfg.graders,
+            style=cfg.style,
+            rubric=cfg.rubric,
+            judge_default=cfg.model,
+            trust_remote_code=trust_remote_code,
+        )
         train_ex, val_ex, _, held_out = load_split(cfg, "prompts")
         self.model, self.tok, self.model_dir = setup_model(cfg, trust_remote_code)
         self.has_ref = bool(cfg.from_adapter)
@@ -103,8 +126,10 @@ class Grpo(Preference):
         self.pad, self.n_items, self.has_val = self.tok.pad_token_id, len(self.train), bool(self.val)
         self._plan = schedule(len(self.train), cfg)
         self.held_out(held_out, len(self.val), len(train_ex) + len(val_ex), "prompts")
-        self.say(f"grpo on {len(self.train)} prompts, {cfg.grpo_group} samples each, graders "
-                 f"{', '.join(f'{g.name}*{g.weight:g}' for g in self.graders)}, KL weight {cfg.grpo_beta}")
+        self.say(
+            f"grpo on {len(self.train)} prompts, {cfg.grpo_group} samples each, graders "
+            f"{', '.join(f'{g.name}*{g.weight:g}' for g in self.graders)}, KL weight {cfg.grpo_beta}"
+        )
         if resumed_from:
             self.say(f"resuming from {resumed_from}")
 
@@ -115,11 +140,17 @@ class Grpo(Preference):
         prompts = [self.train[i][0] for i in idx]
         refs = [self.train[i][1] for i in idx]
         p_ids = [prompt_ids(self.tok, p) for p in prompts]
-        gens = sample(model, self.tok, [p for p in p_ids for _ in range(g)], cfg, seed=cfg.seed * 100003 + state.step)
+        gens = sample(
+            model, self.tok, [p for p in p_ids for _ in range(g)], cfg, seed=cfg.seed * 100003 + state.step
+        )
         texts = [self.tok.decode(new, skip_special_tokens=True).strip() for new, _ in gens]
-        rewards, means = grade(self.graders, [p for p in prompts for _ in range(g)], texts, [r for r in refs for _ in range(g)])
+        rewards, means = grade(
+            self.graders, [p for p in prompts for _ in range(g)], texts, [r for r in refs for _ in range(g)]
+        )
         adv = group_advantages(torch.tensor(rewards).view(len(idx), g)).view(-1)
-        encs = [completion_enc(p_ids[i // g], new, stopped, self.stop_id) for i, (new, stopped) in enumerate(gens)]
+        encs = [
+            completion_enc(p_ids[i // g], new, stopped, self.stop_id) for i, (new, stopped) in enumerate(gens)
+        ]
         keep = [i for i, e in enumerate(encs) if e.n_answer > 0]
         n_tok = sum(encs[i].n_answer for i in keep)
         loss_sum = kl_sum = 0.0
@@ -142,22 +173,29 @@ class Grpo(Preference):
             loss_sum += float(per_token.detach().sum())
             kl_sum += float(kl.detach().sum())
             tokens += int(mask.sum())
-        record = {"reward": round(sum(rewards) / len(rewards), 4), **{f"reward_{n}": round(v, 4) for n, v in means.items()},
-                  "kl": round(kl_sum / max(n_tok, 1), 6), "completion_tokens": round(n_tok / len(encs), 1)}
+        record = {
+            "reward": round(sum(rewards) / len(rewards), 4),
+            **{f"reward_{n}": round(v, 4) for n, v in means.items()},
+            "kl": round(kl_sum / max(n_tok, 1), 6),
+            "completion_tokens": round(n_tok / len(encs), 1),
+        }
         return StepOut(loss_sum / max(n_tok, 1), tokens, record=record)
 
     def step_line(self, out: StepOut, state: State, total: int, speed: float, step_s: float) -> str:
         r = out.record
         graders = ", ".join(f"{k[7:]} {v:.3f}" for k, v in r.items() if k.startswith("reward_"))
-        return (f"step {state.step}/{total}: reward {r['reward']:.3f} ({graders}), kl {r['kl']:.4f}, "
-                f"{r['completion_tokens']:.0f} tokens/completion, {step_s:.0f}s")
+        return (
+            f"step {state.step}/{total}: reward {r['reward']:.3f} ({graders}), kl {r['kl']:.4f}, "
+            f"{r['completion_tokens']:.0f} tokens/completion, {step_s:.0f}s"
+        )
 
     def evaluate(self) -> dict:
         return grpo_eval(self.model, self.tok, self.val, self.graders, self.cfg)
 
     def start_line(self, rec: dict) -> str:
-        return (f"held-out before training: reward {rec['val_reward']:.3f} "
-                + ", ".join(f"{k[4:]} {v:.3f}" for k, v in rec.items() if k != "val_reward"))
+        return f"held-out before training: reward {rec['val_reward']:.3f} " + ", ".join(
+            f"{k[4:]} {v:.3f}" for k, v in rec.items() if k != "val_reward"
+        )
 
     def val_line(self, rec: dict, state: State, mark: str) -> str:
         return f"epoch {rec['epoch']}: held-out reward {rec['val_reward']:.3f}{mark}"

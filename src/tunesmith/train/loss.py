@@ -58,7 +58,9 @@ def linear_cross_entropy_sum(hidden, weight, targets):
 
 
 def _prompt_learning(model) -> bool:
-    return getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning
+    return (
+        getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning
+    )
 
 
 def answer_logits(model, ids, mask, labels, project: bool = True):
@@ -72,7 +74,7 @@ def answer_logits(model, ids, mask, labels, project: bool = True):
     sel = targets != IGNORE
     if _prompt_learning(model):
         # prompt/prefix tuning add virtual tokens in PeftModel.forward: use it, keep the real positions
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1] :]
         return logits[:, :-1][sel].float(), targets[sel], sel
     hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][sel]
     if not project:
@@ -91,8 +93,13 @@ def frozen_output_layer(model):
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     out = inner.get_output_embeddings()
-    if (_prompt_learning(model) or getattr(inner.config, "final_logit_softcapping", None)
-            or type(out) is not torch.nn.Linear or out.bias is not None or out.weight.requires_grad):
+    if (
+        _prompt_learning(model)
+        or getattr(inner.config, "final_logit_softcapping", None)
+        or type(out) is not torch.nn.Linear
+        or out.bias is not None
+        or out.weight.requires_grad
+    ):
         return None
     return out.weight
 
@@ -107,4 +114,3 @@ def answer_loss_sum(model, ids, mask, labels):
         return linear_cross_entropy_sum(hidden, weight, targets), int(sel.sum())
     logits, targets, sel = answer_logits(model, ids, mask, labels)
     return F.cross_entropy(logits, targets, reduction="sum"), int(sel.sum())
-

@@ -67,8 +67,11 @@ def load_split(cfg: TrainConfig, kind: str):
     val = load_examples(val_path, "--val", kind=None) if val_path else []
     for ex in train + val:
         if (ex.kind == "preference") != (kind == "preference"):
-            want = ("preference pairs {\"prompt\", \"chosen\", \"rejected\"}" if kind == "preference"
-                    else "prompts with a reference answer (chat or prompt/completion), not preference pairs")
+            want = (
+                'preference pairs {"prompt", "chosen", "rejected"}'
+                if kind == "preference"
+                else "prompts with a reference answer (chat or prompt/completion), not preference pairs"
+            )
             raise UserError(f"{ex.path}:{ex.line}: --method {cfg.method} trains on {want}")
     held_out = not val
     if held_out:  # hold out pairs/prompts to measure on, seeded and reported
@@ -108,7 +111,10 @@ class Preference:
 
     def held_out(self, held_out: bool, n_held: int, n_all: int, unit: str) -> None:
         if held_out:
-            self.say(f"no validation file: holding out {n_held} of {n_all} {unit} (seed {self.cfg.seed}) to measure on")
+            self.say(
+                f"no validation file: holding out {n_held} of {n_all} {unit} (seed {self.cfg.seed}) to "
+                "measure on"
+            )
 
     def plan(self, epoch: int) -> list:
         return self._plan[epoch - 1]
@@ -123,5 +129,15 @@ class Preference:
         pass
 
     def result(self, st: State, run_dir: Path) -> PrefResult:
-        return PrefResult(str(run_dir), self.cfg.method, st.step, st.last_loss, round(st.tokens / max(st.train_s, 1e-9), 1),
-                          round(st.elapsed, 1), self.n_items, st.start, st.vals, st.best)
+        return PrefResult(
+            str(run_dir),
+            self.cfg.method,
+            st.step,
+            st.last_loss,
+            round(st.tokens / max(st.train_s, 1e-9), 1),
+            round(st.elapsed, 1),
+            self.n_items,
+            st.start,
+            st.vals,
+            st.best,
+        )

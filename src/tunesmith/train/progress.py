@@ -18,7 +18,9 @@ def tensorboard_writer(cfg: TrainConfig, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError("--tensorboard needs the tensorboard package: pip install 'tunesmith[tensorboard]'") from None
+        raise UserError(
+            "--tensorboard needs the tensorboard package: pip install 'tunesmith[tensorboard]'"
+        ) from None
     return SummaryWriter(log_dir=cfg.tensorboard, purge_step=purge_step)
 
 
@@ -45,8 +47,15 @@ class Progress:
         self.console = Console(stderr=True)
         self.live = self.console.is_terminal
         if self.live:
-            self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                              TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+            self.p = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
             self.task = self.p.add_task("train", total=total, completed=start, info="")
             self.p.start()
         self.every = max(1, total // 10)
@@ -60,7 +69,9 @@ class Progress:
         elif step % self.every == 0 or step == self.total:
             el = time.time() - self.t0
             eta = el / max(1, step - self.start) * (self.total - step)
-            self.console.print(f"step {step}/{self.total} {info} ETA {eta // 60:.0f}m{eta % 60:02.0f}s", highlight=False)
+            self.console.print(
+                f"step {step}/{self.total} {info} ETA {eta // 60:.0f}m{eta % 60:02.0f}s", highlight=False
+            )
 
     def note(self, text):
         if not self.quiet:
@@ -69,4 +80,3 @@ class Progress:
     def close(self):
         if not self.quiet and self.live:
             self.p.stop()
-

@@ -94,11 +94,13 @@ def gated_mlps(model) -> int:
     for module in model.modules():
         name = type(module).__name__
         if name in GATED_MLPS:
+
             def forward(x, _m=module, _forward=module.forward):
                 if torch.is_grad_enabled():
                     return _m.down_proj(_gated().apply(_m.gate_proj(x), _m.up_proj(x), _m.act_fn))
                 return _forward(x)
         elif name in FUSED_GATED_MLPS:
+
             def forward(x, _m=module, _forward=module.forward):
                 if torch.is_grad_enabled():
                     gate, up = _m.gate_up_proj(x).chunk(2, dim=-1)

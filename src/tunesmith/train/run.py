@@ -80,9 +80,13 @@ class Method(Protocol):
     bar: bool  # a progress bar (SFT), or a line per step (the preference methods)
 
     def plan(self, epoch: int) -> list: ...  # the epoch's steps, each what train_step takes
-    def begin(self, state: State, resumed: bool) -> None: ...  # before the first step (DPO: reference log-probs)
+    def begin(
+        self, state: State, resumed: bool
+    ) -> None: ...  # before the first step (DPO: reference log-probs)
     def train_step(self, items, state: State) -> StepOut: ...  # forward and backward of one optimizer step
-    def step_line(self, out: StepOut, state: State, total: int, speed: float, step_s: float) -> str | None: ...
+    def step_line(
+        self, out: StepOut, state: State, total: int, speed: float, step_s: float
+    ) -> str | None: ...
     def evaluate(self) -> dict: ...  # validation numbers, "val_loss" and the like
     def start_line(self, rec: dict) -> str: ...
     def val_line(self, rec: dict, state: State, mark: str) -> str: ...
@@ -154,20 +158,34 @@ class Log:
 class Run:
     """One training run in its work directory: built objects in (the method with its model), one loop."""
 
-    def __init__(self, cfg: TrainConfig, work: Path, method: Method, *, quiet: bool = False, lead: bool = True,
-                 resume: Path | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        work: Path,
+        method: Method,
+        *,
+        quiet: bool = False,
+        lead: bool = True,
+        resume: Path | None = None,
+    ):
         import torch
 
         self.cfg, self.work, self.m, self.lead = cfg, work, method, lead
         self.params = [p for p in method.model.parameters() if p.requires_grad]
         # fused: one kernel for all parameters on a GPU (what TRL uses there); not for FSDP's sharded tensors
         fused = bool(self.params) and self.params[0].is_cuda and not cfg.fsdp
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+        self.opt = torch.optim.AdamW(
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None
+        )
         self.total = total_steps(cfg, method.n_items)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_schedule(cfg, self.total))
         self.clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         self.resumed = resume is not None
-        self.state = State.from_dict(checkpoint.load(resume, method.model, self.opt, self.sched)) if resume else State()
+        self.state = (
+            State.from_dict(checkpoint.load(resume, method.model, self.opt, self.sched))
+            if resume
+            else State()
+        )
         self.log = Log(work / "metrics.jsonl", cfg, lead, self.state if resume else None)
         self.quiet = quiet or not lead  # only rank 0 shows progress
         self.progress = Progress(self.total, self.quiet, start=self.state.step) if method.bar else None
@@ -197,8 +215,10 @@ class Run:
         every = cfg.eval_every_steps
         try:
             for epoch in range(st.epoch, cfg.epochs + 1):
-                # step_in_epoch > 0: a checkpoint from inside this epoch, whose end (validation, checkpoint) is still
-                # to do, even when its last step was the run's last (a kill between that checkpoint and the validation)
+                # step_in_epoch > 0: a checkpoint from inside this epoch, whose end (validation, checkpoint)
+                # is still
+                # to do, even when its last step was the run's last (a kill between that checkpoint and the
+                # validation)
                 if (st.stopped or st.step >= self.total) and st.step_in_epoch == 0:
                     break
                 st.epoch = epoch
@@ -242,9 +262,18 @@ class Run:
         st.tokens += out.tokens
         st.answer_tokens += out.answer_tokens
         speed = st.tokens / max(st.train_s, 1e-9)
-        self.log.write({"step": st.step, "epoch": st.epoch, "loss": round(out.loss, 6), **out.record,
-                        "lr": self.sched.get_last_lr()[0], "grad_norm": round(float(dist.full(norm)), 4),
-                        "tokens": st.tokens, "tokens_per_s": round(speed, 1)})
+        self.log.write(
+            {
+                "step": st.step,
+                "epoch": st.epoch,
+                "loss": round(out.loss, 6),
+                **out.record,
+                "lr": self.sched.get_last_lr()[0],
+                "grad_norm": round(float(dist.full(norm)), 4),
+                "tokens": st.tokens,
+                "tokens_per_s": round(speed, 1),
+            }
+        )
         if self.progress is not None:
             self.progress.update(st.step, st.epoch, self.cfg.epochs, out.loss, speed)
         else:
@@ -274,8 +303,14 @@ class Run:
     def save(self) -> None:
         st = self.state
         st.elapsed, st.metric_lines = time.time() - self.t0, self.log.lines
-        checkpoint.save(self.work / "checkpoints" / f"{checkpoint.PREFIX}{st.step:07d}", self.m.model, self.opt,
-                        self.sched, asdict(st), write=self.lead)
+        checkpoint.save(
+            self.work / "checkpoints" / f"{checkpoint.PREFIX}{st.step:07d}",
+            self.m.model,
+            self.opt,
+            self.sched,
+            asdict(st),
+            write=self.lead,
+        )
         if self.lead:
             checkpoint.prune(self.work / "checkpoints", self.cfg.keep_checkpoints)
         dist.barrier()
@@ -300,14 +335,25 @@ class Run:
         else:
             if from_best:  # the run's weights are the best by validation; load them back for the final save
                 load_weights(m.model, best, adapter)
-            m.model.save_pretrained(str(self.work))  # the whole work dir is renamed into place, so no temp dir here
+            m.model.save_pretrained(
+                str(self.work)
+            )  # the whole work dir is renamed into place, so no temp dir here
         m.tok.save_pretrained(str(self.work))
         n = dist.world()[1]
-        rundir.finish(self.work, out, {"model": cfg.model, "model_dir": str(model_dir), "method": cfg.method,
-                                       "from_adapter": cfg.from_adapter or None,
-                                       "adapter": "best" if st.best else "last", "processes": n,
-                                       "engine": "fsdp" if state is not None else "ddp" if n > 1 else "single",
-                                       "result": asdict(result)})
+        rundir.finish(
+            self.work,
+            out,
+            {
+                "model": cfg.model,
+                "model_dir": str(model_dir),
+                "method": cfg.method,
+                "from_adapter": cfg.from_adapter or None,
+                "adapter": "best" if st.best else "last",
+                "processes": n,
+                "engine": "fsdp" if state is not None else "ddp" if n > 1 else "single",
+                "result": asdict(result),
+            },
+        )
         dist.barrier()
         return result
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tunesmith.atomic import replace_dir, sweep, write_json, write_text
 from tunesmith.data.formats import data_files, locate_paths
-from tunesmith.data.prepare import Mix, is_mix
+from tunesmith.data.mix import Mix, is_mix
 from tunesmith.errors import UserError
 from tunesmith.faults import killpoint
 from tunesmith.models import sha256_file
@@ -43,8 +43,10 @@ def check_disk(out: Path, cfg: TrainConfig) -> None:
     free = shutil.disk_usage(out.resolve().parent).free
     need = 64 << 20 if cfg.method in ADAPTER_METHODS else 2 << 30  # rough: adapters are MBs, full models GBs
     if free < need:
-        raise UserError(f"--out {out}: only {free >> 20} MB free on that disk; a {cfg.method} run needs about "
-                        f"{need >> 20} MB for its weights and checkpoints")
+        raise UserError(
+            f"--out {out}: only {free >> 20} MB free on that disk; a {cfg.method} run needs about "
+            f"{need >> 20} MB for its weights and checkpoints"
+        )
 
 
 def source_files(cfg: TrainConfig) -> list[Path]:
@@ -64,7 +66,9 @@ def source_files(cfg: TrainConfig) -> list[Path]:
         for f in [r] if is_mix(r) else data_files(r):
             files += sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
     files += [Path(p) for p in (cfg.style, cfg.rubric) if p and Path(p).is_file()]
-    return [f for f in dict.fromkeys(files) if f.is_file()]  # a pipe is refused when the data is read, not hashed here
+    return [
+        f for f in dict.fromkeys(files) if f.is_file()
+    ]  # a pipe is refused when the data is read, not hashed here
 
 
 def fingerprint(cfg: TrainConfig) -> list[dict]:
@@ -73,12 +77,20 @@ def fingerprint(cfg: TrainConfig) -> list[dict]:
 
 def run_inputs(cfg: TrainConfig, config_file: str | None = None) -> dict[str, object]:
     """The flags that name something the run reads: --out may not be, hold, or lie inside any of them."""
-    return {"--data": [cfg.data, *source_files(cfg)], "--val": cfg.val, "--model": cfg.model,
-            "--from-adapter": cfg.from_adapter, "--style": cfg.style, "--rubric": cfg.rubric, "--config": config_file}
+    return {
+        "--data": [cfg.data, *source_files(cfg)],
+        "--val": cfg.val,
+        "--model": cfg.model,
+        "--from-adapter": cfg.from_adapter,
+        "--style": cfg.style,
+        "--rubric": cfg.rubric,
+        "--config": config_file,
+    }
 
 
-def begin(cfg: TrainConfig, *, overwrite: bool, resume: bool, config_file: str | None = None,
-          lead: bool = True) -> tuple[Path, Path]:
+def begin(
+    cfg: TrainConfig, *, overwrite: bool, resume: bool, config_file: str | None = None, lead: bool = True
+) -> tuple[Path, Path]:
     """Check --out (a new run) or the partial dir (--resume); returns (out, work). Only the `lead`
     process clears leftovers (another machine's live process would look dead from here)."""
     out = Path(cfg.out)
@@ -90,8 +102,10 @@ def begin(cfg: TrainConfig, *, overwrite: bool, resume: bool, config_file: str |
         return out, work
     check_out(out, "run", overwrite=overwrite, inputs=run_inputs(cfg, config_file), clean=lead)
     if work.exists():
-        raise UserError(f"--out {out}: an unfinished run is in {work}; continue it with `tunesmith train --resume {out}` "
-                        "or delete that folder")
+        raise UserError(
+            f"--out {out}: an unfinished run is in {work}; continue it with `tunesmith train --resume {out}` "
+            "or delete that folder"
+        )
     return out, work
 
 
@@ -110,7 +124,11 @@ def saved_config(run: str) -> Path:
     work = partial_dir(Path(run))
     saved = work / "config.yaml"
     if not work.is_dir() or not (saved.is_file() or (work / INPUTS).is_file()):
-        why = "that run already finished" if (Path(run) / RUN_INFO).is_file() else f"no unfinished run at {work}"
+        why = (
+            "that run already finished"
+            if (Path(run) / RUN_INFO).is_file()
+            else f"no unfinished run at {work}"
+        )
         raise UserError(f"--resume {run}: {why}")
     started = _inputs(work).get("config")
     try:
@@ -119,7 +137,9 @@ def saved_config(run: str) -> Path:
         now = None
     if started is None:  # a run from before inputs.json: its config.yaml is all there is
         if not isinstance(now, dict):
-            raise UserError(f"{saved}: unreadable, and the run has no {INPUTS} to restore it from; start the run again")
+            raise UserError(
+                f"{saved}: unreadable, and the run has no {INPUTS} to restore it from; start the run again"
+            )
         return saved
     if not isinstance(now, dict) or not now:
         write_text(saved, to_yaml(TrainConfig(**started)))
@@ -128,33 +148,50 @@ def saved_config(run: str) -> Path:
     changed = [k for k in sorted(set(started) | set(now)) if started.get(k) != now.get(k)]
     if changed:
         what = ", ".join(f"{k} {started.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise UserError(f"{saved}: edited since the run started ({what}); a resumed run continues with the settings it "
-                        "started with (its optimizer and schedule are in the checkpoint): undo the edit, or start a new run")
+        raise UserError(
+            f"{saved}: edited since the run started ({what}); a resumed run continues with the settings it "
+            "started with (its optimizer and schedule are in the checkpoint): undo the edit, or start a new "
+            "run"
+        )
     return saved
 
 
-def check_data(work: Path, cfg: TrainConfig, ckpt: Path, allow_changed: bool, write: bool = True) -> list[dict]:
+def check_data(
+    work: Path, cfg: TrainConfig, ckpt: Path, allow_changed: bool, write: bool = True
+) -> list[dict]:
     """--resume: the data must be what the run started on; returns the current fingerprint."""
     rec = _inputs(work)
     now = fingerprint(cfg)
     if "data" not in rec:
         print(f"{work}: this run predates data checksums; its data cannot be checked", file=sys.stderr)
         return now
-    accepted = rec["resumes"][-1]["data"] if rec.get("resumes") else rec["data"]  # the last data the run went on with
+    accepted = (
+        rec["resumes"][-1]["data"] if rec.get("resumes") else rec["data"]
+    )  # the last data the run went on with
     before = {d["path"]: d["sha256"] for d in accepted}
     after = {d["path"]: d["sha256"] for d in now}
     changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
     if not changed:
         return now
-    what = ", ".join(f"{p} ({'added' if p not in before else 'removed' if p not in after else 'changed'})" for p in changed)
+    what = ", ".join(
+        f"{p} ({'added' if p not in before else 'removed' if p not in after else 'changed'})" for p in changed
+    )
     if not allow_changed:
-        raise UserError(f"--resume {cfg.out}: the data changed since the run started: {what}; restore it, or pass "
-                        "--allow-changed-data to continue on the new data (recorded in the run)")
+        raise UserError(
+            f"--resume {cfg.out}: the data changed since the run started: {what}; restore it, or pass "
+            "--allow-changed-data to continue on the new data (recorded in the run)"
+        )
     if not write:
         return now
     print(f"continuing on changed data: {what} (recorded in {INPUTS})", file=sys.stderr)
-    rec.setdefault("resumes", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": ckpt.name,
-                                          "changed_data": changed, "data": now})
+    rec.setdefault("resumes", []).append(
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "checkpoint": ckpt.name,
+            "changed_data": changed,
+            "data": now,
+        }
+    )
     write_json(work / INPUTS, rec)
     return now
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunesmith.chat import IGNORE, split_prompt
 from tunesmith.data.formats import load_examples, locate_paths
-from tunesmith.data.prepare import is_mix, load_training_mix
+from tunesmith.data.mix import is_mix, load_training_mix
 from tunesmith.errors import UserError
 from tunesmith.loading import generate
 from tunesmith.scoring.metrics import scores
@@ -40,7 +40,11 @@ def load_data(cfg: TrainConfig):
             val_ex = load_examples(cfg.val, "--val")
         return train_ex, val_ex, cfg.data
     train_path, val_path = locate_paths(cfg.data, cfg.val)
-    return load_examples(train_path, "--data"), (load_examples(val_path, "--val") if val_path else []), train_path
+    return (
+        load_examples(train_path, "--data"),
+        (load_examples(val_path, "--val") if val_path else []),
+        train_path,
+    )
 
 
 def validate(model, encoded, cfg: TrainConfig, pad_id: int, sharded_loss=None) -> float:
@@ -54,7 +58,9 @@ def validate(model, encoded, cfg: TrainConfig, pad_id: int, sharded_loss=None) -
     rank, size = dist.world()
     mine = dist.shard(order, rank, size)  # each rank scores its share; the sums are combined
     groups = micro_batches(encoded, mine, cfg, pass_budget(encoded, cfg))
-    if sharded_loss is not None:  # FSDP: each forward is collective, every rank runs as many (a spare one is not counted)
+    if (
+        sharded_loss is not None
+    ):  # FSDP: each forward is collective, every rank runs as many (a spare one is not counted)
         groups += [[]] * (-(-len(dist.shard(order, 0, size)) // cfg.micro_batch_size) - len(groups))
     bucket, device = bucket_size(cfg), autocast_device(cfg)
     with torch.no_grad():
@@ -116,8 +122,14 @@ class Sft:
 
     bar = True
 
-    def __init__(self, cfg: TrainConfig, *, trust_remote_code: bool = False, quiet: bool = False,
-                 resumed_from: str | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        trust_remote_code: bool = False,
+        quiet: bool = False,
+        resumed_from: str | None = None,
+    ):
         train_ex, val_ex, train_path = load_data(cfg)
         model, tok, self.model_dir = setup_model(cfg, trust_remote_code)
         on_cpu = next(model.parameters()).device.type == "cpu"
@@ -128,30 +140,47 @@ class Sft:
         for d in self.dropped + val_dropped:
             print(d, file=sys.stderr)
         if not self.train_enc:
-            raise UserError(f"--data {train_path}: every example is longer than --max-length {cfg.max_length}; raise it")
+            raise UserError(
+                f"--data {train_path}: every example is longer than --max-length {cfg.max_length}; raise it"
+            )
         ctx = getattr(model.config, "max_position_embeddings", None)
         longest = max(len(e.input_ids) for e in self.train_enc + self.val_enc)
         if ctx and longest > ctx:
-            raise UserError(f"--data {train_path}: an example has {longest} tokens, more than the model's context "
-                            f"({ctx}); lower --max-length to {ctx} or shorten the examples")
+            raise UserError(
+                f"--data {train_path}: an example has {longest} tokens, more than the model's context "
+                f"({ctx}); lower --max-length to {ctx} or shorten the examples"
+            )
         if not quiet:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             total = sum(p.numel() for p in model.parameters())
             what = f"resuming from {resumed_from}: " if resumed_from else ""
-            print(f"{what}training {cfg.method} on {len(self.train_enc)} examples ({len(self.val_enc)} validation), "
-                  f"{trainable:,} of {total:,} parameters trainable", file=sys.stderr)
+            print(
+                f"{what}training {cfg.method} on {len(self.train_enc)} examples ({len(self.val_enc)} "
+                "validation), "
+                f"{trainable:,} of {total:,} parameters trainable",
+                file=sys.stderr,
+            )
         self.val_gen = None
         if cfg.eval_metric:
             if not val_ex:
-                raise UserError("--eval-metric needs validation examples: --val FILE, or val.jsonl beside the training data")
+                raise UserError(
+                    "--eval-metric needs validation examples: --val FILE, or val.jsonl beside the training "
+                    "data"
+                )
             kept = val_ex[: cfg.eval_limit] if cfg.eval_limit else val_ex
             self.val_gen = tuple(map(list, zip(*(split_prompt(ex.messages) for ex in kept))))
         self.metric = f"val_{cfg.eval_metric}" if cfg.eval_metric else None
         self.goal = (self.metric, True) if self.metric else ("val_loss", False)
         self.n_items, self.has_val = len(self.train_enc), bool(self.val_enc)
-        self.loss_fn = dist.wrap(model, answer_loss_sum, cfg.fsdp)  # before the optimizer: FSDP swaps the parameters
+        self.loss_fn = dist.wrap(
+            model, answer_loss_sum, cfg.fsdp
+        )  # before the optimizer: FSDP swaps the parameters
         self.sharded_loss = self.loss_fn if dist.sharded(model) else None
-        self.pad, self.bucket, self.budget = tok.pad_token_id, bucket_size(cfg), pass_budget(self.train_enc, cfg)
+        self.pad, self.bucket, self.budget = (
+            tok.pad_token_id,
+            bucket_size(cfg),
+            pass_budget(self.train_enc, cfg),
+        )
         self.autocast = autocast_device(cfg)
 
     def plan(self, epoch: int) -> list:
@@ -185,7 +214,9 @@ class Sft:
         return None  # the progress bar shows the step
 
     def evaluate(self) -> dict:
-        rec = {"val_loss": round(validate(self.model, self.val_enc, self.cfg, self.pad, self.sharded_loss), 6)}
+        rec = {
+            "val_loss": round(validate(self.model, self.val_enc, self.cfg, self.pad, self.sharded_loss), 6)
+        }
         if self.metric:
             rec[self.metric] = round(validate_generation(self.model, self.tok, self.val_gen, self.cfg), 2)
         return rec
@@ -197,8 +228,10 @@ class Sft:
         return f"validation loss before training: {rec['val_loss']:.4f}{self._score(rec)}"
 
     def val_line(self, rec: dict, state: State, mark: str) -> str:
-        return (f"step {state.step} (epoch {state.epoch}): train loss {state.last_loss:.4f}, "
-                f"val loss {rec['val_loss']:.4f}{self._score(rec)}{mark}")
+        return (
+            f"step {state.step} (epoch {state.epoch}): train loss {state.last_loss:.4f}, "
+            f"val loss {rec['val_loss']:.4f}{self._score(rec)}{mark}"
+        )
 
     def epoch_line(self, epoch: int, state: State) -> str:
         return f"epoch {epoch}/{self.cfg.epochs}: train loss {state.last_loss:.4f}"
@@ -208,6 +241,17 @@ class Sft:
 
     def result(self, st: State, run_dir: Path) -> Result:
         train_s = max(1e-9, st.train_s)  # tokens/s count training time, not validation
-        return Result(str(run_dir), st.step, st.last_loss, [v["val_loss"] for v in st.vals], round(st.tokens / train_s, 1),
-                      round(st.answer_tokens / train_s, 1), round(st.elapsed, 1), len(self.train_enc), len(self.dropped),
-                      st.best, st.stopped, st.start.get("val_loss"))
+        return Result(
+            str(run_dir),
+            st.step,
+            st.last_loss,
+            [v["val_loss"] for v in st.vals],
+            round(st.tokens / train_s, 1),
+            round(st.answer_tokens / train_s, 1),
+            round(st.elapsed, 1),
+            len(self.train_enc),
+            len(self.dropped),
+            st.best,
+            st.stopped,
+            st.start.get("val_loss"),
+        )

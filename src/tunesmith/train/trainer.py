@@ -23,8 +23,16 @@ from tunesmith.train.sft import Sft
 METHODS = {"dpo": Dpo, "grpo": Grpo}  # every other --method is SFT, with its adapter or trainable selection
 
 
-def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, trust_remote_code: bool = False,
-          resume: bool = False, allow_changed_data: bool = False, config_file: str | None = None):
+def train(
+    cfg: TrainConfig,
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+    trust_remote_code: bool = False,
+    resume: bool = False,
+    allow_changed_data: bool = False,
+    config_file: str | None = None,
+):
     """Train `cfg` into cfg.out; returns the method's result (sft.Result, or preference.PrefResult)."""
     import torch
 
@@ -36,8 +44,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
     dist.init()
     lead, processes = dist.world()[0] == 0, dist.world()[1]
     if cfg.fsdp and processes == 1:
-        raise UserError("--fsdp shards the model across processes, and this is one process: launch with "
-                        "`torchrun --nproc_per_node N -m tunesmith.cli train ...` (N ≥ 2), or drop --fsdp")
+        raise UserError(
+            "--fsdp shards the model across processes, and this is one process: launch with "
+            "`torchrun --nproc_per_node N -m tunesmith.cli train ...` (N ≥ 2), or drop --fsdp"
+        )
     if kind is not Sft and processes > 1:
         raise UserError(f"--method {cfg.method} trains in one process; launch it without torchrun")
     out, work = rundir.begin(cfg, overwrite=overwrite, resume=resume, config_file=config_file, lead=lead)
@@ -53,7 +63,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, tru
         raise UserError("--tensorboard needs the tensorboard package: pip install 'tunesmith[tensorboard]'")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    method = kind(cfg, trust_remote_code=trust_remote_code, quiet=quiet, resumed_from=ckpt.name if ckpt else None)
+    method = kind(
+        cfg, trust_remote_code=trust_remote_code, quiet=quiet, resumed_from=ckpt.name if ckpt else None
+    )
     cfg = method.cfg  # resolved (the automatic micro-batch size filled in): what config.yaml records
     dist.barrier()  # every rank has checked --out before rank 0 creates the run directory
     if lead and ckpt is None:

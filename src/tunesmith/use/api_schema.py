@@ -25,7 +25,9 @@ from pydantic import (
     model_validator,
 )
 
-MAX_DEPTH = 32  # a chat body is 4 levels deep (body, messages, message, content parts); 5,000 overflowed the parser
+MAX_DEPTH = (
+    32  # a chat body is 4 levels deep (body, messages, message, content parts); 5,000 overflowed the parser
+)
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -33,11 +35,15 @@ def _unicode(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("holds an unpaired surrogate (e.g. \\ud800), which is not valid Unicode text") from None
+        raise ValueError(
+            "holds an unpaired surrogate (e.g. \\ud800), which is not valid Unicode text"
+        ) from None
     return text
 
 
-Text = Annotated[StrictStr, AfterValidator(_unicode)]  # JSON may escape a lone surrogate; the tokenizer cannot take it
+Text = Annotated[
+    StrictStr, AfterValidator(_unicode)
+]  # JSON may escape a lone surrogate; the tokenizer cannot take it
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
@@ -109,7 +115,12 @@ def _fields() -> set[str]:
     return names
 
 
-_KIND = {"str": (str, "a string"), "list": (list, "a list"), "int": (int, "an integer"), "float": (float, "a number")}
+_KIND = {
+    "str": (str, "a string"),
+    "list": (list, "a list"),
+    "int": (int, "an integer"),
+    "float": (float, "a number"),
+}
 
 
 def _member(tag: str) -> str:

@@ -46,7 +46,9 @@ class Served:
     engine: Engine
     base_name: str
     settings: Settings
-    tok_lock: threading.Lock = field(default_factory=threading.Lock)  # the Rust tokenizer is not for concurrent calls
+    tok_lock: threading.Lock = field(
+        default_factory=threading.Lock
+    )  # the Rust tokenizer is not for concurrent calls
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -67,7 +69,9 @@ def check_key(settings: Settings, authorization: str) -> None:
     for k in settings.keys:
         ok |= hmac.compare_digest(given.encode(), k.encode())
     if not ok:
-        raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+        raise APIError(
+            401, "missing or wrong API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
+        )
 
 
 def parse_body(body: bytes, schema):
@@ -90,29 +94,48 @@ def parse_body(body: bytes, schema):
 def pick_model(req, models: list[str], base_name: str) -> str | None:
     """The adapter a request names (None for the base model): only by name, never a path."""
     if req.model not in models:
-        raise APIError(404, f"model {req.model!r} does not exist; this server has: {', '.join(models)}",
-                       code="model_not_found", param="model")
+        raise APIError(
+            404,
+            f"model {req.model!r} does not exist; this server has: {', '.join(models)}",
+            code="model_not_found",
+            param="model",
+        )
     return None if req.model == base_name else req.model
 
 
 def make_job(req, ids: list[int], adapter: str | None, settings: Settings, loop) -> Job:
     """A validated request -> the engine's Job, with the server's own limits applied."""
     if len(ids) > settings.max_prompt_tokens:
-        raise APIError(400, f"the prompt is {len(ids)} tokens; this server accepts at most {settings.max_prompt_tokens}",
-                       code="context_length_exceeded", param="messages")
+        raise APIError(
+            400,
+            f"the prompt is {len(ids)} tokens; this server accepts at most {settings.max_prompt_tokens}",
+            code="context_length_exceeded",
+            param="messages",
+        )
     key = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(req, key)
     max_tokens = min(256, settings.max_tokens) if max_tokens is None else max_tokens
     if not 1 <= max_tokens <= settings.max_tokens:
-        raise APIError(400, f"'{key}' is {max_tokens}; it must be between 1 and {settings.max_tokens}", param=key)
+        raise APIError(
+            400, f"'{key}' is {max_tokens}; it must be between 1 and {settings.max_tokens}", param=key
+        )
     if req.n not in (None, 1):
-        raise APIError(400, f"'n' is {req.n}; this server makes one answer per request, so it must be 1", param="n")
+        raise APIError(
+            400, f"'n' is {req.n}; this server makes one answer per request, so it must be 1", param="n"
+        )
     temperature = 0.0 if req.temperature is None else req.temperature
     temperature = temperature if temperature >= MIN_TEMPERATURE else 0.0  # greedy in effect; avoids inf/nan
-    return Job(adapter=adapter, ids=ids, max_tokens=max_tokens, temperature=temperature,
-               top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
-               stop=[req.stop] if isinstance(req.stop, str) else req.stop or [],
-               deadline=time.monotonic() + settings.timeout, loop=loop)
+    return Job(
+        adapter=adapter,
+        ids=ids,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        seed=req.seed,
+        stop=[req.stop] if isinstance(req.stop, str) else req.stop or [],
+        deadline=time.monotonic() + settings.timeout,
+        loop=loop,
+    )
 
 
 def note(request: Request, **fields) -> None:
@@ -121,29 +144,55 @@ def note(request: Request, **fields) -> None:
 
 
 def usage(job: Job) -> dict:
-    return {"prompt_tokens": len(job.ids), "completion_tokens": job.completion_tokens,
-            "total_tokens": len(job.ids) + job.completion_tokens}
+    return {
+        "prompt_tokens": len(job.ids),
+        "completion_tokens": job.completion_tokens,
+        "total_tokens": len(job.ids) + job.completion_tokens,
+    }
 
 
 def completion_body(shape: str, rid: str, model_name: str, text: str, finish: str, job: Job) -> dict:
     if shape == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
     else:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    return {"id": rid, "object": "chat.completion" if shape == "chat" else "text_completion", "created": int(time.time()),
-            "model": model_name, "choices": [choice], "usage": usage(job)}
+    return {
+        "id": rid,
+        "object": "chat.completion" if shape == "chat" else "text_completion",
+        "created": int(time.time()),
+        "model": model_name,
+        "choices": [choice],
+        "usage": usage(job),
+    }
 
 
-def chunk(shape: str, rid: str, model_name: str, delta: str | None, finish: str | None, role: bool = False) -> str:
+def chunk(
+    shape: str, rid: str, model_name: str, delta: str | None, finish: str | None, role: bool = False
+) -> str:
     """One server-sent event of a streamed answer."""
     if shape == "chat":
-        d = {"role": "assistant", "content": ""} if role else ({"content": delta} if delta is not None else {})
+        d = (
+            {"role": "assistant", "content": ""}
+            if role
+            else ({"content": delta} if delta is not None else {})
+        )
         choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
     else:
         choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
     obj = "chat.completion.chunk" if shape == "chat" else "text_completion"
-    return "data: " + json.dumps({"id": rid, "object": obj, "created": int(time.time()), "model": model_name,
-                                  "choices": [choice]}, ensure_ascii=False) + "\n\n"
+    return (
+        "data: "
+        + json.dumps(
+            {"id": rid, "object": obj, "created": int(time.time()), "model": model_name, "choices": [choice]},
+            ensure_ascii=False,
+        )
+        + "\n\n"
+    )
 
 
 def timeout_error(settings: Settings) -> APIError:
@@ -178,8 +227,9 @@ async def answer_whole(request: Request, job: Job, settings: Settings, shape: st
     return completion_body(shape, rid, model_name, "".join(parts), finish, job)
 
 
-async def stream_events(request: Request, job: Job, settings: Settings, shape: str, rid: str, model_name: str,
-                        include_usage: bool):
+async def stream_events(
+    request: Request, job: Job, settings: Settings, shape: str, rid: str, model_name: str, include_usage: bool
+):
     """The answer as server-sent events, then [DONE]; a client that goes away cancels its generation."""
     finish = None
     try:
@@ -190,7 +240,11 @@ async def stream_events(request: Request, job: Job, settings: Settings, shape: s
             if kind == "delta":
                 yield chunk(shape, rid, model_name, value, None)
             elif kind == "error":
-                yield "data: " + json.dumps(APIError(500, f"generation failed: {value}", "server_error").body()) + "\n\n"
+                yield (
+                    "data: "
+                    + json.dumps(APIError(500, f"generation failed: {value}", "server_error").body())
+                    + "\n\n"
+                )
                 break
             else:
                 finish = value
@@ -201,8 +255,20 @@ async def stream_events(request: Request, job: Job, settings: Settings, shape: s
                 break
         if include_usage:
             obj = "chat.completion.chunk" if shape == "chat" else "text_completion"
-            yield "data: " + json.dumps({"id": rid, "object": obj, "created": int(time.time()), "model": model_name,
-                                          "choices": [], "usage": usage(job)}) + "\n\n"
+            yield (
+                "data: "
+                + json.dumps(
+                    {
+                        "id": rid,
+                        "object": obj,
+                        "created": int(time.time()),
+                        "model": model_name,
+                        "choices": [],
+                        "usage": usage(job),
+                    }
+                )
+                + "\n\n"
+            )
         yield "data: [DONE]\n\n"
     finally:
         if finish is None:  # the client went away mid-stream: stop generating for it
@@ -221,8 +287,11 @@ async def respond(request: Request, served: Served, job: Job, shape: str, req):
         return await answer_whole(request, job, served.settings, shape, rid, req.model)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     request.state.log_later = True
-    return StreamingResponse(stream_events(request, job, served.settings, shape, rid, req.model, include_usage),
-                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        stream_events(request, job, served.settings, shape, rid, req.model, include_usage),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 async def read_body(request: Request, settings: Settings) -> bytes:
@@ -230,12 +299,18 @@ async def read_body(request: Request, settings: Settings) -> bytes:
     check_key(settings, request.headers.get("authorization", ""))
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_body:
-        raise APIError(413, f"request body of {length} bytes is over the limit of {settings.max_body}", code="body_too_large")
+        raise APIError(
+            413,
+            f"request body of {length} bytes is over the limit of {settings.max_body}",
+            code="body_too_large",
+        )
     body = b""
     async for part in request.stream():
         body += part
         if len(body) > settings.max_body:
-            raise APIError(413, f"request body is over the limit of {settings.max_body} bytes", code="body_too_large")
+            raise APIError(
+                413, f"request body is over the limit of {settings.max_body} bytes", code="body_too_large"
+            )
     return body
 
 
@@ -245,14 +320,18 @@ async def read_body(request: Request, settings: Settings) -> bytes:
 async def chat_completions(request: Request, served: Served):
     req = parse_body(await read_body(request, served.settings), ChatRequest)
     adapter = pick_model(req, served.models, served.base_name)
-    convo = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    convo = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
+    ]
     if served.settings.log_prompts:
         note(request, messages=convo)
     with served.tok_lock:
         try:
             ids = prompt_ids(served.engine.tokenizer, convo)
         except Exception as e:  # the chat template refused this conversation (templates raise what they like)
-            raise APIError(400, f"the model's chat template refused these messages: {e}", param="messages") from None
+            raise APIError(
+                400, f"the model's chat template refused these messages: {e}", param="messages"
+            ) from None
     job = make_job(req, ids, adapter, served.settings, asyncio.get_running_loop())
     return await respond(request, served, job, "chat", req)
 
@@ -273,13 +352,24 @@ async def completions(request: Request, served: Served):
 
 def list_models(request: Request, served: Served) -> dict:
     check_key(served.settings, request.headers.get("authorization", ""))
-    return {"object": "list", "data": [{"id": m, "object": "model", "created": served.created, "owned_by": "tunesmith"}
-                                       for m in served.models]}
+    return {
+        "object": "list",
+        "data": [
+            {"id": m, "object": "model", "created": served.created, "owned_by": "tunesmith"}
+            for m in served.models
+        ],
+    }
 
 
 def health(served: Served) -> dict:
     e = served.engine
-    return {"status": "ok", "models": served.models, "waiting": len(e.waiting), "generating": e.busy, "batches": e.batches}
+    return {
+        "status": "ok",
+        "models": served.models,
+        "waiting": len(e.waiting),
+        "generating": e.busy,
+        "batches": e.batches,
+    }
 
 
 def create_app(engine: Engine, base_name: str, settings: Settings):
@@ -292,11 +382,15 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
 
     @app.exception_handler(404)
     async def _not_found(request: Request, e):
-        return JSONResponse(APIError(404, f"no route {request.method} {request.url.path}").body(), status_code=404)
+        return JSONResponse(
+            APIError(404, f"no route {request.method} {request.url.path}").body(), status_code=404
+        )
 
     @app.exception_handler(405)
     async def _bad_method(request: Request, e):
-        return JSONResponse(APIError(405, f"{request.method} is not allowed on {request.url.path}").body(), status_code=405)
+        return JSONResponse(
+            APIError(405, f"{request.method} is not allowed on {request.url.path}").body(), status_code=405
+        )
 
     # the routes only hand the request to the module-level functions above
     @app.get("/health")
@@ -325,9 +419,15 @@ def _log(scope, settings: Settings, status: int | None) -> None:
     state = scope.setdefault("state", {})
     if status is not None:
         state["status"] = status
-    line = {"ts": round(time.time(), 3), "method": scope.get("method"), "path": scope.get("path"),
-            "status": state.get("status"), "ms": round(1000 * (time.perf_counter() - state.get("t0", time.perf_counter())), 1),
-            "client": (scope.get("client") or ["-"])[0], **state.get("log", {})}
+    line = {
+        "ts": round(time.time(), 3),
+        "method": scope.get("method"),
+        "path": scope.get("path"),
+        "status": state.get("status"),
+        "ms": round(1000 * (time.perf_counter() - state.get("t0", time.perf_counter())), 1),
+        "client": (scope.get("client") or ["-"])[0],
+        **state.get("log", {}),
+    }
     print(json.dumps(line, ensure_ascii=False), file=settings.log or sys.stderr, flush=True)
 
 

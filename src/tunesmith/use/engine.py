@@ -24,8 +24,15 @@ from tunesmith.loading import TextStream, generate_ids
 class APIError(Exception):
     """An OpenAI-style error response."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
         self.headers = headers
@@ -45,7 +52,9 @@ class Job:
     stop: list[str]
     deadline: float
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)  # ("delta", text) ... then ("end", finish_reason)
+    events: asyncio.Queue = field(
+        default_factory=asyncio.Queue
+    )  # ("delta", text) ... then ("end", finish_reason)
     cancelled: threading.Event = field(default_factory=threading.Event)
     completion_tokens: int = 0
     arrived: float = field(default_factory=time.monotonic)
@@ -73,7 +82,9 @@ class Engine:
         self.closed = False
         self.busy = 0  # jobs being generated now
         self.batches = 0
-        self.batch_s = 1.0  # moving average of a batch's generation time, for Retry-After (1 s until measured)
+        self.batch_s = (
+            1.0  # moving average of a batch's generation time, for Retry-After (1 s until measured)
+        )
         self.thread = threading.Thread(target=self._work, name="tunesmith-engine", daemon=True)
         self.thread.start()
 
@@ -81,8 +92,14 @@ class Engine:
         with self.cv:
             if len(self.waiting) >= self.max_queue:
                 wait = self.retry_after()
-                raise APIError(429, f"the server is busy: {self.max_queue} requests are already waiting; retry in about "
-                               f"{wait} s", "rate_limit_exceeded", "queue_full", headers={"Retry-After": str(wait)})
+                raise APIError(
+                    429,
+                    f"the server is busy: {self.max_queue} requests are already waiting; retry in about "
+                    f"{wait} s",
+                    "rate_limit_exceeded",
+                    "queue_full",
+                    headers={"Retry-After": str(wait)},
+                )
             self.waiting.append(job)
             self.cv.notify()
 
@@ -132,7 +149,11 @@ class Engine:
                 t = time.monotonic()
                 try:
                     self._generate(live)
-                    self.batch_s = 0.7 * self.batch_s + 0.3 * (time.monotonic() - t) if self.batches > 1 else time.monotonic() - t
+                    self.batch_s = (
+                        0.7 * self.batch_s + 0.3 * (time.monotonic() - t)
+                        if self.batches > 1
+                        else time.monotonic() - t
+                    )
                 except Exception as e:  # a bug or out of memory: fail these requests, keep serving
                     print(f"tunesmith serve: generation failed: {e!r}", file=sys.stderr)
                     for job in live:
@@ -169,10 +190,18 @@ class Engine:
         self.batches += 1
         ctx = self.model.disable_adapter() if j0.adapter is None and self.adapters else _null()
         with ctx:
-            outs = generate_ids(self.model, [j.ids for j in jobs], pad_id=self.tokenizer.pad_token_id,
-                                stop_ids=self.stop_ids, max_new_tokens=[j.max_tokens for j in jobs],
-                                temperature=j0.temperature, top_p=j0.top_p, seed=j0.seed,
-                                on_token=on_token, should_stop=should_stop)
+            outs = generate_ids(
+                self.model,
+                [j.ids for j in jobs],
+                pad_id=self.tokenizer.pad_token_id,
+                stop_ids=self.stop_ids,
+                max_new_tokens=[j.max_tokens for j in jobs],
+                temperature=j0.temperature,
+                top_p=j0.top_p,
+                seed=j0.seed,
+                on_token=on_token,
+                should_stop=should_stop,
+            )
         for row, (job, (_, stopped)) in enumerate(zip(jobs, outs)):
             if stopped:
                 reason[row] = "stop"

@@ -39,7 +39,12 @@ from tunesmith.use.merge import adapter_config, human_bytes, load_fp32
 
 # HF model_type -> GGUF architecture name, and whether llama.cpp wants q/k rows permuted
 # (its llama graph applies RoPE to interleaved pairs; HF rotates the two halves of a head).
-ARCHS = {"llama": ("llama", True), "qwen2": ("qwen2", False), "qwen3": ("qwen3", False), "phi3": ("phi3", False)}
+ARCHS = {
+    "llama": ("llama", True),
+    "qwen2": ("qwen2", False),
+    "qwen3": ("qwen3", False),
+    "phi3": ("phi3", False),
+}
 
 QUANTS = ("f32", "f16", "q8_0")
 
@@ -68,7 +73,9 @@ def _arch(config, what: str) -> Arch:
     rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     rope_type = rope.get("rope_type") or rope.get("type") or "default"
     if rope_type != "default":
-        raise UserError(f"{what}: RoPE scaling {rope_type!r} is not supported by GGUF export yet (only plain RoPE)")
+        raise UserError(
+            f"{what}: RoPE scaling {rope_type!r} is not supported by GGUF export yet (only plain RoPE)"
+        )
     if mt == "phi3" and rope.get("partial_rotary_factor", 1.0) != 1.0:
         raise UserError(f"{what}: partial rotary embeddings are not supported by GGUF export yet")
     if getattr(config, "mlp_bias", False):
@@ -78,8 +85,15 @@ def _arch(config, what: str) -> Arch:
     n_head = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
     gguf_arch, permute = ARCHS[mt]
-    return Arch(mt, gguf_arch, permute, config.num_hidden_layers, n_head,
-                getattr(config, "num_key_value_heads", None) or n_head, head_dim)
+    return Arch(
+        mt,
+        gguf_arch,
+        permute,
+        config.num_hidden_layers,
+        n_head,
+        getattr(config, "num_key_value_heads", None) or n_head,
+        head_dim,
+    )
 
 
 def _rope_theta(config) -> float:
@@ -123,7 +137,11 @@ def _qtype(gguf_name: str, shape: tuple[int, ...], quant: str):
     import gguf
 
     T = gguf.GGMLQuantizationType
-    if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith((".weight", ".lora_a", ".lora_b")):
+    if (
+        len(shape) <= 1
+        or gguf_name.endswith("_norm.weight")
+        or not gguf_name.endswith((".weight", ".lora_a", ".lora_b"))
+    ):
         return T.F32  # llama.cpp reads 1-D tensors and norms as F32 only
     if quant == "f32":
         return T.F32
@@ -157,7 +175,9 @@ class _Plan:
     so the file is streamed without a second copy of the model in memory."""
 
     def __init__(self):
-        self.items: list[tuple[str, tuple[int, ...], object, object]] = []  # name, shape, qtype, () -> ndarray
+        self.items: list[
+            tuple[str, tuple[int, ...], object, object]
+        ] = []  # name, shape, qtype, () -> ndarray
 
     def add(self, name: str, shape, qtype, fetch) -> None:
         self.items.append((name, tuple(int(x) for x in shape), qtype, fetch))
@@ -179,7 +199,6 @@ def _write_atomic(out: Path, arch_name: str, fill) -> int:
     """Run `fill(writer)` on a GGUFWriter aimed at a temp file beside `out`, then rename it into place.
     Every file carries GGUF_MARK, so a later `--overwrite` knows it replaces a file of ours."""
     import gguf
-
 
     fd, tmp = make_temp_file(out)
     os.close(fd)
@@ -203,8 +222,11 @@ def _write_atomic(out: Path, arch_name: str, fill) -> int:
 def _add_hparams(writer, config, arch: Arch, quant: str, name: str) -> None:
     import gguf
 
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
+    ftype = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[quant]
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
@@ -222,8 +244,9 @@ def _add_hparams(writer, config, arch: Arch, quant: str, name: str) -> None:
         writer.add_rope_dimension_count(arch.head_dim)
     if arch.hf_type == "phi3":
         writer.add_rope_dimension_count(arch.head_dim)
-        writer.add_rope_scaling_orig_ctx_len(getattr(config, "original_max_position_embeddings", None)
-                                             or config.max_position_embeddings)
+        writer.add_rope_scaling_orig_ctx_len(
+            getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings
+        )
         writer.add_sliding_window(getattr(config, "sliding_window", None) or 0)
     writer.add_file_type(ftype)
     if quant == "q8_0":
@@ -244,7 +267,9 @@ def model_plan(model, arch: Arch, quant: str) -> _Plan:
             continue
         name = _gguf_name(name_map, hf_name)
         if name is None:
-            raise UserError(f"tensor {hf_name} of this {arch.hf_type} model has no GGUF name; cannot export it")
+            raise UserError(
+                f"tensor {hf_name} of this {arch.hf_type} model has no GGUF name; cannot export it"
+            )
         heads = _qk_heads(arch, hf_name)
 
         def fetch(t=tensor, heads=heads):
@@ -273,7 +298,9 @@ def export_model(model, tok, out: Path, quant: str, *, name: str, where: str) ->
 # ---------------------------------------------------------------- GGUF: LoRA adapter
 
 
-def export_lora(adapter: str, model_dir: Path, out: Path, quant: str, *, trust_remote_code: bool = False) -> dict:
+def export_lora(
+    adapter: str, model_dir: Path, out: Path, quant: str, *, trust_remote_code: bool = False
+) -> dict:
     """Write a PEFT LoRA adapter as a llama.cpp LoRA GGUF (general.type=adapter), matching the base
     model's GGUF tensor names. Reads only the base model's config and tensor shapes, not its weights."""
     import gguf
@@ -295,16 +322,20 @@ def export_lora(adapter: str, model_dir: Path, out: Path, quant: str, *, trust_r
         if set(ab) != {"A", "B"}:
             raise UserError(f"{where}: {module} has only lora_{''.join(ab)}; the adapter file is incomplete")
         if module == "lm_head" and tied:
-            raise UserError(f"{where}: adapts lm_head, which this model ties to the embeddings; llama.cpp cannot "
-                            f"apply that as a LoRA. Drop --adapter-only to export the merged model")
+            raise UserError(
+                f"{where}: adapts lm_head, which this model ties to the embeddings; llama.cpp cannot "
+                f"apply that as a LoRA. Drop --adapter-only to export the merged model"
+            )
         name = _gguf_name(name_map, module + ".weight")
         if name is None:
             raise UserError(f"{where}: module {module} has no GGUF name for a {arch.hf_type} model")
         a, b = ab["A"], ab["B"]
         base = base_shapes.get(module + ".weight")
         if base is None or base != (b.shape[0], a.shape[1]) or a.shape[0] != b.shape[1]:
-            raise UserError(f"{where}: {module} does not fit the base model {model_dir} "
-                            f"(adapter {b.shape[0]}x{a.shape[1]}, base {base}); pass the --model it was trained on")
+            raise UserError(
+                f"{where}: {module} does not fit the base model {model_dir} "
+                f"(adapter {b.shape[0]}x{a.shape[1]}, base {base}); pass the --model it was trained on"
+            )
         ranks.add(int(a.shape[0]))
         heads = _qk_heads(arch, module + ".")
 
@@ -339,14 +370,20 @@ def _exportable_lora(adapter: str, where: str) -> dict:
     """The adapter's config, if a llama.cpp LoRA file can express the adapter."""
     lora = adapter_config(adapter)
     if lora.get("use_dora"):
-        raise UserError(f"{where}: a DoRA adapter rescales whole weight columns, which a llama.cpp LoRA file cannot "
-                        f"express; drop --adapter-only to export the merged model")
+        raise UserError(
+            f"{where}: a DoRA adapter rescales whole weight columns, which a llama.cpp LoRA file cannot "
+            f"express; drop --adapter-only to export the merged model"
+        )
     if lora.get("rank_pattern") or lora.get("alpha_pattern"):
-        raise UserError(f"{where}: per-module ranks or alphas (rank_pattern/alpha_pattern) cannot be written to one "
-                        f"llama.cpp LoRA file; drop --adapter-only to export the merged model")
+        raise UserError(
+            f"{where}: per-module ranks or alphas (rank_pattern/alpha_pattern) cannot be written to one "
+            f"llama.cpp LoRA file; drop --adapter-only to export the merged model"
+        )
     if lora.get("modules_to_save"):
-        raise UserError(f"{where}: the adapter also trains whole modules ({', '.join(lora['modules_to_save'])}), "
-                        f"which a llama.cpp LoRA file cannot hold; drop --adapter-only to export the merged model")
+        raise UserError(
+            f"{where}: the adapter also trains whole modules ({', '.join(lora['modules_to_save'])}), "
+            f"which a llama.cpp LoRA file cannot hold; drop --adapter-only to export the merged model"
+        )
     return lora
 
 
@@ -367,11 +404,16 @@ def _lora_pairs(weights: dict, where: str) -> dict[str, dict]:
     pairs: dict[str, dict] = {}
     for key, t in weights.items():
         if ".lora_A." in key or ".lora_B." in key:
-            module, ab = key.split(".lora_A." if ".lora_A." in key else ".lora_B.")[0], "A" if ".lora_A." in key else "B"
+            module, ab = (
+                key.split(".lora_A." if ".lora_A." in key else ".lora_B.")[0],
+                "A" if ".lora_A." in key else "B",
+            )
         else:
             what = "embedding LoRA" if "lora_embedding" in key else "tensor"
-            raise UserError(f"{where}: {what} {key} cannot be written to a llama.cpp LoRA file; "
-                            f"drop --adapter-only to export the merged model")
+            raise UserError(
+                f"{where}: {what} {key} cannot be written to a llama.cpp LoRA file; "
+                f"drop --adapter-only to export the merged model"
+            )
         module = module.removeprefix("base_model.model.")
         pairs.setdefault(module, {})[ab] = t
     return pairs
@@ -386,7 +428,6 @@ def _block_order(module: str):
 def cli_export(args) -> int:
     from transformers import AutoConfig
 
-
     if args.format != "gguf":
         raise UserError(f"--format {args.format}: only gguf is supported")
     if args.quant not in QUANTS:
@@ -396,7 +437,9 @@ def cli_export(args) -> int:
     if args.adapter_only and not args.adapter:
         raise UserError("--adapter-only needs --adapter RUN_DIR (the adapter to write)")
     spec = base_model_of(args.adapter, args.model)
-    out = check_out(args.out, "gguf", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec})
+    out = check_out(
+        args.out, "gguf", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec}
+    )
     if args.adapter:
         adapter_config(args.adapter)
     where = f"--model {spec}"
@@ -404,8 +447,10 @@ def cli_export(args) -> int:
     model_dir = resolve(spec, trust_remote_code=args.trust_remote_code)
     if args.adapter_only:
         r = export_lora(args.adapter, model_dir, out, args.quant, trust_remote_code=args.trust_remote_code)
-        print(f"wrote {out} ({human_bytes(r['bytes'])}, {args.quant}, {r['arch']} LoRA adapter, r={r['r']}, "
-              f"alpha {r['alpha']:g}) in {time.time() - t0:.0f}s")
+        print(
+            f"wrote {out} ({human_bytes(r['bytes'])}, {args.quant}, {r['arch']} LoRA adapter, r={r['r']}, "
+            f"alpha {r['alpha']:g}) in {time.time() - t0:.0f}s"
+        )
         return 0
     # refuse an architecture or tokenizer we cannot describe before loading any weights
     _arch(AutoConfig.from_pretrained(str(model_dir), trust_remote_code=args.trust_remote_code), where)
@@ -413,5 +458,8 @@ def cli_export(args) -> int:
     loaded = load_fp32(spec, args.adapter, args.trust_remote_code)
     r = export_model(loaded.model, loaded.tokenizer, out, args.quant, name=out.stem, where=where)
     what = "merged" if args.adapter else "base model"
-    print(f"wrote {out} ({human_bytes(r['bytes'])}, {args.quant}, {r['arch']}, {what}) in {time.time() - t0:.0f}s")
+    print(
+        f"wrote {out} ({human_bytes(r['bytes'])}, {args.quant}, {r['arch']}, {what}) in "
+        f"{time.time() - t0:.0f}s"
+    )
     return 0

@@ -13,12 +13,12 @@ from tunesmith.loading import base_model_of, check_adapter_dir, generate, load
 
 
 def read_prompts(path: str) -> list[list[dict]]:
-    """JSONL (chat examples: the conversation up to the last answer; or {"prompt": ...}), else one prompt a line."""
+    """JSONL (chat examples: the conversation up to the last answer; or {"prompt": ...}), else one
+    prompt a line."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--input {path}: no such file")
     if p.suffix in (".jsonl", ".json"):
-
         convs = []
         for line, obj in read_records(p):
             if isinstance(obj, Issue):
@@ -46,15 +46,24 @@ def cli_generate(args) -> int:
     if not convs or not all(c and c[-1]["content"].strip() for c in convs):
         raise UserError("empty prompt")
     if args.system is not None:
-        convs = [[{"role": "system", "content": args.system}] + [m for m in c if m["role"] != "system"] for c in convs]
+        convs = [
+            [{"role": "system", "content": args.system}] + [m for m in c if m["role"] != "system"]
+            for c in convs
+        ]
     if args.adapter:
         check_adapter_dir(args.adapter)
     spec = base_model_of(args.adapter, args.model)
     loaded = load(spec, args.adapter, trust_remote_code=args.trust_remote_code, quiet=args.json)
-    outs = generate(loaded.model, loaded.tokenizer, convs, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    outs = generate(
+        loaded.model, loaded.tokenizer, convs, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
     for o in outs:
         if args.json:
-            print(json.dumps({"output": o.text, "new_tokens": o.new_tokens, "stopped": o.stopped}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {"output": o.text, "new_tokens": o.new_tokens, "stopped": o.stopped}, ensure_ascii=False
+                )
+            )
         else:
             print(o.text)
             if len(outs) > 1:

@@ -10,17 +10,23 @@ from tunesmith.errors import UserError
 from tunesmith.use.merge import chat_template
 
 # Pre-tokenizer regexes of Qwen2 and Llama-3 tokenizer.json files, and llama.cpp's name for each.
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-                r"|\s+(?!\S)|\s+")
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 SPLIT_PRE = {_QWEN2_SPLIT: "qwen2", _LLAMA3_SPLIT: "llama-bpe"}
 
 
 def tokenizer_json(tok) -> dict:
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
-        raise UserError("the model's tokenizer has no tokenizer.json (a 'fast' tokenizer); GGUF export needs one")
+        raise UserError(
+            "the model's tokenizer has no tokenizer.json (a 'fast' tokenizer); GGUF export needs one"
+        )
     return json.loads(backend.to_str())
 
 
@@ -32,8 +38,13 @@ def bpe_pre(tj: dict, where: str) -> str:
     byte_level = pieces[-1] if pieces and kinds[-1] == "ByteLevel" else None
     found = None
     # NFC (Qwen2's normalizer) changes only text that is not already NFC; llama.cpp's converter skips it too
-    if (model.get("type") == "BPE" and not model.get("byte_fallback") and (norm or {}).get("type") in (None, "NFC")
-            and byte_level is not None and not byte_level.get("add_prefix_space")):
+    if (
+        model.get("type") == "BPE"
+        and not model.get("byte_fallback")
+        and (norm or {}).get("type") in (None, "NFC")
+        and byte_level is not None
+        and not byte_level.get("add_prefix_space")
+    ):
         regex = byte_level.get("use_regex", True)
         if kinds == ["ByteLevel"] and regex:
             found = "gpt-2"
@@ -46,8 +57,10 @@ def bpe_pre(tj: dict, where: str) -> str:
         if model.get("byte_fallback") or (norm or {}).get("type") not in (None, "NFC"):
             desc += ", sentencepiece-style"
         raise UserError(
-            f"{where}: its tokenizer ({desc}) is not one GGUF export can describe to llama.cpp yet; supported are "
-            f"byte-level BPE tokenizers of the GPT-2, SmolLM, Qwen2 and Llama-3 kinds. `tunesmith merge` writes a "
+            f"{where}: its tokenizer ({desc}) is not one GGUF export can describe to llama.cpp yet; "
+            "supported are "
+            "byte-level BPE tokenizers of the GPT-2, SmolLM, Qwen2 and Llama-3 kinds. `tunesmith merge` "
+            "writes a "
             f"Hugging Face directory instead"
         )
     return found
@@ -63,12 +76,16 @@ def add_tokenizer(writer, tok, config, where: str) -> dict:
     types = [gguf.TokenType.UNUSED] * vocab_size
     for text, i in tj["model"]["vocab"].items():
         if i >= vocab_size:
-            raise UserError(f"{where}: tokenizer has token id {i}, beyond the model's vocab_size {vocab_size}")
+            raise UserError(
+                f"{where}: tokenizer has token id {i}, beyond the model's vocab_size {vocab_size}"
+            )
         tokens[i], types[i] = text, gguf.TokenType.NORMAL
     for added in tj.get("added_tokens", []):
         i = added["id"]
         if i >= vocab_size:
-            raise UserError(f"{where}: tokenizer has token id {i}, beyond the model's vocab_size {vocab_size}")
+            raise UserError(
+                f"{where}: tokenizer has token id {i}, beyond the model's vocab_size {vocab_size}"
+            )
         tokens[i] = added["content"]
         types[i] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
     tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]

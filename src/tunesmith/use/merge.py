@@ -36,7 +36,8 @@ def adapter_config(adapter: str) -> dict:
     path = Path(adapter)
     if path.is_dir() and (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise UserError(
-            f"--adapter {adapter}: this run (method full or freeze) is already a standalone Hugging Face model "
+            f"--adapter {adapter}: this run (method full or freeze) is already a standalone Hugging Face "
+            "model "
             f"directory; there is nothing to merge. Load it as it is, or export it with "
             f"`tunesmith export --model {adapter} --out FILE.gguf`"
         )
@@ -46,12 +47,17 @@ def adapter_config(adapter: str) -> dict:
     if peft_type in PROMPT_LEARNING:
         kind = peft_type.lower().replace("_", "-")
         raise UserError(
-            f"--adapter {adapter}: a {kind} adapter adds learned virtual tokens to every prompt; it changes no "
-            f"weights, so it cannot be merged into the model or exported. Use it with `tunesmith generate/serve "
+            f"--adapter {adapter}: a {kind} adapter adds learned virtual tokens to every prompt; it changes "
+            "no "
+            "weights, so it cannot be merged into the model or exported. Use it with `tunesmith "
+            "generate/serve "
             f"--adapter {adapter}`, or train with --method lora to get a mergeable adapter"
         )
     if peft_type != "LORA":
-        raise UserError(f"--adapter {adapter}: peft_type {cfg.get('peft_type')!r}; only LoRA adapters can be merged or exported")
+        raise UserError(
+            f"--adapter {adapter}: peft_type {cfg.get('peft_type')!r}; only LoRA adapters can be merged or "
+            "exported"
+        )
     return cfg
 
 
@@ -73,7 +79,9 @@ def _saved_dtype(model_dir: Path):
 
     cfg = json.loads((model_dir / "config.json").read_text())
     name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(name), torch.float32)
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+        str(name), torch.float32
+    )
 
 
 def chat_template(tok) -> str:
@@ -99,10 +107,19 @@ def merge_to_dir(spec: str, adapter: str, out: Path, *, trust_remote_code: bool 
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         if not list(tmp.glob("*.safetensors")) or list(tmp.glob("*.bin")):
-            raise UserError("the merged model was not saved as safetensors (transformers version?); nothing was written")
-        info = {"base_model": spec, "base_model_dir": str(loaded.model_dir), "adapter": str(Path(adapter).resolve()),
-                "lora_r": lora.get("r"), "lora_alpha": lora.get("lora_alpha"), "use_dora": bool(lora.get("use_dora")),
-                "use_rslora": bool(lora.get("use_rslora")), "dtype": str(dtype).removeprefix("torch.")}
+            raise UserError(
+                "the merged model was not saved as safetensors (transformers version?); nothing was written"
+            )
+        info = {
+            "base_model": spec,
+            "base_model_dir": str(loaded.model_dir),
+            "adapter": str(Path(adapter).resolve()),
+            "lora_r": lora.get("r"),
+            "lora_alpha": lora.get("lora_alpha"),
+            "use_dora": bool(lora.get("use_dora")),
+            "use_rslora": bool(lora.get("use_rslora")),
+            "dtype": str(dtype).removeprefix("torch."),
+        }
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2))
         check_replaceable(out, "merge")
         replace_dir(tmp, out)
@@ -114,9 +131,14 @@ def merge_to_dir(spec: str, adapter: str, out: Path, *, trust_remote_code: bool 
 
 def cli_merge(args) -> int:
     spec = base_model_of(args.adapter, args.model)
-    out = check_out(args.out, "merge", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec})
+    out = check_out(
+        args.out, "merge", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec}
+    )
     adapter_config(args.adapter)
     t0 = time.time()
     r = merge_to_dir(spec, args.adapter, out, trust_remote_code=args.trust_remote_code)
-    print(f"wrote {out}/ ({human_bytes(r['bytes'])} safetensors, {r['dtype']}, {r['arch']}, merged in {time.time() - t0:.0f}s)")
+    print(
+        f"wrote {out}/ ({human_bytes(r['bytes'])} safetensors, {r['dtype']}, {r['arch']}, merged in "
+        f"{time.time() - t0:.0f}s)"
+    )
     return 0

@@ -25,7 +25,11 @@ def read_keys(args) -> list[str]:
         path = Path(args.api_key_file)
         if not path.is_file():
             raise UserError(f"--api-key-file {path}: no such file")
-        keys += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        keys += [
+            line.strip()
+            for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
     return keys
 
 
@@ -41,8 +45,14 @@ def parse_adapters(specs: list[str]) -> dict[str, Path]:
     return out
 
 
-def load_engine(model_spec: str | None, adapters: dict[str, Path], *, trust_remote_code: bool, max_batch: int,
-                max_queue: int) -> tuple[Engine, str]:
+def load_engine(
+    model_spec: str | None,
+    adapters: dict[str, Path],
+    *,
+    trust_remote_code: bool,
+    max_batch: int,
+    max_queue: int,
+) -> tuple[Engine, str]:
     """Base model with every adapter loaded under its name (LoRA/DoRA kept unmerged, switched per batch)."""
 
     first = next(iter(adapters.values()), None)
@@ -50,16 +60,23 @@ def load_engine(model_spec: str | None, adapters: dict[str, Path], *, trust_remo
     for name, path in adapters.items():
         trained_on = base_model_of(path, None, spec)
         if not model_spec and trained_on != spec:
-            raise UserError(f"--adapter {name}={path}: was trained on {trained_on}, "
-                            f"not on {spec} like the first adapter; serve one base model per server, or pass --model")
+            raise UserError(
+                f"--adapter {name}={path}: was trained on {trained_on}, "
+                f"not on {spec} like the first adapter; serve one base model per server, or pass --model"
+            )
         try:
             cfg = json.loads((path / "adapter_config.json").read_text())
             cfg.get("peft_type")
         except (ValueError, AttributeError):
-            raise UserError(f"--adapter {name}={path}: adapter_config.json is damaged (not a JSON object)") from None
+            raise UserError(
+                f"--adapter {name}={path}: adapter_config.json is damaged (not a JSON object)"
+            ) from None
         if cfg.get("peft_type") not in ("LORA",):
-            raise UserError(f"--adapter {name}={path}: a {cfg.get('peft_type')} adapter; serve takes LoRA/DoRA/QLoRA adapters "
-                            f"(use `tunesmith generate` or `tunesmith chat` with a prompt/prefix-tuning run)")
+            raise UserError(
+                f"--adapter {name}={path}: a {cfg.get('peft_type')} adapter; serve takes LoRA/DoRA/QLoRA "
+                "adapters "
+                f"(use `tunesmith generate` or `tunesmith chat` with a prompt/prefix-tuning run)"
+            )
     loaded = load(spec, trust_remote_code=trust_remote_code)
     model = loaded.model
     if adapters:
@@ -73,7 +90,9 @@ def load_engine(model_spec: str | None, adapters: dict[str, Path], *, trust_remo
     base_name = spec if "/" not in spec and not spec.endswith(".gguf") else Path(spec).name
     if base_name in adapters:
         raise UserError(f"--adapter {base_name}=...: that name is the base model's; pick another")
-    return Engine(model, loaded.tokenizer, list(adapters), max_batch=max_batch, max_queue=max_queue), base_name
+    return Engine(
+        model, loaded.tokenizer, list(adapters), max_batch=max_batch, max_queue=max_queue
+    ), base_name
 
 
 def cli_serve(args) -> int:
@@ -81,24 +100,43 @@ def cli_serve(args) -> int:
         raise UserError("serve needs the 'serve' extra: pip install 'tunesmith[serve]'")
     import uvicorn
 
-    # the app imports fastapi and pydantic (the 'serve' extra), so it is imported once they are known to be there
+    # the app imports fastapi and pydantic (the 'serve' extra), so it is imported once they are known to be
+    # there
     from tunesmith.use.app import Settings, create_app
+
     for flag in ("max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_body"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     keys = read_keys(args)
     if not keys and not args.no_auth:
-        raise UserError(f"no API keys: set {args.api_key_env}=key1,key2 or pass --api-key-file FILE "
-                        f"(or --no-auth to accept anyone who can reach {args.host}:{args.port})")
+        raise UserError(
+            f"no API keys: set {args.api_key_env}=key1,key2 or pass --api-key-file FILE "
+            f"(or --no-auth to accept anyone who can reach {args.host}:{args.port})"
+        )
     adapters = parse_adapters(args.adapter)
-    engine, base_name = load_engine(args.model, adapters, trust_remote_code=args.trust_remote_code,
-                                    max_batch=args.max_batch, max_queue=args.max_queue)
-    settings = Settings(keys=[] if args.no_auth else keys, max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
-                        max_body=args.max_body, timeout=args.timeout, log_prompts=args.log_prompts)
+    engine, base_name = load_engine(
+        args.model,
+        adapters,
+        trust_remote_code=args.trust_remote_code,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+    )
+    settings = Settings(
+        keys=[] if args.no_auth else keys,
+        max_tokens=args.max_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_body=args.max_body,
+        timeout=args.timeout,
+        log_prompts=args.log_prompts,
+    )
     app = create_app(engine, base_name, settings)
     models = ", ".join([base_name] + engine.adapters)
-    print(f"serving {models} on http://{args.host}:{args.port}/v1 ({'no auth' if args.no_auth else f'{len(keys)} API key(s)'})",
-          file=sys.stderr, flush=True)
+    print(
+        f"serving {models} on http://{args.host}:{args.port}/v1 "
+        f"({'no auth' if args.no_auth else f'{len(keys)} API key(s)'})",
+        file=sys.stderr,
+        flush=True,
+    )
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     try:
         uvicorn.Server(config).run()

@@ -15,8 +15,15 @@ from tunesmith.loading import TextStream, base_model_of, check_adapter_dir, gene
 HELP = "type a message; /reset forgets the conversation, /exit or Ctrl-D leaves"
 
 
-def reply(loaded, history: list[dict], *, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None,
-          write=None) -> str:
+def reply(
+    loaded,
+    history: list[dict],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    write=None,
+) -> str:
     """Generate the assistant's answer to `history`, handing each piece of text to `write` as it comes."""
 
     tok = loaded.tokenizer
@@ -28,8 +35,16 @@ def reply(loaded, history: list[dict], *, max_new_tokens: int, temperature: floa
             write(piece)
         return False
 
-    generate_ids(loaded.model, [prompt_ids(tok, history)], pad_id=tok.pad_token_id, stop_ids=stop_token_ids(tok),
-                 max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, on_token=on_token)
+    generate_ids(
+        loaded.model,
+        [prompt_ids(tok, history)],
+        pad_id=tok.pad_token_id,
+        stop_ids=stop_token_ids(tok),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        on_token=on_token,
+    )
     rest = stream.flush()
     if rest and write:
         write(rest)
@@ -73,8 +88,14 @@ def cli_chat(args) -> int:
             print(f"unknown command {text}; {HELP}")
             continue
         history.append({"role": "user", "content": line})
-        answer = reply(loaded, history, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       seed=args.seed, write=write)
+        answer = reply(
+            loaded,
+            history,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            write=write,
+        )
         print()
         history.append({"role": "assistant", "content": answer.strip()})
     return 0

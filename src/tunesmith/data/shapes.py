@@ -1,0 +1,192 @@
+"""Record shapes, and how each becomes a chat: chat {"messages": [...]}, {"prompt", "completion"},
+alpaca {"instruction", "input", "output"}, sharegpt {"conversations": [{"from", "value"}]},
+preference {"prompt", "chosen", "rejected"}. `detect` names a record's shape, `normalize` turns
+it into an `Example` or says what is wrong, field by field. Reading files is formats.py's part."""
+
+from __future__ import annotations
+
+from tunesmith.data.records import Example
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+SHAPES = ("chat", "prompt-completion", "alpaca", "sharegpt", "preference")
+
+SHAPE_KEYS = {
+    "chat": ("messages",),
+    "sharegpt": ("conversations",),
+    "prompt-completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "input", "output", "system"),
+    "preference": ("prompt", "chosen", "rejected"),
+}
+REQUIRED_KEYS = {
+    "chat": ("messages",),
+    "sharegpt": ("conversations",),
+    "prompt-completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+    "preference": ("prompt", "chosen", "rejected"),
+}
+
+
+def detect(obj: dict) -> str | None:
+    if "messages" in obj:
+        return "chat"
+    if "conversations" in obj:
+        return "sharegpt"
+    if "chosen" in obj or "rejected" in obj:
+        return "preference"
+    if "prompt" in obj or "completion" in obj:
+        return "prompt-completion"
+    if "instruction" in obj or "output" in obj:
+        return "alpaca"
+    return None
+
+
+def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, list[tuple[str, str, str]]]:
+    """-> (Example with path/line unset, or None; [(level, field, message)])."""
+    if not isinstance(obj, dict):
+        return None, [("error", "", f"expected a JSON object, got {type(obj).__name__}")]
+    shape = shape or detect(obj)
+    if shape is None:
+        return None, [
+            (
+                "error",
+                "",
+                "unknown shape: expected keys messages, prompt+completion, "
+                "instruction+output, conversations or prompt+chosen+rejected; found "
+                f"{', '.join(sorted(obj)) or 'none'}",
+            )
+        ]
+    missing = [k for k in REQUIRED_KEYS[shape] if k not in obj]
+    if missing:
+        return None, [
+            ("error", k, f"missing; the {shape} shape needs {', '.join(REQUIRED_KEYS[shape])}")
+            for k in missing
+        ]
+    meta = {k: v for k, v in obj.items() if k not in SHAPE_KEYS[shape] and not k.startswith("_")}
+    problems: list[tuple[str, str, str]] = [
+        ("error", k, "holds an unpaired surrogate (e.g. \\ud800): not valid Unicode text")
+        for k, v in meta.items()
+        if not _encodable(k) or isinstance(v, str) and not _encodable(v)
+    ]
+    rejected = None
+    if shape in ("prompt-completion", "preference"):
+        answer_key = "completion" if shape == "prompt-completion" else "chosen"
+        msgs = [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj[answer_key]}]
+        names = ["prompt", answer_key]
+        if shape == "preference":
+            rejected = obj["rejected"]
+            msgs.append({"role": "assistant", "content": rejected})  # checked like the others, removed below
+            names.append("rejected")
+    elif shape == "alpaca":
+        inp = obj.get("input") or ""
+        if not isinstance(inp, str):
+            problems.append(("error", "input", f"expected a string, got {type(inp).__name__}"))
+            inp = ""
+        instruction = obj["instruction"]
+        user = f"{instruction}\n\n{inp}" if inp and isinstance(instruction, str) else instruction
+        msgs = [{"role": "system", "content": obj["system"]}] if obj.get("system") else []
+        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": obj["output"]}]
+        names = (["system"] if obj.get("system") else []) + ["instruction", "output"]
+    else:
+        msgs, names = _message_list(obj, shape, problems)
+        if msgs is None:
+            return None, problems
+    for m, name in zip(msgs, names):
+        c = m["content"]
+        if c is None:
+            problems.append(("error", name, "missing"))
+        elif not isinstance(c, str):
+            problems.append(("error", name, f"expected a string, got {type(c).__name__}"))
+        elif not c.strip():
+            problems.append(("error", name, "empty"))
+        elif not _encodable(c):
+            problems.append(
+                ("error", name, "holds an unpaired surrogate (e.g. \\ud800): not valid Unicode text")
+            )
+    if rejected is not None:
+        msgs = msgs[:-1]
+        if rejected == obj["chosen"]:
+            problems.append(("error", "rejected", "same as chosen"))
+    problems += _role_order(msgs, "messages" if shape == "chat" else shape)
+    if any(level == "error" for level, _, _ in problems):
+        return None, problems
+    return Example(msgs, "", 0, meta, rejected), problems
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | None, list[str]]:
+    key = "messages" if shape == "chat" else "conversations"
+    raw = obj[key]
+    if not isinstance(raw, list) or not raw:
+        problems.append(("error", key, "expected a non-empty list of messages"))
+        return None, []
+    msgs, names = [], []
+    for i, m in enumerate(raw):
+        f = f"{key}[{i}]"
+        if not isinstance(m, dict):
+            problems.append(("error", f, f"expected an object, got {type(m).__name__}"))
+            continue
+        if shape == "chat":
+            role, content = m.get("role"), m.get("content")
+            extra = set(m) - {"role", "content", "name"}
+            if "role" not in m:
+                problems.append(("error", f"{f}.role", "missing"))
+            elif role not in ROLES:
+                problems.append(
+                    ("error", f"{f}.role", f"unknown role {role!r}; expected system, user or assistant")
+                )
+        else:
+            speaker = m.get("from")
+            role, content = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None, m.get("value")
+            extra = set(m) - {"from", "value"}
+            if role is None:
+                problems.append(
+                    (
+                        "error",
+                        f"{f}.from",
+                        f"unknown speaker {m.get('from')!r}; expected human, gpt or system",
+                    )
+                )
+        for k in sorted(extra):
+            problems.append(("warning", f"{f}.{k}", "unknown key, ignored"))
+        msgs.append({"role": role, "content": content})
+        names.append(f"{f}.{'content' if shape == 'chat' else 'value'}")
+    return msgs, names
+
+
+def _role_order(msgs: list[dict], field: str) -> list[tuple[str, str, str]]:
+    roles = [m["role"] for m in msgs if m.get("role") in ROLES]
+    if len(roles) != len(msgs):
+        return []  # already reported
+    body = roles[1:] if roles and roles[0] == "system" else roles
+    if "system" in body:
+        return [("error", field, "a system message may only come first")]
+    if "assistant" not in body:
+        return [("error", field, "no assistant turn: nothing to learn or score")]
+    for i, r in enumerate(body):
+        want = "user" if i % 2 == 0 else "assistant"
+        if r != want:
+            return [
+                (
+                    "error",
+                    field,
+                    f"wrong role order: turn {i + 1} is {r}, expected {want} (user and assistant alternate, "
+                    "user first)",
+                )
+            ]
+    if body[-1] != "assistant":
+        return [("warning", field, "ends with a user turn, which is not learned from")]
+    return []
