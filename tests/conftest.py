@@ -18,6 +18,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 EXAMPLES = ROOT / "examples" / "meeting-notes"
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_registry(tmp_path_factory):
+    """Every run the tests train is registered in a registry of the test session's own (the CLI
+    subprocesses inherit the variable), never in the registry of the person running the tests."""
+    before = os.environ.get("TUNESMITH_REGISTRY")
+    os.environ["TUNESMITH_REGISTRY"] = str(tmp_path_factory.mktemp("registry") / "registry.db")
+    yield
+    if before is None:
+        os.environ.pop("TUNESMITH_REGISTRY", None)
+    else:
+        os.environ["TUNESMITH_REGISTRY"] = before
+
+
 CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% "
     "endfor %}"

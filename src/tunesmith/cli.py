@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    _add_registry(p)
     add_config_flags(p)
     p.set_defaults(handler="tunesmith.train.cli:cli_train")
 
@@ -293,7 +294,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-prompts", action="store_true", help="put prompt text in the access log (off by default)"
     )
     p.set_defaults(handler="tunesmith.use.serve:cli_serve")
+    _add_runs(sub)
     return parser
+
+
+def _add_registry(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--registry",
+        metavar="PATH",
+        default=None,
+        help="the run registry (default: $TUNESMITH_REGISTRY, else $TUNESMITH_HOME/registry.db; off: none)",
+    )
+
+
+def _add_runs(sub) -> None:
+    runs = sub.add_parser("runs", help="every run and where it came from: list, show, tag, rm, import")
+    _add_registry(runs)
+    runs.add_argument("--status", choices=["running", "done", "failed", "interrupted"], help="only these")
+    runs.add_argument("--kind", help="only this kind of run (train)")
+    runs.add_argument("--name", help="only runs whose name contains this")
+    runs.add_argument("--model", help="only runs of this base model")
+    runs.add_argument("--tag", help="only the run with this tag")
+    runs.add_argument("--data", help="only runs on a data file whose path contains this (or sha256 prefix)")
+    runs.add_argument("--limit", type=int, default=None, help="at most this many, newest first")
+    runs.add_argument("--json", action="store_true", help="print JSON")
+    rsub = runs.add_subparsers(dest="runs_action", metavar="ACTION")
+    p = rsub.add_parser("show", help="one run in full: data, settings, lineage, curves")
+    p.add_argument(
+        "ref", metavar="RUN", help="run id (or its first 4+ characters), tag, name or run directory"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = rsub.add_parser("tag", help="give a run a tag (v10, production); a tag names one run")
+    p.add_argument("ref", metavar="RUN")
+    p.add_argument("tag")
+    p = rsub.add_parser("untag", help="remove a tag")
+    p.add_argument("tag")
+    p = rsub.add_parser("rm", help="remove a run from the registry (its files stay unless --delete-files)")
+    p.add_argument("ref", metavar="RUN")
+    p.add_argument("--delete-files", action="store_true", help="also delete the run directory")
+    p = rsub.add_parser("import", help="register finished run directories (trained elsewhere or earlier)")
+    p.add_argument("dirs", nargs="+", metavar="RUN_DIR")
+    runs.set_defaults(handler="tunesmith.versions.cli:cli_runs")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ def cli_train(args) -> int:
                 "command",
                 "trust_remote_code",
                 "allow_changed_data",
+                "registry",
             )
         ]
         if given:
@@ -50,6 +51,7 @@ def cli_train(args) -> int:
         resume=bool(args.resume),
         allow_changed_data=args.allow_changed_data,
         config_file=None if args.resume else args.config,
+        registry_path=args.registry,
     )
     if dist.world()[0] != 0:
         return 0  # rank 0 reports for everyone

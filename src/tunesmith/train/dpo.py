@@ -111,6 +111,7 @@ class Dpo(Preference):
                 f"--data {train_path}: every pair is longer than --max-length {cfg.max_length}; raise it"
             )
         self.pad, self.n_items, self.has_val = self.tok.pad_token_id, len(self.pairs), bool(self.val_pairs)
+        self.n_val = len(self.val_pairs)
         self._plan = schedule(len(self.pairs), cfg)
         self.held_out(held_out, len(self.val_pairs), len(train_ex) + len(val_ex), "pairs")
         self.say(

@@ -124,6 +124,7 @@ class Grpo(Preference):
         self.val = [split_prompt(ex.messages) for ex in val_ex][: cfg.eval_limit or None]
         self.stop_id = (stop_token_ids(self.tok) or [None])[0]
         self.pad, self.n_items, self.has_val = self.tok.pad_token_id, len(self.train), bool(self.val)
+        self.n_val = len(self.val)
         self._plan = schedule(len(self.train), cfg)
         self.held_out(held_out, len(self.val), len(train_ex) + len(val_ex), "prompts")
         self.say(

@@ -75,6 +75,7 @@ class Method(Protocol):
     model: object
     tok: object
     n_items: int  # training items (examples, pairs, prompts): steps per epoch = ceil(n_items / batch size)
+    n_val: int  # validation items
     has_val: bool
     goal: tuple[str, bool]  # the validation number that picks the best step, and whether higher is better
     bar: bool  # a progress bar (SFT), or a line per step (the preference methods)
@@ -315,9 +316,10 @@ class Run:
             checkpoint.prune(self.work / "checkpoints", self.cfg.keep_checkpoints)
         dist.barrier()
 
-    def finish(self, out: Path, model_dir) -> object:
+    def finish(self, out: Path, model_dir, about: dict | None = None) -> object:
         """The run's weights (the best step's when there was a validation) into the work dir, the run
-        info beside them, and the work dir swapped into place as `out`. Returns the method's result."""
+        info (with `about`: what the registry keeps) beside them, and the work dir swapped into place as
+        `out`. Returns the method's result."""
         st, m, cfg = self.state, self.m, self.cfg
         result = m.result(st, out)
         adapter = cfg.method in ADAPTER_METHODS
@@ -352,6 +354,7 @@ class Run:
                 "processes": n,
                 "engine": "fsdp" if state is not None else "ddp" if n > 1 else "single",
                 "result": asdict(result),
+                **(about or {}),
             },
         )
         dist.barrier()

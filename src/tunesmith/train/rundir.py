@@ -15,6 +15,7 @@ runs, what it was made from, and how it ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -72,7 +73,29 @@ def source_files(cfg: TrainConfig) -> list[Path]:
 
 
 def fingerprint(cfg: TrainConfig) -> list[dict]:
-    return [{"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in source_files(cfg)]
+    roles = data_roles(cfg)
+    return [
+        {"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f), "role": roles.get(f, "train")}
+        for f in source_files(cfg)
+    ]
+
+
+def data_roles(cfg: TrainConfig) -> dict[Path, str]:
+    """What each source file is to the run, where it is not training data: val, mix, style, rubric."""
+    roles: dict[Path, str] = {}
+    val = Path(cfg.val) if cfg.val else None
+    if cfg.data and not is_mix(cfg.data):
+        with contextlib.suppress(UserError):
+            val = locate_paths(cfg.data, cfg.val)[1]
+    if val is not None:
+        for f in [val] if not val.is_dir() else data_files(val):
+            roles[f] = "val"
+    if cfg.data and is_mix(cfg.data):
+        roles[Path(cfg.data)] = "mix"
+    for name in ("style", "rubric"):
+        if getattr(cfg, name):
+            roles[Path(getattr(cfg, name))] = name
+    return roles
 
 
 def run_inputs(cfg: TrainConfig, config_file: str | None = None) -> dict[str, object]:
@@ -109,10 +132,14 @@ def begin(
     return out, work
 
 
-def record(work: Path, cfg: TrainConfig, data: list[dict]) -> None:
+def record(work: Path, cfg: TrainConfig, data: list[dict], run_id: str) -> None:
     """A new run's config.yaml and inputs.json, each written atomically, once."""
     work.mkdir(parents=True, exist_ok=True)
-    write_json(work / INPUTS, {"config": json.loads(json.dumps(cfg.__dict__)), "data": data, "resumes": []})
+    config = json.loads(json.dumps(cfg.__dict__))
+    write_json(
+        work / INPUTS,
+        {"run_id": run_id, "started": time.time(), "config": config, "data": data, "resumes": []},
+    )
     killpoint("config.write")
     write_text(work / "config.yaml", to_yaml(cfg))
 
@@ -205,6 +232,17 @@ def finish(work: Path, out: Path, info: dict) -> None:
     killpoint("finish.before_swap")
     check_replaceable(out, "run", keep=work)
     replace_dir(work, out)
+
+
+def run_id_of(work: Path) -> str | None:
+    """The id a run got when it started (kept across resumes); None for a new run."""
+    rid = _inputs(work).get("run_id")
+    return rid if isinstance(rid, str) and rid else None
+
+
+def started_at(work: Path) -> float | None:
+    t = _inputs(work).get("started")
+    return float(t) if isinstance(t, (int, float)) else None
 
 
 def _inputs(work: Path) -> dict:

@@ -172,6 +172,7 @@ class Sft:
         self.metric = f"val_{cfg.eval_metric}" if cfg.eval_metric else None
         self.goal = (self.metric, True) if self.metric else ("val_loss", False)
         self.n_items, self.has_val = len(self.train_enc), bool(self.val_enc)
+        self.n_val = len(self.val_enc)
         self.loss_fn = dist.wrap(
             model, answer_loss_sum, cfg.fsdp
         )  # before the optimizer: FSDP swaps the parameters

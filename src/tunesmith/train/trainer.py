@@ -9,8 +9,12 @@ resolved config is recorded, and the harness (run.py) fits and finishes.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+import time
+from pathlib import Path
 
+from tunesmith import registry, runrecord
 from tunesmith.errors import UserError
 from tunesmith.train import checkpoint, rundir
 from tunesmith.train import distributed as dist
@@ -32,8 +36,11 @@ def train(
     resume: bool = False,
     allow_changed_data: bool = False,
     config_file: str | None = None,
+    registry_path: str | None = None,
 ):
-    """Train `cfg` into cfg.out; returns the method's result (sft.Result, or preference.PrefResult)."""
+    """Train `cfg` into cfg.out; returns the method's result (sft.Result, or preference.PrefResult). The run
+    is entered in the registry (`registry_path`, default `$TUNESMITH_HOME/registry.db`, "off": none) when it
+    starts and from its directory when it ends; a registry that fails is skipped with a warning."""
     import torch
 
     if not cfg.data:
@@ -67,10 +74,53 @@ def train(
         cfg, trust_remote_code=trust_remote_code, quiet=quiet, resumed_from=ckpt.name if ckpt else None
     )
     cfg = method.cfg  # resolved (the automatic micro-batch size filled in): what config.yaml records
+    run_id = (rundir.run_id_of(work) if resume else None) or registry.new_id()
     dist.barrier()  # every rank has checked --out before rank 0 creates the run directory
     if lead and ckpt is None:
-        rundir.record(work, cfg, data_print)
+        rundir.record(work, cfg, data_print, run_id)
     dist.barrier()
     run = Run(cfg, work, method, quiet=quiet, lead=lead, resume=ckpt)
-    run.fit()
-    return run.finish(out, method.model_dir)
+    rec = registry.Recorder(registry_path, off=not lead)
+    return fit_and_register(run, method, rec, run_id, out, data_print)
+
+
+def fit_and_register(
+    run: Run, method, rec: registry.Recorder, run_id: str, out: Path, data_print: list[dict]
+):
+    """Fit and finish the run, entered in the registry as running, then done (read back from the run
+    directory), failed or interrupted."""
+    cfg, name = run.cfg, out.resolve().name
+    model_sha = runrecord.model_sha256(method.model_dir) if not rec.off else None
+    rec.begin(
+        run_id,
+        kind="train",
+        name=name,
+        path=str(out.resolve()),
+        method=cfg.method,
+        model=cfg.model,
+        model_sha256=model_sha,
+        config=json.loads(json.dumps(cfg.__dict__)),
+        data=data_print,
+        parents=[("from-adapter", str(Path(cfg.from_adapter).resolve()))] if cfg.from_adapter else [],
+    )
+    try:
+        run.fit()
+        about = {
+            "run_id": run_id,
+            "name": name,
+            "started": rundir.started_at(run.work),
+            "ended": time.time(),
+            "model_sha256": model_sha,
+            "environment": runrecord.environment(),
+            "examples": {"train": method.n_items, "val": method.n_val},
+        }
+        result = run.finish(out, method.model_dir, about)
+    except KeyboardInterrupt:
+        rec.end(run_id, "interrupted")
+        raise
+    except BaseException as e:
+        rec.end(run_id, "failed", error=(str(e).splitlines() or [type(e).__name__])[0])
+        raise
+    rec.record_run_dir(out)
+    rec.close()
+    return result

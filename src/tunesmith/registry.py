@@ -1,0 +1,459 @@
+"""The run registry: a memory of every run and where it came from, in one local SQLite file.
+
+`$TUNESMITH_HOME/registry.db` by default; `--registry PATH` or `TUNESMITH_REGISTRY` to share one per
+project. Each run is a row (kind, status, method, base model, config, versions, machine, the
+headline numbers) with its data files (sha256, example counts), its metrics curve, its artefacts
+(paths and sha256) and its parents (the adapter it continued from; later the run a merge or an
+export came from), so `tunesmith runs show v7` can say what data and settings made v7.
+
+The run directory stays the source of truth. A finished run is registered from what it wrote
+(`tunesmith-run.json`, `inputs.json`, `metrics.jsonl`): the same code as `tunesmith runs import
+DIR`, so a registry that was missing or broken during training is rebuilt from the folders. And a
+registry that is missing, locked, corrupt or read-only never fails or slows a training run:
+`Recorder` warns once, says why, and carries on without it.
+
+SQLite as SQLite is meant to be shared by processes on one machine: WAL mode (readers never wait
+for the writer), a busy timeout, and short `BEGIN IMMEDIATE` transactions (a writer takes the lock
+up front instead of failing half-way on an upgrade); the schema has a version (`user_version`) and
+numbered migrations. A run whose process is gone while it still says "running" (a kill -9, a
+power cut) is shown as interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tunesmith.errors import UserError
+from tunesmith.models import home
+from tunesmith.runrecord import environment, read_run_dir
+
+BUSY_TIMEOUT_S = 10.0
+STATUSES = ("running", "done", "failed", "interrupted")
+
+# Each entry migrates the schema from version i to i + 1; never edit one that has shipped, add one.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
+            method TEXT, model TEXT, model_sha256 TEXT, path TEXT, host TEXT, pid INTEGER,
+            started REAL NOT NULL, ended REAL, attempts INTEGER NOT NULL DEFAULT 1,
+            config TEXT, environment TEXT, result TEXT, headline_metric TEXT, headline REAL, error TEXT)""",
+        "CREATE INDEX runs_started ON runs(started)",
+        "CREATE INDEX runs_path ON runs(path)",
+        """CREATE TABLE parents (run TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            parent TEXT, parent_path TEXT, relation TEXT NOT NULL)""",
+        """CREATE TABLE data (run TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            role TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT, bytes INTEGER, examples INTEGER)""",
+        """CREATE TABLE metrics (run TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            step INTEGER, epoch INTEGER, name TEXT NOT NULL, value REAL)""",
+        "CREATE INDEX metrics_run ON metrics(run)",
+        """CREATE TABLE artefacts (run TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT, bytes INTEGER)""",
+        """CREATE TABLE tags (tag TEXT PRIMARY KEY, run TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            created REAL NOT NULL)""",
+    ],
+]
+SCHEMA = len(MIGRATIONS)
+
+
+def default_path() -> Path:
+    env = os.environ.get("TUNESMITH_REGISTRY")
+    return Path(env).expanduser() if env else home() / "registry.db"
+
+
+def new_id() -> str:
+    """A short id to type: 8 hex digits (collisions are checked on insert)."""
+    return uuid.uuid4().hex[:8]
+
+
+def alive(pid: int | None, host: str | None) -> bool:
+    """Whether a run's process still exists (on this host; another host's runs are taken at their word)."""
+    if not pid or host != socket.gethostname():
+        return host != socket.gethostname() and bool(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Registry:
+    """One registry file, opened for reading and writing. Errors are sqlite3.Error or OSError; callers
+    that must not fail go through `Recorder`."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path).expanduser() if path else default_path()
+        if self.path.is_dir():
+            raise UserError(
+                f"--registry {self.path}: is a folder; give a file (e.g. {self.path / 'registry.db'})"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute(
+            "PRAGMA synchronous = NORMAL"
+        )  # with WAL: no corruption on a crash, commits stay cheap
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def tx(self):
+        """A short write transaction that takes the write lock up front (BEGIN IMMEDIATE)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA:
+            return
+        if version > SCHEMA:
+            raise UserError(
+                f"{self.path}: written by a newer tunesmith (registry schema {version}; this one knows "
+                f"{SCHEMA}); upgrade tunesmith"
+            )
+        with self.tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
+            for i in range(version, SCHEMA):
+                for statement in MIGRATIONS[i]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA}")
+
+    # ------------------------------------------------------------ writing
+
+    def begin(
+        self,
+        run_id: str,
+        *,
+        kind: str,
+        name: str,
+        path: str | None = None,
+        method: str | None = None,
+        model: str | None = None,
+        model_sha256: str | None = None,
+        config: dict | None = None,
+        data: list[dict] = (),
+        parents: list[tuple[str, str]] = (),
+    ) -> str:
+        """A run starts (or starts again: a resume keeps its id, counts an attempt)."""
+        env = environment()
+        with self.tx() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+                db.execute(
+                    "UPDATE runs SET status = 'running', pid = ?, host = ?, attempts = attempts + 1, ended = "
+                    "NULL,"
+                    " error = NULL, environment = ? WHERE id = ?",
+                    (os.getpid(), socket.gethostname(), json.dumps(env), run_id),
+                )
+                return run_id
+            db.execute(
+                "INSERT INTO runs (id, name, kind, status, method, model, model_sha256, path, host, pid, "
+                "started,"
+                " config, environment) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    name,
+                    kind,
+                    method,
+                    model,
+                    model_sha256,
+                    path,
+                    socket.gethostname(),
+                    os.getpid(),
+                    time.time(),
+                    json.dumps(config) if config is not None else None,
+                    json.dumps(env),
+                ),
+            )
+            self._put_data(db, run_id, data)
+            self._put_parents(db, run_id, parents)
+        return run_id
+
+    def end(self, run_id: str, status: str, *, error: str | None = None) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, ended = ?, error = ?, pid = NULL WHERE id = ?",
+                (status, time.time(), error, run_id),
+            )
+
+    def record_run_dir(self, folder: str | Path) -> str:
+        """Register (or refresh) a finished run from its directory; returns its id."""
+        rec = read_run_dir(Path(folder))
+        with self.tx() as db:
+            row = db.execute("SELECT started, attempts FROM runs WHERE id = ?", (rec["id"],)).fetchone()
+            started = row["started"] if row else rec["started"]
+            attempts = row["attempts"] if row else 1 + len(rec["resumes"])
+            tags = db.execute("SELECT tag, created FROM tags WHERE run = ?", (rec["id"],)).fetchall()
+            # a run's rows are replaced whole (deleting cascades to its data, metrics, artefacts, tags)
+            db.execute("DELETE FROM runs WHERE id = ?", (rec["id"],))
+            db.execute(
+                "INSERT INTO runs (id, name, kind, status, method, model, model_sha256, path, host, pid, "
+                "started,"
+                " ended, attempts, config, environment, result, headline_metric, headline)"
+                " VALUES (?, ?, 'train', 'done', ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec["id"],
+                    rec["name"],
+                    rec["method"],
+                    rec["model"],
+                    rec["model_sha256"],
+                    rec["path"],
+                    rec["host"],
+                    started,
+                    rec["ended"],
+                    attempts,
+                    json.dumps(rec["config"]),
+                    json.dumps(rec["environment"]),
+                    json.dumps(rec["result"]),
+                    rec["headline_metric"],
+                    rec["headline"],
+                ),
+            )
+            self._put_data(db, rec["id"], rec["data"])
+            self._put_parents(db, rec["id"], rec["parents"])
+            db.executemany(
+                "INSERT INTO metrics (run, step, epoch, name, value) VALUES (?, ?, ?, ?, ?)",
+                [(rec["id"], *m) for m in rec["metrics"]],
+            )
+            db.executemany(
+                "INSERT INTO tags (tag, run, created) VALUES (?, ?, ?)",
+                [(t[0], rec["id"], t[1]) for t in tags],
+            )
+            db.executemany(
+                "INSERT INTO artefacts (run, kind, path, sha256, bytes) VALUES (?, ?, ?, ?, ?)",
+                [(rec["id"], a["kind"], a["path"], a["sha256"], a["bytes"]) for a in rec["artefacts"]],
+            )
+        return rec["id"]
+
+    def _put_data(self, db, run_id: str, data) -> None:
+        db.execute("DELETE FROM data WHERE run = ?", (run_id,))
+        db.executemany(
+            "INSERT INTO data (run, role, path, sha256, bytes, examples) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (run_id, d.get("role", "data"), d["path"], d.get("sha256"), d.get("bytes"), d.get("examples"))
+                for d in data
+            ],
+        )
+
+    def _put_parents(self, db, run_id: str, parents) -> None:
+        db.execute("DELETE FROM parents WHERE run = ?", (run_id,))
+        for relation, parent_path in parents:
+            found = db.execute(
+                "SELECT id FROM runs WHERE path = ? ORDER BY started DESC LIMIT 1", (parent_path,)
+            ).fetchone()
+            db.execute(
+                "INSERT INTO parents (run, parent, parent_path, relation) VALUES (?, ?, ?, ?)",
+                (run_id, found["id"] if found else None, parent_path, relation),
+            )
+
+    def tag(self, run_id: str, tag: str) -> str | None:
+        """Point `tag` at a run (moving it from another run); returns the run it was on before."""
+        if not tag or tag != tag.strip() or any(c.isspace() for c in tag):
+            raise UserError(f"tag {tag!r}: a tag is one word (like v10 or production)")
+        with self.tx() as db:
+            old = db.execute("SELECT run FROM tags WHERE tag = ?", (tag,)).fetchone()
+            db.execute(
+                "INSERT INTO tags (tag, run, created) VALUES (?, ?, ?)"
+                " ON CONFLICT(tag) DO UPDATE SET run = excluded.run, created = excluded.created",
+                (tag, run_id, time.time()),
+            )
+        return old["run"] if old and old["run"] != run_id else None
+
+    def untag(self, tag: str) -> bool:
+        with self.tx() as db:
+            return db.execute("DELETE FROM tags WHERE tag = ?", (tag,)).rowcount > 0
+
+    def remove(self, run_id: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE parents SET parent = NULL WHERE parent = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    # ------------------------------------------------------------ reading
+
+    def find(self, ref: str) -> str:
+        """A run id from an id, a unique id prefix (4+ characters), a tag, a run name (its newest run)
+        or a run directory."""
+        db = self.db
+        if db.execute("SELECT 1 FROM runs WHERE id = ?", (ref,)).fetchone():
+            return ref
+        row = db.execute("SELECT run FROM tags WHERE tag = ?", (ref,)).fetchone()
+        if row:
+            return row["run"]
+        if len(ref) >= 4:
+            rows = db.execute("SELECT id FROM runs WHERE id LIKE ? || '%'", (ref,)).fetchall()
+            if len(rows) == 1:
+                return rows[0]["id"]
+            if len(rows) > 1:
+                raise UserError(f"run {ref!r}: {len(rows)} run ids start with it; give more of the id")
+        row = db.execute(
+            "SELECT id FROM runs WHERE name = ? ORDER BY started DESC LIMIT 1", (ref,)
+        ).fetchone()
+        if row:
+            return row["id"]
+        p = Path(ref)
+        if p.exists():
+            row = db.execute(
+                "SELECT id FROM runs WHERE path = ? ORDER BY started DESC LIMIT 1", (str(p.resolve()),)
+            ).fetchone()
+            if row:
+                return row["id"]
+        raise UserError(
+            f"run {ref!r}: no such run id, tag, name or registered run directory in {self.path}; "
+            "see `tunesmith runs`"
+        )
+
+    def runs(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        name: str | None = None,
+        model: str | None = None,
+        tag: str | None = None,
+        data: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict]:
+        """Runs, newest first; a running run whose process is gone comes back as interrupted."""
+        where, args = [], []
+        for column, value in (("kind", kind), ("model", model)):
+            if value:
+                where.append(f"runs.{column} = ?")
+                args.append(value)
+        if name:
+            where.append("runs.name LIKE ?")
+            args.append(f"%{name}%")
+        if tag:
+            where.append("runs.id IN (SELECT run FROM tags WHERE tag = ?)")
+            args.append(tag)
+        if data:
+            where.append("runs.id IN (SELECT run FROM data WHERE path LIKE ? OR sha256 LIKE ? || '%')")
+            args += [f"%{data}%", data]
+        sql = (
+            "SELECT * FROM runs"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY started DESC"
+        )
+        out = [self._row(r) for r in self.db.execute(sql, args).fetchall()]
+        if status:
+            out = [r for r in out if r["status"] == status]
+        return out[:limit] if limit else out
+
+    def _row(self, r: sqlite3.Row) -> dict:
+        rec = dict(r)
+        for k in ("config", "environment", "result"):
+            rec[k] = json.loads(rec[k]) if rec[k] else None
+        if rec["status"] == "running" and not alive(rec["pid"], rec["host"]):
+            rec["status"] = "interrupted"  # its process is gone: a kill, a crash, a power cut
+        rec["tags"] = [
+            t["tag"] for t in self.db.execute("SELECT tag FROM tags WHERE run = ? ORDER BY tag", (rec["id"],))
+        ]
+        return rec
+
+    def get(self, run_id: str) -> dict:
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise UserError(f"run {run_id}: not in {self.path}")
+        rec = self._row(row)
+        q = self.db.execute
+        rec["data"] = [
+            dict(d)
+            for d in q("SELECT role, path, sha256, bytes, examples FROM data WHERE run = ?", (run_id,))
+        ]
+        rec["parents"] = [
+            dict(p) for p in q("SELECT parent, parent_path, relation FROM parents WHERE run = ?", (run_id,))
+        ]
+        rec["children"] = [
+            dict(c) for c in q("SELECT run, relation FROM parents WHERE parent = ? ORDER BY rowid", (run_id,))
+        ]
+        rec["artefacts"] = [
+            dict(a) for a in q("SELECT kind, path, sha256, bytes FROM artefacts WHERE run = ?", (run_id,))
+        ]
+        rec["metrics"] = [
+            dict(m)
+            for m in q("SELECT step, epoch, name, value FROM metrics WHERE run = ? ORDER BY rowid", (run_id,))
+        ]
+        return rec
+
+    def lineage(self, run_id: str) -> list[dict]:
+        """The chain of ancestors, oldest first, ending with the run itself: [{id, name, relation}]."""
+        chain, seen, current = [], set(), run_id
+        while current and current not in seen:
+            seen.add(current)
+            row = self.db.execute("SELECT id, name FROM runs WHERE id = ?", (current,)).fetchone()
+            parent = self.db.execute(
+                "SELECT parent, parent_path, relation FROM parents WHERE run = ?", (current,)
+            ).fetchone()
+            chain.append(
+                {
+                    "id": current,
+                    "name": row["name"] if row else None,
+                    "relation": parent["relation"] if parent else None,
+                    "parent_path": parent["parent_path"] if parent else None,
+                }
+            )
+            current = parent["parent"] if parent else None
+        return chain[::-1]
+
+
+# ---------------------------------------------------------------- never failing a run
+
+
+class Recorder:
+    """The registry as a run uses it: every call is safe. A registry that cannot be opened or written
+    (missing folder rights, read-only, locked past the timeout, corrupt) is skipped with one line on
+    stderr saying why, and the run goes on; `tunesmith runs import` adds it later."""
+
+    def __init__(self, path: str | Path | None = None, off: bool = False):
+        self.path, self.reg = path, None
+        self.off = off or str(path).lower() in ("off", "none")  # --registry off: no registry at all
+
+    def _call(self, fn, *args, **kw):
+        if self.off:
+            return None
+        try:
+            if self.reg is None:
+                self.reg = Registry(self.path)
+            return fn(self.reg, *args, **kw)
+        except (sqlite3.Error, OSError, UserError, ValueError) as e:
+            self.off = True
+            where = self.path or default_path()
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(
+                f"registry {where} skipped ({why}); the run is unaffected: add it later with "
+                "`tunesmith runs import RUN_DIR`",
+                file=sys.stderr,
+            )
+            return None
+
+    def begin(self, run_id: str, **kw) -> None:
+        self._call(Registry.begin, run_id, **kw)
+
+    def end(self, run_id: str, status: str, error: str | None = None) -> None:
+        self._call(Registry.end, run_id, status, error=error)
+
+    def record_run_dir(self, folder: Path) -> None:
+        self._call(Registry.record_run_dir, folder)
+
+    def close(self) -> None:
+        if self.reg is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.reg.close()

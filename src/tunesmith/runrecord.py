@@ -1,0 +1,174 @@
+"""What the registry keeps of a run, read from the run itself: its directory (`read_run_dir`: the
+run info, inputs and metrics a finished run wrote), the machine and versions it ran on
+(`environment`), and checksums of its base model and of what it produced. Apart from registry.py so
+that reading a run folder needs no database, and the database code no file formats."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import socket
+import sys
+from pathlib import Path
+
+from tunesmith.errors import UserError
+from tunesmith.models import MANIFEST, sha256_file
+from tunesmith.outputs import RUN_INFO
+
+
+def environment() -> dict:
+    """Versions and machine, as a run records them."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("tunesmith", "torch", "transformers", "peft"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    flags = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if "model name" in ln
+            ),
+            cpu,
+        )
+    gpu = None
+    torch = sys.modules.get("torch")  # only if the run imported it: the registry never imports torch itself
+    if torch is not None and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "machine": {
+            "host": socket.gethostname(),
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+            "gpu": gpu,
+            "system": platform.system(),
+        },
+    }
+
+
+def read_run_dir(folder: Path) -> dict:
+    """What the registry keeps of a finished run, from the files it wrote."""
+    info_file = folder / RUN_INFO
+    try:
+        info = json.loads(info_file.read_text())
+        inputs = (
+            json.loads((folder / "inputs.json").read_text()) if (folder / "inputs.json").is_file() else {}
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder}: not a finished tunesmith run ({RUN_INFO} unreadable: {e})") from None
+    if not isinstance(info, dict) or not isinstance(inputs, dict):
+        raise UserError(f"{folder}: not a finished tunesmith run ({RUN_INFO} is not a JSON object)")
+    run_id = info.get("run_id") or inputs.get("run_id") or _legacy_id(folder)
+    result = info.get("result") or {}
+    config = inputs.get("config") or {}
+    metrics, last = [], {}
+    with contextlib.suppress(OSError):
+        for line in (folder / "metrics.jsonl").read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                m = json.loads(line)
+                for k, v in m.items():
+                    if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                        metrics.append((m.get("step"), m.get("epoch"), k, float(v)))
+                        last[k] = float(v)
+    headline_metric, headline = _headline(result, last)
+    counts = info.get("examples") or {"train": result.get("examples")}
+    files = info.get("data") or inputs.get("data") or []
+    roles = [d.get("role", "train") for d in files]
+    data = [  # an example count is known per role: it goes to a role's file when the role has one file
+        {**d, "role": role, "examples": counts.get(role) if roles.count(role) == 1 else None}
+        for d, role in zip(files, roles)
+    ]
+    parents = (
+        [("from-adapter", str(Path(config["from_adapter"]).resolve()))] if config.get("from_adapter") else []
+    )
+    stat = info_file.stat()
+    return {
+        "id": run_id,
+        "name": info.get("name") or folder.resolve().name,
+        "method": info.get("method"),
+        "model": info.get("model"),
+        "model_sha256": info.get("model_sha256"),
+        "path": str(folder.resolve()),
+        "host": (info.get("environment") or {}).get("machine", {}).get("host"),
+        "started": info.get("started") or stat.st_mtime - float(result.get("wall_s") or 0),
+        "ended": info.get("ended") or stat.st_mtime,
+        "resumes": info.get("resumes") or [],
+        "config": config,
+        "environment": info.get("environment") or {},
+        "result": result,
+        "headline_metric": headline_metric,
+        "headline": headline,
+        "data": data,
+        "parents": parents,
+        "metrics": metrics,
+        "artefacts": artefacts(folder),
+    }
+
+
+def _legacy_id(folder: Path) -> str:
+    """Runs written before the registry have no id: one derived from the folder, stable across imports."""
+    return hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]
+
+
+def _headline(result: dict, last: dict) -> tuple[str | None, float | None]:
+    """The number a run is known by: the best validation score (--eval-metric), else the best
+    validation loss, else the final train loss."""
+    best = result.get("best") or {}
+    for k, v in best.items():
+        if k.startswith("val_") and k not in ("val_loss",) and isinstance(v, (int, float)):
+            return k, float(v)
+    if "val_loss" in best:
+        return "val_loss", float(best["val_loss"])
+    if "train_loss" in result and isinstance(result["train_loss"], (int, float)):
+        return "train_loss", float(result["train_loss"])
+    return (None, None) if "loss" not in last else ("train_loss", last["loss"])
+
+
+def model_sha256(model_dir: str | Path) -> str | None:
+    """One checksum for a model folder's weights: from the checksums a cached conversion recorded
+    (models.MANIFEST), else by hashing each weights file (a few seconds per GB, once per run)."""
+    folder = Path(model_dir)
+    digests: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+        digests = {name: str(entry[1]) for name, entry in files.items()}
+    if not digests:
+        try:
+            digests = {f.name: sha256_file(f) for f in sorted(folder.glob("*.safetensors"))}
+        except OSError:
+            return None
+    if not digests:
+        return None
+    return hashlib.sha256("".join(f"{n}:{d}\n" for n, d in sorted(digests.items())).encode()).hexdigest()
+
+
+def artefacts(folder: Path) -> list[dict]:
+    """The weights a run wrote (adapter or model files), with sizes and sha256."""
+    out = []
+    for f in sorted(folder.glob("*.safetensors")):
+        out.append(
+            {
+                "kind": "adapter" if f.name.startswith("adapter") else "model",
+                "path": str(f.resolve()),
+                "sha256": sha256_file(f),
+                "bytes": f.stat().st_size,
+            }
+        )
+    return out
