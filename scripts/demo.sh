@@ -10,6 +10,7 @@ EPOCHS=${DEMO_EPOCHS:-1}  # one epoch of 150 examples takes ~6 min on 2 CPU core
 GEN="--max-new-tokens 200"
 start=$(date +%s)
 mkdir -p "$OUT"
+export TUNESMITH_REGISTRY="${TUNESMITH_REGISTRY:-$OUT/registry.db}"  # the demo's runs, kept apart from yours
 
 echo "== 1/5 check the examples"
 tunesmith data check "$DATA/train.jsonl" "$DATA/val.jsonl" "$DATA/test.jsonl"
@@ -27,6 +28,10 @@ tunesmith eval --adapter "$OUT/run" --data "$DATA/test.jsonl" --style "$DATA/sty
 echo "== 5/5 use it: notes for the first test transcript"
 head -n 1 "$DATA/test.jsonl" > "$OUT/one.jsonl"
 tunesmith generate --adapter "$OUT/run" --input "$OUT/one.jsonl" $GEN
+
+echo
+echo "== the runs the demo registered (tunesmith runs show ID for one in full)"
+tunesmith runs
 
 echo
 echo "demo finished in $(( $(date +%s) - start ))s; results in $OUT/"

@@ -14,6 +14,7 @@ import sys
 from tunesmith import __version__
 from tunesmith.errors import UserError, disk_full
 from tunesmith.models import DEFAULT_MODEL  # stdlib only: keeps --help fast
+from tunesmith.registry import adapter_path  # sqlite3 and the core: no torch
 from tunesmith.train.config import add_config_flags  # light: dataclasses and the core, no torch
 
 
@@ -192,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_generation(p)
+    p.add_argument(
+        "--gate",
+        metavar="REF",
+        help="fail (exit 3) when significantly worse than REF (run id, tag, production, or a results.json) "
+        "on the same test set and decoding",
+    )
+    p.add_argument(
+        "--gate-metrics",
+        metavar="M1,M2",
+        help="the metrics the gate checks (default: rougeL and format_adherence, where measured)",
+    )
+    _add_registry(p)
     p.set_defaults(handler="tunesmith.eval.cli:cli_eval")
 
     p = sub.add_parser("generate", help="generate text with the base model or an adapter attached")
@@ -308,7 +321,9 @@ def _add_registry(p: argparse.ArgumentParser) -> None:
 
 
 def _add_runs(sub) -> None:
-    runs = sub.add_parser("runs", help="every run and where it came from: list, show, tag, rm, import")
+    runs = sub.add_parser(
+        "runs", help="every run and where it came from: list, show, compare, tag, rm, import"
+    )
     _add_registry(runs)
     runs.add_argument("--status", choices=["running", "done", "failed", "interrupted"], help="only these")
     runs.add_argument("--kind", help="only this kind of run (train)")
@@ -324,6 +339,13 @@ def _add_runs(sub) -> None:
         "ref", metavar="RUN", help="run id (or its first 4+ characters), tag, name or run directory"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p = rsub.add_parser("compare", help="settings, data (example by example) and metrics of two or more runs")
+    p.add_argument("refs", nargs="+", metavar="RUN")
+    p.add_argument(
+        "--allow-different-test",
+        action="store_true",
+        help="list metrics measured on different test sets or decoding (no paired tests)",
+    )
     p = rsub.add_parser("tag", help="give a run a tag (v10, production); a tag names one run")
     p.add_argument("ref", metavar="RUN")
     p.add_argument("tag")
@@ -335,6 +357,22 @@ def _add_runs(sub) -> None:
     p = rsub.add_parser("import", help="register finished run directories (trained elsewhere or earlier)")
     p.add_argument("dirs", nargs="+", metavar="RUN_DIR")
     runs.set_defaults(handler="tunesmith.versions.cli:cli_runs")
+
+
+def resolve_adapters(args) -> None:
+    """--adapter and --from-adapter may name a registered run (id, tag such as v10 or production, name)."""
+    where = getattr(args, "registry", None)
+    for key in ("adapter", "from_adapter"):
+        value = getattr(args, key, None)
+        if isinstance(value, str):
+            setattr(args, key, adapter_path(value, where))
+        elif isinstance(value, list):  # serve: NAME=RUN
+            setattr(args, key, [_named(v, where) for v in value])
+
+
+def _named(spec: str, where) -> str:
+    name, sep, ref = spec.partition("=")
+    return f"{name}={adapter_path(ref, where)}" if sep and ref else spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
 
     module_name, func_name = handler.split(":")
     try:
+        resolve_adapters(args)
         func = getattr(importlib.import_module(module_name), func_name)
         return int(func(args) or 0)
     except UserError as e:

@@ -219,6 +219,7 @@ class Generation:
     text: str
     new_tokens: int
     stopped: bool  # ended with an end-of-turn/EOS token rather than running out of tokens
+    prompt_tokens: int = 0  # what the prompt cost: its length in tokens
 
 
 def left_padded(prompts: list[list[int]], pad_id: int):
@@ -354,7 +355,7 @@ def generate(
                 text, stopped = stream.text, True
             else:
                 text = tokenizer.decode(kept, skip_special_tokens=True)
-            results[i] = Generation(text.strip(), len(kept), stopped)
+            results[i] = Generation(text.strip(), len(kept), stopped, len(encoded[i]))
             done_tokens += len(kept)
         if on_batch:
             on_batch(min(start + batch_size, len(order)), done_tokens)

@@ -87,6 +87,33 @@ def alive(pid: int | None, host: str | None) -> bool:
     return True
 
 
+def adapter_path(ref: str | None, registry_path: str | Path | None = None) -> str | None:
+    """An --adapter / --from-adapter value: a folder as it is; else a run id, tag (v10, production) or run
+    name in the registry, as its run directory. Anything not found is returned unchanged, for the
+    command's own "no such adapter" message."""
+    if not ref or Path(ref).exists() or str(registry_path).lower() in ("off", "none"):
+        return ref
+    path = Path(registry_path).expanduser() if registry_path else default_path()
+    if not path.is_file():
+        return ref
+    try:
+        reg = Registry(path)
+        try:
+            run = reg.get(reg.find(ref))
+        finally:
+            reg.close()
+    except (sqlite3.Error, OSError, UserError):
+        return ref
+    if run["kind"] != "train" or not run["path"]:
+        raise UserError(f"--adapter {ref}: names {run['kind']} run {run['id']}, not a training run")
+    if not Path(run["path"]).is_dir():
+        raise UserError(
+            f"--adapter {ref}: run {run['id']} ({run['name']}) was in {run['path']}, which is gone; "
+            "`tunesmith runs rm` it, or restore the folder"
+        )
+    return run["path"]
+
+
 class Registry:
     """One registry file, opened for reading and writing. Errors are sqlite3.Error or OSError; callers
     that must not fail go through `Recorder`."""
@@ -155,37 +182,21 @@ class Registry:
         parents: list[tuple[str, str]] = (),
     ) -> str:
         """A run starts (or starts again: a resume keeps its id, counts an attempt)."""
-        env = environment()
+        env = json.dumps(environment())
+        here = {"pid": os.getpid(), "host": socket.gethostname()}
         with self.tx() as db:
             if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
                 db.execute(
-                    "UPDATE runs SET status = 'running', pid = ?, host = ?, attempts = attempts + 1, ended = "
-                    "NULL,"
-                    " error = NULL, environment = ? WHERE id = ?",
-                    (os.getpid(), socket.gethostname(), json.dumps(env), run_id),
+                    "UPDATE runs SET status = 'running', pid = :pid, host = :host, attempts = attempts + 1,"
+                    " ended = NULL, error = NULL, environment = :env WHERE id = :id",
+                    {**here, "env": env, "id": run_id},
                 )
                 return run_id
-            db.execute(
-                "INSERT INTO runs (id, name, kind, status, method, model, model_sha256, path, host, pid, "
-                "started,"
-                " config, environment) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run_id,
-                    name,
-                    kind,
-                    method,
-                    model,
-                    model_sha256,
-                    path,
-                    socket.gethostname(),
-                    os.getpid(),
-                    time.time(),
-                    json.dumps(config) if config is not None else None,
-                    json.dumps(env),
-                ),
-            )
-            self._put_data(db, run_id, data)
-            self._put_parents(db, run_id, parents)
+            config_json = json.dumps(config) if config is not None else None
+            row = dict(id=run_id, name=name, kind=kind, status="running", method=method, model=model,
+                       model_sha256=model_sha256, path=path, **here, started=time.time(),
+                       config=config_json, environment=env)  # fmt: skip
+            self._put_run(db, row, data, parents)
         return run_id
 
     def end(self, run_id: str, status: str, *, error: str | None = None) -> None:
@@ -200,49 +211,67 @@ class Registry:
         rec = read_run_dir(Path(folder))
         with self.tx() as db:
             row = db.execute("SELECT started, attempts FROM runs WHERE id = ?", (rec["id"],)).fetchone()
-            started = row["started"] if row else rec["started"]
-            attempts = row["attempts"] if row else 1 + len(rec["resumes"])
             tags = db.execute("SELECT tag, created FROM tags WHERE run = ?", (rec["id"],)).fetchall()
             # a run's rows are replaced whole (deleting cascades to its data, metrics, artefacts, tags)
             db.execute("DELETE FROM runs WHERE id = ?", (rec["id"],))
-            db.execute(
-                "INSERT INTO runs (id, name, kind, status, method, model, model_sha256, path, host, pid, "
-                "started,"
-                " ended, attempts, config, environment, result, headline_metric, headline)"
-                " VALUES (?, ?, 'train', 'done', ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rec["id"],
-                    rec["name"],
-                    rec["method"],
-                    rec["model"],
-                    rec["model_sha256"],
-                    rec["path"],
-                    rec["host"],
-                    started,
-                    rec["ended"],
-                    attempts,
-                    json.dumps(rec["config"]),
-                    json.dumps(rec["environment"]),
-                    json.dumps(rec["result"]),
-                    rec["headline_metric"],
-                    rec["headline"],
-                ),
-            )
-            self._put_data(db, rec["id"], rec["data"])
-            self._put_parents(db, rec["id"], rec["parents"])
-            db.executemany(
-                "INSERT INTO metrics (run, step, epoch, name, value) VALUES (?, ?, ?, ?, ?)",
-                [(rec["id"], *m) for m in rec["metrics"]],
-            )
+            run = {
+                k: rec[k] for k in ("id", "name", "method", "model", "model_sha256", "path", "host", "ended")
+            }
+            run.update(kind="train", status="done", started=row["started"] if row else rec["started"],
+                       attempts=row["attempts"] if row else 1 + len(rec["resumes"]),
+                       config=json.dumps(rec["config"]), environment=json.dumps(rec["environment"]),
+                       result=json.dumps(rec["result"]), headline_metric=rec["headline_metric"],
+                       headline=rec["headline"])  # fmt: skip
+            self._put_run(db, run, rec["data"], rec["parents"], rec["metrics"], rec["artefacts"])
             db.executemany(
                 "INSERT INTO tags (tag, run, created) VALUES (?, ?, ?)",
                 [(t[0], rec["id"], t[1]) for t in tags],
             )
-            db.executemany(
-                "INSERT INTO artefacts (run, kind, path, sha256, bytes) VALUES (?, ?, ?, ?, ?)",
-                [(rec["id"], a["kind"], a["path"], a["sha256"], a["bytes"]) for a in rec["artefacts"]],
-            )
         return rec["id"]
+
+    def add(
+        self,
+        *,
+        kind: str,
+        name: str,
+        path: str | None,
+        model: str | None,
+        config: dict,
+        data: list[dict],
+        parents: list[tuple[str, str]],
+        result: dict,
+        metrics: list[tuple[int | None, int | None, str, float]],
+        headline: tuple[str | None, float | None] = (None, None),
+        artefacts: list[dict] = (),
+        started: float | None = None,
+    ) -> str:
+        """A run that is done when it is registered (an eval, a merge, an export); returns its id."""
+        now, env = time.time(), environment()
+        with self.tx() as db:
+            run_id = new_id()
+            while db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+                run_id = new_id()
+            row = {"id": run_id, "name": name, "kind": kind, "status": "done", "model": model, "path": path,
+                   "host": env["machine"]["host"], "started": started or now, "ended": now,
+                   "config": json.dumps(config), "environment": json.dumps(env), "result": json.dumps(result),
+                   "headline_metric": headline[0], "headline": headline[1]}  # fmt: skip
+            self._put_run(db, row, data, parents, metrics, artefacts)
+        return run_id
+
+    def _put_run(self, db, row: dict, data=(), parents=(), metrics=(), artefacts=()) -> None:
+        """A run's row and the rows that hang off it (column names come from this module, not from input)."""
+        db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})", row)
+        run_id = row["id"]
+        self._put_data(db, run_id, data)
+        self._put_parents(db, run_id, parents)
+        db.executemany(
+            "INSERT INTO metrics (run, step, epoch, name, value) VALUES (?, ?, ?, ?, ?)",
+            [(run_id, *m) for m in metrics],
+        )
+        db.executemany(
+            "INSERT INTO artefacts (run, kind, path, sha256, bytes) VALUES (?, ?, ?, ?, ?)",
+            [(run_id, a["kind"], a["path"], a["sha256"], a["bytes"]) for a in artefacts],
+        )
 
     def _put_data(self, db, run_id: str, data) -> None:
         db.execute("DELETE FROM data WHERE run = ?", (run_id,))
@@ -452,6 +481,9 @@ class Recorder:
 
     def record_run_dir(self, folder: Path) -> None:
         self._call(Registry.record_run_dir, folder)
+
+    def add(self, **kw) -> str | None:
+        return self._call(Registry.add, **kw)
 
     def close(self) -> None:
         if self.reg is not None:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.eval import gate
+from tunesmith.eval.record import register_eval
 from tunesmith.eval.run import EvalSpec, evaluate, write_outputs
 from tunesmith.eval.tables import print_probe, print_systems_table, print_table
 
@@ -47,14 +49,32 @@ def spec_from_args(args) -> EvalSpec:
 
 def cli_eval(args) -> int:
     spec = spec_from_args(args)
+    gate_metrics = (
+        [m.strip() for m in args.gate_metrics.split(",") if m.strip()] if args.gate_metrics else None
+    )
+    if gate_metrics and not args.gate:
+        raise UserError("--gate-metrics goes with --gate REF")
     results, runs = evaluate(spec)
+    passed, cannot = None, None
+    if args.gate:
+        try:
+            reference, name = gate.reference_results(args.gate, results, args.registry)
+            results["gate"] = gate.check(results, reference, name, gate_metrics)
+            passed = results["gate"]["passed"]
+        except UserError as e:  # the comparison cannot be made: the measurements are still written and kept
+            cannot = e
     if args.out:
         write_outputs(args.out, results, runs, spec.adapter)
+    register_eval(results, runs, spec, args.out, args.registry)
+    if cannot is not None:
+        raise cannot
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
-        return 0
+        return gate.GATE_FAILED if passed is False else 0
     if len(runs) > 1:
         print_systems_table(runs)
+        if results.get("verdict"):
+            print(results["verdict"]["sentence"])
     else:
         baseline = json.loads(Path(spec.baseline).read_text()) if spec.baseline else None
         print_table(results, baseline)
@@ -63,4 +83,8 @@ def cli_eval(args) -> int:
             print_probe(key, results[key])
     if args.out:
         print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}")
+    if passed is not None:
+        print(gate.describe(results["gate"]))
+        if not passed:
+            return gate.GATE_FAILED
     return 0

@@ -257,6 +257,12 @@ def _probes(extra: dict) -> str:
     return "<h2>Generalization and forgetting</h2>" + "".join(parts) if parts else ""
 
 
+def _verdict(results: dict) -> str:
+    """The eval's one-sentence answer to "which system?" (eval/verdict.py), when it compared several."""
+    v = results.get("verdict")
+    return f'<p class="verdict"><b>Verdict.</b> {_e(v["sentence"])}</p>' if v and v.get("sentence") else ""
+
+
 def render(
     systems: list[dict],
     labels: list[tuple[str, str]],
@@ -284,6 +290,7 @@ def render(
         "against "
         f"<b>{_e(first['system'])}</b> on the same examples.</p>",
         _metric_rows(systems, labels),
+        _verdict(extra or {}),
         "<h2>At a glance</h2><figure>",
         bar_chart(systems, CHART_METRICS),
         "</figure>",

@@ -15,7 +15,9 @@ from tunesmith.data.formats import load_examples
 from tunesmith.errors import UserError
 from tunesmith.eval.probes import forgetting_report, memorization_report, run_probe, sample_train
 from tunesmith.eval.report import render
+from tunesmith.eval.rows import per_example_values
 from tunesmith.eval.systems import System, build_prompts, parse_systems
+from tunesmith.eval.verdict import verdict
 from tunesmith.loading import attach_adapter, base_model_of, check_adapter_dir, generate, load
 from tunesmith.scoring import metrics as M
 from tunesmith.scoring.judge import make_judge
@@ -75,16 +77,6 @@ def references_of(ex, reference: str) -> list[str]:
             "(more correct answers besides the last assistant turn)"
         )
     return list(dict.fromkeys([reference, *extra]))
-
-
-def per_example_values(per: list[dict], key: str) -> list[float]:
-    if key == "format_adherence":
-        return [100.0 * r["format_ok"] for r in per]
-    if key == "stopped_by_eos":
-        return [100.0 * r["stopped"] for r in per]
-    if key == "mean_new_tokens":
-        return [float(r["new_tokens"]) for r in per]
-    return [r["scores"][key] for r in per]
 
 
 def _label_pairs(per: list[dict]) -> list[tuple[str, str]]:
@@ -353,6 +345,7 @@ def _system_run(spec: EvalSpec, p: _Plan, s: System, base: str, outs, wall: floa
                 **({"references": rs} if len(rs) > 1 else {}),
                 **({"shots": sh} if sh else {}),
                 "output": o.text,
+                "prompt_tokens": o.prompt_tokens,
                 **row,
             }
             for ex, pr, ref, rs, sh, o, row in zip(
@@ -386,7 +379,7 @@ def evaluate(spec: EvalSpec) -> tuple[dict, list[dict]]:
     runs.sort(key=lambda r: order.index(r["system"]))
     for r in runs[1:]:
         r["comparisons"] = {runs[0]["system"]: compare(r, runs[0])}
-    results = runs[-1] if len(runs) == 1 else {**runs[-1], "systems": runs}
+    results = runs[-1] if len(runs) == 1 else {**runs[-1], "systems": runs, "verdict": verdict(runs)}
     if p.baseline:
         results["comparison"] = compare(results, p.baseline)
     if spec.memorization:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from tunesmith.eval.run import DECIMALS, HEADLINE, ROWS
+from tunesmith.eval.verdict import cost
 
 
 def _ci(m: dict, key: str) -> str:
@@ -94,6 +95,9 @@ def print_systems_table(runs: list[dict]) -> None:
             star = "*" if test and test.get("significant") else ""
             cells.append(f"{r['metrics'][key]:.{DECIMALS.get(key, 1)}f}{star}")
         t.add_row(label, *cells)
+    costs = [cost(r) for r in runs]
+    t.add_row("prompt tokens / answer", *(f"{c['prompt_tokens']:,.0f}" for c in costs))
+    t.add_row("seconds / answer", *(f"{c['seconds']:.2f}" for c in costs))
     Console(width=None if sys.stdout.isatty() else 130).print(t)
 
 

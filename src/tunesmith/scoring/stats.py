@@ -36,3 +36,13 @@ def paired_test(after, before, seed: int = 0) -> dict:
         "p": round(p, 4),
         "significant": bool(p < 0.05),
     }
+
+
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (step-down, kept monotone)."""
+    order = sorted(pvalues, key=lambda k: pvalues[k])
+    m, running, out = len(order), 0.0, {}
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (m - i) * pvalues[k]))
+        out[k] = running
+    return out

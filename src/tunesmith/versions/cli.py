@@ -17,6 +17,7 @@ from tunesmith.errors import UserError
 from tunesmith.outputs import RUN_INFO
 from tunesmith.registry import Registry
 from tunesmith.runrecord import read_run_dir
+from tunesmith.versions.compare import compare_runs
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -192,6 +193,9 @@ def cli_runs(args) -> int:
             print(json.dumps({**r, "lineage": reg.lineage(r["id"])}, indent=2))
         else:
             print(describe(reg, r))
+        return 0
+    if action == "compare":
+        print(compare_runs(reg, args.refs, args.allow_different_test))
         return 0
     if action == "tag":
         run_id = reg.find(args.ref)

@@ -1,0 +1,62 @@
+"""An eval in the run registry: what was measured (the test file and its sha256), with what (the
+model, the adapter run it evaluated: its parent), how (the decoding settings), and every system's
+metrics, with the whole results so a later `--gate` can pair its examples with these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith.models import sha256_file
+from tunesmith.registry import Recorder
+
+HEADLINE = "rougeL"  # the number an eval is known by in `tunesmith runs`, when it was measured
+
+
+def register_eval(
+    results: dict, runs: list[dict], spec, out: str | None, registry_path: str | None
+) -> str | None:
+    """Enter the eval in the registry (skipped with one line when the registry fails); returns its id."""
+    rec = Recorder(registry_path)
+    if rec.off:
+        return None
+    data = Path(spec.data)
+    files = (
+        [data]
+        if data.is_file()
+        else sorted(p for p in data.rglob("*") if p.is_file())
+        if data.is_dir()
+        else []
+    )
+    n = len(results.get("examples") or [])
+    entries = [
+        {"role": "test", "path": str(f), "sha256": sha256_file(f), "bytes": f.stat().st_size,
+         "examples": n if len(files) == 1 else None}
+        for f in files
+    ]  # fmt: skip
+    metrics = [
+        (None, None, f"{r['system']}/{k}", float(v))
+        for r in runs
+        for k, v in (r.get("metrics") or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    top = (results.get("metrics") or {}).get(HEADLINE)
+    headline = (HEADLINE, float(top)) if isinstance(top, (int, float)) else (None, None)
+    if spec.adapter:
+        name = f"eval-{Path(spec.adapter).resolve().name}"
+    else:
+        name = "eval-" + (spec.model or "base").replace("/", "-")
+    config = {k: v for k, v in vars(spec).items() if k != "quiet"}
+    run_id = rec.add(
+        kind="eval",
+        name=Path(out).resolve().name if out else name,
+        path=str(Path(out).resolve()) if out else None,
+        model=results.get("model"),
+        config=config,
+        data=entries,
+        parents=[("evaluated", str(Path(spec.adapter).resolve()))] if spec.adapter else [],
+        result=results,
+        metrics=metrics,
+        headline=headline,
+    )
+    rec.close()
+    return run_id
