@@ -65,7 +65,8 @@ def test_schema_is_created_versioned_and_a_newer_one_is_refused(tmp_path):
     db.commit()
     db.close()
     with pytest.raises(
-        UserError, match=r"written by a newer tunesmith \(registry schema 2; this one knows 1\)"
+        UserError,
+        match=rf"written by a newer tunesmith \(registry schema {R.SCHEMA + 1}; this one knows {R.SCHEMA}\)",
     ):
         R.Registry(path)
 
@@ -284,3 +285,71 @@ def test_killed_writer_and_concurrent_writers_leave_a_consistent_registry(tiny_m
     assert r.returncode == 0, r.stderr
     [row] = [x for x in R.Registry(reg_path).runs() if x["name"] == "killed"]
     assert row["status"] == "done" and row["attempts"] == 2
+
+
+def test_lineage_runs_through_merge_and_export(tiny_model_dir, data, tmp_path):
+    """v1 -> v2 (from-adapter) -> merged folder -> GGUF: each step registered with its parent and output."""
+    reg_path = tmp_path / "reg.db"
+    m = tiny_model_dir("llama")
+    train(m, data, tmp_path / "v1", reg_path)
+    train(m, data, tmp_path / "v2", reg_path, "--from-adapter", "v1")  # a run name works as an adapter
+    merged, gguf = tmp_path / "merged", tmp_path / "notes.gguf"
+    r = run_cli("merge", "--adapter", "v2", "--out", str(merged), "--registry", str(reg_path))
+    assert r.returncode == 0, r.stderr
+    r = run_cli(
+        "export", "--model", str(merged), "--quant", "f32", "--out", str(gguf), "--registry", str(reg_path)
+    )
+    assert r.returncode == 0, r.stderr
+    reg = R.Registry(reg_path)
+    chain = reg.lineage(reg.find("notes.gguf"))
+    assert [c["name"] for c in chain] == ["v1", "v2", "merged", "notes.gguf"]
+    assert [c["relation"] for c in chain] == [None, "from-adapter", "merged-from", "exported-from"]
+    exported = reg.get(reg.find("notes.gguf"))
+    assert exported["kind"] == "export" and exported["artefacts"][0]["kind"] == "gguf"
+    assert exported["artefacts"][0]["bytes"] == gguf.stat().st_size
+    shown = run_cli("runs", "--registry", str(reg_path), "show", "v2").stdout
+    assert f"followed by  {reg.find('merged')} (merged-from)" in shown
+
+
+def test_a_registry_of_the_first_schema_is_migrated_and_keeps_its_runs(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for statement in R.MIGRATIONS[0]:  # the registry as the first release wrote it
+        db.execute(statement)
+    db.execute(
+        "INSERT INTO runs (id, name, kind, status, started) VALUES ('old00001', 'v1', 'train', 'done', 1.0)"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    reg = R.Registry(path)
+    assert reg.db.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA == 2
+    assert [r["id"] for r in reg.runs()] == ["old00001"] and reg.promotions() == []
+
+
+def test_promote_moves_production_per_model_line_and_keeps_the_history(tmp_path):
+    reg_path = tmp_path / "reg.db"
+    reg = R.Registry(reg_path)
+    for rid, name in (("aaaa0001", "v1"), ("aaaa0002", "v2"), ("bbbb0001", "support-v1")):
+        reg.begin(rid, kind="train", name=name, path=str(tmp_path / name))
+    reg.add(
+        kind="eval",
+        name="eval-v1",
+        path=None,
+        model=None,
+        config={},
+        data=[],
+        parents=[],
+        result={},
+        metrics=[],
+    )
+    assert reg.promote("aaaa0001") is None and reg.find("production") == "aaaa0001"
+    r = run_cli("runs", "--registry", str(reg_path), "promote", "v2")
+    assert r.stdout == "production: aaaa0002 (v2) (was aaaa0001); `--adapter production` now means this run\n"
+    r = run_cli("runs", "--registry", str(reg_path), "promote", "support-v1", "--line", "support")
+    assert r.returncode == 0 and R.Registry(reg_path).find("support:production") == "bbbb0001"
+    reg = R.Registry(reg_path)
+    assert reg.find("production") == "aaaa0002"  # the other line's production is untouched
+    assert [p["run"] for p in reg.promotions()] == ["aaaa0002", "aaaa0001"]
+    r = run_cli("runs", "--registry", str(reg_path), "promote", "eval-v1")
+    assert r.returncode == 2 and "only a training run (an adapter) can be in production" in r.stderr

@@ -14,7 +14,7 @@ import sys
 from tunesmith import __version__
 from tunesmith.errors import UserError, disk_full
 from tunesmith.models import DEFAULT_MODEL  # stdlib only: keeps --help fast
-from tunesmith.registry import adapter_path  # sqlite3 and the core: no torch
+from tunesmith.recorder import adapter_path  # sqlite3 and the core: no torch
 from tunesmith.train.config import add_config_flags  # light: dataclasses and the core, no torch
 
 
@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace a merged model tunesmith wrote in --out (only once the new one is written)",
     )
+    _add_registry(p)
     p.set_defaults(handler="tunesmith.use.merge:cli_merge")
 
     p = sub.add_parser(
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace a GGUF file tunesmith exported (only once the new one is written)",
     )
+    _add_registry(p)
     p.set_defaults(handler="tunesmith.use.export:cli_export")
 
     p = sub.add_parser(
@@ -349,6 +351,9 @@ def _add_runs(sub) -> None:
     p = rsub.add_parser("tag", help="give a run a tag (v10, production); a tag names one run")
     p.add_argument("ref", metavar="RUN")
     p.add_argument("tag")
+    p = rsub.add_parser("promote", help="put a training run in production (--adapter production finds it)")
+    p.add_argument("ref", metavar="RUN")
+    p.add_argument("--line", default="", help="one of several model lines: its tag is LINE:production")
     p = rsub.add_parser("untag", help="remove a tag")
     p.add_argument("tag")
     p = rsub.add_parser("rm", help="remove a run from the registry (its files stay unless --delete-files)")

@@ -26,7 +26,6 @@ import json
 import os
 import socket
 import sqlite3
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -60,13 +59,22 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE tags (tag TEXT PRIMARY KEY, run TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
             created REAL NOT NULL)""",
     ],
+    [  # 2: which run was in production for each model line, and since when (a history, kept after `runs rm`)
+        "CREATE TABLE promotions (line TEXT NOT NULL, run TEXT NOT NULL, at REAL NOT NULL)",
+    ],
 ]
+PRODUCTION = "production"
 SCHEMA = len(MIGRATIONS)
 
 
 def default_path() -> Path:
     env = os.environ.get("TUNESMITH_REGISTRY")
     return Path(env).expanduser() if env else home() / "registry.db"
+
+
+def production_tag(line: str = "") -> str:
+    """The tag of the run in production: `production`, or `LINE:production` for one of several model lines."""
+    return f"{line}:{PRODUCTION}" if line else PRODUCTION
 
 
 def new_id() -> str:
@@ -85,33 +93,6 @@ def alive(pid: int | None, host: str | None) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def adapter_path(ref: str | None, registry_path: str | Path | None = None) -> str | None:
-    """An --adapter / --from-adapter value: a folder as it is; else a run id, tag (v10, production) or run
-    name in the registry, as its run directory. Anything not found is returned unchanged, for the
-    command's own "no such adapter" message."""
-    if not ref or Path(ref).exists() or str(registry_path).lower() in ("off", "none"):
-        return ref
-    path = Path(registry_path).expanduser() if registry_path else default_path()
-    if not path.is_file():
-        return ref
-    try:
-        reg = Registry(path)
-        try:
-            run = reg.get(reg.find(ref))
-        finally:
-            reg.close()
-    except (sqlite3.Error, OSError, UserError):
-        return ref
-    if run["kind"] != "train" or not run["path"]:
-        raise UserError(f"--adapter {ref}: names {run['kind']} run {run['id']}, not a training run")
-    if not Path(run["path"]).is_dir():
-        raise UserError(
-            f"--adapter {ref}: run {run['id']} ({run['name']}) was in {run['path']}, which is gone; "
-            "`tunesmith runs rm` it, or restore the folder"
-        )
-    return run["path"]
 
 
 class Registry:
@@ -307,6 +288,26 @@ class Registry:
             )
         return old["run"] if old and old["run"] != run_id else None
 
+    def promote(self, run_id: str, line: str = "") -> str | None:
+        """Make a training run the one in production (of `line`, a model line, when a project has several):
+        the tag `production` (`LINE:production`) moves to it and the promotion is kept in the history.
+        Returns the run that was in production before."""
+        run = self.db.execute("SELECT kind, name FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if run is None or run["kind"] != "train":
+            raise UserError(f"runs promote {run_id}: only a training run (an adapter) can be in production")
+        if line and (":" in line or any(c.isspace() for c in line)):
+            raise UserError(f"--line {line!r}: one word without ':'")
+        before = self.tag(run_id, production_tag(line))
+        with self.tx() as db:
+            db.execute("INSERT INTO promotions (line, run, at) VALUES (?, ?, ?)", (line, run_id, time.time()))
+        return before
+
+    def promotions(self, line: str = "") -> list[dict]:
+        rows = self.db.execute(
+            "SELECT run, at FROM promotions WHERE line = ? ORDER BY at DESC, rowid DESC", (line,)
+        )
+        return [dict(r) for r in rows]
+
     def untag(self, tag: str) -> bool:
         with self.tx() as db:
             return db.execute("DELETE FROM tags WHERE tag = ?", (tag,)).rowcount > 0
@@ -441,51 +442,3 @@ class Registry:
             )
             current = parent["parent"] if parent else None
         return chain[::-1]
-
-
-# ---------------------------------------------------------------- never failing a run
-
-
-class Recorder:
-    """The registry as a run uses it: every call is safe. A registry that cannot be opened or written
-    (missing folder rights, read-only, locked past the timeout, corrupt) is skipped with one line on
-    stderr saying why, and the run goes on; `tunesmith runs import` adds it later."""
-
-    def __init__(self, path: str | Path | None = None, off: bool = False):
-        self.path, self.reg = path, None
-        self.off = off or str(path).lower() in ("off", "none")  # --registry off: no registry at all
-
-    def _call(self, fn, *args, **kw):
-        if self.off:
-            return None
-        try:
-            if self.reg is None:
-                self.reg = Registry(self.path)
-            return fn(self.reg, *args, **kw)
-        except (sqlite3.Error, OSError, UserError, ValueError) as e:
-            self.off = True
-            where = self.path or default_path()
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            print(
-                f"registry {where} skipped ({why}); the run is unaffected: add it later with "
-                "`tunesmith runs import RUN_DIR`",
-                file=sys.stderr,
-            )
-            return None
-
-    def begin(self, run_id: str, **kw) -> None:
-        self._call(Registry.begin, run_id, **kw)
-
-    def end(self, run_id: str, status: str, error: str | None = None) -> None:
-        self._call(Registry.end, run_id, status, error=error)
-
-    def record_run_dir(self, folder: Path) -> None:
-        self._call(Registry.record_run_dir, folder)
-
-    def add(self, **kw) -> str | None:
-        return self._call(Registry.add, **kw)
-
-    def close(self) -> None:
-        if self.reg is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self.reg.close()

@@ -159,6 +159,15 @@ def model_sha256(model_dir: str | Path) -> str | None:
     return hashlib.sha256("".join(f"{n}:{d}\n" for n, d in sorted(digests.items())).encode()).hexdigest()
 
 
+def file_artefact(path: Path, kind: str) -> dict:
+    return {
+        "kind": kind,
+        "path": str(path.resolve()),
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+    }
+
+
 def artefacts(folder: Path) -> list[dict]:
     """The weights a run wrote (adapter or model files), with sizes and sha256."""
     out = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunesmith.models import sha256_file
-from tunesmith.registry import Recorder
+from tunesmith.recorder import Recorder
 
 HEADLINE = "rougeL"  # the number an eval is known by in `tunesmith runs`, when it was measured
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunesmith import registry, runrecord
 from tunesmith.errors import UserError
+from tunesmith.recorder import Recorder
 from tunesmith.train import checkpoint, rundir
 from tunesmith.train import distributed as dist
 from tunesmith.train.config import TrainConfig
@@ -80,13 +81,11 @@ def train(
         rundir.record(work, cfg, data_print, run_id)
     dist.barrier()
     run = Run(cfg, work, method, quiet=quiet, lead=lead, resume=ckpt)
-    rec = registry.Recorder(registry_path, off=not lead)
+    rec = Recorder(registry_path, off=not lead)
     return fit_and_register(run, method, rec, run_id, out, data_print)
 
 
-def fit_and_register(
-    run: Run, method, rec: registry.Recorder, run_id: str, out: Path, data_print: list[dict]
-):
+def fit_and_register(run: Run, method, rec: Recorder, run_id: str, out: Path, data_print: list[dict]):
     """Fit and finish the run, entered in the registry as running, then done (read back from the run
     directory), failed or interrupted."""
     cfg, name = run.cfg, out.resolve().name

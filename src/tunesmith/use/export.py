@@ -36,6 +36,7 @@ from tunesmith.models import resolve
 from tunesmith.outputs import GGUF_MARK, check_out, check_replaceable
 from tunesmith.use.gguf_vocab import add_tokenizer, bpe_pre, tokenizer_json
 from tunesmith.use.merge import adapter_config, human_bytes, load_fp32
+from tunesmith.use.record import register_output
 
 # HF model_type -> GGUF architecture name, and whether llama.cpp wants q/k rows permuted
 # (its llama graph applies RoPE to interleaved pairs; HF rotates the two halves of a head).
@@ -447,6 +448,7 @@ def cli_export(args) -> int:
     model_dir = resolve(spec, trust_remote_code=args.trust_remote_code)
     if args.adapter_only:
         r = export_lora(args.adapter, model_dir, out, args.quant, trust_remote_code=args.trust_remote_code)
+        _register(args, out, spec, r, t0, "lora adapter")
         print(
             f"wrote {out} ({human_bytes(r['bytes'])}, {args.quant}, {r['arch']} LoRA adapter, r={r['r']}, "
             f"alpha {r['alpha']:g}) in {time.time() - t0:.0f}s"
@@ -458,8 +460,21 @@ def cli_export(args) -> int:
     loaded = load_fp32(spec, args.adapter, args.trust_remote_code)
     r = export_model(loaded.model, loaded.tokenizer, out, args.quant, name=out.stem, where=where)
     what = "merged" if args.adapter else "base model"
+    _register(args, out, spec, r, t0, what)
     print(
         f"wrote {out} ({human_bytes(r['bytes'])}, {args.quant}, {r['arch']}, {what}) in "
         f"{time.time() - t0:.0f}s"
     )
     return 0
+
+
+def _register(args, out: Path, spec: str, r: dict, t0: float, what: str) -> None:
+    result = {"bytes": r["bytes"], "arch": r["arch"], "quant": args.quant, "what": what}
+    config = {
+        "adapter": args.adapter,
+        "model": spec,
+        "quant": args.quant,
+        "adapter_only": bool(args.adapter_only),
+    }
+    register_output("export", out, adapter=args.adapter, model=spec, result=result, config=config, started=t0,
+                    registry_path=args.registry)  # fmt: skip

@@ -19,6 +19,7 @@ from tunesmith.chat import FALLBACK_TEMPLATE
 from tunesmith.errors import UserError
 from tunesmith.loading import base_model_of, check_adapter_dir, load
 from tunesmith.outputs import MERGE_INFO, check_out, check_replaceable
+from tunesmith.use.record import register_output
 
 PROMPT_LEARNING = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT"}
 
@@ -137,6 +138,10 @@ def cli_merge(args) -> int:
     adapter_config(args.adapter)
     t0 = time.time()
     r = merge_to_dir(spec, args.adapter, out, trust_remote_code=args.trust_remote_code)
+    result = {"bytes": r["bytes"], "arch": r["arch"], "dtype": r["dtype"]}
+    config = {"adapter": args.adapter, "model": spec}
+    register_output("merge", out, adapter=args.adapter, model=spec, result=result, config=config, started=t0,
+                    registry_path=args.registry)  # fmt: skip
     print(
         f"wrote {out}/ ({human_bytes(r['bytes'])} safetensors, {r['dtype']}, {r['arch']}, merged in "
         f"{time.time() - t0:.0f}s)"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunesmith.errors import UserError
 from tunesmith.outputs import RUN_INFO
-from tunesmith.registry import Registry
+from tunesmith.registry import Registry, production_tag
 from tunesmith.runrecord import read_run_dir
 from tunesmith.versions.compare import compare_runs
 
@@ -202,6 +202,13 @@ def cli_runs(args) -> int:
         before = reg.tag(run_id, args.tag)
         moved = f" (moved from {before})" if before else ""
         print(f"tagged {run_id} as {args.tag}{moved}")
+        return 0
+    if action == "promote":
+        run_id = reg.find(args.ref)
+        before = reg.promote(run_id, args.line)
+        tag = production_tag(args.line)
+        was = f" (was {before})" if before else ""
+        print(f"{tag}: {run_id} ({reg.get(run_id)['name']}){was}; `--adapter {tag}` now means this run")
         return 0
     if action == "untag":
         if not reg.untag(args.tag):
