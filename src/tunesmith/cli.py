@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     _add_registry(p)
+    _add_track(p)
     add_config_flags(p)
     p.set_defaults(handler="tunesmith.train.cli:cli_train")
 
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the metrics the gate checks (default: rougeL and format_adherence, where measured)",
     )
     _add_registry(p)
+    _add_track(p)
     p.set_defaults(handler="tunesmith.eval.cli:cli_eval")
 
     p = sub.add_parser("generate", help="generate text with the base model or an adapter attached")
@@ -319,6 +321,15 @@ def _add_registry(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         default=None,
         help="the run registry (default: $TUNESMITH_REGISTRY, else $TUNESMITH_HOME/registry.db; off: none)",
+    )
+
+
+def _add_track(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--track",
+        choices=["mlflow"],
+        default=None,
+        help="also log the run to an MLflow tracking server (MLFLOW_TRACKING_URI; needs tunesmith[mlflow])",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tunesmith import tracking
 from tunesmith.errors import UserError
 from tunesmith.eval import gate
 from tunesmith.eval.record import register_eval
@@ -54,6 +55,7 @@ def cli_eval(args) -> int:
     )
     if gate_metrics and not args.gate:
         raise UserError("--gate-metrics goes with --gate REF")
+    tracking.check(args.track)
     results, runs = evaluate(spec)
     passed, cannot = None, None
     if args.gate:
@@ -65,7 +67,7 @@ def cli_eval(args) -> int:
             cannot = e
     if args.out:
         write_outputs(args.out, results, runs, spec.adapter)
-    register_eval(results, runs, spec, args.out, args.registry)
+    register_eval(results, runs, spec, args.out, args.registry, args.track)
     if cannot is not None:
         raise cannot
     if args.json:

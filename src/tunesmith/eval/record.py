@@ -4,8 +4,10 @@ metrics, with the whole results so a later `--gate` can pair its examples with t
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from tunesmith import tracking
 from tunesmith.models import sha256_file
 from tunesmith.recorder import Recorder
 
@@ -13,11 +15,17 @@ HEADLINE = "rougeL"  # the number an eval is known by in `tunesmith runs`, when 
 
 
 def register_eval(
-    results: dict, runs: list[dict], spec, out: str | None, registry_path: str | None
+    results: dict,
+    runs: list[dict],
+    spec,
+    out: str | None,
+    registry_path: str | None,
+    track: str | None = None,
 ) -> str | None:
-    """Enter the eval in the registry (skipped with one line when the registry fails); returns its id."""
+    """Enter the eval in the registry (skipped with one line when the registry fails), and log it to the
+    tracking server when asked (--track); returns its registry id."""
     rec = Recorder(registry_path)
-    if rec.off:
+    if rec.off and not track:
         return None
     data = Path(spec.data)
     files = (
@@ -46,7 +54,7 @@ def register_eval(
     else:
         name = "eval-" + (spec.model or "base").replace("/", "-")
     config = {k: v for k, v in vars(spec).items() if k != "quiet"}
-    run_id = rec.add(
+    record = dict(
         kind="eval",
         name=Path(out).resolve().name if out else name,
         path=str(Path(out).resolve()) if out else None,
@@ -58,5 +66,8 @@ def register_eval(
         metrics=metrics,
         headline=headline,
     )
+    run_id = None if rec.off else rec.add(**record)
+    if track:
+        tracking.log_run(track, {**record, "id": run_id or "-", "ended": time.time()})
     rec.close()
     return run_id

@@ -30,6 +30,7 @@ def cli_train(args) -> int:
                 "trust_remote_code",
                 "allow_changed_data",
                 "registry",
+                "track",
             )
         ]
         if given:
@@ -52,6 +53,7 @@ def cli_train(args) -> int:
         allow_changed_data=args.allow_changed_data,
         config_file=None if args.resume else args.config,
         registry_path=args.registry,
+        track=args.track,
     )
     if dist.world()[0] != 0:
         return 0  # rank 0 reports for everyone

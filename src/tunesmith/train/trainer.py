@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tunesmith import registry, runrecord
+from tunesmith import registry, runrecord, tracking
 from tunesmith.errors import UserError
 from tunesmith.recorder import Recorder
 from tunesmith.train import checkpoint, rundir
@@ -38,6 +38,7 @@ def train(
     allow_changed_data: bool = False,
     config_file: str | None = None,
     registry_path: str | None = None,
+    track: str | None = None,
 ):
     """Train `cfg` into cfg.out; returns the method's result (sft.Result, or preference.PrefResult). The run
     is entered in the registry (`registry_path`, default `$TUNESMITH_HOME/registry.db`, "off": none) when it
@@ -69,6 +70,7 @@ def train(
     rundir.check_disk(out, cfg)
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--tensorboard needs the tensorboard package: pip install 'tunesmith[tensorboard]'")
+    tracking.check(track)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     method = kind(
@@ -82,7 +84,10 @@ def train(
     dist.barrier()
     run = Run(cfg, work, method, quiet=quiet, lead=lead, resume=ckpt)
     rec = Recorder(registry_path, off=not lead)
-    return fit_and_register(run, method, rec, run_id, out, data_print)
+    result = fit_and_register(run, method, rec, run_id, out, data_print)
+    if lead and track:
+        tracking.log_run(track, runrecord.read_run_dir(out))
+    return result
 
 
 def fit_and_register(run: Run, method, rec: Recorder, run_id: str, out: Path, data_print: list[dict]):
