@@ -7,8 +7,8 @@ from tunesmith.scoring.stats import bootstrap_ci, paired_test
 
 
 def test_token_f1_and_exact_match_by_hand():
-    # prediction tokens {team, met, monday}, reference {team, met, on, friday}: 2 common -> P 2/3, R 2/4 -> F1
-    # 4/7
+    # prediction tokens {team, met, monday}, reference {team, met, on, friday}: 2 common
+    # -> P 2/3, R 2/4 -> F1 4/7
     assert token_f1("The team met Monday.", "the team met on Friday") == pytest.approx(100 * 4 / 7, abs=0.01)
     assert token_f1("", "") == 100.0 and token_f1("a", "b c") == 0.0
     s = scores("The team met.", "the team met")

@@ -135,7 +135,7 @@ def test_sampling_with_a_seed_and_stop_strings(tiny_model_dir, tmp_path):
     convs = [ex["messages"][:1] for ex in toy_examples(3)]
     run = lambda **kw: [
         g.text for g in generate(loaded.model, loaded.tokenizer, convs, max_new_tokens=12, **kw)
-    ]  # noqa: E731
+    ]
     a, b = run(temperature=1.0, seed=7), run(temperature=1.0, seed=7)
     assert a == b and a != run(temperature=1.0, seed=8) and a != run()
     greedy = run()

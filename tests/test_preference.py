@@ -84,8 +84,8 @@ def test_graders_parse_weight_and_score(tmp_path):
     outs = ["Meeting Summary: the budget.", "some long answer that goes on and on"]
     refs = ["Meeting Summary: the budget.", "an answer"]
     total, means = G.grade(g, [[], []], outs, refs)
-    # first: format 2/2 rules, length 4 words of 4 -> 1, rougeL 1.0; second: format 0/2, 8 words -> 0, rougeL
-    # 2/10
+    # first: format 2/2 rules, length 4 words of 4 -> 1, rougeL 1.0;
+    # second: format 0/2, 8 words -> 0, rougeL 2/10
     assert total == pytest.approx([1 + 0.5 + 2.0, 0 + 0 + 2 * 0.2])
     assert means == pytest.approx({"format": 0.5, "length:4": 0.5, "rougeL": 0.6})
 
@@ -165,9 +165,8 @@ def test_dpo_from_the_cli_learns_held_out_preferences(tiny_model_dir, tmp_path):
     res = json.loads(r.stdout)
     assert res["method"] == "dpo" and res["steps"] == 18 and res["examples"] == 24
     before, after = res["val_start"], res["val"][-1]
-    assert (
-        before["val_accuracy"] == 0.0 and abs(before["val_loss"] - math.log(2)) < 1e-4
-    )  # policy == reference
+    # policy == reference
+    assert before["val_accuracy"] == 0.0 and abs(before["val_loss"] - math.log(2)) < 1e-4
     assert after["val_accuracy"] >= 0.875 and after["val_loss"] < 0.5 * math.log(2), after
     assert after["logp_accuracy"] > before["logp_accuracy"]
     steps = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
@@ -437,7 +436,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(method, tiny_model_di
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     losses = lambda p: [
         json.loads(x)["loss"] for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x
-    ]  # noqa: E731
+    ]
     assert len(losses(run)) == len(losses(tmp_path / "ref")) == (18 if method == "dpo" else 15)
     assert max(abs(x - y) for x, y in zip(losses(run), losses(tmp_path / "ref"))) < 1e-4
     assert not (tmp_path / ".run.partial").exists()

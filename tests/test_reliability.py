@@ -157,24 +157,17 @@ ARGS = [
     "--quiet",
 ]
 # (point, n-th time it is reached, extra environment). The run: 6 steps an epoch, 10 steps, validations at
-# steps
-# 0, 4, 6 (epoch end), 8, 10; checkpoints at 5, 6, 10 (--save-every), 10 again (epoch end).
+# steps 0, 4, 6 (epoch end), 8, 10; checkpoints at 5, 6, 10 (--save-every), 10 again (epoch end).
 POINTS = [
     ("config.write", 1, {}),  # inputs.json written, config.yaml not yet: before any checkpoint
     ("checkpoint.file", 2, {}),  # inside a checkpoint: weights written, state.json not
     ("checkpoint.written", 1, {}),  # a whole temp checkpoint, not yet renamed
-    (
-        "checkpoint.saved",
-        3,
-        {},
-    ),  # the final step's checkpoint, before the last validation (issue 17, point 2)
+    # the final step's checkpoint, before the last validation (issue 17, point 2)
+    ("checkpoint.saved", 3, {}),
     ("validation", 4, {}),  # during a validation
     ("swap.exchanged", 2, {}),  # a directory swapped, the old one not yet removed
-    (
-        "swap.between",
-        2,
-        {"TUNESMITH_TEST_NO_RENAME_EXCHANGE": "1"},
-    ),  # the fallback swap, between its two renames
+    # the fallback swap, between its two renames
+    ("swap.between", 2, {"TUNESMITH_TEST_NO_RENAME_EXCHANGE": "1"}),
     ("finish.before_swap", 1, {}),  # a finished run, not yet in --out
 ]
 

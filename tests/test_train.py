@@ -110,9 +110,8 @@ def test_batch_8_equals_batch_4_times_accumulation_2(tiny_model_dir, tmp_path):
     kw = dict(epochs=1, batch_size=8, lora_dropout=0.0, precision="fp32")
     trainer.train(cfg_for(m, d, tmp_path / "one", micro_batch_size=8, **kw), quiet=True)
     trainer.train(cfg_for(m, d, tmp_path / "acc", micro_batch_size=4, **kw), quiet=True)
-    trainer.train(
-        cfg_for(m, d, tmp_path / "auto", micro_batch_size=0, **kw), quiet=True
-    )  # auto: 1 on a CPU, 4 on a GPU
+    # auto: 1 on a CPU, 4 on a GPU
+    trainer.train(cfg_for(m, d, tmp_path / "auto", micro_batch_size=0, **kw), quiet=True)
     one, acc, auto = losses(tmp_path / "one"), losses(tmp_path / "acc"), losses(tmp_path / "auto")
     assert len(one) == 2
     assert max(abs(x - y) for x, y in zip(one, acc)) < 1e-4, (one, acc)
@@ -591,8 +590,7 @@ def test_bf16_on_a_cpu_trains_close_to_fp32(method, tiny_model_dir, data_dir, tm
     assert max(abs(x - y) / x for x, y in zip(a, b)) < 0.05, (a, b)
     assert r.val_losses[-1] < r.val_loss_start
     # with a bf16 base, batches went through the multiplied-out attention (prompt tuning's virtual tokens
-    # too);
-    # full fine-tuning keeps fp32 weights, so its hidden states and attention stay fp32 (SDPA)
+    # too); full fine-tuning keeps fp32 weights, so its hidden states and attention stay fp32 (SDPA)
     assert (attention._causal_bias.cache_info().currsize > 0) == (method != "full")
     model, _, _ = setup.setup_model(cfg_for(m, data_dir, tmp_path / "x", precision="bf16", **kw))
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
@@ -686,9 +684,8 @@ def test_bf16_norms_and_mlps_keep_less_for_the_backward_pass(
 
     model, _, _ = setup.setup_model(cfg)
     layers = model.config.get_text_config().num_hidden_layers
-    assert (
-        sum(1 for m in model.modules() if "forward" in vars(m)) >= 3 * layers + 1
-    )  # 2 norms and the MLP per layer
+    # 2 norms and the MLP per layer
+    assert sum(1 for m in model.modules() if "forward" in vars(m)) >= 3 * layers + 1
     loss, grads, fp32, wide = run(model)
     monkeypatch.setattr(recompute, "apply", lambda model: 0)
     loss_kept, grads_kept, fp32_kept, wide_kept = run(setup.setup_model(cfg)[0])
@@ -827,11 +824,12 @@ def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
         [len(short[i].input_ids) for i in p] for p in batching.micro_batches(short, [0, 1, 2, 3], cfg, 320)
     ] == [[60, 70], [130], [300]]
     fixed = TrainConfig(precision="bf16", batch_size=12, micro_batch_size=4)
+    # a fixed size: as given, in order
     assert batching.pass_budget(enc, fixed) == 0 and batching.micro_batches(enc, idx, fixed, 0) == [
         idx[:4],
         idx[4:8],
         idx[8:],
-    ]  # a fixed size: as given, in order
+    ]
     for other in (
         TrainConfig(precision="fp32", micro_batch_size=0),
         TrainConfig(precision="bf16", fsdp=True),
@@ -855,9 +853,8 @@ def test_auto_micro_batches_under_cpu_bf16_train_like_one_example_per_pass(
     no pass holds more padded tokens than the longest example alone."""
     d = tmp_path / "data"
     rows = toy_examples(16)
-    rows[5]["messages"][1]["content"] += (
-        " The budget was agreed after a long discussion." * 12
-    )  # one long answer
+    # one long answer
+    rows[5]["messages"][1]["content"] += " The budget was agreed after a long discussion." * 12
     write_jsonl(d / "train.jsonl", rows)
     write_jsonl(d / "val.jsonl", toy_examples(4, seed=1))
     m = tiny_model_dir("llama")

@@ -132,9 +132,8 @@ def sweep(folder: Path, name: str | None = None) -> list[Path]:
         if not m or (name is not None and m["name"] != name) or alive(int(m["pid"])):
             continue
         if m["kind"] == "old" and not (folder / m["name"]).exists():
-            os.replace(
-                p, folder / m["name"]
-            )  # the swap died between its renames: the old output is the output
+            # the swap died between its renames: the old output is the output
+            os.replace(p, folder / m["name"])
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)

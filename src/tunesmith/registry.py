@@ -110,9 +110,8 @@ class Registry:
         self.db.row_factory = sqlite3.Row
         self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute(
-            "PRAGMA synchronous = NORMAL"
-        )  # with WAL: no corruption on a crash, commits stay cheap
+        # with WAL: no corruption on a crash, commits stay cheap
+        self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA foreign_keys = ON")
         self._migrate()
 

@@ -200,9 +200,8 @@ def _read_json(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
 
 
 def _read_csv(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
-    csv.field_size_limit(
-        min(sys.maxsize, 2**31 - 1)
-    )  # the default, 128 KB, refuses a long transcript in one cell
+    # the default, 128 KB, refuses a long transcript in one cell
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     text = _decode(path, raw)
     if isinstance(text, Issue):
         yield text.line, text

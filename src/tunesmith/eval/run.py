@@ -162,8 +162,7 @@ def _input_text(prompt: list[dict]) -> str:
     return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
 
 
-# ---------------------------------------------------------------- evaluate: the library behind `tunesmith
-# eval`
+# ------------------------------------------------------- evaluate: the library behind `tunesmith eval`
 
 
 @dataclass

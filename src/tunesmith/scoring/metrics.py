@@ -146,9 +146,8 @@ def embed(texts: list[str], batch_size: int = 32) -> np.ndarray:
         )
     tok, model = _embedder
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    order = sorted(
-        range(len(texts)), key=lambda i: len(texts[i])
-    )  # similar lengths share a batch: less padding
+    # similar lengths share a batch: less padding
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     with torch.inference_mode():
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]

@@ -104,7 +104,6 @@ def register() -> str:
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(NAME, attention)
-    AttentionMaskInterface.register(
-        NAME, sdpa_mask
-    )  # the same masks as SDPA: none at all for unpadded batches
+    # the same masks as SDPA: none at all for unpadded batches
+    AttentionMaskInterface.register(NAME, sdpa_mask)
     return NAME

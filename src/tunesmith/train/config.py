@@ -14,18 +14,10 @@ from tunesmith.errors import UserError
 from tunesmith.loading import base_model_of
 
 METHODS = ("lora", "dora", "qlora", "full", "freeze", "prompt-tuning", "prefix-tuning", "dpo", "grpo")
-PREFERENCE_METHODS = (
-    "dpo",
-    "grpo",
-)  # LoRA adapters trained on preferences / graded samples (train/preference.py)
-ADAPTER_METHODS = (
-    "lora",
-    "dora",
-    "qlora",
-    "prompt-tuning",
-    "prefix-tuning",
-    *PREFERENCE_METHODS,
-)  # write a PEFT adapter; the rest a model
+# LoRA adapters trained on preferences / graded samples (train/preference.py)
+PREFERENCE_METHODS = ("dpo", "grpo")
+# write a PEFT adapter; the rest a model
+ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt-tuning", "prefix-tuning", *PREFERENCE_METHODS)
 
 
 @dataclass

@@ -217,9 +217,8 @@ class Run:
         try:
             for epoch in range(st.epoch, cfg.epochs + 1):
                 # step_in_epoch > 0: a checkpoint from inside this epoch, whose end (validation, checkpoint)
-                # is still
-                # to do, even when its last step was the run's last (a kill between that checkpoint and the
-                # validation)
+                # is still to do, even when its last step was the run's last (a kill between that checkpoint
+                # and the validation)
                 if (st.stopped or st.step >= self.total) and st.step_in_epoch == 0:
                     break
                 st.epoch = epoch
@@ -337,9 +336,8 @@ class Run:
         else:
             if from_best:  # the run's weights are the best by validation; load them back for the final save
                 load_weights(m.model, best, adapter)
-            m.model.save_pretrained(
-                str(self.work)
-            )  # the whole work dir is renamed into place, so no temp dir here
+            # the whole work dir is renamed into place, so no temp dir here
+            m.model.save_pretrained(str(self.work))
         m.tok.save_pretrained(str(self.work))
         n = dist.world()[1]
         rundir.finish(

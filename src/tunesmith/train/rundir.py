@@ -67,9 +67,8 @@ def source_files(cfg: TrainConfig) -> list[Path]:
         for f in [r] if is_mix(r) else data_files(r):
             files += sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
     files += [Path(p) for p in (cfg.style, cfg.rubric) if p and Path(p).is_file()]
-    return [
-        f for f in dict.fromkeys(files) if f.is_file()
-    ]  # a pipe is refused when the data is read, not hashed here
+    # a pipe is refused when the data is read, not hashed here
+    return [f for f in dict.fromkeys(files) if f.is_file()]
 
 
 def fingerprint(cfg: TrainConfig) -> list[dict]:
@@ -192,9 +191,8 @@ def check_data(
     if "data" not in rec:
         print(f"{work}: this run predates data checksums; its data cannot be checked", file=sys.stderr)
         return now
-    accepted = (
-        rec["resumes"][-1]["data"] if rec.get("resumes") else rec["data"]
-    )  # the last data the run went on with
+    # the last data the run went on with
+    accepted = rec["resumes"][-1]["data"] if rec.get("resumes") else rec["data"]
     before = {d["path"]: d["sha256"] for d in accepted}
     after = {d["path"]: d["sha256"] for d in now}
     changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))

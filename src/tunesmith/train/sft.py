@@ -173,9 +173,8 @@ class Sft:
         self.goal = (self.metric, True) if self.metric else ("val_loss", False)
         self.n_items, self.has_val = len(self.train_enc), bool(self.val_enc)
         self.n_val = len(self.val_enc)
-        self.loss_fn = dist.wrap(
-            model, answer_loss_sum, cfg.fsdp
-        )  # before the optimizer: FSDP swaps the parameters
+        # before the optimizer: FSDP swaps the parameters
+        self.loss_fn = dist.wrap(model, answer_loss_sum, cfg.fsdp)
         self.sharded_loss = self.loss_fn if dist.sharded(model) else None
         self.pad, self.bucket, self.budget = (
             tok.pad_token_id,

@@ -46,9 +46,8 @@ class Served:
     engine: Engine
     base_name: str
     settings: Settings
-    tok_lock: threading.Lock = field(
-        default_factory=threading.Lock
-    )  # the Rust tokenizer is not for concurrent calls
+    # the Rust tokenizer is not for concurrent calls
+    tok_lock: threading.Lock = field(default_factory=threading.Lock)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property

@@ -52,9 +52,8 @@ class Job:
     stop: list[str]
     deadline: float
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(
-        default_factory=asyncio.Queue
-    )  # ("delta", text) ... then ("end", finish_reason)
+    # ("delta", text) ... then ("end", finish_reason)
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     completion_tokens: int = 0
     arrived: float = field(default_factory=time.monotonic)

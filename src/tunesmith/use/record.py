@@ -26,9 +26,8 @@ def register_output(
     rec = Recorder(registry_path)
     if rec.off:
         return None
-    source = adapter or (
-        model if Path(model).is_dir() else None
-    )  # an export of a merged folder comes from it
+    # an export of a merged folder comes from it
+    source = adapter or (model if Path(model).is_dir() else None)
     files = sorted(out.glob("*.safetensors")) if out.is_dir() else [out]
     run_id = rec.add(
         kind=kind,

@@ -100,8 +100,7 @@ def cli_serve(args) -> int:
         raise UserError("serve needs the 'serve' extra: pip install 'tunesmith[serve]'")
     import uvicorn
 
-    # the app imports fastapi and pydantic (the 'serve' extra), so it is imported once they are known to be
-    # there
+    # the app imports fastapi and pydantic (the 'serve' extra): imported once they are known to be there
     from tunesmith.use.app import Settings, create_app
 
     for flag in ("max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_body"):
