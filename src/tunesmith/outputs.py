@@ -22,6 +22,7 @@ from tunesmith.atomic import sweep
 from tunesmith.errors import UserError
 
 RUN_INFO = "tunesmith-run.json"  # written by `train` into every finished run directory
+INPUTS = "inputs.json"  # what a run started from (config, data checksums, its id), beside RUN_INFO
 MERGE_INFO = "tunesmith-merge.json"  # written by `merge`
 DATA_CARD = "card.json"  # written by `data prepare`
 GGUF_MARK = "tunesmith.exported_by"  # a GGUF metadata key written by `export`

@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.registry import Registry, default_path
+from tunesmith.registry import Registry, default_path, is_off
 
 
 def adapter_path(ref: str | None, registry_path: str | Path | None = None) -> str | None:
     """An --adapter / --from-adapter value: a folder as it is; else a run id, tag (v10, production) or run
     name in the registry, as its run directory. Anything not found is returned unchanged, for the
     command's own "no such adapter" message."""
-    if not ref or Path(ref).exists() or str(registry_path).lower() in ("off", "none"):
+    if not ref or Path(ref).exists() or is_off(registry_path):
         return ref
     path = Path(registry_path).expanduser() if registry_path else default_path()
     if not path.is_file():
@@ -48,7 +48,7 @@ class Recorder:
 
     def __init__(self, path: str | Path | None = None, off: bool = False):
         self.path, self.reg = path, None
-        self.off = off or str(path).lower() in ("off", "none")  # --registry off: no registry at all
+        self.off = off or is_off(path)
 
     def _call(self, fn, *args, **kw):
         if self.off:

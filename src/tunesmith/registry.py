@@ -82,10 +82,17 @@ def new_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
+def is_off(path) -> bool:
+    """--registry off (or none): no registry at all."""
+    return str(path).lower() in ("off", "none")
+
+
 def alive(pid: int | None, host: str | None) -> bool:
     """Whether a run's process still exists (on this host; another host's runs are taken at their word)."""
-    if not pid or host != socket.gethostname():
-        return host != socket.gethostname() and bool(pid)
+    if not pid:
+        return False
+    if host != socket.gethostname():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -254,7 +261,6 @@ class Registry:
         )
 
     def _put_data(self, db, run_id: str, data) -> None:
-        db.execute("DELETE FROM data WHERE run = ?", (run_id,))
         db.executemany(
             "INSERT INTO data (run, role, path, sha256, bytes, examples) VALUES (?, ?, ?, ?, ?, ?)",
             [
@@ -264,7 +270,6 @@ class Registry:
         )
 
     def _put_parents(self, db, run_id: str, parents) -> None:
-        db.execute("DELETE FROM parents WHERE run = ?", (run_id,))
         for relation, parent_path in parents:
             found = db.execute(
                 "SELECT id FROM runs WHERE path = ? ORDER BY started DESC LIMIT 1", (parent_path,)
@@ -276,15 +281,18 @@ class Registry:
 
     def tag(self, run_id: str, tag: str) -> str | None:
         """Point `tag` at a run (moving it from another run); returns the run it was on before."""
-        if not tag or tag != tag.strip() or any(c.isspace() for c in tag):
+        if not tag or any(c.isspace() for c in tag):
             raise UserError(f"tag {tag!r}: a tag is one word (like v10 or production)")
         with self.tx() as db:
-            old = db.execute("SELECT run FROM tags WHERE tag = ?", (tag,)).fetchone()
-            db.execute(
-                "INSERT INTO tags (tag, run, created) VALUES (?, ?, ?)"
-                " ON CONFLICT(tag) DO UPDATE SET run = excluded.run, created = excluded.created",
-                (tag, run_id, time.time()),
-            )
+            return self._move_tag(db, run_id, tag)
+
+    def _move_tag(self, db, run_id: str, tag: str) -> str | None:
+        old = db.execute("SELECT run FROM tags WHERE tag = ?", (tag,)).fetchone()
+        db.execute(
+            "INSERT INTO tags (tag, run, created) VALUES (?, ?, ?)"
+            " ON CONFLICT(tag) DO UPDATE SET run = excluded.run, created = excluded.created",
+            (tag, run_id, time.time()),
+        )
         return old["run"] if old and old["run"] != run_id else None
 
     def promote(self, run_id: str, line: str = "") -> str | None:
@@ -296,8 +304,8 @@ class Registry:
             raise UserError(f"runs promote {run_id}: only a training run (an adapter) can be in production")
         if line and (":" in line or any(c.isspace() for c in line)):
             raise UserError(f"--line {line!r}: one word without ':'")
-        before = self.tag(run_id, production_tag(line))
-        with self.tx() as db:
+        with self.tx() as db:  # the tag and the history move together
+            before = self._move_tag(db, run_id, production_tag(line))
             db.execute("INSERT INTO promotions (line, run, at) VALUES (?, ?, ?)", (line, run_id, time.time()))
         return before
 

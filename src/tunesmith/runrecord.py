@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tunesmith.errors import UserError
 from tunesmith.models import MANIFEST, sha256_file
-from tunesmith.outputs import RUN_INFO
+from tunesmith.outputs import INPUTS, RUN_INFO
 
 
 def environment() -> dict:
@@ -29,22 +29,14 @@ def environment() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    flags = set()
+    cpuinfo: dict[str, str] = {}  # the first processor's "key: value" lines (Linux)
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        cpu = next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if "model name" in ln
-            ),
-            cpu,
-        )
+            key, sep, value = line.partition(":")
+            if sep:
+                cpuinfo.setdefault(key.strip(), value.strip())
+    flags = set(cpuinfo.get("flags", "").split())
+    cpu = cpuinfo.get("model name") or platform.processor() or platform.machine()
     gpu = None
     torch = sys.modules.get("torch")  # only if the run imported it: the registry never imports torch itself
     if torch is not None and torch.cuda.is_available():
@@ -65,17 +57,8 @@ def environment() -> dict:
 
 def read_run_dir(folder: Path) -> dict:
     """What the registry keeps of a finished run, from the files it wrote."""
-    info_file = folder / RUN_INFO
-    try:
-        info = json.loads(info_file.read_text())
-        inputs = (
-            json.loads((folder / "inputs.json").read_text()) if (folder / "inputs.json").is_file() else {}
-        )
-    except (OSError, ValueError) as e:
-        raise UserError(f"{folder}: not a finished tunesmith run ({RUN_INFO} unreadable: {e})") from None
-    if not isinstance(info, dict) or not isinstance(inputs, dict):
-        raise UserError(f"{folder}: not a finished tunesmith run ({RUN_INFO} is not a JSON object)")
-    run_id = info.get("run_id") or inputs.get("run_id") or _legacy_id(folder)
+    info, inputs = _run_files(folder)
+    run_id = _run_id(folder, info, inputs)
     result = info.get("result") or {}
     config = inputs.get("config") or {}
     metrics, last = [], {}
@@ -98,7 +81,7 @@ def read_run_dir(folder: Path) -> dict:
     parents = (
         [("from-adapter", str(Path(config["from_adapter"]).resolve()))] if config.get("from_adapter") else []
     )
-    stat = info_file.stat()
+    stat = (folder / RUN_INFO).stat()
     return {
         "id": run_id,
         "name": info.get("name") or folder.resolve().name,
@@ -122,9 +105,31 @@ def read_run_dir(folder: Path) -> dict:
     }
 
 
-def _legacy_id(folder: Path) -> str:
-    """Runs written before the registry have no id: one derived from the folder, stable across imports."""
-    return hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]
+def _run_files(folder: Path) -> tuple[dict, dict]:
+    """A finished run's info and inputs (an older run may have no inputs)."""
+    try:
+        info = json.loads((folder / RUN_INFO).read_text())
+        inputs = json.loads((folder / INPUTS).read_text()) if (folder / INPUTS).is_file() else {}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder}: not a finished tunesmith run ({RUN_INFO} unreadable: {e})") from None
+    if not isinstance(info, dict) or not isinstance(inputs, dict):
+        raise UserError(f"{folder}: not a finished tunesmith run ({RUN_INFO} is not a JSON object)")
+    return info, inputs
+
+
+def _run_id(folder: Path, info: dict, inputs: dict) -> str:
+    """The id the run got when it started; runs written before the registry have none, and get one derived
+    from their folder, stable across imports."""
+    return (
+        info.get("run_id")
+        or inputs.get("run_id")
+        or hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]
+    )
+
+
+def run_id_of(folder: Path) -> str:
+    """A finished run folder's id, without reading its weights."""
+    return _run_id(folder, *_run_files(folder))
 
 
 def _headline(result: dict, last: dict) -> tuple[str | None, float | None]:
@@ -170,14 +175,7 @@ def file_artefact(path: Path, kind: str) -> dict:
 
 def artefacts(folder: Path) -> list[dict]:
     """The weights a run wrote (adapter or model files), with sizes and sha256."""
-    out = []
-    for f in sorted(folder.glob("*.safetensors")):
-        out.append(
-            {
-                "kind": "adapter" if f.name.startswith("adapter") else "model",
-                "path": str(f.resolve()),
-                "sha256": sha256_file(f),
-                "bytes": f.stat().st_size,
-            }
-        )
-    return out
+    return [
+        file_artefact(f, "adapter" if f.name.startswith("adapter") else "model")
+        for f in sorted(folder.glob("*.safetensors"))
+    ]

@@ -77,6 +77,14 @@ def data_files(path: str | Path) -> list[Path]:
     return [p]
 
 
+def files_of(path: str | Path) -> list[Path]:
+    """Every file the data at `path` is read from (pair folders opened up): what a checksum must cover."""
+    out: list[Path] = []
+    for f in data_files(path):
+        out += sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
+    return out
+
+
 def locate_paths(data: str, val: str | None) -> tuple[Path, Path | None]:
     """--data DIR (train.jsonl + val.jsonl) or FILE, and an optional --val FILE."""
     d = Path(data)

@@ -59,7 +59,7 @@ def reference_results(ref: str, candidate: dict, registry_path: str | None = Non
     if run["kind"] == "eval":
         return run["result"], f"{ref} (eval {run['id']})"
     tried = 0
-    for child in reg.get(run["id"])["children"]:
+    for child in run["children"]:
         ev = reg.get(child["run"])
         if ev["kind"] != "eval" or not ev["result"]:
             continue

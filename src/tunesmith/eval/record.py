@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from tunesmith import tracking
+from tunesmith.data.formats import files_of
 from tunesmith.models import sha256_file
 from tunesmith.recorder import Recorder
 
@@ -27,14 +28,7 @@ def register_eval(
     rec = Recorder(registry_path)
     if rec.off and not track:
         return None
-    data = Path(spec.data)
-    files = (
-        [data]
-        if data.is_file()
-        else sorted(p for p in data.rglob("*") if p.is_file())
-        if data.is_dir()
-        else []
-    )
+    files = files_of(spec.data)  # the files the eval read
     n = len(results.get("examples") or [])
     entries = [
         {"role": "test", "path": str(f), "sha256": sha256_file(f), "bytes": f.stat().st_size,

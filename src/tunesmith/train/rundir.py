@@ -23,15 +23,13 @@ import time
 from pathlib import Path
 
 from tunesmith.atomic import replace_dir, sweep, write_json, write_text
-from tunesmith.data.formats import data_files, locate_paths
+from tunesmith.data.formats import files_of, locate_paths
 from tunesmith.data.mix import Mix, is_mix
 from tunesmith.errors import UserError
 from tunesmith.faults import killpoint
 from tunesmith.models import sha256_file
-from tunesmith.outputs import RUN_INFO, check_out, check_replaceable
+from tunesmith.outputs import INPUTS, RUN_INFO, check_out, check_replaceable
 from tunesmith.train.config import ADAPTER_METHODS, TrainConfig, to_yaml
-
-INPUTS = "inputs.json"
 
 
 def partial_dir(out: Path) -> Path:
@@ -64,8 +62,7 @@ def source_files(cfg: TrainConfig) -> list[Path]:
         roots += [p for p in locate_paths(cfg.data, cfg.val) if p is not None]
     files: list[Path] = []
     for r in roots:
-        for f in [r] if is_mix(r) else data_files(r):
-            files += sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
+        files += [r] if is_mix(r) else files_of(r)
     files += [Path(p) for p in (cfg.style, cfg.rubric) if p and Path(p).is_file()]
     # a pipe is refused when the data is read, not hashed here
     return [f for f in dict.fromkeys(files) if f.is_file()]
@@ -87,7 +84,7 @@ def data_roles(cfg: TrainConfig) -> dict[Path, str]:
         with contextlib.suppress(UserError):
             val = locate_paths(cfg.data, cfg.val)[1]
     if val is not None:
-        for f in [val] if not val.is_dir() else data_files(val):
+        for f in [val] if not val.is_dir() else files_of(val):
             roles[f] = "val"
     if cfg.data and is_mix(cfg.data):
         roles[Path(cfg.data)] = "mix"

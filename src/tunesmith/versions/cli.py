@@ -16,7 +16,7 @@ from pathlib import Path
 from tunesmith.errors import UserError
 from tunesmith.outputs import RUN_INFO
 from tunesmith.registry import Registry, production_tag
-from tunesmith.runrecord import read_run_dir
+from tunesmith.runrecord import run_id_of
 from tunesmith.versions.compare import compare_runs
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -148,12 +148,11 @@ def describe(reg: Registry, r: dict) -> str:
 def delete_run_files(r: dict) -> str | None:
     """The run's directory, if it is the one this registry entry describes (its run info names the id)."""
     path = Path(r.get("path") or "")
-    info = path / RUN_INFO
     if not path.is_dir():
         return None
     try:
-        ours = json.loads(info.read_text()).get("run_id") == r["id"] or read_run_dir(path)["id"] == r["id"]
-    except (OSError, ValueError, UserError):
+        ours = run_id_of(path) == r["id"]
+    except UserError:
         ours = False
     if not ours:
         raise UserError(
