@@ -47,7 +47,7 @@ class ToyMethod:
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(24, 4, generator=g)
         self.y = self.x @ torch.tensor([1.0, 2.0, 3.0, 4.0])
-        self.n_items, self.has_val, self.goal = 16, True, goal
+        self.n_items, self.n_val, self.goal = 16, 8, goal
         self.score_by_epoch, self.epoch, self.began = score_by_epoch or {}, 0, []
 
     def plan(self, epoch: int) -> list:

@@ -15,7 +15,7 @@ from tunesmith.chat import Encoded, encode_chat
 from tunesmith.errors import UserError
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.precision import amp
-from tunesmith.train.preference import Preference, load_split, schedule, sequence_logps
+from tunesmith.train.preference import Preference, load_split, sequence_logps
 from tunesmith.train.run import State, StepOut
 from tunesmith.train.setup import setup_model
 
@@ -110,18 +110,13 @@ class Dpo(Preference):
             raise UserError(
                 f"--data {train_path}: every pair is longer than --max-length {cfg.max_length}; raise it"
             )
-        self.pad, self.n_items, self.has_val = self.tok.pad_token_id, len(self.pairs), bool(self.val_pairs)
-        self.n_val = len(self.val_pairs)
-        self._plan = schedule(len(self.pairs), cfg)
-        self.held_out(held_out, len(self.val_pairs), len(train_ex) + len(val_ex), "pairs")
-        self.say(
+        reference = "the --from-adapter adapter" if cfg.from_adapter else "the base model"
+        intro = (
             f"dpo on {len(self.pairs)} pairs ({len(self.val_pairs)} held out), beta {cfg.dpo_beta}; "
-            "reference: "
-            f"{'the --from-adapter adapter' if cfg.from_adapter else 'the base model'} (log-probs computed "
-            "once)"
+            f"reference: {reference} (log-probs computed once)"
         )
-        if resumed_from:
-            self.say(f"resuming from {resumed_from}")
+        n_all = len(train_ex) + len(val_ex) if held_out else 0
+        self.ready(len(self.pairs), len(self.val_pairs), n_all, "pairs", intro, resumed_from)
 
     def begin(self, state: State, resumed: bool) -> None:
         every = self.pairs + self.val_pairs

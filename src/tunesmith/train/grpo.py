@@ -17,7 +17,7 @@ from tunesmith.train.batching import collate
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.graders import grade, parse_graders
 from tunesmith.train.precision import amp
-from tunesmith.train.preference import Preference, load_split, schedule, token_logps
+from tunesmith.train.preference import Preference, load_split, token_logps
 from tunesmith.train.run import State, StepOut
 from tunesmith.train.setup import setup_model
 
@@ -123,16 +123,13 @@ class Grpo(Preference):
         self.train = [split_prompt(ex.messages) for ex in train_ex]
         self.val = [split_prompt(ex.messages) for ex in val_ex][: cfg.eval_limit or None]
         self.stop_id = (stop_token_ids(self.tok) or [None])[0]
-        self.pad, self.n_items, self.has_val = self.tok.pad_token_id, len(self.train), bool(self.val)
-        self.n_val = len(self.val)
-        self._plan = schedule(len(self.train), cfg)
-        self.held_out(held_out, len(self.val), len(train_ex) + len(val_ex), "prompts")
-        self.say(
-            f"grpo on {len(self.train)} prompts, {cfg.grpo_group} samples each, graders "
-            f"{', '.join(f'{g.name}*{g.weight:g}' for g in self.graders)}, KL weight {cfg.grpo_beta}"
+        graders = ", ".join(f"{g.name}*{g.weight:g}" for g in self.graders)
+        intro = (
+            f"grpo on {len(self.train)} prompts, {cfg.grpo_group} samples each, graders {graders}, "
+            f"KL weight {cfg.grpo_beta}"
         )
-        if resumed_from:
-            self.say(f"resuming from {resumed_from}")
+        n_all = len(train_ex) + len(val_ex) if held_out else 0
+        self.ready(len(self.train), len(self.val), n_all, "prompts", intro, resumed_from)
 
     def train_step(self, idx: list[int], state: State) -> StepOut:
         import torch

@@ -98,7 +98,6 @@ class Preference:
     """The part of a preference method the harness sees the same way for DPO and GRPO."""
 
     bar = False  # a line per step: steps are few and slow (GRPO samples), each line says what moved
-    has_val: bool
     goal: tuple[str, bool]
 
     def __init__(self, cfg: TrainConfig, quiet: bool):
@@ -109,12 +108,19 @@ class Preference:
         if not self.quiet:
             print(text, file=sys.stderr, flush=True)
 
-    def held_out(self, held_out: bool, n_held: int, n_all: int, unit: str) -> None:
-        if held_out:
+    def ready(self, n_train: int, n_val: int, held_from: int, unit: str, intro: str, resumed: str | None):
+        """The items are built: the step plan, and what the run says before it starts. `held_from`: how many
+        items were read when the validation ones were held out of them (0: there was a validation file)."""
+        self.pad, self.n_items, self.n_val = self.tok.pad_token_id, n_train, n_val
+        self._plan = schedule(n_train, self.cfg)
+        if held_from:
             self.say(
-                f"no validation file: holding out {n_held} of {n_all} {unit} (seed {self.cfg.seed}) to "
+                f"no validation file: holding out {n_val} of {held_from} {unit} (seed {self.cfg.seed}) to "
                 "measure on"
             )
+        self.say(intro)
+        if resumed:
+            self.say(f"resuming from {resumed}")
 
     def plan(self, epoch: int) -> list:
         return self._plan[epoch - 1]

@@ -75,8 +75,7 @@ class Method(Protocol):
     model: object
     tok: object
     n_items: int  # training items (examples, pairs, prompts): steps per epoch = ceil(n_items / batch size)
-    n_val: int  # validation items
-    has_val: bool
+    n_val: int  # validation items (none: no validation, the epoch's end says the train loss)
     goal: tuple[str, bool]  # the validation number that picks the best step, and whether higher is better
     bar: bool  # a progress bar (SFT), or a line per step (the preference methods)
 
@@ -203,8 +202,9 @@ class Run:
     def fit(self) -> State:
         """Train to the end (or early stop), validating and checkpointing on the way."""
         st, m, cfg = self.state, self.m, self.cfg
+        has_val = m.n_val > 0
         m.begin(st, self.resumed)
-        if m.has_val and not self.resumed:  # where we start from, so every run shows what training changed
+        if has_val and not self.resumed:  # where we start from, so every run shows what training changed
             t = time.time()
             st.start = m.evaluate()
             st.val_s += time.time() - t
@@ -228,13 +228,13 @@ class Run:
                     if k < st.step_in_epoch:
                         continue  # done before the checkpoint we resumed from
                     self.step(items, k)
-                    if m.has_val and every and st.step % every == 0:
+                    if has_val and every and st.step % every == 0:
                         self.validate()
                     if cfg.save_every and st.step % cfg.save_every == 0:
                         self.save()
-                if m.has_val and not (every and st.step % every == 0):
+                if has_val and not (every and st.step % every == 0):
                     self.validate()
-                elif not m.has_val:
+                elif not has_val:
                     self.say(m.epoch_line(epoch, st))
                 st.epoch, st.step_in_epoch = epoch + 1, 0  # the checkpoint resumes at the next epoch
                 self.save()

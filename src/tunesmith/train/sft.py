@@ -171,8 +171,7 @@ class Sft:
             self.val_gen = tuple(map(list, zip(*(split_prompt(ex.messages) for ex in kept))))
         self.metric = f"val_{cfg.eval_metric}" if cfg.eval_metric else None
         self.goal = (self.metric, True) if self.metric else ("val_loss", False)
-        self.n_items, self.has_val = len(self.train_enc), bool(self.val_enc)
-        self.n_val = len(self.val_enc)
+        self.n_items, self.n_val = len(self.train_enc), len(self.val_enc)
         # before the optimizer: FSDP swaps the parameters
         self.loss_fn = dist.wrap(model, answer_loss_sum, cfg.fsdp)
         self.sharded_loss = self.loss_fn if dist.sharded(model) else None
