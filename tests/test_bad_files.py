@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 
 BAD = "tests/data/bad"
 ONE = "only 1 example; fine-tuning usually needs 100+ to help (warning)"
@@ -47,7 +47,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_file_reports_exact_lines(name):
-    r = run_cli("data", "check", f"{BAD}/{name}")
+    r = cli("data", "check", f"{BAD}/{name}")
     errors = sum(1 for line in CASES[name] if not line.endswith("(warning)"))
     summary = (r.stderr if errors else r.stdout).splitlines()[-1]
     assert summary.endswith(f" valid examples, {errors} error(s), {len(CASES[name]) - errors} warning(s)")
@@ -60,6 +60,6 @@ def test_bad_files_are_never_modified():
     import hashlib
 
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (ROOT / BAD).rglob("*") if p.is_file()}
-    run_cli("data", "check", BAD)
+    cli("data", "check", BAD)
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (ROOT / BAD).rglob("*") if p.is_file()}
     assert before == after

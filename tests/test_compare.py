@@ -3,7 +3,7 @@ evals on one test set (refused on different ones unless asked), on a tiny model.
 
 from __future__ import annotations
 
-from conftest import chat, run_cli, toy_examples, write_jsonl
+from conftest import chat, cli, toy_examples, write_jsonl
 
 
 def test_compare_two_versions(tiny_model_dir, tmp_path):
@@ -26,14 +26,14 @@ def test_compare_two_versions(tiny_model_dir, tmp_path):
         write_jsonl(d / "val.jsonl", toy_examples(2, seed=1))
     test = write_jsonl(tmp_path / "test.jsonl", toy_examples(5, seed=2))
     for name, d, lr in (("v1", d1, "0.001"), ("v2", d2, "0.002"), ("v3", d1, "0.001")):
-        r = run_cli("train", "--model", m, "--data", str(d), "--out", str(tmp_path / name), "--registry", reg,
+        r = cli("train", "--model", m, "--data", str(d), "--out", str(tmp_path / name), "--registry", reg,
                     "--epochs", "1", "--batch-size", "4", "--lora-r", "4", "--lr", lr, "--quiet")  # fmt: skip
         assert r.returncode == 0, r.stderr
     for name, tokens in (("v1", "6"), ("v2", "6"), ("v3", "7")):
         flags = ["--data", str(test), "--max-new-tokens", tokens, "--registry", reg, "--quiet"]
-        r = run_cli("eval", "--adapter", name, *flags)
+        r = cli("eval", "--adapter", name, *flags)
         assert r.returncode == 0, r.stderr
-    out = run_cli("runs", "--registry", reg, "compare", "v1", "v2")
+    out = cli("runs", "--registry", reg, "compare", "v1", "v2")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("compare v1 (") and " -> v2 (" in lines[0]
@@ -49,10 +49,10 @@ def test_compare_two_versions(tiny_model_dir, tmp_path):
         and " p " in lines[header + 2]
     )
     # v3 was evaluated with other decoding settings: not comparable with v1, unless asked
-    refused = run_cli("runs", "--registry", reg, "compare", "v1", "v3")
+    refused = cli("runs", "--registry", reg, "compare", "v1", "v3")
     assert refused.returncode == 2
     assert "have no eval on one test set with the same decoding settings" in refused.stderr
-    shown = run_cli("runs", "--registry", reg, "compare", "v1", "v3", "--allow-different-test")
+    shown = cli("runs", "--registry", reg, "compare", "v1", "v3", "--allow-different-test")
     assert shown.returncode == 0, shown.stderr
     assert "metrics (DIFFERENT test sets or decoding: not comparable, no paired tests)" in shown.stdout
     assert "  train  the same files (train.jsonl)" in shown.stdout

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import chat, run_cli, toy_examples, write_jsonl
+from conftest import chat, cli, toy_examples, write_jsonl
 from tunesmith.data.formats import normalize
 
 
@@ -27,7 +27,7 @@ def test_check_reports_every_problem_with_location(tmp_path):
     )
     with open(f, "ab") as fh:
         fh.write(b'{"prompt": "caf\xe9", "completion": "x"}\n')  # 11 not UTF-8
-    r = run_cli("data", "check", str(f))
+    r = cli("data", "check", str(f))
     assert r.returncode == 1
     assert r.stdout.splitlines() == [
         f"{f}:2: invalid JSON: Expecting value (column 16)",
@@ -50,24 +50,24 @@ def test_check_reports_every_problem_with_location(tmp_path):
 
 def test_check_clean_file_exits_zero_and_json(tmp_path):
     f = write_jsonl(tmp_path / "ok.jsonl", toy_examples(120))
-    r = run_cli("data", "check", str(f))
+    r = cli("data", "check", str(f))
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == "120 valid examples, 0 error(s), 0 warning(s)"
-    r = run_cli("data", "check", "--json", str(f))
+    r = cli("data", "check", "--json", str(f))
     rep = json.loads(r.stdout)
     assert (rep["examples"], rep["errors"], rep["warnings"]) == (120, 0, 0)
 
 
 def test_check_max_length_in_model_tokens(tmp_path, tiny_model_dir):
     f = write_jsonl(tmp_path / "d.jsonl", [chat("short", "ok"), chat("long " * 300, "ok")])
-    r = run_cli("data", "check", str(f), "--max-length", "64", "--model", str(tiny_model_dir("llama")))
+    r = cli("data", "check", str(f), "--max-length", "64", "--model", str(tiny_model_dir("llama")))
     assert r.returncode == 1
     line = r.stdout.splitlines()[0]
     assert line.startswith(f"{f}:2: ") and line.endswith("tokens, longer than --max-length 64")
 
 
 def test_missing_path_is_one_clear_line(tmp_path):
-    r = run_cli("data", "check", str(tmp_path / "nope.jsonl"))
+    r = cli("data", "check", str(tmp_path / "nope.jsonl"))
     assert r.returncode == 2
     assert r.stderr == f"error: {tmp_path / 'nope.jsonl'}: no such file or directory\n"
 

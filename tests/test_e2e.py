@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import run_cli, toy_examples, write_jsonl
+from conftest import cli, toy_examples, write_jsonl
 
 STYLE = """required:
   - pattern: '^Meeting Summary:'
@@ -23,7 +23,7 @@ def test_check_train_eval_generate(tiny_model_dir, tmp_path):
     style = tmp_path / "style.yaml"
     style.write_text(STYLE)
 
-    r = run_cli("data", "check", str(data / "train.jsonl"))
+    r = cli("data", "check", str(data / "train.jsonl"))
     assert r.returncode == 0
     assert r.stdout.splitlines() == [
         f"{data / 'train.jsonl'}: only 8 examples; fine-tuning usually needs 100+ to help (warning)",
@@ -31,7 +31,7 @@ def test_check_train_eval_generate(tiny_model_dir, tmp_path):
     ]
 
     run = tmp_path / "run"
-    r = run_cli(
+    r = cli(
         "train",
         "--model",
         model,
@@ -65,7 +65,7 @@ def test_check_train_eval_generate(tiny_model_dir, tmp_path):
     assert "micro_batch_size: 2\n" in (run / "config.yaml").read_text()
 
     # eval finds the base model from the run dir; --out gets results.json
-    r = run_cli(
+    r = cli(
         "eval",
         "--adapter",
         str(run),
@@ -100,7 +100,7 @@ def test_check_train_eval_generate(tiny_model_dir, tmp_path):
     assert "rougeL" in r.stdout and "format adherence %" in r.stdout and "95 % bootstrap CI" in r.stdout
 
     # a before/after table against a baseline results.json
-    r2 = run_cli(
+    r2 = cli(
         "eval",
         "--model",
         model,
@@ -123,25 +123,23 @@ def test_check_train_eval_generate(tiny_model_dir, tmp_path):
         assert set(base["comparison"][key]) == {"change", "ci", "p", "significant"}
     assert "format_adherence" not in base["comparison"]  # the base run had no --style
 
-    r = run_cli(
-        "generate", "--adapter", str(run), "--max-new-tokens", "5", "--json", "Write the meeting notes."
-    )
+    r = cli("generate", "--adapter", str(run), "--max-new-tokens", "5", "--json", "Write the meeting notes.")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out) == {"output", "new_tokens", "stopped"} and 0 <= out["new_tokens"] <= 5
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("first prompt\nsecond prompt\n")
-    r = run_cli("generate", "--model", model, "--input", str(prompts), "--max-new-tokens", "3", "--json")
+    r = cli("generate", "--model", model, "--input", str(prompts), "--max-new-tokens", "3", "--json")
     assert len(r.stdout.splitlines()) == 2
 
 
 def test_eval_bad_inputs(tiny_model_dir, tmp_path):
     test = write_jsonl(tmp_path / "t.jsonl", toy_examples(2))
-    r = run_cli("eval", "--adapter", str(tmp_path / "nope"), "--data", str(test))
+    r = cli("eval", "--adapter", str(tmp_path / "nope"), "--data", str(test))
     assert r.returncode == 2 and r.stderr == f"error: --adapter {tmp_path / 'nope'}: no such directory\n"
     bad = tmp_path / "bad.yaml"
     bad.write_text("required:\n  - pattern: '(unclosed'\n")
-    r = run_cli("eval", "--model", str(tiny_model_dir("llama")), "--data", str(test), "--style", str(bad))
+    r = cli("eval", "--model", str(tiny_model_dir("llama")), "--data", str(test), "--style", str(bad))
     assert r.returncode == 2
     assert r.stderr.startswith(f"error: --style {bad}: required[0].pattern: invalid regular expression")
 
@@ -157,7 +155,7 @@ def test_eval_with_several_references_labels_and_a_json_rule(tiny_model_dir, tmp
     test = write_jsonl(tmp_path / "labels.jsonl", rows)
     style = tmp_path / "style.yaml"
     style.write_text("json_schema: {type: object}\nmax_chars: 400\n")
-    r = run_cli(
+    r = cli(
         "eval",
         "--model",
         str(tiny_model_dir("llama")),

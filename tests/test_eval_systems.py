@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from conftest import make_adapter, run_cli, toy_examples, write_jsonl
+from conftest import cli, make_adapter, toy_examples, write_jsonl
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def setup(tiny_model_dir, tmp_path):
 
 def test_systems_in_one_command(setup, tmp_path):
     model, d, adapter = setup
-    r = run_cli(
+    r = cli(
         "eval",
         "--model",
         str(model),
@@ -99,15 +99,15 @@ def test_answer_perplexity_matches_full_logits(tiny_model_dir):
 
 def test_systems_errors(setup, tmp_path):
     model, d, adapter = setup
-    r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--systems", "base,tuned")
+    r = cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--systems", "base,tuned")
     assert r.returncode == 2 and r.stderr == "error: --systems tuned needs --adapter RUN_DIR\n"
-    r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--systems", "prompted")
+    r = cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--systems", "prompted")
     assert (
         r.returncode == 2
         and r.stderr
         == "error: --systems prompted: needs your system prompt: --system TEXT or --system-file FILE\n"
     )
-    r = run_cli(
+    r = cli(
         "eval",
         "--model",
         str(model),
@@ -119,7 +119,7 @@ def test_systems_errors(setup, tmp_path):
         str(tmp_path / "no.jsonl"),
     )
     assert r.returncode == 2 and "need training examples: --train FILE" in r.stderr
-    r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--forgetting")
+    r = cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--forgetting")
     assert (
         r.returncode == 2
         and r.stderr
@@ -154,7 +154,7 @@ def test_llm_judge_grades_every_answer(setup, tmp_path):
     model, d, adapter = setup
     rubric = tmp_path / "rubric.txt"
     rubric.write_text("Starts with 'Meeting Summary:' and lists the points discussed.\n")
-    r = run_cli(
+    r = cli(
         "eval",
         "--model",
         str(model),
@@ -189,12 +189,12 @@ def test_llm_judge_grades_every_answer(setup, tmp_path):
     assert "judge" in res["systems"][1]["comparisons"]["base"]
     assert "LLM judge grade (1-10)" in " ".join(r.stdout.split())
 
-    r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--rubric", str(rubric))
+    r = cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--rubric", str(rubric))
     assert (
         r.returncode == 2
         and r.stderr == "error: --rubric goes with --judge MODEL (the local model that grades with it)\n"
     )
-    r = run_cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--judge", str(model))
+    r = cli("eval", "--model", str(model), "--data", str(d / "test.jsonl"), "--judge", str(model))
     assert (
         r.returncode == 2
         and r.stderr == "error: --judge: needs --rubric FILE (what a good answer does, in words)\n"

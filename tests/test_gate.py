@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import EXAMPLES, run_cli, toy_examples, write_jsonl
+from conftest import EXAMPLES, cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
 from tunesmith.eval import gate
 from tunesmith.eval.verdict import verdict
@@ -116,13 +116,13 @@ def test_evals_are_registered_and_the_gate_finds_a_tagged_run_s_eval(tiny_model_
     write_jsonl(d / "val.jsonl", toy_examples(2, seed=1))
     write_jsonl(d / "test.jsonl", toy_examples(6, seed=2))
     reg = str(tmp_path / "reg.db")
-    r = run_cli("train", "--model", m, "--data", str(d), "--out", str(tmp_path / "v1"), "--registry", reg,
+    r = cli("train", "--model", m, "--data", str(d), "--out", str(tmp_path / "v1"), "--registry", reg,
                 "--epochs", "1", "--batch-size", "4", "--lora-r", "4", "--quiet")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert run_cli("runs", "--registry", reg, "tag", "v1", "production").returncode == 0
+    assert cli("runs", "--registry", reg, "tag", "v1", "production").returncode == 0
     common = ["eval", "--data", str(d / "test.jsonl"), "--max-new-tokens", "8", "--registry", reg, "--quiet"]
     # --adapter production: the tagged run's folder, from the registry
-    first = run_cli(*common, "--adapter", "production", "--out", str(tmp_path / "e1"))
+    first = cli(*common, "--adapter", "production", "--out", str(tmp_path / "e1"))
     assert first.returncode == 0, first.stderr
     registry = Registry(reg)
     [ev] = registry.runs(kind="eval")
@@ -136,28 +136,28 @@ def test_evals_are_registered_and_the_gate_finds_a_tagged_run_s_eval(tiny_model_
     assert rec["result"]["examples"][0]["output"] == written["examples"][0]["output"]
     assert any(m["name"] == "tuned/rougeL" for m in rec["metrics"])
     # the same adapter against itself, named by its tag: its registered eval is found and it passes
-    again = run_cli(*common, "--adapter", "production", "--gate", "production")
+    again = cli(*common, "--adapter", "production", "--gate", "production")
     assert again.returncode == 0, again.stderr
     assert (
         f"gate passed: not significantly worse than production (run {v1}, eval {ev['id']}) on the same 6 "
         in again.stdout
     )
     # other decoding settings: no registered eval to compare with
-    other = run_cli(*common[:3], "--max-new-tokens", "9", *common[5:], "--adapter", "v1", "--gate", "v1")
+    other = cli(*common[:3], "--max-new-tokens", "9", *common[5:], "--adapter", "v1", "--gate", "v1")
     assert other.returncode == 2
     assert (
         "--gate v1: none of its 2 registered evals is on this test set with these decoding settings"
         in other.stderr
     )
     # several systems: the verdict sentence under the table, in results.json and at the top of the report
-    both = run_cli(*common, "--adapter", "v1", "--systems", "base,tuned", "--out", str(tmp_path / "both"))
+    both = cli(*common, "--adapter", "v1", "--systems", "base,tuned", "--out", str(tmp_path / "both"))
     assert both.returncode == 0, both.stderr
     said = json.loads((tmp_path / "both" / "results.json").read_text())["verdict"]
     assert said["winner"] in ("base", "tuned") and set(said["cost"]) == {"base", "tuned"}
     assert said["sentence"] in both.stdout.replace("\n", " ") or said["sentence"][:60] in both.stdout
     assert "<b>Verdict.</b>" in (tmp_path / "both" / "report.html").read_text()
     # a results.json as REF works without any registry
-    res = run_cli(*common[:-3], "--registry", "off", "--adapter", str(tmp_path / "v1"), "--gate",
+    res = cli(*common[:-3], "--registry", "off", "--adapter", str(tmp_path / "v1"), "--gate",
                   str(tmp_path / "e1" / "results.json"))  # fmt: skip
     assert res.returncode == 0 and "gate passed" in res.stdout, res.stderr
 
@@ -170,14 +170,12 @@ def test_a_broken_adapter_fails_the_gate_on_the_example_test_set(tmp_path):
     reg = str(tmp_path / "reg.db")
     common = ["eval", "--data", str(EXAMPLES / "test.jsonl"), "--limit", "6", "--max-new-tokens", "32",
               "--registry", reg, "--quiet"]  # fmt: skip
-    base = run_cli(*common, "--out", str(tmp_path / "base"))
+    base = cli(*common, "--out", str(tmp_path / "base"))
     assert base.returncode == 0, base.stderr
     broken = ["--max-steps", "1", "--batch-size", "2", "--lr", "3.0", "--warmup-ratio", "0", "--quiet"]
-    r = run_cli(
-        "train", "--data", str(EXAMPLES), "--out", str(tmp_path / "broken"), "--registry", reg, *broken
-    )
+    r = cli("train", "--data", str(EXAMPLES), "--out", str(tmp_path / "broken"), "--registry", reg, *broken)
     assert r.returncode == 0, r.stderr
     ref = str(tmp_path / "base" / "results.json")
-    bad = run_cli(*common, "--adapter", str(tmp_path / "broken"), "--gate", ref)
+    bad = cli(*common, "--adapter", str(tmp_path / "broken"), "--gate", ref)
     assert bad.returncode == gate.GATE_FAILED == 3, (bad.stdout, bad.stderr)
     assert "gate failed: significantly worse than" in bad.stdout and "on rougeL (rougeL -" in bad.stdout

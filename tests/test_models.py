@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import cli
 from tunesmith import models
 from tunesmith.errors import UserError
 
 
 def test_unknown_alias_is_one_clear_line():
-    r = run_cli("generate", "--model", "smollm3-1b", "hi")
+    r = cli("generate", "--model", "smollm3-1b", "hi")
     assert r.returncode == 2
     assert r.stderr == (
         "error: --model 'smollm3-1b': unknown alias and no such path. Did you mean 'smollm2-135m'? "
@@ -26,7 +26,7 @@ def test_unknown_alias_is_one_clear_line():
 def test_hub_that_does_not_answer_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     t = time.time()
-    r = run_cli("generate", "--model", "someorg/some-model", "hi", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    r = cli("generate", "--model", "someorg/some-model", "hi", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
     assert time.time() - t < 30
     assert r.returncode == 2
     assert r.stderr.startswith(
@@ -103,17 +103,17 @@ def test_multi_part_alias_is_concatenated_and_verified(monkeypatch):
 
 
 def test_models_command_lists_aliases_json():
-    r = run_cli("models", "--json")
+    r = cli("models", "--json")
     info = json.loads(r.stdout)
     assert [a["alias"] for a in info["aliases"]] == ["smollm2-135m", "gemma3-270m"]
     assert all(a["cached"] is False for a in info["aliases"])
 
 
 def test_help_is_fast_and_lists_every_command():
-    r = run_cli("--help")
+    r = cli("--help")
     for cmd in ("models", "data", "train", "eval", "generate"):
         assert f"    {cmd}" in r.stdout
-    r = run_cli("data", "--help")
+    r = cli("data", "--help")
     assert "check" in r.stdout
     import subprocess
     import sys

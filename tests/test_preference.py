@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import chat, run_cli, write_jsonl
+from conftest import chat, cli, run_cli, write_jsonl
 from tunesmith.errors import UserError
 from tunesmith.train import dpo, grpo
 from tunesmith.train import graders as G
@@ -139,7 +139,7 @@ def test_dpo_from_the_cli_learns_held_out_preferences(tiny_model_dir, tmp_path):
     write_jsonl(d / "train.jsonl", pref_rows(24))
     write_jsonl(d / "val.jsonl", pref_rows(8, offset=100))
     run = tmp_path / "dpo"
-    r = run_cli(
+    r = cli(
         "train",
         "--method",
         "dpo",
@@ -179,7 +179,7 @@ def test_dpo_from_the_cli_learns_held_out_preferences(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")), run)
-    g = run_cli("generate", "--adapter", str(run), "--max-new-tokens", "4", "Write the meeting notes.")
+    g = cli("generate", "--adapter", str(run), "--max-new-tokens", "4", "Write the meeting notes.")
     assert g.returncode == 0, g.stderr
 
 
@@ -189,7 +189,7 @@ def test_dpo_holds_out_pairs_when_there_is_no_val_file_and_continues_an_sft_adap
     write_jsonl(sft_data / "train.jsonl", [chat(r["prompt"], r["chosen"]) for r in pref_rows(8)])
     sft = tmp_path / "sft-run"
     assert (
-        run_cli(
+        cli(
             "train",
             "--model",
             str(m),
@@ -206,7 +206,7 @@ def test_dpo_holds_out_pairs_when_there_is_no_val_file_and_continues_an_sft_adap
         == 0
     )
     prefs = write_jsonl(tmp_path / "prefs.jsonl", pref_rows(20))
-    r = run_cli(
+    r = cli(
         "train",
         "--method",
         "dpo",
@@ -235,12 +235,12 @@ def test_preference_methods_refuse_the_wrong_data(tiny_model_dir, tmp_path):
     m = str(tiny_model_dir("llama"))
     chats = write_jsonl(tmp_path / "chat.jsonl", [chat("q", "a")] * 3)
     prefs = write_jsonl(tmp_path / "prefs.jsonl", pref_rows(3))
-    r = run_cli("train", "--method", "dpo", "--model", m, "--data", str(chats), "--out", str(tmp_path / "x"))
+    r = cli("train", "--method", "dpo", "--model", m, "--data", str(chats), "--out", str(tmp_path / "x"))
     assert r.returncode == 2
     assert r.stderr == (
         f'error: {chats}:1: --method dpo trains on preference pairs {{"prompt", "chosen", "rejected"}}\n'
     )
-    r = run_cli(
+    r = cli(
         "train",
         "--method",
         "grpo",
@@ -258,7 +258,7 @@ def test_preference_methods_refuse_the_wrong_data(tiny_model_dir, tmp_path):
         f"error: {prefs}:1: --method grpo trains on prompts with a reference answer "
         "(chat or prompt/completion), not preference pairs\n"
     )
-    r = run_cli(
+    r = cli(
         "train",
         "--method",
         "lora",
@@ -272,7 +272,7 @@ def test_preference_methods_refuse_the_wrong_data(tiny_model_dir, tmp_path):
         str(tmp_path / "x"),
     )
     assert r.stderr == "error: --graders and --rubric are for --method grpo\n"
-    r = run_cli(
+    r = cli(
         "train",
         "--method",
         "grpo",
@@ -420,14 +420,14 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(method, tiny_model_di
         "--quiet",
         *extra,
     ]
-    ref = run_cli("train", *args, "--out", str(tmp_path / "ref"))
+    ref = cli("train", *args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     kill_at = random.Random().randint(3, 12)
     run = tmp_path / "run"
     assert train_then_sigkill(args, run, kill_at) == -signal.SIGKILL, (
         "the run must be killed mid-training for this test"
     )
-    r = run_cli("train", "--resume", str(run), "--quiet")
+    r = cli("train", "--resume", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
     a, b = (
         load_file(str(tmp_path / "ref" / "adapter_model.safetensors")),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, run_cli, write_jsonl
+from conftest import EXAMPLES, cli, write_jsonl
 from tunesmith.data import prepare as prep
 from tunesmith.data.formats import ReadOptions
 from tunesmith.errors import UserError
@@ -51,7 +51,7 @@ def test_every_format_round_trips_to_chat_jsonl(shape, suffix, tmp_path):
         r = json.loads(json.dumps(SHAPES[shape]).replace("Monday", f"day {i} of the month number {i * 7}"))
         rows.append({**r, "meeting": f"m{i}"})
     src = write_as(tmp_path / f"src{suffix}", rows)
-    r = run_cli(
+    r = cli(
         "data", "prepare", str(src), "--out", str(tmp_path / "out"), "--split", "2,1,1", "--near-dup", "0.95"
     )
     assert r.returncode == 0, r.stderr
@@ -76,7 +76,7 @@ def test_folder_pairs_with_template_round_trip(tmp_path):
             f"Alice: item {i} is done.\r\n\r\n\r\n\r\nBob: ok\u200b.  \n"
         )
         (d / "outputs" / f"call{i}.md").write_text(f"Meeting Summary: Item {i} is done.\n")
-    r = run_cli(
+    r = cli(
         "data",
         "prepare",
         str(d),
@@ -163,7 +163,7 @@ def test_mix_file_weights_tasks_and_train_honours_it(tmp_path, tiny_model_dir):
     assert tasks["notes"] == 20 and 0 < tasks["other"] < 10
     # train reads the mix directly too
     (tmp_path / "a" / "val.jsonl").write_text((tmp_path / "a" / "train.jsonl").read_text())
-    r = run_cli(
+    r = cli(
         "train",
         "--model",
         str(tiny_model_dir("llama")),

@@ -109,7 +109,7 @@ def test_dpo_on_pairs_from_the_example_data_raises_held_out_preference_accuracy(
     import json
     import re
 
-    from conftest import EXAMPLES, run_cli, write_jsonl
+    from conftest import EXAMPLES, cli, write_jsonl
 
     def off_style(notes: str) -> str:
         lines = [
@@ -123,13 +123,15 @@ def test_dpo_on_pairs_from_the_example_data_raises_held_out_preference_accuracy(
     for r in rows:
         user = [m for m in r["messages"] if m["role"] == "user"][-1]["content"]
         notes = r["messages"][-1]["content"]
-        if len(user) < 1200:  # short transcripts keep the test quick
-            pairs.append({"prompt": user, "chosen": notes, "rejected": off_style(notes)})
-    assert len(pairs) >= 32
+        if len(user) < 1200:
+            # the opening of each transcript is context enough for a preference about the notes' style, and
+            # keeps the test quick: 66 s instead of 144 s with whole transcripts and 24 pairs (2-core EPYC)
+            pairs.append({"prompt": user[:400], "chosen": notes, "rejected": off_style(notes)})
+    assert len(pairs) >= 20
     d = tmp_path / "prefs"
-    write_jsonl(d / "train.jsonl", pairs[:24])
-    write_jsonl(d / "val.jsonl", pairs[24:32])
-    r = run_cli(
+    write_jsonl(d / "train.jsonl", pairs[:12])
+    write_jsonl(d / "val.jsonl", pairs[12:20])
+    r = cli(
         "train",
         "--method",
         "dpo",
@@ -144,7 +146,7 @@ def test_dpo_on_pairs_from_the_example_data_raises_held_out_preference_accuracy(
         "--lr",
         "5e-4",
         "--max-length",
-        "640",
+        "512",
         "--json",
     )
     assert r.returncode == 0, r.stderr

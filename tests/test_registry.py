@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_cli, toy_examples, train_then_sigkill, write_jsonl
+from conftest import ROOT, cli, run_cli, toy_examples, train_then_sigkill, write_jsonl
 from tunesmith import registry as R
 from tunesmith.errors import UserError
 
@@ -27,7 +27,7 @@ def data(tmp_path):
 
 
 def train(model, data, out, reg, *extra):
-    r = run_cli(
+    r = cli(
         "train",
         "--model",
         str(model),
@@ -127,7 +127,7 @@ def test_a_training_run_registers_its_data_settings_curve_and_artefacts(tiny_mod
         info["result"]["best"]["val_loss"]
     )
     assert set(r["environment"]["versions"]) >= {"tunesmith", "torch", "transformers", "peft"}
-    shown = run_cli("runs", "--registry", str(reg_path), "show", "notes")
+    shown = cli("runs", "--registry", str(reg_path), "show", "notes")
     assert shown.returncode == 0, shown.stderr
     assert f"run {row['id']}  notes\n  status       done\n  kind         train, method lora\n" in shown.stdout
     assert (
@@ -149,13 +149,13 @@ def test_lineage_across_from_adapter_and_the_runs_table(tiny_model_dir, data, tm
         {"parent": v1, "parent_path": str((tmp_path / "v1").resolve()), "relation": "from-adapter"}
     ]
     assert reg.get(v1)["children"] == [{"run": v2, "relation": "from-adapter"}]
-    r = run_cli("runs", "--registry", str(reg_path), "tag", "v2", "v10")
+    r = cli("runs", "--registry", str(reg_path), "tag", "v2", "v10")
     assert r.stdout == f"tagged {v2} as v10\n"
-    listing = run_cli("runs", "--registry", str(reg_path)).stdout.splitlines()
+    listing = cli("runs", "--registry", str(reg_path)).stdout.splitlines()
     assert listing[0].split() == ["ID", "NAME", "STATUS", "METHOD", "MODEL", "STARTED", "HEADLINE", "TAGS"]
     assert [line.split()[:3] for line in listing[1:]] == [[v2, "v2", "done"], [v1, "v1", "done"]]
     assert listing[1].split()[-1] == "v10" and listing[2].split()[-1] == "-"
-    shown = run_cli("runs", "--registry", str(reg_path), "show", "v10").stdout
+    shown = cli("runs", "--registry", str(reg_path), "show", "v10").stdout
     assert f"  lineage      v1 ({v1}) -> v2 ({v2})\n" in shown
 
 
@@ -164,13 +164,13 @@ def test_import_rebuilds_the_registry_from_run_directories(tiny_model_dir, data,
     train(tiny_model_dir("llama"), data, tmp_path / "run", first, "--registry", "off")  # trained without one
     assert not first.exists()
     again = tmp_path / "again.db"
-    r = run_cli("runs", "--registry", str(again), "import", str(tmp_path / "run"))
+    r = cli("runs", "--registry", str(again), "import", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     run_id = json.loads((tmp_path / "run" / "tunesmith-run.json").read_text())["run_id"]
     assert r.stdout == f"{tmp_path / 'run'}: registered as {run_id}\n"
     rec = R.Registry(again).get(run_id)
     assert rec["status"] == "done" and [d["role"] for d in rec["data"]] == ["train", "val"]
-    r = run_cli("runs", "--registry", str(again), "import", str(tmp_path / "data"))
+    r = cli("runs", "--registry", str(again), "import", str(tmp_path / "data"))
     assert r.returncode == 2 and "not a finished tunesmith run" in r.stderr
 
 
@@ -180,21 +180,21 @@ def test_rm_keeps_files_unless_asked_and_never_deletes_a_folder_that_is_not_the_
     reg_path = tmp_path / "reg.db"
     train(tiny_model_dir("llama"), data, tmp_path / "run", reg_path)
     run_id = R.Registry(reg_path).find("run")
-    r = run_cli("runs", "--registry", str(reg_path), "rm", run_id)
+    r = cli("runs", "--registry", str(reg_path), "rm", run_id)
     assert (
         r.stdout
         == f"removed run {run_id} (run) from the registry; its files stay in {(tmp_path / 'run').resolve()}\n"
     )
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file() and R.Registry(reg_path).runs() == []
-    run_cli("runs", "--registry", str(reg_path), "import", str(tmp_path / "run"))
+    cli("runs", "--registry", str(reg_path), "import", str(tmp_path / "run"))
     reg = R.Registry(reg_path)
     reg.db.execute(
         "UPDATE runs SET path = ? WHERE id = ?", (str(data), run_id)
     )  # an entry pointing elsewhere
-    r = run_cli("runs", "--registry", str(reg_path), "rm", run_id, "--delete-files")
+    r = cli("runs", "--registry", str(reg_path), "rm", run_id, "--delete-files")
     assert r.returncode == 2 and "does not hold run" in r.stderr and (data / "train.jsonl").is_file()
     reg.db.execute("UPDATE runs SET path = ? WHERE id = ?", (str((tmp_path / "run").resolve()), run_id))
-    r = run_cli("runs", "--registry", str(reg_path), "rm", run_id, "--delete-files")
+    r = cli("runs", "--registry", str(reg_path), "rm", run_id, "--delete-files")
     assert r.returncode == 0 and not (tmp_path / "run").exists()
 
 
@@ -294,9 +294,9 @@ def test_lineage_runs_through_merge_and_export(tiny_model_dir, data, tmp_path):
     train(m, data, tmp_path / "v1", reg_path)
     train(m, data, tmp_path / "v2", reg_path, "--from-adapter", "v1")  # a run name works as an adapter
     merged, gguf = tmp_path / "merged", tmp_path / "notes.gguf"
-    r = run_cli("merge", "--adapter", "v2", "--out", str(merged), "--registry", str(reg_path))
+    r = cli("merge", "--adapter", "v2", "--out", str(merged), "--registry", str(reg_path))
     assert r.returncode == 0, r.stderr
-    r = run_cli(
+    r = cli(
         "export", "--model", str(merged), "--quant", "f32", "--out", str(gguf), "--registry", str(reg_path)
     )
     assert r.returncode == 0, r.stderr
@@ -307,7 +307,7 @@ def test_lineage_runs_through_merge_and_export(tiny_model_dir, data, tmp_path):
     exported = reg.get(reg.find("notes.gguf"))
     assert exported["kind"] == "export" and exported["artefacts"][0]["kind"] == "gguf"
     assert exported["artefacts"][0]["bytes"] == gguf.stat().st_size
-    shown = run_cli("runs", "--registry", str(reg_path), "show", "v2").stdout
+    shown = cli("runs", "--registry", str(reg_path), "show", "v2").stdout
     assert f"followed by  {reg.find('merged')} (merged-from)" in shown
 
 
@@ -344,12 +344,12 @@ def test_promote_moves_production_per_model_line_and_keeps_the_history(tmp_path)
         metrics=[],
     )
     assert reg.promote("aaaa0001") is None and reg.find("production") == "aaaa0001"
-    r = run_cli("runs", "--registry", str(reg_path), "promote", "v2")
+    r = cli("runs", "--registry", str(reg_path), "promote", "v2")
     assert r.stdout == "production: aaaa0002 (v2) (was aaaa0001); `--adapter production` now means this run\n"
-    r = run_cli("runs", "--registry", str(reg_path), "promote", "support-v1", "--line", "support")
+    r = cli("runs", "--registry", str(reg_path), "promote", "support-v1", "--line", "support")
     assert r.returncode == 0 and R.Registry(reg_path).find("support:production") == "bbbb0001"
     reg = R.Registry(reg_path)
     assert reg.find("production") == "aaaa0002"  # the other line's production is untouched
     assert [p["run"] for p in reg.promotions()] == ["aaaa0002", "aaaa0001"]
-    r = run_cli("runs", "--registry", str(reg_path), "promote", "eval-v1")
+    r = cli("runs", "--registry", str(reg_path), "promote", "eval-v1")
     assert r.returncode == 2 and "only a training run (an adapter) can be in production" in r.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, make_adapter, run_cli, toy_examples, write_jsonl
+from conftest import ROOT, cli, make_adapter, toy_examples, write_jsonl
 from tunesmith import atomic
 
 OURS = re.compile(r"\.(tmp|old)-\d+|\.partial$")
@@ -68,9 +68,9 @@ def test_train_out_refuses_folders_and_paths_it_did_not_write(tiny_model_dir, da
     }
     for out, message in cases.items():
         for extra in ([], ["--overwrite"]):
-            r = run_cli(*base, "--data", str(data), "--out", out, *extra)
+            r = cli(*base, "--data", str(data), "--out", out, *extra)
             assert (r.returncode, r.stderr) == (2, message), (out, extra)
-    r = run_cli(*base, "--data", str(data / "train.jsonl"), "--out", str(data / "train.jsonl"), "--overwrite")
+    r = cli(*base, "--data", str(data / "train.jsonl"), "--out", str(data / "train.jsonl"), "--overwrite")
     assert r.returncode == 2 and "is the --data" in r.stderr
     assert {**tree(tmp_path / "x"), **tree(data)} == before
     assert not any(p.name.startswith(".") for p in tmp_path.rglob("*"))
@@ -81,27 +81,27 @@ def test_prepare_merge_and_export_refuse_to_replace_their_inputs(tiny_model_dir,
     write_jsonl(src / "data.jsonl", toy_examples(20))
     (src / "notes.txt").write_text("mine")
     before = tree(src)
-    r = run_cli("data", "prepare", str(src / "data.jsonl"), "--out", str(src), "--overwrite")
+    r = cli("data", "prepare", str(src / "data.jsonl"), "--out", str(src), "--overwrite")
     assert (r.returncode, r.stderr) == (
         2,
         f"error: --out {src}: contains the source {src / 'data.jsonl'}, which "
         "replacing it would delete; write the result somewhere else\n",
     )
     (tmp_path / "afile").write_text("x")
-    r = run_cli("data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "afile"))
+    r = cli("data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "afile"))
     assert (r.returncode, r.stderr) == (
         2,
         f"error: --out {tmp_path / 'afile'}: exists and is a file; give a folder to create\n",
     )
-    ok = run_cli("data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "prepared"))
+    ok = cli("data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "prepared"))
     assert ok.returncode == 0, ok.stderr
-    again = run_cli("data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "prepared"))
+    again = cli("data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "prepared"))
     assert (
         again.returncode == 2
         and "already holds a prepared data set; choose a new --out, or pass --overwrite" in again.stderr
     )
     assert (
-        run_cli(
+        cli(
             "data", "prepare", str(src / "data.jsonl"), "--out", str(tmp_path / "prepared"), "--overwrite"
         ).returncode
         == 0
@@ -111,26 +111,26 @@ def test_prepare_merge_and_export_refuse_to_replace_their_inputs(tiny_model_dir,
     m = tiny_model_dir("llama")
     adapter = make_adapter(m, tmp_path / "adapter", seed=1)
     held = tree(adapter)
-    r = run_cli("merge", "--model", str(m), "--adapter", str(adapter), "--out", str(adapter), "--overwrite")
+    r = cli("merge", "--model", str(m), "--adapter", str(adapter), "--out", str(adapter), "--overwrite")
     assert (r.returncode, r.stderr) == (
         2,
         f"error: --out {adapter}: is the --adapter {adapter} itself; write the result somewhere else\n",
     )
-    r = run_cli(
+    r = cli(
         "merge", "--model", str(m), "--adapter", str(adapter), "--out", str(tmp_path / "src"), "--overwrite"
     )
     assert r.returncode == 2 and "holds files tunesmith did not write (data.jsonl, notes.txt)" in r.stderr
     foreign = tmp_path / "someone-else.gguf"
     foreign.write_bytes(b"GGUF not ours")
-    r = run_cli("export", "--model", str(m), "--out", str(foreign), "--overwrite")
+    r = cli("export", "--model", str(m), "--out", str(foreign), "--overwrite")
     assert (r.returncode, r.stderr) == (
         2,
         f"error: --out {foreign}: exists and is not a GGUF file tunesmith exported; "
         "choose a new --out (tunesmith never replaces what it did not write)\n",
     )
     ours = tmp_path / "ours.gguf"
-    assert run_cli("export", "--model", str(m), "--out", str(ours)).returncode == 0
-    assert run_cli("export", "--model", str(m), "--out", str(ours), "--overwrite").returncode == 0
+    assert cli("export", "--model", str(m), "--out", str(ours)).returncode == 0
+    assert cli("export", "--model", str(m), "--out", str(ours), "--overwrite").returncode == 0
     assert tree(adapter) == held and foreign.read_bytes() == b"GGUF not ours" and tree(src) == before
     assert leftovers(tmp_path) == []
 
@@ -173,7 +173,9 @@ POINTS = [
 
 
 def _train(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    if "TUNESMITH_TEST_KILL_AT" not in (env or {}):
+        return cli("train", *args, env=env)
+    return subprocess.run(  # the process kills itself at the point: one of its own
         [sys.executable, "-m", "tunesmith.cli", "train", *args],
         capture_output=True,
         text=True,
@@ -246,7 +248,7 @@ def test_resume_refuses_changed_data_unless_allowed_and_recorded(tiny_model_dir,
     assert info["resumes"][0]["checkpoint"] == "step-0000005"
     assert [d["path"] for d in info["data"]] == [str(data / "train.jsonl"), str(data / "val.jsonl")]
     assert info["data"][0]["sha256"] == hashlib.sha256("".join(lines).encode()).hexdigest()
-    r = run_cli("train", "--data", str(data), "--out", str(tmp_path / "other"), "--allow-changed-data")
+    r = cli("train", "--data", str(data), "--out", str(tmp_path / "other"), "--allow-changed-data")
     assert (
         r.stderr
         == "error: --allow-changed-data goes with --resume: it continues an interrupted run on data that "

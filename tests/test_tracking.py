@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import run_cli, toy_examples, write_jsonl
+from conftest import cli, toy_examples, write_jsonl
 from tunesmith import tracking
 from tunesmith.errors import UserError
 
@@ -40,10 +40,10 @@ def test_train_and_eval_are_logged_with_their_curves_params_and_links(
     write_jsonl(d / "val.jsonl", toy_examples(2, seed=1))
     test = write_jsonl(tmp_path / "test.jsonl", toy_examples(4, seed=2))
     m = str(tiny_model_dir("llama"))
-    r = run_cli("train", "--model", m, "--data", str(d), "--out", str(tmp_path / "notes"), "--epochs", "2",
+    r = cli("train", "--model", m, "--data", str(d), "--out", str(tmp_path / "notes"), "--epochs", "2",
                 "--batch-size", "4", "--lora-r", "4", "--quiet", "--track", "mlflow")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    r = run_cli("eval", "--adapter", str(tmp_path / "notes"), "--data", str(test), "--max-new-tokens", "6",
+    r = cli("eval", "--adapter", str(tmp_path / "notes"), "--data", str(test), "--max-new-tokens", "6",
                 "--quiet", "--track", "mlflow")  # fmt: skip
     assert r.returncode == 0, r.stderr
     client, (trained, evaluated) = runs_in(store)
@@ -71,7 +71,7 @@ def test_a_server_that_is_down_does_not_fail_the_run(tiny_model_dir, tmp_path):
            "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}  # fmt: skip
     flags = ["--epochs", "1", "--lora-r", "4", "--quiet", "--track", "mlflow"]
     m = str(tiny_model_dir("llama"))
-    r = run_cli(
+    r = cli(
         "train",
         "--model",
         m,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAMILIES, run_cli, toy_examples, write_jsonl
+from conftest import FAMILIES, cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
 from tunesmith.train import batching, precision, setup, sft, trainer
 from tunesmith.train import loss as L2
@@ -151,17 +151,17 @@ def test_existing_run_is_refused_and_kept_on_failed_overwrite(
 def test_config_file_unknown_key_names_closest(tmp_path, data_dir):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epochs: 2\nlearning_rate: 0.1\n")
-    r = run_cli("train", "--config", str(cfg), "--data", str(data_dir), "--out", str(tmp_path / "r"))
+    r = cli("train", "--config", str(cfg), "--data", str(data_dir), "--out", str(tmp_path / "r"))
     assert r.returncode == 2
     assert r.stderr == f"error: {cfg}: unknown key 'learning_rate'; did you mean 'lr'?\n"
     cfg.write_text("epochs: 2\nlr: 0.1\n")
-    r = run_cli("train", "--config", str(cfg), "--lr", "0.5", "--print-config")
+    r = cli("train", "--config", str(cfg), "--lr", "0.5", "--print-config")
     assert r.returncode == 0
     assert "epochs: 2\n" in r.stdout and "lr: 0.5\n" in r.stdout and "model: smollm2-135m\n" in r.stdout
 
 
 def test_bad_flags_are_one_line(tmp_path, data_dir):
-    r = run_cli(
+    r = cli(
         "train",
         "--data",
         str(data_dir),
@@ -173,7 +173,7 @@ def test_bad_flags_are_one_line(tmp_path, data_dir):
         "4",
     )
     assert r.stderr == "error: --batch-size 6 must be a multiple of --micro-batch-size 4\n"
-    r = run_cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
+    r = cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
     assert r.stderr == f"error: --data {tmp_path / 'missing'}: no such file or directory\n"
 
 
@@ -212,7 +212,7 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(tiny_mod
         "1",
         "--quiet",
     ]
-    ref = run_cli("train", *args, "--out", str(tmp_path / "ref"))
+    ref = cli("train", *args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     kill_at = random.Random().randint(10, 80)
     run = tmp_path / "run"
@@ -220,15 +220,15 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(tiny_mod
         "the run must be killed mid-training for this test"
     )
     assert not run.exists()
-    r = run_cli("train", "--resume", str(run), "--quiet")
+    r = cli("train", "--resume", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
     (ref_losses, ref_vals), (losses, vals) = _losses_and_vals(tmp_path / "ref"), _losses_and_vals(run)
     assert len(losses) == len(ref_losses) == 96
     assert abs(losses[-1] - ref_losses[-1]) < 1e-4 and max(abs(a - b) for a, b in zip(vals, ref_vals)) < 1e-4
     assert not (tmp_path / ".run.partial").exists()
-    r = run_cli("train", "--resume", str(run))
+    r = cli("train", "--resume", str(run))
     assert r.stderr == f"error: --resume {run}: that run already finished\n"
-    r = run_cli("train", "--resume", str(run), "--lr", "0.1")
+    r = cli("train", "--resume", str(run), "--lr", "0.1")
     assert r.stderr == "error: --resume continues with the run's saved config; drop --lr\n"
 
 
@@ -324,7 +324,7 @@ def test_every_method_lowers_val_loss_and_loads_without_tunesmith(method, tiny_m
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU --method qlora runs")
 def test_qlora_on_a_cpu_says_why_and_what_instead(tiny_model_dir, data_dir, tmp_path):
-    r = run_cli(
+    r = cli(
         "train",
         "--model",
         str(tiny_model_dir("llama")),
@@ -340,7 +340,7 @@ def test_qlora_on_a_cpu_says_why_and_what_instead(tiny_model_dir, data_dir, tmp_
         "error: --method qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
         "on this machine use --method lora (the same adapter, on an unquantized base)\n"
     )
-    r = run_cli("eval", "--adapter", str(tiny_model_dir("llama")), "--data", str(data_dir / "val.jsonl"))
+    r = cli("eval", "--adapter", str(tiny_model_dir("llama")), "--data", str(data_dir / "val.jsonl"))
     assert r.stderr.endswith(
         "holds a whole model (method full or freeze), not an adapter; "
         f"use --model {tiny_model_dir('llama')}\n"
@@ -444,7 +444,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, data
         "--method",
         method,
     ]
-    one = run_cli("train", *args, "--out", str(tmp_path / "one"))
+    one = cli("train", *args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     flags = [f for f in engine if f == "--fsdp"]
     two = subprocess.run(
