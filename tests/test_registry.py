@@ -228,7 +228,7 @@ def test_a_broken_registry_is_skipped_and_the_run_completes(damage, tiny_model_d
 
 
 def test_killed_writer_and_concurrent_writers_leave_a_consistent_registry(tiny_model_dir, data, tmp_path):
-    """Two trainings and an import write at once; a third training is SIGKILLed mid-run: the database
+    """Two trainings, an eval and an import write at once; a third training is SIGKILLed mid-run: the database
     opens, every finished run is there, and the killed one shows as interrupted."""
     reg_path = tmp_path / "reg.db"
     m = str(tiny_model_dir("llama"))
@@ -269,17 +269,30 @@ def test_killed_writer_and_concurrent_writers_leave_a_consistent_registry(tiny_m
         )
         for i in range(2)
     ]
+    write_jsonl(tmp_path / "test.jsonl", toy_examples(3, seed=2))
+    evaluate = ["eval", "--adapter", str(tmp_path / "seed"), "--data", str(tmp_path / "test.jsonl")]
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "tunesmith.cli", *evaluate, "--max-new-tokens", "4", "--registry", str(reg_path)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
     imp = run_cli("runs", "--registry", str(reg_path), "import", str(tmp_path / "seed"))
     killed = train_then_sigkill(
         [*common, "--epochs", "3", "--save-every", "1"], tmp_path / "killed", kill_at=2
     )
     errs = [p.communicate()[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errs
+    assert [p.returncode for p in procs] == [0, 0, 0], errs
     assert imp.returncode == 0 and killed == -signal.SIGKILL
     reg = R.Registry(reg_path)
     assert reg.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    status = {r["name"]: r["status"] for r in reg.runs()}
+    status = {r["name"]: r["status"] for r in reg.runs(kind="train")}
     assert status == {"p0": "done", "p1": "done", "seed": "done", "killed": "interrupted"}
+    assert [r["status"] for r in reg.runs(kind="eval")] == ["done"]
     # the killed run resumes under the same id: one entry, two attempts, done
     r = run_cli("train", "--resume", str(tmp_path / "killed"), "--quiet", "--registry", str(reg_path))
     assert r.returncode == 0, r.stderr
@@ -353,3 +366,10 @@ def test_promote_moves_production_per_model_line_and_keeps_the_history(tmp_path)
     assert [p["run"] for p in reg.promotions()] == ["aaaa0002", "aaaa0001"]
     r = cli("runs", "--registry", str(reg_path), "promote", "eval-v1")
     assert r.returncode == 2 and "only a training run (an adapter) can be in production" in r.stderr
+    # runs show: each promotion of the run, until when and who followed, or that it is in production now
+    first = cli("runs", "--registry", str(reg_path), "show", "aaaa0001").stdout
+    [line] = [x for x in first.splitlines() if x.startswith("  promoted")]
+    assert line.startswith("  promoted     production 20") and line.endswith(" (then aaaa0002)")
+    now = cli("runs", "--registry", str(reg_path), "show", "support:production").stdout
+    assert "  promoted     support:production 20" in now and now.count("in production now") == 1
+    assert [(p["line"], p["until"]) for p in reg.promotions(line=None, run="bbbb0001")] == [("support", None)]

@@ -309,11 +309,15 @@ class Registry:
             db.execute("INSERT INTO promotions (line, run, at) VALUES (?, ?, ?)", (line, run_id, time.time()))
         return before
 
-    def promotions(self, line: str = "") -> list[dict]:
-        rows = self.db.execute(
-            "SELECT run, at FROM promotions WHERE line = ? ORDER BY at DESC, rowid DESC", (line,)
-        )
-        return [dict(r) for r in rows]
+    def promotions(self, line: str | None = "", run: str | None = None) -> list[dict]:
+        """The promotion history of a model line (every line with line=None), or of one run, newest first:
+        line, run, at, and until / replaced_by (the next promotion on the line; None while in production)."""
+        rows = [dict(r) for r in self.db.execute("SELECT line, run, at FROM promotions ORDER BY at, rowid")]
+        after: dict[str, tuple] = {}
+        for r in reversed(rows):
+            r["until"], r["replaced_by"] = after.get(r["line"], (None, None))
+            after[r["line"]] = (r["at"], r["run"])
+        return [r for r in rows[::-1] if (line is None or r["line"] == line) and run in (None, r["run"])]
 
     def untag(self, tag: str) -> bool:
         with self.tx() as db:

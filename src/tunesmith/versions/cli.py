@@ -102,6 +102,9 @@ def describe(reg: Registry, r: dict) -> str:
         f"  tags         {', '.join(r['tags']) or '-'}",
         f"  headline     {headline(r)}",
     ]
+    for p in reg.promotions(line=None, run=r["id"]):
+        now = f"until {when(p['until'])} (then {p['replaced_by']})" if p["until"] else "in production now"
+        out.append(f"  promoted     {production_tag(p['line'])} {when(p['at'])}, {now}")
     if result:
         speed = result.get("tokens_per_s")
         out.append(
