@@ -273,7 +273,16 @@ def test_killed_writer_and_concurrent_writers_leave_a_consistent_registry(tiny_m
     evaluate = ["eval", "--adapter", str(tmp_path / "seed"), "--data", str(tmp_path / "test.jsonl")]
     procs.append(
         subprocess.Popen(
-            [sys.executable, "-m", "tunesmith.cli", *evaluate, "--max-new-tokens", "4", "--registry", str(reg_path)],
+            [
+                sys.executable,
+                "-m",
+                "tunesmith.cli",
+                *evaluate,
+                "--max-new-tokens",
+                "4",
+                "--registry",
+                str(reg_path),
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
