@@ -345,7 +345,7 @@ def test_a_registry_of_the_first_schema_is_migrated_and_keeps_its_runs(tmp_path)
     db.commit()
     db.close()
     reg = R.Registry(path)
-    assert reg.db.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA == 2
+    assert reg.db.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA == 3
     assert [r["id"] for r in reg.runs()] == ["old00001"] and reg.promotions() == []
 
 
@@ -382,3 +382,23 @@ def test_promote_moves_production_per_model_line_and_keeps_the_history(tmp_path)
     now = cli("runs", "--registry", str(reg_path), "show", "support:production").stdout
     assert "  promoted     support:production 20" in now and now.count("in production now") == 1
     assert [(p["line"], p["until"]) for p in reg.promotions(line=None, run="bbbb0001")] == [("support", None)]
+
+
+def test_without_the_flag_runs_go_to_the_default_registry(tiny_model_dir, data, tmp_path):
+    """No --registry: $TUNESMITH_REGISTRY (else $TUNESMITH_HOME/registry.db), never "no registry"."""
+    assert not R.is_off(None) and R.is_off("off") and R.is_off("None")
+    reg_path = tmp_path / "default.db"
+    env = {"TUNESMITH_REGISTRY": str(reg_path)}
+    m = str(tiny_model_dir("llama"))
+    flags = ["--epochs", "1", "--batch-size", "4", "--lora-r", "4", "--quiet"]
+    r = cli("train", "--model", m, "--data", str(data), "--out", str(tmp_path / "v1"), *flags, env=env)
+    assert r.returncode == 0, r.stderr
+    test = write_jsonl(tmp_path / "test.jsonl", toy_examples(2, seed=3))
+    r = cli("eval", "--adapter", "v1", "--data", str(test), "--max-new-tokens", "4", "--quiet", env=env)
+    assert r.returncode == 0, r.stderr
+    assert [(x["name"], x["kind"]) for x in R.Registry(reg_path).runs()] == [
+        ("eval-v1", "eval"),
+        ("v1", "train"),
+    ]
+    listed = cli("runs", env=env).stdout
+    assert " v1 " in listed and "eval-v1" in listed

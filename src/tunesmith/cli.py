@@ -310,8 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-prompts", action="store_true", help="put prompt text in the access log (off by default)"
     )
+    p.add_argument(
+        "--capture",
+        action="store_true",
+        help="keep every request and answer in the registry, and take POST /v1/feedback (off by default)",
+    )
+    _add_registry(p)
     p.set_defaults(handler="tunesmith.use.serve:cli_serve")
     _add_runs(sub)
+    _add_review(sub)
     return parser
 
 
@@ -339,7 +346,7 @@ def _add_runs(sub) -> None:
     )
     _add_registry(runs)
     runs.add_argument("--status", choices=["running", "done", "failed", "interrupted"], help="only these")
-    runs.add_argument("--kind", help="only this kind of run (train)")
+    runs.add_argument("--kind", help="only this kind of run (train, eval, merge, export)")
     runs.add_argument("--name", help="only runs whose name contains this")
     runs.add_argument("--model", help="only runs of this base model")
     runs.add_argument("--tag", help="only the run with this tag")
@@ -373,6 +380,39 @@ def _add_runs(sub) -> None:
     p = rsub.add_parser("import", help="register finished run directories (trained elsewhere or earlier)")
     p.add_argument("dirs", nargs="+", metavar="RUN_DIR")
     runs.set_defaults(handler="tunesmith.versions.cli:cli_runs")
+
+
+def _add_review(sub) -> None:
+    review = sub.add_parser(
+        "review", help="people's judgements of outputs: queues, stats, export as training data"
+    )
+    _add_registry(review)
+    review.add_argument("--json", action="store_true", help="print JSON")
+    rsub = review.add_subparsers(dest="review_action", metavar="ACTION")
+    p = rsub.add_parser("add", help="a review queue from registered evals on one test set, or from captures")
+    p.add_argument("refs", nargs="*", metavar="EVAL", help="an eval (or a trained run: its newest eval)")
+    p.add_argument("--captures", action="store_true", help="what `serve --capture` kept, instead of evals")
+    p.add_argument(
+        "--since", metavar="DATE", help="with --captures: only those since DATE (YYYY-MM-DD[ HH:MM])"
+    )
+    p.add_argument("--name", help="the queue's name (default: the last eval's name)")
+    p.add_argument("--pair", help="the two outputs A/B judgements compare, A,B (default: the first two)")
+    rsub.add_parser("list", help="the queues, with items and judgements (the default)")
+    p = rsub.add_parser("stats", help="judgements per reviewer, win rates with intervals, Cohen's kappa")
+    p.add_argument("--queue", action="append", help="only this queue (repeatable)")
+    p = rsub.add_parser("export", help="corrections as chat examples (--sft), A/B choices as pairs (--dpo)")
+    p.add_argument("--sft", metavar="FILE", help="write corrected answers here (.jsonl chat examples)")
+    p.add_argument(
+        "--dpo", metavar="FILE", help="write preference pairs here (.jsonl prompt/chosen/rejected)"
+    )
+    p.add_argument("--queue", action="append", help="only this queue (repeatable; default: all)")
+    p.add_argument("--train", metavar="DATA", help="the training data: examples already in it are left out")
+    p.add_argument("--holdout", action="append", default=[], metavar="FILE", help="a test set to hold back")
+    p = rsub.add_parser("rm", help="delete a queue with its judgements")
+    p.add_argument("queue")
+    p = rsub.add_parser("purge", help="delete what `serve --capture` kept before DATE (and its review items)")
+    p.add_argument("--before", required=True, metavar="DATE", help="YYYY-MM-DD[ HH:MM], local time")
+    review.set_defaults(handler="tunesmith.review.cli:cli_review")
 
 
 def resolve_adapters(args) -> None:

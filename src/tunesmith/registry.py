@@ -62,6 +62,25 @@ MIGRATIONS: list[list[str]] = [
     [  # 2: which run was in production for each model line, and since when (a history, kept after `runs rm`)
         "CREATE TABLE promotions (line TEXT NOT NULL, run TEXT NOT NULL, at REAL NOT NULL)",
     ],
+    [  # 3: people's judgements (review/store.py) and what `serve --capture` kept (captures.py)
+        """CREATE TABLE review_queues (name TEXT PRIMARY KEY, a TEXT NOT NULL, b TEXT NOT NULL,
+            sources TEXT NOT NULL, created REAL NOT NULL)""",
+        """CREATE TABLE review_items (id INTEGER PRIMARY KEY,
+            queue TEXT NOT NULL REFERENCES review_queues(name) ON DELETE CASCADE, example INTEGER NOT NULL,
+            path TEXT, line TEXT, prompt TEXT NOT NULL, digest TEXT NOT NULL, reference TEXT,
+            outputs TEXT NOT NULL, capture TEXT, UNIQUE (queue, example))""",
+        """CREATE TABLE judgements (id INTEGER PRIMARY KEY,
+            item INTEGER NOT NULL REFERENCES review_items(id) ON DELETE CASCADE, reviewer TEXT NOT NULL,
+            kind TEXT NOT NULL, left TEXT, right TEXT, choice TEXT, label TEXT, rating INTEGER, tags TEXT,
+            comment TEXT, correction TEXT, at REAL NOT NULL)""",
+        "CREATE INDEX judgements_item ON judgements(item)",
+        """CREATE TABLE captures (id TEXT PRIMARY KEY, at REAL NOT NULL, model TEXT, adapter TEXT, run TEXT,
+            request TEXT NOT NULL, response TEXT NOT NULL)""",
+        "CREATE INDEX captures_at ON captures(at)",
+        """CREATE TABLE feedback (id INTEGER PRIMARY KEY,
+            capture TEXT NOT NULL REFERENCES captures(id) ON DELETE CASCADE, at REAL NOT NULL,
+            rating TEXT, correction TEXT)""",
+    ],
 ]
 PRODUCTION = "production"
 SCHEMA = len(MIGRATIONS)
@@ -83,8 +102,8 @@ def new_id() -> str:
 
 
 def is_off(path) -> bool:
-    """--registry off (or none): no registry at all."""
-    return str(path).lower() in ("off", "none")
+    """--registry off (or none): no registry at all. No flag (None) is the default registry, not none."""
+    return isinstance(path, (str, Path)) and str(path).lower() in ("off", "none")
 
 
 def alive(pid: int | None, host: str | None) -> bool:

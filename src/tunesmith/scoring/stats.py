@@ -1,4 +1,5 @@
-"""Bootstrap confidence intervals and a paired bootstrap test between two systems."""
+"""Bootstrap confidence intervals and a paired bootstrap test between two systems; the Holm correction;
+Wilson intervals and Cohen's kappa for people's judgements."""
 
 from __future__ import annotations
 
@@ -46,3 +47,33 @@ def holm(pvalues: dict[str, float]) -> dict[str, float]:
         running = max(running, min(1.0, (m - i) * pvalues[k]))
         out[k] = running
     return out
+
+
+# Two textbook formulas for people's judgements, written here rather than taken from scipy, statsmodels or
+# scikit-learn: each of those is a dependency of 40-100 MB for a few lines, and both are tested against
+# published values (tests/test_review.py).
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (95 % by default): sound at small n and at 0 or n, where
+    the normal approximation gives intervals outside [0, 1]."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
+
+
+def cohen_kappa(first: list[str], second: list[str]) -> float | None:
+    """Cohen's kappa of two raters' labels on the same items: agreement beyond chance (1 = always agree,
+    0 = as often as chance would). None when chance agreement is 1 (both gave one and the same label)."""
+    n = len(first)
+    if n == 0 or n != len(second):
+        return None
+    observed = sum(a == b for a, b in zip(first, second)) / n
+    labels = set(first) | set(second)
+    chance = sum((first.count(c) / n) * (second.count(c) / n) for c in labels)
+    if chance >= 1.0:
+        return None
+    return round((observed - chance) / (1 - chance), 4)

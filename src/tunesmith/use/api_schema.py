@@ -98,6 +98,20 @@ class CompletionRequest(_Generation):
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
 
 
+class FeedbackRequest(_Body):
+    """POST /v1/feedback (serve --capture): what an app's user said about one answer."""
+
+    id: Annotated[Text, Field(min_length=1, max_length=100)]
+    rating: Literal["up", "down"] | None = None
+    correction: Annotated[Text, Field(min_length=1, max_length=100_000)] | None = None
+
+    @model_validator(mode="after")
+    def _says_something(self):
+        if self.rating is None and self.correction is None:
+            raise ValueError("give a rating ('up' or 'down'), a correction, or both")
+        return self
+
+
 def too_deep(body: bytes, limit: int = MAX_DEPTH) -> bool:
     """Is the JSON nested deeper than `limit`? Counted on the brackets outside strings, before parsing."""
     depth = 0
@@ -110,7 +124,7 @@ def too_deep(body: bytes, limit: int = MAX_DEPTH) -> bool:
 
 def _fields() -> set[str]:
     names: set[str] = set()
-    for m in (TextPart, Message, StreamOptions, ChatRequest, CompletionRequest):
+    for m in (TextPart, Message, StreamOptions, ChatRequest, CompletionRequest, FeedbackRequest):
         names |= set(m.model_fields)
     return names
 

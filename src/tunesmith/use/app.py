@@ -22,7 +22,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from tunesmith.chat import prompt_ids
-from tunesmith.use.api_schema import MAX_DEPTH, ChatRequest, CompletionRequest, first_problem, too_deep
+from tunesmith.use.api_schema import (
+    MAX_DEPTH,
+    ChatRequest,
+    CompletionRequest,
+    FeedbackRequest,
+    first_problem,
+    too_deep,
+)
 from tunesmith.use.engine import APIError, Engine, Job
 
 MIN_TEMPERATURE = 1e-4  # a smaller one (1e-300 was sent) makes logits / T overflow; it is greedy in effect
@@ -37,6 +44,7 @@ class Settings:
     timeout: float = 300.0
     log_prompts: bool = False
     log: object = None  # file-like for the access log (default stderr)
+    capture: object = None  # serve --capture: a captures.Captures that keeps each answer and its feedback
 
 
 @dataclass
@@ -198,8 +206,11 @@ def timeout_error(settings: Settings) -> APIError:
     return APIError(504, f"the request took longer than {settings.timeout:g} s", "timeout", "timeout")
 
 
-async def answer_whole(request: Request, job: Job, settings: Settings, shape: str, rid: str, model_name: str):
-    """Wait for the whole answer; a client that goes away cancels its generation."""
+async def answer_whole(
+    request: Request, job: Job, settings: Settings, shape: str, rid: str, model_name: str, done=None
+):
+    """Wait for the whole answer; a client that goes away cancels its generation. `done(text, finish)` is
+    called with a finished answer (serve --capture)."""
     parts, finish = [], None
     try:
         while True:
@@ -223,20 +234,30 @@ async def answer_whole(request: Request, job: Job, settings: Settings, shape: st
     note(request, completion_tokens=job.completion_tokens, finish_reason=finish)
     if finish == "timeout":
         raise timeout_error(settings)
+    if done is not None:
+        done("".join(parts), finish)
     return completion_body(shape, rid, model_name, "".join(parts), finish, job)
 
 
 async def stream_events(
-    request: Request, job: Job, settings: Settings, shape: str, rid: str, model_name: str, include_usage: bool
+    request: Request,
+    job: Job,
+    settings: Settings,
+    shape: str,
+    rid: str,
+    model_name: str,
+    include_usage: bool,
+    done=None,
 ):
     """The answer as server-sent events, then [DONE]; a client that goes away cancels its generation."""
-    finish = None
+    finish, parts = None, []
     try:
         if shape == "chat":
             yield chunk(shape, rid, model_name, None, None, role=True)
         while True:
             kind, value = await job.events.get()
             if kind == "delta":
+                parts.append(value)
                 yield chunk(shape, rid, model_name, value, None)
             elif kind == "error":
                 yield (
@@ -250,6 +271,8 @@ async def stream_events(
                 if finish == "timeout":
                     yield "data: " + json.dumps(timeout_error(settings).body()) + "\n\n"
                 else:
+                    if done is not None:
+                        done("".join(parts), finish)
                     yield chunk(shape, rid, model_name, None, finish)
                 break
         if include_usage:
@@ -282,12 +305,19 @@ async def respond(request: Request, served: Served, job: Job, shape: str, req):
     served.engine.submit(job)
     rid = ("chatcmpl-" if shape == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
     note(request, model=req.model, prompt_tokens=len(job.ids), stream=req.stream)
+    done, capture = None, served.settings.capture
+    if capture is not None:
+        asked = req.model_dump(exclude_none=True)
+
+        def done(text: str, finish: str | None) -> None:
+            capture.add(rid, req.model, asked, text, finish)
+
     if not req.stream:
-        return await answer_whole(request, job, served.settings, shape, rid, req.model)
+        return await answer_whole(request, job, served.settings, shape, rid, req.model, done)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     request.state.log_later = True
     return StreamingResponse(
-        stream_events(request, job, served.settings, shape, rid, req.model, include_usage),
+        stream_events(request, job, served.settings, shape, rid, req.model, include_usage, done),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache"},
     )
@@ -349,6 +379,16 @@ async def completions(request: Request, served: Served):
     return await respond(request, served, job, "text", req)
 
 
+async def feedback(request: Request, served: Served) -> dict:
+    """POST /v1/feedback: thumbs up or down and/or a correction for a captured answer, by its id."""
+    req = parse_body(await read_body(request, served.settings), FeedbackRequest)
+    if served.settings.capture is None:
+        raise APIError(404, "feedback needs a server started with --capture", code="capture_off")
+    if not served.settings.capture.feedback(req.id, req.rating, req.correction):
+        raise APIError(404, f"no captured answer has the id {req.id!r}", param="id")
+    return {"id": req.id, "object": "feedback", "recorded": True}
+
+
 def list_models(request: Request, served: Served) -> dict:
     check_key(served.settings, request.headers.get("authorization", ""))
     return {
@@ -407,6 +447,10 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
     @app.post("/v1/completions")
     async def _completions(request: Request):
         return await completions(request, served)
+
+    @app.post("/v1/feedback")
+    async def _feedback(request: Request):
+        return await feedback(request, served)
 
     return AccessLog(app, settings)
 

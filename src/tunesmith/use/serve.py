@@ -14,8 +14,11 @@ import os
 import sys
 from pathlib import Path
 
+from tunesmith.captures import Captures
 from tunesmith.errors import UserError
 from tunesmith.loading import base_model_of, check_adapter_dir, load
+from tunesmith.registry import is_off
+from tunesmith.runrecord import run_id_of
 from tunesmith.use.engine import Engine
 
 
@@ -120,6 +123,17 @@ def cli_serve(args) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
     )
+    capture = None
+    if args.capture:
+        if is_off(args.registry):
+            raise UserError("--capture keeps answers in the registry: leave out --registry off")
+        versions = {base_name: (None, None)}
+        for name, path in adapters.items():
+            try:
+                versions[name] = (str(path), run_id_of(path))
+            except UserError:  # an adapter folder that is not a run of ours: its path says which it was
+                versions[name] = (str(path), None)
+        capture = Captures(args.registry, versions)
     settings = Settings(
         keys=[] if args.no_auth else keys,
         max_tokens=args.max_tokens,
@@ -127,12 +141,14 @@ def cli_serve(args) -> int:
         max_body=args.max_body,
         timeout=args.timeout,
         log_prompts=args.log_prompts,
+        capture=capture,
     )
     app = create_app(engine, base_name, settings)
     models = ", ".join([base_name] + engine.adapters)
     print(
         f"serving {models} on http://{args.host}:{args.port}/v1 "
-        f"({'no auth' if args.no_auth else f'{len(keys)} API key(s)'})",
+        f"({'no auth' if args.no_auth else f'{len(keys)} API key(s)'})"
+        + (f"; capturing requests and answers in {capture.where}" if capture else ""),
         file=sys.stderr,
         flush=True,
     )

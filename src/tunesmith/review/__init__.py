@@ -1,0 +1,1 @@
+"""Review: people rate, compare and correct outputs; their judgements become training data."""

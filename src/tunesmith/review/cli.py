@@ -1,0 +1,94 @@
+"""`tunesmith review`: make a queue from registered evals, see the judgements' stats, and export them as
+the next version's training data."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+
+from tunesmith.errors import UserError
+from tunesmith.registry import Registry, is_off
+from tunesmith.review import export, stats, store
+
+
+def _registry(args) -> Registry:
+    if is_off(args.registry):
+        raise UserError("--registry off: reviews live in the registry; give one (or leave the default)")
+    return Registry(args.registry)
+
+
+def when(text: str, flag: str) -> float:
+    """A local date or date and time as a timestamp."""
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: a date as YYYY-MM-DD or YYYY-MM-DD HH:MM") from None
+
+
+def _add(reg: Registry, args) -> dict:
+    if args.captures:
+        if args.refs or args.pair:
+            raise UserError("review add --captures: takes no EVAL and no --pair (one answer per item)")
+        return store.add_captures(reg, args.name, when(args.since, "--since") if args.since else None)
+    if args.since:
+        raise UserError("--since goes with --captures")
+    if not args.refs:
+        raise UserError("review add: name an eval (or a trained run), or pass --captures")
+    pair = [x.strip() for x in args.pair.split(",")] if args.pair else None
+    if pair is not None and len(pair) != 2:
+        raise UserError(f"--pair {args.pair}: two outputs, A,B (e.g. base,tuned)")
+    return store.add_queue(reg, args.refs, args.name, pair)
+
+
+def cli_review(args) -> int:
+    reg = _registry(args)
+    action = getattr(args, "review_action", None) or "list"
+    if action == "add":
+        q = _add(reg, args)
+        if args.json:
+            print(json.dumps(q, indent=2))
+        else:
+            same = " (one output: ratings and corrections only)" if q["a"] == q["b"] else ""
+            print(
+                f"queue {q['name']}: {q['items']} items, outputs {', '.join(q['labels'])}; A/B compares "
+                f"{q['a']} and {q['b']}{same}. Open it with `tunesmith ui`"
+            )
+        return 0
+    if action == "list":
+        rows = store.queues(reg)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        elif not rows:
+            print(f"no review queues in {reg.path}; make one with `tunesmith review add EVAL`")
+        for q in [] if args.json else rows:
+            made = time.strftime("%Y-%m-%d %H:%M", time.localtime(q["created"]))
+            pair = f"{q['a']} vs {q['b']}"
+            print(f"{q['name']:<24} {pair:<24} {q['items']:>4} items {q['judgements']:>5} judgements  {made}")
+        return 0
+    if action == "stats":
+        s = stats.stats(reg, args.queue)
+        print(json.dumps(s, indent=2) if args.json else "\n".join(stats.lines(s)))
+        return 0
+    if action == "export":
+        done, files = export.export(reg, args.sft, args.dpo, args.queue, args.train, args.holdout)
+        if args.json:
+            print(json.dumps([{**vars(e), "path": str(e.path), "skipped": dict(e.skipped)} for e in done]))
+            return 0
+        for e in done:
+            print(e.line())
+        checked = ", ".join(str(f) for f in files) or "none (give --holdout TEST.jsonl)"
+        print(f"test sets held back: {checked}")
+        return 0
+    if action == "purge":
+        n, gone = store.purge(reg, when(args.before, "--before"))
+        print(
+            f"deleted {n} captured requests and answers (with their feedback), {gone} review items made "
+            "of them"
+        )
+        return 0
+    if action == "rm":
+        n = store.remove_queue(reg, args.queue)
+        print(f"removed queue {args.queue} and its {n} judgements")
+        return 0
+    raise UserError(f"review {action}: unknown action")
