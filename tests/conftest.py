@@ -285,3 +285,27 @@ def train_then_sigkill(args: list[str], run: Path, kill_at: int) -> int:
             break
         time.sleep(0.002)
     return proc.wait()
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model_dir, tmp_path_factory):
+    """Two tiny adapters, v1 and v2; one eval of base and v1 ("both") and one of each version on its own,
+    all on the same 4 examples, in one registry."""
+    root = tmp_path_factory.mktemp("review")
+    d = root / "data"
+    write_jsonl(d / "train.jsonl", toy_examples(8))
+    write_jsonl(d / "val.jsonl", toy_examples(2, seed=1))
+    test = write_jsonl(root / "review-set.jsonl", toy_examples(4, seed=2))
+    reg = str(root / "reg.db")
+    m = str(tiny_model_dir("llama"))
+    for name, lr in (("v1", "0.05"), ("v2", "0.01")):
+        r = cli("train", "--model", m, "--data", str(d), "--out", str(root / name), "--registry", reg,
+                "--epochs", "1", "--batch-size", "4", "--lora-r", "4", "--lr", lr, "--quiet")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    flags = ["--data", str(test), "--max-new-tokens", "6", "--registry", reg, "--quiet"]
+    r = cli("eval", "--adapter", "v1", "--systems", "base,tuned", *flags, "--out", str(root / "both"))
+    assert r.returncode == 0, r.stderr
+    for name in ("v1", "v2"):
+        r = cli("eval", "--adapter", name, *flags, "--out", str(root / f"e-{name}"))
+        assert r.returncode == 0, r.stderr
+    return root, reg, test

@@ -30,30 +30,6 @@ def test_wilson_and_kappa_match_published_values():
     assert cohen_kappa(["a", "b"], ["b", "a"]) == -1.0
 
 
-@pytest.fixture(scope="module")
-def evaluated(tiny_model_dir, tmp_path_factory):
-    """Two tiny adapters, v1 and v2; one eval of base and v1 ("both") and one of each version on its own,
-    all on the same 4 examples, in one registry."""
-    root = tmp_path_factory.mktemp("review")
-    d = root / "data"
-    write_jsonl(d / "train.jsonl", toy_examples(8))
-    write_jsonl(d / "val.jsonl", toy_examples(2, seed=1))
-    test = write_jsonl(root / "review-set.jsonl", toy_examples(4, seed=2))
-    reg = str(root / "reg.db")
-    m = str(tiny_model_dir("llama"))
-    for name, lr in (("v1", "0.05"), ("v2", "0.01")):
-        r = cli("train", "--model", m, "--data", str(d), "--out", str(root / name), "--registry", reg,
-                "--epochs", "1", "--batch-size", "4", "--lora-r", "4", "--lr", lr, "--quiet")  # fmt: skip
-        assert r.returncode == 0, r.stderr
-    flags = ["--data", str(test), "--max-new-tokens", "6", "--registry", reg, "--quiet"]
-    r = cli("eval", "--adapter", "v1", "--systems", "base,tuned", *flags, "--out", str(root / "both"))
-    assert r.returncode == 0, r.stderr
-    for name in ("v1", "v2"):
-        r = cli("eval", "--adapter", name, *flags, "--out", str(root / f"e-{name}"))
-        assert r.returncode == 0, r.stderr
-    return root, reg, test
-
-
 def judge(reg: Registry, item: int, who: str, q: dict, choice: str, left_first: bool = True) -> int:
     left, right = (q["a"], q["b"]) if left_first else (q["b"], q["a"])
     return store.record(

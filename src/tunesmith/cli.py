@@ -413,6 +413,22 @@ def _add_review(sub) -> None:
     p = rsub.add_parser("purge", help="delete what `serve --capture` kept before DATE (and its review items)")
     p.add_argument("--before", required=True, metavar="DATE", help="YYYY-MM-DD[ HH:MM], local time")
     review.set_defaults(handler="tunesmith.review.cli:cli_review")
+    p = sub.add_parser(
+        "ui", help="the review web app: runs, evals, compare, the review queue (the 'serve' extra)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; elsewhere needs a token)",
+    )
+    p.add_argument("--port", type=int, default=8400, help="port (default 8400)")
+    p.add_argument(
+        "--token-env",
+        default="TUNESMITH_UI_TOKEN",
+        help="variable holding the token (default TUNESMITH_UI_TOKEN)",
+    )
+    _add_registry(p)
+    p.set_defaults(handler="tunesmith.review.cli:cli_ui")
 
 
 def resolve_adapters(args) -> None:

@@ -9,6 +9,10 @@ class UserError(Exception):
     exit_code = 2
 
 
+class NotFound(UserError):
+    """A run, tag, queue or item that is not there (the web app answers 404)."""
+
+
 class DataErrors(UserError):
     """Data failed validation; the report was already printed."""
 

@@ -30,7 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tunesmith.errors import UserError
+from tunesmith.errors import NotFound, UserError
 from tunesmith.models import home
 from tunesmith.runrecord import environment, read_run_dir
 
@@ -376,7 +376,7 @@ class Registry:
             ).fetchone()
             if row:
                 return row["id"]
-        raise UserError(
+        raise NotFound(
             f"run {ref!r}: no such run id, tag, name or registered run directory in {self.path}; "
             "see `tunesmith runs`"
         )
@@ -431,7 +431,7 @@ class Registry:
     def get(self, run_id: str) -> dict:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
-            raise UserError(f"run {run_id}: not in {self.path}")
+            raise NotFound(f"run {run_id}: not in {self.path}")
         rec = self._row(row)
         q = self.db.execute
         rec["data"] = [

@@ -3,7 +3,11 @@ the next version's training data."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import secrets
+import sys
 import time
 from datetime import datetime
 
@@ -16,6 +20,28 @@ def _registry(args) -> Registry:
     if is_off(args.registry):
         raise UserError("--registry off: reviews live in the registry; give one (or leave the default)")
     return Registry(args.registry)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def cli_ui(args) -> int:
+    if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn")):
+        raise UserError("ui needs the 'serve' extra: pip install 'tunesmith[serve]'")
+    import uvicorn
+
+    from tunesmith.review.app import create_app  # fastapi: imported once it is known to be there
+
+    reg = _registry(args)
+    token = os.environ.get(args.token_env, "").strip() or None
+    if args.host not in LOOPBACK and not token:
+        token = secrets.token_urlsafe(24)  # bound beyond this machine: never open to anyone who can reach it
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    address = f"http://{shown}:{args.port}/" + (f"?token={token}" if token else "")
+    print(f"review app for {reg.path} on {address}", file=sys.stderr, flush=True)
+    config = uvicorn.Config(create_app(reg.path, token), host=args.host, port=args.port, log_level="warning")
+    uvicorn.Server(config).run()
+    return 0
 
 
 def when(text: str, flag: str) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 from tunesmith.captures import captured
 from tunesmith.chat import last_assistant
 from tunesmith.data.formats import load_examples, messages_digest
-from tunesmith.errors import UserError
+from tunesmith.errors import NotFound, UserError
 from tunesmith.eval.gate import same_test
 from tunesmith.registry import Registry
 
@@ -57,7 +57,7 @@ def label_of(reg: Registry, ev: dict, system: str, several: bool) -> str:
         return system
     parent = next((p for p in ev["parents"] if p["relation"] == "evaluated"), None)
     who = reg.get(parent["parent"])["name"] if parent and parent["parent"] else ev["name"]
-    return f"{who}/{system}"
+    return system if who == system else f"{who}/{system}"
 
 
 def prompt_messages(example: dict, cache: dict) -> list[dict]:
@@ -97,7 +97,9 @@ def items_of(reg: Registry, evals: list[dict]) -> list[dict]:
         for ev, s in systems:
             y = s["examples"][i]
             label = label_of(reg, ev, s["system"], len(evals) > 1)
-            outputs[label] = {k: y.get(k) for k in ("output", "scores", "stopped", "new_tokens")}
+            outputs[label] = {
+                k: y.get(k) for k in ("output", "scores", "stopped", "new_tokens", "style", "format_ok")
+            }
         prompt = prompt_messages(ex, cache)
         out.append(
             {"example": i, "path": ex.get("path"), "line": ex.get("line"), "prompt": prompt,
@@ -204,7 +206,7 @@ def queue(reg: Registry, name: str) -> dict:
     row = reg.db.execute("SELECT * FROM review_queues WHERE name = ?", (name,)).fetchone()
     if row is None:
         known = ", ".join(q["name"] for q in queues(reg)) or "none yet: `tunesmith review add EVAL`"
-        raise UserError(f"review queue {name!r}: no such queue (queues: {known})")
+        raise NotFound(f"review queue {name!r}: no such queue (queues: {known})")
     return {**dict(row), "sources": json.loads(row["sources"])}
 
 
@@ -223,7 +225,7 @@ def items(reg: Registry, name: str) -> list[dict]:
 def item(reg: Registry, item_id: int) -> dict:
     row = reg.db.execute("SELECT * FROM review_items WHERE id = ?", (item_id,)).fetchone()
     if row is None:
-        raise UserError(f"review item {item_id}: no such item")
+        raise NotFound(f"review item {item_id}: no such item")
     return _item(row)
 
 

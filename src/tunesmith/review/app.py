@@ -1,0 +1,204 @@
+"""`tunesmith ui`: the review web app, served by FastAPI like `serve`, every asset shipped in the package
+(review/static/: one HTML page, one script, one style sheet; nothing from a CDN, no web fonts), so it
+works offline.
+
+The page is a small single-page app over a JSON API: the registry's runs, one run or eval in full,
+two systems side by side with the people's win rate beside the metric differences, and the review
+queue. Every judgement is posted the moment it is made and stored in its own transaction.
+
+Access: on 127.0.0.1 (the default) anyone on this machine may use it, as with any local tool. Bound
+anywhere else it needs a token, compared in constant time (hmac.compare_digest): `Authorization:
+Bearer TOKEN`, or the cookie set when the page is opened once as `/?token=TOKEN` (HttpOnly,
+SameSite=Strict, so another site's page cannot use it). Without it every route, the page itself
+included, is a 401. A write must be a JSON body (`Content-Type: application/json`), which a
+cross-site form cannot send without the browser's preflight.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import random
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+
+from tunesmith.errors import NotFound, UserError
+from tunesmith.registry import Registry
+from tunesmith.review import stats as review_stats
+from tunesmith.review import store
+from tunesmith.review.store import Judgement
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "tunesmith_ui"
+MAX_BODY = 1_000_000
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def allowed(token: str | None, request: Request) -> None:
+    """The token from the header or the cookie, in constant time; no token configured: open."""
+    if not token:
+        return
+    auth = request.headers.get("authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.cookies.get(COOKIE, "")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise Refused(401, "this review app needs its token: open the address `tunesmith ui` printed")
+
+
+def run_summary(r: dict) -> dict:
+    keys = (
+        "id",
+        "name",
+        "kind",
+        "status",
+        "method",
+        "model",
+        "started",
+        "ended",
+        "headline_metric",
+        "headline",
+    )
+    return {**{k: r.get(k) for k in keys}, "tags": r.get("tags") or []}
+
+
+def run_detail(reg: Registry, run_id: str) -> dict:
+    r = reg.get(reg.find(run_id))
+    result = r.get("result") or {}
+    systems = result.get("systems") or ([result] if result.get("examples") else [])
+    children = [{**c, **run_summary(reg.get(c["run"]))} for c in r["children"]]
+    return {
+        **run_summary(r),
+        "path": r.get("path"),
+        "config": r.get("config"),
+        "data": r["data"],
+        "artefacts": r["artefacts"],
+        "metrics": r["metrics"],
+        "lineage": reg.lineage(r["id"]),
+        "children": children,
+        "systems": [
+            {"system": s.get("system"), "metrics": s.get("metrics"), "examples": s.get("examples")}
+            for s in systems
+        ],
+        "verdict": result.get("verdict"),
+        "gate": result.get("gate"),
+    }
+
+
+def next_items(reg: Registry, name: str, reviewer: str) -> list[dict]:
+    """The queue's items, each with this reviewer's judgements, and a random order of A and B for the
+    blind choice (recorded with the choice when it is posted)."""
+    q = store.queue(reg, name)
+    mine: dict[int, list[dict]] = {}
+    for j in store.judgements(reg, name):
+        if j["reviewer"] == reviewer:
+            mine.setdefault(j["item"], []).append(j)
+    out = []
+    for it in store.items(reg, name):
+        pair = [q["a"], q["b"]]
+        random.shuffle(pair)
+        out.append({**it, "order": pair, "mine": mine.get(it["id"], [])})
+    return out
+
+
+async def json_body(request: Request) -> dict:
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise Refused(415, "send the judgement as JSON (Content-Type: application/json)")
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise Refused(413, f"request body over {MAX_BODY:,} bytes")
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        raise Refused(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise Refused(400, "request body must be a JSON object")
+    return data
+
+
+def judgement_of(data: dict) -> Judgement:
+    known = set(Judgement.__dataclass_fields__)
+    extra = sorted(set(data) - known)
+    if extra:
+        raise Refused(400, f"unknown field {extra[0]!r}; fields: {', '.join(sorted(known))}")
+    if not isinstance(data.get("item"), int) or isinstance(data.get("item"), bool):
+        raise Refused(400, "item: the item's id (an integer)")
+    for key in ("reviewer", "kind", "left", "right", "choice", "label", "comment", "text"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise Refused(400, f"{key}: a string")
+    return Judgement(**{"tags": [], **data})
+
+
+def create_app(registry: str | Path | None, token: str | None = None) -> FastAPI:
+    app = FastAPI(title="tunesmith review", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def reg() -> Registry:
+        return Registry(registry)  # a connection per request: the server's threads never share one
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):
+        try:
+            if request.url.path == "/" and token and request.query_params.get("token"):
+                if hmac.compare_digest(request.query_params["token"].encode(), token.encode()):
+                    resp = RedirectResponse("/", status_code=303)
+                    resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+                    return resp
+            allowed(token, request)
+            return await call_next(request)
+        except Refused as e:
+            return JSONResponse({"error": e.message}, status_code=e.status)
+        except UserError as e:  # an unknown run, queue or item (NotFound); a judgement that cannot be stored
+            return JSONResponse({"error": str(e)}, status_code=404 if isinstance(e, NotFound) else 400)
+
+    @app.exception_handler(404)
+    async def _not_found(request: Request, e):
+        return JSONResponse({"error": f"no route {request.method} {request.url.path}"}, status_code=404)
+
+    @app.exception_handler(405)
+    async def _bad_method(request: Request, e):
+        return JSONResponse(
+            {"error": f"{request.method} is not allowed on {request.url.path}"}, status_code=405
+        )
+
+    @app.get("/")
+    async def _page():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/static/{name}")
+    async def _static(name: str):
+        if name not in ("app.js", "style.css"):  # a fixed list: a name never becomes a path
+            raise Refused(404, f"no asset {name!r}")
+        return FileResponse(STATIC / name)
+
+    @app.get("/api/runs")
+    async def _runs():
+        return [run_summary(r) for r in reg().runs(limit=500)]
+
+    @app.get("/api/runs/{run_id}")
+    async def _run(run_id: str):
+        return run_detail(reg(), run_id)
+
+    @app.get("/api/queues")
+    async def _queues():
+        return store.queues(reg())
+
+    @app.get("/api/queues/{name}")
+    async def _queue(name: str, reviewer: str = ""):
+        r = reg()
+        return {"queue": store.queue(r, name), "items": next_items(r, name, reviewer)}
+
+    @app.get("/api/stats")
+    async def _stats():
+        return review_stats.stats(reg())
+
+    @app.post("/api/judgements")
+    async def _judge(request: Request):
+        j = judgement_of(await json_body(request))
+        return {"id": store.record(reg(), j), "saved": True}
+
+    return app

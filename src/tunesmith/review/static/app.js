@@ -1,0 +1,309 @@
+// tunesmith review: runs, one run or eval, two outputs side by side, and the review queue.
+// Every text from the registry (prompts, outputs, names) goes into the page as text nodes, never as HTML.
+"use strict";
+
+const main = document.getElementById("main");
+const who = document.getElementById("reviewer");
+who.value = localStorage.getItem("tunesmith.reviewer") || "";
+who.addEventListener("change", () => { localStorage.setItem("tunesmith.reviewer", who.value.trim()); route(); });
+
+function h(tag, attrs, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (v !== null && v !== undefined && v !== false) el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const kid of kids.flat()) {
+    if (kid !== null && kid !== undefined) el.append(kid instanceof Node ? kid : String(kid));
+  }
+  return el;
+}
+
+async function api(path, body) {
+  const opts = body === undefined ? {} : {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
+  const r = await fetch(path, opts);
+  const data = await r.json().catch(() => ({error: r.statusText}));
+  if (!r.ok) throw new Error(data.error || r.statusText);
+  return data;
+}
+
+function toast(text, bad) {
+  const t = document.getElementById("toast");
+  t.textContent = text;
+  t.className = bad ? "bad" : "";
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, bad ? 6000 : 1500);
+}
+
+const fmt = (v) => typeof v === "number" ? (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(Number.isInteger(v) ? 0 : 3)) : (v ?? "–");
+const when = (t) => t ? new Date(t * 1000).toISOString().slice(0, 16).replace("T", " ") : "–";
+
+// ------------------------------------------------------------ sortable tables
+
+function table(columns, rows, onRow) {
+  let key = null, dir = 1;
+  const body = h("tbody");
+  const draw = () => {
+    body.replaceChildren();
+    const sorted = key === null ? rows : [...rows].sort((a, b) => {
+      const x = a[key], y = b[key];
+      return (x === y ? 0 : x === null || x === undefined ? 1 : y === null || y === undefined ? -1 : x < y ? -1 : 1) * dir;
+    });
+    for (const r of sorted) {
+      body.append(h("tr", {class: onRow ? "link" : null, onclick: onRow ? () => onRow(r) : null},
+        columns.map(([k, , show]) => h("td", {}, show ? show(r[k], r) : fmt(r[k])))));
+    }
+  };
+  const head = h("tr", {}, columns.map(([k, label]) => h("th", {title: "sort", onclick: () => {
+    dir = key === k ? -dir : 1; key = k; draw(); }}, label)));
+  draw();
+  return h("table", {class: "grid"}, h("thead", {}, head), body);
+}
+
+// ------------------------------------------------------------ runs
+
+async function runsPage() {
+  const runs = await api("/api/runs");
+  main.replaceChildren(h("h1", {}, "Runs"),
+    runs.length ? table([
+      ["id", "id"], ["name", "name"], ["kind", "kind"], ["status", "status"], ["method", "method"],
+      ["model", "model"], ["headline", "headline", (v, r) => v === null ? "–" : `${r.headline_metric} ${fmt(v)}`],
+      ["tags", "tags", (v) => v.join(", ")], ["started", "started", when],
+    ], runs, (r) => { location.hash = `#/run/${r.id}`; }) : h("p", {}, "No runs yet: `tunesmith train` registers each run."));
+}
+
+function curve(metrics) {
+  const series = {};
+  for (const m of metrics) if (m.step !== null && /loss$/.test(m.name)) (series[m.name] ||= []).push([m.step, m.value]);
+  const names = Object.keys(series);
+  if (!names.length) return null;
+  const all = names.flatMap((n) => series[n]);
+  const [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
+  const [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
+  const W = 520, H = 160, sx = (x) => 30 + (W - 40) * (x - x0) / Math.max(1, x1 - x0);
+  const sy = (y) => H - 20 - (H - 30) * (y - y0) / Math.max(1e-9, y1 - y0);
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("class", "curve");
+  names.forEach((n, i) => {
+    const line = document.createElementNS(svg.namespaceURI, "polyline");
+    line.setAttribute("points", series[n].map(([x, y]) => `${sx(x)},${sy(y)}`).join(" "));
+    line.setAttribute("class", `s${i}`);
+    svg.append(line);
+    const label = document.createElementNS(svg.namespaceURI, "text");
+    label.setAttribute("x", W - 150); label.setAttribute("y", 14 + 14 * i); label.setAttribute("class", `s${i}`);
+    label.textContent = `${n} ${fmt(series[n].at(-1)[1])}`;
+    svg.append(label);
+  });
+  return svg;
+}
+
+function ruleFailures(ex) {
+  const failed = Object.entries(ex.style || {}).filter(([, ok]) => ok === false).map(([rule]) => rule);
+  return failed.length ? h("div", {class: "fail"}, "format: ", failed.join("; ")) : null;
+}
+
+function examplesView(systems) {
+  const metricNames = Object.keys(systems[0].examples[0]?.scores || {});
+  const box = h("div");
+  const filter = h("input", {placeholder: "filter text", size: 20});
+  const by = h("select", {}, systems.flatMap((s) => metricNames.map((m) => h("option", {value: `${s.system}|${m}`}, `${s.system} ${m}`))));
+  const headline = `${systems.at(-1).system}|rougeL`;
+  if ([...by.options].some((o) => o.value === headline)) by.value = headline;  // the headline metric first
+  const worst = h("input", {type: "checkbox", checked: true});
+  const onlyFails = h("input", {type: "checkbox"});
+  const draw = () => {
+    const [sys, metric] = by.value.split("|");
+    const si = systems.findIndex((s) => s.system === sys);
+    let idx = systems[0].examples.map((_, i) => i);
+    const q = filter.value.toLowerCase();
+    if (q) idx = idx.filter((i) => [systems[0].examples[i].input, systems[0].examples[i].reference,
+      ...systems.map((s) => s.examples[i].output)].join(" ").toLowerCase().includes(q));
+    if (onlyFails.checked) idx = idx.filter((i) => systems.some((s) => s.examples[i].format_ok === false));
+    const score = (i) => (systems[si].examples[i].scores || {})[metric] ?? 0;
+    idx.sort((a, b) => (worst.checked ? 1 : -1) * (score(a) - score(b)));
+    box.replaceChildren(...idx.map((i) => {
+      const ex = systems[0].examples[i];
+      return h("section", {class: "example"},
+        h("div", {class: "meta"}, `${ex.path}:${ex.line}`),
+        h("details", {}, h("summary", {}, "input"), h("pre", {}, ex.input)),
+        h("div", {class: "cols"},
+          h("div", {}, h("h4", {}, "reference"), h("pre", {}, ex.reference ?? "")),
+          systems.map((s) => { const y = s.examples[i]; return h("div", {class: y.format_ok === false ? "bad" : null},
+            h("h4", {}, `${s.system} · ${metric} ${fmt((y.scores || {})[metric])}`), h("pre", {}, y.output), ruleFailures(y)); })));
+    }));
+  };
+  for (const el of [filter, by, worst, onlyFails]) el.addEventListener("input", draw);
+  draw();
+  return h("div", {}, h("div", {class: "controls"}, "sort by ", by, h("label", {}, worst, " worst first"),
+    h("label", {}, onlyFails, " format failures only"), filter), box);
+}
+
+async function runPage(id) {
+  const r = await api(`/api/runs/${encodeURIComponent(id)}`);
+  const lineage = r.lineage.map((c) => h("a", {href: `#/run/${c.id}`}, c.name || c.id)).flatMap((a, i) => i ? [" → ", a] : [a]);
+  const parts = [
+    h("h1", {}, `${r.name} `, h("small", {}, `${r.kind} ${r.id} · ${r.status}`)),
+    h("p", {}, `model ${r.model || "–"} · started ${when(r.started)} · `, r.headline === null ? "" : `${r.headline_metric} ${fmt(r.headline)}`),
+    r.lineage.length > 1 ? h("p", {}, "lineage: ", lineage) : null,
+    curve(r.metrics),
+    r.children.length ? h("div", {}, h("h3", {}, "followed by"), table([["id", "id"], ["name", "name"], ["kind", "kind"],
+      ["relation", "relation"], ["headline", "headline"]], r.children, (c) => { location.hash = `#/run/${c.run}`; })) : null,
+  ];
+  if (r.verdict) parts.push(h("p", {class: "verdict"}, h("b", {}, "Verdict. "), r.verdict.sentence));
+  if (r.gate) parts.push(h("p", {class: r.gate.passed ? "ok" : "bad"}, r.gate.passed ? "gate passed" : "gate failed"));
+  if (r.systems.length) {
+    const names = [...new Set(r.systems.flatMap((s) => Object.keys(s.metrics || {})))].filter((m) => typeof r.systems[0].metrics[m] === "number");
+    parts.push(h("h3", {}, "metrics"), table([["metric", "metric"], ...r.systems.map((s) => [s.system, s.system])],
+      names.map((m) => Object.fromEntries([["metric", m], ...r.systems.map((s) => [s.system, s.metrics[m]])]))));
+    parts.push(h("h3", {}, "examples"), examplesView(r.systems));
+  }
+  main.replaceChildren(...parts.filter(Boolean));
+}
+
+// ------------------------------------------------------------ queues, compare
+
+async function queuesPage() {
+  const [queues, st] = await Promise.all([api("/api/queues"), api("/api/stats")]);
+  main.replaceChildren(h("h1", {}, "Review queues"),
+    queues.length ? table([["name", "queue"], ["a", "A"], ["b", "B"], ["items", "items"], ["judgements", "judgements"],
+      ["name", "", (n) => h("span", {}, h("a", {href: `#/review/${encodeURIComponent(n)}`}, "review"), " · ",
+        h("a", {href: `#/compare/${encodeURIComponent(n)}`}, "compare"))]], queues)
+      : h("p", {}, "No queues yet: `tunesmith review add EVAL` makes one."),
+    h("h3", {}, "judgements per reviewer"),
+    table([["name", "reviewer"], ["ab", "A/B"], ["rating", "ratings"], ["correction", "corrections"]],
+      Object.entries(st.reviewers).map(([name, c]) => ({name, ...c}))));
+}
+
+function words(text) { return (text || "").split(/(\s+)/); }
+
+function diff(a, b) {  // words of b not in a, marked: enough to see what changed between two notes
+  const seen = new Set(words(a));
+  return words(b).map((w) => (/\S/.test(w) && !seen.has(w) ? h("mark", {}, w) : w));
+}
+
+async function comparePage(name) {
+  const [data, st] = await Promise.all([api(`/api/queues/${encodeURIComponent(name)}`), api("/api/stats")]);
+  const q = data.queue, ab = (st.queues.find((x) => x.queue === name) || {}).ab || {};
+  const mean = (label, m) => { const v = data.items.map((i) => (i.outputs[label].scores || {})[m]).filter((x) => typeof x === "number");
+    return v.length ? v.reduce((s, x) => s + x, 0) / v.length : null; };
+  const metrics = Object.keys(data.items[0]?.outputs[q.a]?.scores || {});
+  main.replaceChildren(h("h1", {}, `Compare ${q.a} and ${q.b} `, h("small", {}, `queue ${name}`)),
+    h("p", {class: "verdict"}, ab.a_win_rate === null || ab.a_win_rate === undefined ? "people: no decisive votes yet"
+      : `people prefer ${q.a} in ${fmt(ab.a_wins)} of ${ab.a_wins + ab.b_wins} decisive votes: ${(100 * ab.a_win_rate).toFixed(0)} % [95 % interval ${(100 * ab.interval[0]).toFixed(0)}, ${(100 * ab.interval[1]).toFixed(0)}]; ties ${ab.ties}`),
+    table([["metric", "metric"], ["a", q.a], ["b", q.b], ["d", `${q.b} − ${q.a}`]], metrics.map((m) => ({
+      metric: m, a: mean(q.a, m), b: mean(q.b, m), d: mean(q.b, m) - mean(q.a, m)}))),
+    ...data.items.map((it) => h("section", {class: "example"},
+      h("details", {}, h("summary", {}, `example ${it.example + 1}: prompt`), h("pre", {}, it.prompt.map((m) => m.content).join("\n\n"))),
+      h("div", {class: "cols"},
+        h("div", {}, h("h4", {}, q.a), h("pre", {}, it.outputs[q.a].output)),
+        h("div", {}, h("h4", {}, `${q.b} (words not in ${q.a} marked)`), h("pre", {}, diff(it.outputs[q.a].output, it.outputs[q.b].output)))))));
+}
+
+// ------------------------------------------------------------ the review queue
+
+const review = {items: [], at: 0, side: 0, queue: null, editing: false};
+
+async function reviewPage(name) {
+  if (!who.value.trim()) {
+    main.replaceChildren(h("h1", {}, "Review"), h("p", {class: "bad"}, "Type your name in the reviewer box above: every judgement carries one."));
+    who.focus();
+    return;
+  }
+  const data = await api(`/api/queues/${encodeURIComponent(name)}?reviewer=${encodeURIComponent(who.value.trim())}`);
+  Object.assign(review, {items: data.items, queue: data.queue, editing: false, side: 0});
+  review.at = Math.max(0, review.items.findIndex((i) => !i.mine.some((j) => j.kind === "ab")));
+  drawReview();
+}
+
+function shown(it) { const q = review.queue; return q.a === q.b ? [q.a] : it.order; }
+
+function drawReview() {
+  const it = review.items[review.at], q = review.queue;
+  if (!it) { main.replaceChildren(h("p", {}, "This queue is empty.")); return; }
+  const labels = shown(it), done = it.mine.find((j) => j.kind === "ab");
+  const pane = (label, i) => h("div", {class: `answer${review.side === i ? " focus" : ""}`, "data-side": i},
+    h("h4", {}, labels.length > 1 ? (i ? "B" : "A") : "answer", done ? ` (${label})` : ""),
+    review.editing && review.side === i
+      ? h("textarea", {id: "edit", rows: 12}, it.mine.filter((j) => j.kind === "correction").at(-1)?.correction || it.outputs[label].output)
+      : h("pre", {}, it.outputs[label].output), ruleFailures(it.outputs[label]),
+    review.side === i && !review.editing ? h("div", {class: "rate"},
+      h("input", {id: "tags", placeholder: "tags for a rating (comma separated)", size: 28}),
+      h("input", {id: "comment", placeholder: "comment for a rating", size: 36})) : null);
+  main.replaceChildren(
+    h("h1", {}, `Review ${review.queue.name} `, h("small", {}, `item ${review.at + 1} of ${review.items.length} · ${
+      review.items.filter((i) => i.mine.length).length} judged by ${who.value.trim()}`)),
+    h("p", {class: "keys"}, q.a === q.b ? "" : "1 A is better · 2 B is better · 0 tie · ",
+      "a/b choose the answer to rate or edit · r then 1–5 rate it (with the tags and comment typed below it; Enter leaves the box) · e edit it (ctrl+enter save, esc cancel) · j next · k previous"),
+    h("details", {open: true}, h("summary", {}, "prompt"), h("pre", {class: "prompt"}, it.prompt.map((m) => `${m.role}: ${m.content}`).join("\n\n"))),
+    it.reference ? h("details", {}, h("summary", {}, "reference"), h("pre", {}, it.reference)) : null,
+    h("div", {class: "cols"}, labels.map(pane)),
+    h("p", {id: "status"}, done ? `your choice: ${done.choice}` : "", ...it.mine.filter((j) => j.kind === "rating").map((j) => ` · rated ${j.label} ${j.rating}`),
+      it.mine.some((j) => j.kind === "correction") ? " · corrected" : ""));
+  if (review.editing) document.getElementById("edit").focus();
+}
+
+async function judge(body) {
+  const it = review.items[review.at];
+  try {
+    const saved = await api("/api/judgements", {item: it.id, reviewer: who.value.trim(), ...body});
+    it.mine.push({...body, id: saved.id, correction: body.text});
+    toast("saved");
+    return true;
+  } catch (e) { toast(e.message, true); return false; }
+}
+
+async function onKey(ev) {
+  if (!location.hash.startsWith("#/review/") || ev.target === who) return;
+  const it = review.items[review.at];
+  if (!it) return;
+  const labels = shown(it);
+  if (review.editing) {
+    if (ev.key === "Escape") { review.editing = false; drawReview(); }
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) {
+      ev.preventDefault();
+      const text = document.getElementById("edit").value;
+      if (await judge({kind: "correction", label: labels[review.side], text})) { review.editing = false; drawReview(); }
+    }
+    return;
+  }
+  if (review.rating) {
+    review.rating = false;
+    const tags = (document.getElementById("tags")?.value || "").split(",").map((t) => t.trim()).filter(Boolean);
+    const comment = document.getElementById("comment")?.value.trim() || null;
+    if (/^[1-5]$/.test(ev.key) && await judge({kind: "rating", label: labels[review.side], rating: Number(ev.key), tags, comment})) drawReview();
+    return;
+  }
+  if (ev.target.tagName === "INPUT") {  // typing tags or a comment: Enter hands the keys back
+    if (ev.key === "Enter") ev.target.blur();
+    return;
+  }
+  const move = (d) => { review.at = Math.min(review.items.length - 1, Math.max(0, review.at + d)); review.side = 0; drawReview(); };
+  if (ev.key === "j") move(1);
+  else if (ev.key === "k") move(-1);
+  else if (ev.key === "a" || ev.key === "b") { review.side = labels.length > 1 && ev.key === "b" ? 1 : 0; drawReview(); }
+  else if (ev.key === "r") { review.rating = true; toast("rate 1–5"); }
+  else if (ev.key === "e") { ev.preventDefault(); review.editing = true; drawReview(); }
+  else if (labels.length > 1 && ["1", "2", "0"].includes(ev.key)) {
+    const choice = ev.key === "0" ? "tie" : labels[Number(ev.key) - 1];
+    if (await judge({kind: "ab", left: labels[0], right: labels[1], choice})) move(1);
+  }
+}
+document.addEventListener("keydown", onKey);
+
+// ------------------------------------------------------------ routes
+
+async function route() {
+  const [, page, arg] = (location.hash || "#/runs").split("/").map(decodeURIComponent);
+  try {
+    if (page === "run") await runPage(arg);
+    else if (page === "queues") await queuesPage();
+    else if (page === "compare") await comparePage(arg);
+    else if (page === "review") await reviewPage(arg);
+    else await runsPage();
+  } catch (e) { main.replaceChildren(h("p", {class: "bad"}, e.message)); }
+}
+window.addEventListener("hashchange", route);
+route();
