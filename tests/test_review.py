@@ -216,6 +216,16 @@ def test_a_queue_needs_one_test_set(evaluated, tmp_path):
     assert r.returncode == 2 and "is not on the same test examples as" in r.stderr
     r = cli("review", "--registry", reg_path, "add", "e-v1", "e-v2", "--name", "versions")
     assert r.returncode == 0, r.stderr
+    one = cli("review", "--registry", reg_path, "add", "e-v1", "--name", "single")
+    assert (
+        one.returncode == 0
+        and "A/B compares tuned and tuned (one output: ratings and corrections only)" in one.stdout
+    )
+    reg = Registry(reg_path)
+    it = store.items(reg, "single")[0]["id"]
+    with pytest.raises(UserError, match="the queue compares tuned and tuned"):
+        store.record(reg, Judgement(it, "ann", "ab", "tuned", "tuned", "tuned"))
+    assert store.record(reg, Judgement(it, "ann", "rating", label="tuned", rating=3)) > 0
     listing = cli("review", "--registry", reg_path, "list").stdout
     assert [x.split()[:4] for x in listing.splitlines() if x.startswith("versions ")] == [
         ["versions", "v1/tuned", "vs", "v2/tuned"]

@@ -118,9 +118,8 @@ def add_queue(reg: Registry, refs: list[str], name: str | None = None, pair: lis
         evals.append(r)
     items = items_of(reg, evals)
     labels = list(items[0]["outputs"])
-    a, b = pair or labels[:2]
-    if len(labels) < 2 and not pair:
-        a, b = labels[0], labels[0]
+    # one output (a single-system eval): ratings and corrections only, A and B the same
+    a, b = pair or (labels[:2] if len(labels) > 1 else [labels[0], labels[0]])
     for x in (a, b):
         if x not in labels:
             raise UserError(f"--pair {a},{b}: {x!r} is not one of the outputs ({', '.join(labels)})")
