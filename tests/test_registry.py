@@ -88,6 +88,14 @@ def test_find_by_id_prefix_tag_name_and_a_clear_error(tmp_path):
         reg.tag("abcd9999", "two words")
     with pytest.raises(UserError, match=r"run 'nope': no such run id, tag, name or registered run directory"):
         reg.find("nope")
+    # a name is a version's: an eval written later to eval/notes-v1 does not take the name from the adapter
+    reg.add(kind="eval", name="notes-v1", path=None, model=None, config={}, data=[], parents=[], result={},
+            metrics=[])  # fmt: skip
+    assert reg.find("notes-v1") == "abcd1234"
+    reg.add(
+        kind="eval", name="both", path=None, model=None, config={}, data=[], parents=[], result={}, metrics=[]
+    )
+    assert reg.get(reg.find("both"))["kind"] == "eval"  # no training run of that name: the eval
 
 
 def test_a_running_run_whose_process_is_gone_shows_as_interrupted(tmp_path):

@@ -350,8 +350,9 @@ class Registry:
     # ------------------------------------------------------------ reading
 
     def find(self, ref: str) -> str:
-        """A run id from an id, a unique id prefix (4+ characters), a tag, a run name (its newest run)
-        or a run directory."""
+        """A run id from an id, a unique id prefix (4+ characters), a tag, a run name or a run directory.
+        A name is a version's: the newest training run of that name, and only without one the newest
+        run of another kind (an eval written to eval/v1 is also named v1; `v1` still means the adapter)."""
         db = self.db
         if db.execute("SELECT 1 FROM runs WHERE id = ?", (ref,)).fetchone():
             return ref
@@ -365,7 +366,7 @@ class Registry:
             if len(rows) > 1:
                 raise UserError(f"run {ref!r}: {len(rows)} run ids start with it; give more of the id")
         row = db.execute(
-            "SELECT id FROM runs WHERE name = ? ORDER BY started DESC LIMIT 1", (ref,)
+            "SELECT id FROM runs WHERE name = ? ORDER BY kind = 'train' DESC, started DESC LIMIT 1", (ref,)
         ).fetchone()
         if row:
             return row["id"]
