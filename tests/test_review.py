@@ -288,6 +288,17 @@ def test_serve_capture_feedback_review_and_purge(tiny_model_dir, tmp_path):
         off = TestClient(A.create_app(eng, base, A.Settings(keys=[])))
         r = off.post("/v1/feedback", json={"id": rid, "rating": "up"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "capture_off"
+        # a registry that breaks while serving: answers go on, feedback says it was not stored
+        broken = tmp_path / "broken.db"
+        bad = Captures(str(broken), {base: (None, None)})
+        for f in tmp_path.glob("broken.db*"):
+            f.unlink()
+        broken.write_bytes(b"not a database" * 100)
+        shaky = TestClient(A.create_app(eng, base, A.Settings(keys=[], max_tokens=4, capture=bad)))
+        answered = shaky.post("/v1/chat/completions", json={"model": base, "messages": msgs})
+        assert answered.status_code == 200, answered.text
+        r = shaky.post("/v1/feedback", json={"id": answered.json()["id"], "rating": "up"})
+        assert r.status_code == 503 and "could not store the feedback" in r.json()["error"]["message"]
     finally:
         eng.close()
     reg = Registry(reg_path)

@@ -70,11 +70,12 @@ class Captures:
         finally:
             reg.close()
 
-    def feedback(self, rid: str, rating: str | None, correction: str | None) -> bool:
-        """Record feedback on a captured answer; False when no capture has that id."""
+    def feedback(self, rid: str, rating: str | None, correction: str | None) -> bool | None:
+        """Record feedback on a captured answer; False when no capture has that id, None when the registry
+        could not be written (said once on stderr)."""
         reg = self._open()
         if reg is None:
-            return False
+            return None
         try:
             with reg.tx() as db:
                 if not db.execute("SELECT 1 FROM captures WHERE id = ?", (rid,)).fetchone():
@@ -84,6 +85,9 @@ class Captures:
                     (rid, time.time(), rating, correction),
                 )
             return True
+        except sqlite3.Error as e:
+            self._warn(e)
+            return None
         finally:
             reg.close()
 

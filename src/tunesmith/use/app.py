@@ -277,20 +277,9 @@ async def stream_events(
                 break
         if include_usage:
             obj = "chat.completion.chunk" if shape == "chat" else "text_completion"
-            yield (
-                "data: "
-                + json.dumps(
-                    {
-                        "id": rid,
-                        "object": obj,
-                        "created": int(time.time()),
-                        "model": model_name,
-                        "choices": [],
-                        "usage": usage(job),
-                    }
-                )
-                + "\n\n"
-            )
+            last = {"id": rid, "object": obj, "created": int(time.time()), "model": model_name, "choices": [],
+                    "usage": usage(job)}  # fmt: skip
+            yield "data: " + json.dumps(last) + "\n\n"
         yield "data: [DONE]\n\n"
     finally:
         if finish is None:  # the client went away mid-stream: stop generating for it
@@ -384,7 +373,12 @@ async def feedback(request: Request, served: Served) -> dict:
     req = parse_body(await read_body(request, served.settings), FeedbackRequest)
     if served.settings.capture is None:
         raise APIError(404, "feedback needs a server started with --capture", code="capture_off")
-    if not served.settings.capture.feedback(req.id, req.rating, req.correction):
+    stored = served.settings.capture.feedback(req.id, req.rating, req.correction)
+    if stored is None:
+        raise APIError(
+            503, "the registry could not store the feedback; see the server's log", code="registry"
+        )
+    if not stored:
         raise APIError(404, f"no captured answer has the id {req.id!r}", param="id")
     return {"id": req.id, "object": "feedback", "recorded": True}
 
