@@ -12,6 +12,7 @@ import os
 import sys
 
 from tunesmith import __version__
+from tunesmith.commands import add_registry, add_review, add_runs, add_sweep, add_track
 from tunesmith.errors import UserError, disk_full
 from tunesmith.models import DEFAULT_MODEL  # stdlib only: keeps --help fast
 from tunesmith.recorder import adapter_path  # sqlite3 and the core: no torch
@@ -133,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
-    _add_registry(p)
-    _add_track(p)
+    add_registry(p)
+    add_track(p)
     add_config_flags(p)
     p.set_defaults(handler="tunesmith.train.cli:cli_train")
 
@@ -205,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="M1,M2",
         help="the metrics the gate checks (default: rougeL and format_adherence, where measured)",
     )
-    _add_registry(p)
-    _add_track(p)
+    add_registry(p)
+    add_track(p)
     p.set_defaults(handler="tunesmith.eval.cli:cli_eval")
 
     p = sub.add_parser("generate", help="generate text with the base model or an adapter attached")
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace a merged model tunesmith wrote in --out (only once the new one is written)",
     )
-    _add_registry(p)
+    add_registry(p)
     p.set_defaults(handler="tunesmith.use.merge:cli_merge")
 
     p = sub.add_parser(
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace a GGUF file tunesmith exported (only once the new one is written)",
     )
-    _add_registry(p)
+    add_registry(p)
     p.set_defaults(handler="tunesmith.use.export:cli_export")
 
     p = sub.add_parser(
@@ -315,120 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep every request and answer in the registry, and take POST /v1/feedback (off by default)",
     )
-    _add_registry(p)
+    add_registry(p)
     p.set_defaults(handler="tunesmith.use.serve:cli_serve")
-    _add_runs(sub)
-    _add_review(sub)
+    add_runs(sub)
+    add_review(sub)
+    add_sweep(sub, _add_model)
     return parser
-
-
-def _add_registry(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--registry",
-        metavar="PATH",
-        default=None,
-        help="the run registry (default: $TUNESMITH_REGISTRY, else $TUNESMITH_HOME/registry.db; off: none)",
-    )
-
-
-def _add_track(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--track",
-        choices=["mlflow"],
-        default=None,
-        help="also log the run to an MLflow tracking server (MLFLOW_TRACKING_URI; needs tunesmith[mlflow])",
-    )
-
-
-def _add_runs(sub) -> None:
-    runs = sub.add_parser(
-        "runs", help="every run and where it came from: list, show, compare, tag, rm, import"
-    )
-    _add_registry(runs)
-    runs.add_argument("--status", choices=["running", "done", "failed", "interrupted"], help="only these")
-    runs.add_argument("--kind", help="only this kind of run (train, eval, merge, export)")
-    runs.add_argument("--name", help="only runs whose name contains this")
-    runs.add_argument("--model", help="only runs of this base model")
-    runs.add_argument("--tag", help="only the run with this tag")
-    runs.add_argument("--data", help="only runs on a data file whose path contains this (or sha256 prefix)")
-    runs.add_argument("--limit", type=int, default=None, help="at most this many, newest first")
-    runs.add_argument("--json", action="store_true", help="print JSON")
-    rsub = runs.add_subparsers(dest="runs_action", metavar="ACTION")
-    p = rsub.add_parser("show", help="one run in full: data, settings, lineage, curves")
-    p.add_argument(
-        "ref", metavar="RUN", help="run id (or its first 4+ characters), tag, name or run directory"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p = rsub.add_parser("compare", help="settings, data (example by example) and metrics of two or more runs")
-    p.add_argument("refs", nargs="+", metavar="RUN")
-    p.add_argument(
-        "--allow-different-test",
-        action="store_true",
-        help="list metrics measured on different test sets or decoding (no paired tests)",
-    )
-    p = rsub.add_parser("tag", help="give a run a tag (v10, production); a tag names one run")
-    p.add_argument("ref", metavar="RUN")
-    p.add_argument("tag")
-    p = rsub.add_parser("promote", help="put a training run in production (--adapter production finds it)")
-    p.add_argument("ref", metavar="RUN")
-    p.add_argument("--line", default="", help="one of several model lines: its tag is LINE:production")
-    p = rsub.add_parser("untag", help="remove a tag")
-    p.add_argument("tag")
-    p = rsub.add_parser("rm", help="remove a run from the registry (its files stay unless --delete-files)")
-    p.add_argument("ref", metavar="RUN")
-    p.add_argument("--delete-files", action="store_true", help="also delete the run directory")
-    p = rsub.add_parser("import", help="register finished run directories (trained elsewhere or earlier)")
-    p.add_argument("dirs", nargs="+", metavar="RUN_DIR")
-    runs.set_defaults(handler="tunesmith.versions.cli:cli_runs")
-
-
-def _add_review(sub) -> None:
-    review = sub.add_parser(
-        "review", help="people's judgements of outputs: queues, stats, export as training data"
-    )
-    _add_registry(review)
-    review.add_argument("--json", action="store_true", help="print JSON")
-    rsub = review.add_subparsers(dest="review_action", metavar="ACTION")
-    p = rsub.add_parser("add", help="a review queue from registered evals on one test set, or from captures")
-    p.add_argument("refs", nargs="*", metavar="EVAL", help="an eval (or a trained run: its newest eval)")
-    p.add_argument("--captures", action="store_true", help="what `serve --capture` kept, instead of evals")
-    p.add_argument(
-        "--since", metavar="DATE", help="with --captures: only those since DATE (YYYY-MM-DD[ HH:MM])"
-    )
-    p.add_argument("--name", help="the queue's name (default: the last eval's name)")
-    p.add_argument("--pair", help="the two outputs A/B judgements compare, A,B (default: the first two)")
-    rsub.add_parser("list", help="the queues, with items and judgements (the default)")
-    p = rsub.add_parser("stats", help="judgements per reviewer, win rates with intervals, Cohen's kappa")
-    p.add_argument("--queue", action="append", help="only this queue (repeatable)")
-    p = rsub.add_parser("export", help="corrections as chat examples (--sft), A/B choices as pairs (--dpo)")
-    p.add_argument("--sft", metavar="FILE", help="write corrected answers here (.jsonl chat examples)")
-    p.add_argument(
-        "--dpo", metavar="FILE", help="write preference pairs here (.jsonl prompt/chosen/rejected)"
-    )
-    p.add_argument("--queue", action="append", help="only this queue (repeatable; default: all)")
-    p.add_argument("--train", metavar="DATA", help="the training data: examples already in it are left out")
-    p.add_argument("--holdout", action="append", default=[], metavar="FILE", help="a test set to hold back")
-    p = rsub.add_parser("rm", help="delete a queue with its judgements")
-    p.add_argument("queue")
-    p = rsub.add_parser("purge", help="delete what `serve --capture` kept before DATE (and its review items)")
-    p.add_argument("--before", required=True, metavar="DATE", help="YYYY-MM-DD[ HH:MM], local time")
-    review.set_defaults(handler="tunesmith.review.cli:cli_review")
-    p = sub.add_parser(
-        "ui", help="the review web app: runs, evals, compare, the review queue (the 'serve' extra)"
-    )
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; elsewhere needs a token)",
-    )
-    p.add_argument("--port", type=int, default=8400, help="port (default 8400)")
-    p.add_argument(
-        "--token-env",
-        default="TUNESMITH_UI_TOKEN",
-        help="variable holding the token (default TUNESMITH_UI_TOKEN)",
-    )
-    _add_registry(p)
-    p.set_defaults(handler="tunesmith.review.cli:cli_ui")
 
 
 def resolve_adapters(args) -> None:

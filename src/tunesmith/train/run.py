@@ -167,10 +167,13 @@ class Run:
         quiet: bool = False,
         lead: bool = True,
         resume: Path | None = None,
+        on_validation=None,
     ):
         import torch
 
         self.cfg, self.work, self.m, self.lead = cfg, work, method, lead
+        # on_validation(record) -> a reason to stop now, or None: how a sweep prunes a poor trial
+        self.on_validation = on_validation
         self.params = [p for p in method.model.parameters() if p.requires_grad]
         # fused: one kernel for all parameters on a GPU (what TRL uses there); not for FSDP's sharded tensors
         fused = bool(self.params) and self.params[0].is_cuda and not cfg.fsdp
@@ -298,6 +301,10 @@ class Run:
             if self.cfg.patience and st.bad >= self.cfg.patience:
                 st.stopped = True
                 mark = f"; no better than step {st.best['step']} for {st.bad} validations: stopping early"
+        why = self.on_validation(rec) if self.on_validation else None
+        if why:
+            st.stopped = True
+            mark += f"; stopping: {why}"
         self.say(m.val_line(rec, st, mark))
 
     def save(self) -> None:

@@ -39,6 +39,7 @@ def train(
     config_file: str | None = None,
     registry_path: str | None = None,
     track: str | None = None,
+    on_validation=None,
 ):
     """Train `cfg` into cfg.out; returns the method's result (sft.Result, or preference.PrefResult). The run
     is entered in the registry (`registry_path`, default `$TUNESMITH_HOME/registry.db`, "off": none) when it
@@ -82,7 +83,7 @@ def train(
     if lead and ckpt is None:
         rundir.record(work, cfg, data_print, run_id)
     dist.barrier()
-    run = Run(cfg, work, method, quiet=quiet, lead=lead, resume=ckpt)
+    run = Run(cfg, work, method, quiet=quiet, lead=lead, resume=ckpt, on_validation=on_validation)
     rec = Recorder(registry_path, off=not lead)
     result = fit_and_register(run, method, rec, run_id, out, data_print)
     if lead and track:

@@ -1,0 +1,1 @@
+"""`tunesmith sweep`: search training settings with Optuna, every trial a registered run."""
