@@ -66,6 +66,13 @@ def test_a_sweep_on_a_tiny_model_prunes_and_registers_every_trial(tiny_model_dir
     assert all(x["status"] == "done" for x in runs)
     best = [x for x in lines if x.startswith("best: trial ")]
     assert len(best) == 1 and "val_loss" in best[0]
+    # the report: one plot of val_loss against lr with a dot per trial (pruned ones hollow), the curves
+    page = (tmp_path / "sw" / "report.html").read_text()
+    assert page.count("<svg") == 2
+    against_lr, during = page.split("<svg")[1:]
+    assert against_lr.count("<circle") == 4 and during.count("<polyline") == 4
+    assert against_lr.count('fill="none"') == sum("pruned" in x for x in trials)  # hollow: pruned
+    assert "http" not in page
     # the best config trains as it is
     cfg = tmp_path / "sw" / "best.yaml"
     assert cfg.is_file() and "lr:" in cfg.read_text()

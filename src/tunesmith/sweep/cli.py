@@ -12,6 +12,7 @@ import yaml
 
 from tunesmith.atomic import write_text
 from tunesmith.errors import UserError
+from tunesmith.sweep.report import render
 from tunesmith.sweep.run import SweepSpec, run_sweep
 from tunesmith.sweep.space import parse_space
 from tunesmith.train.config import resolve_config
@@ -66,6 +67,7 @@ def cli_sweep(args) -> int:
     ranked = sorted(finished, key=lambda t: t.value, reverse=spec.maximize)
     best = ranked[0]
     write_text(spec.out / "best.yaml", best_config(spec, best.params))
+    write_text(spec.out / "report.html", render(study, spec, ranked))
     print("ranking:")
     for i, t in enumerate(ranked[:10], 1):
         params = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in t.params.items())
@@ -73,6 +75,7 @@ def cli_sweep(args) -> int:
     pruned = sum(t.state.name == "PRUNED" for t in study.trials)
     print(
         f"best: trial {best.number}, {spec.key} {best.value:.4f}, in {best.user_attrs.get('out')}; "
-        f"{pruned} pruned; its settings in {spec.out / 'best.yaml'} (`tunesmith train --config` takes it)"
+        f"{pruned} pruned; its settings in {spec.out / 'best.yaml'} (`tunesmith train --config` takes it), "
+        f"the plots in {spec.out / 'report.html'}"
     )
     return 0
