@@ -138,3 +138,32 @@ def storage_of(out):
     from optuna.storages.journal import JournalFileBackend
 
     return JournalStorage(JournalFileBackend(str(out / "study.journal")))
+
+
+def test_a_learning_curve_on_nested_subsets(tiny_model_dir, tmp_path):
+    import json
+
+    from tunesmith.sweep.curve import nested_subsets, parse_fractions
+
+    d = tmp_path / "data"
+    write_jsonl(d / "train.jsonl", toy_examples(8))
+    write_jsonl(d / "val.jsonl", toy_examples(3, seed=1))
+    reg = str(tmp_path / "reg.db")
+    r = cli("curve", "--model", str(tiny_model_dir("llama")), "--data", str(d), "--out", str(tmp_path / "c"),
+            "--epochs", "1", "--batch-size", "2", "--lora-r", "4", "--max-new-tokens", "6", "--registry", reg,
+            "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert [p["examples"] for p in res["points"]] == [2, 4, 8] and res["metric"] == "rougeL"
+    assert all(p["ci"][0] <= p["mean"] <= p["ci"][1] for p in res["points"])
+    assert res["sentence"].startswith(("still rising at 8 examples", "flat from 4 to 8 examples"))
+    # nested: each subset holds the smaller ones
+    subsets = [(tmp_path / "c" / "subsets" / f"train-{n}.jsonl").read_text().splitlines() for n in (2, 4, 8)]
+    assert set(subsets[0]) < set(subsets[1]) < set(subsets[2])
+    assert subsets == nested_subsets(d / "train.jsonl", [0.25, 0.5, 1.0], 42)
+    assert sorted(x["name"] for x in Registry(reg).runs(kind="train")) == ["n2", "n4", "n8"]
+    page = (tmp_path / "c" / "report.html").read_text()
+    assert page.count("<circle") == 3 and res["sentence"] in page.replace("&#x27;", "'")
+    for bad in ("0.5", "0,0.5", "0.5,1.5", "a,b"):
+        with pytest.raises(UserError, match="--fractions"):
+            parse_fractions(bad)

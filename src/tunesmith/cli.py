@@ -12,7 +12,7 @@ import os
 import sys
 
 from tunesmith import __version__
-from tunesmith.commands import add_registry, add_review, add_runs, add_sweep, add_track
+from tunesmith.commands import add_curve, add_registry, add_review, add_runs, add_sweep, add_track
 from tunesmith.errors import UserError, disk_full
 from tunesmith.models import DEFAULT_MODEL  # stdlib only: keeps --help fast
 from tunesmith.recorder import adapter_path  # sqlite3 and the core: no torch
@@ -321,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs(sub)
     add_review(sub)
     add_sweep(sub, _add_model)
+    add_curve(sub, _add_model)
     return parser
 
 

@@ -162,3 +162,24 @@ def add_sweep(sub, add_model) -> None:
     add_registry(p)
     add_config_flags(p)
     p.set_defaults(handler="tunesmith.sweep.cli:cli_sweep")
+
+
+def add_curve(sub, add_model) -> None:
+    p = sub.add_parser(
+        "curve", help="would more data help? train on nested subsets, measure each on one held-out set"
+    )
+    add_model(p)
+    p.add_argument("--data", help="folder with train.jsonl and val.jsonl, or a .jsonl train file")
+    p.add_argument("--val", help="validation file (default: val.jsonl beside the training data)")
+    p.add_argument("--out", required=True, help="folder for the subsets, one run per point, report.html")
+    p.add_argument("--config", help="YAML file with the training settings (flags win)")
+    p.add_argument("--fractions", default="0.25,0.5,1", help="subset sizes as fractions (default 0.25,0.5,1)")
+    p.add_argument(
+        "--test", help="the held-out file every point is measured on (default: the validation file)"
+    )
+    p.add_argument("--metric", default="rougeL", help="the metric to plot (default rougeL)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest generated answer (default 256)")
+    p.add_argument("--json", action="store_true", help="print the points and the sentence as JSON")
+    add_registry(p)
+    add_config_flags(p)
+    p.set_defaults(handler="tunesmith.sweep.cli:cli_curve")

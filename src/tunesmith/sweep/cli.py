@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import yaml
 
 from tunesmith.atomic import write_text
 from tunesmith.errors import UserError
+from tunesmith.sweep.curve import curve, parse_fractions
 from tunesmith.sweep.report import render
 from tunesmith.sweep.run import SweepSpec, run_sweep
 from tunesmith.sweep.space import parse_space
@@ -78,4 +80,22 @@ def cli_sweep(args) -> int:
         f"{pruned} pruned; its settings in {spec.out / 'best.yaml'} (`tunesmith train --config` takes it), "
         f"the plots in {spec.out / 'report.html'}"
     )
+    return 0
+
+
+def cli_curve(args) -> int:
+    base = resolve_config(args)
+    if not base.data:
+        raise UserError("curve: --data is required")
+    say = (lambda line: None) if args.json else print
+    fractions = parse_fractions(args.fractions)
+    result = curve(
+        base, Path(args.out), fractions, args.test, args.metric, args.max_new_tokens, args.registry, say=say
+    )
+    if args.json:
+        points = [{k: v for k, v in p.items() if k != "scores"} for p in result["points"]]
+        print(json.dumps({**result, "points": points}, indent=2))
+    else:
+        print(result["sentence"])
+        print(f"plot: {Path(args.out) / 'report.html'}")
     return 0

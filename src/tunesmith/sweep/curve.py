@@ -1,0 +1,133 @@
+"""`tunesmith curve`: would more data help? The same config trained on nested seeded subsets of the
+training set (25 / 50 / 100 % by default: each subset holds the smaller ones, so the points differ only
+by the examples added), each evaluated on the same held-out set, the metric with its bootstrap interval
+against the number of examples, and one sentence: still rising at 100 % (the last step up is
+significant in a paired test on the same held-out examples) or flat."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import random
+from pathlib import Path
+
+from tunesmith.atomic import write_text
+from tunesmith.data.formats import locate_paths
+from tunesmith.errors import UserError
+from tunesmith.eval.run import EvalSpec, evaluate
+from tunesmith.scoring.stats import bootstrap_ci, paired_test
+from tunesmith.train.config import TrainConfig
+from tunesmith.train.trainer import train
+
+
+def parse_fractions(text: str) -> list[float]:
+    try:
+        values = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--fractions {text!r}: numbers such as 0.25,0.5,1") from None
+    if len(values) < 2 or values[0] <= 0 or values[-1] > 1:
+        raise UserError(f"--fractions {text!r}: two or more fractions in (0, 1], e.g. 0.25,0.5,1")
+    return values
+
+
+def nested_subsets(path: Path, fractions: list[float], seed: int) -> list[list[str]]:
+    """The training file's lines for each fraction: one seeded order, the first k of it, in file order."""
+    if path.suffix != ".jsonl":
+        raise UserError(f"--data {path}: curve takes a .jsonl training file (convert it with `data prepare`)")
+    lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if not lines:
+        raise UserError(f"--data {path}: no examples")
+    order = list(range(len(lines)))
+    random.Random(seed).shuffle(order)
+    out = []
+    for f in fractions:
+        k = max(1, round(f * len(lines)))
+        out.append([lines[i] for i in sorted(order[:k])])
+    return out
+
+
+def curve(base: TrainConfig, out: Path, fractions: list[float], test: str | None, metric: str,
+          max_new_tokens: int, registry: str | None, say=print) -> dict:  # fmt: skip
+    train_file, val = locate_paths(base.data, base.val)
+    held_out = test or (str(val) if val else None)
+    if not held_out:
+        raise UserError(
+            "curve: give --test FILE (or a val.jsonl beside the data): every point is measured on it"
+        )
+    points = []
+    for lines in nested_subsets(train_file, fractions, base.seed):
+        n = len(lines)
+        subset = out / "subsets" / f"train-{n}.jsonl"
+        write_text(subset, "\n".join(lines) + "\n")
+        cfg = dataclasses.replace(
+            base, data=str(subset), val=str(val) if val else None, out=str(out / f"n{n}")
+        )
+        train(cfg, quiet=True, registry_path=registry, overwrite=True)
+        results, _ = evaluate(
+            EvalSpec(data=held_out, adapter=cfg.out, max_new_tokens=max_new_tokens, quiet=True)
+        )
+        scores = [float((e.get("scores") or {}).get(metric, 0.0)) for e in results["examples"]]
+        if metric not in (results["examples"][0].get("scores") or {}):
+            raise UserError(f"--metric {metric}: not one of {', '.join(results['examples'][0]['scores'])}")
+        mean = sum(scores) / len(scores)
+        ci = list(bootstrap_ci(scores))
+        points.append({"examples": n, "run": cfg.out, "mean": round(mean, 2), "ci": ci, "scores": scores})
+        say(f"{n} examples: {metric} {mean:.1f} [{points[-1]['ci'][0]:.1f}, {points[-1]['ci'][1]:.1f}]")
+    last, before = points[-1], points[-2]
+    test_ = paired_test(last["scores"], before["scores"])
+    if test_["significant"] and test_["change"] > 0:
+        sentence = (
+            f"still rising at {last['examples']} examples: {metric} {test_['change']:+.1f} from "
+            f"{before['examples']} (p {test_['p']:.3f}); more data of this kind is likely to help"
+        )
+    else:
+        sentence = (
+            f"flat from {before['examples']} to {last['examples']} examples: {metric} {test_['change']:+.1f} "
+            f"(p {test_['p']:.3f}, not a significant rise); more of the same data is unlikely to help much"
+        )
+    result = {
+        "metric": metric,
+        "held_out": held_out,
+        "points": points,
+        "last_step": test_,
+        "sentence": sentence,
+    }
+    write_text(out / "report.html", render(result))
+    return result
+
+
+def render(result: dict) -> str:
+    """The curve as one self-contained page: a point per subset with its 95 % interval."""
+    pts, metric = result["points"], result["metric"]
+    W, H, P = 420, 240, 44
+    xs = [p["examples"] for p in pts]
+    lo = min(p["ci"][0] for p in pts)
+    hi = max(p["ci"][1] for p in pts) or 1.0
+    sx = lambda x: P + (W - P - 16) * (x / max(xs))  # noqa: E731
+    sy = lambda y: H - P - (H - P - 16) * ((y - lo) / ((hi - lo) or 1.0))  # noqa: E731
+    parts = [f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}"><rect x="{P}" y="16" width="{W - P - 16}" '
+             f'height="{H - P - 16}" fill="#fff" stroke="#ccd"/>']  # fmt: skip
+    line = " ".join(f"{sx(p['examples']):.1f},{sy(p['mean']):.1f}" for p in pts)
+    parts.append(f'<polyline points="{line}" fill="none" stroke="#3a78c9"/>')
+    for p in pts:
+        x = sx(p["examples"])
+        parts.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{sy(p["ci"][0]):.1f}" y2="{sy(p["ci"][1]):.1f}" '
+            'stroke="#3a78c9"/>'
+        )
+        said = f"{p['examples']} examples: {p['mean']} [{p['ci'][0]}, {p['ci'][1]}]"
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{sy(p["mean"]):.1f}" r="4" fill="#3a78c9">'
+            f"<title>{said}</title></circle>"
+        )
+        parts.append(
+            f'<text x="{x:.1f}" y="{H - P + 14}" font-size="10" text-anchor="middle">{p["examples"]}</text>'
+        )
+    parts.append(
+        f'<text x="{W / 2}" y="{H - 8}" font-size="11" text-anchor="middle">training examples</text></svg>'
+    )
+    return (
+        f"<!doctype html><meta charset='utf-8'><title>learning curve</title><body style='font:14px system-ui,"
+        f"sans-serif;margin:1.5em'><h1>Learning curve: {html.escape(metric)} on "
+        f"{html.escape(result['held_out'])}</h1><p>{html.escape(result['sentence'])}</p>{''.join(parts)}</body>"
+    )
