@@ -181,9 +181,15 @@ def browser():
 
 
 def wait_for(check, timeout=15.0):
+    """Poll until check() is true; an element the page redrew meanwhile (stale) is looked up again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     end = time.time() + timeout
     while time.time() < end:
-        got = check()
+        try:
+            got = check()
+        except (StaleElementReferenceException, NoSuchElementException):
+            got = None
         if got:
             return got
         time.sleep(0.1)
@@ -207,10 +213,16 @@ def test_judging_three_pairs_and_a_correction_with_the_keyboard(queue, browser, 
     try:
         browser.get(f"http://127.0.0.1:{port}/#/review/round1")
         name = browser.find_element(By.ID, "reviewer")
-        name.send_keys("ann", Keys.ENTER)
-        browser.find_element(By.TAG_NAME, "h1").click()  # the name is kept when the box loses focus
+        name.send_keys("ann", Keys.TAB)  # the name is kept when the box loses focus; the page redraws
         wait_for(lambda: "item 1 of 4" in browser.find_element(By.TAG_NAME, "h1").text)
-        assert "1 A is better · 2 B is better · 0 tie" in browser.find_element(By.CLASS_NAME, "keys").text
+        wait_for(
+            lambda: (
+                "1 A is better · 2 B is better · 0 tie" in browser.find_element(By.CLASS_NAME, "keys").text
+            )
+        )
+        wait_for(
+            lambda: browser.find_element(By.TAG_NAME, "h1").click() or True
+        )  # keys to the page, not a box
         keys = ActionChains(browser)
         for n, key in enumerate(("1", "2", "0"), 1):
             keys.send_keys(key).perform()
