@@ -52,8 +52,9 @@ def holdout_prompts(reg: Registry, holdout: list[str], train: str | None) -> tup
     if train and Path(train).is_dir() and (Path(train) / "test.jsonl").is_file():
         files.append(Path(train) / "test.jsonl")
     for r in reg.runs(kind="eval", limit=None):
-        if "gate" in (reg.get(r["id"])["result"] or {}):
-            files += [Path(d["path"]) for d in reg.get(r["id"])["data"] if d["role"] == "test"]
+        ev = reg.get(r["id"])
+        if "gate" in (ev["result"] or {}):
+            files += [Path(d["path"]) for d in ev["data"] if d["role"] == "test"]
     digests: set[str] = set()
     seen = []
     for f in dict.fromkeys(p.resolve() for p in files):
@@ -91,25 +92,29 @@ def _queues(reg: Registry, names: list[str] | None) -> list[str]:
     return names
 
 
+def newest_corrections(reg: Registry, name: str, of_an_output: bool = False) -> dict[int, dict]:
+    """Each corrected item's newest correction (judgements come oldest first: the newest wins); with
+    of_an_output, only corrections of a model output (not answers written from scratch)."""
+    return {j["item"]: j for j in judgements(reg, name, "correction") if j["label"] or not of_an_output}
+
+
 def sft_examples(reg: Registry, names: list[str]) -> list[tuple[dict, list[dict]]]:
     """(item, messages) for every corrected item: its newest correction as the answer."""
     out = []
     for name in names:
         by_item = {i["id"]: i for i in items(reg, name)}
-        newest = {j["item"]: j for j in judgements(reg, name, "correction")}  # oldest first: newest wins
-        for item_id, j in newest.items():
+        for item_id, j in newest_corrections(reg, name).items():
             it = by_item[item_id]
             out.append((it, [*it["prompt"], {"role": "assistant", "content": j["correction"]}]))
     return out
 
 
-def choices(reg: Registry, name: str) -> tuple[list[tuple[dict, str, str]], int]:
+def choices(reg: Registry, name: str, by_item: dict[int, dict]) -> tuple[list[tuple[dict, str, str]], int]:
     """(item, chosen label, rejected label) by the majority of A/B votes; and how many items split evenly."""
     q = queue(reg, name)
     votes: dict[int, Counter] = {}
     for j in judgements(reg, name, "ab"):
         votes.setdefault(j["item"], Counter())[j["choice"]] += 1
-    by_item = {i["id"]: i for i in items(reg, name)}
     out, split = [], 0
     for item_id, v in votes.items():
         a, b = v[q["a"]], v[q["b"]]
@@ -125,14 +130,13 @@ def dpo_pairs(reg: Registry, names: list[str]) -> tuple[list[tuple[dict, str, st
     """(item, chosen text, rejected text): A/B choices, then corrections over what they corrected."""
     pairs, skipped = [], Counter()
     for name in names:
-        picked, split = choices(reg, name)
+        by_item = {i["id"]: i for i in items(reg, name)}
+        picked, split = choices(reg, name, by_item)
         if split:
             skipped["split votes"] += split
         for it, win, lose in picked:
             pairs.append((it, it["outputs"][win]["output"], it["outputs"][lose]["output"]))
-        newest = {j["item"]: j for j in judgements(reg, name, "correction") if j["label"]}
-        by_item = {i["id"]: i for i in items(reg, name)}
-        for item_id, j in newest.items():
+        for item_id, j in newest_corrections(reg, name, of_an_output=True).items():
             it = by_item[item_id]
             pairs.append((it, j["correction"], it["outputs"][j["label"]]["output"]))
     return pairs, skipped

@@ -242,6 +242,16 @@ def judgements(reg: Registry, name: str | None = None, kind: str | None = None) 
 # ---------------------------------------------------------------- writing
 
 
+def check_types(j: Judgement) -> None:
+    """Fields of the right type, whoever built the judgement (the web app from JSON, a script)."""
+    if not isinstance(j.item, int) or isinstance(j.item, bool):
+        raise UserError("item: the item's id (an integer)")
+    for key in ("reviewer", "kind", "left", "right", "choice", "label", "comment", "text"):
+        value = getattr(j, key)
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{key}: a string")
+
+
 def check(j: Judgement, it: dict, q: dict) -> None:
     """A judgement that can be stored, or a UserError naming the field (the web app turns it into a 400)."""
     if not j.reviewer or not j.reviewer.strip() or len(j.reviewer) > 100:
@@ -272,6 +282,7 @@ def check(j: Judgement, it: dict, q: dict) -> None:
 
 def record(reg: Registry, j: Judgement) -> int:
     """Store one judgement at once (its own transaction); returns its id."""
+    check_types(j)
     it = item(reg, j.item)
     check(j, it, queue(reg, it["queue"]))
     with reg.tx() as db:

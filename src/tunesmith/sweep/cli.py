@@ -15,7 +15,7 @@ from tunesmith.atomic import write_text
 from tunesmith.errors import UserError
 from tunesmith.sweep.curve import curve, parse_fractions
 from tunesmith.sweep.report import render
-from tunesmith.sweep.run import SweepSpec, run_sweep
+from tunesmith.sweep.run import SweepSpec, params_text, run_sweep
 from tunesmith.sweep.space import parse_space
 from tunesmith.train.config import resolve_config
 
@@ -72,8 +72,7 @@ def cli_sweep(args) -> int:
     write_text(spec.out / "report.html", render(study, spec, ranked))
     print("ranking:")
     for i, t in enumerate(ranked[:10], 1):
-        params = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in t.params.items())
-        print(f"  {i:>2}. trial {t.number}: {spec.key} {t.value:.4f}  ({params})")
+        print(f"  {i:>2}. trial {t.number}: {spec.key} {t.value:.4f}  ({params_text(t.params)})")
     pruned = sum(t.state.name == "PRUNED" for t in study.trials)
     print(
         f"best: trial {best.number}, {spec.key} {best.value:.4f}, in {best.user_attrs.get('out')}; "

@@ -8,6 +8,8 @@ from __future__ import annotations
 import html
 import math
 
+from tunesmith.sweep.run import params_text
+
 W, H, PAD = 360, 220, 40
 
 
@@ -95,9 +97,7 @@ def render(study, spec, ranked: list) -> str:
     plots = [scatter(trials, p, spec.key) for p in spec.space] + [curves(trials, spec.key)]
     rows = "".join(
         f"<tr><td>{i}</td><td>{t.number}</td><td>{t.value:.4f}</td><td>"
-        + html.escape(
-            ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in t.params.items())
-        )
+        + html.escape(params_text(t.params))
         + "</td></tr>"
         for i, t in enumerate(ranked, 1)
     )

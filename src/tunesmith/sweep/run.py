@@ -200,8 +200,13 @@ def run_sweep(spec: SweepSpec, say=print) -> object:
     return optuna.load_study(study_name=study.study_name, storage=storage_of(spec))
 
 
+def params_text(params: dict) -> str:
+    """A trial's settings as the ranking, the report and the progress lines show them."""
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
+
+
 def trial_line(t, spec: SweepSpec, elapsed: float) -> str:
-    params = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in t.params.items())
+    params = params_text(t.params)
     if t.state.name == "PRUNED" and t.intermediate_values:
         step = max(t.intermediate_values)
         value = f"pruned at step {step} ({spec.key} {t.intermediate_values[step]:.4f})"
