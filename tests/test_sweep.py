@@ -49,13 +49,9 @@ def test_the_space_as_people_write_it(tmp_path):
 
 
 def test_a_sweep_on_a_tiny_model_prunes_and_registers_every_trial(tiny_model_dir, tmp_path):
-    d = tmp_path / "data"
-    write_jsonl(d / "train.jsonl", toy_examples(8))
-    write_jsonl(d / "val.jsonl", toy_examples(2, seed=1))
+    d = toy_data(tmp_path)
     reg = str(tmp_path / "reg.db")
-    r = cli("sweep", "--model", str(tiny_model_dir("llama")), "--data", str(d), "--out", str(tmp_path / "sw"),
-            "--space", "lr=1e-5..1e-1:log", "--trials", "4", "--epochs", "3", "--batch-size", "4",
-            "--lora-r", "4", "--registry", reg, "--seed", "1")  # fmt: skip
+    r = cli(*sweep_args(tiny_model_dir("llama"), d, tmp_path / "sw", reg, "--seed", "1"))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("sweep sw: 0 trials done, 4 to run; val_loss (lower is better) over lr ")
@@ -84,6 +80,14 @@ def test_a_sweep_on_a_tiny_model_prunes_and_registers_every_trial(tiny_model_dir
     assert r.returncode == 2 and "pass --resume to continue it" in r.stderr
 
 
+def toy_data(tmp_path, val: int = 2):
+    """A tiny training set of 8 examples and a validation set, as the sweep and curve tests use them."""
+    d = tmp_path / "data"
+    write_jsonl(d / "train.jsonl", toy_examples(8))
+    write_jsonl(d / "val.jsonl", toy_examples(val, seed=1))
+    return d
+
+
 def sweep_args(model, d, out, reg, *extra):
     space = ["--space", "lr=1e-5..1e-1:log", "--trials", "4"]
     train = ["--epochs", "3", "--batch-size", "4", "--lora-r", "4", "--registry", reg]
@@ -93,9 +97,7 @@ def sweep_args(model, d, out, reg, *extra):
 def test_a_killed_sweep_resumes_without_repeating_a_finished_trial(tiny_model_dir, tmp_path):
     import optuna
 
-    d = tmp_path / "data"
-    write_jsonl(d / "train.jsonl", toy_examples(8))
-    write_jsonl(d / "val.jsonl", toy_examples(2, seed=1))
+    d = toy_data(tmp_path)
     reg, out = str(tmp_path / "reg.db"), tmp_path / "sw"
     args = sweep_args(tiny_model_dir("llama"), d, out, reg)
     # each trial checkpoints once per epoch (3): the 4th checkpoint is in trial 1, which dies with the sweep
@@ -116,9 +118,7 @@ def test_a_killed_sweep_resumes_without_repeating_a_finished_trial(tiny_model_di
 def test_two_workers_share_one_study(tiny_model_dir, tmp_path):
     import optuna
 
-    d = tmp_path / "data"
-    write_jsonl(d / "train.jsonl", toy_examples(8))
-    write_jsonl(d / "val.jsonl", toy_examples(2, seed=1))
+    d = toy_data(tmp_path)
     reg, out = str(tmp_path / "reg.db"), tmp_path / "sw"
     r = run_cli(*sweep_args(tiny_model_dir("llama"), d, out, reg, "--workers", "2"))
     assert r.returncode == 0, r.stderr
@@ -145,9 +145,7 @@ def test_a_learning_curve_on_nested_subsets(tiny_model_dir, tmp_path):
 
     from tunesmith.sweep.curve import nested_subsets, parse_fractions
 
-    d = tmp_path / "data"
-    write_jsonl(d / "train.jsonl", toy_examples(8))
-    write_jsonl(d / "val.jsonl", toy_examples(3, seed=1))
+    d = toy_data(tmp_path, val=3)
     reg = str(tmp_path / "reg.db")
     r = cli("curve", "--model", str(tiny_model_dir("llama")), "--data", str(d), "--out", str(tmp_path / "c"),
             "--epochs", "1", "--batch-size", "2", "--lora-r", "4", "--max-new-tokens", "6", "--registry", reg,

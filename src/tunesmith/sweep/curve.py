@@ -16,6 +16,7 @@ from tunesmith.data.formats import locate_paths
 from tunesmith.errors import UserError
 from tunesmith.eval.run import EvalSpec, evaluate
 from tunesmith.scoring.stats import bootstrap_ci, paired_test
+from tunesmith.sweep.report import PAD, H, W, axes, scale
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.trainer import train
 
@@ -97,16 +98,12 @@ def curve(base: TrainConfig, out: Path, fractions: list[float], test: str | None
 
 
 def render(result: dict) -> str:
-    """The curve as one self-contained page: a point per subset with its 95 % interval."""
+    """The curve as one self-contained page: a point per subset with its 95 % interval, drawn with the
+    sweep report's axes and scales."""
     pts, metric = result["points"], result["metric"]
-    W, H, P = 420, 240, 44
-    xs = [p["examples"] for p in pts]
-    lo = min(p["ci"][0] for p in pts)
-    hi = max(p["ci"][1] for p in pts) or 1.0
-    sx = lambda x: P + (W - P - 16) * (x / max(xs))  # noqa: E731
-    sy = lambda y: H - P - (H - P - 16) * ((y - lo) / ((hi - lo) or 1.0))  # noqa: E731
-    parts = [f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}"><rect x="{P}" y="16" width="{W - P - 16}" '
-             f'height="{H - P - 16}" fill="#fff" stroke="#ccd"/>']  # fmt: skip
+    sx = scale([0, *(p["examples"] for p in pts)], False, PAD + 8, W - 18)
+    sy = scale([v for p in pts for v in p["ci"]], False, H - PAD - 8, 18)
+    parts = axes(f"{metric} against training examples", "training examples", metric)
     line = " ".join(f"{sx(p['examples']):.1f},{sy(p['mean']):.1f}" for p in pts)
     parts.append(f'<polyline points="{line}" fill="none" stroke="#3a78c9"/>')
     for p in pts:
@@ -121,11 +118,9 @@ def render(result: dict) -> str:
             f"<title>{said}</title></circle>"
         )
         parts.append(
-            f'<text x="{x:.1f}" y="{H - P + 14}" font-size="10" text-anchor="middle">{p["examples"]}</text>'
+            f'<text x="{x:.1f}" y="{H - PAD + 14}" font-size="10" text-anchor="middle">{p["examples"]}</text>'
         )
-    parts.append(
-        f'<text x="{W / 2}" y="{H - 8}" font-size="11" text-anchor="middle">training examples</text></svg>'
-    )
+    parts.append("</svg>")
     return (
         f"<!doctype html><meta charset='utf-8'><title>learning curve</title><body style='font:14px system-ui,"
         f"sans-serif;margin:1.5em'><h1>Learning curve: {html.escape(metric)} on "

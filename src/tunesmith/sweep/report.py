@@ -13,14 +13,14 @@ from tunesmith.sweep.run import params_text
 W, H, PAD = 360, 220, 40
 
 
-def _scale(values: list[float], log: bool, lo_px: float, hi_px: float):
+def scale(values: list[float], log: bool, lo_px: float, hi_px: float):
     vals = [math.log10(v) if log else v for v in values]
     lo, hi = min(vals), max(vals)
     span = (hi - lo) or 1.0
     return lambda v: lo_px + (hi_px - lo_px) * (((math.log10(v) if log else v) - lo) / span)
 
 
-def _axes(title: str, xlab: str, ylab: str) -> list[str]:
+def axes(title: str, xlab: str, ylab: str) -> list[str]:
     return [
         f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{html.escape(title)}">',
         f'<rect x="{PAD}" y="10" width="{W - PAD - 10}" height="{H - PAD - 10}" fill="#fff" stroke="#ccd"/>',
@@ -56,9 +56,9 @@ def scatter(trials: list, param, key: str) -> str:
     if not pts:
         return ""
     log = bool(param.log)
-    sx = _scale([p[0] for p in pts], log, PAD + 8, W - 18)
-    sy = _scale([p[1] for p in pts], False, H - PAD - 8, 18)
-    out = _axes(f"{key} against {param.name}", param.name + (" (log scale)" if log else ""), key)
+    sx = scale([p[0] for p in pts], log, PAD + 8, W - 18)
+    sy = scale([p[1] for p in pts], False, H - PAD - 8, 18)
+    out = axes(f"{key} against {param.name}", param.name + (" (log scale)" if log else ""), key)
     out += ticks([p[0] for p in pts], [p[1] for p in pts])
     for x, y, t in pts:
         fill = "none" if t.state.name == "PRUNED" else "#3a78c9"
@@ -76,9 +76,9 @@ def curves(trials: list, key: str) -> str:
         return ""
     steps = [s for _, pts in series for s, _ in pts]
     values = [v for _, pts in series for _, v in pts]
-    sx = _scale(steps + [0], False, PAD + 8, W - 18)
-    sy = _scale(values, False, H - PAD - 8, 18)
-    out = _axes(f"{key} during each trial", "step", key) + ticks([0, *steps], values)
+    sx = scale(steps + [0], False, PAD + 8, W - 18)
+    sy = scale(values, False, H - PAD - 8, 18)
+    out = axes(f"{key} during each trial", "step", key) + ticks([0, *steps], values)
     for t, pts in series:
         colour = "#aab" if t.state.name == "PRUNED" else "#3a78c9"
         if len(pts) == 1:  # pruned at its first validation: a point

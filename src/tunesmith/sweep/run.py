@@ -129,12 +129,14 @@ def objective(spec: SweepSpec, trial) -> float:
     return float(best[spec.key])
 
 
-def work(spec: SweepSpec, say=print, joining: bool = False) -> None:
+def work(spec: SweepSpec, say=print, joining: bool = False, start=None) -> None:
     """Take trials from the study until it has `trials` finished or pruned ones, or the time is up (one
     worker; several share the budget through the storage, each checking it after every trial)."""
     import optuna
 
     study = open_study(spec, joining=joining)
+    if start is not None:  # the workers begin together, not the first one up with every trial
+        start.wait(timeout=300)
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     t0 = time.time()
     study.optimize(
@@ -147,9 +149,9 @@ def work(spec: SweepSpec, say=print, joining: bool = False) -> None:
     )
 
 
-def _worker(spec: SweepSpec) -> None:
+def _worker(spec: SweepSpec, start) -> None:
     """A worker process (spawned: a fresh interpreter, no forked torch state)."""
-    work(spec, say=lambda line: print(line, flush=True), joining=True)
+    work(spec, say=lambda line: print(line, flush=True), joining=True, start=start)
 
 
 def shared_threads(spec: SweepSpec) -> SweepSpec:
@@ -189,7 +191,8 @@ def run_sweep(spec: SweepSpec, say=print) -> object:
     elif left > 0:
         spec = shared_threads(spec)
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(spec,)) for _ in range(spec.workers)]
+        start = ctx.Barrier(spec.workers)
+        procs = [ctx.Process(target=_worker, args=(spec, start)) for _ in range(spec.workers)]
         for p in procs:
             p.start()
         for p in procs:
