@@ -24,14 +24,22 @@ EXAMPLES = ROOT / "examples" / "meeting-notes"
 @pytest.fixture(autouse=True, scope="session")
 def _own_registry(tmp_path_factory):
     """Every run the tests train is registered in a registry of the test session's own (the CLI
-    subprocesses inherit the variable), never in the registry of the person running the tests."""
-    before = os.environ.get("TUNESMITH_REGISTRY")
-    os.environ["TUNESMITH_REGISTRY"] = str(tmp_path_factory.mktemp("registry") / "registry.db")
+    subprocesses inherit the variable), never in the registry of the person running the tests; the
+    same for the machine's measured matmul speed."""
+    own = {
+        "TUNESMITH_REGISTRY": str(tmp_path_factory.mktemp("registry") / "registry.db"),
+        # the plan `train` prints measures the matmul speed once per machine: once per session here, not
+        # once per test home
+        "TUNESMITH_MACHINE_FILE": str(tmp_path_factory.mktemp("machine") / "machine.json"),
+    }
+    before = {k: os.environ.get(k) for k in own}
+    os.environ.update(own)
     yield
-    if before is None:
-        os.environ.pop("TUNESMITH_REGISTRY", None)
-    else:
-        os.environ["TUNESMITH_REGISTRY"] = before
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 CHATML = (

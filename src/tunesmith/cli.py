@@ -12,7 +12,7 @@ import os
 import sys
 
 from tunesmith import __version__
-from tunesmith.commands import add_curve, add_registry, add_review, add_runs, add_sweep, add_track
+from tunesmith.commands import add_curve, add_plan, add_registry, add_review, add_runs, add_sweep, add_track
 from tunesmith.errors import UserError, disk_full
 from tunesmith.models import DEFAULT_MODEL  # stdlib only: keeps --help fast
 from tunesmith.recorder import adapter_path  # sqlite3 and the core: no torch
@@ -134,10 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    p.add_argument(
+        "--no-fit-check",
+        action="store_true",
+        help="train although the plan predicts more memory than there is (exit 4 otherwise)",
+    )
     add_registry(p)
     add_track(p)
     add_config_flags(p)
     p.set_defaults(handler="tunesmith.train.cli:cli_train")
+    add_plan(sub, _add_model)
 
     p = sub.add_parser(
         "eval",

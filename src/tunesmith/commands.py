@@ -183,3 +183,19 @@ def add_curve(sub, add_model) -> None:
     add_registry(p)
     add_config_flags(p)
     p.set_defaults(handler="tunesmith.sweep.cli:cli_curve")
+
+
+def add_plan(sub, add_model) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="will a training run fit, and how long will it take: predicted before loading the model",
+    )
+    add_model(p)
+    p.add_argument("--data", help="folder with train.jsonl and val.jsonl, or a train file")
+    p.add_argument("--val", help="validation file (default: val.jsonl beside the training data)")
+    p.add_argument("--config", help="YAML file with any of the train flags (command line wins)")
+    p.add_argument("--out", help=argparse.SUPPRESS)  # train's flag, accepted so a train line can be reused
+    p.add_argument("--suggest", action="store_true", help="also list other settings when the run fits")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_config_flags(p)
+    p.set_defaults(handler="tunesmith.train.cli:cli_plan")

@@ -23,3 +23,9 @@ def disk_full(e: BaseException) -> bool:
     """ENOSPC (or a quota) as an OSError, or inside the message of a library's own error type
     (safetensors raises SafetensorError with the OS message)."""
     return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
+
+
+class WillNotFit(UserError):
+    """The plan predicts more memory than the machine has; the plan and what would fit were printed."""
+
+    exit_code = 4

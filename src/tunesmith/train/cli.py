@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from tunesmith.errors import UserError
 from tunesmith.train import distributed as dist
-from tunesmith.train import rundir
+from tunesmith.train import plan, plan_text, rundir
 from tunesmith.train.config import TrainConfig, resolve_config, to_yaml
 from tunesmith.train.preference import PrefResult
 from tunesmith.train.sft import Result
@@ -31,6 +31,7 @@ def cli_train(args) -> int:
                 "allow_changed_data",
                 "registry",
                 "track",
+                "no_fit_check",
             )
         ]
         if given:
@@ -54,6 +55,7 @@ def cli_train(args) -> int:
         config_file=None if args.resume else args.config,
         registry_path=args.registry,
         track=args.track,
+        fit_check=not args.no_fit_check,
     )
     if dist.world()[0] != 0:
         return 0  # rank 0 reports for everyone
@@ -96,3 +98,20 @@ def _preference_summary(cfg: TrainConfig, r: PrefResult) -> str:
         what = f"loss {r.train_loss:.4f}"
     speed = f"{r.tokens_per_s:,.0f} tokens/s"
     return f"saved adapter to {r.run_dir} ({cfg.method}, {r.steps} steps, {what}, {speed}, {r.wall_s:.0f}s)"
+
+
+def cli_plan(args) -> int:
+    """`tunesmith plan`: the predicted peak memory and time of `train` with the same flags, and what would
+    fit instead when it does not (exit 4)."""
+    cfg = resolve_config(args)
+    if not cfg.data:
+        raise UserError("--data is required: the plan counts the tokens of the run's examples")
+    p = plan.make_plan(cfg, trust_remote_code=args.trust_remote_code)
+    options = plan.suggestions(p, args.trust_remote_code) if not p.fits or args.suggest else []
+    if args.json:
+        print(json.dumps(plan_text.as_dict(p, options), indent=2))
+    else:
+        print(plan_text.render(p))
+        if options:
+            print(plan_text.render_suggestions(p, options))
+    return 0 if p.fits else plan.EXIT_WILL_NOT_FIT

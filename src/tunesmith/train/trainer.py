@@ -17,7 +17,7 @@ from pathlib import Path
 from tunesmith import registry, runrecord, tracking
 from tunesmith.errors import UserError
 from tunesmith.recorder import Recorder
-from tunesmith.train import checkpoint, rundir
+from tunesmith.train import checkpoint, plan_text, rundir
 from tunesmith.train import distributed as dist
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.dpo import Dpo
@@ -40,6 +40,7 @@ def train(
     registry_path: str | None = None,
     track: str | None = None,
     on_validation=None,
+    fit_check: bool = True,
 ):
     """Train `cfg` into cfg.out; returns the method's result (sft.Result, or preference.PrefResult). The run
     is entered in the registry (`registry_path`, default `$TUNESMITH_HOME/registry.db`, "off": none) when it
@@ -60,6 +61,8 @@ def train(
         )
     if kind is not Sft and processes > 1:
         raise UserError(f"--method {cfg.method} trains in one process; launch it without torchrun")
+    if lead and processes == 1:  # before anything is loaded or written
+        plan_text.before_training(cfg, quiet=quiet, fit_check=fit_check, trust_remote_code=trust_remote_code)
     out, work = rundir.begin(cfg, overwrite=overwrite, resume=resume, config_file=config_file, lead=lead)
     ckpt = checkpoint.latest(work / "checkpoints") if resume else None
     if ckpt is not None:
