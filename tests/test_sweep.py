@@ -69,6 +69,7 @@ def test_a_sweep_on_a_tiny_model_prunes_and_registers_every_trial(tiny_model_dir
     assert against_lr.count("<circle") == 4 and during.count("<polyline") == 4
     assert against_lr.count('fill="none"') == sum("pruned" in x for x in trials)  # hollow: pruned
     assert "http" not in page
+    assert shown_in_the_ui(reg) == [("sweep", "sw", 4, page)]
     # the best config trains as it is
     cfg = tmp_path / "sw" / "best.yaml"
     assert cfg.is_file() and "lr:" in cfg.read_text()
@@ -78,6 +79,24 @@ def test_a_sweep_on_a_tiny_model_prunes_and_registers_every_trial(tiny_model_dir
     # the study is kept: running the same sweep again without --resume is refused
     r = cli("sweep", "--data", str(d), "--out", str(tmp_path / "sw"), "--space", "lr=1e-4..1e-2:log")
     assert r.returncode == 2 and "pass --resume to continue it" in r.stderr
+
+
+def shown_in_the_ui(reg: str) -> list[tuple]:
+    """What `tunesmith ui` lists under Sweeps (kind, folder, runs) with the report page it serves; an
+    unknown key is a 404."""
+    pytest.importorskip("fastapi", reason="the review app needs the 'serve' extra")
+    from fastapi.testclient import TestClient
+
+    from tunesmith.review.app import create_app
+
+    client = TestClient(create_app(reg))
+    out = []
+    for s in client.get("/api/studies").json():
+        page = client.get(f"/studies/{s['key']}/report.html")
+        assert page.status_code == 200 and "default-src 'none'" in page.headers["content-security-policy"]
+        out.append((s["kind"], s["name"], s["runs"], page.text))
+    assert client.get("/studies/..%2F..%2Fetc/report.html").status_code == 404
+    return out
 
 
 def toy_data(tmp_path, val: int = 2):
@@ -162,6 +181,7 @@ def test_a_learning_curve_on_nested_subsets(tiny_model_dir, tmp_path):
     assert sorted(x["name"] for x in Registry(reg).runs(kind="train")) == ["n2", "n4", "n8"]
     page = (tmp_path / "c" / "report.html").read_text()
     assert page.count("<circle") == 3 and res["sentence"] in page.replace("&#x27;", "'")
+    assert shown_in_the_ui(reg) == [("curve", "c", 3, page)]
     for bad in ("0.5", "0,0.5", "0.5,1.5", "a,b"):
         with pytest.raises(UserError, match="--fractions"):
             parse_fractions(bad)

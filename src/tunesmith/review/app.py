@@ -3,8 +3,9 @@
 works offline.
 
 The page is a small single-page app over a JSON API: the registry's runs, one run or eval in full,
-two systems side by side with the people's win rate beside the metric differences, and the review
-queue. Every judgement is posted the moment it is made and stored in its own transaction.
+two systems side by side with the people's win rate beside the metric differences, the review
+queue, and the sweeps' and learning curves' own report pages (their plots). Every judgement is
+posted the moment it is made and stored in its own transaction.
 
 Access: on 127.0.0.1 (the default) anyone on this machine may use it, as with any local tool. Bound
 anywhere else it needs a token, compared in constant time (hmac.compare_digest): `Authorization:
@@ -16,6 +17,7 @@ cross-site form cannot send without the browser's preflight.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import random
@@ -88,6 +90,33 @@ def run_detail(reg: Registry, run_id: str) -> dict:
         "verdict": result.get("verdict"),
         "gate": result.get("gate"),
     }
+
+
+def studies(reg: Registry) -> dict[str, dict]:
+    """The sweeps and learning curves whose runs are registered: the folder above a training run that holds
+    a report.html (`tunesmith sweep` and `tunesmith curve` write one there), keyed by a hash of its path,
+    so a request names a key and never a path."""
+    found: dict[str, dict] = {}
+    for r in reg.runs(limit=5000):
+        if r.get("kind") != "train" or not r.get("path"):
+            continue
+        folder = Path(r["path"]).parent
+        key = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+        if key not in found:
+            report = folder / "report.html"
+            if not report.is_file():
+                continue
+            kind = "curve" if (folder / "subsets").is_dir() else "sweep"
+            found[key] = {
+                "key": key,
+                "kind": kind,
+                "name": folder.name,
+                "path": str(folder),
+                "runs": 0,
+                "updated": report.stat().st_mtime,
+            }
+        found[key]["runs"] += 1
+    return found
 
 
 def next_items(reg: Registry, name: str, reviewer: str) -> list[dict]:
@@ -177,6 +206,19 @@ def create_app(registry: str | Path | None, token: str | None = None) -> FastAPI
     @app.get("/api/runs/{run_id}")
     async def _run(run_id: str):
         return run_detail(reg(), run_id)
+
+    @app.get("/api/studies")
+    async def _studies():
+        return sorted(studies(reg()).values(), key=lambda s: -s["updated"])
+
+    @app.get("/studies/{key}/report.html")
+    async def _study_report(key: str):
+        study = studies(reg()).get(key)
+        if study is None:
+            raise Refused(404, f"no sweep or curve {key!r}")
+        # our own self-contained page (inline SVG and style): shown in a sandboxed frame, nothing it may load
+        policy = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+        return FileResponse(Path(study["path"]) / "report.html", headers={"Content-Security-Policy": policy})
 
     @app.get("/api/queues")
     async def _queues():

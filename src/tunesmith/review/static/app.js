@@ -293,6 +293,23 @@ async function onKey(ev) {
 }
 document.addEventListener("keydown", onKey);
 
+// ------------------------------------------------------------ sweeps and learning curves
+
+async function studiesPage(key) {
+  const all = await api("/api/studies");
+  const one = all.find((s) => s.key === key);
+  if (one) {
+    // the sweep's or curve's own report (inline SVG plots), in a frame that may run nothing
+    main.replaceChildren(h("h1", {}, `${one.kind} ${one.name} `, h("small", {}, one.path)),
+      h("iframe", {class: "report", sandbox: "", src: `/studies/${encodeURIComponent(one.key)}/report.html`}));
+    return;
+  }
+  main.replaceChildren(h("h1", {}, "Sweeps and learning curves"),
+    all.length ? table([["kind", "kind"], ["name", "name"], ["runs", "runs"], ["updated", "updated", when],
+      ["path", "folder"]], all, (s) => { location.hash = `#/studies/${s.key}`; })
+      : h("p", {}, "None yet: `tunesmith sweep` and `tunesmith curve` register their runs and write a report here."));
+}
+
 // ------------------------------------------------------------ routes
 
 async function route() {
@@ -300,6 +317,7 @@ async function route() {
   try {
     if (page === "run") await runPage(arg);
     else if (page === "queues") await queuesPage();
+    else if (page === "studies") await studiesPage(arg);
     else if (page === "compare") await comparePage(arg);
     else if (page === "review") await reviewPage(arg);
     else await runsPage();
