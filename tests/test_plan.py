@@ -140,3 +140,22 @@ def test_the_matmul_speed_is_measured_once_per_machine_threads_and_precision(mon
     assert len(json.loads((tmp_path / "machine.json").read_text())) == 3
     (tmp_path / "machine.json").write_text("not json")  # a broken cache is measured around
     assert machine.matmul_gflops("fp32", 1)[1]
+
+
+def test_an_unset_learning_rate_is_the_methods_default(tmp_path):
+    import yaml
+
+    from tunesmith.train.config import DEFAULT_LR
+
+    def lr(*flags: str) -> float:
+        r = cli("train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--print-config", *flags)
+        assert r.returncode == 0, r.stderr
+        return yaml.safe_load(r.stdout)["lr"]
+
+    assert lr() == DEFAULT_LR["lora"] == 1e-3
+    assert lr("--method", "full") == 5e-5 and lr("--method", "freeze") == 1e-4
+    assert lr("--method", "full", "--lr", "2e-4") == 2e-4
+    (tmp_path / "c.yaml").write_text("method: full\nlr: 3.0e-5\n")
+    assert lr("--config", str(tmp_path / "c.yaml")) == 3e-5
+    (tmp_path / "d.yaml").write_text("method: prompt-tuning\n")
+    assert lr("--config", str(tmp_path / "d.yaml")) == 0.3

@@ -1,7 +1,7 @@
-"""The parsers of the commands around training runs: `runs`, `review`, `ui` and `sweep`, with the
---registry and --track flags every command shares. Declarations only (argparse, no work): each names
-the handler `tunesmith.cli.main` imports when the command runs. Apart from cli.py so that module stays
-within the size rule as commands are added."""
+"""The parsers of the commands around training runs: `runs`, `review`, `ui`, `sweep`, `curve` and
+`plan`, with the --registry and --track flags every command shares. Declarations only (argparse, no
+work): each names the handler `tunesmith.cli.main` imports when the command runs. Apart from cli.py so
+that module stays within the size rule as commands are added."""
 
 from __future__ import annotations
 
@@ -150,7 +150,8 @@ def add_sweep(sub, add_model) -> None:
         help="stop poor trials early (default median)",
     )
     p.add_argument(
-        "--storage", help="an Optuna storage URL shared by workers or machines (default: sqlite in --out)"
+        "--storage",
+        help="an Optuna storage URL shared by workers or machines (default: a journal file in --out)",
     )
     p.add_argument("--study", help="the study's name (default: the --out folder's name)")
     p.add_argument(

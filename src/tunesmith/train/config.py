@@ -20,6 +20,23 @@ PREFERENCE_METHODS = ("dpo", "grpo")
 ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt-tuning", "prefix-tuning", *PREFERENCE_METHODS)
 
 
+# The peak learning rate when none is given, per method. LoRA's (and DoRA's, QLoRA's) from the sweeps in
+# benchmarks/RESULTS.md ("Defaults that need no sweep"); the others are the rates each method lowered the
+# validation loss with in 10 steps on the example data (RESULTS.md, "Training methods") and in the DPO and
+# GRPO benchmarks. Full fine-tuning at LoRA's 1e-3 moves 135M weights too far: it needs ~20x less.
+DEFAULT_LR = {
+    "lora": 1e-3,
+    "dora": 1e-3,
+    "qlora": 1e-3,
+    "full": 5e-5,
+    "freeze": 1e-4,
+    "prompt-tuning": 3e-1,
+    "prefix-tuning": 1e-2,
+    "dpo": 5e-4,
+    "grpo": 5e-4,
+}
+
+
 @dataclass
 class TrainConfig:
     model: str = ""  # unset: the --from-adapter run's base model, else the default (__post_init__)
@@ -28,7 +45,7 @@ class TrainConfig:
     out: str | None = None
     method: str = "lora"
     epochs: int = 3
-    lr: float = 1e-3
+    lr: float = 0.0  # 0 = the method's default (DEFAULT_LR)
     batch_size: int = 8  # examples per optimizer step
     # examples per forward pass (gradient accumulation makes up the rest); 0 = auto: 1 on a CPU, where
     # unpadded single sequences train faster and in ~1/3 of the memory of 4 padded ones (measured,
@@ -74,9 +91,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """An explicit model stays as given (even the default's name); an unset one becomes the
-        --from-adapter run's base model, else the default (one rule: loading.base_model_of)."""
+        --from-adapter run's base model, else the default (one rule: loading.base_model_of). An unset (0)
+        learning rate becomes the method's default."""
         if not self.model:
             self.model = base_model_of(self.from_adapter or None, None)
+        if not self.lr:
+            self.lr = DEFAULT_LR.get(self.method, DEFAULT_LR["lora"])  # an unknown method fails in validate()
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -140,7 +160,8 @@ class TrainConfig:
 HELP = {
     "method": "lora, dora, qlora (CUDA), full, freeze, prompt-tuning or prefix-tuning",
     "epochs": "passes over the training data",
-    "lr": "peak learning rate (linear warm-up, then cosine decay)",
+    "lr": "peak learning rate (linear warm-up, then cosine decay); default: by method, 1e-3 for LoRA, 5e-5 "
+    "for full (`tunesmith train --print-config` shows it)",
     "batch_size": "examples per optimizer step",
     "micro_batch_size": "examples per forward pass; batch-size / micro-batch-size steps of gradient "
     "accumulation "
