@@ -309,14 +309,16 @@ def predict(
     gflops, measured_now = speed
     mean_len = sum(data.lengths) / len(data.lengths)
     per_token = flops_per_token(arch, cfg, mean_len, share)
-    tok_s = gflops * 1e9 * EFFICIENCY[precision] / per_token
+    tokens_epoch = sum(data.lengths)
     steps = math.ceil(len(data.lengths) / cfg.batch_size)
-    optimizer_s = steps * arch.trainable * OPTIMIZER_NS * 1e-9
+    # the time inside training steps, the optimizer's included (as the run counts its tokens/s)
+    train_s = tokens_epoch * per_token / (gflops * 1e9 * EFFICIENCY[precision])
+    train_s += steps * arch.trainable * OPTIMIZER_NS * 1e-9
     val_flops = data.val_tokens * (2 * arch.linear + 6 * arch.attn * arch.layers * mean_len / 2)
     val_flops += data.val_answers * 2 * arch.vocab * arch.hidden
     validations = 1 + (steps // cfg.eval_every_steps if cfg.eval_every_steps else 0)
     val_s = validations * val_flops / (gflops * 1e9 * EFFICIENCY[precision])
-    epoch_s = sum(data.lengths) / tok_s + optimizer_s + val_s
+    epoch_s = train_s + val_s
     total_s = epoch_s * cfg.epochs
     if cfg.max_steps:
         total_s = min(total_s, epoch_s * cfg.max_steps / steps)
@@ -330,7 +332,7 @@ def predict(
         available=available,
         total=total,
         pass_tokens=tokens,
-        tokens_per_s=tok_s,
+        tokens_per_s=tokens_epoch / train_s,
         steps_per_epoch=steps,
         epoch_s=epoch_s,
         total_s=total_s,

@@ -51,7 +51,7 @@ def render(plan: Plan) -> str:
         f"  speed        matmul {plan.gflops:.0f} GFLOP/s ({plan.precision}, "
         + ("measured now" if plan.measured_now else "measured earlier on this machine")
         + f") × {EFFICIENCY[plan.precision]:.2f} efficiency / {plan.flops_per_token / 1e9:.2f} GFLOP per "
-        f"token ≈ {plan.tokens_per_s:,.0f} tokens/s",
+        f"token, and AdamW's steps ≈ {plan.tokens_per_s:,.0f} tokens/s",
         f"  epoch        {len(d.lengths):,} examples, {tokens:,} tokens ({d.answers / max(tokens, 1):.0%} "
         f"answers), {plan.steps_per_epoch} steps of {c.batch_size} ≈ {_duration(plan.epoch_s)} "
         f"(with validation)",
