@@ -61,8 +61,6 @@ def train(
         )
     if kind is not Sft and processes > 1:
         raise UserError(f"--method {cfg.method} trains in one process; launch it without torchrun")
-    if lead and processes == 1:  # before anything is loaded or written
-        plan_text.before_training(cfg, quiet=quiet, fit_check=fit_check, trust_remote_code=trust_remote_code)
     out, work = rundir.begin(cfg, overwrite=overwrite, resume=resume, config_file=config_file, lead=lead)
     ckpt = checkpoint.latest(work / "checkpoints") if resume else None
     if ckpt is not None:
@@ -77,6 +75,8 @@ def train(
     tracking.check(track)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if lead and processes == 1:  # --out checked, nothing loaded or written yet
+        plan_text.before_training(cfg, quiet=quiet, fit_check=fit_check, trust_remote_code=trust_remote_code)
     method = kind(
         cfg, trust_remote_code=trust_remote_code, quiet=quiet, resumed_from=ckpt.name if ckpt else None
     )
