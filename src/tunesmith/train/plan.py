@@ -122,7 +122,9 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return self.peak - self.parts["runtime"] <= self.available
+        """The peak beyond what is already in use: on a CPU this process's runtime is resident already (and
+        outside MemAvailable); on a GPU the CUDA context is yet to come."""
+        return self.peak - (self.parts["runtime"] if self.where == "RAM" else 0) <= self.available
 
 
 # ------------------------------------------------------------------------------------ what goes in

@@ -75,7 +75,7 @@ def summary(plan: Plan) -> str:
 
 
 def render_suggestions(plan: Plan, options: list[tuple[str, Plan]]) -> str:
-    need = plan.peak - plan.parts["runtime"] - plan.available
+    need = plan.peak - (plan.parts["runtime"] if plan.where == "RAM" else 0) - plan.available
     lines = [
         f"{plan.where.capitalize()} is short by ≈ {_size(need)} for this run. What would fit instead:"
         if not plan.fits
