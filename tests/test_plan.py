@@ -88,6 +88,8 @@ def test_plan_prints_its_reasoning_and_json(tiny_model_dir, tmp_path):
     changes = {s["change"]: s for s in out["suggestions"]}
     # recomputing the activations keeps less of them and costs time
     gc = changes["--gradient-checkpointing"]
+    r = cli(*args, "--method", "dpo")
+    assert r.returncode == 2 and "the plan models the SFT methods" in r.stderr
     assert gc["parts_bytes"]["activations"] < out["parts_bytes"]["activations"]
     assert gc["tokens_per_s"] < out["tokens_per_s"]
 

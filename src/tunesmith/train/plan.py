@@ -5,9 +5,11 @@ second), with the run's own adapter or trainable selection applied (setup.py's t
 parameter counts are exact for every architecture transformers knows. The data is tokenized through
 the chat template as the run would (batching.encode_all). Then:
 
-Peak memory = runtime (this process's resident memory: the libraries) + weights (each parameter in
-the dtype the run holds it in) + trainable state (fp32 gradient and two AdamW moments, 12 bytes per
-trainable parameter) + activations of the largest forward pass × SLACK.
+Peak memory = runtime (this process's resident memory: the libraries, and what a training process
+holds beyond them) + weights (each parameter in the dtype the run holds it in) + trainable state
+(fp32 gradient and two AdamW moments, 12 bytes per trainable parameter) + activations of the largest
+forward pass × SLACK; for full training at least AdamW's temporaries (4 bytes per trainable weight),
+and never less than loading needs when the weights change dtype (the file and the copy at once).
 
 Activations are what autograd keeps for the backward pass, per token per decoder layer, in units of
 the hidden size h, the MLP's intermediate size i, the key/value width kv and the LoRA rank r. The
@@ -45,8 +47,24 @@ from tunesmith.train.sft import auto_micro_batch, load_data
 
 GIB = 2**30
 EXIT_WILL_NOT_FIT = 4
-SLACK = 1.25  # RSS over the counted activations: the allocator, the backward pass's own buffers
-EFFICIENCY = {"fp32": 0.60, "bf16": 0.44, "fp16": 0.44}  # achieved model FLOP/s / matmul peak
+# Resident memory over what autograd keeps, fitted on benchmarks/plan.py's SmolLM2-135M runs (256 and 1,024
+# tokens, RESULTS.md) and checked on the Qwen2.5-0.5B-shaped ones: freed activations and the backward pass's
+# own buffers stay in the heap (glibc keeps what it freed), most of all with PEFT's extra sums in fp32.
+SLACK = {"adapter fp32": 2.8, "adapter 16-bit": 1.8, "full": 1.5}
+# A training process holds ~200 MiB more than the plan's own process (the tokenizer and data, oneDNN's
+# kernel caches, the progress display): SmolLM2 bf16 LoRA at 256 tokens peaked while loading at 1,549 MiB,
+# which is runtime + file + bf16 copy with a 650 MiB runtime; the plan's process read 429-450 MiB.
+TRAINING_PROCESS = 200 * 2**20
+# Achieved model FLOP/s over the matmul peak of the precision, in the steady state (after the first step),
+# fitted on benchmarks/plan.py's SmolLM2-135M runs (RESULTS.md): adapters in fp32 0.50, in bf16 0.42; full
+# training lower (weight gradients accumulated in fp32, AdamW over every weight): 0.42 and 0.34.
+EFFICIENCY = {("fp32", False): 0.50, ("bf16", False): 0.42, ("fp32", True): 0.42, ("bf16", True): 0.34}
+
+
+def efficiency(precision: str, cfg: TrainConfig) -> float:
+    return EFFICIENCY[("fp32" if precision == "fp32" else "bf16", cfg.method in SELECTIONS)]
+
+
 OPTIMIZER_NS = 3.0  # ns per trainable parameter per AdamW step (foreach kernels, fp32, memory-bound)
 CUDA_RUNTIME = int(0.6 * GIB)  # the CUDA context and cuBLAS workspace (not measured here: no GPU)
 
@@ -71,6 +89,7 @@ class Arch:
     gelu: bool  # a tanh-approximated GELU keeps its intermediate too
     output_trainable: bool
     window: int  # sliding attention window, 0 = none
+    stored: int = 0  # bytes of the weights files
 
 
 @dataclass
@@ -103,7 +122,8 @@ class Plan:
     method: str
     precision: str  # what the matmuls compute in: fp32, bf16 or fp16
     where: str  # "RAM" or "GPU memory"
-    parts: dict[str, int]  # bytes: runtime, weights, trainable state, activations
+    parts: dict[str, int]  # bytes: runtime, weights, trainable state, activations (, loading, AdamW step)
+    resident: int  # of the runtime, what this process holds already
     peak: int
     available: int
     total: int
@@ -124,7 +144,7 @@ class Plan:
     def fits(self) -> bool:
         """The peak beyond what is already in use: on a CPU this process's runtime is resident already (and
         outside MemAvailable); on a GPU the CUDA context is yet to come."""
-        return self.peak - (self.parts["runtime"] if self.where == "RAM" else 0) <= self.available
+        return self.peak - self.resident <= self.available
 
 
 # ------------------------------------------------------------------------------------ what goes in
@@ -171,6 +191,7 @@ def architecture(cfg: TrainConfig, trust_remote_code: bool = False) -> Arch:
     act = str(getattr(text, "hidden_act", None) or getattr(text, "hidden_activation", ""))
     params = sum(p.numel() for p in model.parameters())
     out = inner.get_output_embeddings()
+    stored = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
     return Arch(
         name=cfg.model,
         layers=len(layers),
@@ -188,6 +209,7 @@ def architecture(cfg: TrainConfig, trust_remote_code: bool = False) -> Arch:
         gelu="gelu" in act and "tanh" in act,
         output_trainable=out is not None and out.weight.requires_grad,
         window=int(getattr(text, "sliding_window", None) or 0),
+        stored=stored,
     )
 
 
@@ -302,24 +324,34 @@ def predict(
     precision = _precision(cfg)
     tokens = _pass_tokens(cfg, data, on_cpu)
     share = data.answers / max(sum(data.lengths), 1)
+    adapters = cfg.method not in SELECTIONS
+    slack = SLACK["full" if not adapters else "adapter fp32" if precision == "fp32" else "adapter 16-bit"]
     parts = {
-        "runtime": runtime if on_cpu else CUDA_RUNTIME,
+        "runtime": runtime + TRAINING_PROCESS if on_cpu else CUDA_RUNTIME,
         "weights": weight_bytes(arch, cfg, precision),
         "gradients and AdamW state": 12 * arch.trainable,
-        "activations": int(SLACK * activation_bytes(arch, cfg, tokens, math.ceil(tokens * share), precision)),
+        "activations": int(slack * activation_bytes(arch, cfg, tokens, math.ceil(tokens * share), precision)),
     }
+    if (
+        not adapters
+    ):  # AdamW's step makes fp32 temporaries of every trainable weight, activations freed by then
+        parts["AdamW step"] = max(0, 4 * arch.trainable - parts["activations"])
+    converted = arch.stored and abs(arch.stored - parts["weights"]) > 0.1 * arch.stored
+    if on_cpu and converted:  # loading: the file's pages and the converted copy at once
+        loading = parts["runtime"] + arch.stored + parts["weights"]
+        parts["while loading"] = max(0, loading - sum(parts.values()))
     gflops, measured_now = speed
     mean_len = sum(data.lengths) / len(data.lengths)
     per_token = flops_per_token(arch, cfg, mean_len, share)
     tokens_epoch = sum(data.lengths)
     steps = math.ceil(len(data.lengths) / cfg.batch_size)
     # the time inside training steps, the optimizer's included (as the run counts its tokens/s)
-    train_s = tokens_epoch * per_token / (gflops * 1e9 * EFFICIENCY[precision])
+    train_s = tokens_epoch * per_token / (gflops * 1e9 * efficiency(precision, cfg))
     train_s += steps * arch.trainable * OPTIMIZER_NS * 1e-9
     val_flops = data.val_tokens * (2 * arch.linear + 6 * arch.attn * arch.layers * mean_len / 2)
     val_flops += data.val_answers * 2 * arch.vocab * arch.hidden
     validations = 1 + (steps // cfg.eval_every_steps if cfg.eval_every_steps else 0)
-    val_s = validations * val_flops / (gflops * 1e9 * EFFICIENCY[precision])
+    val_s = validations * val_flops / (gflops * 1e9 * efficiency(precision, cfg))
     epoch_s = train_s + val_s
     total_s = epoch_s * cfg.epochs
     if cfg.max_steps:
@@ -330,6 +362,7 @@ def predict(
         precision=precision,
         where="RAM" if on_cpu else "GPU memory",
         parts=parts,
+        resident=runtime if on_cpu else 0,
         peak=sum(parts.values()),
         available=available,
         total=total,
@@ -374,7 +407,7 @@ def suggestions(plan: Plan, trust_remote_code: bool = False) -> list[tuple[str, 
     """Changes that lower the peak, each with its own plan, the ones that fit first."""
     cfg, data = plan.cfg, plan.data
     on_cpu = plan.where == "RAM"
-    speed, memory, runtime = (plan.gflops, False), (plan.available, plan.total), plan.parts["runtime"]
+    speed, memory, runtime = (plan.gflops, False), (plan.available, plan.total), plan.resident
     tries: list[tuple[str, TrainConfig, Data, Arch]] = []
     if not cfg.gradient_checkpointing:
         tries.append(("--gradient-checkpointing", replace(cfg, gradient_checkpointing=True), data, plan.arch))

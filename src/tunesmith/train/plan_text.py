@@ -9,7 +9,7 @@ import sys
 from tunesmith.errors import UserError, WillNotFit
 from tunesmith.train import machine
 from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig
-from tunesmith.train.plan import EFFICIENCY, GIB, SLACK, Plan, make_plan, suggestions
+from tunesmith.train.plan import GIB, Plan, efficiency, make_plan, suggestions
 
 
 def _size(n: float) -> str:
@@ -43,15 +43,26 @@ def render(plan: Plan) -> str:
         f"  grads+AdamW  {_size(p['gradients and AdamW state']):>9}   "
         f"{_count(a.trainable)} trainable × 12 bytes",
         f"  activations  {_size(p['activations']):>9}   largest pass {plan.pass_tokens:,} tokens × "
-        f"{per_token / 2**20:.2f} MiB per token (kept for the backward pass, with {SLACK:.2f}× slack)",
+        f"{per_token / 2**20:.2f} MiB per token (what the backward pass needs, and the heap around it)",
         f"  runtime      {_size(p['runtime']):>9}   "
-        + ("this process: Python, torch, transformers" if where == "CPU" else "CUDA context (estimate)"),
+        + ("Python, torch, transformers, the data" if where == "CPU" else "CUDA context (estimate)"),
+    ]
+    if p.get("AdamW step"):
+        lines.append(
+            f"  AdamW step   {_size(p['AdamW step']):>9}   its temporaries beyond the freed activations"
+        )
+    if p.get("while loading"):
+        lines.append(
+            f"  loading      {_size(p['while loading']):>9}   more while the file is read and converted"
+        )
+    lines += [
         f"  peak {plan.where} ≈ {_size(plan.peak)} of {_size(plan.available)} available "
         f"({_size(plan.total)} in all): " + ("fits" if plan.fits else "WILL NOT FIT"),
         f"  speed        matmul {plan.gflops:.0f} GFLOP/s ({plan.precision}, "
         + ("measured now" if plan.measured_now else "measured earlier on this machine")
-        + f") × {EFFICIENCY[plan.precision]:.2f} efficiency / {plan.flops_per_token / 1e9:.2f} GFLOP per "
-        f"token, and AdamW's steps ≈ {plan.tokens_per_s:,.0f} tokens/s",
+        + f") × {efficiency(plan.precision, plan.cfg):.2f} efficiency / "
+        f"{plan.flops_per_token / 1e9:.2f} GFLOP per token, and AdamW's steps ≈ "
+        f"{plan.tokens_per_s:,.0f} tokens/s",
         f"  epoch        {len(d.lengths):,} examples, {tokens:,} tokens ({d.answers / max(tokens, 1):.0%} "
         f"answers), {plan.steps_per_epoch} steps of {c.batch_size} ≈ {_duration(plan.epoch_s)} "
         f"(with validation)",
@@ -75,7 +86,7 @@ def summary(plan: Plan) -> str:
 
 
 def render_suggestions(plan: Plan, options: list[tuple[str, Plan]]) -> str:
-    need = plan.peak - (plan.parts["runtime"] if plan.where == "RAM" else 0) - plan.available
+    need = plan.peak - plan.resident - plan.available
     lines = [
         f"{plan.where.capitalize()} is short by ≈ {_size(need)} for this run. What would fit instead:"
         if not plan.fits
@@ -111,8 +122,8 @@ def as_dict(plan: Plan, options: list[tuple[str, Plan]]) -> dict:
             "largest_pass_tokens": p.pass_tokens,
             "tokens_per_s": round(p.tokens_per_s, 1),
             "steps_per_epoch": p.steps_per_epoch,
-            "epoch_s": round(p.epoch_s, 3),
-            "total_s": round(p.total_s, 3),
+            "epoch_s": p.epoch_s,
+            "total_s": p.total_s,
             "matmul_gflops": round(p.gflops, 1),
             "flops_per_token": p.flops_per_token,
             "examples": len(p.data.lengths),
