@@ -3,15 +3,18 @@ demo-out/registry.db, with a queue made by `tunesmith review add base tuned --na
 opened in headless chromium.
 
     python scripts/screenshots.py --registry demo-out/registry.db --queue demo --run tuned --out docs
+    python scripts/screenshots.py --registry sweeps/registry.db --sweeps --out docs   # the Sweeps page only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import uvicorn
@@ -25,8 +28,9 @@ from tunesmith.review.app import create_app
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--registry", required=True)
-    ap.add_argument("--queue", required=True)
-    ap.add_argument("--run", required=True, help="a run or eval to show on the run page")
+    ap.add_argument("--queue", help="a review queue for the compare and review pages")
+    ap.add_argument("--run", help="a run or eval to show on the run page")
+    ap.add_argument("--sweeps", action="store_true", help="the newest sweep's or curve's report page")
     ap.add_argument("--out", default="docs")
     args = ap.parse_args()
     with socket.socket() as s:
@@ -45,13 +49,14 @@ def main() -> None:
     try:
         driver.get(base)
         driver.find_element(By.ID, "reviewer").send_keys("ann", Keys.TAB)
-        pages = {
-            "runs": "#/runs",
-            "run": f"#/run/{args.run}",
-            "compare": f"#/compare/{args.queue}",
-            "review": f"#/review/{args.queue}",
-            "queues": "#/queues",
-        }
+        pages = {"runs": "#/runs", "queues": "#/queues"} if args.queue or args.run else {}
+        if args.run:
+            pages["run"] = f"#/run/{args.run}"
+        if args.queue:
+            pages.update({"compare": f"#/compare/{args.queue}", "review": f"#/review/{args.queue}"})
+        if args.sweeps:
+            with urllib.request.urlopen(base + "api/studies") as r:
+                pages["sweeps"] = f"#/studies/{json.load(r)[0]['key']}"
         for name, hash_ in pages.items():
             driver.get(base + hash_)
             time.sleep(1.5)
