@@ -119,6 +119,16 @@ def studies(reg: Registry) -> dict[str, dict]:
     return found
 
 
+def study_report(reg: Registry, key: str) -> FileResponse:
+    """A sweep's or curve's report.html by its key: our own self-contained page (inline SVG and style),
+    shown in a sandboxed frame and allowed to load nothing."""
+    study = studies(reg).get(key)
+    if study is None:
+        raise Refused(404, f"no sweep or curve {key!r}")
+    policy = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+    return FileResponse(Path(study["path"]) / "report.html", headers={"Content-Security-Policy": policy})
+
+
 def next_items(reg: Registry, name: str, reviewer: str) -> list[dict]:
     """The queue's items, each with this reviewer's judgements, and a random order of A and B for the
     blind choice (recorded with the choice when it is posted)."""
@@ -213,12 +223,7 @@ def create_app(registry: str | Path | None, token: str | None = None) -> FastAPI
 
     @app.get("/studies/{key}/report.html")
     async def _study_report(key: str):
-        study = studies(reg()).get(key)
-        if study is None:
-            raise Refused(404, f"no sweep or curve {key!r}")
-        # our own self-contained page (inline SVG and style): shown in a sandboxed frame, nothing it may load
-        policy = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-        return FileResponse(Path(study["path"]) / "report.html", headers={"Content-Security-Policy": policy})
+        return study_report(reg(), key)
 
     @app.get("/api/queues")
     async def _queues():
