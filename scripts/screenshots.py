@@ -3,7 +3,7 @@ demo-out/registry.db, with a queue made by `tunesmith review add base tuned --na
 opened in headless chromium.
 
     python scripts/screenshots.py --registry demo-out/registry.db --queue demo --run tuned --out docs
-    python scripts/screenshots.py --registry sweeps/registry.db --sweeps --out docs   # the Sweeps page only
+    python scripts/screenshots.py --registry sweeps/registry.db --sweeps --out docs  # ui-sweep, ui-curve
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--registry", required=True)
     ap.add_argument("--queue", help="a review queue for the compare and review pages")
     ap.add_argument("--run", help="a run or eval to show on the run page")
-    ap.add_argument("--sweeps", action="store_true", help="the newest sweep's or curve's report page")
+    ap.add_argument("--sweeps", action="store_true", help="the newest sweep's and curve's report pages")
     ap.add_argument("--out", default="docs")
     args = ap.parse_args()
     with socket.socket() as s:
@@ -54,9 +54,10 @@ def main() -> None:
             pages["run"] = f"#/run/{args.run}"
         if args.queue:
             pages.update({"compare": f"#/compare/{args.queue}", "review": f"#/review/{args.queue}"})
-        if args.sweeps:
+        if args.sweeps:  # the newest sweep's and the newest curve's report pages
             with urllib.request.urlopen(base + "api/studies") as r:
-                pages["sweeps"] = f"#/studies/{json.load(r)[0]['key']}"
+                for study in reversed(json.load(r)):
+                    pages[study["kind"]] = f"#/studies/{study['key']}"
         for name, hash_ in pages.items():
             driver.get(base + hash_)
             time.sleep(1.5)
