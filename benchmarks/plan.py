@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,7 @@ def one(model: str, data: Path, method: str, precision: str, steps: int, out: Pa
     steps = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"tokens"' in l]
     elapsed = [s["tokens"] / s["tokens_per_s"] for s in steps]
     steady = (steps[-1]["tokens"] - steps[0]["tokens"]) / (elapsed[-1] - elapsed[0])
+    shutil.rmtree(run)  # a full run of the 0.5B shape writes ~9 GB (model, best, checkpoints): measured, gone
     return {
         "predicted_peak_mib": predicted["peak_bytes"] / 2**20,
         "measured_peak_mib": peak / 2**20,
