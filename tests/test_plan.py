@@ -90,6 +90,8 @@ def test_plan_prints_its_reasoning_and_json(tiny_model_dir, tmp_path):
     gc = changes["--gradient-checkpointing"]
     r = cli(*args, "--method", "dpo")
     assert r.returncode == 2 and "the plan models the SFT methods" in r.stderr
+    r = cli(*args, "--method", "qlora")
+    assert r.returncode == 2 and "needs a CUDA GPU; plan --method lora here" in r.stderr
     assert gc["parts_bytes"]["activations"] < out["parts_bytes"]["activations"]
     assert gc["tokens_per_s"] < out["tokens_per_s"]
 

@@ -396,9 +396,14 @@ def make_plan(
             "prompt-tuning, prefix-tuning); DPO holds two sequences per example and GRPO samples answers, "
             "which it does not predict"
         )
+    on_cpu = not torch.cuda.is_available()
+    if cfg.method == "qlora" and on_cpu:
+        raise UserError(
+            "--method qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
+            "plan --method lora here (the same adapter, on an unquantized base)"
+        )
     arch = arch or architecture(cfg, trust_remote_code)
     data = data or data_stats(cfg, trust_remote_code)
-    on_cpu = not torch.cuda.is_available()
     speed = machine.matmul_gflops(_precision(cfg), cfg.threads)
     return predict(cfg, arch, data, speed, machine.memory_bytes(), machine.process_rss_bytes(), on_cpu)
 

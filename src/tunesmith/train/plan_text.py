@@ -142,8 +142,8 @@ def before_training(
     """`train`'s first words: the plan in one line. A run predicted not to fit stops here, before the model
     is loaded, with the plan and what would fit (WillNotFit, exit 4) unless fit_check is off. The plan is
     advice: where it cannot be made (a model it cannot build on the meta device), training goes on."""
-    if cfg.method in PREFERENCE_METHODS:
-        return None
+    if cfg.method in PREFERENCE_METHODS or cfg.method == "qlora" and machine.device() == "cpu":
+        return None  # not modelled; QLoRA on a CPU is refused with its reason when the model is set up
     try:
         p = make_plan(cfg, trust_remote_code)
     except UserError:
