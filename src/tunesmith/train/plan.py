@@ -33,7 +33,7 @@ the validation passes. SLACK and EFFICIENCY are the measured ratios of benchmark
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from tunesmith.errors import UserError
 from tunesmith.loading import load_tokenizer
@@ -138,7 +138,6 @@ class Plan:
     arch: Arch
     data: Data
     cfg: TrainConfig
-    notes: list[str] = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
@@ -332,9 +331,8 @@ def predict(
         "gradients and AdamW state": 12 * arch.trainable,
         "activations": int(slack * activation_bytes(arch, cfg, tokens, math.ceil(tokens * share), precision)),
     }
-    if (
-        not adapters
-    ):  # AdamW's step makes fp32 temporaries of every trainable weight, activations freed by then
+    # full training: AdamW's step makes fp32 temporaries of every trainable weight, activations freed by then
+    if not adapters:
         parts["AdamW step"] = max(0, 4 * arch.trainable - parts["activations"])
     converted = arch.stored and abs(arch.stored - parts["weights"]) > 0.1 * arch.stored
     if on_cpu and converted:  # loading: the file's pages and the converted copy at once
@@ -383,9 +381,7 @@ def predict(
 # ------------------------------------------------------------------------------------ on this machine
 
 
-def make_plan(
-    cfg: TrainConfig, trust_remote_code: bool = False, arch: Arch | None = None, data: Data | None = None
-) -> Plan:
+def make_plan(cfg: TrainConfig, trust_remote_code: bool = False) -> Plan:
     """The plan of `cfg` here: the architecture and data read, the matmul speed from the cache (measured
     once), the memory there is now."""
     import torch
@@ -402,8 +398,8 @@ def make_plan(
             "--method qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
             "plan --method lora here (the same adapter, on an unquantized base)"
         )
-    arch = arch or architecture(cfg, trust_remote_code)
-    data = data or data_stats(cfg, trust_remote_code)
+    arch = architecture(cfg, trust_remote_code)
+    data = data_stats(cfg, trust_remote_code)
     speed = machine.matmul_gflops(_precision(cfg), cfg.threads)
     return predict(cfg, arch, data, speed, machine.memory_bytes(), machine.process_rss_bytes(), on_cpu)
 
