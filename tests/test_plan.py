@@ -163,3 +163,30 @@ def test_an_unset_learning_rate_is_the_methods_default(tmp_path):
     assert lr("--config", str(tmp_path / "c.yaml")) == 3e-5
     (tmp_path / "d.yaml").write_text("method: prompt-tuning\n")
     assert lr("--config", str(tmp_path / "d.yaml")) == 0.3
+
+
+def test_a_train_tokenizes_its_data_once_for_the_plan_and_the_run(tiny_model_dir, tmp_path, monkeypatch):
+    from tunesmith.train import batching
+
+    long = toy_examples(1)[0]
+    long["messages"][-1]["content"] *= 80
+    write_jsonl(tmp_path / "d" / "train.jsonl", [*toy_examples(6), long])
+    write_jsonl(tmp_path / "d" / "val.jsonl", toy_examples(2))
+    calls = []
+    real = batching.encode_chat
+    monkeypatch.setattr(batching, "encode_chat", lambda *a, **k: calls.append(1) or real(*a, **k))
+    common = ["--model", str(tiny_model_dir("llama")), "--data", str(tmp_path / "d"), "--max-length", "256"]
+    r = cli("train", *common, "--out", str(tmp_path / "run"), "--registry", "off", "--max-steps", "1")
+    assert r.returncode == 0, r.stderr
+    assert "plan: peak RAM" in r.stderr
+    assert len(calls) == 9  # 7 training and 2 validation examples, each through the template once
+    assert r.stderr.count("tokens > --max-length 256, dropped") == 1
+    assert "training lora on 6 examples (2 validation)" in r.stderr
+
+    calls.clear()  # without a plan (DPO and GRPO have none; torchrun's ranks skip it) the run encodes them
+    from tunesmith.train.config import TrainConfig
+    from tunesmith.train.sft import Sft
+
+    cfg = TrainConfig(model=str(tiny_model_dir("llama")), data=str(tmp_path / "d"), max_length=256)
+    method = Sft(cfg, quiet=True)
+    assert len(calls) == 9 and len(method.train_enc) == 6 and len(method.dropped) == 1

@@ -3,7 +3,7 @@
 The model is built on PyTorch's meta device from its config.json (shapes, no memory, under a
 second), with the run's own adapter or trainable selection applied (setup.py's tables), so the
 parameter counts are exact for every architecture transformers knows. The data is tokenized through
-the chat template as the run would (batching.encode_all). Then:
+the chat template as the run would (sft.encode_data, whose encodings the run then trains on). Then:
 
 Peak memory = runtime (this process's resident memory: the libraries, and what a training process
 holds beyond them) + weights (each parameter in the dtype the run holds it in) + trainable state
@@ -33,17 +33,17 @@ the validation passes. SLACK and EFFICIENCY are the measured ratios of benchmark
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from tunesmith.errors import UserError
 from tunesmith.loading import load_tokenizer
 from tunesmith.models import cached_status, resolve
 from tunesmith.train import machine
-from tunesmith.train.batching import encode_all, n_answer_tokens, padded_width
+from tunesmith.train.batching import n_answer_tokens, padded_width
 from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig
 from tunesmith.train.precision import autocast_device, bucket_size, frozen_base_bf16, token_budget
 from tunesmith.train.setup import SELECTIONS, peft_config, select_trainable
-from tunesmith.train.sft import auto_micro_batch, load_data
+from tunesmith.train.sft import Encoded, auto_micro_batch, encode_data
 
 GIB = 2**30
 EXIT_WILL_NOT_FIT = 4
@@ -101,6 +101,7 @@ class Data:
     val_tokens: int
     val_answers: int
     dropped: int
+    encoded: Encoded | None = field(default=None, repr=False, compare=False)  # for the run: tokenized once
 
     @property
     def answers(self) -> int:
@@ -114,6 +115,7 @@ class Data:
             lengths=[n for n, _ in kept],
             answer_counts=[a for _, a in kept],
             dropped=self.dropped + len(self.lengths) - len(kept),
+            encoded=None,
         )
 
 
@@ -214,20 +216,14 @@ def architecture(cfg: TrainConfig, trust_remote_code: bool = False) -> Arch:
 
 def data_stats(cfg: TrainConfig, trust_remote_code: bool = False) -> Data:
     model_dir = resolve(cfg.model, trust_remote_code=trust_remote_code)
-    tok = load_tokenizer(model_dir, trust_remote_code)
-    train_ex, val_ex, path = load_data(cfg)
-    train_enc, dropped = encode_all(tok, train_ex, cfg)
-    val_enc, _ = encode_all(tok, val_ex, cfg)
-    if not train_enc:
-        raise UserError(
-            f"--data {path}: every example is longer than --max-length {cfg.max_length}; raise it"
-        )
+    enc = encode_data(cfg, load_tokenizer(model_dir, trust_remote_code))
     return Data(
-        lengths=[len(e.input_ids) for e in train_enc],
-        answer_counts=[n_answer_tokens(train_enc, [k]) for k in range(len(train_enc))],
-        val_tokens=sum(len(e.input_ids) for e in val_enc),
-        val_answers=n_answer_tokens(val_enc, range(len(val_enc))),
-        dropped=len(dropped),
+        lengths=[len(e.input_ids) for e in enc.train],
+        answer_counts=[n_answer_tokens(enc.train, [k]) for k in range(len(enc.train))],
+        val_tokens=sum(len(e.input_ids) for e in enc.val),
+        val_answers=n_answer_tokens(enc.val, range(len(enc.val))),
+        dropped=len(enc.dropped),
+        encoded=enc,
     )
 
 

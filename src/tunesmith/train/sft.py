@@ -19,7 +19,8 @@ from tunesmith.chat import IGNORE, split_prompt
 from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.data.mix import is_mix, load_training_mix
 from tunesmith.errors import UserError
-from tunesmith.loading import generate
+from tunesmith.loading import generate, load_tokenizer
+from tunesmith.models import resolve
 from tunesmith.scoring.metrics import scores
 from tunesmith.train import distributed as dist
 from tunesmith.train.batching import batches, collate, encode_all, micro_batches, n_answer_tokens, pass_budget
@@ -94,6 +95,30 @@ def validate_generation(model, tok, val_gen: tuple[list, list], cfg: TrainConfig
 
 
 @dataclass
+class Encoded:
+    """The run's data through its chat template and tokenizer: what the plan counts and Sft trains on, so
+    a `train` tokenizes its data once (the plan before the model is loaded, the run after)."""
+
+    train: list
+    val: list
+    dropped: list[str]  # a line per over-long training example
+    val_dropped: list[str]
+    val_examples: list
+    path: str
+
+
+def encode_data(cfg: TrainConfig, tok) -> Encoded:
+    train_ex, val_ex, path = load_data(cfg)
+    train_enc, dropped = encode_all(tok, train_ex, cfg)
+    val_enc, val_dropped = encode_all(tok, val_ex, cfg)
+    if not train_enc:
+        raise UserError(
+            f"--data {path}: every example is longer than --max-length {cfg.max_length}; raise it"
+        )
+    return Encoded(train_enc, val_enc, dropped, val_dropped, val_ex, str(path))
+
+
+@dataclass
 class Result:
     run_dir: str
     steps: int
@@ -129,20 +154,18 @@ class Sft:
         trust_remote_code: bool = False,
         quiet: bool = False,
         resumed_from: str | None = None,
+        encoded: Encoded | None = None,
     ):
-        train_ex, val_ex, train_path = load_data(cfg)
+        if encoded is None:  # the data's errors before the model is loaded
+            encoded = encode_data(cfg, load_tokenizer(resolve(cfg.model), trust_remote_code))
         model, tok, self.model_dir = setup_model(cfg, trust_remote_code)
         on_cpu = next(model.parameters()).device.type == "cpu"
         cfg = replace(cfg, micro_batch_size=auto_micro_batch(cfg, on_cpu))  # the run's config, resolved once
         self.cfg, self.model, self.tok = cfg, model, tok
-        self.train_enc, self.dropped = encode_all(tok, train_ex, cfg)
-        self.val_enc, val_dropped = encode_all(tok, val_ex, cfg)
-        for d in self.dropped + val_dropped:
+        self.train_enc, self.val_enc, self.dropped = encoded.train, encoded.val, encoded.dropped
+        val_ex, train_path = encoded.val_examples, encoded.path
+        for d in encoded.dropped + encoded.val_dropped:
             print(d, file=sys.stderr)
-        if not self.train_enc:
-            raise UserError(
-                f"--data {train_path}: every example is longer than --max-length {cfg.max_length}; raise it"
-            )
         ctx = getattr(model.config, "max_position_embeddings", None)
         longest = max(len(e.input_ids) for e in self.train_enc + self.val_enc)
         if ctx and longest > ctx:

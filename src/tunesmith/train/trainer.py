@@ -75,10 +75,19 @@ def train(
     tracking.check(track)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    planned = None
     if lead and processes == 1:  # --out checked, nothing loaded or written yet
-        plan_text.before_training(cfg, quiet=quiet, fit_check=fit_check, trust_remote_code=trust_remote_code)
+        planned = plan_text.before_training(
+            cfg, quiet=quiet, fit_check=fit_check, trust_remote_code=trust_remote_code
+        )
+    # the data the plan tokenized, trained on as it is
+    encoded = {"encoded": planned.data.encoded} if planned and kind is Sft else {}
     method = kind(
-        cfg, trust_remote_code=trust_remote_code, quiet=quiet, resumed_from=ckpt.name if ckpt else None
+        cfg,
+        trust_remote_code=trust_remote_code,
+        quiet=quiet,
+        resumed_from=ckpt.name if ckpt else None,
+        **encoded,
     )
     cfg = method.cfg  # resolved (the automatic micro-batch size filled in): what config.yaml records
     run_id = (rundir.run_id_of(work) if resume else None) or registry.new_id()
