@@ -3,9 +3,11 @@
     python benchmarks/plan.py                      # 2 models × 2 lengths × LoRA/full × fp32 (+ bf16)
     python benchmarks/plan.py --quick              # smollm2 only, 256 tokens
     python benchmarks/plan.py --out results.json
+    python benchmarks/plan.py --window 60          # longer measurements (default 30 s of steps per run)
 
 For each configuration: `tunesmith plan --json` predicts the peak memory and the training tokens/s,
-then `tunesmith train` runs the same flags for a few optimizer steps in a process of its own, and
+then `tunesmith train` runs the same flags in a process of its own for as many optimizer steps as fill
+about --window seconds after the first at the predicted speed (3 to 60 steps), and
 its peak RSS (the kernel's ru_maxrss of that child) and the tokens/s inside its training steps after
 the first (the run's own figures; the first step pays one-time costs) are compared with the
 prediction. Every example has the same length, so each pass holds the configured number of tokens; a
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -106,10 +109,15 @@ def child(cmd: list[str], env: dict) -> tuple[str, str, int, float]:
     return stdout, stderr, usage.ru_maxrss * 1024, time.time() - t0
 
 
-def one(model: str, data: Path, method: str, precision: str, steps: int, out: Path, env: dict) -> dict:
+def one(
+    model: str, data: Path, tokens: int, method: str, precision: str, window: float, out: Path, env: dict
+) -> dict:
     flags = ["--model", model, "--data", str(data), "--method", method, "--precision", precision]
-    flags += ["--batch-size", "2", "--max-steps", str(steps), "--epochs", "100", "--lr", "1e-4"]
+    flags += ["--batch-size", "2", "--epochs", "100", "--lr", "1e-4"]
     predicted = json.loads(child([*TUNESMITH, "plan", *flags, "--json"], env)[0])
+    # steps 2..N span about `window` s at the predicted speed (a few seconds vary too much on a shared VM)
+    steps = max(3, min(60, 1 + math.ceil(window * predicted["tokens_per_s"] / (2 * tokens))))
+    flags += ["--max-steps", str(steps)]
     run = out / f"run-{time.time_ns()}"
     stdout, _, peak, wall = child(
         [*TUNESMITH, "train", *flags, "--out", str(run), "--json", "--registry", "off"], env
@@ -130,6 +138,7 @@ def one(model: str, data: Path, method: str, precision: str, steps: int, out: Pa
         "parts_mib": {k: v / 2**20 for k, v in predicted["parts_bytes"].items()},
         "pass_tokens": predicted["largest_pass_tokens"],
         "matmul_gflops": predicted["matmul_gflops"],
+        "steps": steps,
         "wall_s": wall,
     }
 
@@ -160,7 +169,12 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument(
+        "--window",
+        type=float,
+        default=30,
+        help="seconds of steady-state steps per configuration (at least 2 steps)",
+    )
     ap.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "tunesmith-plan-bench"))
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
@@ -183,7 +197,7 @@ def main() -> None:
                 for precision in precisions:
                     if (name, tokens, method, precision) == ("qwen2.5-0.5b-shape", 1024, "full", "bf16"):
                         continue  # full bf16 beyond 640 tokens crawls (SmolLM2's row shows it): 15+ min here
-                    r = one(model, data, method, precision, args.steps, folder, env)
+                    r = one(model, data, tokens, method, precision, args.window, folder, env)
                     r.update(model=name, tokens=tokens, method=method, precision=precision)
                     rows.append(r)
                     print(table(rows[-1:]).splitlines()[-3], flush=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -665,35 +664,11 @@ def worker_trl(spec: dict) -> None:
 # ======================================================================== worker: matmul + validation
 
 
-MATMUL_N = {"cpu": 2048, "cuda": 8192}  # a GPU needs larger products to reach its peak
-
-
 def matmul_gflops(dtype_name: str, min_time: float = 1.5) -> float:
-    """Square matmul throughput; on a GPU timed over batches of 10 products, one synchronize per batch."""
-    import torch
+    """Square matmul throughput: the plan's own measurement (tunesmith.train.machine), timed longer."""
+    from tunesmith.train.machine import measure_gflops
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    n, batch = MATMUL_N[dev], (10 if dev == "cuda" else 1)
-    a = torch.randn(n, n, dtype=dtype, device=dev)
-    b = torch.randn(n, n, dtype=dtype, device=dev)
-
-    def sync():
-        if dev == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(2 * batch):
-        a @ b
-    sync()
-    reps, t = 0, time.perf_counter()
-    while True:
-        for _ in range(batch):
-            a @ b
-        reps += batch
-        sync()
-        el = time.perf_counter() - t
-        if el >= min_time and reps >= 3:
-            return 2 * n**3 * reps / el / 1e9
+    return measure_gflops(dtype_name, min_time)
 
 
 def bf16_native() -> str:
@@ -1034,6 +1009,8 @@ def run_compare(a, work: Path) -> dict:
             f"{measure['val_loss']['base model']:.4f}."
         )
     if measure.get("matmul_fp32_gflops"):
+        from tunesmith.train.machine import MATMUL_N
+
         n = MATMUL_N["cuda" if measure["versions"].get("cuda") else "cpu"]
         lines.append(
             f"Matmul peak ({n}×{n}, {measure['threads']} threads): fp32 {measure['matmul_fp32_gflops']:.1f} "
@@ -1060,11 +1037,9 @@ def run_compare(a, work: Path) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from tunesmith.train.machine import cpu_name
+
+    cpu = cpu_name()
     gpu = None
     try:
         r = subprocess.run(

@@ -133,8 +133,8 @@ def test_a_run_that_will_not_fit_stops_before_loading_with_exit_4(tiny_model_dir
 def test_the_matmul_speed_is_measured_once_per_machine_threads_and_precision(monkeypatch, tmp_path):
     monkeypatch.setenv("TUNESMITH_MACHINE_FILE", str(tmp_path / "machine.json"))
     calls = []
-    real = machine._measure
-    monkeypatch.setattr(machine, "_measure", lambda dtype: calls.append(dtype) or real(dtype, 0.05))
+    real = machine.measure_gflops
+    monkeypatch.setattr(machine, "measure_gflops", lambda dtype: calls.append(dtype) or real(dtype, 0.05))
     speed, now = machine.matmul_gflops("fp32", 1)
     assert now and speed > 0.1
     assert machine.matmul_gflops("fp32", 1) == (pytest.approx(speed, abs=0.1), False)

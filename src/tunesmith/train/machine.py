@@ -86,12 +86,13 @@ def cache_path() -> Path:
     return Path(env).expanduser() if env else home() / "machine.json"
 
 
-def _measure(dtype: str, min_time: float = 0.5) -> float:
-    """GFLOP/s of square products in `dtype` (fp32, bf16 or fp16) on the training device."""
+def measure_gflops(dtype: str, min_time: float = 0.5) -> float:
+    """GFLOP/s of square products in `dtype` (fp32, bf16 or fp16) on the training device; on a GPU timed
+    over batches of 10 products, one synchronize per batch. (benchmarks/train_vs_trl.py's MFU uses it too.)"""
     import torch
 
     dev = device()
-    n = MATMUL_N[dev]
+    n, batch = MATMUL_N[dev], (10 if dev == "cuda" else 1)
     t = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     a, b = torch.randn(n, n, dtype=t, device=dev), torch.randn(n, n, dtype=t, device=dev)
 
@@ -99,16 +100,17 @@ def _measure(dtype: str, min_time: float = 0.5) -> float:
         if dev == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(2):
+    for _ in range(2 * batch):
         a @ b
     sync()
     runs, t0 = 0, time.perf_counter()
     while True:
-        a @ b
-        runs += 1
+        for _ in range(batch):
+            a @ b
+        runs += batch
         sync()
         spent = time.perf_counter() - t0
-        if spent >= min_time:
+        if spent >= min_time and runs >= 3:
             return 2 * n**3 * runs / spent / 1e9
 
 
@@ -129,7 +131,7 @@ def matmul_gflops(dtype: str, threads: int = 0) -> tuple[float, bool]:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        speed = _measure(dtype)
+        speed = measure_gflops(dtype)
     finally:
         torch.set_num_threads(before)
     try:
