@@ -355,6 +355,44 @@ def test_export_base_model_alone(tiny_model_dir, tmp_path, capsys):
         assert (model(IDS).logits - peft_logits(model_dir, None)).abs().max() < GGUF_TOL["f16"]
 
 
+def test_every_gguf_gets_a_modelfile_beside_it(llama_run, tmp_path, capsys):
+    """The merged file's Modelfile runs it; the adapter's names the base GGUF as FROM and itself as ADAPTER;
+    one tunesmith did not write is never replaced, and ours only with --overwrite."""
+    model_dir, run = llama_run
+    out, lora = tmp_path / "notes.gguf", tmp_path / "notes-lora.gguf"
+    rc, stdout, _ = cli(capsys, "export", "--adapter", str(run), "--quant", "f16", "--out", str(out))
+    assert rc == 0
+    text = (tmp_path / "notes.Modelfile").read_text()
+    assert text.splitlines()[2:4] == ["FROM ./notes.gguf", 'TEMPLATE """{{ if .System }}<|im_start|>system']
+    assert 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER temperature 0" in text
+    assert stdout.splitlines()[1:] == [
+        f"wrote {tmp_path / 'notes.Modelfile'} (the chat template as Ollama's TEMPLATE, its stop tokens, "
+        "greedy decoding)",
+        f"run it:  cd {tmp_path} && ollama create notes -f notes.Modelfile && ollama run notes",
+        f"     or: llama-server -m {out} --jinja   (OpenAI-compatible, http://127.0.0.1:8080/v1)",
+    ]
+    rc, stdout, _ = cli(capsys, "export", "--adapter", str(run), "--adapter-only", "--out", str(lora))
+    assert rc == 0
+    lines = (tmp_path / "notes-lora.Modelfile").read_text().splitlines()
+    assert f"FROM ./{model_dir.name}.gguf" in lines and "ADAPTER ./notes-lora.gguf" in lines
+    assert (
+        f"# FROM is the base model's GGUF: tunesmith export --model {model_dir} --out {model_dir.name}.gguf"
+        in lines
+    )
+    assert f"llama-server -m {model_dir.name}.gguf --lora notes-lora.gguf --jinja" in stdout
+
+    rc, _, err = cli(capsys, "export", "--adapter", str(run), "--out", str(out))
+    assert rc == 2 and "already holds a GGUF file" in err
+    (tmp_path / "notes.Modelfile").write_text("FROM llama3\n")  # the user's own
+    before = out.read_bytes()
+    rc, _, err = cli(capsys, "export", "--adapter", str(run), "--out", str(out), "--overwrite")
+    assert rc == 2 and err == (
+        f"error: --out {out}: {tmp_path / 'notes.Modelfile'} exists and tunesmith did not write it; move it "
+        "away or choose another --out (the export writes its Modelfile there)\n"
+    )
+    assert out.read_bytes() == before and (tmp_path / "notes.Modelfile").read_text() == "FROM llama3\n"
+
+
 def test_export_unsupported_architecture(tiny_model_dir, tmp_path, capsys):
     model_dir = tiny_model_dir("gemma3")
     rc, _, err = cli(capsys, "export", "--model", str(model_dir), "--out", str(tmp_path / "g.gguf"))
@@ -444,8 +482,8 @@ def test_adapter_only_gguf_is_the_difference_between_merged_and_base(
     assert rc == 0
     assert re.fullmatch(
         rf"wrote {re.escape(str(lora))} \(\d+ kB, f32, llama LoRA adapter, r={r}, alpha {gguf_alpha:g}\) "
-        rf"in \d+s\n",
-        stdout,
+        rf"in \d+s",
+        stdout.splitlines()[0],
     ), stdout
 
     meta = fields(lora)

@@ -34,6 +34,7 @@ from tunesmith.faults import killpoint
 from tunesmith.loading import base_model_of, load_tokenizer
 from tunesmith.models import resolve
 from tunesmith.outputs import GGUF_MARK, check_out, check_replaceable
+from tunesmith.use import modelfile
 from tunesmith.use.gguf_vocab import add_tokenizer, bpe_pre, tokenizer_json
 from tunesmith.use.merge import adapter_config, human_bytes, load_fp32
 from tunesmith.use.record import register_output
@@ -441,6 +442,7 @@ def cli_export(args) -> int:
     out = check_out(
         args.out, "gguf", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec}
     )
+    modelfile.check_replaceable(out, args.overwrite)
     if args.adapter:
         adapter_config(args.adapter)
     where = f"--model {spec}"
@@ -449,10 +451,13 @@ def cli_export(args) -> int:
     if args.adapter_only:
         r = export_lora(args.adapter, model_dir, out, args.quant, trust_remote_code=args.trust_remote_code)
         _register(args, out, spec, r, t0, "lora adapter")
+        tok = load_tokenizer(model_dir, args.trust_remote_code)
+        mf, why = modelfile.write_beside(tok, out, model=spec, adapter_of=spec)
         print(
             f"wrote {out} ({human_bytes(r['bytes'])}, {args.quant}, {r['arch']} LoRA adapter, r={r['r']}, "
             f"alpha {r['alpha']:g}) in {time.time() - t0:.0f}s"
         )
+        modelfile.how_to_run(out, mf, why, base=f"{Path(spec).name}.gguf")
         return 0
     # refuse an architecture or tokenizer we cannot describe before loading any weights
     _arch(AutoConfig.from_pretrained(str(model_dir), trust_remote_code=args.trust_remote_code), where)
@@ -461,10 +466,12 @@ def cli_export(args) -> int:
     r = export_model(loaded.model, loaded.tokenizer, out, args.quant, name=out.stem, where=where)
     what = "merged" if args.adapter else "base model"
     _register(args, out, spec, r, t0, what)
+    mf, why = modelfile.write_beside(loaded.tokenizer, out, model=spec)
     print(
         f"wrote {out} ({human_bytes(r['bytes'])}, {args.quant}, {r['arch']}, {what}) in "
         f"{time.time() - t0:.0f}s"
     )
+    modelfile.how_to_run(out, mf, why)
     return 0
 
 

@@ -104,10 +104,15 @@ def add_tokenizer(writer, tok, config, where: str) -> dict:
             tid = tid[0] if isinstance(tid, (list, tuple)) and tid else tid
         if isinstance(tid, int) and 0 <= tid < vocab_size:
             getattr(writer, f"add_{kind}_token_id")(tid)
-    # llama.cpp adds BOS to a prompt exactly when tunesmith does (see chat.prompt_ids)
-    probe = tok("a")["input_ids"]
-    add_bos = tok.bos_token_id is not None and bool(probe) and probe[0] == tok.bos_token_id
+    add_bos = adds_bos(tok)
     writer.add_add_bos_token(add_bos)
     writer.add_add_eos_token(False)
     writer.add_chat_template(chat_template(tok))
     return {"pre": pre, "add_bos": add_bos}
+
+
+def adds_bos(tok) -> bool:
+    """Whether the tokenizer starts a text with BOS: what the GGUF tells llama.cpp to do, so that it adds BOS
+    to a prompt exactly when tunesmith does (see chat.prompt_ids)."""
+    probe = tok("a")["input_ids"]
+    return tok.bos_token_id is not None and bool(probe) and probe[0] == tok.bos_token_id
