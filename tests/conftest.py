@@ -83,6 +83,14 @@ FAMILIES = {
         "<|endoftext|>",
         PHI,
     ),
+    # Phi-4-mini's shape (phi3 + LongRoPE + partial rotary, tied embeddings), Phi-3's chat tokens
+    "phi4mini": (
+        ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        None,
+        "<|endoftext|>",
+        "<|endoftext|>",
+        PHI,
+    ),
 }
 
 CORPUS = [
@@ -144,6 +152,20 @@ def make_model(family: str, tok, seed: int = 0):
         cfg, cls = tf.Gemma3TextConfig(head_dim=16, sliding_window=64, **common), tf.Gemma3ForCausalLM
     elif family == "phi3":
         cfg, cls = tf.Phi3Config(tie_word_embeddings=False, **common), tf.Phi3ForCausalLM
+    elif family == "phi4mini":  # Phi-4-mini: 3/4 of each head rotated, LongRoPE factors for half of those
+        rotary = 16 * 3 // 4
+        cfg = tf.Phi3Config(
+            tie_word_embeddings=True,
+            partial_rotary_factor=0.75,
+            original_max_position_embeddings=256,
+            rope_scaling={
+                "rope_type": "longrope",
+                "long_factor": [1.0 + 0.5 * k for k in range(rotary // 2)],
+                "short_factor": [1.0 + 0.1 * k for k in range(rotary // 2)],
+            },
+            **common,
+        )
+        cls = tf.Phi3ForCausalLM
     else:
         raise KeyError(family)
     return cls(cfg).eval()

@@ -11,6 +11,7 @@ END = {
     "qwen3": "<|im_end|>",
     "gemma3": "<end_of_turn>",
     "phi3": "<|end|>",
+    "phi4mini": "<|end|>",
 }
 
 TWO_TURNS = [

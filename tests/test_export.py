@@ -91,10 +91,13 @@ def hf_logits(path: Path, ids=IDS, **kw) -> torch.Tensor:
 
 def load_gguf(path: Path, **config_overrides):
     """The GGUF file read by transformers' loader: the independent reader."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    for key, value in config_overrides.items():  # what the reader does not take from the file
+        setattr(config, key, value)
     model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32, **config_overrides
+        path.parent, gguf_file=path.name, config=config, dtype=torch.float32
     ).eval()
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return model, tok
@@ -316,10 +319,10 @@ def test_export_merged_gguf_reads_back_with_the_same_logits(llama_run, tmp_path,
 def test_export_without_permutation_would_be_caught(llama_run, tmp_path, capsys, monkeypatch):
     """The round trip is a real check: skip llama.cpp's q/k permutation and the logits go wrong
     by far more than the f32 tolerance."""
-    from tunesmith.use import export
+    from tunesmith.use import gguf_arch
 
     model_dir, run = llama_run
-    monkeypatch.setattr(export, "_permute", lambda w, n: w)
+    monkeypatch.setattr(gguf_arch, "permute", lambda w, n: w)
     out = tmp_path / "wrong.gguf"
     assert cli(capsys, "export", "--adapter", str(run), "--quant", "f32", "--out", str(out))[0] == 0
     back, _ = load_gguf(out)
@@ -340,6 +343,37 @@ def test_export_other_families(family, tiny_model_dir, tmp_path, capsys):
     # fall back to Qwen3Config's default head_dim of 128; the file states 16, so tell the reader
     extra = {"head_dim": meta["qwen3.attention.key_length"]} if family == "qwen3" else {}
     model, _ = load_gguf(out, **extra)
+    with torch.no_grad():
+        back = model(IDS).logits
+    assert (back - peft_logits(model_dir, run)).abs().max() < GGUF_TOL["f32"]
+
+
+def test_phi4_mini_shape_exports_longrope_and_partial_rotary(tiny_model_dir, tmp_path, capsys):
+    """Phi-4-mini's architecture: phi3 with 3/4 of each head rotated and LongRoPE. The file states the rotated
+    dimensions, the original context, LongRoPE's attention factor and both factor tensors, as llama.cpp's
+    converter writes them; read back with those RoPE settings, the weights give the model's logits."""
+    import math
+
+    from transformers import AutoConfig
+
+    model_dir = tiny_model_dir("phi4mini")
+    run = lora_run(model_dir, tmp_path / "run")
+    out = tmp_path / "phi4.gguf"
+    assert cli(capsys, "export", "--adapter", str(run), "--quant", "f32", "--out", str(out))[0] == 0
+    meta, config = fields(out), AutoConfig.from_pretrained(model_dir)
+    rope = config.rope_parameters
+    assert meta["phi3.rope.dimension_count"] == 12  # 0.75 × 16
+    assert meta["phi3.rope.scaling.original_context_length"] == 256
+    assert meta["phi3.context_length"] == config.max_position_embeddings == 1024
+    assert meta["phi3.rope.scaling.attn_factor"] == pytest.approx(math.sqrt(1 + math.log(4) / math.log(256)))
+    T = tensors(out)
+    assert np.allclose(T["rope_factors_long.weight"][1], rope["long_factor"])
+    assert np.allclose(T["rope_factors_short.weight"][1], rope["short_factor"])
+    assert "output.weight" not in T  # tied, as Phi-4-mini
+    # transformers' GGUF reader ignores phi3's RoPE keys: give it the model's, and compare the weights' logits
+    model, _ = load_gguf(
+        out, partial_rotary_factor=0.75, rope_parameters=dict(rope), original_max_position_embeddings=256
+    )
     with torch.no_grad():
         back = model(IDS).logits
     assert (back - peft_logits(model_dir, run)).abs().max() < GGUF_TOL["f32"]

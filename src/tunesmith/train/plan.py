@@ -26,8 +26,9 @@ and one layer's activations at a time.
 Time per epoch = the FLOPs of the epoch's tokens / (this machine's matmul speed × EFFICIENCY): per
 token 4 FLOPs per frozen weight (forward, and the backward to the activations), 6 per trained weight,
 the output layer only at answer positions, and attention 12·d·(T/2) per layer (the same count as
-benchmarks/train_vs_trl.py's MFU); plus the optimizer's pass over the trainable weights per step and
-the validation passes. SLACK and EFFICIENCY are the measured ratios of benchmarks/plan.py (RESULTS.md).
+benchmarks/train_vs_trl.py's MFU); plus a fixed cost per decoder layer per pass (LAYER_PASS_S), the
+optimizer's work per trainable weight per step, and the validation passes. SLACK, EFFICIENCY,
+LAYER_PASS_S and OPTIMIZER_NS are fitted on benchmarks/plan.py's measurements (RESULTS.md).
 """
 
 from __future__ import annotations
@@ -55,17 +56,23 @@ SLACK = {"adapter fp32": 2.8, "adapter 16-bit": 1.8, "full": 1.5}
 # kernel caches, the progress display): SmolLM2 bf16 LoRA at 256 tokens peaked while loading at 1,549 MiB,
 # which is runtime + file + bf16 copy with a 650 MiB runtime; the plan's process read 429-450 MiB.
 TRAINING_PROCESS = 200 * 2**20
-# Achieved model FLOP/s over the matmul peak of the precision, in the steady state (after the first step),
-# fitted on benchmarks/plan.py's SmolLM2-135M runs (RESULTS.md): adapters in fp32 0.50, in bf16 0.42; full
-# training lower (weight gradients accumulated in fp32, AdamW over every weight): 0.42 and 0.34.
-EFFICIENCY = {("fp32", False): 0.50, ("bf16", False): 0.42, ("fp32", True): 0.42, ("bf16", True): 0.34}
+# A training step's time = its FLOPs / (the matmul peak × EFFICIENCY) + LAYER_PASS_S per decoder layer per
+# forward+backward pass + OPTIMIZER_NS per trainable parameter. Fitted together (least squares on the relative
+# error) on benchmarks/plan.py's third run, 15 configurations of SmolLM2-135M and a Qwen2.5-0.5B-shaped model
+# at 256 and 1,024 tokens (RESULTS.md), then checked on a fourth run: FLOPs alone could not tell SmolLM2's
+# 256-token steps (1.40× slower than predicted) from the 0.5B's (on time): what a layer costs beyond its
+# matmuls (norms, attention, LoRA's small products, dispatch) weighs most on a narrow model's short passes.
+EFFICIENCY = {("fp32", False): 0.58, ("bf16", False): 0.64, ("fp32", True): 0.53, ("bf16", True): 0.58}
+LAYER_PASS_S = {"cpu": 0.020, "cuda": 0.001}  # the GPU's is a guess (kernel launches), not measured: no GPU
+# ns per trainable parameter per optimizer step: AdamW (foreach, fp32), the gradient-norm clip, zeroing and
+# the gradients accumulated over the step's passes; all memory-bound (the fit gave 17.4)
+OPTIMIZER_NS = 17.0
 
 
 def efficiency(precision: str, cfg: TrainConfig) -> float:
     return EFFICIENCY[("fp32" if precision == "fp32" else "bf16", cfg.method in SELECTIONS)]
 
 
-OPTIMIZER_NS = 3.0  # ns per trainable parameter per AdamW step (foreach kernels, fp32, memory-bound)
 CUDA_RUNTIME = int(0.6 * GIB)  # the CUDA context and cuBLAS workspace (not measured here: no GPU)
 
 
@@ -248,6 +255,19 @@ def _pass_tokens(cfg: TrainConfig, data: Data, on_cpu: bool) -> int:
     return longest * min(micro, cfg.batch_size)
 
 
+def _passes(cfg: TrainConfig, data: Data, on_cpu: bool) -> int:
+    """Forward+backward passes in an epoch: per step, the step's examples over the examples a pass holds."""
+    budget = token_budget(cfg)
+    if budget:
+        mean = round(sum(data.lengths) / len(data.lengths))
+        per = max(1, budget // padded_width(mean, bucket_size(cfg)))
+    else:
+        per = auto_micro_batch(cfg, on_cpu) or 1
+    n, batch = len(data.lengths), cfg.batch_size
+    full, rest = divmod(n, batch)
+    return full * math.ceil(batch / min(per, batch)) + (math.ceil(rest / min(per, batch)) if rest else 0)
+
+
 def activation_bytes(arch: Arch, cfg: TrainConfig, tokens: int, answers: int, precision: str) -> int:
     """What autograd keeps for the backward pass of one forward pass of `tokens` tokens (the formulas and
     their measurement: module docstring)."""
@@ -341,6 +361,7 @@ def predict(
     steps = math.ceil(len(data.lengths) / cfg.batch_size)
     # the time inside training steps, the optimizer's included (as the run counts its tokens/s)
     train_s = tokens_epoch * per_token / (gflops * 1e9 * efficiency(precision, cfg))
+    train_s += _passes(cfg, data, on_cpu) * arch.layers * LAYER_PASS_S["cpu" if on_cpu else "cuda"]
     train_s += steps * arch.trainable * OPTIMIZER_NS * 1e-9
     val_flops = data.val_tokens * (2 * arch.linear + 6 * arch.attn * arch.layers * mean_len / 2)
     val_flops += data.val_answers * 2 * arch.vocab * arch.hidden

@@ -8,8 +8,8 @@ on PyPI: it lives in the llama.cpp repository, needs its own `conversion/` packa
 matching gguf-py, and reads a model directory from disk. Writing the file ourselves is a few
 hundred lines for the architectures tunesmith trains (llama, qwen2, qwen3, phi3), runs
 offline on the merged model already in memory, and reuses the same name map and q/k
-permutation for the LoRA-adapter file. The rules below follow llama.cpp's converter
-(`LlamaModel.permute`, 1-D tensors and norms kept in F32, Q8_0 falling back to F16 where a row
+permutation for the LoRA-adapter file (gguf_arch.py: architectures, RoPE and names). The
+rules below follow llama.cpp's converter (`LlamaModel.permute`, 1-D tensors and norms kept in F32, Q8_0 falling back to F16 where a row
 is not a multiple of 32, tokenizer.ggml.* keys). The tests read every file back with an
 independent reader -- transformers' GGUF loader, which undoes the permutation -- and compare
 logits and greedy text with the model tunesmith serves; llama.cpp itself (llama-cpp-python)
@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith import __version__
@@ -34,102 +33,12 @@ from tunesmith.faults import killpoint
 from tunesmith.loading import base_model_of, load_tokenizer
 from tunesmith.models import resolve
 from tunesmith.outputs import GGUF_MARK, check_out, check_replaceable
-from tunesmith.use import modelfile
+from tunesmith.use import gguf_arch, modelfile
 from tunesmith.use.gguf_vocab import add_tokenizer, bpe_pre, tokenizer_json
 from tunesmith.use.merge import adapter_config, human_bytes, load_fp32
 from tunesmith.use.record import register_output
 
-# HF model_type -> GGUF architecture name, and whether llama.cpp wants q/k rows permuted
-# (its llama graph applies RoPE to interleaved pairs; HF rotates the two halves of a head).
-ARCHS = {
-    "llama": ("llama", True),
-    "qwen2": ("qwen2", False),
-    "qwen3": ("qwen3", False),
-    "phi3": ("phi3", False),
-}
-
 QUANTS = ("f32", "f16", "q8_0")
-
-
-# ---------------------------------------------------------------- GGUF: architecture
-
-
-@dataclass
-class Arch:
-    hf_type: str
-    gguf_arch: str
-    permute_qk: bool
-    n_layer: int
-    n_head: int
-    n_kv: int
-    head_dim: int
-
-
-def _arch(config, what: str) -> Arch:
-    mt = config.model_type
-    if mt not in ARCHS:
-        raise UserError(
-            f"{what}: architecture {mt!r} cannot be exported to GGUF yet; supported: {', '.join(ARCHS)}. "
-            f"`tunesmith merge` writes a Hugging Face directory for any architecture"
-        )
-    rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
-    rope_type = rope.get("rope_type") or rope.get("type") or "default"
-    if rope_type != "default":
-        raise UserError(
-            f"{what}: RoPE scaling {rope_type!r} is not supported by GGUF export yet (only plain RoPE)"
-        )
-    if mt == "phi3" and rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise UserError(f"{what}: partial rotary embeddings are not supported by GGUF export yet")
-    if getattr(config, "mlp_bias", False):
-        raise UserError(f"{what}: MLP biases are not supported by GGUF export yet")
-    if getattr(config, "use_sliding_window", False):
-        raise UserError(f"{what}: sliding-window attention is not supported by GGUF export yet")
-    n_head = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
-    gguf_arch, permute = ARCHS[mt]
-    return Arch(
-        mt,
-        gguf_arch,
-        permute,
-        config.num_hidden_layers,
-        n_head,
-        getattr(config, "num_key_value_heads", None) or n_head,
-        head_dim,
-    )
-
-
-def _rope_theta(config) -> float:
-    rope = dict(getattr(config, "rope_parameters", None) or {})
-    return float(rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
-
-
-def _permute(w, n_head: int):
-    """llama.cpp's LlamaModel.permute: HF's rotate-half rows -> interleaved pairs (rows of a head)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _name_map(arch: Arch):
-    import gguf
-
-    archs = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
-    return gguf.get_tensor_name_map(archs[arch.gguf_arch], arch.n_layer)
-
-
-def _gguf_name(name_map, hf_name: str) -> str | None:
-    base, _, suffix = hf_name.rpartition(".")
-    mapped = name_map.get_name(base)
-    return f"{mapped}.{suffix}" if mapped else None
-
-
-def _qk_heads(arch: Arch, hf_name: str) -> int | None:
-    """Heads to permute over, for llama q/k projections; None for every other tensor."""
-    if not arch.permute_qk:
-        return None
-    if ".q_proj." in hf_name:
-        return arch.n_head
-    if ".k_proj." in hf_name:
-        return arch.n_kv
-    return None
 
 
 # ---------------------------------------------------------------- GGUF: tensor types
@@ -221,44 +130,11 @@ def _write_atomic(out: Path, arch_name: str, fill) -> int:
 # ---------------------------------------------------------------- GGUF: model
 
 
-def _add_hparams(writer, config, arch: Arch, quant: str, name: str) -> None:
-    import gguf
-
-    ftype = {
-        "f32": gguf.LlamaFileType.ALL_F32,
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }[quant]
-    writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(name)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(arch.n_layer)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(arch.n_head)
-    writer.add_head_count_kv(arch.n_kv)
-    writer.add_rope_freq_base(_rope_theta(config))
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_key_length(arch.head_dim)
-    writer.add_value_length(arch.head_dim)
-    if arch.hf_type == "llama":
-        writer.add_vocab_size(config.vocab_size)
-        writer.add_rope_dimension_count(arch.head_dim)
-    if arch.hf_type == "phi3":
-        writer.add_rope_dimension_count(arch.head_dim)
-        writer.add_rope_scaling_orig_ctx_len(
-            getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings
-        )
-        writer.add_sliding_window(getattr(config, "sliding_window", None) or 0)
-    writer.add_file_type(ftype)
-    if quant == "q8_0":
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
-
-def model_plan(model, arch: Arch, quant: str) -> _Plan:
+def model_plan(model, arch: gguf_arch.Arch, quant: str) -> _Plan:
+    import numpy as np
     import torch
 
-    name_map = _name_map(arch)
+    name_map = gguf_arch.name_map(arch)
     state = model.state_dict()
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     plan = _Plan()
@@ -267,29 +143,31 @@ def model_plan(model, arch: Arch, quant: str) -> _Plan:
             continue  # llama.cpp uses token_embd when there is no output.weight
         if hf_name.endswith(("rotary_emb.inv_freq", "rotary_emb.original_inv_freq")):
             continue
-        name = _gguf_name(name_map, hf_name)
+        name = gguf_arch.gguf_name(name_map, hf_name)
         if name is None:
             raise UserError(
                 f"tensor {hf_name} of this {arch.hf_type} model has no GGUF name; cannot export it"
             )
-        heads = _qk_heads(arch, hf_name)
+        heads = gguf_arch.qk_heads(arch, hf_name)
 
         def fetch(t=tensor, heads=heads):
             a = t.detach().to(torch.float32).cpu().numpy()
-            return _permute(a, heads) if heads else a
+            return gguf_arch.permute(a, heads) if heads else a
 
         plan.add(name, tuple(tensor.shape), _qtype(name, tuple(tensor.shape), quant), fetch)
+    for name, factors in gguf_arch.longrope_tensors(model.config, arch):
+        plan.add(name, (len(factors),), _qtype(name, (len(factors),), quant), lambda f=factors: np.asarray(f))
     return plan
 
 
 def export_model(model, tok, out: Path, quant: str, *, name: str, where: str) -> dict:
     """Write `model` (a plain HF causal LM, adapter already folded in) as a GGUF file at `out`."""
-    arch = _arch(model.config, where)
+    arch = gguf_arch.arch_of(model.config, where)
     plan = model_plan(model, arch, quant)
     meta: dict = {}
 
     def fill(writer):
-        _add_hparams(writer, model.config, arch, quant, name)
+        gguf_arch.add_hparams(writer, model.config, arch, quant, name)
         meta.update(add_tokenizer(writer, tok, model.config, where))
         plan.write(writer)
 
@@ -313,8 +191,8 @@ def export_lora(
     where = f"--adapter {adapter}"
     lora = _exportable_lora(adapter, where)
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    arch = _arch(config, f"--model {model_dir}")
-    name_map = _name_map(arch)
+    arch = gguf_arch.arch_of(config, f"--model {model_dir}")
+    name_map = gguf_arch.name_map(arch)
     base_shapes = _base_shapes(model_dir)
     pairs = _lora_pairs(load_file(str(Path(adapter) / "adapter_model.safetensors")), where)
     tied = bool(getattr(config, "tie_word_embeddings", False))
@@ -328,7 +206,7 @@ def export_lora(
                 f"{where}: adapts lm_head, which this model ties to the embeddings; llama.cpp cannot "
                 f"apply that as a LoRA. Drop --adapter-only to export the merged model"
             )
-        name = _gguf_name(name_map, module + ".weight")
+        name = gguf_arch.gguf_name(name_map, module + ".weight")
         if name is None:
             raise UserError(f"{where}: module {module} has no GGUF name for a {arch.hf_type} model")
         a, b = ab["A"], ab["B"]
@@ -339,14 +217,16 @@ def export_lora(
                 f"(adapter {b.shape[0]}x{a.shape[1]}, base {base}); pass the --model it was trained on"
             )
         ranks.add(int(a.shape[0]))
-        heads = _qk_heads(arch, module + ".")
+        heads = gguf_arch.qk_heads(arch, module + ".")
 
         def fetch_a(t=a):
             return t.to(torch.float32).numpy()
 
         def fetch_b(t=b, heads=heads):
             x = t.to(torch.float32).numpy()
-            return _permute(x, heads) if heads else x  # the permutation acts on output rows: B's rows
+            return (
+                gguf_arch.permute(x, heads) if heads else x
+            )  # the permutation acts on output rows: B's rows
 
         plan.add(name + ".lora_a", tuple(a.shape), _qtype(name + ".lora_a", tuple(a.shape), quant), fetch_a)
         plan.add(name + ".lora_b", tuple(b.shape), _qtype(name + ".lora_b", tuple(b.shape), quant), fetch_b)
@@ -460,7 +340,9 @@ def cli_export(args) -> int:
         modelfile.how_to_run(out, mf, why, base=f"{Path(spec).name}.gguf")
         return 0
     # refuse an architecture or tokenizer we cannot describe before loading any weights
-    _arch(AutoConfig.from_pretrained(str(model_dir), trust_remote_code=args.trust_remote_code), where)
+    gguf_arch.arch_of(
+        AutoConfig.from_pretrained(str(model_dir), trust_remote_code=args.trust_remote_code), where
+    )
     bpe_pre(tokenizer_json(load_tokenizer(model_dir, args.trust_remote_code)), where)
     loaded = load_fp32(spec, args.adapter, args.trust_remote_code)
     r = export_model(loaded.model, loaded.tokenizer, out, args.quant, name=out.stem, where=where)
