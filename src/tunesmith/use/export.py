@@ -10,10 +10,10 @@ hundred lines for the architectures tunesmith trains (llama, qwen2, qwen3, phi3)
 offline on the merged model already in memory, and reuses the same name map and q/k
 permutation for the LoRA-adapter file (gguf_arch.py: architectures, RoPE and names). The
 rules below follow llama.cpp's converter (`LlamaModel.permute`, 1-D tensors and norms kept in
-F32, Q8_0 falling back to F16 where a row is not a multiple of 32, tokenizer.ggml.* keys). The tests read every file back with an
-independent reader -- transformers' GGUF loader, which undoes the permutation -- and compare
-logits and greedy text with the model tunesmith serves; llama.cpp itself (llama-cpp-python)
-when it is installed.
+F32, Q8_0 falling back to F16 where a row is not a multiple of 32, tokenizer.ggml.* keys). The
+tests read every file back with an independent reader -- transformers' GGUF loader, which undoes
+the permutation -- and compare logits and greedy text with the model tunesmith serves;
+llama.cpp itself (llama-cpp-python) when it is installed.
 
 Every output is written under a temporary name beside --out and renamed into place at the
 end, so an interrupted run never leaves a half-written model where a good one was.
