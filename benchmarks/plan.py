@@ -125,9 +125,9 @@ def one(
     result = json.loads(stdout)
     # steady state: the tokens and time of steps 2..N (the first step pays one-time costs: kernels chosen,
     # fresh memory faulted in), from the run's cumulative tokens and tokens/s per step
-    steps = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"tokens"' in l]
-    elapsed = [s["tokens"] / s["tokens_per_s"] for s in steps]
-    steady = (steps[-1]["tokens"] - steps[0]["tokens"]) / (elapsed[-1] - elapsed[0])
+    logged = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"tokens"' in l]
+    elapsed = [s["tokens"] / s["tokens_per_s"] for s in logged]
+    steady = (logged[-1]["tokens"] - logged[0]["tokens"]) / (elapsed[-1] - elapsed[0])
     shutil.rmtree(run)  # a full run of the 0.5B shape writes ~9 GB (model, best, checkpoints): measured, gone
     return {
         "predicted_peak_mib": predicted["peak_bytes"] / 2**20,

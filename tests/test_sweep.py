@@ -181,6 +181,8 @@ def test_a_learning_curve_on_nested_subsets(tiny_model_dir, tmp_path):
     assert sorted(x["name"] for x in Registry(reg).runs(kind="train")) == ["n2", "n4", "n8"]
     page = (tmp_path / "c" / "report.html").read_text()
     assert page.count("<circle") == 3 and res["sentence"] in page.replace("&#x27;", "'")
+    ends = [min(v for q in res["points"] for v in q["ci"]), max(v for q in res["points"] for v in q["ci"])]
+    assert all(f'text-anchor="end">{v:.3g}</text>' in page for v in ends)  # the y axis is labelled
     assert shown_in_the_ui(reg) == [("curve", "c", 3, page)]
     for bad in ("0.5", "0,0.5", "0.5,1.5", "a,b"):
         with pytest.raises(UserError, match="--fractions"):

@@ -104,6 +104,11 @@ def render(result: dict) -> str:
     sx = scale([0, *(p["examples"] for p in pts)], False, PAD + 8, W - 18)
     sy = scale([v for p in pts for v in p["ci"]], False, H - PAD - 8, 18)
     parts = axes(f"{metric} against training examples", "training examples", metric)
+    lo, hi = min(v for p in pts for v in p["ci"]), max(v for p in pts for v in p["ci"])
+    parts += [  # the metric's values at the ends of the y axis
+        f'<text x="{PAD - 3}" y="{sy(v) + 4:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>'
+        for v in (lo, hi)
+    ]
     line = " ".join(f"{sx(p['examples']):.1f},{sy(p['mean']):.1f}" for p in pts)
     parts.append(f'<polyline points="{line}" fill="none" stroke="#3a78c9"/>')
     for p in pts:

@@ -9,7 +9,7 @@ import sys
 from tunesmith.errors import UserError, WillNotFit
 from tunesmith.train import machine
 from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig
-from tunesmith.train.plan import GIB, Plan, efficiency, make_plan, suggestions
+from tunesmith.train.plan import GIB, LAYER_PASS_S, Plan, efficiency, make_plan, suggestions
 
 
 def _size(n: float) -> str:
@@ -33,6 +33,7 @@ def render(plan: Plan) -> str:
     a, d, c, p = plan.arch, plan.data, plan.cfg, plan.parts
     where = "CPU" if plan.where == "RAM" else "GPU"
     flags = f" ({machine.flags_text()})" if where == "CPU" else ""
+    layer_ms = LAYER_PASS_S["cpu" if where == "CPU" else "cuda"] * 1000
     per_token = p["activations"] / plan.pass_tokens
     tokens = sum(d.lengths)
     lines = [
@@ -61,7 +62,8 @@ def render(plan: Plan) -> str:
         f"  speed        matmul {plan.gflops:.0f} GFLOP/s ({plan.precision}, "
         + ("measured now" if plan.measured_now else "measured earlier on this machine")
         + f") × {efficiency(plan.precision, plan.cfg):.2f} efficiency / "
-        f"{plan.flops_per_token / 1e9:.2f} GFLOP per token, and AdamW's steps ≈ "
+        f"{plan.flops_per_token / 1e9:.2f} GFLOP per token,",
+        f"               {layer_ms:.0f} ms per layer per pass and the optimizer's steps ≈ "
         f"{plan.tokens_per_s:,.0f} tokens/s",
         f"  epoch        {len(d.lengths):,} examples, {tokens:,} tokens ({d.answers / max(tokens, 1):.0%} "
         f"answers), {plan.steps_per_epoch} steps of {c.batch_size} ≈ {_duration(plan.epoch_s)} "
