@@ -121,6 +121,10 @@ def test_a_bos_the_tokenizer_adds_is_left_to_llama_cpp():
     assert not pieces.system_open.startswith(tok.bos_token) and not pieces.no_system.startswith(tok.bos_token)
     conv = UNSEEN[0]
     assert tok.bos_token + mf.splice(pieces, conv) == render(tok, conv, True)
+    tok.chat_template = LLAMA3.replace("{{ bos_token }}", "")  # the tokenizer's BOS only: nothing to strip
+    pieces, why = mf.checked_pieces(tok, strip_bos=True)
+    assert pieces is not None, why
+    assert mf.splice(pieces, conv) == render(tok, conv, True)
 
 
 def test_a_template_that_is_not_a_fixed_text_per_turn_gets_no_template():

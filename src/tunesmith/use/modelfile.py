@@ -92,8 +92,11 @@ def derive(tok, strip_bos: bool) -> Pieces | None:
         answer_close=answer_to_user[: len(answer_to_user) - len(user_open)],
     )
     bos = tok.bos_token
-    if strip_bos and bos:  # llama.cpp adds BOS itself when the GGUF says so: a template's own would double it
-        if not (pieces.system_open.startswith(bos) and pieces.no_system.startswith(bos)):
+    written = [bool(bos) and t.startswith(bos) for t in (pieces.system_open, pieces.no_system)]
+    if strip_bos and any(
+        written
+    ):  # llama.cpp adds BOS itself when the GGUF says so: the template's would double
+        if not all(written):
             return None
         pieces = Pieces(pieces.system_open[len(bos) :], pieces.system_close, pieces.no_system[len(bos) :],
                         pieces.user_open, pieces.user_close, pieces.answer_close)  # fmt: skip
