@@ -157,7 +157,8 @@ class Sft:
         encoded: Encoded | None = None,
     ):
         if encoded is None:  # the data's errors before the model is loaded
-            encoded = encode_data(cfg, load_tokenizer(resolve(cfg.model), trust_remote_code))
+            model_dir = resolve(cfg.model, trust_remote_code=trust_remote_code)
+            encoded = encode_data(cfg, load_tokenizer(model_dir, trust_remote_code))
         model, tok, self.model_dir = setup_model(cfg, trust_remote_code)
         on_cpu = next(model.parameters()).device.type == "cpu"
         cfg = replace(cfg, micro_batch_size=auto_micro_batch(cfg, on_cpu))  # the run's config, resolved once
