@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_tokenizer
-from tunesmith.chat import render
+from tunesmith.chat import adds_bos, render
 from tunesmith.use import modelfile as mf
 
 LLAMA3 = (
@@ -115,7 +115,7 @@ def test_a_bos_the_tokenizer_adds_is_left_to_llama_cpp():
     tok._tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, bos)]
     )
-    assert mf.adds_bos(tok)
+    assert adds_bos(tok)
     pieces, why = mf.checked_pieces(tok, strip_bos=True)
     assert pieces is not None, why
     assert not pieces.system_open.startswith(tok.bos_token) and not pieces.no_system.startswith(tok.bos_token)

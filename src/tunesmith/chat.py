@@ -58,15 +58,20 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer starts a text with BOS (what an exported GGUF tells llama.cpp to do)."""
+    probe = tokenizer("a")["input_ids"]
+    return tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id
+
+
 def _needs_bos(tokenizer, first_ids: list[int]) -> bool:
     bos = tokenizer.bos_token_id
     if bos is None or (first_ids and first_ids[0] == bos):
         return False
-    probe = tokenizer("a")["input_ids"]
-    return bool(probe) and probe[0] == bos
+    return adds_bos(tokenizer)
 
 
-def _markers(tokenizer) -> dict[str, int]:
+def end_of_turn_markers(tokenizer) -> dict[str, int]:
     """The END_OF_TURN markers in the tokenizer's vocabulary, token -> id. Cached on the tokenizer (for its
     vocabulary size): get_vocab() builds a dict of the whole vocabulary, 18 ms for SmolLM2's 49,152, and
     was called 8 times per example, 93 % of encoding time (72 s of setup for 500 DialogSum chats)."""
@@ -83,7 +88,7 @@ def stop_token_ids(tokenizer) -> list[int]:
     ids = []
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    for i in _markers(tokenizer).values():
+    for i in end_of_turn_markers(tokenizer).values():
         if i not in ids:
             ids.append(i)
     return ids
@@ -114,7 +119,7 @@ def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encod
     if train_on == "last":
         assistant_idx = assistant_idx[-1:]
     stops = set(stop_token_ids(tokenizer))
-    markers = list(_markers(tokenizer))
+    markers = list(end_of_turn_markers(tokenizer))
     input_ids: list[int] = []
     labels: list[int] = []
     cursor = 0

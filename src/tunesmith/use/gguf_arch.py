@@ -30,6 +30,7 @@ class Arch:
     n_kv: int
     head_dim: int
     rope_dims: int  # the rotated dimensions of a head (all of them but for partial rotary embeddings)
+    longrope: bool  # Phi-3.5/Phi-4-mini's LongRoPE: its factor tensors and attention factor are written
 
 
 def arch_of(config, what: str) -> Arch:
@@ -65,8 +66,9 @@ def arch_of(config, what: str) -> Arch:
         getattr(config, "num_key_value_heads", None) or n_head,
         head_dim,
         int(rotary * config.hidden_size) // n_head,  # as llama.cpp's converter computes it
+        rope_type in LONGROPE,
     )
-    if rope_type in LONGROPE:
+    if arch.longrope:
         for key in ("long_factor", "short_factor"):
             if len(rope.get(key) or ()) != arch.rope_dims // 2:
                 raise UserError(
@@ -98,9 +100,9 @@ def original_context(config) -> int:
 def longrope_tensors(config, arch: Arch) -> list[tuple[str, list[float]]]:
     """LongRoPE's per-dimension frequency factors, as llama.cpp's phi3 graph reads them (rope_factors_long
     past the original context, rope_factors_short within it); none for plain RoPE."""
-    rope = rope_of(config)
-    if (rope.get("rope_type") or rope.get("type")) not in LONGROPE:
+    if not arch.longrope:
         return []
+    rope = rope_of(config)
     return [
         ("rope_factors_long.weight", rope["long_factor"]),
         ("rope_factors_short.weight", rope["short_factor"]),
@@ -170,7 +172,7 @@ def add_hparams(writer, config, arch: Arch, quant: str, name: str) -> None:
         writer.add_rope_dimension_count(arch.rope_dims)
         writer.add_rope_scaling_orig_ctx_len(original_context(config))
         writer.add_sliding_window(getattr(config, "sliding_window", None) or 0)
-        if longrope_tensors(config, arch):
+        if arch.longrope:
             writer.add_rope_scaling_attn_factors(longrope_attn_factor(config))
     writer.add_file_type(ftype)
     if quant == "q8_0":

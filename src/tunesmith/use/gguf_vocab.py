@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from tunesmith.chat import adds_bos
 from tunesmith.errors import UserError
 from tunesmith.use.merge import chat_template
 
@@ -104,15 +105,8 @@ def add_tokenizer(writer, tok, config, where: str) -> dict:
             tid = tid[0] if isinstance(tid, (list, tuple)) and tid else tid
         if isinstance(tid, int) and 0 <= tid < vocab_size:
             getattr(writer, f"add_{kind}_token_id")(tid)
-    add_bos = adds_bos(tok)
+    add_bos = adds_bos(tok)  # llama.cpp adds BOS to a prompt exactly when tunesmith does (chat.prompt_ids)
     writer.add_add_bos_token(add_bos)
     writer.add_add_eos_token(False)
     writer.add_chat_template(chat_template(tok))
     return {"pre": pre, "add_bos": add_bos}
-
-
-def adds_bos(tok) -> bool:
-    """Whether the tokenizer starts a text with BOS: what the GGUF tells llama.cpp to do, so that it adds BOS
-    to a prompt exactly when tunesmith does (see chat.prompt_ids)."""
-    probe = tok("a")["input_ids"]
-    return tok.bos_token_id is not None and bool(probe) and probe[0] == tok.bos_token_id

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from tunesmith import __version__
 from tunesmith.atomic import write_text
-from tunesmith.chat import END_OF_TURN, render
+from tunesmith.chat import END_OF_TURN, adds_bos, end_of_turn_markers, render
 from tunesmith.errors import UserError
-from tunesmith.use.gguf_vocab import adds_bos
 
 MARK = "# Ollama Modelfile written by tunesmith"
 # marker contents: no whitespace at their ends (templates trim contents; Python counts \x1c-\x1f as space)
@@ -171,9 +170,8 @@ def go_template(p: Pieces) -> str:
 
 def stop_tokens(tok, p: Pieces | None) -> list[str]:
     """The end-of-turn markers the template closes answers with, and the tokenizer's EOS."""
-    vocab = tok.get_vocab()
     closing = p.answer_close + p.user_open if p else "".join(END_OF_TURN)
-    stops = [m for m in END_OF_TURN if m in vocab and m in closing]
+    stops = [m for m in end_of_turn_markers(tok) if m in closing]
     if tok.eos_token and tok.eos_token not in stops:
         stops.append(tok.eos_token)
     return stops
