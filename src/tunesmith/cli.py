@@ -17,6 +17,7 @@ from tunesmith.errors import UserError, disk_full
 from tunesmith.models import DEFAULT_MODEL  # stdlib only: keeps --help fast
 from tunesmith.recorder import adapter_path  # sqlite3 and the core: no torch
 from tunesmith.train.config import add_config_flags  # light: dataclasses and the core, no torch
+from tunesmith.use.gguf_quant import QUANTS  # light: names only, gguf and llama.cpp imported when used
 
 
 def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -257,7 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--adapter", help="run directory of a trained adapter (default: the base model alone)")
     p.add_argument("--format", choices=["gguf"], default="gguf", help="output format (default gguf)")
-    p.add_argument("--quant", choices=["f32", "f16", "q8_0"], default="f16", help="tensor type (default f16)")
+    p.add_argument(
+        "--quant",
+        type=str.lower,
+        choices=QUANTS,
+        default="f16",
+        help="tensor type (default f16); q4_0..q5_1 and q8_0 by gguf-py, the K-quants (q4_k_m ...) by "
+        "llama.cpp's quantizer (the 'llama' extra)",
+    )
     p.add_argument(
         "--adapter-only",
         action="store_true",

@@ -33,52 +33,10 @@ from tunesmith.faults import killpoint
 from tunesmith.loading import base_model_of, load_tokenizer
 from tunesmith.models import resolve
 from tunesmith.outputs import GGUF_MARK, check_out, check_replaceable
-from tunesmith.use import gguf_arch, modelfile
+from tunesmith.use import gguf_arch, gguf_quant, modelfile
 from tunesmith.use.gguf_vocab import add_tokenizer, bpe_pre, tokenizer_json
 from tunesmith.use.merge import adapter_config, human_bytes, load_fp32
 from tunesmith.use.record import register_output
-
-QUANTS = ("f32", "f16", "q8_0")
-
-
-# ---------------------------------------------------------------- GGUF: tensor types
-
-
-def _qtype(gguf_name: str, shape: tuple[int, ...], quant: str):
-    import gguf
-
-    T = gguf.GGMLQuantizationType
-    if (
-        len(shape) <= 1
-        or gguf_name.endswith("_norm.weight")
-        or not gguf_name.endswith((".weight", ".lora_a", ".lora_b"))
-    ):
-        return T.F32  # llama.cpp reads 1-D tensors and norms as F32 only
-    if quant == "f32":
-        return T.F32
-    if quant == "q8_0" and shape[-1] % gguf.GGML_QUANT_SIZES[T.Q8_0][0] == 0:
-        return T.Q8_0
-    return T.F16  # f16, or a q8_0 row that is not a multiple of 32 (as llama.cpp's converter does)
-
-
-def _nbytes(shape: tuple[int, ...], qtype) -> int:
-    import gguf
-
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
-    return math.prod(shape) // block * size
-
-
-def _encode(data, qtype):
-    import gguf
-    import numpy as np
-
-    T = gguf.GGMLQuantizationType
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    if qtype == T.F32:
-        return data
-    if qtype == T.F16:
-        return data.astype(np.float16)
-    return gguf.quants.quantize(data, qtype)
 
 
 class _Plan:
@@ -97,33 +55,42 @@ class _Plan:
         import numpy as np
 
         for name, shape, qtype, _ in self.items:
-            writer.add_tensor_info(name, shape, np.dtype(np.float32), _nbytes(shape, qtype), raw_dtype=qtype)
+            writer.add_tensor_info(
+                name, shape, np.dtype(np.float32), gguf_quant.nbytes(shape, qtype), raw_dtype=qtype
+            )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for _name, _shape, qtype, fetch in self.items:
-            data = _encode(fetch(), qtype)
+            data = gguf_quant.encode(fetch(), qtype)
             writer.write_tensor_data(data)
 
 
-def _write_atomic(out: Path, arch_name: str, fill) -> int:
-    """Run `fill(writer)` on a GGUFWriter aimed at a temp file beside `out`, then rename it into place.
+def _write_atomic(out: Path, arch_name: str, fill, requant: str | None = None) -> int:
+    """Run `fill(writer)` on a GGUFWriter aimed at a temp file beside `out` (then, with `requant`, hand that
+    file to llama.cpp's quantizer, into a second temp) and rename the result into place.
     Every file carries GGUF_MARK, so a later `--overwrite` knows it replaces a file of ours."""
     import gguf
 
     fd, tmp = make_temp_file(out)
     os.close(fd)
+    final = tmp
     writer = gguf.GGUFWriter(tmp, arch_name)
     try:
         writer.add_string(GGUF_MARK, f"tunesmith {__version__}")
         fill(writer)
         writer.close()
+        if requant:
+            fd, final = make_temp_file(out)
+            os.close(fd)
+            gguf_quant.llama_quantize(tmp, final, requant)
         killpoint("export.before_rename")
         check_replaceable(out, "gguf")
-        os.replace(tmp, out)
+        os.replace(final, out)
     finally:
         writer.close()
         tmp.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
     return out.stat().st_size
 
 
@@ -154,24 +121,28 @@ def model_plan(model, arch: gguf_arch.Arch, quant: str) -> _Plan:
             a = t.detach().to(torch.float32).cpu().numpy()
             return gguf_arch.permute(a, heads) if heads else a
 
-        plan.add(name, tuple(tensor.shape), _qtype(name, tuple(tensor.shape), quant), fetch)
+        output = name == "output.weight" or (tied and name == "token_embd.weight")
+        qtype = gguf_quant.tensor_type(name, tuple(tensor.shape), quant, output=output)
+        plan.add(name, tuple(tensor.shape), qtype, fetch)
     for name, factors in gguf_arch.longrope_tensors(model.config, arch):
-        plan.add(name, (len(factors),), _qtype(name, (len(factors),), quant), lambda f=factors: np.asarray(f))
+        qtype = gguf_quant.tensor_type(name, (len(factors),), quant)
+        plan.add(name, (len(factors),), qtype, lambda f=factors: np.asarray(f))
     return plan
 
 
 def export_model(model, tok, out: Path, quant: str, *, name: str, where: str) -> dict:
     """Write `model` (a plain HF causal LM, adapter already folded in) as a GGUF file at `out`."""
     arch = gguf_arch.arch_of(model.config, where)
-    plan = model_plan(model, arch, quant)
+    written = gguf_quant.first_pass(quant)  # f16 for llama.cpp's quantizer to take from there
+    plan = model_plan(model, arch, written)
     meta: dict = {}
 
     def fill(writer):
-        gguf_arch.add_hparams(writer, model.config, arch, quant, name)
+        gguf_arch.add_hparams(writer, model.config, arch, gguf_quant.file_type(written), name)
         meta.update(add_tokenizer(writer, tok, model.config, where))
         plan.write(writer)
 
-    size = _write_atomic(out, arch.gguf_arch, fill)
+    size = _write_atomic(out, arch.gguf_arch, fill, requant=quant if written != quant else None)
     return {"bytes": size, "arch": arch.gguf_arch, "tensors": len(plan.items), **meta}
 
 
@@ -228,8 +199,18 @@ def export_lora(
                 gguf_arch.permute(x, heads) if heads else x
             )  # the permutation acts on output rows: B's rows
 
-        plan.add(name + ".lora_a", tuple(a.shape), _qtype(name + ".lora_a", tuple(a.shape), quant), fetch_a)
-        plan.add(name + ".lora_b", tuple(b.shape), _qtype(name + ".lora_b", tuple(b.shape), quant), fetch_b)
+        plan.add(
+            name + ".lora_a",
+            tuple(a.shape),
+            gguf_quant.tensor_type(name + ".lora_a", a.shape, quant),
+            fetch_a,
+        )
+        plan.add(
+            name + ".lora_b",
+            tuple(b.shape),
+            gguf_quant.tensor_type(name + ".lora_b", b.shape, quant),
+            fetch_b,
+        )
     if not plan.items:
         raise UserError(f"{where}: no LoRA weights found in adapter_model.safetensors")
     r = int(lora.get("r") or next(iter(ranks)))
@@ -312,8 +293,7 @@ def cli_export(args) -> int:
 
     if args.format != "gguf":
         raise UserError(f"--format {args.format}: only gguf is supported")
-    if args.quant not in QUANTS:
-        raise UserError(f"--quant {args.quant}: expected one of {', '.join(QUANTS)}")
+    gguf_quant.check_quant(args.quant, adapter_only=args.adapter_only)
     if Path(args.out).suffix.lower() != ".gguf":
         raise UserError(f"--out {args.out}: expected a file name ending in .gguf")
     if args.adapter_only and not args.adapter:

@@ -145,14 +145,9 @@ def qk_heads(arch: Arch, hf_name: str) -> int | None:
     return None
 
 
-def add_hparams(writer, config, arch: Arch, quant: str, name: str) -> None:
+def add_hparams(writer, config, arch: Arch, ftype, name: str) -> None:
     import gguf
 
-    ftype = {
-        "f32": gguf.LlamaFileType.ALL_F32,
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }[quant]
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
@@ -175,5 +170,5 @@ def add_hparams(writer, config, arch: Arch, quant: str, name: str) -> None:
         if arch.longrope:
             writer.add_rope_scaling_attn_factors(longrope_attn_factor(config))
     writer.add_file_type(ftype)
-    if quant == "q8_0":
+    if ftype not in (gguf.LlamaFileType.ALL_F32, gguf.LlamaFileType.MOSTLY_F16):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
