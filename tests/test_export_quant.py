@@ -1,10 +1,11 @@
-"""`tunesmith export --quant`: the 4- and 5-bit types gguf-py writes, checked against the file llama.cpp itself
-made (the default model's Q4_1 GGUF is reproduced tensor for tensor), the type rules, the error each type
-costs, and the K-quants through llama.cpp's quantizer when llama-cpp-python is installed."""
+"""`tunesmith export --quant`: the 4- and 5-bit types gguf-py writes, checked against the file llama.cpp
+itself made (the default model's Q4_1 GGUF is reproduced tensor for tensor), the type rules, the error each
+type costs, and the K-quants through llama.cpp's quantizer when llama-cpp-python is installed."""
 
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -83,8 +84,8 @@ def test_quant_refusals(llama_run, tmp_path, capsys, monkeypatch):
 @pytest.mark.slow
 def test_q4_1_reproduces_the_file_llama_cpp_made(tmp_path, capsys):
     """The default model comes from a Q4_1 GGUF that llama.cpp's quantizer wrote; its cached safetensors are
-    that file dequantized. Exporting them at q4_1 must give back every tensor of llama.cpp's file byte for byte:
-    the same type per tensor (the tied embedding at Q8_0, norms at F32) and the same blocks (gguf-py's
+    that file dequantized. Exporting them at q4_1 must give back every tensor of llama.cpp's file byte for
+    byte: the same type per tensor (the tied embedding at Q8_0, norms at F32) and the same blocks (gguf-py's
     quantizer is ggml's reference one)."""
     from gguf import GGUFReader
 
@@ -99,3 +100,26 @@ def test_q4_1_reproduces_the_file_llama_cpp_made(tmp_path, capsys):
         assert ours[name].tensor_type == t.tensor_type, name
         assert np.array_equal(np.asarray(ours[name].data), np.asarray(t.data)), name
     assert fields(out)["general.file_type"] == 3
+
+
+def test_the_files_name_does_not_switch_on_llama_cpps_phi3_tokenizer_rule(tiny_model_dir):
+    """llama.cpp strips the whitespace after special tokens, and looks up "</s>", "<unk>", "<s>" and
+    "<|endoftext|>", when general.name contains "phi3"/"phi-3": the name says so only when the tokenizer
+    does."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    from tunesmith.use.gguf_vocab import llama_cpp_name
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir("phi3"))
+    assert llama_cpp_name("phi3", tok) == "phi_3"  # its special tokens keep the whitespace after them
+    assert llama_cpp_name("My-Phi-3-notes", tok) == "My-Phi_3-notes"
+    assert llama_cpp_name("notes", tok) == "notes"
+    # a tokenizer as Phi-3's own: its special tokens strip the whitespace after them, and it has the four
+    specials = ["<|user|>", "<|end|>", "</s>", "<unk>", "<s>", "<|endoftext|>"]
+    phi3 = SimpleNamespace(
+        get_vocab=lambda: {t: i for i, t in enumerate(specials)},
+        added_tokens_decoder={i: AddedToken(t, rstrip=True, special=True) for i, t in enumerate(specials)},
+    )
+    assert llama_cpp_name("phi3-notes", phi3) == "phi3-notes"
+    assert llama_cpp_name("notes", phi3) == "notes (phi3)"

@@ -273,6 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="the .gguf file to write")
     p.add_argument(
+        "--verify",
+        metavar="TEST.jsonl",
+        help="run the written file through llama.cpp and the PyTorch model on these examples (greedy): "
+        "token agreement, task metrics with paired tests, a warning on a significant drop ('llama' extra)",
+    )
+    p.add_argument("--verify-limit", type=int, default=20, help="examples of --verify to use (default 20)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=128,
+        help="tokens generated per example by --verify (default 128)",
+    )
+    p.add_argument(
+        "--style", help="format rules (YAML) for --verify's format adherence, as in `eval --style`"
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a GGUF file tunesmith exported (only once the new one is written)",

@@ -33,8 +33,8 @@ from tunesmith.faults import killpoint
 from tunesmith.loading import base_model_of, load_tokenizer
 from tunesmith.models import resolve
 from tunesmith.outputs import GGUF_MARK, check_out, check_replaceable
-from tunesmith.use import gguf_arch, gguf_quant, modelfile
-from tunesmith.use.gguf_vocab import add_tokenizer, bpe_pre, tokenizer_json
+from tunesmith.use import gguf_arch, gguf_quant, gguf_verify, modelfile
+from tunesmith.use.gguf_vocab import add_tokenizer, bpe_pre, llama_cpp_name, tokenizer_json
 from tunesmith.use.merge import adapter_config, human_bytes, load_fp32
 from tunesmith.use.record import register_output
 
@@ -138,7 +138,9 @@ def export_model(model, tok, out: Path, quant: str, *, name: str, where: str) ->
     meta: dict = {}
 
     def fill(writer):
-        gguf_arch.add_hparams(writer, model.config, arch, gguf_quant.file_type(written), name)
+        gguf_arch.add_hparams(
+            writer, model.config, arch, gguf_quant.file_type(written), llama_cpp_name(name, tok)
+        )
         meta.update(add_tokenizer(writer, tok, model.config, where))
         plan.write(writer)
 
@@ -298,6 +300,11 @@ def cli_export(args) -> int:
         raise UserError(f"--out {args.out}: expected a file name ending in .gguf")
     if args.adapter_only and not args.adapter:
         raise UserError("--adapter-only needs --adapter RUN_DIR (the adapter to write)")
+    if args.verify and args.adapter_only:
+        raise UserError("--verify checks a whole model: export the merged model (drop --adapter-only)")
+    if args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    checks = gguf_verify.check(args.verify, args.verify_limit, args.style) if args.verify else None
     spec = base_model_of(args.adapter, args.model)
     out = check_out(
         args.out, "gguf", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec}
@@ -327,18 +334,25 @@ def cli_export(args) -> int:
     loaded = load_fp32(spec, args.adapter, args.trust_remote_code)
     r = export_model(loaded.model, loaded.tokenizer, out, args.quant, name=out.stem, where=where)
     what = "merged" if args.adapter else "base model"
-    _register(args, out, spec, r, t0, what)
     mf, why = modelfile.write_beside(loaded.tokenizer, out, model=spec)
     print(
         f"wrote {out} ({human_bytes(r['bytes'])}, {args.quant}, {r['arch']}, {what}) in "
         f"{time.time() - t0:.0f}s"
     )
+    if checks:
+        v = gguf_verify.verify(loaded.model, loaded.tokenizer, out, args.quant, *checks, args.max_new_tokens)
+        gguf_verify.report(v, out, args.verify)
+        print(f"wrote {gguf_verify.write(v, out)}")
+        r["verify"] = {k: v[k] for k in ("agreement", "tokenized_alike", "significant_drops", "examples")}
+    _register(args, out, spec, r, t0, what)
     modelfile.how_to_run(out, mf, why)
     return 0
 
 
 def _register(args, out: Path, spec: str, r: dict, t0: float, what: str) -> None:
     result = {"bytes": r["bytes"], "arch": r["arch"], "quant": args.quant, "what": what}
+    if "verify" in r:
+        result["verify"] = r["verify"]
     config = {
         "adapter": args.adapter,
         "model": spec,

@@ -5,6 +5,7 @@ special tokens and the chat template. Apart from export.py, which writes the ten
 from __future__ import annotations
 
 import json
+import re
 
 from tunesmith.chat import adds_bos
 from tunesmith.errors import UserError
@@ -110,3 +111,27 @@ def add_tokenizer(writer, tok, config, where: str) -> dict:
     writer.add_add_eos_token(False)
     writer.add_chat_template(chat_template(tok))
     return {"pre": pre, "add_bos": add_bos}
+
+
+# llama.cpp keys one tokenizer rule on the file's general.name, not on the vocabulary: a name containing
+# "phi-3" or "phi3" makes it strip the whitespace after every special token (Phi-3's added tokens rstrip in
+# Hugging Face) and look up these four tokens, failing to load the file when one is missing
+# (llama-vocab.cpp; measured with llama-cpp-python 0.3.36: "error loading model vocabulary:
+# unordered_map::at" for a file named phi3.gguf whose vocabulary lacks "</s>").
+_PHI3_NAMES = re.compile(r"phi-?3", re.IGNORECASE)
+_PHI3_LOOKED_UP = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def llama_cpp_name(name: str, tok) -> str:
+    """The general.name to write, so llama.cpp's name-keyed rule matches what the tokenizer does: a name
+    like "phi3-notes" keeps the rule only for a tokenizer whose special tokens strip the whitespace after
+    them and that has the four tokens llama.cpp looks up; otherwise it is written "phi_3-notes". A tokenizer
+    that does strip gets " (phi3)" added to a name without it, or llama.cpp would keep that whitespace."""
+    vocab = tok.get_vocab()
+    special = [t for t in tok.added_tokens_decoder.values() if t.special and t.content not in _PHI3_LOOKED_UP]
+    strips = bool(special) and all(t.rstrip for t in special) and all(t in vocab for t in _PHI3_LOOKED_UP)
+    if _PHI3_NAMES.search(name) and not strips:
+        return _PHI3_NAMES.sub(lambda m: m.group(0).replace("-", "")[:3] + "_3", name)
+    if strips and not _PHI3_NAMES.search(name):
+        return f"{name} (phi3)"
+    return name

@@ -1,0 +1,201 @@
+"""llama.cpp itself (llama-cpp-python, the `llama` extra; `.ci/run` builds it) runs what `export` writes:
+per architecture the logits of the model within a stated tolerance, the K-quants made by its own quantizer,
+and `export --verify`. Skipped where llama-cpp-python is not installed.
+
+Tolerances (logits of the tiny models are of size ~1): f32 within 1e-3, f16 within 1e-2 (measured on the
+2-core EPYC: see the asserts' messages when they fail)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import toy_examples, write_jsonl
+from test_export import cli, fields, lora_run, tensors
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the 'llama' extra)")
+
+TOL = {"f32": 1e-3, "f16": 1e-2}
+COMMON = dict(n_threads=1, n_batch=512, logits_all=True, verbose=False)
+
+
+def merged_logits(model_dir, run, ids: list[int]) -> np.ndarray:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), run).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def llama_logits(path, ids: list[int], n_ctx: int) -> np.ndarray:
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, **COMMON)
+    llm.eval(ids)
+    return np.asarray(llm.scores[: len(ids)])
+
+
+def prompt(tok, n_words: int = 12) -> list[int]:
+    from tunesmith.chat import prompt_ids
+
+    words = " ".join(f"budget{k % 7} design" for k in range(n_words))
+    return prompt_ids(tok, [{"role": "user", "content": f"Write the meeting notes. Focus: {words}"}])
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3", "phi4mini"])
+@pytest.mark.parametrize("quant", ["f32", "f16"])
+def test_llama_cpp_gives_the_models_logits(family, quant, tiny_model_dir, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    model_dir = tiny_model_dir(family)
+    run = lora_run(model_dir, tmp_path / "run")
+    out = tmp_path / f"{family}.gguf"
+    assert cli(capsys, "export", "--adapter", str(run), "--quant", quant, "--out", str(out))[0] == 0
+    ids = prompt(AutoTokenizer.from_pretrained(model_dir))
+    want = merged_logits(model_dir, run, ids)
+    err = np.abs(llama_logits(out, ids, 256) - want).max()
+    assert err < TOL[quant], f"{family} {quant}: llama.cpp's logits differ by {err:.2e}"
+
+
+def test_phi4_minis_long_factors_past_the_original_context(tiny_model_dir, tmp_path, capsys):
+    """Past the original context (256 here) LongRoPE switches to its long factors and scales attention:
+    llama.cpp (whose context is then longer than the original) and transformers (whose sequence is) agree."""
+    from transformers import AutoTokenizer
+
+    model_dir = tiny_model_dir("phi4mini")
+    run = lora_run(model_dir, tmp_path / "run")
+    out = tmp_path / "phi4.gguf"
+    assert cli(capsys, "export", "--adapter", str(run), "--quant", "f32", "--out", str(out))[0] == 0
+    ids = prompt(AutoTokenizer.from_pretrained(model_dir), 60)
+    assert 256 < len(ids) < 1024
+    want = merged_logits(model_dir, run, ids)
+    short = np.abs(llama_logits(out, ids[:200], 256) - merged_logits(model_dir, run, ids[:200])).max()
+    # llama.cpp picks the factors by its context, transformers by the sequence: a long context on a short
+    # prompt is where they part (noticed, not ours to change)
+    long = np.abs(llama_logits(out, ids, 1024) - want).max()
+    assert short < TOL["f32"] and long < TOL["f32"], (short, long)
+
+
+def test_q4_k_m_by_llama_cpps_quantizer(tmp_path, capsys):
+    """A tiny llama whose rows are multiples of 256 (K-quants' block): q4_k_m gets Q4_K weights with some at
+    Q6_K (llama.cpp's mix), keeps tunesmith's metadata, runs, and is closer to the model than q4_0."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from conftest import make_tokenizer
+
+    tok = make_tokenizer("llama")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model_dir = tmp_path / "m"
+    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    run = lora_run(model_dir, tmp_path / "run")
+    ids = prompt(AutoTokenizer.from_pretrained(model_dir))
+    want = merged_logits(model_dir, run, ids)
+    err = {}
+    for quant in ("q4_k_m", "q4_0"):
+        out = tmp_path / f"{quant}.gguf"
+        rc, stdout, _ = cli(capsys, "export", "--adapter", str(run), "--quant", quant, "--out", str(out))
+        assert rc == 0 and f", {quant}, llama, merged) in " in stdout
+        assert not list(tmp_path.glob(f".{out.name}.tmp-*"))
+        err[quant] = np.abs(llama_logits(out, ids, 256) - want).max()
+    kinds = {n: k for n, (k, _) in tensors(tmp_path / "q4_k_m.gguf").items()}
+    meta = fields(tmp_path / "q4_k_m.gguf")
+    assert meta["general.file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert meta["tunesmith.exported_by"].startswith("tunesmith ")
+    assert kinds["blk.0.attn_q.weight"] == "Q4_K" and "Q6_K" in kinds.values()
+    assert kinds["blk.0.attn_norm.weight"] == "F32"
+    assert err["q4_k_m"] < err["q4_0"] < 1.0, err
+
+
+# ---------------------------------------------------------------- export --verify
+
+
+@pytest.fixture(scope="module")
+def memorized(tiny_model_dir, tmp_path_factory):
+    """A tiny llama fine-tuned (full) until it writes its 8 training answers back: the PyTorch model scores
+    high on them, so a broken file shows as a drop. (A LoRA on the tiny random model does not get there.)"""
+    from tunesmith.train import trainer
+    from tunesmith.train.config import TrainConfig
+
+    root = tmp_path_factory.mktemp("memorized")
+    write_jsonl(root / "data" / "train.jsonl", toy_examples(8))
+    write_jsonl(root / "data" / "val.jsonl", toy_examples(8))
+    run = root / "run"
+    trainer.train(
+        TrainConfig(
+            model=str(tiny_model_dir("llama")),
+            data=str(root / "data"),
+            out=str(run),
+            method="full",
+            epochs=30,
+            lr=3e-3,
+            batch_size=4,
+            micro_batch_size=4,
+        ),
+        quiet=True,
+    )
+    return run, root / "data" / "train.jsonl"
+
+
+def test_verify_an_exact_export(memorized, tmp_path, capsys):
+    run, test = memorized
+    out = tmp_path / "notes.gguf"
+    rc, stdout, err = cli(
+        capsys, "export", "--model", str(run), "--quant", "f32", "--out", str(out), "--verify", str(test)
+    )
+    assert rc == 0, err
+    assert "warning" not in err
+    assert "llama.cpp tokenizes the prompt as tunesmith does: 8/8" in stdout
+    assert "greedy agreement: 8/8 outputs identical; 100.0 % of tokens before the first difference" in stdout
+    v = json.loads((tmp_path / "notes.verify.json").read_text())
+    assert v["pytorch"]["rougeL"] == v["gguf"]["rougeL"] > 50, v["pytorch"]
+    assert v["paired"]["rougeL"]["change"] == 0 and v["significant_drops"] == []
+    assert f"wrote {tmp_path / 'notes.verify.json'}" in stdout
+
+
+def test_verify_warns_when_the_file_is_worse(memorized, tmp_path, capsys, monkeypatch):
+    """A file written without llama.cpp's q/k permutation runs, but answers differently: agreement falls, the
+    metrics drop significantly and the export warns."""
+    from tunesmith.use import gguf_arch
+
+    run, test = memorized
+    monkeypatch.setattr(gguf_arch, "permute", lambda w, n: w)
+    out = tmp_path / "bad.gguf"
+    rc, stdout, err = cli(
+        capsys, "export", "--model", str(run), "--quant", "f32", "--out", str(out), "--verify", str(test)
+    )
+    assert rc == 0
+    v = json.loads((tmp_path / "bad.verify.json").read_text())
+    assert v["agreement"]["identical"] < 8 and v["gguf"]["rougeL"] < v["pytorch"]["rougeL"]
+    assert "rougeL" in v["significant_drops"]
+    assert "warning: the f32 file is significantly worse than the model on rougeL (" in err
+
+
+def test_verify_refusals(memorized, tmp_path, capsys):
+    run, test = memorized
+    out = tmp_path / "x.gguf"
+    rc, _, err = cli(
+        capsys, "export", "--adapter", str(run), "--adapter-only", "--out", str(out), "--verify", str(test)
+    )
+    assert (
+        rc == 2
+        and err == "error: --verify checks a whole model: export the merged model (drop --adapter-only)\n"
+    )
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    rc, _, err = cli(capsys, "export", "--model", str(run), "--out", str(out), "--verify", str(empty))
+    assert rc == 2 and str(empty) in err and not out.exists()
