@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunesmith-installed
 
-.PHONY: setup demo lint test clean-demo
+.PHONY: setup llama demo lint test clean-demo
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tunesmith needs Python >= 3.11 (found %s); set PYTHON=..." % sys.version.split()[0])'
@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# llama.cpp itself (the 'llama' extra, with its OpenAI-compatible server): `export --quant q4_k_m`, `export --verify`
+# and tests/test_llama_cpp.py. PyPI has its source only: built for this CPU (cmake, a C++ compiler; 5.5 min on
+# the 2-core EPYC). `.ci/run` runs this before `make test`; without it those tests are skipped.
+LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+llama: setup
+	$(PY) -c 'import llama_cpp.server.app' 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE)" \
+	  $(PY) -m pip install -q --disable-pip-version-check 'llama-cpp-python[server]==0.3.36'
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh

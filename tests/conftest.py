@@ -58,6 +58,12 @@ PHI = (
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
 )
 
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + "
+    "m['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
 FAMILIES = {
     # family: (special tokens, bos, eos, pad, template)
     "llama": (
@@ -83,7 +89,15 @@ FAMILIES = {
         "<|endoftext|>",
         PHI,
     ),
-    # Phi-4-mini's shape (phi3 + LongRoPE + partial rotary, tied embeddings), Phi-3's chat tokens
+    # Llama 3.2's shape (llama3 RoPE scaling, tied embeddings), its chat tokens and pre-tokenizer
+    "llama32": (
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|end_of_text|>",
+        LLAMA3,
+    ),
+    # Phi-4-mini's shape (phi3 + LongRoPE + partial rotary, tied embeddings), Phi-3's chat tokens, o200k split
     "phi4mini": (
         ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
         None,
@@ -92,6 +106,8 @@ FAMILIES = {
         PHI,
     ),
 }
+
+SPLIT_OF = {"llama32": "llama-bpe", "phi4mini": "gpt-4o"}  # family -> llama.cpp's pre-tokenizer name
 
 CORPUS = [
     "Meeting Summary: The team discussed the budget and the new remote control design.",
@@ -106,12 +122,25 @@ CORPUS = [
 
 
 def make_tokenizer(family: str):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from tunesmith.use.gguf_vocab import SPLIT_PRE
+
+    SPLITS = {
+        family: next(r for r, name in SPLIT_PRE.items() if name == pre) for family, pre in SPLIT_OF.items()
+    }
     from transformers import PreTrainedTokenizerFast
 
     specials, bos, eos, pad, template = FAMILIES[family]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if family in SPLITS:  # the real model's split regex before the byte-level mapping, as its tokenizer.json
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(SPLITS[family]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
@@ -149,9 +178,20 @@ def make_model(family: str, tok, seed: int = 0):
     elif family == "qwen3":
         cfg, cls = tf.Qwen3Config(head_dim=16, tie_word_embeddings=True, **common), tf.Qwen3ForCausalLM
     elif family == "gemma3":
-        cfg, cls = tf.Gemma3TextConfig(head_dim=16, sliding_window=64, **common), tf.Gemma3ForCausalLM
+        # query_pre_attn_scalar = head_dim, as every Gemma 3 but the 27B (what llama.cpp assumes)
+        cfg = tf.Gemma3TextConfig(head_dim=16, query_pre_attn_scalar=16, sliding_window=64, **common)
+        cls = tf.Gemma3ForCausalLM
     elif family == "phi3":
         cfg, cls = tf.Phi3Config(tie_word_embeddings=False, **common), tf.Phi3ForCausalLM
+    elif family == "llama32":  # Llama 3.2: RoPE theta 500k with llama3 frequency scaling, tied embeddings
+        rope = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+        cfg = tf.LlamaConfig(
+            tie_word_embeddings=True,
+            rope_theta=500000.0,
+            rope_scaling={**rope, "original_max_position_embeddings": 64},
+            **common,
+        )
+        cls = tf.LlamaForCausalLM
     elif family == "phi4mini":  # Phi-4-mini: 3/4 of each head rotated, LongRoPE factors for half of those
         rotary = 16 * 3 // 4
         cfg = tf.Phi3Config(

@@ -8,7 +8,7 @@ export: transformers' GGUF loader (which also undoes llama.cpp's q/k permutation
         2.3e-4 and 7e-3), and the same greedy tokens for f32/f16.
         The LoRA adapter GGUF is checked tensor by tensor against the merged file:
         W_merged = W_base + alpha/r * B @ A (in GGUF layout, permutation included) within 1e-5.
-llama.cpp: when llama-cpp-python is importable, llama.cpp itself runs the files.
+llama.cpp: tests/test_llama_cpp.py (when llama-cpp-python is installed: `make llama`, as .ci/run does).
 """
 
 from __future__ import annotations
@@ -379,6 +379,49 @@ def test_phi4_mini_shape_exports_longrope_and_partial_rotary(tiny_model_dir, tmp
     assert (back - peft_logits(model_dir, run)).abs().max() < GGUF_TOL["f32"]
 
 
+def test_gemma3_exports_shifted_norms_and_its_sliding_window(tiny_model_dir, tmp_path, capsys):
+    """Gemma's RMSNorm scales by (1 + w): llama.cpp's gemma3 graph by w, so every norm weight is written + 1
+    (its converter's rule); the sliding window is stated; read back, the weights give the model's logits."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_model_dir("gemma3")
+    run = lora_run(model_dir, tmp_path / "run")
+    out = tmp_path / "g.gguf"
+    assert cli(capsys, "export", "--adapter", str(run), "--quant", "f32", "--out", str(out))[0] == 0
+    meta, T = fields(out), tensors(out)
+    assert meta["general.architecture"] == "gemma3" and meta["gemma3.attention.sliding_window"] == 64
+    assert meta["gemma3.attention.key_length"] == 16
+    hf = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    for name, gname in [
+        ("model.norm.weight", "output_norm.weight"),
+        ("model.layers.0.self_attn.q_norm.weight", "blk.0.attn_q_norm.weight"),
+        ("model.layers.1.post_feedforward_layernorm.weight", "blk.1.post_ffw_norm.weight"),
+    ]:
+        assert np.allclose(T[gname][1], hf[name].numpy() + 1, atol=1e-6), gname
+    # transformers' reader takes 1 back off the norms, and not Gemma 3's attention scale from the file
+    model, _ = load_gguf(out, query_pre_attn_scalar=16, head_dim=16)
+    with torch.no_grad():
+        back = model(IDS).logits
+    assert (back - peft_logits(model_dir, run)).abs().max() < GGUF_TOL["f32"]
+
+
+def test_llama_3_2_shape_exports_its_rope_frequency_factors(tiny_model_dir, tmp_path, capsys):
+    """Llama 3.1/3.2 scale RoPE's low frequencies (rope_type llama3): the file carries rope_freqs, the divisor
+    per frequency that llama.cpp applies -- the model's unscaled over its scaled inverse frequencies."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_model_dir("llama32")
+    out = tmp_path / "l32.gguf"
+    assert cli(capsys, "export", "--model", str(model_dir), "--quant", "f32", "--out", str(out))[0] == 0
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    scaled = model.model.rotary_emb.inv_freq.numpy()
+    plain = 1.0 / (500000.0 ** (np.arange(0, 16, 2) / 16))
+    factors = tensors(out)["rope_freqs.weight"][1]
+    assert np.allclose(factors, plain / scaled, rtol=1e-5)
+    assert factors[0] == 1.0 and 1.0 < factors[1] < 32.0 and factors[-1] == 32.0  # all three bands
+    assert fields(out)["tokenizer.ggml.pre"] == "llama-bpe"
+
+
 def test_export_base_model_alone(tiny_model_dir, tmp_path, capsys):
     model_dir = tiny_model_dir("llama")
     out = tmp_path / "base.gguf"
@@ -428,13 +471,17 @@ def test_every_gguf_gets_a_modelfile_beside_it(llama_run, tmp_path, capsys):
 
 
 def test_export_unsupported_architecture(tiny_model_dir, tmp_path, capsys):
-    model_dir = tiny_model_dir("gemma3")
+    model_dir = tmp_path / "mistral"
+    shutil.copytree(tiny_model_dir("llama"), model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(model_type="mistral", architectures=["MistralForCausalLM"])
+    (model_dir / "config.json").write_text(json.dumps(config))
     rc, _, err = cli(capsys, "export", "--model", str(model_dir), "--out", str(tmp_path / "g.gguf"))
     assert rc == 2
     assert err.endswith(
-        f"error: --model {model_dir}: architecture 'gemma3_text' cannot be exported to GGUF yet; supported: "
-        "llama, "
-        f"qwen2, qwen3, phi3. `tunesmith merge` writes a Hugging Face directory for any architecture\n"
+        f"error: --model {model_dir}: architecture 'mistral' cannot be exported to GGUF yet; supported: "
+        "llama, qwen2, qwen3, phi3, gemma3_text. `tunesmith merge` writes a Hugging Face directory for any "
+        "architecture\n"
     )
     assert not list(tmp_path.glob("*g.gguf*"))
 
@@ -472,7 +519,8 @@ def test_export_out_checks(llama_run, tmp_path, capsys):
 
 
 def test_export_unsupported_tokenizer(tiny_model_dir, tmp_path, capsys):
-    """A sentencepiece-style tokenizer (byte fallback, Metaspace) is refused rather than exported wrong."""
+    """A tokenizer of neither kind (Metaspace over a vocabulary without byte fallback) is refused rather than
+    exported wrong."""
     from tokenizers import decoders, normalizers, pre_tokenizers
     from transformers import AutoTokenizer
 
@@ -490,8 +538,8 @@ def test_export_unsupported_tokenizer(tiny_model_dir, tmp_path, capsys):
         f"error: --model {model_dir}: its tokenizer (BPE model, pre-tokenizer Metaspace, "
         "sentencepiece-style) is not "
         "one GGUF export can describe to llama.cpp yet; supported are byte-level BPE tokenizers of the "
-        "GPT-2, "
-        f"SmolLM, Qwen2 and Llama-3 kinds. `tunesmith merge` writes a Hugging Face directory instead\n"
+        "GPT-2, SmolLM, Qwen2, Llama-3 and GPT-4o (Phi-4-mini) kinds and sentencepiece-style BPE ones "
+        "(Gemma, Llama 2). `tunesmith merge` writes a Hugging Face directory instead\n"
     )
     assert not list(tmp_path.glob("*s.gguf*"))
 
@@ -705,6 +753,43 @@ def test_default_model_export_with_a_tiny_adapter(tmp_path, capsys):
     assert (tuned - base).abs().max() > 1.0, "the adapter must matter"
     assert (back - tuned).abs().max() < 0.1  # f16 weights; logits of size ~30 here (measured 0.03-0.07)
     assert torch.equal(back[0].argmax(-1), tuned[0].argmax(-1))
+
+
+@pytest.mark.slow
+def test_gemma3_270m_export_equals_the_file_llama_cpp_wrote(tmp_path, capsys):
+    """gemma3-270m comes from a Q4_K_M GGUF llama.cpp made; its cached safetensors are that file dequantized.
+    Exported at f32, every tensor must come back (norms + 1 again, within float rounding), with the same
+    hyper-parameters and the same sentencepiece vocabulary: tokens, token types, special ids; scores in the
+    same order (the file's own values are not in a tokenizer.json; llama.cpp only compares them)."""
+    from gguf import GGUFReader, dequantize
+
+    from tunesmith.models import ALIASES, fetch_alias
+
+    original = fetch_alias(ALIASES["gemma3-270m"])
+    out = tmp_path / "g.gguf"
+    assert cli(capsys, "export", "--model", "gemma3-270m", "--quant", "f32", "--out", str(out))[0] == 0
+    ref, ours = GGUFReader(original), GGUFReader(out)
+    want = {k: f.contents() for k, f in ref.fields.items() if not k.startswith(("GGUF.", "general."))}
+    got = {k: f.contents() for k, f in ours.fields.items() if not k.startswith(("GGUF.", "general."))}
+    assert got.pop("tunesmith.exported_by").startswith("tunesmith ")
+    assert want.pop("tokenizer.ggml.add_sep_token") is False
+    got.pop("tokenizer.chat_template", None)  # the published file has none; ours writes the tokenizer's
+    ref_scores, our_scores = (
+        np.array(want.pop("tokenizer.ggml.scores")),
+        np.array(got.pop("tokenizer.ggml.scores")),
+    )
+    normal = np.array(want["tokenizer.ggml.token_type"]) == 1
+    assert np.array_equal(
+        np.argsort(-ref_scores[normal], kind="stable"), np.argsort(-our_scores[normal], kind="stable")
+    )
+    assert got == want  # tokens, token types, special ids, add_bos, every hyper-parameter
+    ref_t = {t.name: t for t in ref.tensors}
+    our_t = {t.name: t for t in ours.tensors}
+    assert set(ref_t) == set(our_t)
+    for name, t in ref_t.items():
+        a = dequantize(t.data, t.tensor_type).astype(np.float32)
+        b = dequantize(our_t[name].data, our_t[name].tensor_type)
+        assert np.allclose(a, b, rtol=0, atol=1e-6 if name.endswith("norm.weight") else 0), name
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ def prompt(tok, n_words: int = 12) -> list[int]:
     return prompt_ids(tok, [{"role": "user", "content": f"Write the meeting notes. Focus: {words}"}])
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3", "phi4mini"])
+@pytest.mark.parametrize("family", ["llama", "llama32", "qwen2", "qwen3", "phi3", "phi4mini", "gemma3"])
 @pytest.mark.parametrize("quant", ["f32", "f16"])
 def test_llama_cpp_gives_the_models_logits(family, quant, tiny_model_dir, tmp_path, capsys):
     from transformers import AutoTokenizer
@@ -57,6 +57,67 @@ def test_llama_cpp_gives_the_models_logits(family, quant, tiny_model_dir, tmp_pa
     want = merged_logits(model_dir, run, ids)
     err = np.abs(llama_logits(out, ids, 256) - want).max()
     assert err < TOL[quant], f"{family} {quant}: llama.cpp's logits differ by {err:.2e}"
+
+
+TRICKY = [
+    "Hello WORLD, it's 12345 o'clock!\n\n  Café naïve — Ünïcödé\tdon't I'LL SHOUT\r\nx  y",
+    "Meeting Summary:\n- The team's budget: 1,250.75 EUR (Q3/2024)   \n\n\nDecisions/actions ... done",
+]
+
+
+@pytest.mark.parametrize("family", ["llama", "llama32", "qwen2", "phi4mini"])
+def test_llama_cpp_splits_text_as_the_tokenizer(family, tiny_model_dir, tmp_path, capsys):
+    """Each pre-tokenizer name the file states (gpt-2, llama-bpe, qwen2, gpt-4o) makes llama.cpp split text as
+    the Hugging Face tokenizer does: digits, contractions, capitals, accents, runs of spaces and newlines."""
+    from transformers import AutoTokenizer
+
+    model_dir = tiny_model_dir(family)
+    out = tmp_path / "t.gguf"
+    assert cli(capsys, "export", "--model", str(model_dir), "--quant", "f32", "--out", str(out))[0] == 0
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, vocab_only=True, verbose=False)
+    for text in TRICKY:
+        assert (
+            llm.tokenize(text.encode(), add_bos=False, special=False)
+            == tok(text, add_special_tokens=False)["input_ids"]
+        ), (family, text)
+
+
+def test_gemma3s_sliding_and_global_layers(tmp_path, capsys):
+    """Six layers, the sixth global (llama.cpp's fixed gemma3 pattern), a 16-token window and a longer
+    prompt: the sliding layers see only the window in both engines."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from conftest import make_tokenizer
+
+    tok = make_tokenizer("gemma3")
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=16,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    assert cfg.layer_types[5] == "full_attention" and cfg.layer_types[4] == "sliding_attention"
+    model_dir = tmp_path / "g"
+    Gemma3ForCausalLM(cfg).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    run = lora_run(model_dir, tmp_path / "run")
+    out = tmp_path / "g.gguf"
+    assert cli(capsys, "export", "--adapter", str(run), "--quant", "f32", "--out", str(out))[0] == 0
+    ids = prompt(tok, 20)
+    assert len(ids) > 3 * 16
+    err = np.abs(llama_logits(out, ids, 256) - merged_logits(model_dir, run, ids)).max()
+    assert err < TOL["f32"], err
 
 
 def test_phi4_minis_long_factors_past_the_original_context(tiny_model_dir, tmp_path, capsys):
@@ -120,6 +181,35 @@ def test_q4_k_m_by_llama_cpps_quantizer(tmp_path, capsys):
     assert kinds["blk.0.attn_q.weight"] == "Q4_K" and "Q6_K" in kinds.values()
     assert kinds["blk.0.attn_norm.weight"] == "F32"
     assert err["q4_k_m"] < err["q4_0"] < 1.0, err
+
+
+@pytest.mark.slow
+def test_gemma3_270m_in_llama_cpp(tmp_path, capsys):
+    """The real Gemma 3 270M (sentencepiece vocabulary, 262k tokens) exported at f16: llama.cpp tokenizes like
+    its Hugging Face tokenizer and gives the model's next tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.chat import prompt_ids
+    from tunesmith.models import resolve
+
+    model_dir = resolve("gemma3-270m")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    out = tmp_path / "g.gguf"
+    assert cli(capsys, "export", "--model", "gemma3-270m", "--quant", "f16", "--out", str(out))[0] == 0
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, **COMMON)
+    for text in TRICKY:
+        assert (
+            llm.tokenize(text.encode(), add_bos=False, special=False)
+            == tok(text, add_special_tokens=False)["input_ids"]
+        ), text
+    ids = prompt_ids(tok, [{"role": "user", "content": "Write one sentence about the sea."}])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0].numpy()
+    llm.eval(ids)
+    got = np.asarray(llm.scores[: len(ids)])
+    assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.95
+    assert np.abs(got - want).max() < 0.5, np.abs(got - want).max()  # f16 weights, logits of size ~30
 
 
 # ---------------------------------------------------------------- export --verify
@@ -199,3 +289,81 @@ def test_verify_refusals(memorized, tmp_path, capsys):
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     rc, _, err = cli(capsys, "export", "--model", str(run), "--out", str(out), "--verify", str(empty))
     assert rc == 2 and str(empty) in err and not out.exists()
+
+
+# ---------------------------------------------------------------- llama.cpp's OpenAI-compatible server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_llama_cpp_server_answers_as_tunesmith_generate(tmp_path, capsys):
+    """The default model exported at f16, served by llama-cpp-python's OpenAI-compatible server (the chat
+    template from the file), asked with the official openai client: greedy answers equal `tunesmith
+    generate`. That server penalizes repeats by default (1.1; llama.cpp's own llama-server does not, Ollama
+    does, which is why the Modelfile says repeat_penalty 1): the request turns it off."""
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
+    import httpx
+    import openai
+
+    prompts = ["What is the capital of France?", "Name three colours.", "Say hello in one short sentence."]
+    out = tmp_path / "smol.gguf"
+    assert cli(capsys, "export", "--model", "smollm2-135m", "--quant", "f16", "--out", str(out))[0] == 0
+    file = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in prompts])
+    rc, stdout, _ = cli(
+        capsys,
+        "generate",
+        "--model",
+        "smollm2-135m",
+        "--input",
+        str(file),
+        "--max-new-tokens",
+        "24",
+        "--json",
+    )
+    assert rc == 0
+    want = [json.loads(line)["output"] for line in stdout.splitlines()]
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(out), "--host", "127.0.0.1", "--port",
+         str(port), "--n_ctx", "512", "--n_threads", "2", "--model_alias", "smol"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.time() < deadline, "the server did not start"
+            time.sleep(0.5)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        got = [
+            client.chat.completions.create(
+                model="smol",
+                messages=[{"role": "user", "content": p}],
+                temperature=0,
+                max_tokens=24,
+                extra_body={"repeat_penalty": 1.0},
+            )
+            .choices[0]
+            .message.content.strip()
+            for p in prompts
+        ]
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert got == want and all(want), (got, want)

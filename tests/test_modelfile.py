@@ -102,6 +102,7 @@ def test_the_exact_modelfile_of_a_chatml_model():
         '{{ end }}{{ end }}"""\n'
         'PARAMETER stop "<|im_end|>"\n'
         "PARAMETER temperature 0\n"
+        "PARAMETER repeat_penalty 1\n"
     )
 
 

@@ -6,14 +6,14 @@ How GGUF is written, and why this way: with the `gguf` package (gguf-py, pinned 
 and its tensor-name maps, not with llama.cpp's `convert_hf_to_gguf.py`. That converter is not
 on PyPI: it lives in the llama.cpp repository, needs its own `conversion/` package and a
 matching gguf-py, and reads a model directory from disk. Writing the file ourselves is a few
-hundred lines for the architectures tunesmith trains (llama, qwen2, qwen3, phi3), runs
+hundred lines for the architectures tunesmith trains (llama, qwen2, qwen3, phi3, gemma3), runs
 offline on the merged model already in memory, and reuses the same name map and q/k
 permutation for the LoRA-adapter file (gguf_arch.py: architectures, RoPE and names). The
 rules below follow llama.cpp's converter (`LlamaModel.permute`, 1-D tensors and norms kept in
 F32, Q8_0 falling back to F16 where a row is not a multiple of 32, tokenizer.ggml.* keys). The
 tests read every file back with an independent reader -- transformers' GGUF loader, which undoes
 the permutation -- and compare logits and greedy text with the model tunesmith serves;
-llama.cpp itself (llama-cpp-python) when it is installed.
+llama.cpp itself (llama-cpp-python: tests/test_llama_cpp.py) when it is installed.
 
 Every output is written under a temporary name beside --out and renamed into place at the
 end, so an interrupted run never leaves a half-written model where a good one was.
@@ -34,7 +34,7 @@ from tunesmith.loading import base_model_of, load_tokenizer
 from tunesmith.models import resolve
 from tunesmith.outputs import GGUF_MARK, check_out, check_replaceable
 from tunesmith.use import gguf_arch, gguf_quant, gguf_verify, modelfile
-from tunesmith.use.gguf_vocab import add_tokenizer, bpe_pre, llama_cpp_name, tokenizer_json
+from tunesmith.use.gguf_vocab import add_tokenizer, llama_cpp_name, tokenizer_json, tokenizer_kind
 from tunesmith.use.merge import adapter_config, human_bytes, load_fp32
 from tunesmith.use.record import register_output
 
@@ -117,14 +117,16 @@ def model_plan(model, arch: gguf_arch.Arch, quant: str) -> _Plan:
             )
         heads = gguf_arch.qk_heads(arch, hf_name)
 
-        def fetch(t=tensor, heads=heads):
+        shift = arch.norm_shift if name.endswith("norm.weight") else 0.0
+
+        def fetch(t=tensor, heads=heads, shift=shift):
             a = t.detach().to(torch.float32).cpu().numpy()
-            return gguf_arch.permute(a, heads) if heads else a
+            return gguf_arch.permute(a, heads) if heads else a + shift if shift else a
 
         output = name == "output.weight" or (tied and name == "token_embd.weight")
         qtype = gguf_quant.tensor_type(name, tuple(tensor.shape), quant, output=output)
         plan.add(name, tuple(tensor.shape), qtype, fetch)
-    for name, factors in gguf_arch.longrope_tensors(model.config, arch):
+    for name, factors in gguf_arch.rope_tensors(model.config, arch):
         qtype = gguf_quant.tensor_type(name, (len(factors),), quant)
         plan.add(name, (len(factors),), qtype, lambda f=factors: np.asarray(f))
     return plan
@@ -330,7 +332,7 @@ def cli_export(args) -> int:
     gguf_arch.arch_of(
         AutoConfig.from_pretrained(str(model_dir), trust_remote_code=args.trust_remote_code), where
     )
-    bpe_pre(tokenizer_json(load_tokenizer(model_dir, args.trust_remote_code)), where)
+    tokenizer_kind(tokenizer_json(load_tokenizer(model_dir, args.trust_remote_code)), where)
     loaded = load_fp32(spec, args.adapter, args.trust_remote_code)
     r = export_model(loaded.model, loaded.tokenizer, out, args.quant, name=out.stem, where=where)
     what = "merged" if args.adapter else "base model"

@@ -17,6 +17,7 @@ ARCHS = {
     "qwen2": ("qwen2", False),
     "qwen3": ("qwen3", False),
     "phi3": ("phi3", False),
+    "gemma3_text": ("gemma3", False),
 }
 
 
@@ -31,6 +32,8 @@ class Arch:
     head_dim: int
     rope_dims: int  # the rotated dimensions of a head (all of them but for partial rotary embeddings)
     longrope: bool  # Phi-3.5/Phi-4-mini's LongRoPE: its factor tensors and attention factor are written
+    llama3_rope: bool = False  # Llama 3.1/3.2's frequency scaling: written as the rope_freqs tensor
+    norm_shift: float = 0.0  # added to every norm weight: Gemma's RMSNorm scales by (1 + w), llama.cpp's by w
 
 
 def arch_of(config, what: str) -> Arch:
@@ -42,10 +45,10 @@ def arch_of(config, what: str) -> Arch:
         )
     rope = rope_of(config)
     rope_type = rope.get("rope_type") or rope.get("type") or "default"
-    if rope_type != "default" and not (mt == "phi3" and rope_type in LONGROPE):
+    if rope_type != "default" and (mt, rope_type) not in SCALED_ROPE:
         raise UserError(
-            f"{what}: RoPE scaling {rope_type!r} is not supported by GGUF export of {mt} yet (plain RoPE"
-            f"{', and LongRoPE for phi3' if mt != 'phi3' else ' or LongRoPE'})"
+            f"{what}: RoPE scaling {rope_type!r} is not supported by GGUF export of {mt} yet (plain RoPE, "
+            f"LongRoPE for phi3 and llama3 for llama)"
         )
     rotary = float(rope.get("partial_rotary_factor") or getattr(config, "partial_rotary_factor", None) or 1.0)
     if rotary != 1.0 and mt != "phi3":
@@ -54,6 +57,8 @@ def arch_of(config, what: str) -> Arch:
         raise UserError(f"{what}: MLP biases are not supported by GGUF export yet")
     if getattr(config, "use_sliding_window", False):
         raise UserError(f"{what}: sliding-window attention is not supported by GGUF export yet")
+    if mt == "gemma3_text":
+        _check_gemma3(config, what)
     n_head = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
     gguf_arch, permute = ARCHS[mt]
@@ -67,6 +72,8 @@ def arch_of(config, what: str) -> Arch:
         head_dim,
         int(rotary * config.hidden_size) // n_head,  # as llama.cpp's converter computes it
         rope_type in LONGROPE,
+        rope_type == "llama3",
+        1.0 if mt == "gemma3_text" else 0.0,
     )
     if arch.longrope:
         for key in ("long_factor", "short_factor"):
@@ -79,10 +86,46 @@ def arch_of(config, what: str) -> Arch:
 
 
 LONGROPE = ("longrope", "su")  # Phi-3.5 and Phi-4-mini's long-context RoPE ("su" is its earlier name)
+SCALED_ROPE = {("phi3", "longrope"), ("phi3", "su"), ("llama", "llama3"), ("gemma3_text", "linear")}
+GEMMA3_SWA_EVERY = 6  # llama.cpp's gemma3 graph: every 6th layer global, the rest sliding-window
+GEMMA3_LOCAL_THETA = 10000.0  # and the sliding layers' RoPE base, fixed there (not read from the file)
+
+
+def _check_gemma3(config, what: str) -> None:
+    """What llama.cpp's gemma3 graph assumes rather than reads: refuse a model that differs."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    local = (getattr(config, "rope_parameters", None) or {}).get("sliding_attention") or {}
+    local_theta = float(
+        local.get("rope_theta") or getattr(config, "rope_local_base_freq", GEMMA3_LOCAL_THETA)
+    )
+    types = getattr(config, "layer_types", None) or []
+    want = [
+        "full_attention" if (i + 1) % GEMMA3_SWA_EVERY == 0 else "sliding_attention"
+        for i in range(len(types))
+    ]
+    problems = [
+        f"query_pre_attn_scalar {config.query_pre_attn_scalar} is not the head size {head_dim}"
+        if getattr(config, "query_pre_attn_scalar", head_dim) != head_dim
+        else "",
+        "logit soft-capping"
+        if getattr(config, "final_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None)
+        else "",
+        f"a sliding-window RoPE base of {local_theta:g}, not {GEMMA3_LOCAL_THETA:g}"
+        if local_theta != GEMMA3_LOCAL_THETA
+        else "",
+        f"global attention on other layers than every {GEMMA3_SWA_EVERY}th" if types != want else "",
+    ]
+    problems = [p for p in problems if p]
+    if problems:
+        raise UserError(
+            f"{what}: this Gemma 3 has {'; '.join(problems)}, which llama.cpp's gemma3 cannot run"
+        )
 
 
 def rope_of(config) -> dict:
-    return dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    """The RoPE settings (of the global-attention layers, for a model that has one set per layer type)."""
+    rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    return dict(rope["full_attention"]) if isinstance(rope.get("full_attention"), dict) else rope
 
 
 def rope_theta(config) -> float:
@@ -97,16 +140,41 @@ def original_context(config) -> int:
     )
 
 
-def longrope_tensors(config, arch: Arch) -> list[tuple[str, list[float]]]:
-    """LongRoPE's per-dimension frequency factors, as llama.cpp's phi3 graph reads them (rope_factors_long
-    past the original context, rope_factors_short within it); none for plain RoPE."""
-    if not arch.longrope:
-        return []
+def rope_tensors(config, arch: Arch) -> list[tuple[str, list[float]]]:
+    """The frequency factors a scaled RoPE needs, as llama.cpp's graphs read them: LongRoPE's
+    rope_factors_long (past the original context) and rope_factors_short (within it); Llama 3's
+    rope_freqs. None for plain RoPE."""
     rope = rope_of(config)
-    return [
-        ("rope_factors_long.weight", rope["long_factor"]),
-        ("rope_factors_short.weight", rope["short_factor"]),
-    ]
+    if arch.longrope:
+        return [
+            ("rope_factors_long.weight", rope["long_factor"]),
+            ("rope_factors_short.weight", rope["short_factor"]),
+        ]
+    if arch.llama3_rope:
+        return [("rope_freqs.weight", llama3_factors(config, arch))]
+    return []
+
+
+def llama3_factors(config, arch: Arch) -> list[float]:
+    """Llama 3.1/3.2's per-frequency divisors (llama.cpp's converter, LlamaModel.generate_extra_tensors; the
+    same bands as transformers' _compute_llama3_parameters): high frequencies kept, low ones divided by
+    `factor`, a smooth blend between."""
+    rope = rope_of(config)
+    factor = float(rope.get("factor", 8.0))
+    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
+    old = float(rope.get("original_max_position_embeddings", 8192))
+    base, dim = rope_theta(config), arch.head_dim
+    out = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi * base ** (i / dim)
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return out
 
 
 def longrope_attn_factor(config) -> float:
@@ -169,6 +237,12 @@ def add_hparams(writer, config, arch: Arch, ftype, name: str) -> None:
         writer.add_sliding_window(getattr(config, "sliding_window", None) or 0)
         if arch.longrope:
             writer.add_rope_scaling_attn_factors(longrope_attn_factor(config))
+    if arch.gguf_arch == "gemma3":
+        writer.add_sliding_window(config.sliding_window)
+        rope = rope_of(config)
+        if (rope.get("rope_type") or "default") == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(float(rope["factor"]))
     writer.add_file_type(ftype)
     if ftype not in (gguf.LlamaFileType.ALL_F32, gguf.LlamaFileType.MOSTLY_F16):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -20,7 +20,15 @@ _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-SPLIT_PRE = {_QWEN2_SPLIT: "qwen2", _LLAMA3_SPLIT: "llama-bpe"}
+# OpenAI's o200k split as tiktoken-converted tokenizer.json files hold it (Phi-4-mini's); llama.cpp: "gpt-4o"
+_GPT4O_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPLIT_PRE = {_QWEN2_SPLIT: "qwen2", _LLAMA3_SPLIT: "llama-bpe", _GPT4O_SPLIT: "gpt-4o"}
+SPM_SPACE = "\u2581"  # sentencepiece's "▁", a space
+_BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")
 
 
 def tokenizer_json(tok) -> dict:
@@ -52,7 +60,7 @@ def bpe_pre(tj: dict, where: str) -> str:
             found = "gpt-2"
         elif kinds == ["Digits", "ByteLevel"] and pieces[0].get("individual_digits") and regex:
             found = "smollm"
-        elif kinds == ["Split", "ByteLevel"] and not regex and pieces[0].get("behavior") == "Isolated":
+        elif kinds == ["Split", "ByteLevel"] and not regex and _keeps_every_piece(pieces[0]):
             found = SPLIT_PRE.get((pieces[0].get("pattern") or {}).get("Regex"))
     if found is None:
         desc = f"{model.get('type')} model, pre-tokenizer {'+'.join(k or '?' for k in kinds) or 'none'}"
@@ -60,12 +68,78 @@ def bpe_pre(tj: dict, where: str) -> str:
             desc += ", sentencepiece-style"
         raise UserError(
             f"{where}: its tokenizer ({desc}) is not one GGUF export can describe to llama.cpp yet; "
-            "supported are "
-            "byte-level BPE tokenizers of the GPT-2, SmolLM, Qwen2 and Llama-3 kinds. `tunesmith merge` "
-            "writes a "
-            f"Hugging Face directory instead"
+            "supported are byte-level BPE tokenizers of the GPT-2, SmolLM, Qwen2, Llama-3 and GPT-4o "
+            "(Phi-4-mini) kinds and sentencepiece-style BPE ones (Gemma, Llama 2). `tunesmith merge` writes "
+            "a Hugging Face directory instead"
         )
     return found
+
+
+def _keeps_every_piece(split: dict) -> bool:
+    """A Split that keeps each match as a piece: "Isolated", or "Removed" inverted (tiktoken conversions
+    write that); the same partition for these regexes, whose alternatives match every character."""
+    behavior, invert = split.get("behavior"), bool(split.get("invert"))
+    return (behavior == "Isolated" and not invert) or (behavior == "Removed" and invert)
+
+
+def _space_to_meta(n: dict) -> bool:
+    return (
+        n.get("type") == "Replace" and n.get("pattern") == {"String": " "} and n.get("content") == SPM_SPACE
+    )
+
+
+def spm_space_prefix(tj: dict) -> bool | None:
+    """For a sentencepiece-style BPE tokenizer (byte fallback, spaces written "▁"), whether it puts a "▁"
+    before the text (Llama 2: yes; Gemma: no); None for any other tokenizer."""
+    model, pre, norm = tj.get("model") or {}, tj.get("pre_tokenizer"), tj.get("normalizer")
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        return None
+    norms = norm.get("normalizers", []) if norm and norm.get("type") == "Sequence" else [norm] if norm else []
+    kinds = [n.get("type") for n in norms]
+    if pre is None or (pre.get("type") == "Split" and pre.get("pattern") == {"String": " "}):
+        if kinds == ["Replace"] and _space_to_meta(norms[0]):  # Gemma
+            return False
+        if (
+            kinds == ["Prepend", "Replace"]
+            and norms[0].get("prepend") == SPM_SPACE
+            and _space_to_meta(norms[1])
+        ):
+            return True  # Llama 2 (legacy)
+    if (pre or {}).get("type") == "Metaspace" and not norms and not pre.get("split", True):
+        if pre.get("replacement") == SPM_SPACE:
+            return pre.get("prepend_scheme", "always") in ("first", "always")
+    return None
+
+
+def tokenizer_kind(tj: dict, where: str) -> tuple[str, str]:
+    """llama.cpp's tokenizer model (tokenizer.ggml.model) and pre-tokenizer for this tokenizer, or a
+    UserError."""
+    if spm_space_prefix(tj) is not None:
+        return "llama", "default"
+    return "gpt2", bpe_pre(tj, where)
+
+
+def _spm_vocab(gguf, tj: dict, vocab_size: int, where: str):
+    """Tokens, scores and types as llama.cpp's converter writes a sentencepiece vocabulary: byte pieces
+    <0xNN> as BYTE (score 0), added tokens as CONTROL or USER_DEFINED (score -1000), the rest NORMAL with
+    scores that fall with the id. llama.cpp's sentencepiece tokenizer merges the pair whose merged piece
+    scores highest: the id order is the merge order a BPE tokenizer.json implies (transformers rebuilds
+    Gemma's merges from it), so -id reproduces it (llama.cpp's own Gemma 3 file: scores fall with the id)."""
+    tokens: list[str | None] = [None] * vocab_size
+    scores = [-1000.0] * vocab_size
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for text, i in tj["model"]["vocab"].items():
+        _in_range(i, vocab_size, where)
+        byte = _BYTE_PIECE.match(text) is not None
+        tokens[i] = text
+        types[i] = gguf.TokenType.BYTE if byte else gguf.TokenType.NORMAL
+        scores[i] = 0.0 if byte else float(-i)
+    return tokens, scores, types
+
+
+def _in_range(i: int, vocab_size: int, where: str) -> None:
+    if i >= vocab_size:
+        raise UserError(f"{where}: tokenizer has token id {i}, beyond the model's vocab_size {vocab_size}")
 
 
 def add_tokenizer(writer, tok, config, where: str) -> dict:
@@ -73,7 +147,9 @@ def add_tokenizer(writer, tok, config, where: str) -> dict:
 
     vocab_size = config.vocab_size
     tj = tokenizer_json(tok)
-    pre = bpe_pre(tj, where)
+    kind, pre = tokenizer_kind(tj, where)
+    if kind == "llama":
+        return _add_spm(gguf, writer, tok, tj, config, where)
     tokens: list[str | None] = [None] * vocab_size
     types = [gguf.TokenType.UNUSED] * vocab_size
     for text, i in tj["model"]["vocab"].items():
@@ -99,6 +175,35 @@ def add_tokenizer(writer, tok, config, where: str) -> dict:
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
+    return _add_specials(writer, tok, config, {"pre": pre})
+
+
+def _add_spm(gguf, writer, tok, tj: dict, config, where: str) -> dict:
+    tokens, scores, types = _spm_vocab(gguf, tj, config.vocab_size, where)
+    for added in tj.get("added_tokens", []):
+        i = added["id"]
+        _in_range(i, config.vocab_size, where)
+        tokens[i] = added["content"]
+        types[i] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+        scores[i] = -1000.0
+    if str(config.model_type).startswith("gemma"):
+        # Gemma's sentencepiece model defines its runs of 2-31 spaces as user-defined pieces, which
+        # llama.cpp's converter writes as spaces; transformers reads them back as "▁▁"...
+        # (gguf_tokenizer_mapping's gemma_tokenizer): undo that, as llama.cpp's own Gemma 3 file has them
+        for i, t in enumerate(tokens):
+            if t and len(t) > 1 and set(t) == {SPM_SPACE}:
+                tokens[i], types[i], scores[i] = " " * len(t), gguf.TokenType.USER_DEFINED, -1000.0
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)])
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(bool(spm_space_prefix(tj)))
+    return _add_specials(writer, tok, config, {"pre": "default"})
+
+
+def _add_specials(writer, tok, config, meta: dict) -> dict:
+    vocab_size = config.vocab_size
     for kind in ("bos", "eos", "unk", "pad"):
         tid = getattr(tok, f"{kind}_token_id")
         if tid is None:  # as llama.cpp's converter does: the model config's id when the tokenizer has none
@@ -110,7 +215,7 @@ def add_tokenizer(writer, tok, config, where: str) -> dict:
     writer.add_add_bos_token(add_bos)
     writer.add_add_eos_token(False)
     writer.add_chat_template(chat_template(tok))
-    return {"pre": pre, "add_bos": add_bos}
+    return {**meta, "add_bos": add_bos}
 
 
 # llama.cpp keys one tokenizer rule on the file's general.name, not on the vocabulary: a name containing

@@ -201,6 +201,9 @@ def modelfile(tok, gguf: Path, *, model: str, adapter_of: str | None = None) -> 
         )
     lines += [f"PARAMETER stop {json.dumps(s)}" for s in stop_tokens(tok, pieces)]
     lines.append("PARAMETER temperature 0")  # greedy, as `tunesmith generate` and `chat` by default
+    # Ollama penalizes repeats by default (1.1), which tunesmith's greedy decoding (and llama.cpp's
+    # llama-server) does not: with it the answers differ from the model's (tests/test_llama_cpp.py)
+    lines.append("PARAMETER repeat_penalty 1")
     return "\n".join(lines) + "\n", why
 
 
