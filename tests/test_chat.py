@@ -12,6 +12,7 @@ END = {
     "gemma3": "<end_of_turn>",
     "phi3": "<|end|>",
     "phi4mini": "<|end|>",
+    "llama32": "<|eot_id|>",
 }
 
 TWO_TURNS = [
