@@ -98,9 +98,25 @@ def main() -> int:
             d = sparse_model(Path(tmp), name, shape)
             for precision in ("fp32", "bf16"):
                 rows.append((name, precision, plan(d, precision)))
-    print(json.dumps(rows[0][2], indent=1)[:3000], file=sys.stderr)  # the fields, for the table below
+    print(
+        "| model (shape) | parameters | precision | peak memory (predicted) | fits in this RAM | tokens/s | "
+        "one epoch | 3 epochs (the default) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, precision, p in rows:
-        print(name, precision, json.dumps(p)[:600])
+        print(
+            f"| {name} | {p['parameters'] / 1e9:.2f} B | {precision} | {p['peak_bytes'] / 2**30:.1f} GiB | "
+            f"{'yes' if p['fits'] else 'no'} | {p['tokens_per_s']:.0f} | {p['epoch_s'] / 60:.0f} min | "
+            f"{p['total_s'] / 3600:.1f} h |"
+        )
+        for sug in p["suggestions"]:
+            print(f"  suggestion for {name} {precision}: {json.dumps(sug)[:400]}", file=sys.stderr)
+    first = rows[0][2]
+    print(
+        f"\n{first['examples']} examples, {first['tokens']:,} tokens (SmolLM2's tokenizer); matmul peak "
+        f"{rows[0][2]['matmul_gflops']:.0f} GFLOP/s fp32, {rows[1][2]['matmul_gflops']:.0f} bf16; RAM "
+        f"{first['total_bytes'] / 2**30:.1f} GiB"
+    )
     return 0
 
 

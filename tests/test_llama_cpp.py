@@ -367,3 +367,45 @@ def test_llama_cpp_server_answers_as_tunesmith_generate(tmp_path, capsys):
         server.terminate()
         server.wait(30)
     assert got == want and all(want), (got, want)
+
+
+# ---------------------------------------------------------------- every family, from training to llama.cpp
+
+
+@pytest.mark.parametrize("family", ["llama", "llama32", "qwen2", "qwen3", "gemma3", "phi3", "phi4mini"])
+def test_each_family_trains_merges_exports_and_runs_in_llama_cpp(family, tiny_model_dir, tmp_path, capsys):
+    """LoRA and full fine-tuning through tunesmith's own trainer (2 steps), the LoRA merged, both exported:
+    llama.cpp gives the trained model's logits (the merged directory's, the full run's)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.train import trainer
+    from tunesmith.train.config import TrainConfig
+
+    model_dir = tiny_model_dir(family)
+    write_jsonl(tmp_path / "data" / "train.jsonl", toy_examples(6))
+    write_jsonl(tmp_path / "data" / "val.jsonl", toy_examples(2, seed=1))
+    ids = prompt(AutoTokenizer.from_pretrained(model_dir))
+    for method in ("lora", "full"):
+        run = tmp_path / method
+        cfg = TrainConfig(
+            model=str(model_dir), data=str(tmp_path / "data"), out=str(run), method=method, lr=1e-2,
+            batch_size=2, micro_batch_size=2, max_steps=2,
+        )  # fmt: skip
+        trainer.train(cfg, quiet=True)
+        out = tmp_path / f"{method}.gguf"
+        if method == "lora":
+            reference = tmp_path / "merged"
+            assert cli(capsys, "merge", "--adapter", str(run), "--out", str(reference))[0] == 0
+            assert cli(capsys, "export", "--adapter", str(run), "--quant", "f32", "--out", str(out))[0] == 0
+        else:
+            reference = run
+            assert cli(capsys, "export", "--model", str(run), "--quant", "f32", "--out", str(out))[0] == 0
+        model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).eval()
+        with torch.no_grad():
+            want = model(torch.tensor([ids])).logits[0].numpy()
+            base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+            assert np.abs(base(torch.tensor([ids])).logits[0].numpy() - want).max() > 1e-3, (
+                "training moved it"
+            )
+        err = np.abs(llama_logits(out, ids, 256) - want).max()
+        assert err < TOL["f32"], f"{family} {method}: {err:.2e}"
