@@ -96,3 +96,60 @@ def test_end_of_turn_markers_are_looked_up_once_per_vocabulary(monkeypatch):
     after = stop_token_ids(tok)
     assert len(calls) == 2 and set(after) == set(before) | {tok.convert_tokens_to_ids("<end_of_turn>")}
     assert len(after) == len(before) + 1
+
+
+# ------------------------------------------------------------ the template rendered once per role sequence
+
+SHAPES = [
+    ["user", "assistant"],
+    ["system", "user", "assistant"],
+    ["user", "assistant", "user", "assistant"],
+    ["system", "user", "assistant", "user", "assistant", "user", "assistant"],
+]
+CONTENTS = [
+    "Write the meeting notes.",
+    "  padded at both ends \n",
+    "two\nlines, {braces} and {{ jinja }}, 'quotes' \"too\"",
+    "Ünïcödé — ok",
+    "\n",
+    "x",
+]
+
+
+@pytest.mark.parametrize("family", [*sorted(FAMILIES), "llama3", "gemma3-system", "qwen2.5"])
+def test_splicing_the_templates_pieces_gives_the_rendered_chat(family):
+    """What `data check --max-length` counts: the chat spliced from the pieces of its role sequence equals the
+    template's own rendering, for every family's template (some trim contents, some add a default system
+    turn, Gemma folds the system prompt into the first turn), on contents with whitespace at their ends."""
+    import random
+
+    from test_modelfile import family_tokenizer
+    from tunesmith.chat import render, rendered, template_pieces
+
+    tok = (
+        family_tokenizer(family)
+        if family in ("llama3", "gemma3-system", "qwen2.5")
+        else make_tokenizer(family)
+    )
+    rng = random.Random(0)
+    for shape in SHAPES:
+        for _ in range(4):
+            chat = [{"role": r, "content": rng.choice(CONTENTS)} for r in shape]
+            assert rendered(tok, chat) == render(tok, chat), (family, chat)
+    assert template_pieces(tok, ("user", "assistant")) is not None, "the fast path is used"
+
+
+def test_a_template_that_reads_the_content_is_rendered_per_chat():
+    from tunesmith.chat import render, rendered, template_pieces
+
+    tok = make_tokenizer("llama")
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['content'] | length > 12 %}LONG {% endif %}{{ m['content'] | upper }}"
+        "\n{% endfor %}"
+    )
+    chat = [{"role": "user", "content": "short"}, {"role": "assistant", "content": "a longer answer here"}]
+    assert template_pieces(tok, ("user", "assistant")) is None
+    assert rendered(tok, chat) == render(tok, chat) == "SHORT\nLONG A LONGER ANSWER HERE\n"
+    think = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>x</think>a"}]
+    tok.chat_template = "{% for m in messages %}{{ m['content'].split('</think>')[-1] }}|{% endfor %}"
+    assert rendered(tok, think) == render(tok, think) == "q|a|"  # "<" in a content: the template renders it

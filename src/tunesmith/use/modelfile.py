@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tunesmith import __version__
 from tunesmith.atomic import write_text
-from tunesmith.chat import END_OF_TURN, adds_bos, end_of_turn_markers, render
+from tunesmith.chat import END_OF_TURN, adds_bos, cut_at, end_of_turn_markers, render
 from tunesmith.errors import UserError
 
 MARK = "# Ollama Modelfile written by tunesmith"
@@ -47,18 +47,6 @@ def _common_suffix(*texts: str) -> str:
     return texts[0][len(texts[0]) - n :] if n else ""
 
 
-def _cut(text: str, parts: list[str]) -> list[str] | None:
-    """The texts between `parts`, which must occur in `text` in this order: [before, between..., after]."""
-    out, at = [], 0
-    for p in parts:
-        k = text.find(p, at)
-        if k < 0:
-            return None
-        out.append(text[at:k])
-        at = k + len(p)
-    return [*out, text[at:]]
-
-
 def derive(tok, strip_bos: bool) -> Pieces | None:
     """The template's pieces, or None where it is not a fixed text around each turn's content."""
     u1, u2, a1 = _U.format(1), _U.format(2), _A.format(1)
@@ -69,7 +57,7 @@ def derive(tok, strip_bos: bool) -> Pieces | None:
         without = render(tok, [_msg("user", u1)], True)
     except Exception:  # noqa: BLE001 -- a template that refuses these shapes (e.g. no system role) has no pieces
         return None
-    cuts, first = _cut(with_sys, [_S, u1, a1, u2]), _cut(without, [u1])
+    cuts, first = cut_at(with_sys, [_S, u1, a1, u2]), cut_at(without, [u1])
     if cuts is None or first is None:
         return None
     head, sys_to_user, mid, answer_to_user, tail = cuts
