@@ -154,7 +154,8 @@ def make_tokenizer(family: str):
     return fast
 
 
-def make_model(family: str, tok, seed: int = 0):
+def make_model(family: str, tok, seed: int = 0, **overrides):
+    """A tiny random model of `family`'s shape; `overrides` change its config (sizes, layers, window)."""
     import torch
     import transformers as tf
 
@@ -171,6 +172,7 @@ def make_model(family: str, tok, seed: int = 0):
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
+    common.update(overrides)
     if family == "llama":
         cfg, cls = tf.LlamaConfig(tie_word_embeddings=True, **common), tf.LlamaForCausalLM
     elif family == "qwen2":
@@ -179,7 +181,9 @@ def make_model(family: str, tok, seed: int = 0):
         cfg, cls = tf.Qwen3Config(head_dim=16, tie_word_embeddings=True, **common), tf.Qwen3ForCausalLM
     elif family == "gemma3":
         # query_pre_attn_scalar = head_dim, as every Gemma 3 but the 27B (what llama.cpp assumes)
-        cfg = tf.Gemma3TextConfig(head_dim=16, query_pre_attn_scalar=16, sliding_window=64, **common)
+        cfg = tf.Gemma3TextConfig(
+            **{"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 64, **common}
+        )
         cls = tf.Gemma3ForCausalLM
     elif family == "phi3":
         cfg, cls = tf.Phi3Config(tie_word_embeddings=False, **common), tf.Phi3ForCausalLM

@@ -86,30 +86,15 @@ def test_llama_cpp_splits_text_as_the_tokenizer(family, tiny_model_dir, tmp_path
 def test_gemma3s_sliding_and_global_layers(tmp_path, capsys):
     """Six layers, the sixth global (llama.cpp's fixed gemma3 pattern), a 16-token window and a longer
     prompt: the sliding layers see only the window in both engines."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    from conftest import make_tokenizer
+    from conftest import make_model, make_tokenizer
 
     tok = make_tokenizer("gemma3")
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        sliding_window=16,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+    model = make_model("gemma3", tok, num_hidden_layers=6, sliding_window=16, max_position_embeddings=512)
+    assert (
+        model.config.layer_types[5] == "full_attention" and model.config.layer_types[4] == "sliding_attention"
     )
-    assert cfg.layer_types[5] == "full_attention" and cfg.layer_types[4] == "sliding_attention"
     model_dir = tmp_path / "g"
-    Gemma3ForCausalLM(cfg).save_pretrained(model_dir)
+    model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     run = lora_run(model_dir, tmp_path / "run")
     out = tmp_path / "g.gguf"
@@ -142,27 +127,15 @@ def test_phi4_minis_long_factors_past_the_original_context(tiny_model_dir, tmp_p
 def test_q4_k_m_by_llama_cpps_quantizer(tmp_path, capsys):
     """A tiny llama whose rows are multiples of 256 (K-quants' block): q4_k_m gets Q4_K weights with some at
     Q6_K (llama.cpp's mix), keeps tunesmith's metadata, runs, and is closer to the model than q4_0."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from conftest import make_tokenizer
+    from conftest import make_model, make_tokenizer
 
     tok = make_tokenizer("llama")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
     model_dir = tmp_path / "m"
-    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    make_model(
+        "llama", tok, hidden_size=256, intermediate_size=512, max_position_embeddings=512
+    ).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     run = lora_run(model_dir, tmp_path / "run")
     ids = prompt(AutoTokenizer.from_pretrained(model_dir))
