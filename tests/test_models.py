@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
-from tunesmith import models
+from tunesmith import models, weightfiles
 from tunesmith.errors import UserError
 
 
@@ -50,7 +50,7 @@ def test_missing_paths_and_pickle_only_dirs(tmp_path):
 def test_corrupted_cache_is_detected(tiny_model_dir, tmp_path):
     target = models.home() / "models" / "smollm2-135m"
     shutil.copytree(tiny_model_dir("llama"), target)
-    models._write_manifest(target, {"alias": "smollm2-135m"})
+    weightfiles.write_manifest(target, {"alias": "smollm2-135m"})
     assert models.resolve("smollm2-135m") == target
     w = target / "model.safetensors"
     data = bytearray(w.read_bytes())
@@ -72,11 +72,11 @@ def test_a_verified_cache_is_not_hashed_again_until_a_file_changes(tiny_model_di
 
     target = models.home() / "models" / "smollm2-135m"
     shutil.copytree(tiny_model_dir("llama"), target)
-    models._write_manifest(target, {"alias": "smollm2-135m"})
+    weightfiles.write_manifest(target, {"alias": "smollm2-135m"})
     w = target / "model.safetensors"
     hashed = []
-    real = models.sha256_file
-    monkeypatch.setattr(models, "sha256_file", lambda f: hashed.append(f) or real(f))
+    real = weightfiles.sha256_file
+    monkeypatch.setattr(weightfiles, "sha256_file", lambda f: hashed.append(f) or real(f))
     assert models.resolve("smollm2-135m") == target and hashed == [w]  # just written: hashed, not trusted
     old = time.time() - 3600
     os.utime(w, (old, old))  # as a file converted an hour ago

@@ -82,7 +82,7 @@ def test_local_gguf_file_is_converted_once_and_loads(tmp_path, monkeypatch):
     """--model path/to/file.gguf: dequantized once into the cache, then re-used."""
     import shutil
 
-    from tunesmith import models
+    from tunesmith import models, weightfiles
 
     gguf = models.fetch_alias(models.ALIASES["smollm2-135m"])  # cached by the tests above
     local = tmp_path / "my-model.gguf"
@@ -90,7 +90,7 @@ def test_local_gguf_file_is_converted_once_and_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
     d = models.resolve(str(local))
     assert d.parent == tmp_path / "home" / "models" and d.name.startswith("gguf-")
-    assert (d / "model.safetensors").is_file() and (d / models.MANIFEST).is_file()
+    assert (d / "model.safetensors").is_file() and (d / weightfiles.MANIFEST).is_file()
     assert models.resolve(str(local)) == d  # second time: from the cache
     m = load(str(local), quiet=True)
     [g] = generate(

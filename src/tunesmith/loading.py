@@ -12,8 +12,9 @@ from pathlib import Path
 from tunesmith.chat import prompt_ids, stop_token_ids
 from tunesmith.errors import UserError
 from tunesmith.kvcache import growing_cache, padding_costs, plain_cache, prefill_unpadded
-from tunesmith.models import DEFAULT_MODEL, check_safetensors, resolve
+from tunesmith.models import DEFAULT_MODEL, resolve
 from tunesmith.outputs import RUN_INFO
+from tunesmith.weightfiles import check_safetensors
 
 
 @dataclass

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.models import MANIFEST, sha256_file
 from tunesmith.outputs import INPUTS, RUN_INFO
+from tunesmith.weightfiles import MANIFEST, sha256_file
 
 
 def environment() -> dict:
@@ -148,7 +148,7 @@ def _headline(result: dict, last: dict) -> tuple[str | None, float | None]:
 
 def model_sha256(model_dir: str | Path) -> str | None:
     """One checksum for a model folder's weights: from the checksums a cached conversion recorded
-    (models.MANIFEST), else by hashing each weights file (a few seconds per GB, once per run)."""
+    (weightfiles.MANIFEST), else by hashing each weights file (a few seconds per GB, once per run)."""
     folder = Path(model_dir)
     digests: dict[str, str] = {}
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):

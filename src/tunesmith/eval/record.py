@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tunesmith import tracking
 from tunesmith.data.formats import files_of
-from tunesmith.models import sha256_file
 from tunesmith.recorder import Recorder
+from tunesmith.weightfiles import sha256_file
 
 HEADLINE = "rougeL"  # the number an eval is known by in `tunesmith runs`, when it was measured
 

@@ -27,9 +27,9 @@ from tunesmith.data.formats import files_of, locate_paths
 from tunesmith.data.mix import Mix, is_mix
 from tunesmith.errors import UserError
 from tunesmith.faults import killpoint
-from tunesmith.models import sha256_file
 from tunesmith.outputs import INPUTS, RUN_INFO, check_out, check_replaceable
 from tunesmith.train.config import ADAPTER_METHODS, TrainConfig, to_yaml
+from tunesmith.weightfiles import sha256_file
 
 
 def partial_dir(out: Path) -> Path:

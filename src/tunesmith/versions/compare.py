@@ -19,8 +19,8 @@ from tunesmith.data.formats import load_examples, messages_digest
 from tunesmith.errors import UserError
 from tunesmith.eval.gate import same_test
 from tunesmith.eval.run import compare as paired
-from tunesmith.models import sha256_file
 from tunesmith.registry import Registry
+from tunesmith.weightfiles import sha256_file
 
 SKIP_CONFIG = {"out"}  # differs for every run by construction
 METRICS = ("rougeL", "rouge1", "bleu", "chrf", "format_adherence", "judge", "exact_match", "mean_new_tokens")
