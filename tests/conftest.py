@@ -232,6 +232,16 @@ def tiny_model_dir(tmp_path_factory):
     return build
 
 
+@pytest.fixture(scope="session")
+def gemma3_270m_f32(tmp_path_factory) -> Path:
+    """gemma3-270m (the real model, from PyPI) exported at f32, once per session: 1.07 GB, 35-70 s here; read
+    by tests/test_export.py (against llama.cpp's own file) and tests/test_llama_cpp.py (llama.cpp runs it)."""
+    out = tmp_path_factory.mktemp("gemma3-270m") / "gemma3-270m.gguf"
+    done = cli("export", "--model", "gemma3-270m", "--quant", "f32", "--out", str(out), "--registry", "off")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch, request):
     """Unit tests get an empty model cache; tests marked `slow` use the real one."""

@@ -755,15 +755,15 @@ def test_default_model_export_with_a_tiny_adapter(tmp_path, capsys):
     assert torch.equal(back[0].argmax(-1), tuned[0].argmax(-1))
 
 
-def exported_beside_original(alias: str, tmp_path, capsys):
-    """The alias's model exported at f32, and the GGUF it came from: both readers, and both files' keys
-    (general.* and the file-format keys left out)."""
+def exported_beside_original(alias: str, out: Path, capsys):
+    """The alias's model exported at f32 (to `out`, unless it is there), and the GGUF it came from: both
+    readers, and both files' keys (general.* and the file-format keys left out)."""
     from gguf import GGUFReader
 
     from tunesmith.models import ALIASES, fetch_alias
 
-    out = tmp_path / f"{alias}.gguf"
-    assert cli(capsys, "export", "--model", alias, "--quant", "f32", "--out", str(out))[0] == 0
+    if not out.exists():
+        assert cli(capsys, "export", "--model", alias, "--quant", "f32", "--out", str(out))[0] == 0
     ref, ours = GGUFReader(fetch_alias(ALIASES[alias])), GGUFReader(out)
     keys = [
         {k: f.contents() for k, f in r.fields.items() if not k.startswith(("GGUF.", "general."))}
@@ -773,14 +773,14 @@ def exported_beside_original(alias: str, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_gemma3_270m_export_equals_the_file_llama_cpp_wrote(tmp_path, capsys):
+def test_gemma3_270m_export_equals_the_file_llama_cpp_wrote(gemma3_270m_f32, capsys):
     """gemma3-270m comes from a Q4_K_M GGUF llama.cpp made; its cached safetensors are that file dequantized.
     Exported at f32, every tensor must come back (norms + 1 again, within float rounding), with the same
     hyper-parameters and the same sentencepiece vocabulary: tokens, token types, special ids; scores in the
     same order (the file's own values are not in a tokenizer.json; llama.cpp only compares them)."""
     from gguf import dequantize
 
-    ref, ours, want, got = exported_beside_original("gemma3-270m", tmp_path, capsys)
+    ref, ours, want, got = exported_beside_original("gemma3-270m", gemma3_270m_f32, capsys)
     assert got.pop("tunesmith.exported_by").startswith("tunesmith ")
     assert want.pop("tokenizer.ggml.add_sep_token") is False
     got.pop("tokenizer.chat_template", None)  # the published file has none; ours writes the tokenizer's
@@ -810,7 +810,7 @@ def test_default_model_export_equals_what_llama_cpp_converter_wrote(tmp_path, ca
     hyper-parameter metadata. This checks the writer against llama.cpp's converter without llama.cpp."""
     from gguf import dequantize
 
-    ref, ours, want, got = exported_beside_original("smollm2-135m", tmp_path, capsys)
+    ref, ours, want, got = exported_beside_original("smollm2-135m", tmp_path / "smol.gguf", capsys)
     # the cached tokenizer splits digits with GPT-2's regex, not SmolLM's one-digit rule: we describe the
     # tokenizer tunesmith trains with (identical ids for this vocabulary, which has no multi-digit tokens)
     assert want.pop("tokenizer.ggml.pre") == "smollm" and got.pop("tokenizer.ggml.pre") == "gpt-2"
