@@ -154,3 +154,37 @@ def test_help_is_fast_and_lists_every_command():
         text=True,
     )
     assert out.stdout.strip() == "False", "the CLI must not import torch to show help"
+
+
+def test_a_gguf_model_is_hashed_once_while_it_is_unchanged(tmp_path, monkeypatch):
+    """A .gguf named as --model is keyed by its digest; the digest is remembered (size, inode, mtime)."""
+    import os
+    import time
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + bytes(1000))
+    memo = tmp_path / "memo" / "digests.json"
+    hashed = []
+    real = weightfiles.sha256_file
+    monkeypatch.setattr(weightfiles, "sha256_file", lambda p: hashed.append(p) or real(p))
+    digest = weightfiles.file_digest(f, memo)
+    assert weightfiles.file_digest(f, memo) == digest and len(hashed) == 2  # just written: not trusted yet
+    old = time.time() - 3600
+    os.utime(f, (old, old))
+    assert weightfiles.file_digest(f, memo) == digest and weightfiles.file_digest(f, memo) == digest
+    assert len(hashed) == 3
+    f.write_bytes(b"GGUF" + bytes(999) + b"x")
+    assert weightfiles.file_digest(f, memo) != digest and len(hashed) == 4
+
+
+def test_the_data_commands_resolve_a_model_without_torch(tiny_model_dir):
+    """`data check --max-length` reads only tokenizer.json: resolving the model for it imports no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tunesmith.models import resolve; "
+        f"resolve({str(tiny_model_dir('llama'))!r}, tokenizer_only=True); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

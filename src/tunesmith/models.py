@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from tunesmith.atomic import make_temp_dir, sweep
 from tunesmith.errors import UserError
-from tunesmith.weightfiles import check_safetensors, sha256_file, verify_manifest, write_manifest
+from tunesmith.weightfiles import check_safetensors, file_digest, sha256_file, verify_manifest, write_manifest
 
 DEFAULT_MODEL = "smollm2-135m"  # what every command uses when neither --model nor an adapter's run names one
 
@@ -97,14 +97,16 @@ def _say(msg: str) -> None:
 # ---------------------------------------------------------------- resolve
 
 
-def resolve(spec: str, *, trust_remote_code: bool = False) -> Path:
-    """Turn a --model value into a local HF directory with safetensors weights."""
+def resolve(spec: str, *, trust_remote_code: bool = False, tokenizer_only: bool = False) -> Path:
+    """Turn a --model value into a local HF directory with safetensors weights. `tokenizer_only` (the data
+    commands) skips asking transformers whether it knows the architecture: that import pulls in torch,
+    ~2 s and ~60 MB more for a command that reads only tokenizer.json."""
     if spec in ALIASES:
-        return _alias_dir(ALIASES[spec])
+        return _alias_dir(ALIASES[spec], tokenizer_only)
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_dir():
-            return _check_hf_dir(path, trust_remote_code)
+            return _check_hf_dir(path, trust_remote_code, tokenizer_only)
         if path.suffix == ".gguf":
             return _gguf_dir(path)
         raise UserError(f"{spec}: not a model directory or a .gguf file")
@@ -122,7 +124,7 @@ def resolve(spec: str, *, trust_remote_code: bool = False) -> Path:
     )
 
 
-def _check_hf_dir(path: Path, trust_remote_code: bool = False) -> Path:
+def _check_hf_dir(path: Path, trust_remote_code: bool = False, tokenizer_only: bool = False) -> Path:
     """A local model folder, checked before transformers reads any of it: config.json is JSON with
     an architecture this transformers knows (or code the user trusts), and every weight file that
     would be loaded is safetensors with a sound header. Pickle is never loaded (transformers would
@@ -135,7 +137,7 @@ def _check_hf_dir(path: Path, trust_remote_code: bool = False) -> Path:
             f"{path}: this model ships its own Python code (auto_map in config.json); pass "
             "--trust-remote-code if you trust it"
         )
-    if not config.get("auto_map"):
+    if not config.get("auto_map") and not tokenizer_only:
         from transformers import CONFIG_MAPPING
 
         kind = config.get("model_type")
@@ -188,16 +190,16 @@ def _weight_files(path: Path) -> list[Path]:
     return weights
 
 
-def _alias_dir(alias: Alias) -> Path:
+def _alias_dir(alias: Alias, tokenizer_only: bool = False) -> Path:
     target = home() / "models" / alias.name
     if target.is_dir():
-        return _check_hf_dir(target)
+        return _check_hf_dir(target, tokenizer_only=tokenizer_only)
     gguf = fetch_alias(alias)
     return _convert_gguf(gguf, target, source={"alias": alias.name, "gguf_sha256": alias.sha256})
 
 
 def _gguf_dir(path: Path) -> Path:
-    digest = sha256_file(path)
+    digest = file_digest(path, home() / "models" / ".gguf-digests.json")
     target = home() / "models" / f"gguf-{digest[:16]}"
     if target.is_dir():
         return _check_hf_dir(target)

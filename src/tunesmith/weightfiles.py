@@ -127,8 +127,12 @@ def verify_manifest(path: Path) -> None:
 
 
 def _verified(path: Path) -> dict:
+    return _read_json_dict(path / VERIFIED)
+
+
+def _read_json_dict(f: Path) -> dict:
     try:
-        seen = json.loads((path / VERIFIED).read_text())
+        seen = json.loads(f.read_text())
         return seen if isinstance(seen, dict) else {}
     except (OSError, ValueError):
         return {}
@@ -137,3 +141,27 @@ def _verified(path: Path) -> dict:
 def write_manifest(path: Path, source: dict) -> None:
     files = {p.name: (p.stat().st_size, sha256_file(p)) for p in sorted(path.glob("*.safetensors"))}
     (path / MANIFEST).write_text(json.dumps({"source": source, "files": files}, indent=2))
+
+
+def file_digest(path: Path, memo: Path) -> str:
+    """sha256 of `path`, remembered in `memo` (a JSON file) under verify_manifest's rule: a user's 2 GB .gguf
+    named as --model was hashed by every command (its digest names its cached conversion)."""
+    st, key = path.stat(), str(path.resolve())
+    seen = _read_json_dict(memo)
+    stamp = [st.st_size, st.st_ino, st.st_mtime_ns]
+    entry = seen.get(key)
+    if (
+        isinstance(entry, list)
+        and len(entry) == 5
+        and entry[:3] == stamp
+        and st.st_mtime_ns < entry[4] - UNSURE_NS
+    ):
+        return entry[3]
+    digest = sha256_file(path)
+    seen[key] = [*stamp, digest, time.time_ns()]
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        write_json(memo, seen)
+    except OSError:  # a read-only cache: hashed again next time
+        pass
+    return digest

@@ -176,7 +176,9 @@ def cli_check(args) -> int:
     tokenizer = None
     if args.max_length:
         tokenizer = load_tokenizer(
-            resolve(args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code),
+            resolve(
+                args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code, tokenizer_only=True
+            ),
             args.trust_remote_code,
             light=True,
         )
