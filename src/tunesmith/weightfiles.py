@@ -14,7 +14,7 @@ from tunesmith.atomic import write_json
 from tunesmith.errors import UserError
 
 MANIFEST = "tunesmith-model.json"
-# size, inode, mtime and digest of each weight file when it last hashed right
+# size, inode, mtime and digest of each weight file when it last hashed right, and when that was
 VERIFIED = ".tunesmith-verified.json"
 UNSURE_NS = 2_000_000_000  # a file modified this close to its check is hashed again next time
 
@@ -105,29 +105,40 @@ def verify_manifest(path: Path) -> None:
         entries = [(name, int(size), str(digest)) for name, (size, digest) in files.items()]
     except (ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"{manifest}: damaged; delete {path} and run again to re-create it") from None
-    seen = _verified(path)
-    now, fresh = time.time_ns(), {}
+    seen, fresh = _read_json_dict(path / VERIFIED), {}
     for name, size, digest in entries:
         f = path / name
         st = f.stat() if f.is_file() else None
-        stamp = [st.st_size, st.st_ino, st.st_mtime_ns, digest] if st else None
-        if stamp and seen.get(name) == stamp and st.st_mtime_ns < seen.get("at", 0) - UNSURE_NS:
+        if st is not None and _known(st, seen.get(name)) == digest:
             continue
         if st is None or st.st_size != size or sha256_file(f) != digest:
             raise UserError(
                 f"{f}: cached model file is missing or corrupted (checksum mismatch); "
                 f"delete {path} and run again to re-create it"
             )
-        fresh[name] = stamp
+        fresh[name] = _entry(st, digest)
     if fresh:
-        try:
-            write_json(path / VERIFIED, {**seen, **fresh, "at": now})
-        except OSError:  # a read-only cache: hashed again next time
-            pass
+        _remember(path / VERIFIED, {**seen, **fresh})
 
 
-def _verified(path: Path) -> dict:
-    return _read_json_dict(path / VERIFIED)
+def _known(st, entry) -> str | None:
+    """The digest remembered for a file, where git's rule lets it stand: the same size, inode and mtime as
+    when it last hashed right, and that check made well after its last write."""
+    if isinstance(entry, list) and len(entry) == 5 and entry[:3] == [st.st_size, st.st_ino, st.st_mtime_ns]:
+        return entry[3] if st.st_mtime_ns < entry[4] - UNSURE_NS else None
+    return None
+
+
+def _entry(st, digest: str) -> list:
+    return [st.st_size, st.st_ino, st.st_mtime_ns, digest, time.time_ns()]
+
+
+def _remember(memo: Path, seen: dict) -> None:
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        write_json(memo, seen)
+    except OSError:  # a read-only cache: hashed again next time
+        pass
 
 
 def _read_json_dict(f: Path) -> dict:
@@ -148,20 +159,9 @@ def file_digest(path: Path, memo: Path) -> str:
     named as --model was hashed by every command (its digest names its cached conversion)."""
     st, key = path.stat(), str(path.resolve())
     seen = _read_json_dict(memo)
-    stamp = [st.st_size, st.st_ino, st.st_mtime_ns]
-    entry = seen.get(key)
-    if (
-        isinstance(entry, list)
-        and len(entry) == 5
-        and entry[:3] == stamp
-        and st.st_mtime_ns < entry[4] - UNSURE_NS
-    ):
-        return entry[3]
+    known = _known(st, seen.get(key))
+    if known:
+        return known
     digest = sha256_file(path)
-    seen[key] = [*stamp, digest, time.time_ns()]
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        write_json(memo, seen)
-    except OSError:  # a read-only cache: hashed again next time
-        pass
+    _remember(memo, {**seen, key: _entry(st, digest)})
     return digest
