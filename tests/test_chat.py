@@ -153,3 +153,19 @@ def test_a_template_that_reads_the_content_is_rendered_per_chat():
     think = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>x</think>a"}]
     tok.chat_template = "{% for m in messages %}{{ m['content'].split('</think>')[-1] }}|{% endfor %}"
     assert rendered(tok, think) == render(tok, think) == "q|a|"  # "<" in a content: the template renders it
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama32", "gemma3"])
+def test_token_counts_of_data_check_equal_the_training_encoding(family):
+    """`data check --max-length` counts through the fast tokenizer's backend (rendered_lengths): the same
+    count as the training encoding (BOS included where the tokenizer adds one: Llama 3.2, Gemma 3; Qwen 2
+    has none), and the same when the tokenizer.json asks for truncation, which transformers' call switches
+    off."""
+    from tunesmith.chat import rendered_lengths
+
+    tok = make_tokenizer(family)
+    chats = [TWO_TURNS, TWO_TURNS[:2], [{"role": "user", "content": "word " * 300}, TWO_TURNS[1]]]
+    want = [len(encode_chat(tok, c).input_ids) for c in chats]
+    assert rendered_lengths(tok, chats) == want and want[2] > 300
+    tok._tokenizer.enable_truncation(16)
+    assert rendered_lengths(tok, chats) == want

@@ -94,6 +94,12 @@ def test_plan_prints_its_reasoning_and_json(tiny_model_dir, tmp_path):
     assert r.returncode == 2 and "needs a CUDA GPU; plan --method lora here" in r.stderr
     assert gc["parts_bytes"]["activations"] < out["parts_bytes"]["activations"]
     assert gc["tokens_per_s"] < out["tokens_per_s"]
+    # --low-memory: glibc hands freed activations back (a lower peak), each new tensor's pages cost time
+    low = changes["--low-memory"]
+    assert low["parts_bytes"]["activations"] == pytest.approx(
+        out["parts_bytes"]["activations"] * plan.LOW_MEMORY_SLACK / plan.SLACK["adapter fp32"], rel=1e-3
+    )
+    assert low["tokens_per_s"] == pytest.approx(out["tokens_per_s"] / plan.LOW_MEMORY_TIME, rel=1e-3)
 
 
 def test_a_run_that_will_not_fit_stops_before_loading_with_exit_4(tiny_model_dir, tmp_path, monkeypatch):

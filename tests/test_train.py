@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAMILIES, cli, toy_examples, write_jsonl
+from conftest import FAMILIES, cli, run_cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
-from tunesmith.train import batching, precision, setup, sft, trainer
+from tunesmith.train import batching, heap, precision, setup, sft, trainer
 from tunesmith.train import loss as L2
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.run import Run
@@ -488,12 +488,53 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "one", "two"]
 
 
-def test_gradient_checkpointing_gives_the_same_losses(tiny_model_dir, data_dir, tmp_path):
+def test_gradient_checkpointing_and_low_memory_give_the_same_losses(tiny_model_dir, data_dir, tmp_path):
     m = tiny_model_dir("llama")
     trainer.train(cfg_for(m, data_dir, tmp_path / "plain", epochs=1), quiet=True)
     trainer.train(cfg_for(m, data_dir, tmp_path / "gc", epochs=1, gradient_checkpointing=True), quiet=True)
     a, b = losses(tmp_path / "plain"), losses(tmp_path / "gc")
     assert len(a) == 4 and max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+    if not heap.available():
+        return
+    # --low-memory changes the allocator of the whole process: a process of its own
+    r = run_cli(
+        "train", "--model", str(m), "--data", str(data_dir), "--out", str(tmp_path / "low"), "--epochs", "1",
+        "--lr", "5e-3", "--batch-size", "4", "--micro-batch-size", "2", "--lora-r", "8", "--lora-alpha", "16",
+        "--low-memory", "--quiet", "--registry", "off",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "low_memory: true" in (tmp_path / "low" / "config.yaml").read_text()
+    assert max(abs(x - y) for x, y in zip(a, losses(tmp_path / "low"))) < 1e-5
+
+
+@pytest.mark.skipif(not heap.available(), reason="--low-memory tunes glibc's allocator")
+def test_low_memory_hands_freed_memory_back_at_once():
+    """glibc keeps a big block it freed once the first one of its size has been freed (its threshold for
+    own pages rises); after heap.lean() every block of 1 MiB and more goes back when freed."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from tunesmith.train import heap
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+if sys.argv[1] == "lean":
+    assert heap.lean()
+blob = b"x" * (16 << 20)
+del blob
+before = rss()
+blob = b"y" * (16 << 20)
+during = rss() - before
+del blob
+print(during >> 20, (rss() - before) >> 20)
+"""
+    kept = {}
+    for mode in ("default", "lean"):
+        r = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, check=True)
+        during, after = map(int, r.stdout.split())
+        assert during >= 15, mode
+        kept[mode] = after
+    assert kept["default"] >= 15 and kept["lean"] <= 1, kept
 
 
 def test_precision_rslora_and_full_disk(tiny_model_dir, data_dir, tmp_path, monkeypatch):

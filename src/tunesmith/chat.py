@@ -105,9 +105,21 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
 def rendered_lengths(tokenizer, conversations: list[list[dict]]) -> list[int]:
     """Token counts of whole chats, tokenized in one batch (the fast path of `data check`)."""
     texts = [rendered(tokenizer, c) for c in conversations]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    bos = [int(_needs_bos(tokenizer, x)) for x in ids]
-    return [len(x) + b for x, b in zip(ids, bos)]
+    bos = tokenizer.bos_token_id
+    adds = bos is not None and adds_bos(tokenizer)
+    return [n + int(adds and first != bos) for first, n in _first_and_length(tokenizer, texts)]
+
+
+def _first_and_length(tokenizer, texts: list[str]) -> list[tuple[int | None, int]]:
+    """Each text's first token id and token count, without special tokens added. A fast tokenizer's Rust
+    backend is asked directly (encode_batch_fast: no character offsets, no Python lists of every id, texts
+    spread over the cores), unless its tokenizer.json sets truncation or padding, which transformers' call
+    switches off and a direct call would apply."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    fast = getattr(backend, "encode_batch_fast", None)
+    if fast is not None and backend.truncation is None and backend.padding is None:
+        return [(e.ids[0] if len(e) else None, len(e)) for e in fast(texts, add_special_tokens=False)]
+    return [(x[0] if x else None, len(x)) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encoded:

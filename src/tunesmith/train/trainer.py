@@ -17,7 +17,7 @@ from pathlib import Path
 from tunesmith import registry, runrecord, tracking
 from tunesmith.errors import UserError
 from tunesmith.recorder import Recorder
-from tunesmith.train import checkpoint, plan_text, rundir
+from tunesmith.train import checkpoint, heap, plan_text, rundir
 from tunesmith.train import distributed as dist
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.dpo import Dpo
@@ -52,6 +52,11 @@ def train(
     if not cfg.out:
         raise UserError("--out is required: the run directory to create")
     kind = METHODS.get(cfg.method, Sft)
+    if cfg.low_memory and not heap.lean():
+        raise UserError(
+            "--low-memory tunes glibc's allocator (Linux), which this system does not have: drop it, or "
+            "lower the peak with --gradient-checkpointing"
+        )
     dist.init()
     lead, processes = dist.world()[0] == 0, dist.world()[1]
     if cfg.fsdp and processes == 1:
