@@ -311,6 +311,7 @@ def tunesmith_config(spec: dict):
         max_grad_norm=1.0,
         weight_decay=0.0,
         seed=spec["seed"],
+        low_memory=spec.get("low_memory", False),
     )
 
 
@@ -935,6 +936,7 @@ def common_spec(a, model: str) -> dict:
         "warmup_ratio": 0.1,
         "max_steps": a.max_steps,
         "seed": a.seed,
+        "low_memory": a.low_memory,
         "trl_order": a.trl_order,
         "trl_data": a.trl_data,
     }
@@ -1241,6 +1243,11 @@ def main() -> None:
     ap.add_argument("--sweep-lengths", default="512,1024,2048")
     ap.add_argument("--sweep-models", default="smollm2-135m,gemma3-270m")
     ap.add_argument("--sweep-steps", type=int, default=3)
+    ap.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="tunesmith with --low-memory (TRL as it is: it has no such switch)",
+    )
     ap.add_argument("--no-matmul", action="store_true", help="skip the matmul microbenchmark (and so MFU)")
     ap.add_argument("--out", help="also write everything as JSON here")
     ap.add_argument("--keep", help="keep the run directories (adapters, logs) in this folder")
