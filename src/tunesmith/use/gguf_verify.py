@@ -50,15 +50,15 @@ def check(path: str, limit: int, style: str | None) -> tuple[list, list]:
     return examples, load_style(style) if style else []
 
 
-def torch_side(model, tok, prompts: list[list[int]], max_new: int) -> list[tuple[list[int], bool]]:
+def torch_side(
+    model, pad_id: int, prompts: list[list[int]], stops: list[int], max_new: int
+) -> list[tuple[list[int], bool]]:
     """Greedy ids of the PyTorch model, batched as `tunesmith generate` and `eval` do, and whether each
-    ended with a stop token."""
+    ended with one of the `stops` (the same list llama_side stops at)."""
     outs = []
     for start in range(0, len(prompts), BATCH):
         batch = prompts[start : start + BATCH]
-        got = generate_ids(
-            model, batch, pad_id=tok.pad_token_id, stop_ids=stop_token_ids(tok), max_new_tokens=max_new
-        )
+        got = generate_ids(model, batch, pad_id=pad_id, stop_ids=stops, max_new_tokens=max_new)
         outs += [(list(kept), bool(stopped)) for kept, stopped in got]
     return outs
 
@@ -102,7 +102,7 @@ def verify(model, tok, out: Path, quant: str, examples: list, rules: list, max_n
     prompts = [prompt_ids(tok, c) for c in convs]
     stops = stop_token_ids(tok)
     t0 = time.time()
-    torch_out = torch_side(model, tok, prompts, max_new)
+    torch_out = torch_side(model, tok.pad_token_id, prompts, stops, max_new)
     t_torch = time.time() - t0
     llm = lc.Llama(
         model_path=str(out),
