@@ -63,9 +63,7 @@ class TrainConfig:
     from_adapter: str = ""  # continue training this run's adapter (sequential fine-tuning)
     precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
-    low_memory: bool = (
-        False  # glibc hands freed tensors back at once (heap.py): ~21 % lower peak, ~7 % slower
-    )
+    low_memory: bool = False  # glibc hands freed tensors back (heap.py): ~21 % lower peak, ~7 % slower
     fsdp: bool = False  # shard weights, gradients and optimizer state over the torchrun processes (FSDP2)
     warmup_ratio: float = 0.1
     scheduler: str = "cosine"  # cosine (to 10 % of peak), linear (to 0) or constant, after warm-up
