@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 EXAMPLES = ROOT / "examples" / "meeting-notes"
+LOCAL = "http://127.0.0.1:8400"  # the web apps answer loopback names only (webguard.py), not "testserver"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import cli, toy_examples, write_jsonl
+from conftest import LOCAL, cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
 from tunesmith.registry import Registry
 from tunesmith.review import export, stats, store
@@ -253,7 +253,7 @@ def test_serve_capture_feedback_review_and_purge(tiny_model_dir, tmp_path):
     key = {"Authorization": "Bearer sk-x"}
     settings = A.Settings(keys=["sk-x"], max_tokens=8, capture=keep)
     try:
-        with TestClient(A.create_app(eng, base, settings)) as client:
+        with TestClient(A.create_app(eng, base, settings), base_url=LOCAL) as client:
             msgs = [{"role": "user", "content": "Write the meeting notes. Focus: budget"}]
             whole = client.post(
                 "/v1/chat/completions", headers=key, json={"model": "notes", "messages": msgs}
@@ -285,7 +285,7 @@ def test_serve_capture_feedback_review_and_purge(tiny_model_dir, tmp_path):
                 r = client.post("/v1/feedback", headers=headers, json=body)
                 assert r.status_code == status, (body, r.text)
                 assert message is None or message in r.json()["error"]["message"], r.json()
-        off = TestClient(A.create_app(eng, base, A.Settings(keys=[])))
+        off = TestClient(A.create_app(eng, base, A.Settings(keys=[])), base_url=LOCAL)
         r = off.post("/v1/feedback", json={"id": rid, "rating": "up"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "capture_off"
         # a registry that breaks while serving: answers go on, feedback says it was not stored
@@ -294,7 +294,9 @@ def test_serve_capture_feedback_review_and_purge(tiny_model_dir, tmp_path):
         for f in tmp_path.glob("broken.db*"):
             f.unlink()
         broken.write_bytes(b"not a database" * 100)
-        shaky = TestClient(A.create_app(eng, base, A.Settings(keys=[], max_tokens=4, capture=bad)))
+        shaky = TestClient(
+            A.create_app(eng, base, A.Settings(keys=[], max_tokens=4, capture=bad)), base_url=LOCAL
+        )
         answered = shaky.post("/v1/chat/completions", json={"model": base, "messages": msgs})
         assert answered.status_code == 200, answered.text
         r = shaky.post("/v1/feedback", json={"id": answered.json()["id"], "rating": "up"})

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import cli
+from conftest import LOCAL, cli
 from tunesmith.registry import Registry
 from tunesmith.review import store
 
@@ -32,7 +32,7 @@ def queue(evaluated):
 
 
 def test_every_route_answers_with_what_the_page_needs(queue):
-    client = TestClient(create_app(queue))
+    client = TestClient(create_app(queue), base_url=LOCAL)
     page = client.get("/")
     assert page.status_code == 200 and '<script src="/static/app.js">' in page.text
     assert "http" not in page.text.replace("http://www.w3.org", "")  # nothing fetched from elsewhere
@@ -81,7 +81,7 @@ def test_every_route_answers_with_what_the_page_needs(queue):
 
 
 def test_bad_requests_are_4xx_with_a_message(queue):
-    client = TestClient(create_app(queue), raise_server_exceptions=False)
+    client = TestClient(create_app(queue), raise_server_exceptions=False, base_url=LOCAL)
     item = client.get("/api/queues/round1").json()["items"][0]["id"]
     good = {"item": item, "reviewer": "ann", "kind": "rating", "label": "v1/tuned", "rating": 4}
     cases = [
@@ -107,13 +107,29 @@ def test_bad_requests_are_4xx_with_a_message(queue):
         ),
         (client.post("/api/judgements", json=[1]), 400, "must be a JSON object"),
         (client.post("/api/judgements", json={**good, "admin": True}), 400, "unknown field 'admin'"),
-        (client.post("/api/judgements", json={**good, "item": "1"}), 400, "item: the item's id"),
+        (
+            client.post("/api/judgements", json={**good, "item": "1"}),
+            400,
+            "'item': input should be a valid integer",
+        ),
+        # the three bodies that were 500s (a TypeError before any check; SQLite's integer overflowed)
+        (client.post("/api/judgements", json={"item": 1}), 400, "'reviewer' is required"),
+        (client.post("/api/judgements", json={"item": 1, "reviewer": "x"}), 400, "'kind' is required"),
+        (
+            client.post("/api/judgements", json={**good, "item": 10**23}),
+            400,
+            "'item': input should be less than",
+        ),
         (
             client.post("/api/judgements", json={**good, "rating": 9}),
             400,
-            "rating 9: a whole number from 1 to 5",
+            "'rating': input should be less than or equal to 5 (got 9)",
         ),
-        (client.post("/api/judgements", json={**good, "reviewer": 5}), 400, "reviewer: a string"),
+        (
+            client.post("/api/judgements", json={**good, "reviewer": 5}),
+            400,
+            "'reviewer': input should be a valid string",
+        ),
         (client.post("/api/judgements", json={**good, "item": 10**9}), 404, "no such item"),
         (client.post("/api/judgements", json={**good, "label": "gpt"}), 400, "label 'gpt'"),
     ]
@@ -124,7 +140,7 @@ def test_bad_requests_are_4xx_with_a_message(queue):
 
 
 def test_a_token_guards_every_route_when_one_is_set(queue):
-    client = TestClient(create_app(queue, token="s3cret-token"), follow_redirects=False)
+    client = TestClient(create_app(queue, token="s3cret-token"), follow_redirects=False, base_url=LOCAL)
     for path in (
         "/",
         "/static/app.js",

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import make_adapter
+from conftest import LOCAL, make_adapter
 
 pytest.importorskip("fastapi", reason="serve needs the 'serve' extra")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (the 'test' extra)")
@@ -37,7 +37,8 @@ def engine(tiny_model_dir, tmp_path_factory):
 def client(engine):
     eng, base = engine
     return TestClient(
-        A.create_app(eng, base, A.Settings(keys=[KEY], max_tokens=50, max_prompt_tokens=300, max_body=5000))
+        A.create_app(eng, base, A.Settings(keys=[KEY], max_tokens=50, max_prompt_tokens=300, max_body=5000)),
+        base_url=LOCAL,
     )
 
 
@@ -177,7 +178,7 @@ def test_a_full_queue_is_429_with_retry_after(engine):
     eng, base = engine
     full = Engine(eng.model, eng.tokenizer, eng.adapters, max_batch=4, max_queue=0)  # nothing may wait
     try:
-        c = TestClient(A.create_app(full, base, A.Settings(keys=[KEY])))
+        c = TestClient(A.create_app(full, base, A.Settings(keys=[KEY])), base_url=LOCAL)
         r = c.post(
             "/v1/chat/completions", headers=auth(), json={"model": base, "messages": MSG, "max_tokens": 2}
         )

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from conftest import cli, run_cli, toy_examples, write_jsonl
+from conftest import LOCAL, cli, run_cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
 from tunesmith.registry import Registry
 from tunesmith.sweep.space import Param, parse_space
@@ -89,7 +89,7 @@ def shown_in_the_ui(reg: str) -> list[tuple]:
 
     from tunesmith.review.app import create_app
 
-    client = TestClient(create_app(reg))
+    client = TestClient(create_app(reg), base_url=LOCAL)
     out = []
     for s in client.get("/api/studies").json():
         page = client.get(f"/studies/{s['key']}/report.html")

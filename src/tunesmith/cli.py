@@ -12,7 +12,16 @@ import os
 import sys
 
 from tunesmith import __version__
-from tunesmith.commands import add_curve, add_plan, add_registry, add_review, add_runs, add_sweep, add_track
+from tunesmith.commands import (
+    add_allow_host,
+    add_curve,
+    add_plan,
+    add_registry,
+    add_review,
+    add_runs,
+    add_sweep,
+    add_track,
+)
 from tunesmith.errors import UserError, disk_full
 from tunesmith.models import DEFAULT_MODEL  # stdlib only: keeps --help fast
 from tunesmith.recorder import adapter_path  # sqlite3 and the core: no torch
@@ -309,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    add_allow_host(p)
     p.add_argument(
         "--api-key-env",
         default="TUNESMITH_API_KEYS",

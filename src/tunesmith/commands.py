@@ -19,6 +19,17 @@ def add_registry(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_allow_host(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests sent to this host name (repeatable; '*' for any, behind a proxy "
+        "that checks it): other names get 421, a guard against DNS rebinding",
+    )
+
+
 def add_track(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--track",
@@ -107,13 +118,19 @@ def add_review(sub) -> None:
     p.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; elsewhere needs a token)",
+        help="address to listen on (default 127.0.0.1)",
     )
     p.add_argument("--port", type=int, default=8400, help="port (default 8400)")
+    add_allow_host(p)
     p.add_argument(
         "--token-env",
         default="TUNESMITH_UI_TOKEN",
-        help="variable holding the token (default TUNESMITH_UI_TOKEN)",
+        help="variable holding the token (default TUNESMITH_UI_TOKEN; unset: a new one each start)",
+    )
+    p.add_argument(
+        "--no-token",
+        action="store_true",
+        help="no token on a loopback address (anyone on this machine may then read the registry)",
     )
     add_registry(p)
     p.set_defaults(handler="tunesmith.review.cli:cli_ui")

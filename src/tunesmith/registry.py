@@ -35,6 +35,15 @@ from tunesmith.models import home
 from tunesmith.runrecord import environment, read_run_dir
 
 BUSY_TIMEOUT_S = 10.0
+
+
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
 STATUSES = ("running", "done", "failed", "interrupted")
 
 # Each entry migrates the schema from version i to i + 1; never edit one that has shipped, add one.
@@ -349,10 +358,11 @@ class Registry:
 
     # ------------------------------------------------------------ reading
 
-    def find(self, ref: str) -> str:
+    def find(self, ref: str, paths: bool = True) -> str:
         """A run id from an id, a unique id prefix (4+ characters), a tag, a run name or a run directory.
         A name is a version's: the newest training run of that name, and only without one the newest
-        run of another kind (an eval written to eval/v1 is also named v1; `v1` still means the adapter)."""
+        run of another kind (an eval written to eval/v1 is also named v1; `v1` still means the adapter).
+        `paths=False` (the web app): a reference is never looked up on disk."""
         db = self.db
         if db.execute("SELECT 1 FROM runs WHERE id = ?", (ref,)).fetchone():
             return ref
@@ -360,7 +370,8 @@ class Registry:
         if row:
             return row["run"]
         if len(ref) >= 4:
-            rows = db.execute("SELECT id FROM runs WHERE id LIKE ? || '%'", (ref,)).fetchall()
+            prefix = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            rows = db.execute("SELECT id FROM runs WHERE id LIKE ? || '%' ESCAPE '\\'", (prefix,)).fetchall()
             if len(rows) == 1:
                 return rows[0]["id"]
             if len(rows) > 1:
@@ -371,7 +382,7 @@ class Registry:
         if row:
             return row["id"]
         p = Path(ref)
-        if p.exists():
+        if paths and _exists(p):
             row = db.execute(
                 "SELECT id FROM runs WHERE path = ? ORDER BY started DESC LIMIT 1", (str(p.resolve()),)
             ).fetchone()

@@ -7,20 +7,26 @@ two systems side by side with the people's win rate beside the metric difference
 queue, and the sweeps' and learning curves' own report pages (their plots). Every judgement is
 posted the moment it is made and stored in its own transaction.
 
-Access: on 127.0.0.1 (the default) anyone on this machine may use it, as with any local tool. Bound
-anywhere else it needs a token, compared in constant time (hmac.compare_digest): `Authorization:
-Bearer TOKEN`, or the cookie set when the page is opened once as `/?token=TOKEN` (HttpOnly,
-SameSite=Strict, so another site's page cannot use it). Without it every route, the page itself
-included, is a 401. A write must be a JSON body (`Content-Type: application/json`), which a
-cross-site form cannot send without the browser's preflight.
+Access (say what each protects; the README's "What tunesmith guarantees" says it to users):
+- a Host allow-list and a same-origin rule for writes (webguard.py) in front of every route: a web
+  page elsewhere can neither read the registry through DNS rebinding nor post through the user's
+  browser;
+- a token, made at each start and printed in the address `tunesmith ui` shows (as Jupyter does),
+  even on 127.0.0.1: every other user and program on this machine can reach a loopback port, and
+  the registry holds the company's test transcripts. `--no-token` turns it off on loopback only.
+  The token is compared in constant time (hmac.compare_digest): `Authorization: Bearer TOKEN`, or
+  the cookie set when the page is opened once as `/?token=TOKEN` (HttpOnly, SameSite=Strict).
+  Without it every route, the page itself included, is a 401;
+- a write must be a JSON body that fits the schema (review/schema.py): a cross-site form cannot send
+  JSON without the browser's preflight, and a bad body is a 4xx naming the field, never a 500.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import random
+import sqlite3
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -30,17 +36,30 @@ from tunesmith.errors import NotFound, UserError
 from tunesmith.registry import Registry
 from tunesmith.review import stats as review_stats
 from tunesmith.review import store
-from tunesmith.review.store import Judgement
+from tunesmith.review.schema import MODELS, JudgementBody
+from tunesmith.use.api_schema import BadBody, read_json
+from tunesmith.webguard import Guard, HostRule, loopback_rule
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "tunesmith_ui"
+
+
+def cookie_name(token: str) -> str:
+    """One cookie per token: cookies are shared by every port of a host, so two `tunesmith ui` on one
+    machine must not overwrite each other's."""
+    return f"{COOKIE}_{hashlib.sha256(token.encode()).hexdigest()[:8]}"
+
+
 MAX_BODY = 1_000_000
 
 
 class Refused(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, field: str = ""):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.field = status, message, field
+
+    def body(self) -> dict:
+        return {"error": self.message, **({"field": self.field} if self.field else {})}
 
 
 def allowed(token: str | None, request: Request) -> None:
@@ -48,7 +67,7 @@ def allowed(token: str | None, request: Request) -> None:
     if not token:
         return
     auth = request.headers.get("authorization", "")
-    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.cookies.get(COOKIE, "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.cookies.get(cookie_name(token), "")
     if not hmac.compare_digest(given.encode(), token.encode()):
         raise Refused(401, "this review app needs its token: open the address `tunesmith ui` printed")
 
@@ -70,7 +89,7 @@ def run_summary(r: dict) -> dict:
 
 
 def run_detail(reg: Registry, run_id: str) -> dict:
-    r = reg.get(reg.find(run_id))
+    r = reg.get(reg.find(run_id, paths=False))
     result = r.get("result") or {}
     systems = result.get("systems") or ([result] if result.get("examples") else [])
     children = [{**c, **run_summary(reg.get(c["run"]))} for c in r["children"]]
@@ -145,30 +164,43 @@ def next_items(reg: Registry, name: str, reviewer: str) -> list[dict]:
     return out
 
 
-async def json_body(request: Request) -> dict:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+async def judgement_body(request: Request) -> JudgementBody:
+    """The posted judgement: JSON (a cross-site form cannot send it without a preflight), at most
+    MAX_BODY bytes, valid against the schema; anything else a 4xx naming the field (review/schema.py)."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise Refused(415, "send the judgement as JSON (Content-Type: application/json)")
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise Refused(413, f"request body over {MAX_BODY:,} bytes")
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_BODY:
+            raise Refused(413, f"request body over {MAX_BODY:,} bytes")
     try:
-        data = json.loads(body)
-    except ValueError as e:
-        raise Refused(400, f"request body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise Refused(400, "request body must be a JSON object")
-    return data
+        return read_json(body, JudgementBody, MODELS)
+    except BadBody as e:
+        raise Refused(e.status, e.message, e.param) from None
 
 
-def judgement_of(data: dict) -> Judgement:
-    known = set(Judgement.__dataclass_fields__)
-    extra = sorted(set(data) - known)
-    if extra:
-        raise Refused(400, f"unknown field {extra[0]!r}; fields: {', '.join(sorted(known))}")
-    return Judgement(**{"tags": [], **data})  # its types are checked where it is stored (store.record)
+async def guarded(request: Request, call_next, token: str | None):
+    """The token (and the cookie it sets once), then the route; what a route refuses becomes a JSON 4xx
+    (a registry locked past its busy timeout a 503), never a 500."""
+    try:
+        if request.url.path == "/" and token and request.query_params.get("token"):
+            if hmac.compare_digest(request.query_params["token"].encode(), token.encode()):
+                resp = RedirectResponse("/", status_code=303)
+                resp.set_cookie(cookie_name(token), token, httponly=True, samesite="strict")
+                return resp
+        allowed(token, request)
+        return await call_next(request)
+    except Refused as e:
+        return JSONResponse(e.body(), status_code=e.status)
+    except UserError as e:  # an unknown run, queue or item (NotFound); a judgement that cannot be stored
+        return JSONResponse({"error": str(e)}, status_code=404 if isinstance(e, NotFound) else 400)
+    except sqlite3.OperationalError as e:  # locked past the busy timeout by other writers, a full disk
+        return JSONResponse({"error": f"the registry could not answer now ({e}); try again"}, 503)
 
 
-def create_app(registry: str | Path | None, token: str | None = None) -> FastAPI:
+def create_app(registry: str | Path | None, token: str | None = None, hosts: HostRule | None = None):
+    """The app, behind the Host and Origin guard (webguard.py: loopback names unless `hosts` says more)."""
     app = FastAPI(title="tunesmith review", docs_url=None, redoc_url=None, openapi_url=None)
 
     def reg() -> Registry:
@@ -176,18 +208,7 @@ def create_app(registry: str | Path | None, token: str | None = None) -> FastAPI
 
     @app.middleware("http")
     async def _guard(request: Request, call_next):
-        try:
-            if request.url.path == "/" and token and request.query_params.get("token"):
-                if hmac.compare_digest(request.query_params["token"].encode(), token.encode()):
-                    resp = RedirectResponse("/", status_code=303)
-                    resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-                    return resp
-            allowed(token, request)
-            return await call_next(request)
-        except Refused as e:
-            return JSONResponse({"error": e.message}, status_code=e.status)
-        except UserError as e:  # an unknown run, queue or item (NotFound); a judgement that cannot be stored
-            return JSONResponse({"error": str(e)}, status_code=404 if isinstance(e, NotFound) else 400)
+        return await guarded(request, call_next, token)
 
     @app.exception_handler(404)
     async def _not_found(request: Request, e):
@@ -240,7 +261,10 @@ def create_app(registry: str | Path | None, token: str | None = None) -> FastAPI
 
     @app.post("/api/judgements")
     async def _judge(request: Request):
-        j = judgement_of(await json_body(request))
+        j = (await judgement_body(request)).judgement()
         return {"id": store.record(reg(), j), "saved": True}
 
-    return app
+    def refused(status: int, code: str, sentence: str) -> dict:
+        return {"error": sentence, "code": code}
+
+    return Guard(app, hosts or loopback_rule(), refused)

@@ -14,15 +14,13 @@ from datetime import datetime
 from tunesmith.errors import UserError
 from tunesmith.registry import Registry, is_off
 from tunesmith.review import export, stats, store
+from tunesmith.webguard import host_rule, is_loopback
 
 
 def _registry(args) -> Registry:
     if is_off(args.registry):
         raise UserError("--registry off: reviews live in the registry; give one (or leave the default)")
     return Registry(args.registry)
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def cli_ui(args) -> int:
@@ -34,12 +32,21 @@ def cli_ui(args) -> int:
 
     reg = _registry(args)
     token = os.environ.get(args.token_env, "").strip() or None
-    if args.host not in LOOPBACK and not token:
-        token = secrets.token_urlsafe(24)  # bound beyond this machine: never open to anyone who can reach it
+    if args.no_token:
+        if not is_loopback(args.host):
+            raise UserError(
+                f"--no-token: only on a loopback address; {args.host} is reachable from elsewhere"
+            )
+        if token:
+            raise UserError(f"--no-token, but {args.token_env} is set: unset it or leave out --no-token")
+    elif not token:
+        token = secrets.token_urlsafe(24)  # as Jupyter does: other users of this machine reach loopback too
+    hosts = host_rule(args.host, args.allow_host)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     address = f"http://{shown}:{args.port}/" + (f"?token={token}" if token else "")
     print(f"review app for {reg.path} on {address}", file=sys.stderr, flush=True)
-    config = uvicorn.Config(create_app(reg.path, token), host=args.host, port=args.port, log_level="warning")
+    app = create_app(reg.path, token, hosts)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     uvicorn.Server(config).run()
     return 0
 

@@ -10,6 +10,7 @@ Limits that depend on the server's flags (--max-tokens) are checked by the handl
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Literal
 
@@ -122,11 +123,41 @@ def too_deep(body: bytes, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def _fields() -> set[str]:
+SERVE_MODELS = (TextPart, Message, StreamOptions, ChatRequest, CompletionRequest, FeedbackRequest)
+
+
+def _fields(models) -> set[str]:
     names: set[str] = set()
-    for m in (TextPart, Message, StreamOptions, ChatRequest, CompletionRequest, FeedbackRequest):
+    for m in models:
         names |= set(m.model_fields)
     return names
+
+
+class BadBody(ValueError):
+    """A request body that cannot be taken: the status, the top-level field ('' for the body) and why."""
+
+    def __init__(self, status: int, message: str, param: str = "", code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def read_json(body: bytes, schema, models=SERVE_MODELS):
+    """Bytes -> a validated `schema` instance: depth capped before parsing, JSON, an object, the schema;
+    anything else a BadBody naming the field. `models` are the classes whose field names a location
+    may hold (the schema and the models nested in it)."""
+    if too_deep(body):
+        raise BadBody(400, f"request body is nested more than {MAX_DEPTH} levels deep", code="invalid_json")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise BadBody(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise BadBody(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        param, message = first_problem(e, models)
+        raise BadBody(400, message, param) from None
 
 
 _KIND = {
@@ -144,13 +175,16 @@ def _member(tag: str) -> str:
     return tag.split("[")[0]
 
 
-def first_problem(e: ValidationError) -> tuple[str, str]:
+def first_problem(e: ValidationError, models=SERVE_MODELS) -> tuple[str, str]:
     """(top-level field, one sentence) for the most specific thing wrong with a body. Pydantic puts the
     union member it tried into the location ('str', 'list[...]'); those are dropped from the path, and
     when every member failed at the same place the sentence says what the field may be."""
-    fields = _fields()
+    fields = _fields(models)
     errs = []
     for err in e.errors(include_url=False):
+        if err["type"] == "extra_forbidden":
+            name = str(err["loc"][-1])
+            return name, f"unknown field {name[:60]!r}; the fields are {', '.join(sorted(fields))}"
         loc = tuple(x for x in err["loc"] if isinstance(x, int) or x in fields)
         member = next((_member(x) for x in err["loc"] if isinstance(x, str) and x not in fields), None)
         errs.append((loc, member, err))

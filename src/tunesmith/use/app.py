@@ -19,18 +19,11 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
 
 from tunesmith.chat import prompt_ids
-from tunesmith.use.api_schema import (
-    MAX_DEPTH,
-    ChatRequest,
-    CompletionRequest,
-    FeedbackRequest,
-    first_problem,
-    too_deep,
-)
+from tunesmith.use.api_schema import BadBody, ChatRequest, CompletionRequest, FeedbackRequest, read_json
 from tunesmith.use.engine import APIError, Engine, Job
+from tunesmith.webguard import Guard, HostRule, loopback_rule
 
 MIN_TEMPERATURE = 1e-4  # a smaller one (1e-300 was sent) makes logits / T overflow; it is greedy in effect
 
@@ -45,6 +38,7 @@ class Settings:
     log_prompts: bool = False
     log: object = None  # file-like for the access log (default stderr)
     capture: object = None  # serve --capture: a captures.Captures that keeps each answer and its feedback
+    hosts: HostRule = field(default_factory=loopback_rule)  # the Host names answered (webguard.py)
 
 
 @dataclass
@@ -82,20 +76,11 @@ def check_key(settings: Settings, authorization: str) -> None:
 
 
 def parse_body(body: bytes, schema):
-    """Bytes -> a validated request model: depth capped before parsing, JSON, an object, the schema."""
-    if too_deep(body):
-        raise APIError(400, f"request body is nested more than {MAX_DEPTH} levels deep", code="invalid_json")
+    """Bytes -> a validated request model (api_schema.read_json); a bad body is an OpenAI-style 400."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
-    try:
-        return schema.model_validate(data)
-    except ValidationError as e:
-        param, message = first_problem(e)
-        raise APIError(400, message, param=param or None) from None
+        return read_json(body, schema)
+    except BadBody as e:
+        raise APIError(e.status, e.message, code=e.code, param=e.param or None) from None
 
 
 def pick_model(req, models: list[str], base_name: str) -> str | None:
@@ -446,7 +431,10 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
     async def _feedback(request: Request):
         return await feedback(request, served)
 
-    return AccessLog(app, settings)
+    def refused(status: int, code: str, sentence: str) -> dict:
+        return APIError(status, sentence, code=code).body()
+
+    return AccessLog(Guard(app, settings.hosts, refused), settings)
 
 
 # ---------------------------------------------------------------- the access log

@@ -20,6 +20,7 @@ from tunesmith.loading import base_model_of, check_adapter_dir, load
 from tunesmith.registry import is_off
 from tunesmith.runrecord import run_id_of
 from tunesmith.use.engine import Engine
+from tunesmith.webguard import host_rule
 
 
 def read_keys(args) -> list[str]:
@@ -142,6 +143,7 @@ def cli_serve(args) -> int:
         timeout=args.timeout,
         log_prompts=args.log_prompts,
         capture=capture,
+        hosts=host_rule(args.host, args.allow_host),
     )
     app = create_app(engine, base_name, settings)
     models = ", ".join([base_name] + engine.adapters)
