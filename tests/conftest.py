@@ -10,8 +10,11 @@ import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -398,3 +401,65 @@ def evaluated(tiny_model_dir, tmp_path_factory):
         r = cli("eval", "--adapter", name, *flags, "--out", str(root / f"e-{name}"))
         assert r.returncode == 0, r.stderr
     return root, reg, test
+
+
+# ---------------------------------------------------------------- the web apps in a real browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium, headless, through selenium and chromium-driver (skipped without them)."""
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="the browser test needs selenium (the 'test' extra)"
+    )
+    import shutil
+
+    if not shutil.which("chromium") or not shutil.which("chromedriver"):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1600"):
+        opts.add_argument(flag)
+    opts.binary_location = shutil.which("chromium")
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    driver = webdriver.Chrome(options=opts, service=service)
+    yield driver
+    driver.quit()
+
+
+def wait_for(check, timeout=15.0):
+    """Poll until check() is true; an element the page redrew meanwhile (stale) is looked up again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            got = check()
+        except (StaleElementReferenceException, NoSuchElementException):
+            got = None
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+@contextlib.contextmanager
+def serving(app):
+    """An ASGI app on a free loopback port (uvicorn in a thread) while the block runs; yields the port."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)

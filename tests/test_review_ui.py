@@ -5,13 +5,10 @@ browser (Debian's chromium, headless, through selenium and chromium-driver) judg
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import pytest
 
-from conftest import LOCAL, cli
+from conftest import LOCAL, cli, serving, wait_for
 from tunesmith.registry import Registry
 from tunesmith.review import store
 
@@ -171,62 +168,13 @@ def test_ui_refuses_to_run_without_a_registry():
 # ---------------------------------------------------------------- a real browser
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def browser():
-    webdriver = pytest.importorskip(
-        "selenium.webdriver", reason="the browser test needs selenium (the 'test' extra)"
-    )
-    import shutil
-
-    if not shutil.which("chromium") or not shutil.which("chromedriver"):
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-    opts = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1600"):
-        opts.add_argument(flag)
-    opts.binary_location = shutil.which("chromium")
-    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
-    driver = webdriver.Chrome(options=opts, service=service)
-    yield driver
-    driver.quit()
-
-
-def wait_for(check, timeout=15.0):
-    """Poll until check() is true; an element the page redrew meanwhile (stale) is looked up again."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            got = check()
-        except (StaleElementReferenceException, NoSuchElementException):
-            got = None
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
 def test_judging_three_pairs_and_a_correction_with_the_keyboard(queue, browser, tmp_path):
-    import uvicorn
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(queue), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started)
     reg = Registry(queue)
-    try:
+    with serving(create_app(queue)) as port:
         browser.get(f"http://127.0.0.1:{port}/#/review/round1")
         name = browser.find_element(By.ID, "reviewer")
         name.send_keys("ann", Keys.TAB)  # the name is kept when the box loses focus; the page redraws
@@ -251,9 +199,6 @@ def test_judging_three_pairs_and_a_correction_with_the_keyboard(queue, browser, 
         box.send_keys(Keys.CONTROL, Keys.ENTER)
         wait_for(lambda: len(store.judgements(reg, "round1")) == 4)
         browser.save_screenshot(str(tmp_path / "review.png"))
-    finally:
-        server.should_exit = True
-        thread.join(10)
     js = store.judgements(reg, "round1")
     assert [(j["reviewer"], j["kind"]) for j in js] == [("ann", "ab")] * 3 + [("ann", "correction")]
     assert [j["choice"] for j in js[:3]] == [js[0]["left"], js[1]["right"], "tie"]

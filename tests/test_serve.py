@@ -14,18 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, make_adapter
+from conftest import ROOT, free_port, make_adapter
 
 openai = pytest.importorskip("openai", reason="the openai client is in the 'test' extra")
 pytest.importorskip("fastapi", reason="serve needs the 'serve' extra")
 
 KEY = "sk-test-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -55,7 +49,8 @@ class Server:
         raise AssertionError(f"server did not start: {log.read_text()}")
 
     def health(self) -> dict:
-        with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+        ask = urllib.request.Request(self.url + "/health", headers={"Authorization": f"Bearer {KEY}"})
+        with urllib.request.urlopen(ask, timeout=5) as r:
             return json.loads(r.read())
 
     def client(self, key: str = KEY):

@@ -135,7 +135,8 @@ def test_pick_model_and_make_job_apply_the_servers_limits():
 
 def test_routes_in_process(client, engine):
     eng, base = engine
-    assert client.get("/health").json()["models"] == [base, "notes"]
+    assert client.get("/health", headers=auth()).json()["models"] == [base, "notes"]
+    assert client.get("/health").json() == {"status": "ok"}  # liveness only, without a key
     assert client.get("/v1/models").status_code == 401
     assert [m["id"] for m in client.get("/v1/models", headers=auth()).json()["data"]] == [base, "notes"]
     r = client.post(

@@ -23,6 +23,7 @@ Access (say what each protects; the README's "What tunesmith guarantees" says it
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import random
@@ -51,6 +52,18 @@ def cookie_name(token: str) -> str:
 
 
 MAX_BODY = 1_000_000
+# A second line behind app.js's rule (every text from the registry becomes a text node, never HTML):
+# the page may run only our own script and talk only to this server, and no other site may frame it.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+HEADERS = {
+    "Content-Security-Policy": PAGE_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 class Refused(Exception):
@@ -144,7 +157,7 @@ def study_report(reg: Registry, key: str) -> FileResponse:
     study = studies(reg).get(key)
     if study is None:
         raise Refused(404, f"no sweep or curve {key!r}")
-    policy = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+    policy = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
     return FileResponse(Path(study["path"]) / "report.html", headers={"Content-Security-Policy": policy})
 
 
@@ -190,7 +203,10 @@ async def guarded(request: Request, call_next, token: str | None):
                 resp.set_cookie(cookie_name(token), token, httponly=True, samesite="strict")
                 return resp
         allowed(token, request)
-        return await call_next(request)
+        resp = await call_next(request)
+        for k, v in HEADERS.items():
+            resp.headers.setdefault(k, v)
+        return resp
     except Refused as e:
         return JSONResponse(e.body(), status_code=e.status)
     except UserError as e:  # an unknown run, queue or item (NotFound); a judgement that cannot be stored
@@ -262,7 +278,9 @@ def create_app(registry: str | Path | None, token: str | None = None, hosts: Hos
     @app.post("/api/judgements")
     async def _judge(request: Request):
         j = (await judgement_body(request)).judgement()
-        return {"id": store.record(reg(), j), "saved": True}
+        # in a worker thread (with its own connection): a write waiting on another writer's lock must not
+        # stop every other request of the app meanwhile
+        return {"id": await asyncio.to_thread(lambda: store.record(reg(), j)), "saved": True}
 
     def refused(status: int, code: str, sentence: str) -> dict:
         return {"error": sentence, "code": code}

@@ -379,7 +379,13 @@ def list_models(request: Request, served: Served) -> dict:
     }
 
 
-def health(served: Served) -> dict:
+def health(served: Served, authorization: str) -> dict:
+    """Liveness for anyone who reaches the server (a load balancer's probe); the models and the queue only
+    for a caller with a key, like every other route."""
+    try:
+        check_key(served.settings, authorization)
+    except APIError:
+        return {"status": "ok"}
     e = served.engine
     return {
         "status": "ok",
@@ -412,8 +418,8 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
 
     # the routes only hand the request to the module-level functions above
     @app.get("/health")
-    async def _health():
-        return health(served)
+    async def _health(request: Request):
+        return health(served, request.headers.get("authorization", ""))
 
     @app.get("/v1/models")
     async def _models(request: Request):
