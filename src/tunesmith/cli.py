@@ -15,6 +15,7 @@ from tunesmith import __version__
 from tunesmith.commands import (
     add_allow_host,
     add_curve,
+    add_errors,
     add_plan,
     add_registry,
     add_review,
@@ -359,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_registry(p)
     p.set_defaults(handler="tunesmith.use.serve:cli_serve")
     add_runs(sub)
+    add_errors(sub)
     add_review(sub)
     add_sweep(sub, _add_model)
     add_curve(sub, _add_model)

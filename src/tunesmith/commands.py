@@ -30,6 +30,27 @@ def add_allow_host(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_errors(sub) -> None:
+    p = sub.add_parser(
+        "errors",
+        help="where and why an eval's outputs fail, as groups (style rules, stopping, length, inputs, "
+        "metadata); with two evals of one test set, which groups got better or worse",
+    )
+    p.add_argument(
+        "evals",
+        nargs="+",
+        metavar="EVAL",
+        help="an eval (its --out folder, results.json, or id/name in the registry) or a trained run (its "
+        "newest eval); a second one to compare with the first",
+    )
+    p.add_argument("--system", help="which system of a several-system eval (default: the last, the tuned)")
+    p.add_argument("--metric", help="the per-example metric groups are measured by (default rougeL)")
+    p.add_argument("--worst", type=int, default=3, help="worst examples shown per group (default 3)")
+    p.add_argument("--json", action="store_true", help="everything as JSON")
+    add_registry(p)
+    p.set_defaults(handler="tunesmith.eval.cli:cli_errors")
+
+
 def add_track(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--track",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunesmith import tracking
 from tunesmith.errors import UserError
-from tunesmith.eval import gate
+from tunesmith.eval import errors, gate
 from tunesmith.eval.record import register_eval
 from tunesmith.eval.run import EvalSpec, evaluate, write_outputs
 from tunesmith.eval.tables import print_probe, print_systems_table, print_table
@@ -89,4 +89,25 @@ def cli_eval(args) -> int:
         print(gate.describe(results["gate"]))
         if not passed:
             return gate.GATE_FAILED
+    return 0
+
+
+def cli_errors(args) -> int:
+    """`tunesmith errors EVAL [EVAL2]`: one eval's failure groups, or how they changed from EVAL to EVAL2."""
+    first, first_name = errors.load_results(args.evals[0], args.registry)
+    before = errors.system_of(first, args.system)
+    if len(args.evals) == 1:
+        a = errors.analyse(before, args.metric, args.worst)
+        print(
+            json.dumps(a, indent=2, ensure_ascii=False)
+            if args.json
+            else "\n".join(errors.lines(a, first_name))
+        )
+        return 0
+    second, second_name = errors.load_results(args.evals[1], args.registry)
+    c = errors.compare(before, errors.system_of(second, args.system), args.metric, args.worst)
+    if args.json:
+        print(json.dumps(c, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(errors.compare_lines(c, first_name, second_name)))
     return 0

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.eval.rows import same_test
 from tunesmith.eval.run import compare
 from tunesmith.registry import Registry
 from tunesmith.scoring.stats import holm
@@ -29,21 +30,6 @@ ALPHA = 0.05
 
 class GateFailed(UserError):
     exit_code = GATE_FAILED
-
-
-def same_test(a: dict, b: dict) -> str | None:
-    """Why two results are not on the same frozen test set with the same decoding, or None."""
-    ea, eb = a.get("examples") or [], b.get("examples") or []
-    if len(ea) != len(eb):
-        return f"{len(ea)} examples here, {len(eb)} there"
-    for i, (x, y) in enumerate(zip(ea, eb), 1):
-        if (x.get("input"), x.get("reference")) != (y.get("input"), y.get("reference")):
-            return f"example {i} differs ({x.get('path')}:{x.get('line')} vs {y.get('path')}:{y.get('line')})"
-    da, db = a.get("decoding") or {}, b.get("decoding") or {}
-    changed = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
-    if changed:
-        return "decoding differs: " + ", ".join(f"{k} {db.get(k)!r} -> {da.get(k)!r}" for k in changed)
-    return None
 
 
 def reference_results(ref: str, candidate: dict, registry_path: str | None = None) -> tuple[dict, str]:

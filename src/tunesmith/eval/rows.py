@@ -1,5 +1,6 @@
 """Per-example numbers from the rows of an eval's results (`results["examples"]`): what the paired
-tests, the gate and the verdict compare example by example."""
+tests, the gate and the verdict compare example by example; and what of a test example's metadata a
+row keeps (`tunesmith errors` slices by it)."""
 
 from __future__ import annotations
 
@@ -12,3 +13,25 @@ def per_example_values(per: list[dict], key: str) -> list[float]:
     if key == "mean_new_tokens":
         return [float(r["new_tokens"]) for r in per]
     return [r["scores"][key] for r in per]
+
+
+def scalar_meta(meta: dict) -> dict:
+    """The metadata fields of a test example an eval keeps for slicing: short scalars (a topic, a source, a
+    speaker count), not the extra references or long text."""
+    return {k: v for k, v in meta.items() if k != "references" and isinstance(v, (str, int, float, bool))
+            and len(str(v)) <= 100}  # fmt: skip
+
+
+def same_test(a: dict, b: dict) -> str | None:
+    """Why two results are not on the same frozen test set with the same decoding, or None."""
+    ea, eb = a.get("examples") or [], b.get("examples") or []
+    if len(ea) != len(eb):
+        return f"{len(ea)} examples here, {len(eb)} there"
+    for i, (x, y) in enumerate(zip(ea, eb), 1):
+        if (x.get("input"), x.get("reference")) != (y.get("input"), y.get("reference")):
+            return f"example {i} differs ({x.get('path')}:{x.get('line')} vs {y.get('path')}:{y.get('line')})"
+    da, db = a.get("decoding") or {}, b.get("decoding") or {}
+    changed = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
+    if changed:
+        return "decoding differs: " + ", ".join(f"{k} {db.get(k)!r} -> {da.get(k)!r}" for k in changed)
+    return None

@@ -15,7 +15,7 @@ from tunesmith.data.formats import load_examples
 from tunesmith.errors import UserError
 from tunesmith.eval.probes import forgetting_report, memorization_report, run_probe, sample_train
 from tunesmith.eval.report import render
-from tunesmith.eval.rows import per_example_values
+from tunesmith.eval.rows import per_example_values, scalar_meta
 from tunesmith.eval.systems import System, build_prompts, parse_systems
 from tunesmith.eval.verdict import verdict
 from tunesmith.loading import attach_adapter, base_model_of, check_adapter_dir, generate, load
@@ -345,6 +345,7 @@ def _system_run(spec: EvalSpec, p: _Plan, s: System, base: str, outs, wall: floa
                 **({"shots": sh} if sh else {}),
                 "output": o.text,
                 "prompt_tokens": o.prompt_tokens,
+                **({"meta": scalar_meta(ex.meta)} if scalar_meta(ex.meta) else {}),
                 **row,
             }
             for ex, pr, ref, rs, sh, o, row in zip(

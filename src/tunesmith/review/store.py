@@ -19,7 +19,7 @@ from tunesmith.captures import captured
 from tunesmith.chat import last_assistant
 from tunesmith.data.formats import load_examples, messages_digest
 from tunesmith.errors import NotFound, UserError
-from tunesmith.eval.gate import same_test
+from tunesmith.eval.rows import same_test
 from tunesmith.registry import Registry
 
 KINDS = ("ab", "rating", "correction")

@@ -17,7 +17,7 @@ from pathlib import Path
 from tunesmith.chat import last_assistant
 from tunesmith.data.formats import load_examples, messages_digest
 from tunesmith.errors import UserError
-from tunesmith.eval.gate import same_test
+from tunesmith.eval.rows import same_test
 from tunesmith.eval.run import compare as paired
 from tunesmith.registry import Registry
 from tunesmith.weightfiles import sha256_file
