@@ -165,7 +165,68 @@ def test_a_real_eval_keeps_the_metadata_errors_slices_by(tiny_model_dir, tmp_pat
     result = json.loads((out / "results.json").read_text())
     metas = [ex["meta"] for ex in result["examples"][:2]]
     assert metas == [{"topic": "budget", "notes_by": "ann"}, {"topic": "hiring", "notes_by": "ann"}]
+    page = (out / "report.html").read_text()
+    assert "<h2>Where it fails</h2>" in page and "topic = budget" in page
     a = json.loads(cli("errors", str(out), "--json").stdout)
     names = {g["name"]: g["count"] for g in a["groups"]}
     assert names["topic = budget"] == 3 and names["topic = hiring"] == 3
     assert not any(n.startswith("notes_by") for n in names)  # one value for all: not a slice
+
+
+@pytest.fixture
+def two_versions(tmp_path):
+    """A registry with v1's and v2's evals on the same test set, and one on another test set."""
+    reg_path = str(tmp_path / "reg.db")
+    reg = Registry(reg_path)
+    better = system()
+    for ex in better["examples"]:
+        ex["scores"]["rougeL"] += 5
+    other = system()
+    other["examples"][0]["input"] = "another transcript"
+    ids = {}
+    for name, result in (("e-v1", system()), ("e-v2", better), ("e-other", other)):
+        ids[name] = reg.add(kind="eval", name=name, path=str(tmp_path / name), model="m", config={}, data=[],
+                            parents=[], result=result, metrics=[], headline=("rougeL", 1.0))  # fmt: skip
+    return reg_path, ids
+
+
+def test_the_web_app_shows_the_groups_and_picks_two_evals_to_compare(two_versions):
+    pytest.importorskip("fastapi", reason="the review app needs the 'serve' extra")
+    from fastapi.testclient import TestClient
+
+    from conftest import LOCAL
+    from tunesmith.review.app import create_app
+
+    reg_path, ids = two_versions
+    client = TestClient(create_app(reg_path), base_url=LOCAL)
+    got = client.get(f"/api/runs/{ids['e-v2']}/errors").json()
+    assert got["analysis"]["groups"][0]["name"] == "style: has heading"
+    assert [p["name"] for p in got["peers"]] == ["e-v1"]  # not e-other: another test set
+    c = client.get(f"/api/runs/{ids['e-v2']}/errors", params={"against": ids["e-v1"]}).json()["comparison"]
+    assert c["overall"]["change"] == 5.0 and {r["change"] for r in c["groups"]} == {5.0}
+    r = client.get(f"/api/runs/{ids['e-v2']}/errors", params={"against": ids["e-other"]})
+    assert r.status_code == 400 and "not on the same test examples" in r.json()["error"]
+    assert client.get("/api/runs/nope/errors").status_code == 404
+
+
+def test_the_failures_and_the_two_eval_page_in_a_browser(two_versions, browser):
+    pytest.importorskip("fastapi", reason="the review app needs the 'serve' extra")
+    from selenium.webdriver.common.by import By
+
+    from conftest import serving, wait_for
+    from tunesmith.review.app import create_app
+
+    reg_path, ids = two_versions
+    with serving(create_app(reg_path)) as port:
+        browser.get(f"http://127.0.0.1:{port}/#/run/{ids['e-v2']}")
+        wait_for(lambda: "where tuned fails" in browser.find_element(By.ID, "main").text)
+        text = browser.find_element(By.ID, "main").text
+        assert "style: has heading" in text and "compare with an earlier eval" in text
+        browser.get(f"http://127.0.0.1:{port}/#/diff/{ids['e-v1']}/{ids['e-v2']}")
+        browser.refresh()
+        wait_for(lambda: "e-v2 against e-v1" in browser.find_element(By.TAG_NAME, "h1").text)
+        text = browser.find_element(By.ID, "main").text
+        assert "rougeL 43.750 → 48.750: 5 [5, 5], p 0" in text, text[:500]
+        assert "bottom quarter of the metric (<= 21.2) 3 → 2" in text  # 10 and 15 are still under 21.25
+        assert "4 → 4" in text and "better" in text  # the heading failures: still 4, each 5 points up
+        assert not browser.find_elements(By.CSS_SELECTOR, "p.bad")

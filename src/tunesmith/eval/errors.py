@@ -39,6 +39,7 @@ class Group:
     kind: str  # style, stop, length, label, metric (failures) · input, meta (slices)
     name: str
     members: list[int] = field(default_factory=list)
+    threshold: float | None = None  # the metric bucket's bound, kept when two evals are compared
 
 
 def default_metric(system: dict) -> str:
@@ -77,6 +78,7 @@ def failure_groups(examples: list[dict], values: list[float]) -> list[Group]:
             add("label", f"wrong label: {label.get('gold')} taken for {label.get('predicted')}", i)
         if values[i] <= q1:
             add("metric", f"bottom quarter of the metric (<= {q1:.1f})", i)
+            groups[f"bottom quarter of the metric (<= {q1:.1f})"].threshold = q1
     return list(groups.values())
 
 
@@ -131,6 +133,7 @@ def describe(g: Group, examples: list[dict], values: list[float], worst: int) ->
         "rest": round(rest, 2),
         "if_like_rest": round(max(0.0, (total + len(g.members) * (rest - mean)) / n - overall), 2),
         "members": g.members,
+        **({"threshold": round(g.threshold, 4)} if g.threshold is not None else {}),
         "worst": [
             {
                 "example": i + 1,
@@ -184,18 +187,23 @@ def compare(before: dict, after: dict, metric: str | None = None, worst: int = 3
     va = per_example_values(before["examples"], a["metric"])
     vb = per_example_values(after["examples"], a["metric"])
     later = {g["name"]: set(g["members"]) for g in b["groups"]}
+    seen = {g["name"] for g in a["groups"]}
     rows = []
     for g in a["groups"] + [
-        g for g in b["groups"] if g["failure"] and g["name"] not in {x["name"] for x in a["groups"]}
+        g for g in b["groups"] if g["failure"] and g["kind"] != "metric" and g["name"] not in seen
     ]:
         m = g["members"]
         test = paired_test([vb[i] for i in m], [va[i] for i in m])
-        still = len(later.get(g["name"], set()) & set(m)) if g["failure"] else None
+        if g["kind"] == "metric":  # the same bound in both: how many of the whole set are still below it
+            after_members = {i for i, v in enumerate(vb) if v <= g["threshold"]}
+        else:
+            after_members = later.get(g["name"], set())
         change = "better" if test["significant"] and test["change"] > 0 else (
             "worse" if test["significant"] and test["change"] < 0 else "no clear change")  # fmt: skip
         rows.append({
             "kind": g["kind"], "failure": g["failure"], "name": g["name"], "count": len(m),
-            "count_after": len(later.get(g["name"], ())) if g["failure"] else len(m), "still": still,
+            "count_after": len(after_members) if g["failure"] else len(m),
+            "still": len(after_members & set(m)) if g["failure"] else None,
             "before": round(statistics.fmean(va[i] for i in m), 2),
             "after": round(statistics.fmean(vb[i] for i in m), 2), **test, "verdict": change,
         })  # fmt: skip
@@ -216,6 +224,38 @@ def system_of(results: dict, name: str | None) -> dict:
     raise UserError(f"--system {name}: not in this eval (systems: {known})")
 
 
+def registered_results(reg: Registry, ref: str, paths: bool = True) -> tuple[dict, str]:
+    """An eval's results from the registry: an eval, or a trained run (its newest eval); with its name.
+    `paths=False` (the web app): a reference is never looked up on disk."""
+    run = reg.get(reg.find(ref, paths=paths))
+    if run["kind"] != "eval":
+        evals = [reg.get(c["run"]) for c in run["children"]]
+        evals = sorted(
+            (e for e in evals if e["kind"] == "eval" and e.get("result")), key=lambda e: e["started"]
+        )
+        if not evals:
+            raise UserError(f"{ref}: a {run['kind']} run with no registered eval; `tunesmith eval` it first")
+        run = evals[-1]
+    if not run.get("result"):
+        raise UserError(f"{ref}: eval {run['id']} has no results in the registry")
+    return run["result"], f"{run['name']} (eval {run['id']})"
+
+
+def peers(reg: Registry, result: dict, own: str, limit: int = 500) -> list[dict]:
+    """The other registered evals on the same test examples with the same decoding: what it can be compared
+    with, newest first."""
+    out = []
+    for r in reg.runs(kind="eval", limit=limit):
+        if r["id"] == own:
+            continue
+        other = reg.get(r["id"]).get("result") or {}
+        if (other.get("examples") or other.get("systems")) and same_test(
+            system_of(result, None), system_of(other, None)
+        ) is None:
+            out.append({"id": r["id"], "name": r["name"], "started": r["started"]})  # fmt: skip
+    return out
+
+
 def load_results(ref: str, registry: str | None) -> tuple[dict, str]:
     """An eval's results from a results.json, an eval's --out folder, or the registry (an eval, or a
     trained run: its newest eval); with how to name it."""
@@ -232,19 +272,7 @@ def load_results(ref: str, registry: str | None) -> tuple[dict, str]:
     if p.is_dir():
         raise UserError(f"{ref}: a folder without results.json; give an eval's --out folder, its "
                         "results.json, or an eval or run in the registry")  # fmt: skip
-    reg = Registry(registry)
-    run = reg.get(reg.find(ref))
-    if run["kind"] != "eval":
-        evals = [reg.get(c["run"]) for c in run["children"]]
-        evals = sorted(
-            (e for e in evals if e["kind"] == "eval" and e.get("result")), key=lambda e: e["started"]
-        )
-        if not evals:
-            raise UserError(f"{ref}: a {run['kind']} run with no registered eval; `tunesmith eval` it first")
-        run = evals[-1]
-    if not run.get("result"):
-        raise UserError(f"{ref}: eval {run['id']} has no results in the registry")
-    return run["result"], f"{run['name']} (eval {run['id']})"
+    return registered_results(Registry(registry), ref)
 
 
 # ---------------------------------------------------------------- as text

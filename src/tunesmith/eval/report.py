@@ -2,8 +2,9 @@
 
 No JavaScript and nothing fetched: CSS and the charts (SVG) are written into the page, so it
 opens offline, attaches to an e-mail and prints. Sections: the metrics with their 95 %
-intervals (and the paired test against the first system), a bar chart, the training run's
-loss curves, and every example side by side — worst first.
+intervals (and the paired test against the first system), a bar chart, where the last system
+fails (eval/errors.py's groups), the training run's loss curves, and every example side by side —
+worst first.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import html
 import json
 import time
 from pathlib import Path
+
+from tunesmith.errors import UserError
+from tunesmith.eval.errors import analyse
 
 COLORS = ["#8c8c8c", "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1"]
 NEUTRAL = {"mean_new_tokens", "length_ratio"}  # a change here is neither better nor worse by itself
@@ -257,6 +261,40 @@ def _probes(extra: dict) -> str:
     return "<h2>Generalization and forgetting</h2>" + "".join(parts) if parts else ""
 
 
+def _failures(system: dict, metric: str, top: int = 10) -> str:
+    """Where the last system fails (eval/errors.py): the costliest groups, each with its worst example."""
+    try:
+        a = analyse(
+            system, metric if metric in (system["examples"][0].get("scores") or {}) else None, worst=1
+        )
+    except UserError:
+        return ""
+    rows = []
+    for g in a["groups"][:top]:
+        w = g["worst"][0]
+        cells = [
+            g["count"],
+            f"{g['share']:.0f} %",
+            f"{g['mean']:.1f}",
+            f"{g['rest']:.1f}",
+            f"+{g['if_like_rest']:.1f}",
+        ]
+        worst = f"#{w['example']} ({w['path']}:{w['line']}, {w['value']:.1f})"
+        rows.append(
+            f"<tr><td>{_e(g['name'])}</td>" + "".join(f"<td class=num>{_e(c)}</td>" for c in cells)
+            + f"<td><span class=meta>{_e(worst)}</span><pre>{_e(w['output'])}</pre></td></tr>"
+        )  # fmt: skip
+    return (
+        f"<h2>Where it fails</h2><p class=meta>{_e(a['system'])}'s outputs in groups, costliest first: "
+        f"<i>if like rest</i> is how much the mean {_e(a['metric'])} ({a['mean']:.1f}) would rise if the "
+        "group scored like the other examples. <code>tunesmith errors</code> prints them all, and compares "
+        "two evals.</p><table><tr><th>group</th><th>count</th><th>share</th>"
+        f"<th>{_e(a['metric'])}</th><th>rest</th><th>if like rest</th><th>worst example</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def _verdict(results: dict) -> str:
     """The eval's one-sentence answer to "which system?" (eval/verdict.py), when it compared several."""
     v = results.get("verdict")
@@ -295,6 +333,7 @@ def render(
         bar_chart(systems, CHART_METRICS),
         "</figure>",
         _probes(extra or {}),
+        _failures(systems[-1], sort_key),
     ]
     if run_dir:
         train, val = read_curves(run_dir)

@@ -34,6 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from tunesmith.errors import NotFound, UserError
+from tunesmith.eval import errors
 from tunesmith.registry import Registry
 from tunesmith.review import stats as review_stats
 from tunesmith.review import store
@@ -122,6 +123,20 @@ def run_detail(reg: Registry, run_id: str) -> dict:
         "verdict": result.get("verdict"),
         "gate": result.get("gate"),
     }
+
+
+def run_errors(reg: Registry, ref: str, system: str | None, against: str | None) -> dict:
+    """An eval's failure groups with the evals it can be compared with; given `against` (the earlier eval of
+    the same test set), how each of its groups changed in this one (eval/errors.py)."""
+    result, _ = errors.registered_results(reg, ref, paths=False)
+    own = reg.find(ref, paths=False)
+    if against is None:
+        return {
+            "analysis": errors.analyse(errors.system_of(result, system)),
+            "peers": errors.peers(reg, result, own),
+        }
+    before, _ = errors.registered_results(reg, against, paths=False)
+    return {"comparison": errors.compare(errors.system_of(before, system), errors.system_of(result, system))}
 
 
 def studies(reg: Registry) -> dict[str, dict]:
@@ -253,6 +268,10 @@ def create_app(registry: str | Path | None, token: str | None = None, hosts: Hos
     @app.get("/api/runs/{run_id}")
     async def _run(run_id: str):
         return run_detail(reg(), run_id)
+
+    @app.get("/api/runs/{run_id}/errors")
+    async def _errors(run_id: str, system: str | None = None, against: str | None = None):
+        return run_errors(reg(), run_id, system, against)
 
     @app.get("/api/studies")
     async def _studies():

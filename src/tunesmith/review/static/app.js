@@ -1,4 +1,5 @@
-// tunesmith review: runs, one run or eval, two outputs side by side, and the review queue.
+// tunesmith review: runs, one run or eval (and where it fails), two evals or two outputs side by side,
+// and the review queue.
 // Every text from the registry (prompts, outputs, names) goes into the page as text nodes, never as HTML.
 "use strict";
 
@@ -158,9 +159,46 @@ async function runPage(id) {
     const names = [...new Set(r.systems.flatMap((s) => Object.keys(s.metrics || {})))].filter((m) => typeof r.systems[0].metrics[m] === "number");
     parts.push(h("h3", {}, "metrics"), table([["metric", "metric"], ...r.systems.map((s) => [s.system, s.system])],
       names.map((m) => Object.fromEntries([["metric", m], ...r.systems.map((s) => [s.system, s.metrics[m]])]))));
+    if (r.kind === "eval") parts.push(await failuresView(r));
     parts.push(h("h3", {}, "examples"), examplesView(r.systems));
   }
   main.replaceChildren(...parts.filter(Boolean));
+}
+
+// ------------------------------------------------------------ where an eval fails, and what changed
+
+function worstList(g) {
+  return h("details", {}, h("summary", {}, `${g.worst.length} worst`),
+    g.worst.map((w) => h("div", {}, h("div", {class: "meta"}, `#${w.example} ${w.path}:${w.line} · ${fmt(w.value)}`), h("pre", {}, w.output))));
+}
+
+async function failuresView(r) {
+  const {analysis: a, peers} = await api(`/api/runs/${encodeURIComponent(r.id)}/errors`);
+  const pick = h("select", {}, h("option", {value: ""}, "compare with an earlier eval of this test set…"),
+    peers.map((p) => h("option", {value: p.id}, `${p.name} (${p.id}, ${when(p.started)})`)));
+  pick.addEventListener("change", () => { if (pick.value) location.hash = `#/diff/${pick.value}/${r.id}`; });
+  return h("div", {class: "failures"},
+    h("h3", {}, `where ${a.system || "it"} fails`),
+    h("p", {class: "meta"}, `groups by ${a.metric} (mean ${fmt(a.mean)}), costliest first: "if like rest" is how much the mean would rise if the group scored like the other examples`),
+    peers.length ? h("p", {}, pick) : null,
+    a.groups.length ? table([["name", "group"], ["count", "count"], ["share", "share %"], ["mean", a.metric], ["rest", "rest"],
+      ["if_like_rest", "if like rest"], ["worst", "worst", (_, g) => worstList(g)]], a.groups)
+      : h("p", {}, "No failure groups: every example passed every check."));
+}
+
+async function diffPage(before, after) {
+  const [{comparison: c}, ra, rb] = await Promise.all([
+    api(`/api/runs/${encodeURIComponent(after)}/errors?against=${encodeURIComponent(before)}`),
+    api(`/api/runs/${encodeURIComponent(before)}`), api(`/api/runs/${encodeURIComponent(after)}`)]);
+  const o = c.overall, ci = (x) => x.ci ? `[${fmt(x.ci[0])}, ${fmt(x.ci[1])}]` : "–";
+  const systems = [{...ra.systems.at(-1), system: ra.name}, {...rb.systems.at(-1), system: rb.name}];
+  main.replaceChildren(h("h1", {}, `${rb.name} against ${ra.name} `, h("small", {}, `the same ${c.n} examples`)),
+    h("p", {class: "verdict"}, `${c.metric} ${fmt(c.before.mean)} → ${fmt(c.after.mean)}: ${fmt(o.change)} ${ci(o)}, p ${o.p}`),
+    h("h3", {}, "each group of the earlier eval, example by example"),
+    table([["name", "group"], ["count", "count", (v, g) => g.failure ? `${v} → ${g.count_after}` : String(v)],
+      ["before", "before"], ["after", "after"], ["change", "change"], ["ci", "95 % interval", (v, g) => ci(g)], ["p", "p"],
+      ["verdict", ""]], c.groups),
+    h("h3", {}, "examples"), examplesView(systems));
 }
 
 // ------------------------------------------------------------ queues, compare
@@ -313,9 +351,10 @@ async function studiesPage(key) {
 // ------------------------------------------------------------ routes
 
 async function route() {
-  const [, page, arg] = (location.hash || "#/runs").split("/").map(decodeURIComponent);
+  const [, page, arg, arg2] = (location.hash || "#/runs").split("/").map(decodeURIComponent);
   try {
     if (page === "run") await runPage(arg);
+    else if (page === "diff") await diffPage(arg, arg2);
     else if (page === "queues") await queuesPage();
     else if (page === "studies") await studiesPage(arg);
     else if (page === "compare") await comparePage(arg);
