@@ -15,6 +15,7 @@ from tunesmith import __version__
 from tunesmith.commands import (
     add_allow_host,
     add_curve,
+    add_data_generate,
     add_errors,
     add_plan,
     add_registry,
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     _add_read_options(p)
     p.set_defaults(handler="tunesmith.data.prepare:cli_prepare")
+    add_data_generate(dsub)
     data.set_defaults(handler=None, _help=data.print_help)
 
     p = sub.add_parser("train", help="fine-tune with LoRA; writes a PEFT adapter into --out")

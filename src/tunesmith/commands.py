@@ -1,7 +1,7 @@
-"""The parsers of the commands around training runs: `runs`, `review`, `ui`, `sweep`, `curve` and
-`plan`, with the --registry and --track flags every command shares. Declarations only (argparse, no
-work): each names the handler `tunesmith.cli.main` imports when the command runs. Apart from cli.py so
-that module stays within the size rule as commands are added."""
+"""The parsers of the commands around training runs: `runs`, `errors`, `review`, `ui`, `sweep`,
+`curve`, `plan` and `data generate`, with the --registry and --track flags every command shares.
+Declarations only (argparse, no work): each names the handler `tunesmith.cli.main` imports when the
+command runs. Apart from cli.py so that module stays within the size rule as commands are added."""
 
 from __future__ import annotations
 
@@ -28,6 +28,61 @@ def add_allow_host(p: argparse.ArgumentParser) -> None:
         help="also answer requests sent to this host name (repeatable; '*' for any, behind a proxy "
         "that checks it): other names get 421, a guard against DNS rebinding",
     )
+
+
+def add_data_generate(dsub) -> None:
+    p = dsub.add_parser(
+        "generate",
+        help="a teacher model drafts answers for inputs that have none, for people to accept or correct",
+    )
+    p.add_argument(
+        "--teacher",
+        required=True,
+        metavar="URL_OR_MODEL",
+        help="an OpenAI-compatible endpoint (http://127.0.0.1:8080/v1: llama.cpp, Ollama, vLLM; the "
+        "'teacher' extra), or a model alias, folder or trained run used through tunesmith",
+    )
+    p.add_argument(
+        "--inputs",
+        required=True,
+        help="JSONL/JSON/CSV/Parquet of inputs (messages ending in a user turn, or input/prompt/text), "
+        "or a folder of .txt/.md files",
+    )
+    p.add_argument("--out", required=True, help="the drafts (JSONL); run again with the same --out to resume")
+    p.add_argument("--template", default="{input}", help="the user turn of a plain input, with {input}")
+    p.add_argument("--system", help="a system prompt for the teacher (not kept in the drafts)")
+    p.add_argument("--system-file", help="the system prompt from a file")
+    p.add_argument("--train", help="training examples (file, or a prepared folder's train.jsonl) for --shots")
+    p.add_argument(
+        "--shots", type=int, default=0, help="show the teacher the K training examples most like each input"
+    )
+    p.add_argument("--style", help="the style spec (YAML) each draft is checked against")
+    p.add_argument(
+        "--best-of", type=int, default=1, help="sample N drafts, keep the first that passes --style"
+    )
+    p.add_argument("--max-tokens", type=int, default=512, help="longest draft in tokens (default 512)")
+    p.add_argument(
+        "--temperature", type=float, default=None, help="default 0 (greedy); 0.7 with --best-of over 1"
+    )
+    p.add_argument("--seed", type=int, default=13, help="sampling seed (default 13)")
+    p.add_argument("--teacher-model", help="the endpoint's model name (default: the first it lists)")
+    p.add_argument(
+        "--api-key-env",
+        default="TUNESMITH_TEACHER_KEY",
+        metavar="VAR",
+        help="variable with the endpoint's key (default TUNESMITH_TEACHER_KEY)",
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="endpoint requests at once (default 4)")
+    p.add_argument(
+        "--retries", type=int, default=4, help="retries of a failed request, with backoff (default 4)"
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
+    p.add_argument("--batch-size", type=int, default=4, help="local teacher: inputs generated together")
+    p.add_argument("--price", metavar="IN,OUT", help="price of a million prompt,new tokens: prints the cost")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a local teacher's own code to run")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--json", action="store_true", help="the summary as JSON")
+    p.set_defaults(handler="tunesmith.use.drafts:cli_generate")
 
 
 def add_errors(sub) -> None:
@@ -109,9 +164,12 @@ def add_review(sub) -> None:
     add_registry(review)
     review.add_argument("--json", action="store_true", help="print JSON")
     rsub = review.add_subparsers(dest="review_action", metavar="ACTION")
-    p = rsub.add_parser("add", help="a review queue from registered evals on one test set, or from captures")
+    p = rsub.add_parser(
+        "add", help="a review queue from registered evals on one test set, from captures, or from drafts"
+    )
     p.add_argument("refs", nargs="*", metavar="EVAL", help="an eval (or a trained run: its newest eval)")
     p.add_argument("--captures", action="store_true", help="what `serve --capture` kept, instead of evals")
+    p.add_argument("--drafts", metavar="FILE", help="what `data generate` drafted: accept, correct or reject")
     p.add_argument(
         "--since", metavar="DATE", help="with --captures: only those since DATE (YYYY-MM-DD[ HH:MM])"
     )
@@ -120,8 +178,12 @@ def add_review(sub) -> None:
     rsub.add_parser("list", help="the queues, with items and judgements (the default)")
     p = rsub.add_parser("stats", help="judgements per reviewer, win rates with intervals, Cohen's kappa")
     p.add_argument("--queue", action="append", help="only this queue (repeatable)")
-    p = rsub.add_parser("export", help="corrections as chat examples (--sft), A/B choices as pairs (--dpo)")
-    p.add_argument("--sft", metavar="FILE", help="write corrected answers here (.jsonl chat examples)")
+    p = rsub.add_parser(
+        "export", help="corrected and accepted answers as chat examples (--sft), A/B choices as pairs (--dpo)"
+    )
+    p.add_argument(
+        "--sft", metavar="FILE", help="write corrected and accepted answers here (.jsonl chat examples)"
+    )
     p.add_argument(
         "--dpo", metavar="FILE", help="write preference pairs here (.jsonl prompt/chosen/rejected)"
     )

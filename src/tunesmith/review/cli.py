@@ -60,6 +60,10 @@ def when(text: str, flag: str) -> float:
 
 
 def _add(reg: Registry, args) -> dict:
+    if args.drafts:
+        if args.refs or args.pair or args.captures or args.since:
+            raise UserError("review add --drafts FILE: takes no EVAL, --captures, --since or --pair")
+        return store.add_drafts(reg, args.drafts, args.name)
     if args.captures:
         if args.refs or args.pair:
             raise UserError("review add --captures: takes no EVAL and no --pair (one answer per item)")
@@ -67,7 +71,7 @@ def _add(reg: Registry, args) -> dict:
     if args.since:
         raise UserError("--since goes with --captures")
     if not args.refs:
-        raise UserError("review add: name an eval (or a trained run), or pass --captures")
+        raise UserError("review add: name an eval (or a trained run), or pass --captures or --drafts FILE")
     pair = [x.strip() for x in args.pair.split(",")] if args.pair else None
     if pair is not None and len(pair) != 2:
         raise UserError(f"--pair {args.pair}: two outputs, A,B (e.g. base,tuned)")

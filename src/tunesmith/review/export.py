@@ -9,8 +9,9 @@ on) is held back and counted. And nothing is written twice: an example already i
 
 What counts as a choice: per item, the majority of the reviewers' A/B votes, ties left out; an even
 split between A and B is no choice. A correction is a preference too (the corrected answer over the
-output it corrected), so `--dpo` includes those pairs; the newest correction of an item is its SFT
-answer.
+output it corrected), so `--dpo` includes those pairs. What `--sft` writes for an item is decided by
+its newest verdict: a correction (its text is the answer), an acceptance (the output accepted as it
+is: a teacher's draft, a good answer) or a rejection (nothing, counted).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tunesmith.chat import last_assistant
 from tunesmith.data.formats import data_files, load_examples, messages_digest
 from tunesmith.errors import UserError
 from tunesmith.registry import Registry
-from tunesmith.review.store import items, judgements, queue, queues
+from tunesmith.review.store import VERDICTS, items, judgements, queue, queues
 
 
 @dataclass
@@ -98,14 +99,24 @@ def newest_corrections(reg: Registry, name: str, of_an_output: bool = False) -> 
     return {j["item"]: j for j in judgements(reg, name, "correction") if j["label"] or not of_an_output}
 
 
-def sft_examples(reg: Registry, names: list[str]) -> list[tuple[dict, list[dict]]]:
-    """(item, messages) for every corrected item: its newest correction as the answer."""
+def verdicts(reg: Registry, name: str) -> dict[int, dict]:
+    """Each item's newest correction, acceptance or rejection (judgements come oldest first)."""
+    return {j["item"]: j for j in judgements(reg, name) if j["kind"] in VERDICTS}
+
+
+def sft_examples(reg: Registry, names: list[str], skipped: Counter) -> list[tuple[dict, list[dict]]]:
+    """(item, messages) for every item whose newest verdict is a correction (its text is the answer) or an
+    acceptance (the accepted output is); a rejection leaves the item out, counted."""
     out = []
     for name in names:
         by_item = {i["id"]: i for i in items(reg, name)}
-        for item_id, j in newest_corrections(reg, name).items():
+        for item_id, j in verdicts(reg, name).items():
             it = by_item[item_id]
-            out.append((it, [*it["prompt"], {"role": "assistant", "content": j["correction"]}]))
+            if j["kind"] == "reject":
+                skipped["rejected"] += 1
+                continue
+            answer = j["correction"] if j["kind"] == "correction" else it["outputs"][j["label"]]["output"]
+            out.append((it, [*it["prompt"], {"role": "assistant", "content": answer}]))
     return out
 
 
@@ -145,7 +156,7 @@ def dpo_pairs(reg: Registry, names: list[str]) -> tuple[list[tuple[dict, str, st
 def write_sft(reg: Registry, out: Path, names: list[str], held: set[str], known: set[str]) -> Export:
     e = Export("sft", out)
     rows = []
-    for it, messages in sft_examples(reg, names):
+    for it, messages in sft_examples(reg, names, e.skipped):
         if it["digest"] in held:
             e.held_back += 1
         elif (d := str(messages_digest(messages))) in known:

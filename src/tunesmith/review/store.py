@@ -22,8 +22,14 @@ from tunesmith.errors import NotFound, UserError
 from tunesmith.eval.rows import same_test
 from tunesmith.registry import Registry
 
-KINDS = ("ab", "rating", "correction")
+KINDS = ("ab", "rating", "correction", "accept", "reject")
+VERDICTS = (
+    "correction",
+    "accept",
+    "reject",
+)  # what an item becomes in `review export --sft`; the newest wins
 ANSWER = "answer"  # the one output of an item that `serve --capture` kept
+DRAFT = "draft"  # the one output of an item that `data generate` drafted
 TIE = "tie"
 MAX_TEXT = 100_000  # characters of a correction or a comment: a whole note, not a file
 
@@ -32,7 +38,8 @@ MAX_TEXT = 100_000  # characters of a correction or a comment: a whole note, not
 class Judgement:
     """One person's judgement of one item. ab: `left`/`right` are the labels in the order shown and
     `choice` one of them or "tie"; rating: `label` and `rating` 1-5 with optional `tags`/`comment`;
-    correction: `label` (the output corrected, or None for an answer written from scratch) and `text`."""
+    correction: `label` (the output corrected, or None for an answer written from scratch) and `text`;
+    accept / reject: `label`, the output taken as it is as a training answer, or refused."""
 
     item: int
     reviewer: str
@@ -172,6 +179,48 @@ def add_captures(reg: Registry, name: str | None = None, since: float | None = N
     return {"name": name, "a": ANSWER, "b": ANSWER, "items": len(caught), "labels": [ANSWER], "sources": []}
 
 
+def add_drafts(reg: Registry, path: str | Path, name: str | None = None) -> dict:
+    """A queue of what `tunesmith data generate` drafted: one answer per item, to accept, correct or reject;
+    each draft's style check and teacher go with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"review add --drafts {p}: no such file")
+    rows = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            msgs, meta = rec["messages"], rec["draft"]
+            ok = msgs[-1]["role"] == "assistant" and all(isinstance(m["content"], str) for m in msgs)
+        except (ValueError, KeyError, TypeError, IndexError):
+            ok = False
+        if not ok:
+            raise UserError(f"review add --drafts {p}:{n}: not a draft `tunesmith data generate` wrote")
+        style = {r: False for r in meta.get("failed_rules") or []}
+        out = {DRAFT: {"output": msgs[-1]["content"], "teacher": meta.get("teacher"), "style": style,
+                       **({"format_ok": meta["style_ok"]} if "style_ok" in meta else {})}}  # fmt: skip
+        rows.append((n, msgs[:-1], out))
+    if not rows:
+        raise UserError(f"review add --drafts {p}: no drafts in it")
+    name = name or f"drafts-{p.stem}"
+    if reg.db.execute("SELECT 1 FROM review_queues WHERE name = ?", (name,)).fetchone():
+        raise UserError(f"review add: a queue named {name!r} exists; choose another --name")
+    with reg.tx() as db:
+        db.execute(
+            "INSERT INTO review_queues (name, a, b, sources, created) VALUES (?, ?, ?, ?, ?)",
+            (name, DRAFT, DRAFT, json.dumps([{"drafts": str(p.resolve()), "items": len(rows)}]), time.time()),
+        )
+        for i, (n, prompt, out) in enumerate(rows):
+            db.execute(
+                "INSERT INTO review_items (queue, example, path, line, prompt, digest, reference, outputs) "
+                "VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                (name, i, str(p.resolve()), str(n), json.dumps(prompt), str(messages_digest(prompt)),
+                 json.dumps(out)),
+            )  # fmt: skip
+    return {"name": name, "a": DRAFT, "b": DRAFT, "items": len(rows), "labels": [DRAFT], "sources": []}
+
+
 def _text(content) -> str:
     """A captured message's content: a string, or the text of its parts."""
     if isinstance(content, str):
@@ -264,10 +313,11 @@ def check(j: Judgement, it: dict, q: dict) -> None:
             raise UserError(f"left/right: the queue compares {q['a']} and {q['b']}; got {j.left}, {j.right}")
         if j.choice not in (j.left, j.right, TIE):
             raise UserError(f"choice {j.choice!r}: {j.left}, {j.right} or {TIE}")
-    elif j.kind == "rating":
+    elif j.kind in ("rating", "accept", "reject"):
         if j.label not in labels:
             raise UserError(f"label {j.label!r}: one of {', '.join(sorted(labels))}")
-        if not isinstance(j.rating, int) or isinstance(j.rating, bool) or not 1 <= j.rating <= 5:
+        bad = not isinstance(j.rating, int) or isinstance(j.rating, bool) or not 1 <= j.rating <= 5
+        if j.kind == "rating" and bad:
             raise UserError(f"rating {j.rating!r}: a whole number from 1 to 5")
     else:
         if j.label is not None and j.label not in labels:

@@ -274,12 +274,13 @@ function drawReview() {
     h("h1", {}, `Review ${review.queue.name} `, h("small", {}, `item ${review.at + 1} of ${review.items.length} · ${
       review.items.filter((i) => i.mine.length).length} judged by ${who.value.trim()}`)),
     h("p", {class: "keys"}, q.a === q.b ? "" : "1 A is better · 2 B is better · 0 tie · ",
-      "a/b choose the answer to rate or edit · r then 1–5 rate it (with the tags and comment typed below it; Enter leaves the box) · e edit it (ctrl+enter save, esc cancel) · j next · k previous"),
+      "a/b choose the answer to rate or edit · y accept it as a training answer · n reject it · r then 1–5 rate it (with the tags and comment typed below it; Enter leaves the box) · e edit it (ctrl+enter save, esc cancel) · j next · k previous"),
     h("details", {open: true}, h("summary", {}, "prompt"), h("pre", {class: "prompt"}, it.prompt.map((m) => `${m.role}: ${m.content}`).join("\n\n"))),
     it.reference ? h("details", {}, h("summary", {}, "reference"), h("pre", {}, it.reference)) : null,
     h("div", {class: "cols"}, labels.map(pane)),
     h("p", {id: "status"}, done ? `your choice: ${done.choice}` : "", ...it.mine.filter((j) => j.kind === "rating").map((j) => ` · rated ${j.label} ${j.rating}`),
-      it.mine.some((j) => j.kind === "correction") ? " · corrected" : ""));
+      it.mine.some((j) => j.kind === "correction") ? " · corrected" : "",
+      ...it.mine.filter((j) => j.kind === "accept" || j.kind === "reject").slice(-1).map((j) => ` · ${j.kind}ed ${j.label}`)));
   if (review.editing) document.getElementById("edit").focus();
 }
 
@@ -323,6 +324,9 @@ async function onKey(ev) {
   else if (ev.key === "k") move(-1);
   else if (ev.key === "a" || ev.key === "b") { review.side = labels.length > 1 && ev.key === "b" ? 1 : 0; drawReview(); }
   else if (ev.key === "r") { review.rating = true; toast("rate 1–5"); }
+  else if (ev.key === "y" || ev.key === "n") {
+    if (await judge({kind: ev.key === "y" ? "accept" : "reject", label: labels[review.side]})) move(1);
+  }
   else if (ev.key === "e") { ev.preventDefault(); review.editing = true; drawReview(); }
   else if (labels.length > 1 && ["1", "2", "0"].includes(ev.key)) {
     const choice = ev.key === "0" ? "tie" : labels[Number(ev.key) - 1];
