@@ -1,7 +1,9 @@
 """Multi-task mixes: a YAML file naming several data sets, each with a task label and a weight.
 `train --data mix.yaml` trains on their train splits, task-labelled and re-sampled by weight;
 `data prepare mix.yaml` splits them together. Kept apart from prepare.py because training reads
-mixes too, and needs none of the cleaning and splitting."""
+mixes too, and needs none of the cleaning and splitting. Also replay (`train --replay`): the earlier
+training data drawn back in beside new corrections, so a few of them adjust a version instead of
+rewriting it."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.formats import Example, load_examples, locate_paths
+from tunesmith.chat import last_assistant
+from tunesmith.data.formats import Example, load_examples, locate_paths, messages_digest
 from tunesmith.errors import UserError
 
 
@@ -84,3 +87,22 @@ def load_training_mix(path: str | Path, seed: int) -> tuple[list[Example], list[
                 ex.meta["task"] = d["task"]
                 val.append(ex)
     return apply_weights(train, {d["task"]: d["weight"] for d in mix.datasets}, seed), val
+
+
+def replay_path(path: str | Path) -> Path:
+    """The training split of --replay: a prepared folder's train file, or the file itself."""
+    return locate_paths(path, None)[0]
+
+
+def with_replay(new: list[Example], path: str | Path, ratio: float, seed: int) -> tuple[list[Example], int]:
+    """`train --replay DATA`: the new examples and round(ratio * len(new)) earlier ones drawn (seeded) from
+    DATA's training split, shuffled together. An earlier example with the prompt of a new one is never
+    drawn: a correction replaces the answer it corrects. Returns (examples, how many were replayed)."""
+    asked = {messages_digest(e.messages[: last_assistant(e.messages)]) for e in new}
+    pool = [e for e in load_examples(replay_path(path), "--replay")
+            if messages_digest(e.messages[: last_assistant(e.messages)]) not in asked]  # fmt: skip
+    rng = random.Random(seed)
+    drawn = rng.sample(pool, min(len(pool), round(ratio * len(new))))
+    out = new + drawn
+    rng.shuffle(out)
+    return out, len(drawn)

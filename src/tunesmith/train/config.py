@@ -16,6 +16,11 @@ from tunesmith.loading import base_model_of
 METHODS = ("lora", "dora", "qlora", "full", "freeze", "prompt-tuning", "prefix-tuning", "dpo", "grpo")
 # LoRA adapters trained on preferences / graded samples (train/preference.py)
 PREFERENCE_METHODS = ("dpo", "grpo")
+# The fewest pairs DPO is trusted with (train/dpo.py refuses fewer). Measured, not guessed: benchmarks/loop.py
+# trained DPO (with its SFT term) from v1 on the stand-in reviewer's pairs of the example data and gated
+# each v2 against v1 on the test set.
+MIN_PAIRS = 20
+MEASURED = "benchmarks/RESULTS.md, 'The loop'"
 # write a PEFT adapter; the rest a model
 ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt-tuning", "prefix-tuning", *PREFERENCE_METHODS)
 
@@ -61,6 +66,8 @@ class TrainConfig:
     train_modules: str = ""  # ... or only parameters whose names contain one of these (comma-separated)
     virtual_tokens: int = 20  # prompt-tuning / prefix-tuning: number of virtual tokens
     from_adapter: str = ""  # continue training this run's adapter (sequential fine-tuning)
+    replay: str = ""  # sequential: the earlier training data, mixed back in with the new examples
+    replay_ratio: float = 1.0  # --replay: earlier examples per new one
     precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
     low_memory: bool = False  # glibc hands freed tensors back (heap.py): ~21 % lower peak, ~7 % slower
@@ -82,6 +89,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
     tensorboard: str = ""  # also write the metrics as TensorBoard scalars in this folder ("" = off)
     dpo_beta: float = 0.1  # dpo: how far from the reference the preferences may pull the model
+    dpo_sft: float = 1.0  # dpo: weight of an SFT term on the chosen answers (RPO, Pang et al. 2024); 0 = off
+    allow_few_pairs: bool = False  # dpo: train on fewer pairs than MIN_PAIRS anyway
     graders: str = ""  # grpo: what scores a sampled answer, e.g. "format,rougeL*0.5"
     style: str = ""  # grpo: house-style spec for the format grader (as in `tunesmith eval --style`)
     rubric: str = ""  # grpo: rubric file for the judge grader
@@ -98,6 +107,10 @@ class TrainConfig:
             self.model = base_model_of(self.from_adapter or None, None)
         if not self.lr:
             self.lr = DEFAULT_LR.get(self.method, DEFAULT_LR["lora"])  # an unknown method fails in validate()
+            if (
+                self.from_adapter
+            ):  # continuing: smaller steps, so a few new examples adjust rather than rewrite
+                self.lr /= 2
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -130,8 +143,15 @@ class TrainConfig:
                 f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size "
                 f"{self.micro_batch_size}"
             )
-        if not self.dpo_beta > 0 or self.grpo_beta < 0:
-            raise UserError("--dpo-beta must be positive and --grpo-beta 0 or more")
+        if not self.dpo_beta > 0 or self.grpo_beta < 0 or self.dpo_sft < 0:
+            raise UserError("--dpo-beta must be positive, --grpo-beta and --dpo-sft 0 or more")
+        if self.replay and self.method in PREFERENCE_METHODS:
+            raise UserError(
+                f"--replay mixes earlier examples into supervised training, not --method {self.method}; "
+                "DPO keeps the chosen answers likely with --dpo-sft"
+            )
+        if self.replay and not self.replay_ratio > 0:
+            raise UserError(f"--replay-ratio must be positive (got {self.replay_ratio})")
         if self.grpo_group < 2:
             raise UserError(
                 "--grpo-group must be at least 2: advantages compare answers to the same prompt (got "
@@ -179,7 +199,10 @@ HELP = {
     "(comma-separated)",
     "virtual_tokens": "--method prompt-tuning/prefix-tuning: number of virtual tokens",
     "from_adapter": "continue training the adapter of this run directory on new data (sequential "
-    "fine-tuning)",
+    "fine-tuning; the method's default learning rate is halved)",
+    "replay": "the earlier training data (file or folder) to mix back in with the new examples, so new "
+    "corrections do not wreck what worked; an earlier example with a new example's prompt is left out",
+    "replay_ratio": "--replay: earlier examples drawn per new example",
     "precision": "auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that supports it, else fp32; bf16 on a CPU: "
     "autocast, frozen base in bf16, trainable weights fp32 — fast where the CPU has AVX512-BF16 "
     "or AMX)",
@@ -205,6 +228,9 @@ HELP = {
     "tunesmith[tensorboard])",
     "weight_decay": "AdamW weight decay",
     "dpo_beta": "--method dpo: beta, how strongly the preferences may move the model away from the reference",
+    "dpo_sft": "--method dpo: weight of an SFT loss on the chosen answers beside the DPO loss (RPO); it "
+    "keeps the chosen answers likely instead of only pushing the rejected ones down (0 = plain DPO)",
+    "allow_few_pairs": "--method dpo: train on fewer pairs than tunesmith trusts (see the refusal)",
     "graders": "--method grpo: KIND[:ARG][*WEIGHT],...: rouge1/rouge2/rougeL/bleu/chrf (vs the answer), "
     "format "
     "(--style), length:N (words), python:MODULE:FUNCTION, judge[:MODEL] (--rubric)",
@@ -312,3 +338,28 @@ def to_yaml(cfg: TrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump(asdict(cfg), sort_keys=False)
+
+
+def route(c: TrainConfig, n: int) -> str | None:
+    """Which way of making the next version these data support, when the run continues one or learns from
+    preferences (issue 32: a few corrections or pairs can wreck a version that worked)."""
+    if c.method == "dpo":
+        if n < MIN_PAIRS and not c.allow_few_pairs:
+            return (
+                f"{n} pairs: DPO refuses fewer than {MIN_PAIRS} ({MEASURED}); train the chosen answers "
+                "with SFT instead: --method lora --from-adapter RUN --replay DATA"
+            )
+        if not c.dpo_sft:
+            return "plain DPO (--dpo-sft 0) may lower the chosen answers too; the default SFT term keeps them"
+        return f"DPO on {n} pairs with an SFT term of {c.dpo_sft:g} on the chosen answers"
+    if c.from_adapter and c.method not in ("grpo",):
+        if c.replay:
+            return (
+                f"{n} examples, the new ones with --replay-ratio {c.replay_ratio:g} earlier ones each, "
+                f"continuing {c.from_adapter} at lr {c.lr:g}"
+            )
+        return (
+            f"{n} new examples continue {c.from_adapter} alone: add --replay DATA (its earlier training "
+            "data) so they adjust it instead of rewriting it"
+        )
+    return None

@@ -1,5 +1,10 @@
 """DPO (Rafailov et al. 2023): a LoRA adapter learns from preference pairs {prompt, chosen, rejected}.
 
+With `--dpo-sft W` (default 1, as RPO, Pang et al. 2024) the loss adds W times the chosen answer's
+negative log-likelihood per token: plain DPO can lower both answers' likelihood as long as the
+rejected one falls faster, which is how a few pairs wreck a model that was good; the SFT term keeps
+the chosen answers likely. Fewer pairs than MIN_PAIRS are refused unless --allow-few-pairs.
+
 The reference model is the starting point (the base, or the --from-adapter adapter) and never
 changes, so its log-probabilities of every pair are computed once before training and kept in the
 run's state (a resumed run does not recompute them): no second model in memory, and one forward
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 
 from tunesmith.chat import Encoded, encode_chat
 from tunesmith.errors import UserError
-from tunesmith.train.config import TrainConfig
+from tunesmith.train.config import MEASURED, MIN_PAIRS, TrainConfig
 from tunesmith.train.precision import amp
 from tunesmith.train.preference import Preference, load_split, sequence_logps
 from tunesmith.train.run import State, StepOut
@@ -110,9 +115,17 @@ class Dpo(Preference):
             raise UserError(
                 f"--data {train_path}: every pair is longer than --max-length {cfg.max_length}; raise it"
             )
+        if len(self.pairs) < MIN_PAIRS and not cfg.allow_few_pairs:
+            raise UserError(
+                f"--data {train_path}: {len(self.pairs)} preference pairs; on fewer than {MIN_PAIRS}, DPO "
+                f"made the model significantly worse in the loop benchmark ({MEASURED}). Train the corrected "
+                "answers with SFT and replay instead (--method lora --from-adapter RUN --replay DATA), "
+                "collect more pairs, or pass --allow-few-pairs"
+            )
         reference = "the --from-adapter adapter" if cfg.from_adapter else "the base model"
         intro = (
-            f"dpo on {len(self.pairs)} pairs ({len(self.val_pairs)} held out), beta {cfg.dpo_beta}; "
+            f"dpo on {len(self.pairs)} pairs ({len(self.val_pairs)} held out), beta {cfg.dpo_beta}, "
+            f"sft weight {cfg.dpo_sft}; "
             f"reference: {reference} (log-probs computed once)"
         )
         n_all = len(train_ex) + len(val_ex) if held_out else 0
@@ -129,7 +142,7 @@ class Dpo(Preference):
     def train_step(self, idx: list[int], state: State) -> StepOut:
         import torch
 
-        loss_sum = acc = margin = 0.0
+        loss_sum = acc = margin = sft_sum = 0.0
         tokens = 0
         mb = self.cfg.micro_batch_size or 1
         for m in range(0, len(idx), mb):
@@ -141,8 +154,12 @@ class Dpo(Preference):
             ref_c = torch.tensor([p.ref_chosen for p in chunk], device=lp.device)
             ref_r = torch.tensor([p.ref_rejected for p in chunk], device=lp.device)
             loss, rc, rr = dpo_loss(lp[:n], lp[n:], ref_c, ref_r, self.cfg.dpo_beta)
-            (loss.sum() / len(idx)).backward()  # the mean over the step's pairs, whatever the micro-batch
+            # RPO: the chosen answer's negative log-likelihood per answer token, beside the preference
+            sft = -lp[:n] / torch.tensor([max(p.chosen.n_answer, 1) for p in chunk], device=lp.device)
+            total = loss + self.cfg.dpo_sft * sft if self.cfg.dpo_sft else loss
+            (total.sum() / len(idx)).backward()  # the mean over the step's pairs, whatever the micro-batch
             loss_sum += float(loss.detach().sum())
+            sft_sum += float(sft.detach().sum())
             acc += float((rc > rr).float().sum())
             margin += float((rc - rr).sum())
             tokens += sum(len(e.input_ids) for e in encs)
@@ -150,7 +167,11 @@ class Dpo(Preference):
         return StepOut(
             loss_sum / len(idx),
             tokens,
-            record={"reward_accuracy": round(acc, 4), "reward_margin": round(margin, 6)},
+            record={
+                "reward_accuracy": round(acc, 4),
+                "reward_margin": round(margin, 6),
+                "chosen_nll": round(sft_sum / len(idx), 6),
+            },  # fmt: skip
         )
 
     def step_line(self, out: StepOut, state: State, total: int, speed: float, step_s: float) -> str:

@@ -36,12 +36,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.errors import UserError
 from tunesmith.loading import load_tokenizer
 from tunesmith.models import cached_status, resolve
 from tunesmith.train import heap, machine
 from tunesmith.train.batching import n_answer_tokens, padded_width
-from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig
+from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig, route
 from tunesmith.train.precision import autocast_device, bucket_size, frozen_base_bf16, token_budget
 from tunesmith.train.setup import SELECTIONS, peft_config, select_trainable
 from tunesmith.train.sft import Encoded, auto_micro_batch, encode_data
@@ -408,16 +409,22 @@ def predict(
 # ------------------------------------------------------------------------------------ on this machine
 
 
+def count_pairs(cfg: TrainConfig) -> int:
+    """The preference pairs of --data's training split (what DPO's refusal counts, bar the held-out ones)."""
+    return sum(ex.rejected is not None for ex in load_examples(locate_paths(cfg.data, cfg.val)[0], kind=None))
+
+
 def make_plan(cfg: TrainConfig, trust_remote_code: bool = False) -> Plan:
     """The plan of `cfg` here: the architecture and data read, the matmul speed from the cache (measured
     once), the memory there is now."""
     import torch
 
     if cfg.method in PREFERENCE_METHODS:
+        advice = f"; route: {route(cfg, count_pairs(cfg))}" if cfg.method == "dpo" and cfg.data else ""
         raise UserError(
             f"--method {cfg.method}: the plan models the SFT methods (lora, dora, qlora, full, freeze, "
             "prompt-tuning, prefix-tuning); DPO holds two sequences per example and GRPO samples answers, "
-            "which it does not predict"
+            "which it does not predict" + advice
         )
     on_cpu = not torch.cuda.is_available()
     if cfg.method == "qlora" and on_cpu:

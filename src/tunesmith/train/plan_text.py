@@ -8,7 +8,7 @@ import sys
 
 from tunesmith.errors import UserError, WillNotFit
 from tunesmith.train import machine
-from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig
+from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig, route
 from tunesmith.train.plan import GIB, LAYER_PASS_S, Plan, efficiency, make_plan, suggestions
 
 
@@ -75,6 +75,9 @@ def render(plan: Plan) -> str:
         lines.append(
             f"  note         {d.dropped} examples longer than --max-length {c.max_length} are dropped"
         )
+    why = route(c, len(d.lengths))
+    if why:
+        lines.append(f"  route        {why}")
     return "\n".join(lines)
 
 
@@ -133,6 +136,7 @@ def as_dict(plan: Plan, options: list[tuple[str, Plan]]) -> dict:
             "dropped": p.data.dropped,
             "parameters": p.arch.params,
             "trainable": p.arch.trainable,
+            "route": route(p.cfg, len(p.data.lengths)),
         }
 
     return {**one(plan), "suggestions": [{"change": label, **one(p)} for label, p in options]}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tunesmith.atomic import replace_dir, sweep, write_json, write_text
 from tunesmith.data.formats import files_of, locate_paths
-from tunesmith.data.mix import Mix, is_mix
+from tunesmith.data.mix import Mix, is_mix, replay_path
 from tunesmith.errors import UserError
 from tunesmith.faults import killpoint
 from tunesmith.outputs import INPUTS, RUN_INFO, check_out, check_replaceable
@@ -63,6 +63,9 @@ def source_files(cfg: TrainConfig) -> list[Path]:
     files: list[Path] = []
     for r in roots:
         files += [r] if is_mix(r) else files_of(r)
+    if cfg.replay:
+        with contextlib.suppress(UserError):
+            files.append(replay_path(cfg.replay))
     files += [Path(p) for p in (cfg.style, cfg.rubric) if p and Path(p).is_file()]
     # a pipe is refused when the data is read, not hashed here
     return [f for f in dict.fromkeys(files) if f.is_file()]
@@ -91,6 +94,9 @@ def data_roles(cfg: TrainConfig) -> dict[Path, str]:
     for name in ("style", "rubric"):
         if getattr(cfg, name):
             roles[Path(getattr(cfg, name))] = name
+    if cfg.replay:
+        with contextlib.suppress(UserError):
+            roles[replay_path(cfg.replay)] = "replay"
     return roles
 
 
@@ -101,6 +107,7 @@ def run_inputs(cfg: TrainConfig, config_file: str | None = None) -> dict[str, ob
         "--val": cfg.val,
         "--model": cfg.model,
         "--from-adapter": cfg.from_adapter,
+        "--replay": cfg.replay,
         "--style": cfg.style,
         "--rubric": cfg.rubric,
         "--config": config_file,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunesmith.chat import IGNORE, split_prompt
 from tunesmith.data.formats import load_examples, locate_paths
-from tunesmith.data.mix import is_mix, load_training_mix
+from tunesmith.data.mix import is_mix, load_training_mix, with_replay
 from tunesmith.errors import UserError
 from tunesmith.loading import generate, load_tokenizer
 from tunesmith.models import resolve
@@ -41,11 +41,12 @@ def load_data(cfg: TrainConfig):
             val_ex = load_examples(cfg.val, "--val")
         return train_ex, val_ex, cfg.data
     train_path, val_path = locate_paths(cfg.data, cfg.val)
-    return (
-        load_examples(train_path, "--data"),
-        (load_examples(val_path, "--val") if val_path else []),
-        train_path,
-    )
+    train_ex = load_examples(train_path, "--data")
+    if cfg.replay:
+        new = len(train_ex)
+        train_ex, k = with_replay(train_ex, cfg.replay, cfg.replay_ratio, cfg.seed)
+        print(f"replay: {k} earlier examples from {cfg.replay} beside the {new} new ones", file=sys.stderr)
+    return train_ex, (load_examples(val_path, "--val") if val_path else []), train_path
 
 
 def validate(model, encoded, cfg: TrainConfig, pad_id: int, sharded_loss=None) -> float:
