@@ -38,6 +38,7 @@ tunesmith review list
 tunesmith review stats
 tunesmith review export --sft fixes.jsonl --dpo pairs.jsonl --train $E
 tunesmith data check fixes.jsonl pairs.jsonl
-tunesmith train --method dpo --data pairs.jsonl --from-adapter v2 --out runs/v3 $S --quiet
+tunesmith train --method dpo --data pairs.jsonl --from-adapter v2 --out runs/v3-dpo $S --quiet || echo "dpo refused: exit $?"
+tunesmith train --data fixes.jsonl --from-adapter v2 --replay $E --out runs/v3 $S --quiet
 tunesmith eval --adapter runs/v3 $T --out eval/v3 --gate v2 --quiet | tail -2 || echo "gate exit $?"
 tunesmith runs

@@ -76,7 +76,9 @@ def test_train_with_replay_trains_on_both_and_records_it(tiny_model_dir, tmp_pat
     record = json.loads((tmp_path / "v2" / "tunesmith-run.json").read_text())
     roles = {f["role"] for f in record["data"]}
     assert "replay" in roles, record["data"]
-    assert record["config"]["replay"] == str(d) and record["config"]["lr"] == 5e-4  # LoRA's 1e-3, halved
+    config = (tmp_path / "v2" / "config.yaml").read_text()
+    assert f"replay: {d}\n" in config and "replay_ratio: 2.0\n" in config
+    assert "lr: 0.0005\n" in config  # LoRA's default 1e-3, halved when continuing
     r = cli(
         "train", "--method", "dpo", "--data", str(fixes), "--replay", str(d), "--out", str(tmp_path / "x")
     )

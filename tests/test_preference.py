@@ -220,6 +220,7 @@ def test_dpo_holds_out_pairs_when_there_is_no_val_file_and_continues_an_sft_adap
         "1",
         "--batch-size",
         "6",
+        "--allow-few-pairs",
     )
     assert r.returncode == 0, r.stderr
     assert "no validation file: holding out 2 of 20 pairs (seed 42) to measure on" in r.stderr

@@ -147,6 +147,7 @@ def test_dpo_on_pairs_from_the_example_data_raises_held_out_preference_accuracy(
         "5e-4",
         "--max-length",
         "512",
+        "--allow-few-pairs",  # 12 pairs keep the test quick; a user's run needs 20
         "--json",
     )
     assert r.returncode == 0, r.stderr

@@ -292,6 +292,7 @@ def test_dpo_resume_checks_data_and_config_the_same_way(tiny_model_dir, tmp_path
     args = [
         "--method",
         "dpo",
+        "--allow-few-pairs",
         "--model",
         str(tiny_model_dir("llama")),
         "--data",

@@ -113,8 +113,11 @@ def test_judgements_become_stats_and_training_data(evaluated, tmp_path):
     for f in (sft, dpo):
         checked = cli("data", "check", str(f))
         assert checked.returncode == 0 and "0 error(s)" in checked.stdout, checked.stdout + checked.stderr
-    r = cli("train", "--method", "dpo", "--data", str(dpo), "--from-adapter", "v2",
-            "--out", str(tmp_path / "v3"), "--registry", reg_path, "--epochs", "1", "--quiet")  # fmt: skip
+    args = ["train", "--method", "dpo", "--data", str(dpo), "--from-adapter", "v2",
+            "--out", str(tmp_path / "v3"), "--registry", reg_path, "--epochs", "1", "--quiet"]  # fmt: skip
+    r = cli(*args)  # two pairs: too few to trust, and the refusal says what to do instead
+    assert r.returncode == 2 and "preference pairs; on fewer than 20" in r.stderr and "--replay" in r.stderr
+    r = cli(*args, "--allow-few-pairs")
     assert r.returncode == 0, r.stderr
 
     # what is already in the training data is left out; a test set is held back, and said so

@@ -380,20 +380,21 @@ def test_a_local_teacher_drafts_as_generate_does(tiny_model_dir, tmp_path):
     assert [d["messages"][-1]["content"] for d in drafts(out)] == [g.text for g in want]
 
 
-def test_a_real_llama_cpp_server_as_the_teacher(tiny_model_dir, tmp_path):
-    """llama.cpp's OpenAI-compatible server (llama-cpp-python[server], built in CI) serving a GGUF this test
-    exports: the drafts are what the same server answers the openai client directly, greedy."""
+def test_a_real_llama_cpp_server_as_the_teacher(tmp_path):
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python[server], built in CI) serving the default model
+    as a GGUF this test exports: the drafts are what the same server answers the openai client directly,
+    greedy."""
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
     import httpx
     import openai
 
     gguf = tmp_path / "tiny.gguf"
-    r = cli("export", "--model", str(tiny_model_dir("llama")), "--quant", "f32", "--out", str(gguf))
+    r = cli("export", "--model", "smollm2-135m", "--quant", "f16", "--out", str(gguf))
     assert r.returncode == 0, r.stderr
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",
-         str(port), "--n_ctx", "512", "--n_threads", "2", "--model_alias", "tiny"],
+         str(port), "--n_ctx", "512", "--n_threads", "2", "--model_alias", "smol"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
@@ -415,11 +416,11 @@ def test_a_real_llama_cpp_server_as_the_teacher(tiny_model_dir, tmp_path):
         src = inputs(tmp_path, texts)
         out = tmp_path / "d.jsonl"
         r = cli("data", "generate", "--teacher", url, "--inputs", str(src), "--out", str(out), "--max-tokens",
-                "8", "--concurrency", "2", "--quiet")  # fmt: skip
+                "16", "--concurrency", "2", "--quiet")  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
         client = openai.OpenAI(base_url=url, api_key="none")
         ask = lambda t: client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": t}], max_tokens=8, temperature=0, seed=13
+            model="smol", messages=[{"role": "user", "content": t}], max_tokens=16, temperature=0, seed=13
         )
         want = [ask(t).choices[0].message.content.strip() for t in texts]
     finally:
@@ -427,5 +428,5 @@ def test_a_real_llama_cpp_server_as_the_teacher(tiny_model_dir, tmp_path):
         server.wait(30)
     got = drafts(out)
     assert [d["messages"][-1]["content"] for d in got] == want and all(want), (got, want)
-    assert {d["draft"]["teacher"] for d in got} == {f"tiny at {url}"}
+    assert {d["draft"]["teacher"] for d in got} == {f"smol at {url}"}
     assert all(d["draft"]["completion_tokens"] > 0 for d in got)

@@ -12,7 +12,7 @@ Nothing drafted is lost: each draft is appended to a journal beside `--out` (`.N
 flushed and fsynced JSON line) the moment it is made, so a killed run keeps what it drafted and the
 same command again drafts only the rest. When the run ends `--out` is written whole, atomically
 (every draft in input order), and the journal removed. An input whose draft failed (a timeout
-after the retries, an answer that is not a chat completion) is named with why, and left for the
+after the retries, an answer that is not a chat completion, an empty answer) is named with why, and left for the
 next run; a teacher that cannot be reached at all, or refuses the key or the model, stops the run
 with one line.
 """
@@ -236,6 +236,8 @@ def one(teacher: EndpointTeacher, inp: Input, conv: list[dict], plan: Plan) -> d
         teacher.draft(conv, plan.max_tokens, plan.temperature, plan.seed + k) for k in range(plan.best_of)
     ]
     d, fails = pick(cands, plan)
+    if not d.text:
+        raise TeacherError("the teacher's answer is empty")
     return record(inp, d, fails, teacher.name, plan.best_of)
 
 
@@ -256,13 +258,17 @@ def run_endpoint(teacher, todo, convs, plan, concurrency, keep) -> list[Failed]:
 
 
 def run_local(teacher: LocalTeacher, todo, convs, plan, keep) -> list[Failed]:
+    failed = []
     for start in range(0, len(todo), teacher.batch_size):
         batch, bconvs = todo[start : start + teacher.batch_size], convs[start : start + teacher.batch_size]
         cands = [teacher.draft_many(bconvs, plan, k) for k in range(plan.best_of)]
         for j, inp in enumerate(batch):
             d, fails = pick([c[j] for c in cands], plan)
-            keep(record(inp, d, fails, teacher.name, plan.best_of))
-    return []
+            if d.text:
+                keep(record(inp, d, fails, teacher.name, plan.best_of))
+            else:
+                failed.append(Failed(inp.source, "the teacher's answer is empty"))
+    return failed
 
 
 @dataclass
