@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from tunesmith.train.machine import flags_text
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "meeting-notes"
 STYLE = str(DATA / "style.yaml")
@@ -48,16 +50,6 @@ def write(path: Path, rs: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs))
     return path
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(
-            x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")
-        ).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
 
 
 class Loop:
@@ -246,7 +238,7 @@ def change(res: dict, metric: str) -> str:
 def table(done: dict, a) -> list[str]:
     out = [
         f"Command: `.venv/bin/python benchmarks/loop.py {' '.join(sys.argv[1:])}`; {platform.node()}, "
-        f"{os.cpu_count()} cores, CPU flags: {cpu_flags()}; {time.strftime('%Y-%m-%d')}",
+        f"{os.cpu_count()} cores, CPU flags: {flags_text()}; {time.strftime('%Y-%m-%d')}",
         "",
         "| route | what v2 learned | ROUGE-L [95 %] | vs v1 (paired) | format adherence | vs v1 | "
         "stopped by itself | time |",

@@ -80,6 +80,7 @@ def hostile_reg(evaluated):
             ex["output"] = PAYLOADS[i % len(PAYLOADS)]
             ex["input"] = PAYLOADS[(i + 1) % len(PAYLOADS)]
             ex["reference"] = PAYLOADS[(i + 2) % len(PAYLOADS)]
+            ex["meta"] = {"topic": PAYLOADS[i % 2]}  # a metadata slice of `errors`, named by the test data
     v1 = reg.get(reg.find("v1"))
     eval_id = reg.add(kind="eval", name=NAME, path=str(root / "xss-eval"), model=both["model"],
                       config={"note": PAYLOADS[0]}, data=[{"role": "test", "path": PAYLOADS[1]}],
@@ -111,6 +112,8 @@ def routes(ids: dict) -> list[tuple[str, str]]:
         ("GET", "/static/style.css"),
         ("GET", "/api/runs"),
         ("GET", f"/api/runs/{ids['eval']}"),
+        ("GET", f"/api/runs/{ids['eval']}/errors"),
+        ("GET", f"/api/runs/{ids['eval']}/errors?against={ids['eval']}"),
         ("GET", "/api/studies"),
         ("GET", f"/studies/{ids['study']}/report.html"),
         ("GET", "/api/queues"),
@@ -249,7 +252,8 @@ def raw_get(port: int, path: str) -> tuple[int, bytes]:
 def test_path_traversal_in_every_path_parameter_is_a_json_404(hostile_reg, live):
     reg_path, ids = hostile_reg
     run_dir = quote(ids["v1_path"], safe="")  # a run's own folder: a name never becomes a path on the web
-    templates = ["/api/runs/{}", "/api/queues/{}", "/static/{}", "/studies/{}/report.html"]
+    templates = ["/api/runs/{}", "/api/runs/{}/errors", f"/api/runs/{ids['eval']}/errors?against={{}}",
+                 "/api/queues/{}", "/static/{}", "/studies/{}/report.html"]  # fmt: skip
     problems = []
     for t in templates:
         for bad in [*TRAVERSAL, run_dir, quote(reg_path, safe=""), "app.py", "index.html", "..", "."]:
@@ -319,7 +323,7 @@ def test_stored_xss_runs_no_script_in_chromium(hostile_reg, browser):
 def xss_walk(browser, base: str, ids: dict) -> None:
     pages = ["#/runs", f"#/run/{ids['eval']}", f"#/run/{ids['train']}", "#/queues",
              f"#/review/{quote(ids['queue'], safe='')}", f"#/compare/{quote(ids['queue'], safe='')}",
-             "#/studies", f"#/studies/{ids['study']}"]  # fmt: skip
+             "#/studies", f"#/studies/{ids['study']}", f"#/diff/{ids['eval']}/{ids['eval']}"]  # fmt: skip
     check = """return {xss: window.__xss === undefined ? null : window.__xss, title: document.title,
         handlers: document.querySelectorAll('[onerror],[onload],[onclick]').length,
         js: document.querySelectorAll('[href^="javascript:" i],[src^="javascript:" i]').length,

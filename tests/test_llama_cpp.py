@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import toy_examples, write_jsonl
+from conftest import llama_server, toy_examples, write_jsonl
 from test_export import cli, fields, lora_run, tensors
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the 'llama' extra)")
@@ -265,26 +265,14 @@ def test_verify_refusals(memorized, tmp_path, capsys):
 # ---------------------------------------------------------------- llama.cpp's OpenAI-compatible server
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_llama_cpp_server_answers_as_tunesmith_generate(tmp_path, capsys):
     """The default model exported at f16, served by llama-cpp-python's OpenAI-compatible server (the chat
     template from the file), asked with the official openai client: greedy answers equal `tunesmith
     generate`. That server penalizes repeats by default (1.1; llama.cpp's own llama-server does not, Ollama
     does, which is why the Modelfile says repeat_penalty 1): the request turns it off."""
-    import subprocess
-    import sys
-    import time
 
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
-    import httpx
     import openai
 
     prompts = ["What is the capital of France?", "Name three colours.", "Say hello in one short sentence."]
@@ -304,24 +292,8 @@ def test_llama_cpp_server_answers_as_tunesmith_generate(tmp_path, capsys):
     )
     assert rc == 0
     want = [json.loads(line)["output"] for line in stdout.splitlines()]
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(out), "--host", "127.0.0.1", "--port",
-         str(port), "--n_ctx", "512", "--n_threads", "2", "--model_alias", "smol"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.time() < deadline, "the server did not start"
-            time.sleep(0.5)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+    with llama_server(out, "smol") as url:
+        client = openai.OpenAI(base_url=url, api_key="unused")
         got = [
             client.chat.completions.create(
                 model="smol",
@@ -334,9 +306,6 @@ def test_llama_cpp_server_answers_as_tunesmith_generate(tmp_path, capsys):
             .message.content.strip()
             for p in prompts
         ]
-    finally:
-        server.terminate()
-        server.wait(30)
     assert got == want and all(want), (got, want)
 
 

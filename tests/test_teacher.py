@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import ROOT, cli, free_port, write_jsonl
+from conftest import ROOT, cli, free_port, llama_server, write_jsonl
 from tunesmith.registry import Registry
 from tunesmith.review import store
 from tunesmith.review.store import Judgement
@@ -385,29 +385,12 @@ def test_a_real_llama_cpp_server_as_the_teacher(tmp_path):
     as a GGUF this test exports: the drafts are what the same server answers the openai client directly,
     greedy."""
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
-    import httpx
     import openai
 
-    gguf = tmp_path / "tiny.gguf"
+    gguf = tmp_path / "smol.gguf"
     r = cli("export", "--model", "smollm2-135m", "--quant", "f16", "--out", str(gguf))
     assert r.returncode == 0, r.stderr
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",
-         str(port), "--n_ctx", "512", "--n_threads", "2", "--model_alias", "smol"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.time() < deadline, "the server did not start"
-            time.sleep(0.5)
+    with llama_server(gguf, "smol") as url:
         texts = [
             "Write the notes: budget agreed.",
             "Write the notes: hiring paused.",
@@ -423,9 +406,6 @@ def test_a_real_llama_cpp_server_as_the_teacher(tmp_path):
             model="smol", messages=[{"role": "user", "content": t}], max_tokens=16, temperature=0, seed=13
         )
         want = [ask(t).choices[0].message.content.strip() for t in texts]
-    finally:
-        server.terminate()
-        server.wait(30)
     got = drafts(out)
     assert [d["messages"][-1]["content"] for d in got] == want and all(want), (got, want)
     assert {d["draft"]["teacher"] for d in got} == {f"smol at {url}"}

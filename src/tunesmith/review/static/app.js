@@ -173,7 +173,10 @@ function worstList(g) {
 }
 
 async function failuresView(r) {
-  const {analysis: a, peers} = await api(`/api/runs/${encodeURIComponent(r.id)}/errors`);
+  let got;
+  try { got = await api(`/api/runs/${encodeURIComponent(r.id)}/errors`); }
+  catch (e) { return h("p", {class: "meta"}, `where it fails: ${e.message}`); }  // the rest of the page still shows
+  const {analysis: a, peers} = got;
   const pick = h("select", {}, h("option", {value: ""}, "compare with an earlier eval of this test set…"),
     peers.map((p) => h("option", {value: p.id}, `${p.name} (${p.id}, ${when(p.started)})`)));
   pick.addEventListener("change", () => { if (pick.value) location.hash = `#/diff/${pick.value}/${r.id}`; });
