@@ -58,6 +58,7 @@ class Loop:
         self.exe = str(Path(sys.executable).parent / "tunesmith")
         self.env = {**os.environ, "TUNESMITH_REGISTRY": str(self.out / "registry.db"), "HF_HUB_OFFLINE": "1"}
         self.times: dict[str, float] = {}
+        self.corrections = "corrections" if a.replay_ratio == 1 else f"corrections-r{a.replay_ratio:g}"
 
     def run(self, what: str, *args: str, ok=(0,)) -> str:
         t0 = time.time()
@@ -77,7 +78,7 @@ class Loop:
         self.run(f"train-{name}", "train", *args, *out, "--precision", self.a.precision, *val, "--quiet")
 
     def evaluate(self, name: str, data: Path, gate: bool) -> dict:
-        out = self.out / "eval" / (name if gate or name == "v1" else f"{name}-{data.stem}")
+        out = self.out / "eval" / (name if data == DATA / "test.jsonl" else f"{name}-{data.stem}")
         args = [
             "eval",
             "--adapter",
@@ -122,13 +123,15 @@ class Loop:
     def route_corrections(self, worst, files) -> None:
         fixes = write(self.out / "data" / "corrections.jsonl", [r for r, _ in worst[: self.a.k]])
         self.train(
-            "corrections",
+            self.corrections,
             "--data",
             str(fixes),
             "--from-adapter",
             str(self.out / "runs" / "v1"),
             "--replay",
             str(files["v1"]),
+            "--replay-ratio",
+            str(self.a.replay_ratio),
         )
 
     def route_dpo(self, worst, n: int) -> None:
@@ -198,8 +201,10 @@ class Loop:
             worst = self.reviewer(self.evaluate("v1", files["pool"], gate=False), files["pool"])
         if "corrections" in a.routes:
             self.route_corrections(worst, files)
-            results["corrections"] = self.evaluate("corrections", test, gate=True)
-            notes["corrections"] = f"{a.k} corrected notes + {a.k} of v1's examples replayed"
+            results[self.corrections] = self.evaluate(self.corrections, test, gate=True)
+            notes[self.corrections] = (
+                f"{a.k} corrected notes + {round(a.k * a.replay_ratio)} of v1's replayed"
+            )
         for n in a.dpo_pairs if "dpo" in a.routes else []:
             self.route_dpo(worst, n)
             results[f"dpo-{n}"] = self.evaluate(f"dpo-{n}", test, gate=True)
@@ -268,6 +273,7 @@ def main() -> None:
     ap.add_argument("--unlabeled", type=int, default=20, help="transcripts the teacher drafts notes for")
     ap.add_argument("--k", type=int, default=20, help="worst pool outputs the stand-in reviewer corrects")
     ap.add_argument("--dpo-pairs", default="5,20", help="pair counts for the dpo route")
+    ap.add_argument("--replay-ratio", type=float, default=1.0, help="the corrections route's --replay-ratio")
     ap.add_argument("--best-of", type=int, default=2, help="teacher drafts sampled per transcript")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--precision", default="bf16", help="training precision (fp32 on AVX2-only CPUs)")

@@ -176,7 +176,8 @@ def analyse(system: dict, metric: str | None = None, worst: int = 3) -> dict:
 
 
 def compare(before: dict, after: dict, metric: str | None = None, worst: int = 3) -> dict:
-    """Which of `before`'s groups got better or worse in `after`, on the same examples (paired)."""
+    """Which of `before`'s groups got better or worse in `after`, on the same examples (paired); a way of
+    failing only `after` has is added, followed on its own examples (`new`, `count` 0 before)."""
     why = same_test(after, before)
     if why:
         raise UserError(
@@ -200,8 +201,10 @@ def compare(before: dict, after: dict, metric: str | None = None, worst: int = 3
             after_members = later.get(g["name"], set())
         change = "better" if test["significant"] and test["change"] > 0 else (
             "worse" if test["significant"] and test["change"] < 0 else "no clear change")  # fmt: skip
+        new = g["name"] not in seen  # a way of failing the second eval has and the first had not
         rows.append({
-            "kind": g["kind"], "failure": g["failure"], "name": g["name"], "count": len(m),
+            "kind": g["kind"], "failure": g["failure"], "name": g["name"], "new": new,
+            "count": 0 if new else len(m), "examples": len(m),
             "count_after": len(after_members) if g["failure"] else len(m),
             "still": len(after_members & set(m)) if g["failure"] else None,
             "before": round(statistics.fmean(va[i] for i in m), 2),
@@ -297,8 +300,9 @@ def lines(a: dict, name: str, top: int = 12) -> list[str]:
     for g in [g for g in a["groups"] if g["failure"] and g["if_like_rest"] > 0][:3]:
         out += ["", f"worst of '{g['name']}':"]
         for w in g["worst"]:
+            shown = w["output"] if len(w["output"]) <= 120 else w["output"][:119] + "…"
             out.append(
-                f"  #{w['example']} {w['path']}:{w['line']}  {a['metric']} {w['value']:.1f}  {w['output']!r}"
+                f"  #{w['example']} {w['path']}:{w['line']}  {a['metric']} {w['value']:.1f}  {shown!r}"
             )
     if not a["groups"]:
         out.append("no failure groups: every example passed every check")
@@ -317,7 +321,7 @@ def compare_lines(c: dict, first: str, second: str, top: int = 15) -> list[str]:
         ci = f"[{r['ci'][0]:+.1f}, {r['ci'][1]:+.1f}]" if r["ci"] else "-"
         count = f"{r['count']} -> {r['count_after']}" if r["failure"] else str(r["count"])
         rows.append([r["name"], count, f"{r['before']:.1f}", f"{r['after']:.1f}", f"{r['change']:+.1f}", ci,
-                     str(r["p"]), r["verdict"]])  # fmt: skip
+                     "<0.001" if r["p"] == 0 else str(r["p"]), r["verdict"]])  # fmt: skip
     out += _table(["group", "count", "before", "after", "change", "95% interval", "p", ""], rows)
     if len(c["groups"]) > top:
         out.append(f"... {len(c['groups']) - top} more groups (--json lists them all)")

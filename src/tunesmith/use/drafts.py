@@ -12,9 +12,9 @@ Nothing drafted is lost: each draft is appended to a journal beside `--out` (`.N
 flushed and fsynced JSON line) the moment it is made, so a killed run keeps what it drafted and the
 same command again drafts only the rest. When the run ends `--out` is written whole, atomically
 (every draft in input order), and the journal removed. An input whose draft failed (a timeout
-after the retries, an answer that is not a chat completion, an empty answer) is named with why, and left for the
-next run; a teacher that cannot be reached at all, or refuses the key or the model, stops the run
-with one line.
+after the retries, an answer that is not a chat completion, an empty answer) is named with why,
+and left for the next run; a teacher that cannot be reached at all, or refuses the key or the
+model, stops the run with one line.
 """
 
 from __future__ import annotations
