@@ -8,7 +8,7 @@ On the shipped example data, through the CLI as a user runs it:
           by ROUGE-L with the pool's own reference notes. The test set is never looked at.
   routes  each builds a v2, and `tunesmith eval --gate runs/v1` compares it with v1 on the untouched
           30 test prompts (paired bootstrap):
-    corrections  SFT on the k corrections from v1, with replay of v1's data (ratio 1, the default)
+    corrections  SFT on the k corrections from v1, with replay of v1's data (--replay-ratio, default 3 as train's)
     dpo-N        DPO (with its SFT term, the default) from v1 on the N worst pairs {chosen: the
                  corrected notes, rejected: v1's notes}, N in --dpo-pairs (--allow-few-pairs)
     teacher      `tunesmith data generate --teacher runs/v1 --best-of B --style` on --unlabeled
@@ -58,7 +58,7 @@ class Loop:
         self.exe = str(Path(sys.executable).parent / "tunesmith")
         self.env = {**os.environ, "TUNESMITH_REGISTRY": str(self.out / "registry.db"), "HF_HUB_OFFLINE": "1"}
         self.times: dict[str, float] = {}
-        self.corrections = "corrections" if a.replay_ratio == 1 else f"corrections-r{a.replay_ratio:g}"
+        self.corrections = f"corrections-r{a.replay_ratio:g}"
 
     def run(self, what: str, *args: str, ok=(0,)) -> str:
         t0 = time.time()
@@ -273,7 +273,7 @@ def main() -> None:
     ap.add_argument("--unlabeled", type=int, default=20, help="transcripts the teacher drafts notes for")
     ap.add_argument("--k", type=int, default=20, help="worst pool outputs the stand-in reviewer corrects")
     ap.add_argument("--dpo-pairs", default="5,20", help="pair counts for the dpo route")
-    ap.add_argument("--replay-ratio", type=float, default=1.0, help="the corrections route's --replay-ratio")
+    ap.add_argument("--replay-ratio", type=float, default=3.0, help="the corrections route's --replay-ratio")
     ap.add_argument("--best-of", type=int, default=2, help="teacher drafts sampled per transcript")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--precision", default="bf16", help="training precision (fp32 on AVX2-only CPUs)")

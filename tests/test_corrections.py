@@ -83,6 +83,15 @@ def test_train_with_replay_trains_on_both_and_records_it(tiny_model_dir, tmp_pat
         "train", "--method", "dpo", "--data", str(fixes), "--replay", str(d), "--out", str(tmp_path / "x")
     )
     assert r.returncode == 2 and "--replay mixes earlier examples into supervised training" in r.stderr
+    # plan says which route these data take, and what is missing from one that would not hold v1
+    r = cli("plan", "--data", str(fixes), "--from-adapter", str(tmp_path / "v1"), "--replay", str(d))
+    assert r.returncode == 0, r.stderr
+    assert (
+        "route        12 examples, the new ones with --replay-ratio 3 earlier ones each, continuing "
+        in r.stdout
+    )
+    r = cli("plan", "--data", str(fixes), "--from-adapter", str(tmp_path / "v1"))
+    assert r.returncode == 0 and "3 new examples continue" in r.stdout and "add --replay DATA" in r.stdout
 
 
 def pairs(n: int) -> list[dict]:
