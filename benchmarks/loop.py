@@ -8,7 +8,7 @@ On the shipped example data, through the CLI as a user runs it:
           by ROUGE-L with the pool's own reference notes. The test set is never looked at.
   routes  each builds a v2, and `tunesmith eval --gate runs/v1` compares it with v1 on the untouched
           30 test prompts (paired bootstrap):
-    corrections  SFT on the k corrections from v1, with replay of v1's data (--replay-ratio, default 3 as train's)
+    corrections  SFT on the k corrections from v1, with replay of v1's data (--replay-ratio, default 3)
     dpo-N        DPO (with its SFT term, the default) from v1 on the N worst pairs {chosen: the
                  corrected notes, rejected: v1's notes}, N in --dpo-pairs (--allow-few-pairs)
     teacher      `tunesmith data generate --teacher runs/v1 --best-of B --style` on --unlabeled
