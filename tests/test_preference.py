@@ -159,6 +159,7 @@ def test_dpo_from_the_cli_learns_held_out_preferences(tiny_model_dir, tmp_path):
         "0.5",
         "--threads",
         "1",
+        "--allow-few-pairs",
         "--json",
     )
     assert r.returncode == 0, r.stderr
@@ -392,7 +393,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(method, tiny_model_di
     if method == "dpo":
         write_jsonl(d / "train.jsonl", pref_rows(24))
         write_jsonl(d / "val.jsonl", pref_rows(4, offset=100))
-        extra = ["--dpo-beta", "0.5"]
+        extra = ["--dpo-beta", "0.5", "--allow-few-pairs"]
     else:
         rows = [
             chat(f"Write the meeting notes. Focus: {w} {i}", "ok")

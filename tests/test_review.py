@@ -116,7 +116,7 @@ def test_judgements_become_stats_and_training_data(evaluated, tmp_path):
     args = ["train", "--method", "dpo", "--data", str(dpo), "--from-adapter", "v2",
             "--out", str(tmp_path / "v3"), "--registry", reg_path, "--epochs", "1", "--quiet"]  # fmt: skip
     r = cli(*args)  # two pairs: too few to trust, and the refusal says what to do instead
-    assert r.returncode == 2 and "preference pairs; on fewer than 20" in r.stderr and "--replay" in r.stderr
+    assert r.returncode == 2 and "preference pairs; on fewer than 37" in r.stderr and "--replay" in r.stderr
     r = cli(*args, "--allow-few-pairs")
     assert r.returncode == 0, r.stderr
 
