@@ -174,7 +174,8 @@ class Loop:
             "--quiet",
             ok=(0, 1),
         )
-        kept = [d for d in rows(drafts) if d["draft"].get("style_ok")]
+        # the stand-in accepts a draft in style that ended by itself (a person would not take a cut-off note)
+        kept = [d for d in rows(drafts) if d["draft"].get("style_ok") and d["draft"]["finish"] != "length"]
         accepted = write(self.out / "data" / "accepted.jsonl", [{"messages": d["messages"]} for d in kept])
         if kept:
             self.train(
