@@ -410,3 +410,14 @@ def test_a_real_llama_cpp_server_as_the_teacher(tmp_path):
     assert [d["messages"][-1]["content"] for d in got] == want and all(want), (got, want)
     assert {d["draft"]["teacher"] for d in got} == {f"smol at {url}"}
     assert all(d["draft"]["completion_tokens"] > 0 for d in got)
+
+
+def test_a_trained_run_as_teacher_is_warned_about_before_drafting(tmp_path):
+    from tunesmith.use.drafts import SELF_TEACHER, teacher_note
+
+    run = tmp_path / "v1"
+    run.mkdir()
+    assert teacher_note(str(run)) is None  # a folder that is no trained run
+    (run / "adapter_config.json").write_text("{}")
+    assert teacher_note(str(run)) == SELF_TEACHER and "made v2 worse (ROUGE-L -3.3, p 0.022" in SELF_TEACHER
+    assert teacher_note("http://127.0.0.1:8080/v1") is None
