@@ -11,9 +11,10 @@ On the shipped example data, through the CLI as a user runs it:
     corrections  SFT on the k corrections from v1, with replay of v1's data (--replay-ratio, default 3)
     dpo-N        DPO (with its SFT term, the default) from v1 on the N worst pairs {chosen: the
                  corrected notes, rejected: v1's notes}, N in --dpo-pairs (--allow-few-pairs)
-    teacher      `tunesmith data generate --teacher runs/v1 --best-of B --style` on --unlabeled
-                 transcripts whose notes are never used; the drafts that pass every style rule are
-                 accepted (a stand-in for the person), then SFT from v1 with replay
+    teacher      `tunesmith data generate --teacher runs/v1 --best-of B --style` (or this script's
+                 --teacher URL) on --unlabeled transcripts whose notes are never used; the drafts
+                 that pass every style rule and end by themselves are accepted (a stand-in for the
+                 person), then SFT from v1 with replay
     more-data    the learning curve's route: LoRA from the base model on v1's examples plus the pool's,
                  with their reference notes
 
@@ -158,7 +159,7 @@ class Loop:
             "data",
             "generate",
             "--teacher",
-            str(self.out / "runs" / "v1"),
+            self.a.teacher or str(self.out / "runs" / "v1"),
             "--inputs",
             str(files["unlabeled"]),
             "--out",
@@ -276,6 +277,9 @@ def main() -> None:
     ap.add_argument("--dpo-pairs", default="5,20", help="pair counts for the dpo route")
     ap.add_argument("--replay-ratio", type=float, default=3.0, help="the corrections route's --replay-ratio")
     ap.add_argument("--best-of", type=int, default=2, help="teacher drafts sampled per transcript")
+    ap.add_argument(
+        "--teacher", help="the teacher route's teacher: an endpoint URL or a model/run (default: v1 itself)"
+    )
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--precision", default="bf16", help="training precision (fp32 on AVX2-only CPUs)")
     ap.add_argument("--max-new-tokens", type=int, default=160)
