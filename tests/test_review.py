@@ -77,8 +77,8 @@ def test_judgements_become_stats_and_training_data(evaluated, tmp_path):
 
     s = stats.stats(reg)
     assert s["reviewers"] == {
-        "ann": {"ab": 3, "rating": 1, "correction": 1},
-        "bob": {"ab": 2, "rating": 0, "correction": 0},
+        "ann": {"ab": 3, "rating": 1, "correction": 1, "accept": 0, "reject": 0},
+        "bob": {"ab": 2, "rating": 0, "correction": 0, "accept": 0, "reject": 0},
     }
     ab = s["queues"][0]["ab"]
     assert (ab["a_wins"], ab["b_wins"], ab["ties"]) == (1, 3, 1)
