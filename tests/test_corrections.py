@@ -71,7 +71,9 @@ def test_train_with_replay_trains_on_both_and_records_it(tiny_model_dir, tmp_pat
         "--json",
     )
     assert r.returncode == 0, r.stderr
-    assert "replay: 6 earlier examples from" in r.stderr and "beside the 3 new ones" in r.stderr
+    assert (
+        "replay: 6 earlier examples from" in r.stderr and "beside the 3 new ones; below 3 earlier" in r.stderr
+    )
     assert json.loads(r.stdout)["examples"] == 9  # 3 corrections + 2 x 3 replayed
     record = json.loads((tmp_path / "v2" / "tunesmith-run.json").read_text())
     roles = {f["role"] for f in record["data"]}

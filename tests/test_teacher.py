@@ -436,3 +436,42 @@ def test_an_empty_answer_is_no_draft(teacher, tmp_path):
     r = cli("data", "generate", "--teacher", url, "--inputs", str(src), "--out", str(out), "--quiet")
     assert r.returncode == 1 and f"no draft: {src}:1: the teacher's answer is empty" in r.stdout, r.stdout
     assert [d["messages"][-1]["content"] for d in drafts(out)] == ["fine"]
+
+
+def test_drafts_are_accepted_and_rejected_with_the_keyboard(teacher, tmp_path, browser):
+    pytest.importorskip("fastapi", reason="the review app needs the 'serve' extra")
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from conftest import serving, wait_for
+    from tunesmith.review.app import create_app
+
+    url, _ = teacher
+    src = inputs(tmp_path, ["alpha", "beta"])
+    out = tmp_path / "d.jsonl"
+    assert (
+        cli(
+            "data", "generate", "--teacher", url, "--inputs", str(src), "--out", str(out), "--quiet"
+        ).returncode
+        == 0
+    )
+    reg_path = str(tmp_path / "reg.db")
+    assert cli("review", "--registry", reg_path, "add", "--drafts", str(out), "--name", "d1").returncode == 0
+    reg = Registry(reg_path)
+    with serving(create_app(reg_path)) as port:
+        browser.get(f"http://127.0.0.1:{port}/#/review/d1")
+        browser.find_element(By.ID, "reviewer").send_keys("ann", Keys.TAB)
+        wait_for(lambda: "item 1 of 2" in browser.find_element(By.TAG_NAME, "h1").text)
+        assert "y accept it as a training answer" in browser.find_element(By.CLASS_NAME, "keys").text
+        browser.find_element(By.TAG_NAME, "h1").click()  # keys to the page, not a box
+        ActionChains(browser).send_keys("y").perform()
+        wait_for(lambda: len(store.judgements(reg, "d1")) == 1)
+        wait_for(lambda: "item 2 of 2" in browser.find_element(By.TAG_NAME, "h1").text)
+        ActionChains(browser).send_keys("n").perform()
+        wait_for(lambda: len(store.judgements(reg, "d1")) == 2)
+    js = store.judgements(reg, "d1")
+    assert [(j["reviewer"], j["kind"], j["label"]) for j in js] == [
+        ("ann", "accept", "draft"),
+        ("ann", "reject", "draft"),
+    ]

@@ -21,6 +21,10 @@ PREFERENCE_METHODS = ("dpo", "grpo")
 # of the example data (36: all its pool had); each v2 lost half its format adherence (100 -> 50-53 %,
 # p < 0.001 against v1). So fewer than 37 is refused; whether more pairs help is not measured.
 MIN_PAIRS = 37
+LOW_REPLAY = (
+    "; below 3 earlier examples per new one, 20 corrections cost v1's format adherence in the loop "
+    "benchmark (100 -> 83 %, p 0.004)"
+)
 MEASURED = "benchmarks/RESULTS.md, 'The loop'"
 # write a PEFT adapter; the rest a model
 ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt-tuning", "prefix-tuning", *PREFERENCE_METHODS)
@@ -359,7 +363,7 @@ def route(c: TrainConfig, n: int) -> str | None:
         if c.replay:
             return (
                 f"{n} examples, the new ones with --replay-ratio {c.replay_ratio:g} earlier ones each, "
-                f"continuing {c.from_adapter} at lr {c.lr:g}"
+                f"continuing {c.from_adapter} at lr {c.lr:g}" + (LOW_REPLAY if c.replay_ratio < 3 else "")
             )
         return (
             f"{n} new examples continue {c.from_adapter} alone: add --replay DATA (its earlier training "

@@ -24,7 +24,7 @@ from tunesmith.models import resolve
 from tunesmith.scoring.metrics import scores
 from tunesmith.train import distributed as dist
 from tunesmith.train.batching import batches, collate, encode_all, micro_batches, n_answer_tokens, pass_budget
-from tunesmith.train.config import TrainConfig
+from tunesmith.train.config import LOW_REPLAY, TrainConfig
 from tunesmith.train.loss import answer_loss_sum
 from tunesmith.train.precision import amp, autocast_device, bucket_size, token_budget
 from tunesmith.train.run import State, StepOut
@@ -45,7 +45,10 @@ def load_data(cfg: TrainConfig):
     if cfg.replay:
         new = len(train_ex)
         train_ex, k = with_replay(train_ex, cfg.replay, cfg.replay_ratio, cfg.seed)
-        print(f"replay: {k} earlier examples from {cfg.replay} beside the {new} new ones", file=sys.stderr)
+        low = LOW_REPLAY if cfg.replay_ratio < 3 else ""
+        print(
+            f"replay: {k} earlier examples from {cfg.replay} beside the {new} new ones{low}", file=sys.stderr
+        )
     return train_ex, (load_examples(val_path, "--val") if val_path else []), train_path
 
 
