@@ -35,11 +35,14 @@ class Teacher(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # a client that timed out has gone
+            pass
 
     def _refused(self) -> bool:
         key = self.state.get("key")
@@ -475,3 +478,15 @@ def test_drafts_are_accepted_and_rejected_with_the_keyboard(teacher, tmp_path, b
         ("ann", "accept", "draft"),
         ("ann", "reject", "draft"),
     ]
+
+
+def test_a_slow_answer_times_out_and_is_left_for_the_next_run(teacher, tmp_path):
+    url, _ = teacher
+    src = inputs(tmp_path, ["SLOW one", "quick two"])
+    out = tmp_path / "d.jsonl"
+    t0 = time.time()
+    r = cli("data", "generate", "--teacher", url, "--inputs", str(src), "--out", str(out), "--timeout", "1",
+            "--retries", "1", "--quiet")  # fmt: skip
+    assert r.returncode == 1 and f"no draft: {src}:1: no answer within the timeout" in r.stdout, r.stdout
+    assert [d["messages"][0]["content"] for d in drafts(out)] == ["quick two"]
+    assert time.time() - t0 < 30
