@@ -226,7 +226,7 @@ def test_the_failures_and_the_two_eval_page_in_a_browser(two_versions, browser):
         browser.refresh()
         wait_for(lambda: "e-v2 against e-v1" in browser.find_element(By.TAG_NAME, "h1").text)
         text = browser.find_element(By.ID, "main").text
-        assert "rougeL 43.750 → 48.750: 5 [5, 5], p 0" in text, text[:500]
+        assert "rougeL 43.750 → 48.750: +5 [5, 5], p <0.001" in text, text[:500]
         assert "bottom quarter of the metric (<= 21.2) 3 → 2" in text  # 10 and 15 are still under 21.25
         assert "4 → 4" in text and "better" in text  # the heading failures: still 4, each 5 points up
         assert not browser.find_elements(By.CSS_SELECTOR, "p.bad")

@@ -194,12 +194,13 @@ async function diffPage(before, after) {
     api(`/api/runs/${encodeURIComponent(after)}/errors?against=${encodeURIComponent(before)}`),
     api(`/api/runs/${encodeURIComponent(before)}`), api(`/api/runs/${encodeURIComponent(after)}`)]);
   const o = c.overall, ci = (x) => x.ci ? `[${fmt(x.ci[0])}, ${fmt(x.ci[1])}]` : "–";
+  const pv = (p) => p === 0 ? "<0.001" : p, signed = (v) => (v > 0 ? "+" : "") + fmt(v);
   const systems = [{...ra.systems.at(-1), system: ra.name}, {...rb.systems.at(-1), system: rb.name}];
   main.replaceChildren(h("h1", {}, `${rb.name} against ${ra.name} `, h("small", {}, `the same ${c.n} examples`)),
-    h("p", {class: "verdict"}, `${c.metric} ${fmt(c.before.mean)} → ${fmt(c.after.mean)}: ${fmt(o.change)} ${ci(o)}, p ${o.p}`),
+    h("p", {class: "verdict"}, `${c.metric} ${fmt(c.before.mean)} → ${fmt(c.after.mean)}: ${signed(o.change)} ${ci(o)}, p ${pv(o.p)}`),
     h("h3", {}, "each group of the earlier eval, example by example"),
     table([["name", "group"], ["count", "count", (v, g) => g.failure ? `${v} → ${g.count_after}` : String(v)],
-      ["before", "before"], ["after", "after"], ["change", "change"], ["ci", "95 % interval", (v, g) => ci(g)], ["p", "p"],
+      ["before", "before"], ["after", "after"], ["change", "change", signed], ["ci", "95 % interval", (v, g) => ci(g)], ["p", "p", pv],
       ["verdict", ""]], c.groups),
     h("h3", {}, "examples"), examplesView(systems));
 }
