@@ -227,20 +227,32 @@ def system_of(results: dict, name: str | None) -> dict:
     raise UserError(f"--system {name}: not in this eval (systems: {known})")
 
 
-def registered_results(reg: Registry, ref: str, paths: bool = True) -> tuple[dict, str]:
-    """An eval's results from the registry: an eval, or a trained run (its newest eval); with its name.
+def newest_eval(reg: Registry, run: dict) -> dict | None:
+    """The newest registered eval made from a run (children come oldest first), or None."""
+    for child in reversed(run.get("children") or []):
+        c = reg.get(child["run"])
+        if c["kind"] == "eval":
+            return c
+    return None
+
+
+def registered_eval(reg: Registry, ref: str, paths: bool = True) -> dict:
+    """An eval in the registry: named itself, or a trained run standing for its newest eval.
     `paths=False` (the web app): a reference is never looked up on disk."""
     run = reg.get(reg.find(ref, paths=paths))
     if run["kind"] != "eval":
-        evals = [reg.get(c["run"]) for c in run["children"]]
-        evals = sorted(
-            (e for e in evals if e["kind"] == "eval" and e.get("result")), key=lambda e: e["started"]
-        )
-        if not evals:
+        ev = newest_eval(reg, run)
+        if ev is None:
             raise UserError(f"{ref}: a {run['kind']} run with no registered eval; `tunesmith eval` it first")
-        run = evals[-1]
+        run = ev
     if not run.get("result"):
         raise UserError(f"{ref}: eval {run['id']} has no results in the registry")
+    return run
+
+
+def registered_results(reg: Registry, ref: str) -> tuple[dict, str]:
+    """An eval's results from the registry, with how to name it."""
+    run = registered_eval(reg, ref)
     return run["result"], f"{run['name']} (eval {run['id']})"
 
 

@@ -128,14 +128,14 @@ def run_detail(reg: Registry, run_id: str) -> dict:
 def run_errors(reg: Registry, ref: str, system: str | None, against: str | None) -> dict:
     """An eval's failure groups with the evals it can be compared with; given `against` (the earlier eval of
     the same test set), how each of its groups changed in this one (eval/errors.py)."""
-    result, _ = errors.registered_results(reg, ref, paths=False)
-    own = reg.find(ref, paths=False)
+    ev = errors.registered_eval(reg, ref, paths=False)  # a trained run stands for its newest eval
+    result = ev["result"]
     if against is None:
         return {
             "analysis": errors.analyse(errors.system_of(result, system)),
-            "peers": errors.peers(reg, result, own),
+            "peers": errors.peers(reg, result, ev["id"]),
         }
-    before, _ = errors.registered_results(reg, against, paths=False)
+    before = errors.registered_eval(reg, against, paths=False)["result"]
     return {"comparison": errors.compare(errors.system_of(before, system), errors.system_of(result, system))}
 
 

@@ -19,15 +19,13 @@ from tunesmith.captures import captured
 from tunesmith.chat import last_assistant
 from tunesmith.data.formats import load_examples, messages_digest
 from tunesmith.errors import NotFound, UserError
+from tunesmith.eval.errors import newest_eval
 from tunesmith.eval.rows import same_test
 from tunesmith.registry import Registry
 
 KINDS = ("ab", "rating", "correction", "accept", "reject")
-VERDICTS = (
-    "correction",
-    "accept",
-    "reject",
-)  # what an item becomes in `review export --sft`; the newest wins
+# what an item becomes in `review export --sft`: its newest verdict wins
+VERDICTS = ("correction", "accept", "reject")
 ANSWER = "answer"  # the one output of an item that `serve --capture` kept
 DRAFT = "draft"  # the one output of an item that `data generate` drafted
 TIE = "tie"
@@ -230,10 +228,9 @@ def _text(content) -> str:
 
 def _newest_eval_of(reg: Registry, run: dict) -> dict:
     """A training run stands for its newest registered eval."""
-    for child in reversed(run.get("children") or []):
-        c = reg.get(child["run"])
-        if c["kind"] == "eval":
-            return c
+    ev = newest_eval(reg, run)
+    if ev is not None:
+        return ev
     raise UserError(f"review add {run['name']}: run {run['id']} has no registered eval; run `tunesmith eval`")
 
 

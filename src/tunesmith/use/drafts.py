@@ -34,7 +34,15 @@ from tunesmith.data.formats import load_examples, messages_digest, read_records
 from tunesmith.data.records import Issue
 from tunesmith.errors import UserError
 from tunesmith.scoring.style import check_style, load_style
-from tunesmith.use.teacher import Draft, EndpointTeacher, LocalTeacher, Plan, TeacherError, teacher_prompts
+from tunesmith.use.teacher import (
+    Draft,
+    EndpointTeacher,
+    LocalTeacher,
+    Plan,
+    TeacherError,
+    is_run,
+    teacher_prompts,
+)
 
 INPUT_FIELDS = ("input", "prompt", "text", "question", "transcript")
 TEXT_SUFFIXES = (".txt", ".md")
@@ -56,7 +64,7 @@ class Failed:
 # ---------------------------------------------------------------- the inputs
 
 
-def _prompt_of(obj, template: str, where: str) -> list[dict] | str:
+def _prompt_of(obj, template: str) -> list[dict] | str:
     """A record's prompt, or why it has none."""
     if isinstance(obj, str):
         return [{"role": "user", "content": template.replace("{input}", obj)}]
@@ -98,7 +106,7 @@ def read_inputs(path: str | Path, template: str = "{input}") -> list[Input]:
             if isinstance(obj, Issue):
                 issues.append(str(obj))
                 continue
-            got = _prompt_of(obj, template, f"{p}:{line}")
+            got = _prompt_of(obj, template)
             if isinstance(got, str):
                 issues.append(f"{p}:{line}: {got}")
             else:
@@ -198,10 +206,9 @@ class Journal:
 
 def finish(out: Path, inputs: list[Input], done: dict[str, dict]) -> int:
     """--out, whole, in the inputs' order, atomically; then the journal goes. Returns how many it holds."""
+    asked = {i.digest for i in inputs}
     rows = [done[i.digest] for i in inputs if i.digest in done]
-    extra = [
-        r for d, r in done.items() if d not in {i.digest for i in inputs}
-    ]  # drafted earlier for other inputs
+    extra = [r for d, r in done.items() if d not in asked]  # drafted earlier, for inputs no longer given
     if rows or extra:
         write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows + extra))
     journal_of(out).unlink(missing_ok=True)
@@ -307,10 +314,19 @@ class Summary:
         return {**asdict(self), "failed": [asdict(f) for f in self.failed]}
 
 
-def draft_all(teacher, inputs: list[Input], inputs_path: Path, out: Path, plan: Plan, *, concurrency: int = 4,
-              quiet: bool = False, price: tuple[float, float] | None = None) -> Summary:  # fmt: skip
-    """Draft every input that has no draft in --out or its journal yet; write --out; say what it did."""
-    done = already_drafted(out, inputs_path)
+def draft_all(
+    teacher,
+    inputs: list[Input],
+    done: dict[str, dict],
+    out: Path,
+    plan: Plan,
+    *,
+    concurrency: int = 4,
+    quiet: bool = False,
+    price: tuple[float, float] | None = None,
+) -> Summary:
+    """Draft every input that has no draft in `done` (already_drafted: --out and its journal); write --out;
+    say what it did."""
     todo = [i for i in inputs if i.digest not in done]
     convs = teacher_prompts([i.messages for i in todo], plan) if todo else []
     journal, made, progress = Journal(out), [], Progress(len(todo), quiet)
@@ -414,7 +430,7 @@ SELF_TEACHER = (
 
 def teacher_note(spec: str) -> str | None:
     """What to say before drafting, when the teacher is a trained run (a student teaching itself)."""
-    return SELF_TEACHER if (Path(spec) / "adapter_config.json").is_file() else None
+    return SELF_TEACHER if is_run(spec) else None
 
 
 def cli_generate(args) -> int:
@@ -427,11 +443,11 @@ def cli_generate(args) -> int:
     inputs = read_inputs(args.inputs, args.template)
     plan = plan_of(args)
     out = Path(args.out)
-    already_drafted(out, Path(args.inputs))  # a bad --out is said before any model loads
+    done = already_drafted(out, Path(args.inputs))  # a bad --out is said before any model loads
     note = teacher_note(args.teacher)
     if note:
         print(note, file=sys.stderr)
-    s = draft_all(teacher_of(args), inputs, Path(args.inputs), out, plan, concurrency=args.concurrency,
+    s = draft_all(teacher_of(args), inputs, done, out, plan, concurrency=args.concurrency,
                   quiet=args.quiet or args.json, price=price)  # fmt: skip
     print(json.dumps(s.as_dict(), indent=2) if args.json else "\n".join(s.lines()))
     return 1 if s.failed else 0

@@ -112,11 +112,16 @@ def teacher_prompts(prompts: list[list[dict]], plan: Plan) -> list[list[dict]]:
     return convs
 
 
+def is_run(spec: str) -> bool:
+    """Is this local teacher a trained run (an adapter folder) rather than a model?"""
+    return (Path(spec) / "adapter_config.json").is_file()
+
+
 class LocalTeacher:
     """A model or trained run through tunesmith: batched generation, one batch at a time."""
 
     def __init__(self, spec: str, trust_remote_code: bool, batch_size: int):
-        adapter = spec if (Path(spec) / "adapter_config.json").is_file() else None
+        adapter = spec if is_run(spec) else None
         base = base_model_of(adapter, None if adapter else spec)
         loaded = load(base, trust_remote_code=trust_remote_code, quiet=True)
         self.model, self.tok = loaded.model, loaded.tokenizer
