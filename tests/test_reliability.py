@@ -1,4 +1,4 @@
-"""What tunesmith guarantees about a person's files and about interrupted runs (README: "What
+"""What tunesmith guarantees about a person's files and about interrupted runs (docs/guarantees.md: "What
 tunesmith guarantees"): it never deletes or replaces what it did not write; a run killed at any
 point resumes to the same adapter, metrics and best step as an uninterrupted one, with nothing of
 ours left behind; resume refuses changed data and edited configs."""
