@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# no benchmark run enters the registry of the person who runs it (TUNESMITH_BENCH_REGISTRY=PATH keeps them)
+os.environ["TUNESMITH_REGISTRY"] = os.environ.get("TUNESMITH_BENCH_REGISTRY", "off")
 
 TYPES = ["f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q5_k_m", "q4_k_m"]
 

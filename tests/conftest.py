@@ -426,6 +426,7 @@ def browser():
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1600"):
         opts.add_argument(flag)
     opts.binary_location = shutil.which("chromium")
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for tests that read it
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
     driver = webdriver.Chrome(options=opts, service=service)
     yield driver

@@ -410,3 +410,28 @@ def test_without_the_flag_runs_go_to_the_default_registry(tiny_model_dir, data, 
     ]
     listed = cli("runs", env=env).stdout
     assert " v1 " in listed and "eval-v1" in listed
+
+
+def test_the_registry_can_be_off_for_a_whole_process(tmp_path, monkeypatch):
+    """TUNESMITH_REGISTRY=off (what the benchmarks set): nothing is registered anywhere, no file made."""
+    from tunesmith.recorder import Recorder
+
+    monkeypatch.setenv("TUNESMITH_REGISTRY", "off")
+    monkeypatch.chdir(tmp_path)
+    rec = Recorder()
+    assert rec.off and rec.add(kind="eval", name="x", path=None, model=None, config={}, data=[], parents=[],
+                               result={}, metrics=[]) is None  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("TUNESMITH_REGISTRY", str(tmp_path / "reg.db"))
+    assert not Recorder().off
+
+
+def test_no_benchmark_writes_into_the_users_registry():
+    """Each benchmark running tunesmith turns the registry off unless TUNESMITH_BENCH_REGISTRY names one."""
+    from conftest import ROOT
+
+    line = 'os.environ["TUNESMITH_REGISTRY"] = os.environ.get("TUNESMITH_BENCH_REGISTRY", "off")'
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        text = script.read_text()
+        if "tunesmith" in text and script.name not in ("loop.py", "data_check.py"):  # loop keeps its own
+            assert line in text, script.name

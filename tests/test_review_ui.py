@@ -45,11 +45,12 @@ def test_every_route_answers_with_what_the_page_needs(queue):
         c["name"] for c in run["children"]
     } >= {"e-v1"}
     both = client.get("/api/runs/both").json()
-    assert [s["system"] for s in both["systems"]] == ["base", "tuned"]
+    assert [s["system"] for s in both["eval"]["systems"]] == ["base", "tuned"]
     assert (
-        len(both["systems"][0]["examples"]) == 4 and "rougeL" in both["systems"][1]["examples"][0]["scores"]
+        len(both["eval"]["systems"][0]["examples"]) == 4
+        and "rougeL" in both["eval"]["systems"][1]["examples"][0]["scores"]
     )
-    assert both["verdict"]["sentence"]
+    assert both["eval"]["verdict"]["sentence"]
     queues = client.get("/api/queues").json()
     assert [(q["name"], q["a"], q["b"], q["items"]) for q in queues] == [
         ("round1", "v1/tuned", "v2/tuned", 4)

@@ -39,10 +39,12 @@ from tunesmith.registry import Registry
 from tunesmith.review import stats as review_stats
 from tunesmith.review import store
 from tunesmith.review.schema import MODELS, JudgementBody
+from tunesmith.review.views import run_detail, study_key, summary
 from tunesmith.use.api_schema import BadBody, read_json
 from tunesmith.webguard import Guard, HostRule, loopback_rule
 
 STATIC = Path(__file__).parent / "static"
+ASSETS = ("app.js", "style.css", "favicon.svg")
 COOKIE = "tunesmith_ui"
 
 
@@ -86,45 +88,6 @@ def allowed(token: str | None, request: Request) -> None:
         raise Refused(401, "this review app needs its token: open the address `tunesmith ui` printed")
 
 
-def run_summary(r: dict) -> dict:
-    keys = (
-        "id",
-        "name",
-        "kind",
-        "status",
-        "method",
-        "model",
-        "started",
-        "ended",
-        "headline_metric",
-        "headline",
-    )
-    return {**{k: r.get(k) for k in keys}, "tags": r.get("tags") or []}
-
-
-def run_detail(reg: Registry, run_id: str) -> dict:
-    r = reg.get(reg.find(run_id, paths=False))
-    result = r.get("result") or {}
-    systems = result.get("systems") or ([result] if result.get("examples") else [])
-    children = [{**c, **run_summary(reg.get(c["run"]))} for c in r["children"]]
-    return {
-        **run_summary(r),
-        "path": r.get("path"),
-        "config": r.get("config"),
-        "data": r["data"],
-        "artefacts": r["artefacts"],
-        "metrics": r["metrics"],
-        "lineage": reg.lineage(r["id"]),
-        "children": children,
-        "systems": [
-            {"system": s.get("system"), "metrics": s.get("metrics"), "examples": s.get("examples")}
-            for s in systems
-        ],
-        "verdict": result.get("verdict"),
-        "gate": result.get("gate"),
-    }
-
-
 def run_errors(reg: Registry, ref: str, system: str | None, against: str | None) -> dict:
     """An eval's failure groups with the evals it can be compared with; given `against` (the earlier eval of
     the same test set), how each of its groups changed in this one (eval/errors.py)."""
@@ -148,7 +111,7 @@ def studies(reg: Registry) -> dict[str, dict]:
         if r.get("kind") != "train" or not r.get("path"):
             continue
         folder = Path(r["path"]).parent
-        key = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+        key = study_key(folder)
         if key not in found:
             report = folder / "report.html"
             if not report.is_file():
@@ -230,26 +193,32 @@ async def guarded(request: Request, call_next, token: str | None):
         return JSONResponse({"error": f"the registry could not answer now ({e}); try again"}, 503)
 
 
+async def not_found(request: Request, e) -> JSONResponse:
+    return JSONResponse({"error": f"no route {request.method} {request.url.path}"}, status_code=404)
+
+
+async def bad_method(request: Request, e) -> JSONResponse:
+    return JSONResponse({"error": f"{request.method} is not allowed on {request.url.path}"}, status_code=405)
+
+
 def create_app(registry: str | Path | None, token: str | None = None, hosts: HostRule | None = None):
     """The app, behind the Host and Origin guard (webguard.py: loopback names unless `hosts` says more)."""
     app = FastAPI(title="tunesmith review", docs_url=None, redoc_url=None, openapi_url=None)
 
     def reg() -> Registry:
+        # a registry deleted or moved while the app runs is said so, not made again empty behind the user
+        if registry is not None and not Path(registry).is_file():
+            raise Refused(
+                503, f"the registry {registry} is gone (deleted or moved since `tunesmith ui` started)"
+            )
         return Registry(registry)  # a connection per request: the server's threads never share one
 
     @app.middleware("http")
     async def _guard(request: Request, call_next):
         return await guarded(request, call_next, token)
 
-    @app.exception_handler(404)
-    async def _not_found(request: Request, e):
-        return JSONResponse({"error": f"no route {request.method} {request.url.path}"}, status_code=404)
-
-    @app.exception_handler(405)
-    async def _bad_method(request: Request, e):
-        return JSONResponse(
-            {"error": f"{request.method} is not allowed on {request.url.path}"}, status_code=405
-        )
+    app.add_exception_handler(404, not_found)
+    app.add_exception_handler(405, bad_method)
 
     @app.get("/")
     async def _page():
@@ -257,13 +226,17 @@ def create_app(registry: str | Path | None, token: str | None = None, hosts: Hos
 
     @app.get("/static/{name}")
     async def _static(name: str):
-        if name not in ("app.js", "style.css"):  # a fixed list: a name never becomes a path
+        if name not in ASSETS:  # a fixed list: a name never becomes a path
             raise Refused(404, f"no asset {name!r}")
         return FileResponse(STATIC / name)
 
+    @app.get("/favicon.ico")
+    async def _icon():  # what a browser asks for by itself: our icon, not a 404 in its console
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/api/runs")
     async def _runs():
-        return [run_summary(r) for r in reg().runs(limit=500)]
+        return [summary(r) for r in reg().runs(limit=500)]
 
     @app.get("/api/runs/{run_id}")
     async def _run(run_id: str):
@@ -288,7 +261,8 @@ def create_app(registry: str | Path | None, token: str | None = None, hosts: Hos
     @app.get("/api/queues/{name}")
     async def _queue(name: str, reviewer: str = ""):
         r = reg()
-        return {"queue": store.queue(r, name), "items": next_items(r, name, reviewer)}
+        q, items = store.queue(r, name), next_items(r, name, reviewer)
+        return {"queue": q, "items": items, "metrics": review_stats.metric_tests(items, q["a"], q["b"])}
 
     @app.get("/api/stats")
     async def _stats():

@@ -9,7 +9,7 @@ from itertools import combinations
 
 from tunesmith.registry import Registry
 from tunesmith.review.store import KINDS, TIE, judgements, queue, queues
-from tunesmith.scoring.stats import cohen_kappa, wilson
+from tunesmith.scoring.stats import bootstrap_ci, cohen_kappa, paired_test, wilson
 
 
 def win_rate(q: dict, votes: dict[tuple[str, int], str]) -> dict:
@@ -22,6 +22,38 @@ def win_rate(q: dict, votes: dict[tuple[str, int], str]) -> dict:
         "a_win_rate": round(a / decisive, 4) if decisive else None,
         "interval": list(wilson(a, decisive)) if decisive else None,
     }  # fmt: skip
+
+
+def metric_tests(items: list[dict], a: str, b: str) -> list[dict]:
+    """Each metric of the queue's two outputs, as the eval reports it: both means with their bootstrap 95 %
+    intervals, and B against A paired on the items both scored (change, its interval, p). The compare
+    page showed bare differences before: a difference of 2 points on 30 items means nothing alone."""
+    names: list[str] = []
+    for it in items:
+        for label in (a, b):
+            for k in (it["outputs"].get(label) or {}).get("scores") or {}:
+                if k not in names:
+                    names.append(k)
+    out = []
+    for m in names:
+        pairs = [
+            (sa, sb)
+            for it in items
+            if isinstance(sa := ((it["outputs"].get(a) or {}).get("scores") or {}).get(m), (int, float))
+            and isinstance(sb := ((it["outputs"].get(b) or {}).get("scores") or {}).get(m), (int, float))
+        ]
+        if not pairs:
+            continue
+        xa, xb = [p[0] for p in pairs], [p[1] for p in pairs]
+        out.append(
+            {
+                "metric": m, "n": len(pairs),
+                "a": sum(xa) / len(xa), "a_ci": list(bootstrap_ci(xa)),
+                "b": sum(xb) / len(xb), "b_ci": list(bootstrap_ci(xb)),
+                **paired_test(xb, xa),
+            }
+        )  # fmt: skip
+    return out
 
 
 def agreement(votes: dict[tuple[str, int], str]) -> list[dict]:

@@ -75,9 +75,10 @@ async function runsPage() {
     ], runs, (r) => { location.hash = `#/run/${r.id}`; }) : h("p", {}, "No runs yet: `tunesmith train` registers each run."));
 }
 
-function curve(metrics) {
+// a line chart of the metrics whose names `pick` keeps, one line per name, over the steps
+function curve(metrics, pick, title) {
   const series = {};
-  for (const m of metrics) if (m.step !== null && /loss$/.test(m.name)) (series[m.name] ||= []).push([m.step, m.value]);
+  for (const m of metrics) if (m.step !== null && typeof m.value === "number" && pick(m.name)) (series[m.name] ||= []).push([m.step, m.value]);
   const names = Object.keys(series);
   if (!names.length) return null;
   const all = names.flatMap((n) => series[n]);
@@ -88,17 +89,20 @@ function curve(metrics) {
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.setAttribute("class", "curve");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", title);
   names.forEach((n, i) => {
-    const line = document.createElementNS(svg.namespaceURI, "polyline");
-    line.setAttribute("points", series[n].map(([x, y]) => `${sx(x)},${sy(y)}`).join(" "));
-    line.setAttribute("class", `s${i}`);
+    const line = document.createElementNS(svg.namespaceURI, series[n].length > 1 ? "polyline" : "circle");
+    if (series[n].length > 1) line.setAttribute("points", series[n].map(([x, y]) => `${sx(x)},${sy(y)}`).join(" "));
+    else { line.setAttribute("cx", sx(series[n][0][0])); line.setAttribute("cy", sy(series[n][0][1])); line.setAttribute("r", 3); }
+    line.setAttribute("class", `s${i % 4}`);
     svg.append(line);
     const label = document.createElementNS(svg.namespaceURI, "text");
-    label.setAttribute("x", W - 150); label.setAttribute("y", 14 + 14 * i); label.setAttribute("class", `s${i}`);
+    label.setAttribute("x", W - 170); label.setAttribute("y", 14 + 14 * i); label.setAttribute("class", `s${i % 4}`);
     label.textContent = `${n} ${fmt(series[n].at(-1)[1])}`;
     svg.append(label);
   });
-  return svg;
+  return h("figure", {}, h("figcaption", {}, `${title}: ${fmt(y0)} to ${fmt(y1)} over steps ${x0}–${x1}`), svg);
 }
 
 function ruleFailures(ex) {
@@ -142,26 +146,114 @@ function examplesView(systems) {
     h("label", {}, onlyFails, " format failures only"), filter), box);
 }
 
+const size = (b) => typeof b !== "number" ? "–" : b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : b >= 1e6 ? `${(b / 1e6).toFixed(1)} MB` : `${(b / 1e3).toFixed(1)} kB`;
+const short = (v) => v ? String(v).slice(0, 12) : "–";
+const ago = (t) => t ? `${Math.max(0, Math.round(Date.now() / 1000 - t))} s ago` : "–";
+const ci = (x) => x && x.ci ? `[${fmt(x.ci[0])}, ${fmt(x.ci[1])}]` : "–";
+const pv = (p) => p === null || p === undefined ? "–" : p < 0.001 ? "<0.001" : fmt(p);
+const signed = (v) => typeof v === "number" ? (v > 0 ? "+" : "") + fmt(v) : "–";
+const gateWord = (g) => g === true ? "passed" : g === false ? "failed" : "–";
+
+function section(title, ...kids) {
+  const body = kids.flat().filter(Boolean);
+  return body.length ? h("section", {class: "part"}, h("h3", {}, title), body) : null;
+}
+
+function commonParts(r) {
+  const lineage = r.lineage.map((c) => h("a", {href: `#/run/${c.id}`}, c.name || c.id)).flatMap((a, i) => i ? [" → ", a] : [a]);
+  const config = Object.entries(r.config || {}).filter(([, v]) => v !== null && v !== "" && v !== false)
+    .map(([k, v]) => ({k, v: typeof v === "object" ? JSON.stringify(v) : String(v)}));
+  return [
+    section("data", r.data.length ? table([["role", "role"], ["path", "file"], ["examples", "examples"],
+      ["bytes", "size", size], ["sha256", "sha256", short]], r.data) : h("p", {class: "meta"}, "no data files recorded")),
+    section("artefacts", r.artefacts.length ? table([["kind", "kind"], ["path", "file"], ["bytes", "size", size],
+      ["sha256", "sha256", short], ["present", "on disk", (v) => v ? "yes" : h("span", {class: "missing"}, "missing")]], r.artefacts) : null),
+    r.lineage.length > 1 ? section("lineage", h("p", {}, lineage)) : null,
+    r.children.length ? section("followed by", table([["name", "name"], ["kind", "kind"], ["relation", "relation"],
+      ["headline", "headline", (v, c) => v === null ? "–" : `${c.headline_metric} ${fmt(v)}`]], r.children,
+      (c) => { location.hash = `#/run/${c.run}`; })) : null,
+    config.length ? h("details", {class: "part"}, h("summary", {}, `config (${config.length} settings)`),
+      table([["k", "setting"], ["v", "value", (v) => v]], config)) : null,
+  ];
+}
+
+function trainParts(r) {
+  const t = r.train, counts = Object.entries(t.examples).map(([k, v]) => `${k} ${v}`).join(", ");
+  const best = t.best ? Object.entries(t.best).filter(([k]) => !["step", "epoch"].includes(k)).map(([k, v]) => `${k} ${fmt(v)}`).join(", ") : "";
+  const parts = [
+    h("p", {}, [counts ? `examples: ${counts}` : null, t.steps !== null ? `${t.steps} steps` : null,
+      t.train_loss !== null ? `train loss ${fmt(t.train_loss)}` : null, t.tokens_per_s !== null ? `${fmt(t.tokens_per_s)} tokens/s` : null,
+      t.wall_s !== null ? `${fmt(t.wall_s)} s` : null].filter(Boolean).join(" · ")),
+    t.best ? h("p", {}, `best: step ${t.best.step}${best ? ` (${best})` : ""}${t.early_stopped ? " · stopped early" : ""}`) : null,
+    t.progress ? h("p", {class: "meta"}, t.progress.step === null ? `no step finished yet (${t.progress.folder})`
+      : `at step ${t.progress.step}, loss ${fmt(t.progress.loss)}, written ${ago(t.progress.updated)} in ${t.progress.folder}`) : null,
+    t.study ? h("p", {}, "a trial of ", h("a", {href: `#/studies/${t.study.key}`}, t.study.name)) : null,
+    curve(r.metrics, (n) => /loss$/.test(n), "loss"),
+    curve(r.metrics, (n) => (n.startsWith("val_") && n !== "val_loss") || /^reward/.test(n) || /accuracy|margin/.test(n), "validation and rewards"),
+    section("checkpoints", t.checkpoints.length ? table([["step", "step"], ["best", "best", (v) => v ? "best" : ""], ["path", "folder"]], t.checkpoints) : null),
+    section("evals of it", t.evals.length ? table([["name", "eval"], ["headline", "headline", (v, c) => v === null ? "–" : `${c.headline_metric} ${fmt(v)}`],
+      ["gate", "gate", gateWord], ["started", "when", when]], t.evals, (c) => { location.hash = `#/run/${c.run}`; })
+      : h("p", {class: "meta"}, "none yet: `tunesmith eval --adapter RUN` measures it")),
+  ];
+  return parts;
+}
+
+function metricTable(systems) {
+  const names = [...new Set(systems.flatMap((s) => Object.keys(s.metrics)))];
+  const cell = (s, m) => {
+    const v = s.metrics[m], iv = s.intervals[m], t = s.tests[m];
+    return h("span", {}, fmt(v), iv ? h("span", {class: "meta"}, ` [${fmt(iv[0])}, ${fmt(iv[1])}]`) : null,
+      t && t.p !== null && t.p !== undefined ? h("div", {class: t.significant ? (t.change > 0 ? "ok" : "bad") : "meta"},
+        `${signed(t.change)} vs ${s.against} ${ci(t)}, p ${pv(t.p)}`) : null);
+  };
+  return table([["metric", "metric"], ...systems.map((s, i) => [`s${i}`, s.system, (v) => v])],
+    names.map((m) => Object.fromEntries([["metric", m], ...systems.map((s, i) => [`s${i}`, cell(s, m)])])));
+}
+
+function testsTable(tests) {
+  return table([["metric", "metric"], ["change", "change", signed], ["ci", "95 % interval", (v, t) => ci(t)], ["p", "p", pv],
+    ["significant", "", (v) => v ? "significant" : ""]], Object.entries(tests).map(([metric, t]) => ({metric, ...t})));
+}
+
+async function evalParts(r) {
+  const e = r.eval, g = e.gate;
+  const parts = [
+    e.data ? h("p", {class: "meta"}, `test set ${e.data}${e.decoding ? ` · max ${e.decoding.max_new_tokens ?? "?"} new tokens` : ""}`) : null,
+    e.verdict && e.verdict.sentence ? h("p", {class: "verdict"}, h("b", {}, "Verdict. "), e.verdict.sentence) : null,
+    g ? h("p", {class: g.passed ? "ok" : "bad"}, `gate ${g.passed ? "passed" : "failed"} against ${g.reference ?? "the reference"}`) : null,
+    g && g.metrics ? testsTable(g.metrics) : null,
+    e.systems.length ? section("metrics (mean, 95 % interval; paired test against the first system)", metricTable(e.systems)) : null,
+    e.baseline ? section("against the baseline (--baseline), example by example", testsTable(e.baseline)) : null,
+  ];
+  if (e.systems.some((s) => s.examples.length)) {
+    parts.push(await failuresView(r), section("examples", examplesView(e.systems)));
+  }
+  return parts;
+}
+
+function outputParts(r) {
+  const o = r.output, facts = Object.entries(o.facts).map(([k, v]) => ({k, v: k === "bytes" ? size(v) : String(v)}));
+  return [
+    section(r.kind === "export" ? "the exported file" : "the merged model", table([["k", "what"], ["v", "value", (v) => v]], facts)),
+    o.verify ? section("verified against the source model", table([["k", "check"], ["v", "result", (v) => v]],
+      Object.entries(o.verify).map(([k, v]) => ({k, v: typeof v === "object" ? JSON.stringify(v) : String(v)})))) : null,
+  ];
+}
+
 async function runPage(id) {
   const r = await api(`/api/runs/${encodeURIComponent(id)}`);
-  const lineage = r.lineage.map((c) => h("a", {href: `#/run/${c.id}`}, c.name || c.id)).flatMap((a, i) => i ? [" → ", a] : [a]);
   const parts = [
     h("h1", {}, `${r.name} `, h("small", {}, `${r.kind} ${r.id} · ${r.status}`)),
-    h("p", {}, `model ${r.model || "–"} · started ${when(r.started)} · `, r.headline === null ? "" : `${r.headline_metric} ${fmt(r.headline)}`),
-    r.lineage.length > 1 ? h("p", {}, "lineage: ", lineage) : null,
-    curve(r.metrics),
-    r.children.length ? h("div", {}, h("h3", {}, "followed by"), table([["id", "id"], ["name", "name"], ["kind", "kind"],
-      ["relation", "relation"], ["headline", "headline"]], r.children, (c) => { location.hash = `#/run/${c.run}`; })) : null,
+    ...r.notes.map((n) => h("p", {class: "note"}, n)),
+    h("p", {}, [`model ${r.model || "–"}`, r.method ? `method ${r.method}` : null, `started ${when(r.started)}`,
+      r.ended ? `ended ${when(r.ended)}` : null, r.attempts > 1 ? `${r.attempts} attempts` : null,
+      r.headline === null ? null : `${r.headline_metric} ${fmt(r.headline)}`].filter(Boolean).join(" · ")),
+    r.path ? h("p", {class: "meta"}, `folder ${r.path}${r.folder === "missing" ? " (not on disk)" : ""}`) : null,
   ];
-  if (r.verdict) parts.push(h("p", {class: "verdict"}, h("b", {}, "Verdict. "), r.verdict.sentence));
-  if (r.gate) parts.push(h("p", {class: r.gate.passed ? "ok" : "bad"}, r.gate.passed ? "gate passed" : "gate failed"));
-  if (r.systems.length) {
-    const names = [...new Set(r.systems.flatMap((s) => Object.keys(s.metrics || {})))].filter((m) => typeof r.systems[0].metrics[m] === "number");
-    parts.push(h("h3", {}, "metrics"), table([["metric", "metric"], ...r.systems.map((s) => [s.system, s.system])],
-      names.map((m) => Object.fromEntries([["metric", m], ...r.systems.map((s) => [s.system, s.metrics[m]])]))));
-    if (r.kind === "eval") parts.push(await failuresView(r));
-    parts.push(h("h3", {}, "examples"), examplesView(r.systems));
-  }
+  if (r.train) parts.push(...trainParts(r));
+  if (r.eval) parts.push(...await evalParts(r));
+  if (r.output) parts.push(...outputParts(r));
+  parts.push(...commonParts(r));
   main.replaceChildren(...parts.filter(Boolean));
 }
 
@@ -193,9 +285,8 @@ async function diffPage(before, after) {
   const [{comparison: c}, ra, rb] = await Promise.all([
     api(`/api/runs/${encodeURIComponent(after)}/errors?against=${encodeURIComponent(before)}`),
     api(`/api/runs/${encodeURIComponent(before)}`), api(`/api/runs/${encodeURIComponent(after)}`)]);
-  const o = c.overall, ci = (x) => x.ci ? `[${fmt(x.ci[0])}, ${fmt(x.ci[1])}]` : "–";
-  const pv = (p) => p === 0 ? "<0.001" : p, signed = (v) => (v > 0 ? "+" : "") + fmt(v);
-  const systems = [{...ra.systems.at(-1), system: ra.name}, {...rb.systems.at(-1), system: rb.name}];
+  const o = c.overall;
+  const systems = [{...ra.eval.systems.at(-1), system: ra.name}, {...rb.eval.systems.at(-1), system: rb.name}];
   main.replaceChildren(h("h1", {}, `${rb.name} against ${ra.name} `, h("small", {}, `the same ${c.n} examples`)),
     h("p", {class: "verdict"}, `${c.metric} ${fmt(c.before.mean)} → ${fmt(c.after.mean)}: ${signed(o.change)} ${ci(o)}, p ${pv(o.p)}`),
     h("h3", {}, "each group of the earlier eval, example by example"),
@@ -229,14 +320,13 @@ function diff(a, b) {  // words of b not in a, marked: enough to see what change
 async function comparePage(name) {
   const [data, st] = await Promise.all([api(`/api/queues/${encodeURIComponent(name)}`), api("/api/stats")]);
   const q = data.queue, ab = (st.queues.find((x) => x.queue === name) || {}).ab || {};
-  const mean = (label, m) => { const v = data.items.map((i) => (i.outputs[label].scores || {})[m]).filter((x) => typeof x === "number");
-    return v.length ? v.reduce((s, x) => s + x, 0) / v.length : null; };
-  const metrics = Object.keys(data.items[0]?.outputs[q.a]?.scores || {});
   main.replaceChildren(h("h1", {}, `Compare ${q.a} and ${q.b} `, h("small", {}, `queue ${name}`)),
     h("p", {class: "verdict"}, ab.a_win_rate === null || ab.a_win_rate === undefined ? "people: no decisive votes yet"
       : `people prefer ${q.a} in ${fmt(ab.a_wins)} of ${ab.a_wins + ab.b_wins} decisive votes: ${(100 * ab.a_win_rate).toFixed(0)} % [95 % interval ${(100 * ab.interval[0]).toFixed(0)}, ${(100 * ab.interval[1]).toFixed(0)}]; ties ${ab.ties}`),
-    table([["metric", "metric"], ["a", q.a], ["b", q.b], ["d", `${q.b} − ${q.a}`]], metrics.map((m) => ({
-      metric: m, a: mean(q.a, m), b: mean(q.b, m), d: mean(q.b, m) - mean(q.a, m)}))),
+    h("p", {class: "meta"}, `each metric's mean with its bootstrap 95 % interval, and ${q.b} against ${q.a} paired on the same items`),
+    table([["metric", "metric"], ["a", q.a, (v, m) => `${fmt(v)} [${fmt(m.a_ci[0])}, ${fmt(m.a_ci[1])}]`],
+      ["b", q.b, (v, m) => `${fmt(v)} [${fmt(m.b_ci[0])}, ${fmt(m.b_ci[1])}]`], ["change", `${q.b} − ${q.a}`, signed],
+      ["ci", "95 % interval", (v, m) => ci(m)], ["p", "p", pv], ["n", "items"]], data.metrics),
     ...data.items.map((it) => h("section", {class: "example"},
       h("details", {}, h("summary", {}, `example ${it.example + 1}: prompt`), h("pre", {}, it.prompt.map((m) => m.content).join("\n\n"))),
       h("div", {class: "cols"},
@@ -356,7 +446,30 @@ async function studiesPage(key) {
       : h("p", {}, "None yet: `tunesmith sweep` and `tunesmith curve` register their runs and write a report here."));
 }
 
+// ------------------------------------------------------------ people's judgements, all queues
+
+async function statsPage() {
+  const st = await api("/api/stats");
+  const pct = (x) => `${(100 * x).toFixed(0)} %`;
+  main.replaceChildren(h("h1", {}, "Judgements"),
+    section("per reviewer", Object.keys(st.reviewers).length ? table([["name", "reviewer"], ["ab", "A/B"], ["rating", "ratings"],
+      ["correction", "corrections"], ["accept", "accepted"], ["reject", "rejected"]],
+      Object.entries(st.reviewers).map(([name, c]) => ({name, ...c}))) : h("p", {}, "No judgements yet: open a queue under Review.")),
+    ...st.queues.map((q) => section(`queue ${q.queue}: ${q.ab.a} against ${q.ab.b}`,
+      h("p", {}, q.ab.a_win_rate === null ? `no decisive votes yet (${q.ab.ties} ties)`
+        : `${q.ab.a} preferred in ${q.ab.a_wins} of ${q.ab.a_wins + q.ab.b_wins} decisive votes: ${pct(q.ab.a_win_rate)} [95 % interval ${pct(q.ab.interval[0])}, ${pct(q.ab.interval[1])}]; ties ${q.ab.ties}`),
+      Object.keys(q.ratings).length ? table([["label", "rated"], ["mean", "mean of 5"], ["n", "ratings"]],
+        Object.entries(q.ratings).map(([label, r]) => ({label, ...r}))) : null,
+      q.agreement.length ? table([["who", "reviewers"], ["items", "items"], ["agreed", "agreed"], ["kappa", "Cohen's kappa"]],
+        q.agreement.map((a) => ({...a, who: a.reviewers.join(" / ")}))) : null)));
+}
+
 // ------------------------------------------------------------ routes
+
+// anything the page did not expect is said in the page, in words, not left in the console
+function failed(what) { main.replaceChildren(h("p", {class: "bad error"}, `This page could not be shown: ${what}`)); }
+window.addEventListener("error", (ev) => failed(ev.message));
+window.addEventListener("unhandledrejection", (ev) => failed(ev.reason && ev.reason.message || String(ev.reason)));
 
 async function route() {
   const [, page, arg, arg2] = (location.hash || "#/runs").split("/").map(decodeURIComponent);
@@ -367,8 +480,9 @@ async function route() {
     else if (page === "studies") await studiesPage(arg);
     else if (page === "compare") await comparePage(arg);
     else if (page === "review") await reviewPage(arg);
+    else if (page === "stats") await statsPage();
     else await runsPage();
-  } catch (e) { main.replaceChildren(h("p", {class: "bad"}, e.message)); }
+  } catch (e) { main.replaceChildren(h("p", {class: "bad error"}, e.message)); }
 }
 window.addEventListener("hashchange", route);
 route();
