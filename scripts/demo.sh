@@ -43,3 +43,5 @@ tunesmith runs
 
 echo
 echo "demo finished in $(( $(date +%s) - start ))s; results in $OUT/"
+echo "one page with base and tuned side by side (intervals, paired tests): $OUT/tuned/report.html"
+echo "every run, eval and example in the web app: tunesmith ui --registry $TUNESMITH_REGISTRY"

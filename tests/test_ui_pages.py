@@ -9,6 +9,7 @@ every browser test passed, since no test opened a training run's page."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +213,15 @@ def test_an_empty_or_missing_registry_opens_every_list_in_words(state, browser, 
                 assert text.startswith(gone if state == "missing" else "run 'nope'"), text
                 assert all("status of 404" in c or "status of 503" in c for c in console[:-1]), console
     assert not path.exists() if state == "missing" else path.exists()  # nothing made again behind the user
+
+
+def test_an_eval_against_a_baseline_reports_both_side_by_side(registry):
+    """`eval --baseline` (the demo's last eval): report.html holds the baseline's column beside the tuned
+    one, with the paired test under each metric, as the terminal's before/after table."""
+    runs = by_name(registry)
+    page = (Path(runs["e-lora"]["path"]) / "report.html").read_text()
+    header = page.split("<tr><th>metric</th>", 1)[1].split("</tr>", 1)[0]
+    assert [h.rsplit("</span>", 1)[1] for h in header.split("</th>")[:-1]] == ["base", "tuned"]
+    assert "no significant difference (p=1.00)" in page  # the tiny model says nothing, before or after
+    alone = (Path(runs["e-base"]["path"]) / "report.html").read_text()
+    assert "no significant difference" not in alone

@@ -65,8 +65,9 @@ def cli_eval(args) -> int:
             passed = results["gate"]["passed"]
         except UserError as e:  # the comparison cannot be made: the measurements are still written and kept
             cannot = e
+    baseline = json.loads(Path(spec.baseline).read_text()) if spec.baseline else None
     if args.out:
-        write_outputs(args.out, results, runs, spec.adapter)
+        write_outputs(args.out, results, runs, spec.adapter, baseline)
     register_eval(results, runs, spec, args.out, args.registry, args.track)
     if cannot is not None:
         raise cannot
@@ -78,7 +79,6 @@ def cli_eval(args) -> int:
         if results.get("verdict"):
             print(results["verdict"]["sentence"])
     else:
-        baseline = json.loads(Path(spec.baseline).read_text()) if spec.baseline else None
         print_table(results, baseline)
     for key in ("memorization", "forgetting"):
         if key in results:

@@ -396,8 +396,18 @@ def evaluate(spec: EvalSpec) -> tuple[dict, list[dict]]:
     return results, runs
 
 
-def write_outputs(out: str, results: dict, runs: list[dict], adapter: str | None) -> None:
-    """results.json and report.html in `out` (the training run's curves when the adapter is a run dir)."""
+def write_outputs(
+    out: str, results: dict, runs: list[dict], adapter: str | None, baseline: dict | None = None
+) -> None:
+    """results.json and report.html in `out` (the training run's curves when the adapter is a run dir).
+    With --baseline the report shows the earlier eval beside this one, with the paired tests the terminal
+    table prints (when both scored the same examples), so one page answers "did tuning help?"."""
     write_json(Path(out) / "results.json", results)
     run_dir = adapter if adapter and (Path(adapter) / "metrics.jsonl").is_file() else None
-    write_text(Path(out) / "report.html", render(runs, ROWS, run_dir=run_dir, extra=results))
+    shown = runs
+    if baseline and len(runs) == 1 and results.get("comparison"):
+        before = dict(baseline)
+        if before.get("system") == runs[0]["system"]:  # an earlier eval of the same kind of system
+            before["system"] = f"{before['system']} (baseline)"
+        shown = [before, {**runs[0], "comparisons": {before["system"]: results["comparison"]}}]
+    write_text(Path(out) / "report.html", render(shown, ROWS, run_dir=run_dir, extra=results))
