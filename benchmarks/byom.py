@@ -52,7 +52,7 @@ def sparse_model(folder: Path, name: str, shape: dict) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.models import resolve
+    from tunesmith.models.resolve import resolve
 
     d = folder / name.split()[0]
     d.mkdir(parents=True)

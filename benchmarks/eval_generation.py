@@ -34,10 +34,10 @@ def main() -> int:
 
     import torch
 
-    from tunesmith.chat import prompt_ids, stop_token_ids
     from tunesmith.data.formats import load_examples
     from tunesmith.eval.run import split_prompt
-    from tunesmith.loading import generate, load
+    from tunesmith.models.chat import prompt_ids, stop_token_ids
+    from tunesmith.models.loading import generate, load
 
     loaded = load(args.model, quiet=True)
     model, tok = loaded.model, loaded.tokenizer

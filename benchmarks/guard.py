@@ -42,7 +42,7 @@ def main() -> int:
     import transformers as tf
     from peft import LoraConfig, get_peft_model
 
-    from tunesmith.chat import IGNORE
+    from tunesmith.models.chat import IGNORE
     from tunesmith.train import attention, machine, precision, recompute
     from tunesmith.train.loss import answer_loss_sum
 

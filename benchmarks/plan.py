@@ -52,7 +52,7 @@ def qwen_shaped(folder: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
-    from tunesmith.models import resolve
+    from tunesmith.models.resolve import resolve
 
     cfg = Qwen2Config(
         hidden_size=896,
@@ -74,9 +74,9 @@ def qwen_shaped(folder: Path) -> Path:
 
 def write_data(folder: Path, tokens: int, model: str) -> Path:
     """8 training and 2 validation examples of `tokens` tokens each (a quarter answer)."""
-    from tunesmith.chat import encode_chat
-    from tunesmith.loading import load_tokenizer
-    from tunesmith.models import resolve
+    from tunesmith.models.chat import encode_chat
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.models.resolve import resolve
 
     tok = load_tokenizer(resolve(model), False)
     rng = random.Random(tokens)

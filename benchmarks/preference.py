@@ -58,7 +58,7 @@ def cli(exe: str, *args: str, log: Path) -> tuple[float, str]:
 
 
 def run_dpo(a, work: Path, exe: str) -> list[str]:
-    from tunesmith.loading import generate, load
+    from tunesmith.models.loading import generate, load
 
     train, val = rows(DATA / "train.jsonl")[: a.n_train], rows(DATA / "val.jsonl")[: a.n_val]
     loaded = load(a.model, quiet=True)

@@ -104,7 +104,7 @@ def chat_examples(which: str, n_train: int, n_val: int) -> tuple[list[dict], lis
 
 def encode_examples(tok, examples: list[dict], max_length: int) -> tuple[list[dict], list[dict], int]:
     """Tokenize with tunesmith's encoder; drop what tunesmith would drop (longer than max_length)."""
-    from tunesmith.chat import encode_chat
+    from tunesmith.models.chat import encode_chat
 
     kept, enc, dropped = [], [], 0
     for ex in examples:
@@ -126,8 +126,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def prepare_data(work: Path, model: str, train_ex, val_ex, max_length: int) -> dict:
-    from tunesmith.loading import load_tokenizer
-    from tunesmith.models import resolve
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.models.resolve import resolve
 
     model_dir = resolve(model)
     tok = load_tokenizer(model_dir)
@@ -457,7 +457,7 @@ def worker_trl(spec: dict) -> None:
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer
 
-    from tunesmith.chat import FALLBACK_TEMPLATE
+    from tunesmith.models.chat import FALLBACK_TEMPLATE
     from tunesmith.train.run import lr_schedule
 
     hf_logging.set_verbosity_warning()
@@ -1082,7 +1082,7 @@ def machine() -> dict:
 def sweep_examples(tok, length: int, count: int) -> list[dict]:
     """Chats that fill about `length` tokens: dialogsum dialogues joined line by line, a summary as the
     answer."""
-    from tunesmith.chat import encode_chat
+    from tunesmith.models.chat import encode_chat
 
     rows = [json.loads(l) for l in DIALOGSUM.read_text().splitlines() if l.strip()]
     pool = [(line, r["summary"]) for r in rows for line in r["dialogue"].splitlines() if line.strip()]
@@ -1112,8 +1112,8 @@ def sweep_examples(tok, length: int, count: int) -> list[dict]:
 
 
 def run_sweep(a, work: Path) -> dict:
-    from tunesmith.loading import load_tokenizer
-    from tunesmith.models import resolve
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.models.resolve import resolve
 
     sides = (
         ["tunesmith"]

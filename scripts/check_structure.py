@@ -25,8 +25,8 @@ LATE_IMPORTS_ALLOWED = {  # (module, imported): why it is imported where it is u
         "tunesmith.train.config",
         "tunesmith.scoring.metrics",
     ): "the metric names, only when --eval-metric is given",
-    ("tunesmith.use.serve", "tunesmith.use.app"): "fastapi is the optional serve extra",
-    ("tunesmith.review.cli", "tunesmith.review.app"): "fastapi is the optional serve extra",
+    ("tunesmith.serve.server", "tunesmith.serve.app"): "fastapi is the optional serve extra",
+    ("tunesmith.ui.cli", "tunesmith.ui.app"): "fastapi is the optional serve extra",
 }
 
 

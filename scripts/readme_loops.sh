@@ -24,7 +24,7 @@ tunesmith eval --adapter v2 $V --out eval/v2-val --quiet > /dev/null
 tunesmith review add v1 v2 --name round1
 python - <<'PY'
 import os
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.review import store
 from tunesmith.review.store import Judgement
 reg = Registry(os.environ["TUNESMITH_REGISTRY"])

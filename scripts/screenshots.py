@@ -22,7 +22,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from tunesmith.review.app import create_app
+from tunesmith.ui.app import create_app
 
 
 def main() -> None:

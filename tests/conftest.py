@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 EXAMPLES = ROOT / "examples" / "meeting-notes"
-LOCAL = "http://127.0.0.1:8400"  # the web apps answer loopback names only (webguard.py), not "testserver"
+LOCAL = "http://127.0.0.1:8400"  # the web apps answer loopback names only (web/guard.py), not "testserver"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -128,7 +128,7 @@ CORPUS = [
 def make_tokenizer(family: str):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from tunesmith.use.gguf_vocab import SPLIT_PRE
+    from tunesmith.export.gguf_vocab import SPLIT_PRE
 
     SPLITS = {
         family: next(r for r, name in SPLIT_PRE.items() if name == pre) for family, pre in SPLIT_OF.items()

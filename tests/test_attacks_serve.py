@@ -23,16 +23,16 @@ from hostile import (
     is_text,
     problem,
 )
-from tunesmith.captures import Captures
-from tunesmith.webguard import host_rule
+from tunesmith.registry.captures import Captures
+from tunesmith.web.guard import host_rule
 
 pytest.importorskip("fastapi", reason="serve needs the 'serve' extra")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (the 'test' extra)")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from tunesmith.use import app as A  # noqa: E402
-from tunesmith.use.serve import load_engine  # noqa: E402
+from tunesmith.serve import app as A  # noqa: E402
+from tunesmith.serve.server import load_engine  # noqa: E402
 
 KEY = "sk-attack"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -36,17 +36,17 @@ from hostile import (
     is_text,
     problem,
 )
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.review import store
 from tunesmith.review.store import Judgement
-from tunesmith.webguard import host_rule, split_host
+from tunesmith.web.guard import host_rule, split_host
 
 pytest.importorskip("fastapi", reason="the review app needs the 'serve' extra")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (the 'test' extra)")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from tunesmith.review.app import create_app  # noqa: E402
+from tunesmith.ui.app import create_app  # noqa: E402
 
 TOKEN = "attack-suite-token"
 PAYLOADS = [
@@ -351,7 +351,7 @@ def xss_walk(browser, base: str, ids: dict) -> None:
 
 WRITER = """
 import sys, time
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.review import store
 from tunesmith.review.store import Judgement
 reg, who, n, item, label = Registry(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]

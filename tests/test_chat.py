@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import FAMILIES, make_tokenizer
-from tunesmith.chat import IGNORE, encode_chat, prompt_ids
+from tunesmith.models.chat import IGNORE, encode_chat, prompt_ids
 
 END = {
     "llama": "<|im_end|>",
@@ -81,7 +81,7 @@ def test_no_assistant_turn_is_an_error():
 def test_end_of_turn_markers_are_looked_up_once_per_vocabulary(monkeypatch):
     """get_vocab() builds a dict of the whole vocabulary; encoding used to call it 8 times per example
     (72 s of a DialogSum run's setup). Now once per tokenizer, again only when tokens are added."""
-    from tunesmith.chat import stop_token_ids
+    from tunesmith.models.chat import stop_token_ids
 
     tok = make_tokenizer("llama")
     calls = []
@@ -124,7 +124,7 @@ def test_splicing_the_templates_pieces_gives_the_rendered_chat(family):
     import random
 
     from test_modelfile import family_tokenizer
-    from tunesmith.chat import render, rendered, template_pieces
+    from tunesmith.models.chat import render, rendered, template_pieces
 
     tok = (
         family_tokenizer(family)
@@ -140,7 +140,7 @@ def test_splicing_the_templates_pieces_gives_the_rendered_chat(family):
 
 
 def test_a_template_that_reads_the_content_is_rendered_per_chat():
-    from tunesmith.chat import render, rendered, template_pieces
+    from tunesmith.models.chat import render, rendered, template_pieces
 
     tok = make_tokenizer("llama")
     tok.chat_template = (
@@ -161,7 +161,7 @@ def test_token_counts_of_data_check_equal_the_training_encoding(family):
     count as the training encoding (BOS included where the tokenizer adds one: Llama 3.2, Gemma 3; Qwen 2
     has none), and the same when the tokenizer.json asks for truncation, which transformers' call switches
     off."""
-    from tunesmith.chat import rendered_lengths
+    from tunesmith.models.chat import rendered_lengths
 
     tok = make_tokenizer(family)
     chats = [TWO_TURNS, TWO_TURNS[:2], [{"role": "user", "content": "word " * 300}, TWO_TURNS[1]]]

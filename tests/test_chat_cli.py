@@ -6,7 +6,7 @@ from conftest import run_cli
 
 
 def test_chat_keeps_history_and_resets(tiny_model_dir):
-    from tunesmith.loading import generate, load
+    from tunesmith.models.loading import generate, load
     from tunesmith.use.talk import reply
 
     model = tiny_model_dir("llama")

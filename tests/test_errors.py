@@ -12,7 +12,7 @@ import pytest
 from conftest import cli, write_jsonl
 from tunesmith.errors import UserError
 from tunesmith.eval import errors
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 
 ROUGE = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 15.0, 25.0, 35.0]
 
@@ -195,7 +195,7 @@ def test_the_web_app_shows_the_groups_and_picks_two_evals_to_compare(two_version
     from fastapi.testclient import TestClient
 
     from conftest import LOCAL
-    from tunesmith.review.app import create_app
+    from tunesmith.ui.app import create_app
 
     reg_path, ids = two_versions
     client = TestClient(create_app(reg_path), base_url=LOCAL)
@@ -214,7 +214,7 @@ def test_the_failures_and_the_two_eval_page_in_a_browser(two_versions, browser):
     from selenium.webdriver.common.by import By
 
     from conftest import serving, wait_for
-    from tunesmith.review.app import create_app
+    from tunesmith.ui.app import create_app
 
     reg_path, ids = two_versions
     with serving(create_app(reg_path)) as port:

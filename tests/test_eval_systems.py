@@ -76,9 +76,9 @@ def test_systems_in_one_command(setup, tmp_path):
 def test_answer_perplexity_matches_full_logits(tiny_model_dir):
     import torch
 
-    from tunesmith.chat import encode_chat
     from tunesmith.eval.probes import answer_perplexity
-    from tunesmith.loading import load
+    from tunesmith.models.chat import encode_chat
+    from tunesmith.models.loading import load
 
     loaded = load(str(tiny_model_dir("llama")), quiet=True)
     convs = [ex["messages"] for ex in toy_examples(3)]
@@ -128,7 +128,7 @@ def test_systems_errors(setup, tmp_path):
 
 
 def test_sampling_with_a_seed_and_stop_strings(tiny_model_dir, tmp_path):
-    from tunesmith.loading import generate, load
+    from tunesmith.models.loading import generate, load
 
     model = tiny_model_dir("llama")  # with a random adapter it writes visible characters rather than newlines
     loaded = load(str(model), make_adapter(model, tmp_path / "a", seed=1), quiet=True)

@@ -24,7 +24,7 @@ import torch
 
 from conftest import toy_examples, write_jsonl
 from tunesmith.cli import main
-from tunesmith.loading import RUN_INFO
+from tunesmith.models.loading import RUN_INFO
 
 IDS = torch.tensor([[1, 5, 9, 20, 33, 100, 200, 7, 42, 64, 128, 3]])
 MERGE_TOL = 1e-4
@@ -319,7 +319,7 @@ def test_export_merged_gguf_reads_back_with_the_same_logits(llama_run, tmp_path,
 def test_export_without_permutation_would_be_caught(llama_run, tmp_path, capsys, monkeypatch):
     """The round trip is a real check: skip llama.cpp's q/k permutation and the logits go wrong
     by far more than the f32 tolerance."""
-    from tunesmith.use import gguf_arch
+    from tunesmith.export import gguf_arch
 
     model_dir, run = llama_run
     monkeypatch.setattr(gguf_arch, "permute", lambda w, n: w)
@@ -611,7 +611,7 @@ def test_adapter_only_refuses_dora(tiny_model_dir, tmp_path, capsys):
 
 
 def test_trained_adapter_merge_and_export_agree_with_generate(tiny_model_dir, tmp_path, capsys):
-    from tunesmith.loading import generate, load
+    from tunesmith.models.loading import generate, load
     from tunesmith.train import trainer
     from tunesmith.train.config import TrainConfig
 
@@ -673,7 +673,7 @@ def test_llama_cpp_runs_the_export_and_the_lora(llama_run, tmp_path, capsys):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.chat import prompt_ids
+    from tunesmith.models.chat import prompt_ids
 
     model_dir, run = llama_run
     merged, base, lora = tmp_path / "merged.gguf", tmp_path / "base.gguf", tmp_path / "lora.gguf"
@@ -719,8 +719,8 @@ def test_default_model_export_with_a_tiny_adapter(tmp_path, capsys):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.chat import prompt_ids
-    from tunesmith.models import resolve
+    from tunesmith.models.chat import prompt_ids
+    from tunesmith.models.resolve import resolve
 
     model_dir = resolve("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -760,7 +760,7 @@ def exported_beside_original(alias: str, out: Path, capsys):
     readers, and both files' keys (general.* and the file-format keys left out)."""
     from gguf import GGUFReader
 
-    from tunesmith.models import ALIASES, fetch_alias
+    from tunesmith.models.resolve import ALIASES, fetch_alias
 
     if not out.exists():
         assert cli(capsys, "export", "--model", alias, "--quant", "f32", "--out", str(out))[0] == 0

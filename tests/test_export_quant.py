@@ -53,7 +53,7 @@ def test_low_bit_types_sizes_and_the_error_each_costs(llama_run, tmp_path, capsy
 def test_a_row_that_is_not_whole_blocks_falls_back_to_f16():
     from gguf import GGMLQuantizationType as T
 
-    from tunesmith.use.gguf_quant import tensor_type
+    from tunesmith.export.gguf_quant import tensor_type
 
     assert tensor_type("blk.0.attn_q.weight", (64, 64), "q4_0") == T.Q4_0
     assert tensor_type("blk.0.attn_q.weight", (64, 48), "q4_0") == T.F16
@@ -89,7 +89,7 @@ def test_q4_1_reproduces_the_file_llama_cpp_made(tmp_path, capsys):
     quantizer is ggml's reference one)."""
     from gguf import GGUFReader
 
-    from tunesmith.models import ALIASES, fetch_alias
+    from tunesmith.models.resolve import ALIASES, fetch_alias
 
     out = tmp_path / "smol.gguf"
     assert cli(capsys, "export", "--model", "smollm2-135m", "--quant", "q4_1", "--out", str(out))[0] == 0
@@ -109,7 +109,7 @@ def test_the_files_name_does_not_switch_on_llama_cpps_phi3_tokenizer_rule(tiny_m
     from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
-    from tunesmith.use.gguf_vocab import llama_cpp_name
+    from tunesmith.export.gguf_vocab import llama_cpp_name
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir("phi3"))
     assert llama_cpp_name("phi3", tok) == "phi_3"  # its special tokens keep the whitespace after them

@@ -12,7 +12,7 @@ from conftest import EXAMPLES, cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
 from tunesmith.eval import gate
 from tunesmith.eval.verdict import verdict
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.scoring.stats import holm
 
 

@@ -22,7 +22,7 @@ def greedy_without_cache(model, ids: list[int], n: int) -> list[int]:
 def test_batched_generation_equals_a_plain_greedy_loop(family, monkeypatch):
     import random
 
-    from tunesmith import loading
+    from tunesmith.models import loading
 
     tok = make_tokenizer(family)
     model = make_model(family, tok)
@@ -43,7 +43,7 @@ def test_batched_generation_equals_a_plain_greedy_loop(family, monkeypatch):
 def test_growing_cache_layer_keeps_every_token_in_place():
     import torch
 
-    from tunesmith.kvcache import growing_cache
+    from tunesmith.models.kvcache import growing_cache
 
     cache = growing_cache(reserve=2)
     k = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
@@ -66,7 +66,7 @@ def test_prompt_and_prefix_adapters_keep_pefts_own_generation_path(kind):
     import torch
     from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
-    from tunesmith import loading
+    from tunesmith.models import loading
 
     tok = make_tokenizer("llama")
     base = make_model("llama", tok)

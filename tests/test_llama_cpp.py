@@ -38,7 +38,7 @@ def llama_logits(path, ids: list[int], n_ctx: int) -> np.ndarray:
 
 
 def prompt(tok, n_words: int = 12) -> list[int]:
-    from tunesmith.chat import prompt_ids
+    from tunesmith.models.chat import prompt_ids
 
     words = " ".join(f"budget{k % 7} design" for k in range(n_words))
     return prompt_ids(tok, [{"role": "user", "content": f"Write the meeting notes. Focus: {words}"}])
@@ -162,8 +162,8 @@ def test_gemma3_270m_in_llama_cpp(gemma3_270m_f32):
     Hugging Face tokenizer and gives the model's logits."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.chat import prompt_ids
-    from tunesmith.models import resolve
+    from tunesmith.models.chat import prompt_ids
+    from tunesmith.models.resolve import resolve
 
     model_dir = resolve("gemma3-270m")
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -232,7 +232,7 @@ def test_verify_an_exact_export(memorized, tmp_path, capsys):
 def test_verify_warns_when_the_file_is_worse(memorized, tmp_path, capsys, monkeypatch):
     """A file written without llama.cpp's q/k permutation runs, but answers differently: agreement falls, the
     metrics drop significantly and the export warns."""
-    from tunesmith.use import gguf_arch
+    from tunesmith.export import gguf_arch
 
     run, test = memorized
     monkeypatch.setattr(gguf_arch, "permute", lambda w, n: w)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_tokenizer
-from tunesmith.chat import adds_bos, render
-from tunesmith.use import modelfile as mf
+from tunesmith.export import modelfile as mf
+from tunesmith.models.chat import adds_bos, render
 
 LLAMA3 = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
-from tunesmith import models, weightfiles
 from tunesmith.errors import UserError
+from tunesmith.files.home import home
+from tunesmith.models import resolve as models
+from tunesmith.models import weightfiles
 
 
 def test_unknown_alias_is_one_clear_line():
@@ -48,7 +50,7 @@ def test_missing_paths_and_pickle_only_dirs(tmp_path):
 
 
 def test_corrupted_cache_is_detected(tiny_model_dir, tmp_path):
-    target = models.home() / "models" / "smollm2-135m"
+    target = home() / "models" / "smollm2-135m"
     shutil.copytree(tiny_model_dir("llama"), target)
     weightfiles.write_manifest(target, {"alias": "smollm2-135m"})
     assert models.resolve("smollm2-135m") == target
@@ -70,7 +72,7 @@ def test_a_verified_cache_is_not_hashed_again_until_a_file_changes(tiny_model_di
     import os
     import time
 
-    target = models.home() / "models" / "smollm2-135m"
+    target = home() / "models" / "smollm2-135m"
     shutil.copytree(tiny_model_dir("llama"), target)
     weightfiles.write_manifest(target, {"alias": "smollm2-135m"})
     w = target / "model.safetensors"
@@ -124,8 +126,8 @@ def test_multi_part_alias_is_concatenated_and_verified(monkeypatch):
     bad = models.Alias(**{**alias.__dict__, "gguf_name": "y.gguf", "sha256": "0" * 64})
     with pytest.raises(UserError, match="downloaded file has sha256 .* expected 0000"):
         models.fetch_alias(bad)
-    assert not (models.home() / "downloads" / "y.gguf").exists(), "a bad download is never cached"
-    assert sorted(p.name for p in (models.home() / "downloads").iterdir()) == ["x.gguf"]
+    assert not (home() / "downloads" / "y.gguf").exists(), "a bad download is never cached"
+    assert sorted(p.name for p in (home() / "downloads").iterdir()) == ["x.gguf"]
 
 
 def test_models_command_lists_aliases_json():
@@ -183,7 +185,7 @@ def test_the_data_commands_resolve_a_model_without_torch(tiny_model_dir):
     import sys
 
     code = (
-        "import sys; from tunesmith.models import resolve; "
+        "import sys; from tunesmith.models.resolve import resolve; "
         f"resolve({str(tiny_model_dir('llama'))!r}, tokenizer_only=True); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

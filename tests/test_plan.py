@@ -67,7 +67,7 @@ def test_counts_are_the_runs_own(tiny_model_dir, tmp_path):
         assert arch.params == sum(p.numel() for p in model.parameters()), method
         assert arch.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad), method
     data = plan.data_stats(cfg)
-    from tunesmith.chat import encode_chat
+    from tunesmith.models.chat import encode_chat
 
     lengths = [len(encode_chat(tok, ex["messages"]).input_ids) for ex in toy_examples(10)]
     assert data.lengths == lengths and 0 < data.answers < sum(lengths)

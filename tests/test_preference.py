@@ -36,7 +36,7 @@ def test_sequence_logps_equal_the_full_logits_computation(tiny_model_dir):
     model's full logits, summed by hand over the answer tokens; then the DPO loss of a real pair."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.chat import IGNORE, encode_chat
+    from tunesmith.models.chat import IGNORE, encode_chat
 
     d = tiny_model_dir("llama")
     tok = AutoTokenizer.from_pretrained(d)

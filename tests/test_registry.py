@@ -1,4 +1,4 @@
-"""The run registry (registry.py) and `tunesmith runs`: what a training run records, lineage across
+"""The run registry (registry/db.py) and `tunesmith runs`: what a training run records, lineage across
 --from-adapter and resume, tags, import from run directories, stale runs after a SIGKILL, several
 processes writing at once, and a broken registry that never fails a run."""
 
@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from conftest import ROOT, cli, run_cli, toy_examples, train_then_sigkill, write_jsonl
-from tunesmith import registry as R
 from tunesmith.errors import UserError
+from tunesmith.registry import db as R
 
 
 @pytest.fixture
@@ -414,7 +414,7 @@ def test_without_the_flag_runs_go_to_the_default_registry(tiny_model_dir, data, 
 
 def test_the_registry_can_be_off_for_a_whole_process(tmp_path, monkeypatch):
     """TUNESMITH_REGISTRY=off (what the benchmarks set): nothing is registered anywhere, no file made."""
-    from tunesmith.recorder import Recorder
+    from tunesmith.registry.recorder import Recorder
 
     monkeypatch.setenv("TUNESMITH_REGISTRY", "off")
     monkeypatch.chdir(tmp_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, cli, make_adapter, toy_examples, write_jsonl
-from tunesmith import atomic
+from tunesmith.files import atomic
 
 OURS = re.compile(r"\.(tmp|old)-\d+|\.partial$")
 

@@ -13,7 +13,7 @@ import pytest
 def results_for(system: str, outputs: list[str], refs: list[str]) -> dict:
     from conftest import EXAMPLES
     from tunesmith.eval.run import score
-    from tunesmith.loading import Generation
+    from tunesmith.models.loading import Generation
     from tunesmith.scoring.style import load_style
 
     rules = load_style(str(EXAMPLES / "style.yaml"))

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import LOCAL, cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.review import export, stats, store
 from tunesmith.review.store import Judgement
 from tunesmith.scoring.stats import cohen_kappa, wilson
@@ -244,9 +244,9 @@ def test_serve_capture_feedback_review_and_purge(tiny_model_dir, tmp_path):
     from fastapi.testclient import TestClient
 
     from conftest import make_adapter
-    from tunesmith.captures import Captures, captured
-    from tunesmith.use import app as A
-    from tunesmith.use.serve import load_engine
+    from tunesmith.registry.captures import Captures, captured
+    from tunesmith.serve import app as A
+    from tunesmith.serve.server import load_engine
 
     model = tiny_model_dir("llama")
     adapter = make_adapter(model, tmp_path / "notes", 1)

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import LOCAL, cli, serving, wait_for
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.review import store
 
 pytest.importorskip("fastapi", reason="the review app needs the 'serve' extra")
@@ -17,7 +17,7 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (the 'test
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from tunesmith.review.app import create_app  # noqa: E402
+from tunesmith.ui.app import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -117,11 +117,11 @@ def server(tiny_model_dir, tmp_path_factory):
 
 def reference(model_dir: Path, adapter: Path | None, messages: list[dict], n: int) -> str:
     """What `tunesmith generate` makes for the same conversation (greedy)."""
-    from tunesmith.loading import load
+    from tunesmith.models.loading import load
 
     loaded = load(str(model_dir), adapter, quiet=True)
-    from tunesmith.chat import prompt_ids, stop_token_ids
-    from tunesmith.loading import generate_ids
+    from tunesmith.models.chat import prompt_ids, stop_token_ids
+    from tunesmith.models.loading import generate_ids
 
     ((ids, _),) = generate_ids(
         loaded.model,

@@ -15,10 +15,10 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (the 'test
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from tunesmith.use import app as A  # noqa: E402
-from tunesmith.use.api_schema import ChatRequest, CompletionRequest  # noqa: E402
-from tunesmith.use.engine import APIError, Engine  # noqa: E402
-from tunesmith.use.serve import load_engine  # noqa: E402
+from tunesmith.serve import app as A  # noqa: E402
+from tunesmith.serve.api_schema import ChatRequest, CompletionRequest  # noqa: E402
+from tunesmith.serve.engine import APIError, Engine  # noqa: E402
+from tunesmith.serve.server import load_engine  # noqa: E402
 
 KEY = "sk-unit"
 MSG = [{"role": "user", "content": "Write the meeting notes. Focus: budget"}]

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import LOCAL, cli, run_cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.sweep.space import Param, parse_space
 
 pytest.importorskip("optuna", reason="sweep needs Optuna (the 'sweep' extra)")
@@ -87,7 +87,7 @@ def shown_in_the_ui(reg: str) -> list[tuple]:
     pytest.importorskip("fastapi", reason="the review app needs the 'serve' extra")
     from fastapi.testclient import TestClient
 
-    from tunesmith.review.app import create_app
+    from tunesmith.ui.app import create_app
 
     client = TestClient(create_app(reg), base_url=LOCAL)
     out = []

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import ROOT, cli, free_port, llama_server, write_jsonl
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.review import store
 from tunesmith.review.store import Judgement
 
@@ -350,7 +350,7 @@ def test_drafts_are_accepted_corrected_or_rejected_and_only_the_kept_ones_export
 
 def test_a_local_teacher_drafts_as_generate_does(tmp_path):
     """The default model as the teacher (the tiny random models often decode to nothing at all)."""
-    from tunesmith.loading import generate, load
+    from tunesmith.models.loading import generate, load
 
     model = "smollm2-135m"
     src = inputs(tmp_path, ["budget", "hiring", "travel"])
@@ -448,7 +448,7 @@ def test_drafts_are_accepted_and_rejected_with_the_keyboard(teacher, tmp_path, b
     from selenium.webdriver.common.keys import Keys
 
     from conftest import serving, wait_for
-    from tunesmith.review.app import create_app
+    from tunesmith.ui.app import create_app
 
     url, _ = teacher
     src = inputs(tmp_path, ["alpha", "beta"])

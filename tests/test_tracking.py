@@ -9,8 +9,8 @@ import json
 import pytest
 
 from conftest import cli, toy_examples, write_jsonl
-from tunesmith import tracking
 from tunesmith.errors import UserError
+from tunesmith.registry import tracking
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra (mlflow-skinny) is not installed")
 

@@ -349,7 +349,7 @@ def test_qlora_on_a_cpu_says_why_and_what_instead(tiny_model_dir, data_dir, tmp_
 
 def test_eos_is_learned_so_the_tuned_model_stops_by_itself(tiny_model_dir, tmp_path):
     from conftest import chat
-    from tunesmith.loading import generate, load
+    from tunesmith.models.loading import generate, load
 
     d = tmp_path / "data"
     rows = [
@@ -556,7 +556,7 @@ def test_precision_rslora_and_full_disk(tiny_model_dir, data_dir, tmp_path, monk
 
 
 def test_eval_metric_during_training_picks_the_best_score(tiny_model_dir, data_dir, tmp_path):
-    from tunesmith.loading import generate, load
+    from tunesmith.models.loading import generate, load
     from tunesmith.scoring.metrics import scores
 
     r = trainer.train(
@@ -816,7 +816,7 @@ def test_bucketed_right_padding_without_a_mask_gives_the_same_loss(family, tiny_
     loss (and its gradient) at the answer positions is what the exactly padded, masked batch gives."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.chat import encode_chat
+    from tunesmith.models.chat import encode_chat
 
     d = tiny_model_dir(family)
     model, tok = AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)

@@ -1,5 +1,5 @@
 """Every page of `tunesmith ui` for every kind of run, in a real browser and through the API's declared
-schema (review/views.py), on a registry made by the real commands (tests/zoo.py): train runs of every
+schema (ui/views.py), on a registry made by the real commands (tests/zoo.py): train runs of every
 method, evals, a sweep, a merge, an export, and the statuses and bad cases a person meets (running,
 failed, interrupted, a deleted folder, an eval from an older version).
 
@@ -15,7 +15,7 @@ import pytest
 
 import zoo
 from conftest import LOCAL, cli, serving, wait_for
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.review import store
 
 pytest.importorskip("fastapi", reason="the review app needs the 'serve' extra")
@@ -23,8 +23,8 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (the 'test
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from tunesmith.review.app import create_app  # noqa: E402
-from tunesmith.review.views import RunDetail  # noqa: E402
+from tunesmith.ui.app import create_app  # noqa: E402
+from tunesmith.ui.views import RunDetail  # noqa: E402
 
 
 @pytest.fixture(scope="module")

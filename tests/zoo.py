@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from conftest import chat, cli, run_cli, toy_examples, write_jsonl
-from tunesmith.registry import Registry, new_id
+from tunesmith.registry.db import Registry, new_id
 from tunesmith.train.rundir import partial_dir
 
 TRAIN = ["--epochs", "1", "--batch-size", "4", "--lora-r", "4", "--quiet", "--threads", "1"]

@@ -25,10 +25,10 @@ from tunesmith.commands import (
     add_track,
 )
 from tunesmith.errors import UserError, disk_full
-from tunesmith.models import DEFAULT_MODEL  # stdlib only: keeps --help fast
-from tunesmith.recorder import adapter_path  # sqlite3 and the core: no torch
+from tunesmith.export.gguf_quant import QUANTS  # light: names only, gguf and llama.cpp imported when used
+from tunesmith.models.resolve import DEFAULT_MODEL  # stdlib only: keeps --help fast
+from tunesmith.registry.recorder import adapter_path  # sqlite3 and the core: no torch
 from tunesmith.train.config import add_config_flags  # light: dataclasses and the core, no torch
-from tunesmith.use.gguf_quant import QUANTS  # light: names only, gguf and llama.cpp imported when used
 
 
 def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list model aliases and what is cached")
     p.add_argument("--fetch", metavar="ALIAS", help="download and convert an alias now")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler="tunesmith.models:cli_models")
+    p.set_defaults(handler="tunesmith.models.resolve:cli_models")
 
     data = sub.add_parser("data", help="check and prepare examples")
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace a merged model tunesmith wrote in --out (only once the new one is written)",
     )
     add_registry(p)
-    p.set_defaults(handler="tunesmith.use.merge:cli_merge")
+    p.set_defaults(handler="tunesmith.export.merge:cli_merge")
 
     p = sub.add_parser(
         "export", help="export the merged model (or the adapter alone) as a GGUF file for llama.cpp/Ollama"
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace a GGUF file tunesmith exported (only once the new one is written)",
     )
     add_registry(p)
-    p.set_defaults(handler="tunesmith.use.export:cli_export")
+    p.set_defaults(handler="tunesmith.export.gguf:cli_export")
 
     p = sub.add_parser(
         "serve", help="OpenAI-compatible HTTP API with one or more adapters (needs the 'serve' extra)"
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep every request and answer in the registry, and take POST /v1/feedback (off by default)",
     )
     add_registry(p)
-    p.set_defaults(handler="tunesmith.use.serve:cli_serve")
+    p.set_defaults(handler="tunesmith.serve.server:cli_serve")
     add_runs(sub)
     add_errors(sub)
     add_review(sub)

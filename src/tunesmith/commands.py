@@ -154,7 +154,7 @@ def add_runs(sub) -> None:
     p.add_argument("--delete-files", action="store_true", help="also delete the run directory")
     p = rsub.add_parser("import", help="register finished run directories (trained elsewhere or earlier)")
     p.add_argument("dirs", nargs="+", metavar="RUN_DIR")
-    runs.set_defaults(handler="tunesmith.versions.cli:cli_runs")
+    runs.set_defaults(handler="tunesmith.runs.cli:cli_runs")
 
 
 def add_review(sub) -> None:
@@ -216,7 +216,7 @@ def add_review(sub) -> None:
         help="no token on a loopback address (anyone on this machine may then read the registry)",
     )
     add_registry(p)
-    p.set_defaults(handler="tunesmith.review.cli:cli_ui")
+    p.set_defaults(handler="tunesmith.ui.cli:cli_ui")
 
 
 def add_sweep(sub, add_model) -> None:

@@ -12,11 +12,11 @@ import sys
 from array import array
 from pathlib import Path
 
-from tunesmith.chat import last_assistant, render, rendered_lengths
 from tunesmith.data.formats import Issue, ReadOptions, iter_examples, messages_digest
 from tunesmith.errors import DataErrors
-from tunesmith.loading import load_tokenizer
-from tunesmith.models import DEFAULT_MODEL, resolve
+from tunesmith.models.chat import last_assistant, render, rendered_lengths
+from tunesmith.models.loading import load_tokenizer
+from tunesmith.models.resolve import DEFAULT_MODEL, resolve
 
 FEW_EXAMPLES = 100
 EVAL_NAMES = ("val", "valid", "validation", "dev", "test", "eval")

@@ -11,9 +11,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.chat import last_assistant
 from tunesmith.data.formats import Example, load_examples, locate_paths, messages_digest
 from tunesmith.errors import UserError
+from tunesmith.models.chat import last_assistant
 
 
 @dataclass

@@ -19,8 +19,6 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from tunesmith.atomic import make_temp_dir, replace_dir
-from tunesmith.chat import last_assistant, rendered_lengths
 from tunesmith.data.dedupe import near_duplicates
 from tunesmith.data.formats import (
     Example,
@@ -31,9 +29,11 @@ from tunesmith.data.formats import (
 )
 from tunesmith.data.mix import Mix, apply_weights, is_mix
 from tunesmith.errors import UserError
-from tunesmith.loading import load_tokenizer
-from tunesmith.models import DEFAULT_MODEL, resolve
-from tunesmith.outputs import check_out, check_replaceable
+from tunesmith.files.atomic import make_temp_dir, replace_dir
+from tunesmith.files.outputs import check_out, check_replaceable
+from tunesmith.models.chat import last_assistant, rendered_lengths
+from tunesmith.models.loading import load_tokenizer
+from tunesmith.models.resolve import DEFAULT_MODEL, resolve
 
 SPLITS = ("train", "val", "test")
 ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")

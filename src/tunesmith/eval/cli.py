@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunesmith import tracking
 from tunesmith.errors import UserError
 from tunesmith.eval import errors, gate
-from tunesmith.eval.record import register_eval
+from tunesmith.eval.register import register_eval
 from tunesmith.eval.run import EvalSpec, evaluate, write_outputs
 from tunesmith.eval.tables import print_probe, print_systems_table, print_table
+from tunesmith.registry import tracking
 
 
 def spec_from_args(args) -> EvalSpec:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tunesmith.errors import UserError
 from tunesmith.eval.rows import per_example_values, same_test
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.scoring.stats import paired_test
 
 TOO_LONG, TOO_SHORT = 1.5, 0.5  # output words / reference words

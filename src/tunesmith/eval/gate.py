@@ -19,7 +19,7 @@ from pathlib import Path
 from tunesmith.errors import UserError
 from tunesmith.eval.rows import same_test
 from tunesmith.eval.run import compare
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.scoring.stats import holm
 
 GATE_FAILED = 3  # the exit code of a failed gate (2 is a usage error, 1 a data error)

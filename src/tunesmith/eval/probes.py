@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.chat import encode_chat, split_prompt
 from tunesmith.data.formats import load_examples
-from tunesmith.loading import generate
+from tunesmith.models.chat import encode_chat, split_prompt
+from tunesmith.models.loading import generate
 from tunesmith.scoring.metrics import token_f1
 from tunesmith.train.batching import collate
 from tunesmith.train.loss import answer_loss_sum

@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.atomic import write_json, write_text
-from tunesmith.chat import split_prompt
 from tunesmith.data.formats import load_examples
 from tunesmith.errors import UserError
 from tunesmith.eval.probes import forgetting_report, memorization_report, run_probe, sample_train
@@ -18,7 +16,9 @@ from tunesmith.eval.report import render
 from tunesmith.eval.rows import per_example_values, scalar_meta
 from tunesmith.eval.systems import System, build_prompts, parse_systems
 from tunesmith.eval.verdict import verdict
-from tunesmith.loading import attach_adapter, base_model_of, check_adapter_dir, generate, load
+from tunesmith.files.atomic import write_json, write_text
+from tunesmith.models.chat import split_prompt
+from tunesmith.models.loading import attach_adapter, base_model_of, check_adapter_dir, generate, load
 from tunesmith.scoring import metrics as M
 from tunesmith.scoring.judge import make_judge
 from tunesmith.scoring.metrics import LABEL_MACRO, TEXT_METRICS

@@ -21,11 +21,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.atomic import write_text
-from tunesmith.chat import last_assistant
 from tunesmith.data.formats import data_files, load_examples, messages_digest
 from tunesmith.errors import UserError
-from tunesmith.registry import Registry
+from tunesmith.files.atomic import write_text
+from tunesmith.models.chat import last_assistant
+from tunesmith.registry.db import Registry
 from tunesmith.review.store import VERDICTS, items, judgements, queue, queues
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from itertools import combinations
 
-from tunesmith.registry import Registry
+from tunesmith.registry.db import Registry
 from tunesmith.review.store import KINDS, TIE, judgements, queue, queues
 from tunesmith.scoring.stats import bootstrap_ci, cohen_kappa, paired_test, wilson
 

@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.captures import captured
-from tunesmith.chat import last_assistant
 from tunesmith.data.formats import load_examples, messages_digest
 from tunesmith.errors import NotFound, UserError
 from tunesmith.eval.errors import newest_eval
 from tunesmith.eval.rows import same_test
-from tunesmith.registry import Registry
+from tunesmith.models.chat import last_assistant
+from tunesmith.registry.captures import captured
+from tunesmith.registry.db import Registry
 
 KINDS = ("ab", "rating", "correction", "accept", "reject")
 # what an item becomes in `review export --sft`: its newest verdict wins

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.loading import generate, load
+from tunesmith.models.loading import generate, load
 
 TEMPLATE = (
     "You grade an answer against a rubric.\n\nRubric:\n{rubric}\n\nQuestion:\n{prompt}\n\n"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith.atomic import write_text
 from tunesmith.errors import UserError
+from tunesmith.files.atomic import write_text
 from tunesmith.sweep.curve import curve, parse_fractions
 from tunesmith.sweep.report import render
 from tunesmith.sweep.run import SweepSpec, params_text, run_sweep

@@ -11,10 +11,10 @@ import html
 import random
 from pathlib import Path
 
-from tunesmith.atomic import write_text
 from tunesmith.data.formats import locate_paths
 from tunesmith.errors import UserError
 from tunesmith.eval.run import EvalSpec, evaluate
+from tunesmith.files.atomic import write_text
 from tunesmith.scoring.stats import bootstrap_ci, paired_test
 from tunesmith.sweep.report import PAD, H, W, axes, scale
 from tunesmith.train.config import TrainConfig

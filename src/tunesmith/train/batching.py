@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from tunesmith.chat import IGNORE, encode_chat
+from tunesmith.models.chat import IGNORE, encode_chat
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.precision import bucket_size, token_budget
 

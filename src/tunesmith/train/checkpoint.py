@@ -13,9 +13,9 @@ import random
 import shutil
 from pathlib import Path
 
-from tunesmith.atomic import make_temp_dir, replace_dir
 from tunesmith.errors import UserError, disk_full
-from tunesmith.faults import killpoint
+from tunesmith.files.atomic import make_temp_dir, replace_dir
+from tunesmith.files.faults import killpoint
 from tunesmith.train.distributed import full, full_state, sharded
 
 PREFIX = "step-"

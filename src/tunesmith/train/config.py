@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.loading import base_model_of
+from tunesmith.models.loading import base_model_of
 
 METHODS = ("lora", "dora", "qlora", "full", "freeze", "prompt-tuning", "prefix-tuning", "dpo", "grpo")
 # LoRA adapters trained on preferences / graded samples (train/preference.py)

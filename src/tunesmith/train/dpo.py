@@ -16,8 +16,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from tunesmith.chat import Encoded, encode_chat
 from tunesmith.errors import UserError
+from tunesmith.models.chat import Encoded, encode_chat
 from tunesmith.train.config import MEASURED, MIN_PAIRS, TrainConfig
 from tunesmith.train.precision import amp
 from tunesmith.train.preference import Preference, load_split, sequence_logps

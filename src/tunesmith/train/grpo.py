@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from tunesmith.chat import IGNORE, Encoded, prompt_ids, split_prompt, stop_token_ids
-from tunesmith.loading import generate, generate_ids
+from tunesmith.models.chat import IGNORE, Encoded, prompt_ids, split_prompt, stop_token_ids
+from tunesmith.models.loading import generate, generate_ids
 from tunesmith.train.batching import collate
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.graders import grade, parse_graders

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 
-from tunesmith.chat import IGNORE
+from tunesmith.models.chat import IGNORE
 
 BLOCK = 64  # answer positions per block: 64 × 49,152 fp32 logits = 12.6 MB for SmolLM2
 

@@ -19,8 +19,8 @@ import platform
 import time
 from pathlib import Path
 
-from tunesmith.atomic import write_json
-from tunesmith.models import home
+from tunesmith.files.atomic import write_json
+from tunesmith.files.home import home
 
 MATMUL_N = {"cpu": 2048, "cuda": 8192}
 FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd", "sve")

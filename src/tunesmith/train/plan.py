@@ -38,8 +38,8 @@ from dataclasses import dataclass, field, replace
 
 from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.errors import UserError
-from tunesmith.loading import load_tokenizer
-from tunesmith.models import cached_status, resolve
+from tunesmith.models.loading import load_tokenizer
+from tunesmith.models.resolve import cached_status, resolve
 from tunesmith.train import heap, machine
 from tunesmith.train.batching import n_answer_tokens, padded_width
 from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig, route

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 
-from tunesmith.loading import default_dtype
+from tunesmith.models.loading import default_dtype
 from tunesmith.train.config import TrainConfig
 
 

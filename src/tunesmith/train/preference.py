@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.chat import Encoded
 from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.errors import UserError
+from tunesmith.models.chat import Encoded
 from tunesmith.train.batching import collate
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.loss import answer_logits

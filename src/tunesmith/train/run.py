@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
-from tunesmith.atomic import make_temp_dir, replace_dir, write_text
-from tunesmith.faults import killpoint
+from tunesmith.files.atomic import make_temp_dir, replace_dir, write_text
+from tunesmith.files.faults import killpoint
 from tunesmith.train import checkpoint, rundir
 from tunesmith.train import distributed as dist
 from tunesmith.train.config import ADAPTER_METHODS, TrainConfig

@@ -22,14 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-from tunesmith.atomic import replace_dir, sweep, write_json, write_text
 from tunesmith.data.formats import files_of, locate_paths
 from tunesmith.data.mix import Mix, is_mix, replay_path
 from tunesmith.errors import UserError
-from tunesmith.faults import killpoint
-from tunesmith.outputs import INPUTS, RUN_INFO, check_out, check_replaceable
+from tunesmith.files.atomic import replace_dir, sweep, write_json, write_text
+from tunesmith.files.faults import killpoint
+from tunesmith.files.outputs import INPUTS, RUN_INFO, check_out, check_replaceable
+from tunesmith.models.weightfiles import sha256_file
 from tunesmith.train.config import ADAPTER_METHODS, TrainConfig, to_yaml
-from tunesmith.weightfiles import sha256_file
 
 
 def partial_dir(out: Path) -> Path:

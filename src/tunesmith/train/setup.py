@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from tunesmith.errors import UserError
-from tunesmith.loading import check_adapter_dir, load_base
+from tunesmith.models.loading import check_adapter_dir, load_base
 from tunesmith.train import attention, recompute
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.precision import autocast_device, cpu_autocast, frozen_base_bf16

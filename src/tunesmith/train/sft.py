@@ -15,12 +15,12 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tunesmith.chat import IGNORE, split_prompt
 from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.data.mix import is_mix, load_training_mix, with_replay
 from tunesmith.errors import UserError
-from tunesmith.loading import generate, load_tokenizer
-from tunesmith.models import resolve
+from tunesmith.models.chat import IGNORE, split_prompt
+from tunesmith.models.loading import generate, load_tokenizer
+from tunesmith.models.resolve import resolve
 from tunesmith.scoring.metrics import scores
 from tunesmith.train import distributed as dist
 from tunesmith.train.batching import batches, collate, encode_all, micro_batches, n_answer_tokens, pass_budget

@@ -14,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from tunesmith import registry, runrecord, tracking
 from tunesmith.errors import UserError
-from tunesmith.recorder import Recorder
+from tunesmith.registry import db as registry
+from tunesmith.registry import runfolder, tracking
+from tunesmith.registry.recorder import Recorder
 from tunesmith.train import checkpoint, heap, plan_text, rundir
 from tunesmith.train import distributed as dist
 from tunesmith.train.config import TrainConfig
@@ -104,7 +105,7 @@ def train(
     rec = Recorder(registry_path, off=not lead)
     result = fit_and_register(run, method, rec, run_id, out, data_print)
     if lead and track:
-        tracking.log_run(track, runrecord.read_run_dir(out))
+        tracking.log_run(track, runfolder.read_run_dir(out))
     return result
 
 
@@ -112,7 +113,7 @@ def fit_and_register(run: Run, method, rec: Recorder, run_id: str, out: Path, da
     """Fit and finish the run, entered in the registry as running, then done (read back from the run
     directory), failed or interrupted."""
     cfg, name = run.cfg, out.resolve().name
-    model_sha = runrecord.model_sha256(method.model_dir) if not rec.off else None
+    model_sha = runfolder.model_sha256(method.model_dir) if not rec.off else None
     rec.begin(
         run_id,
         kind="train",
@@ -133,7 +134,7 @@ def fit_and_register(run: Run, method, rec: Recorder, run_id: str, out: Path, da
             "started": rundir.started_at(run.work),
             "ended": time.time(),
             "model_sha256": model_sha,
-            "environment": runrecord.environment(),
+            "environment": runfolder.environment(),
             "examples": {"train": method.n_items, "val": method.n_val},
         }
         result = run.finish(out, method.model_dir, about)

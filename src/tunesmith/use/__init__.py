@@ -1,1 +1,1 @@
-"""Use a tuned model: generate, chat, merge, export, serve."""
+"""Use a tuned model: generate, chat, and drafts from a teacher model."""

@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tunesmith.atomic import write_text
 from tunesmith.data.formats import load_examples, messages_digest, read_records
 from tunesmith.data.records import Issue
 from tunesmith.errors import UserError
+from tunesmith.files.atomic import write_text
 from tunesmith.scoring.style import check_style, load_style
 from tunesmith.use.teacher import (
     Draft,

@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from tunesmith.chat import last_assistant
 from tunesmith.data.formats import Issue, normalize, read_records
 from tunesmith.errors import UserError
-from tunesmith.loading import base_model_of, check_adapter_dir, generate, load
+from tunesmith.models.chat import last_assistant
+from tunesmith.models.loading import base_model_of, check_adapter_dir, generate, load
 
 
 def read_prompts(path: str) -> list[list[dict]]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from tunesmith.chat import prompt_ids, stop_token_ids
 from tunesmith.errors import UserError
-from tunesmith.loading import TextStream, base_model_of, check_adapter_dir, generate_ids, load
+from tunesmith.models.chat import prompt_ids, stop_token_ids
+from tunesmith.models.loading import TextStream, base_model_of, check_adapter_dir, generate_ids, load
 
 HELP = "type a message; /reset forgets the conversation, /exit or Ctrl-D leaves"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tunesmith.errors import UserError
 from tunesmith.eval.systems import System, build_prompts
-from tunesmith.loading import attach_adapter, base_model_of, check_adapter_dir, generate, load
+from tunesmith.models.loading import attach_adapter, base_model_of, check_adapter_dir, generate, load
 
 
 @dataclass

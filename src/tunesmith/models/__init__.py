@@ -1,0 +1,1 @@
+"""Models: resolving a name to a folder, checking weight files, loading, the chat rule, the KV cache."""

@@ -1,0 +1,1 @@
+"""`tunesmith serve`: an OpenAI-compatible endpoint (routes, batching engine, request schemas)."""

@@ -1,0 +1,1 @@
+"""`tunesmith ui`: the web app over the registry and the review queues (pages, API views, static assets)."""

@@ -1,1 +1,0 @@
-"""Versions of a tuned model: the run registry from the command line (`tunesmith runs`)."""

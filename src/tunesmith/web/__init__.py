@@ -1,0 +1,1 @@
+"""What every local web server of tunesmith puts in front of its routes."""
