@@ -1,6 +1,9 @@
 """The size rules of docs/architecture.md, checked in `make lint`: no module over 500 lines, no
 function over 80 lines (argparse builders excepted: a flat list of flags reads best in one place),
-and no function-local import of our own modules (it would hide an import cycle from import-linter).
+and no function-local import of our own modules (it would hide an import cycle from import-linter),
+but in a package's cli.py: there a command's handler imports its library when the command runs, so
+building every parser (`tunesmith --help`, the data commands) imports no torch. import-linter reads the
+imports inside functions too (grimp), so the layers and the no-cycle contract still see them.
 
 Our own check because neither ruff nor import-linter measures these: ruff's closest rule counts
 statements (PLR0915), not lines, and flake8's function-length plugins would add a second linter.
@@ -19,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "tunesmith"
 MAX_MODULE, MAX_FUNCTION = 500, 80
-BUILDERS = {"build_parser"}  # argparse builders: flags, one after another
+BUILDERS = {"build_parser", "add_parsers"}  # argparse builders: flags, one after another
 LATE_IMPORTS_ALLOWED = {  # (module, imported): why it is imported where it is used
     (
         "tunesmith.train.config",
@@ -62,7 +65,7 @@ def findings(report: dict) -> list[str]:
                         continue
                     for name in names:
                         report["late"].add((mod, name, sub.lineno))
-                        if (mod, name) not in LATE_IMPORTS_ALLOWED:
+                        if (mod, name) not in LATE_IMPORTS_ALLOWED and not mod.endswith(".cli"):
                             out.append(
                                 f"{rel}:{sub.lineno}: imports {name} inside {node.name}; import it at the "
                                 "top "

@@ -6,17 +6,12 @@ the text itself, so a million-line file checks in bounded memory.
 
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 from array import array
 from pathlib import Path
 
 from tunesmith.data.formats import Issue, ReadOptions, iter_examples, messages_digest
-from tunesmith.errors import DataErrors
 from tunesmith.models.chat import last_assistant, render, rendered_lengths
-from tunesmith.models.loading import load_tokenizer
-from tunesmith.models.resolve import DEFAULT_MODEL, resolve
 
 FEW_EXAMPLES = 100
 EVAL_NAMES = ("val", "valid", "validation", "dev", "test", "eval")
@@ -170,43 +165,3 @@ def check(
         c.add_file_results(p, opts or ReadOptions())
     c.finish(paths)
     return c.issues, c.valid
-
-
-def cli_check(args) -> int:
-    tokenizer = None
-    if args.max_length:
-        tokenizer = load_tokenizer(
-            resolve(
-                args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code, tokenizer_only=True
-            ),
-            args.trust_remote_code,
-            light=True,
-        )
-    opts = ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
-    issues, valid = check(args.paths, tokenizer, args.max_length, opts)
-    errors = [i for i in issues if i.level == "error"]
-    warnings = [i for i in issues if i.level == "warning"]
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "examples": valid,
-                    "errors": len(errors),
-                    "warnings": len(warnings),
-                    "issues": [i.as_dict() for i in issues],
-                },
-                indent=2,
-            )
-        )
-    else:
-        for i in errors:
-            print(i)
-        for i in warnings:
-            print(f"{i} (warning)")
-        print(
-            f"{valid} valid examples, {len(errors)} error(s), {len(warnings)} warning(s)",
-            file=sys.stderr if errors else sys.stdout,
-        )
-    if errors:
-        raise DataErrors("")
-    return 0

@@ -15,7 +15,6 @@ import random
 import re
 import shutil
 import statistics
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -32,8 +31,6 @@ from tunesmith.errors import UserError
 from tunesmith.files.atomic import make_temp_dir, replace_dir
 from tunesmith.files.outputs import check_out, check_replaceable
 from tunesmith.models.chat import last_assistant, rendered_lengths
-from tunesmith.models.loading import load_tokenizer
-from tunesmith.models.resolve import DEFAULT_MODEL, resolve
 
 SPLITS = ("train", "val", "test")
 ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
@@ -439,40 +436,3 @@ def write_output(out: Path, parts: dict[str, list[Example]], card: dict) -> None
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def cli_prepare(args) -> int:
-    tokenizer = None
-    if args.max_length or args.model:
-        tokenizer = load_tokenizer(
-            resolve(
-                args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code, tokenizer_only=True
-            ),
-            args.trust_remote_code,
-            light=True,
-        )
-    opts = ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
-    card = prepare(
-        args.sources,
-        Path(args.out),
-        split_spec=args.split,
-        seed=args.seed,
-        group_by=args.group_by,
-        near_dup=args.near_dup,
-        max_length=args.max_length,
-        tokenizer=tokenizer,
-        eval_sets=args.eval_set or [],
-        opts=opts,
-        overwrite=args.overwrite,
-    )
-    if args.json:
-        print(json.dumps(card, indent=2, ensure_ascii=False))
-        return 0
-    counts = ", ".join(f"{k} {v['examples']}" for k, v in card["splits"].items())
-    print(
-        f"wrote {args.out}: {counts}; dropped {len(card['dropped'])} (reasons in "
-        f"{Path(args.out) / 'card.md'})"
-    )
-    for x in card["leak_check"]["across_splits"]:
-        print(f"leak: {x}", file=sys.stderr)
-    return 0

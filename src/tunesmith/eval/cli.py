@@ -1,19 +1,122 @@
-"""`tunesmith eval`: the flags into an EvalSpec, `evaluate` (eval/run.py), then the files and the table."""
+"""`tunesmith eval` and `tunesmith errors`: the flags into an EvalSpec, `evaluate` (eval/run.py), then the
+files and the table; an eval's failure groups, or how they changed between two evals (eval/errors.py).
+
+The parsers are declarations only; each handler imports its library when the command runs, so building
+every parser (`tunesmith --help`) imports no torch."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunesmith.errors import UserError
-from tunesmith.eval import errors, gate
-from tunesmith.eval.register import register_eval
-from tunesmith.eval.run import EvalSpec, evaluate, write_outputs
-from tunesmith.eval.tables import print_probe, print_systems_table, print_table
-from tunesmith.registry import tracking
+from tunesmith.flags import (
+    add_generation,
+    add_model,
+    add_registry,
+    add_track,
+)
+
+if TYPE_CHECKING:  # annotations only: the handlers import these when they run
+    from tunesmith.eval.run import EvalSpec
+
+
+def add_parsers(sub) -> None:
+    """The parsers of `eval` and `errors` (declarations only)."""
+    p = sub.add_parser(
+        "eval",
+        help="generate on held-out examples, score them (ROUGE, BLEU, METEOR, house style, ...), "
+        "compare systems; writes results.json and report.html",
+    )
+    add_model(p)
+    p.add_argument("--adapter", help="run directory of a trained adapter")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="JSONL of chat examples; the last assistant turn is the reference "
+        '(a "references": [...] field adds more)',
+    )
+    p.add_argument("--style", help="house-style spec (YAML) for the format check")
+    p.add_argument("--out", help="folder for results.json and report.html (default: print only)")
+    p.add_argument("--baseline", help="results.json of an earlier eval: print a before/after table")
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument(
+        "--systems",
+        help="compare several systems with the same decoding: base, prompted (your --system), "
+        "few-shot:K, rag:K (K most similar training examples, BM25), tuned (--adapter); e.g. "
+        "base,prompted,rag:3,tuned",
+    )
+    p.add_argument("--system-file", help="read the system prompt from this file")
+    p.add_argument(
+        "--train",
+        help="training examples for few-shot, rag and --memorization (default: train.jsonl beside --data)",
+    )
+    p.add_argument(
+        "--memorization",
+        action="store_true",
+        help="also score a sample of the training set: warn on a large gap",
+    )
+    p.add_argument(
+        "--forgetting",
+        action="store_true",
+        help="score a general-knowledge probe set before and after tuning",
+    )
+    p.add_argument(
+        "--embedding",
+        action="store_true",
+        help="add embedding similarity (needs the 'eval' extra; ~1 min per 1000 texts)",
+    )
+    p.add_argument(
+        "--judge",
+        metavar="MODEL",
+        help="also grade every answer 1-10 with this local model (LLM-as-judge) and --rubric",
+    )
+    p.add_argument("--rubric", metavar="FILE", help="--judge: what a good answer does, in words")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (with --temperature)")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--stop", action="append", help="cut each output at this string (repeatable)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_generation(p)
+    p.add_argument(
+        "--gate",
+        metavar="REF",
+        help="fail (exit 3) when significantly worse than REF (run id, tag, production, or a results.json) "
+        "on the same test set and decoding",
+    )
+    p.add_argument(
+        "--gate-metrics",
+        metavar="M1,M2",
+        help="the metrics the gate checks (default: rougeL and format_adherence, where measured)",
+    )
+    add_registry(p)
+    add_track(p)
+    p.set_defaults(handler=cli_eval)
+    p = sub.add_parser(
+        "errors",
+        help="where and why an eval's outputs fail, as groups (style rules, stopping, length, inputs, "
+        "metadata); with two evals of one test set, which groups got better or worse",
+    )
+    p.add_argument(
+        "evals",
+        nargs="+",
+        metavar="EVAL",
+        help="an eval (its --out folder, results.json, or id/name in the registry) or a trained run (its "
+        "newest eval); a second one to compare with the first",
+    )
+    p.add_argument("--system", help="which system of a several-system eval (default: the last, the tuned)")
+    p.add_argument("--metric", help="the per-example metric groups are measured by (default rougeL)")
+    p.add_argument("--worst", type=int, default=3, help="worst examples shown per group (default 3)")
+    p.add_argument("--json", action="store_true", help="everything as JSON")
+    add_registry(p)
+    p.set_defaults(handler=cli_errors)
 
 
 def spec_from_args(args) -> EvalSpec:
+    from tunesmith.eval.run import EvalSpec
+
     system = args.system
     if args.system_file:
         if args.system:
@@ -49,6 +152,12 @@ def spec_from_args(args) -> EvalSpec:
 
 
 def cli_eval(args) -> int:
+    from tunesmith.eval import gate
+    from tunesmith.eval.register import register_eval
+    from tunesmith.eval.run import evaluate, write_outputs
+    from tunesmith.eval.tables import print_probe, print_systems_table, print_table
+    from tunesmith.registry import tracking
+
     spec = spec_from_args(args)
     gate_metrics = (
         [m.strip() for m in args.gate_metrics.split(",") if m.strip()] if args.gate_metrics else None
@@ -94,6 +203,8 @@ def cli_eval(args) -> int:
 
 def cli_errors(args) -> int:
     """`tunesmith errors EVAL [EVAL2]`: one eval's failure groups, or how they changed from EVAL to EVAL2."""
+    from tunesmith.eval import errors
+
     first, first_name = errors.load_results(args.evals[0], args.registry)
     before = errors.system_of(first, args.system)
     if len(args.evals) == 1:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith import __version__
@@ -292,7 +293,29 @@ def _block_order(module: str):
     return (nums[0] if nums else -1, module)
 
 
-def cli_export(args) -> int:
+@dataclass
+class ExportSpec:
+    """What to export, as `tunesmith export`'s flags say it (the CLI fills one from its arguments)."""
+
+    out: str
+    model: str | None = None
+    adapter: str | None = None
+    format: str = "gguf"
+    quant: str = "f16"
+    adapter_only: bool = False
+    verify: str | None = None  # a test file: run the written file against the PyTorch model on it
+    verify_limit: int = 20
+    max_new_tokens: int = 128
+    style: str | None = None
+    overwrite: bool = False
+    registry: str | None = None
+    trust_remote_code: bool = False
+
+
+def export(args: ExportSpec) -> dict:
+    """The whole workflow behind `tunesmith export`: check the flags and --out, write the GGUF file (a merged
+    model, or a LoRA adapter for llama.cpp --lora), the Ollama Modelfile beside it, verify it through
+    llama.cpp when asked, and enter it in the registry. Returns what was written (bytes, arch, verify)."""
     from transformers import AutoConfig
 
     if args.format != "gguf":
@@ -327,7 +350,7 @@ def cli_export(args) -> int:
             f"alpha {r['alpha']:g}) in {time.time() - t0:.0f}s"
         )
         modelfile.how_to_run(out, mf, why, base=f"{Path(spec).name}.gguf")
-        return 0
+        return r
     # refuse an architecture or tokenizer we cannot describe before loading any weights
     gguf_arch.arch_of(
         AutoConfig.from_pretrained(str(model_dir), trust_remote_code=args.trust_remote_code), where
@@ -348,7 +371,7 @@ def cli_export(args) -> int:
         r["verify"] = {k: v[k] for k in ("agreement", "tokenized_alike", "significant_drops", "examples")}
     _register(args, out, spec, r, t0, what)
     modelfile.how_to_run(out, mf, why)
-    return 0
+    return r
 
 
 def _register(args, out: Path, spec: str, r: dict, t0: float, what: str) -> None:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.export.register import register_output
 from tunesmith.files.atomic import make_temp_dir, replace_dir
-from tunesmith.files.outputs import MERGE_INFO, check_out, check_replaceable
+from tunesmith.files.outputs import MERGE_INFO, check_replaceable
 from tunesmith.models.chat import FALLBACK_TEMPLATE
-from tunesmith.models.loading import base_model_of, check_adapter_dir, load
+from tunesmith.models.loading import check_adapter_dir, load
 
 PROMPT_LEARNING = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT"}
 
@@ -128,22 +126,3 @@ def merge_to_dir(spec: str, adapter: str, out: Path, *, trust_remote_code: bool 
         shutil.rmtree(tmp, ignore_errors=True)
     weights = sum(p.stat().st_size for p in out.glob("*.safetensors"))
     return {"dir": out, "bytes": weights, "arch": model.config.model_type, "dtype": info["dtype"]}
-
-
-def cli_merge(args) -> int:
-    spec = base_model_of(args.adapter, args.model)
-    out = check_out(
-        args.out, "merge", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec}
-    )
-    adapter_config(args.adapter)
-    t0 = time.time()
-    r = merge_to_dir(spec, args.adapter, out, trust_remote_code=args.trust_remote_code)
-    result = {"bytes": r["bytes"], "arch": r["arch"], "dtype": r["dtype"]}
-    config = {"adapter": args.adapter, "model": spec}
-    register_output("merge", out, adapter=args.adapter, model=spec, result=result, config=config, started=t0,
-                    registry_path=args.registry)  # fmt: skip
-    print(
-        f"wrote {out}/ ({human_bytes(r['bytes'])} safetensors, {r['dtype']}, {r['arch']}, merged in "
-        f"{time.time() - t0:.0f}s)"
-    )
-    return 0

@@ -363,30 +363,3 @@ def cached_status() -> list[dict]:
             }
         )
     return rows
-
-
-def cli_models(args) -> int:
-    if args.fetch:
-        if args.fetch not in ALIASES:
-            raise UserError(f"--fetch {args.fetch!r}: unknown alias; known: {', '.join(ALIASES)}")
-        print(resolve(args.fetch))
-        return 0
-    rows = cached_status()
-    others = (
-        sorted(p.name for p in (home() / "models").glob("gguf-*")) if (home() / "models").is_dir() else []
-    )
-    if args.json:
-        print(json.dumps({"home": str(home()), "aliases": rows, "converted_gguf": others}, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"models (cache: {home()})")
-    for col in ("alias", "cached", "licence", "description"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["alias"], "yes" if r["cached"] else "no", r["licence"], r["description"])
-    Console().print(t)
-    for o in others:
-        print(f"converted .gguf: {home() / 'models' / o}")
-    return 0

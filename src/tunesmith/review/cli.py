@@ -1,5 +1,8 @@
-"""`tunesmith review`: make a queue from registered evals, see the judgements' stats, and export them as
-the next version's training data."""
+"""`tunesmith review`: make a queue from registered evals, captures or drafts, see the judgements'
+stats, and export them as the next version's training data.
+
+The parsers are declarations only; each handler imports its library when the command runs, so building
+every parser (`tunesmith --help`) imports no torch."""
 
 from __future__ import annotations
 
@@ -8,11 +11,55 @@ import time
 from datetime import datetime
 
 from tunesmith.errors import UserError
+from tunesmith.flags import (
+    add_registry,
+)
 from tunesmith.registry.db import Registry, is_off
-from tunesmith.review import export, stats, store
+
+
+def add_parsers(sub) -> None:
+    """The parsers of `review` and its actions (declarations only)."""
+    review = sub.add_parser(
+        "review", help="people's judgements of outputs: queues, stats, export as training data"
+    )
+    add_registry(review)
+    review.add_argument("--json", action="store_true", help="print JSON")
+    rsub = review.add_subparsers(dest="review_action", metavar="ACTION")
+    p = rsub.add_parser(
+        "add", help="a review queue from registered evals on one test set, from captures, or from drafts"
+    )
+    p.add_argument("refs", nargs="*", metavar="EVAL", help="an eval (or a trained run: its newest eval)")
+    p.add_argument("--captures", action="store_true", help="what `serve --capture` kept, instead of evals")
+    p.add_argument("--drafts", metavar="FILE", help="what `data generate` drafted: accept, correct or reject")
+    p.add_argument(
+        "--since", metavar="DATE", help="with --captures: only those since DATE (YYYY-MM-DD[ HH:MM])"
+    )
+    p.add_argument("--name", help="the queue's name (default: the last eval's name)")
+    p.add_argument("--pair", help="the two outputs A/B judgements compare, A,B (default: the first two)")
+    rsub.add_parser("list", help="the queues, with items and judgements (the default)")
+    p = rsub.add_parser("stats", help="judgements per reviewer, win rates with intervals, Cohen's kappa")
+    p.add_argument("--queue", action="append", help="only this queue (repeatable)")
+    p = rsub.add_parser(
+        "export", help="corrected and accepted answers as chat examples (--sft), A/B choices as pairs (--dpo)"
+    )
+    p.add_argument(
+        "--sft", metavar="FILE", help="write corrected and accepted answers here (.jsonl chat examples)"
+    )
+    p.add_argument(
+        "--dpo", metavar="FILE", help="write preference pairs here (.jsonl prompt/chosen/rejected)"
+    )
+    p.add_argument("--queue", action="append", help="only this queue (repeatable; default: all)")
+    p.add_argument("--train", metavar="DATA", help="the training data: examples already in it are left out")
+    p.add_argument("--holdout", action="append", default=[], metavar="FILE", help="a test set to hold back")
+    p = rsub.add_parser("rm", help="delete a queue with its judgements")
+    p.add_argument("queue")
+    p = rsub.add_parser("purge", help="delete what `serve --capture` kept before DATE (and its review items)")
+    p.add_argument("--before", required=True, metavar="DATE", help="YYYY-MM-DD[ HH:MM], local time")
+    review.set_defaults(handler=cli_review)
 
 
 def _registry(args) -> Registry:
+
     if is_off(args.registry):
         raise UserError("--registry off: reviews live in the registry; give one (or leave the default)")
     return Registry(args.registry)
@@ -27,6 +74,8 @@ def when(text: str, flag: str) -> float:
 
 
 def _add(reg: Registry, args) -> dict:
+    from tunesmith.review import store
+
     if args.drafts:
         if args.refs or args.pair or args.captures or args.since:
             raise UserError("review add --drafts FILE: takes no EVAL, --captures, --since or --pair")
@@ -46,6 +95,8 @@ def _add(reg: Registry, args) -> dict:
 
 
 def cli_review(args) -> int:
+    from tunesmith.review import export, stats, store
+
     reg = _registry(args)
     action = getattr(args, "review_action", None) or "list"
     if action == "add":

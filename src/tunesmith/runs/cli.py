@@ -4,7 +4,9 @@ the registry existed or while it was unreachable.
 
 Plain text, one fact per line, so the output is the same in a terminal, a pipe and a test; `--json`
 for scripts.
-"""
+
+The parsers are declarations only; each handler imports its library when the command runs, so building
+every parser (`tunesmith --help`) imports no torch."""
 
 from __future__ import annotations
 
@@ -14,10 +16,54 @@ import time
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.files.outputs import RUN_INFO
+from tunesmith.flags import (
+    add_registry,
+)
 from tunesmith.registry.db import Registry, production_tag
-from tunesmith.registry.runfolder import run_id_of
-from tunesmith.runs.compare import compare_runs
+
+
+def add_parsers(sub) -> None:
+    """The parsers of `runs` and its actions (declarations only)."""
+    runs = sub.add_parser(
+        "runs", help="every run and where it came from: list, show, compare, tag, rm, import"
+    )
+    add_registry(runs)
+    runs.add_argument("--status", choices=["running", "done", "failed", "interrupted"], help="only these")
+    runs.add_argument("--kind", help="only this kind of run (train, eval, merge, export)")
+    runs.add_argument("--name", help="only runs whose name contains this")
+    runs.add_argument("--model", help="only runs of this base model")
+    runs.add_argument("--tag", help="only the run with this tag")
+    runs.add_argument("--data", help="only runs on a data file whose path contains this (or sha256 prefix)")
+    runs.add_argument("--limit", type=int, default=None, help="at most this many, newest first")
+    runs.add_argument("--json", action="store_true", help="print JSON")
+    rsub = runs.add_subparsers(dest="runs_action", metavar="ACTION")
+    p = rsub.add_parser("show", help="one run in full: data, settings, lineage, curves")
+    p.add_argument(
+        "ref", metavar="RUN", help="run id (or its first 4+ characters), tag, name or run directory"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = rsub.add_parser("compare", help="settings, data (example by example) and metrics of two or more runs")
+    p.add_argument("refs", nargs="+", metavar="RUN")
+    p.add_argument(
+        "--allow-different-test",
+        action="store_true",
+        help="list metrics measured on different test sets or decoding (no paired tests)",
+    )
+    p = rsub.add_parser("tag", help="give a run a tag (v10, production); a tag names one run")
+    p.add_argument("ref", metavar="RUN")
+    p.add_argument("tag")
+    p = rsub.add_parser("promote", help="put a training run in production (--adapter production finds it)")
+    p.add_argument("ref", metavar="RUN")
+    p.add_argument("--line", default="", help="one of several model lines: its tag is LINE:production")
+    p = rsub.add_parser("untag", help="remove a tag")
+    p.add_argument("tag")
+    p = rsub.add_parser("rm", help="remove a run from the registry (its files stay unless --delete-files)")
+    p.add_argument("ref", metavar="RUN")
+    p.add_argument("--delete-files", action="store_true", help="also delete the run directory")
+    p = rsub.add_parser("import", help="register finished run directories (trained elsewhere or earlier)")
+    p.add_argument("dirs", nargs="+", metavar="RUN_DIR")
+    runs.set_defaults(handler=cli_runs)
+
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -87,6 +133,7 @@ def curves(metrics: list[dict]) -> list[str]:
 
 
 def describe(reg: Registry, r: dict) -> str:
+
     cfg = r.get("config") or {}
     env = r.get("environment") or {}
     machine = env.get("machine") or {}
@@ -150,6 +197,9 @@ def describe(reg: Registry, r: dict) -> str:
 
 def delete_run_files(r: dict) -> str | None:
     """The run's directory, if it is the one this registry entry describes (its run info names the id)."""
+    from tunesmith.files.outputs import RUN_INFO
+    from tunesmith.registry.runfolder import run_id_of
+
     path = Path(r.get("path") or "")
     if not path.is_dir():
         return None
@@ -167,6 +217,8 @@ def delete_run_files(r: dict) -> str | None:
 
 
 def cli_runs(args) -> int:
+    from tunesmith.runs.compare import compare_runs
+
     reg = Registry(args.registry)
     action = getattr(args, "runs_action", None) or "list"
     if action == "list":

@@ -8,19 +8,13 @@ by its name, never by a path.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 from tunesmith.errors import UserError
 from tunesmith.models.loading import base_model_of, check_adapter_dir, load
-from tunesmith.registry.captures import Captures
-from tunesmith.registry.db import is_off
-from tunesmith.registry.runfolder import run_id_of
 from tunesmith.serve.engine import Engine
-from tunesmith.web.guard import host_rule
 
 
 def read_keys(args) -> list[str]:
@@ -97,66 +91,3 @@ def load_engine(
     return Engine(
         model, loaded.tokenizer, list(adapters), max_batch=max_batch, max_queue=max_queue
     ), base_name
-
-
-def cli_serve(args) -> int:
-    if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "pydantic")):
-        raise UserError("serve needs the 'serve' extra: pip install 'tunesmith[serve]'")
-    import uvicorn
-
-    # the app imports fastapi and pydantic (the 'serve' extra): imported once they are known to be there
-    from tunesmith.serve.app import Settings, create_app
-
-    for flag in ("max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_body"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    keys = read_keys(args)
-    if not keys and not args.no_auth:
-        raise UserError(
-            f"no API keys: set {args.api_key_env}=key1,key2 or pass --api-key-file FILE "
-            f"(or --no-auth to accept anyone who can reach {args.host}:{args.port})"
-        )
-    adapters = parse_adapters(args.adapter)
-    engine, base_name = load_engine(
-        args.model,
-        adapters,
-        trust_remote_code=args.trust_remote_code,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
-    )
-    capture = None
-    if args.capture:
-        if is_off(args.registry):
-            raise UserError("--capture keeps answers in the registry: leave out --registry off")
-        versions = {base_name: (None, None)}
-        for name, path in adapters.items():
-            try:
-                versions[name] = (str(path), run_id_of(path))
-            except UserError:  # an adapter folder that is not a run of ours: its path says which it was
-                versions[name] = (str(path), None)
-        capture = Captures(args.registry, versions)
-    settings = Settings(
-        keys=[] if args.no_auth else keys,
-        max_tokens=args.max_tokens,
-        max_prompt_tokens=args.max_prompt_tokens,
-        max_body=args.max_body,
-        timeout=args.timeout,
-        log_prompts=args.log_prompts,
-        capture=capture,
-        hosts=host_rule(args.host, args.allow_host),
-    )
-    app = create_app(engine, base_name, settings)
-    models = ", ".join([base_name] + engine.adapters)
-    print(
-        f"serving {models} on http://{args.host}:{args.port}/v1 "
-        f"({'no auth' if args.no_auth else f'{len(keys)} API key(s)'})"
-        + (f"; capturing requests and answers in {capture.where}" if capture else ""),
-        file=sys.stderr,
-        flush=True,
-    )
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
-    try:
-        uvicorn.Server(config).run()
-    finally:
-        engine.close()
-    return 0

@@ -1,20 +1,82 @@
-"""`tunesmith train`: parse the flags into a TrainConfig, train (trainer.py), say what came out."""
+"""`tunesmith train` and `tunesmith plan`: parse the flags into a TrainConfig, train (trainer.py) or
+predict (plan.py), say what came out.
+
+The parsers are declarations only; each handler imports its library when the command runs, so building
+every parser (`tunesmith --help`) imports no torch."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from tunesmith.errors import UserError
-from tunesmith.train import distributed as dist
-from tunesmith.train import plan, plan_text, rundir
-from tunesmith.train.config import TrainConfig, resolve_config, to_yaml
-from tunesmith.train.preference import PrefResult
-from tunesmith.train.sft import Result
-from tunesmith.train.trainer import train
+from tunesmith.flags import (
+    add_model,
+    add_registry,
+    add_track,
+)
+from tunesmith.train.config import TrainConfig, add_config_flags, resolve_config, to_yaml
+
+if TYPE_CHECKING:  # annotations only: the handlers import these when they run
+    from tunesmith.train.preference import PrefResult
+    from tunesmith.train.sft import Result
+
+
+def add_parsers(sub) -> None:
+    """The parsers of `train` and `plan` (declarations only)."""
+    p = sub.add_parser("train", help="fine-tune with LoRA; writes a PEFT adapter into --out")
+    add_model(p)
+    p.add_argument("--data", help="folder with train.jsonl and val.jsonl, or a train file")
+    p.add_argument("--val", help="validation file (default: val.jsonl beside the training data)")
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--config", help="YAML file with any of these flags (command line wins)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run tunesmith wrote in --out (only once the new one is done)",
+    )
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument(
+        "--allow-changed-data",
+        action="store_true",
+        help="with --resume: continue although the data files changed since the run started (recorded in the "
+        "run)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    p.add_argument(
+        "--no-fit-check",
+        action="store_true",
+        help="train although the plan predicts more memory than there is (exit 4 otherwise)",
+    )
+    add_registry(p)
+    add_track(p)
+    add_config_flags(p)
+    p.set_defaults(handler=cli_train)
+    p = sub.add_parser(
+        "plan",
+        help="will a training run fit, and how long will it take: predicted before loading the model",
+    )
+    add_model(p)
+    p.add_argument("--data", help="folder with train.jsonl and val.jsonl, or a train file")
+    p.add_argument("--val", help="validation file (default: val.jsonl beside the training data)")
+    p.add_argument("--config", help="YAML file with any of the train flags (command line wins)")
+    p.add_argument("--out", help=argparse.SUPPRESS)  # train's flag, accepted so a train line can be reused
+    p.add_argument("--suggest", action="store_true", help="also list other settings when the run fits")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_config_flags(p)
+    p.set_defaults(handler=cli_plan)
 
 
 def cli_train(args) -> int:
+    from tunesmith.train import distributed as dist
+    from tunesmith.train import rundir
+    from tunesmith.train.preference import PrefResult
+    from tunesmith.train.trainer import train
+
     if args.resume:
         given = [
             f"--{k.replace('_', '-')}"
@@ -103,6 +165,8 @@ def _preference_summary(cfg: TrainConfig, r: PrefResult) -> str:
 def cli_plan(args) -> int:
     """`tunesmith plan`: the predicted peak memory and time of `train` with the same flags, and what would
     fit instead when it does not (exit 4)."""
+    from tunesmith.train import plan, plan_text
+
     cfg = resolve_config(args)
     if not cfg.data:
         raise UserError("--data is required: the plan counts the tokens of the run's examples")

@@ -1,4 +1,7 @@
-"""`tunesmith ui`: the web app over a registry, behind its token and the Host/Origin guard."""
+"""`tunesmith ui`: the web app over a registry, behind its token and the Host/Origin guard.
+
+The parsers are declarations only; each handler imports its library when the command runs, so building
+every parser (`tunesmith --help`) imports no torch."""
 
 from __future__ import annotations
 
@@ -8,17 +11,49 @@ import secrets
 import sys
 
 from tunesmith.errors import UserError
+from tunesmith.flags import (
+    add_allow_host,
+    add_registry,
+)
 from tunesmith.registry.db import Registry, is_off
-from tunesmith.web.guard import host_rule, is_loopback
+
+
+def add_parsers(sub) -> None:
+    """The parsers of `ui` (declarations only)."""
+    p = sub.add_parser(
+        "ui", help="the review web app: runs, evals, compare, the review queue (the 'serve' extra)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1)",
+    )
+    p.add_argument("--port", type=int, default=8400, help="port (default 8400)")
+    add_allow_host(p)
+    p.add_argument(
+        "--token-env",
+        default="TUNESMITH_UI_TOKEN",
+        help="variable holding the token (default TUNESMITH_UI_TOKEN; unset: a new one each start)",
+    )
+    p.add_argument(
+        "--no-token",
+        action="store_true",
+        help="no token on a loopback address (anyone on this machine may then read the registry)",
+    )
+    add_registry(p)
+    p.set_defaults(handler=cli_ui)
 
 
 def _registry(args) -> Registry:
+
     if is_off(args.registry):
-        raise UserError("--registry off: the ui shows a registry; give one (or leave the default)")
+        raise UserError("--registry off: reviews live in the registry; give one (or leave the default)")
     return Registry(args.registry)
 
 
 def cli_ui(args) -> int:
+    from tunesmith.web.guard import host_rule, is_loopback
+
     if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn")):
         raise UserError("ui needs the 'serve' extra: pip install 'tunesmith[serve]'")
     import uvicorn

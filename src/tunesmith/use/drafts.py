@@ -431,23 +431,3 @@ SELF_TEACHER = (
 def teacher_note(spec: str) -> str | None:
     """What to say before drafting, when the teacher is a trained run (a student teaching itself)."""
     return SELF_TEACHER if is_run(spec) else None
-
-
-def cli_generate(args) -> int:
-    for flag in ("concurrency", "best_of", "max_tokens", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.retries < 0 or args.shots < 0 or args.timeout <= 0:
-        raise UserError("--retries and --shots must be 0 or more, --timeout more than 0")
-    price = price_of(args.price)
-    inputs = read_inputs(args.inputs, args.template)
-    plan = plan_of(args)
-    out = Path(args.out)
-    done = already_drafted(out, Path(args.inputs))  # a bad --out is said before any model loads
-    note = teacher_note(args.teacher)
-    if note:
-        print(note, file=sys.stderr)
-    s = draft_all(teacher_of(args), inputs, done, out, plan, concurrency=args.concurrency,
-                  quiet=args.quiet or args.json, price=price)  # fmt: skip
-    print(json.dumps(s.as_dict(), indent=2) if args.json else "\n".join(s.lines()))
-    return 1 if s.failed else 0

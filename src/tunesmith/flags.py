@@ -1,0 +1,75 @@
+"""The flags several commands share (--model, generation, reading options, --registry, --track,
+--allow-host), declared once. Each package's cli.py builds its own commands' parsers with them.
+
+Declarations only, and light: stdlib and the model aliases' default, so `tunesmith --help` and the data
+commands never import torch."""
+
+from __future__ import annotations
+
+import argparse
+
+from tunesmith.models.resolve import DEFAULT_MODEL
+
+
+def add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"alias (see `tunesmith models`), local HF directory, .gguf file or hub id "
+        f"(default: the adapter's base model, else {DEFAULT_MODEL})",
+    )
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run")
+
+
+def add_generation(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-new-tokens", type=int, default=256, help="stop after this many new tokens (default 256)"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="prompts generated together (default 16)")
+    p.add_argument("--system", default=None, help="system prompt to put before each prompt")
+
+
+def add_read_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--format",
+        choices=["chat", "prompt-completion", "alpaca", "sharegpt", "preference"],
+        help="treat every record as this shape instead of detecting it",
+    )
+    p.add_argument(
+        "--template",
+        default=None,
+        help="inputs/ + outputs/ folders: the user turn, with {input} (and {name}) (default: the input as "
+        "is)",
+    )
+    p.add_argument(
+        "--system", default=None, help="inputs/ + outputs/ folders: a system prompt for every example"
+    )
+
+
+def add_registry(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--registry",
+        metavar="PATH",
+        default=None,
+        help="the run registry (default: $TUNESMITH_REGISTRY, else $TUNESMITH_HOME/registry.db; off: none)",
+    )
+
+
+def add_allow_host(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests sent to this host name (repeatable; '*' for any, behind a proxy "
+        "that checks it): other names get 421, a guard against DNS rebinding",
+    )
+
+
+def add_track(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--track",
+        choices=["mlflow"],
+        default=None,
+        help="also log the run to an MLflow tracking server (MLFLOW_TRACKING_URI; needs tunesmith[mlflow])",
+    )
