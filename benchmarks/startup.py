@@ -64,13 +64,14 @@ def timed(args: list[str], env: dict | None = None) -> tuple[float, str]:
 
 
 def imports(args: list[str]) -> tuple[float, dict[str, float]]:
-    """-X importtime: seconds of imports in all, and per top-level package (cumulative, first import)."""
+    """-X importtime: seconds of imports in all, and each package's own share (the self time of its modules,
+    so torch's share is not counted again under transformers, which imports it)."""
     _, err = timed(args, {"PYTHONPROFILEIMPORTTIME": "1"})
     per: dict[str, float] = defaultdict(float)
     for line in err.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
-        if m and len(m.group(3)) == 1:  # a top-level import (one space of nesting)
-            per[m.group(4).split(".")[0]] += int(m.group(2)) / 1e6
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| *(\S+)", line)
+        if m:
+            per[m.group(3).split(".")[0]] += int(m.group(1)) / 1e6
     return sum(per.values()), dict(per)
 
 
@@ -81,24 +82,28 @@ def main() -> None:
     flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
     have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f} " in flags]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags {have}")
-    print("| command | warm median (s) | cold median (s) |")
-    print("|---|---|---|")
-    for label, cmd in COMMANDS.items():
+    warm: dict[str, list[float]] = {}
+    for label, cmd in COMMANDS.items():  # warm first: dropping the cache disturbs the runs after it a while
         timed(cmd)  # the model is fetched and converted once, outside the measurement
-        warm = statistics.median(timed(cmd)[0] for _ in range(args.runs))
-        cold_runs = []
+        warm[label] = sorted(timed(cmd)[0] for _ in range(args.runs))
+    gen = COMMANDS['tunesmith generate --model smollm2-135m "Hi" --max-new-tokens 4']
+    total, per = imports(gen)
+    cold: dict[str, list[float]] = {}
+    for label, cmd in COMMANDS.items():
+        runs = []
         for _ in range(args.runs):
             if not drop_caches():
                 break
-            cold_runs.append(timed(cmd)[0])
-        cold = f"{statistics.median(cold_runs):.2f}" if cold_runs else "– (needs root)"
-        print(f"| `{label}` | {warm:.2f} | {cold} |")
-    gen = COMMANDS['tunesmith generate --model smollm2-135m "Hi" --max-new-tokens 4']
-    total, per = imports(gen)
-    wall = statistics.median(timed(gen)[0] for _ in range(args.runs))
-    top = sorted(per.items(), key=lambda kv: -kv[1])[:8]
-    print(f"\ngenerate, warm: {wall:.2f} s in all, of which imports {total:.2f} s (-X importtime):")
-    for name, secs in top:
+            runs.append(timed(cmd)[0])
+        cold[label] = sorted(runs)
+    print("| command | warm: median (min–max) s | cold: median (min–max) s |")
+    print("|---|---|---|")
+    for label in COMMANDS:
+        w, c = warm[label], cold[label]
+        cell = f"{statistics.median(c):.2f} ({c[0]:.2f}–{c[-1]:.2f})" if c else "– (needs root)"
+        print(f"| `{label}` | {statistics.median(w):.2f} ({w[0]:.2f}–{w[-1]:.2f}) | {cell} |")
+    print(f"\ngenerate, warm: imports {total:.2f} s in all (-X importtime), each package's own share:")
+    for name, secs in sorted(per.items(), key=lambda kv: -kv[1])[:8]:
         print(f"  {name:<24} {secs:.2f} s")
 
 

@@ -24,6 +24,8 @@ import torch
 
 from conftest import toy_examples, write_jsonl
 from tunesmith.cli import main
+from tunesmith.errors import UserError
+from tunesmith.export.gguf import ExportSpec, export
 from tunesmith.models.loading import RUN_INFO
 
 IDS = torch.tensor([[1, 5, 9, 20, 33, 100, 200, 7, 42, 64, 128, 3]])
@@ -430,6 +432,21 @@ def test_export_base_model_alone(tiny_model_dir, tmp_path, capsys):
     model, _ = load_gguf(out)
     with torch.no_grad():
         assert (model(IDS).logits - peft_logits(model_dir, None)).abs().max() < GGUF_TOL["f16"]
+
+
+def test_export_is_a_library_function_as_train_and_evaluate(tiny_model_dir, tmp_path, capsys):
+    """export(ExportSpec) is the workflow the CLI calls: the same file, Modelfile and result, no argparse."""
+    model_dir = tiny_model_dir("llama")
+    out = tmp_path / "lib.gguf"
+    r = export(ExportSpec(out=str(out), model=str(model_dir), quant="f32", registry="off"))
+    assert (
+        r["arch"] == "llama" and r["bytes"] == out.stat().st_size and (tmp_path / "lib.Modelfile").is_file()
+    )
+    model, _ = load_gguf(out)
+    with torch.no_grad():
+        assert (model(IDS).logits - peft_logits(model_dir, None)).abs().max() < GGUF_TOL["f32"]
+    with pytest.raises(UserError, match="expected a file name ending in .gguf"):
+        export(ExportSpec(out=str(tmp_path / "x.bin"), model=str(model_dir)))
 
 
 def test_every_gguf_gets_a_modelfile_beside_it(llama_run, tmp_path, capsys):

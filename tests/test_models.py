@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -190,3 +192,20 @@ def test_the_data_commands_resolve_a_model_without_torch(tiny_model_dir):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_console_entry_runs_exit_handlers_and_keeps_the_exit_code(tmp_path):
+    """`tunesmith` ends without Python's module teardown (cli.run): the exit code, every line of output and
+    the atexit handlers (logging, TensorBoard, MLflow, temporary folders) are still there."""
+    code = (
+        "import atexit, sys; from tunesmith import cli; "
+        "atexit.register(lambda: print('exit handler ran', file=sys.stderr)); "
+        f"sys.argv = ['tunesmith', 'data', 'check', {str(tmp_path / 'missing.jsonl')!r}]; cli.run()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "missing.jsonl" in done.stderr and "exit handler ran" in done.stderr
+    many = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "runs", "--registry", str(tmp_path / "r.db"), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert many.returncode == 0 and json.loads(many.stdout) == []
