@@ -32,7 +32,7 @@ def add_generation(p: argparse.ArgumentParser) -> None:
 def add_read_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
-        choices=["chat", "prompt-completion", "alpaca", "sharegpt", "preference"],
+        choices=["chat", "prompt-completion", "alpaca", "sharegpt", "preference", "preferred-output"],
         help="treat every record as this shape instead of detecting it",
     )
     p.add_argument(

@@ -69,20 +69,9 @@ def add_parsers(sub) -> None:
 
 def cli_check(args) -> int:
     from tunesmith.data.check import check
-    from tunesmith.data.formats import ReadOptions
-    from tunesmith.models.loading import load_tokenizer
-    from tunesmith.models.resolve import DEFAULT_MODEL, resolve
 
-    tokenizer = None
-    if args.max_length:
-        tokenizer = load_tokenizer(
-            resolve(
-                args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code, tokenizer_only=True
-            ),
-            args.trust_remote_code,
-            light=True,
-        )
-    opts = ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
+    tokenizer = _tokenizer(args) if args.max_length else None
+    opts = _read_options(args)
     issues, valid = check(args.paths, tokenizer, args.max_length, opts)
     errors = [i for i in issues if i.level == "error"]
     warnings = [i for i in issues if i.level == "warning"]
@@ -113,21 +102,10 @@ def cli_check(args) -> int:
 
 
 def cli_prepare(args) -> int:
-    from tunesmith.data.formats import ReadOptions
     from tunesmith.data.prepare import prepare
-    from tunesmith.models.loading import load_tokenizer
-    from tunesmith.models.resolve import DEFAULT_MODEL, resolve
 
-    tokenizer = None
-    if args.max_length or args.model:
-        tokenizer = load_tokenizer(
-            resolve(
-                args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code, tokenizer_only=True
-            ),
-            args.trust_remote_code,
-            light=True,
-        )
-    opts = ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
+    tokenizer = _tokenizer(args) if args.max_length or args.model else None
+    opts = _read_options(args)
     card = prepare(
         args.sources,
         Path(args.out),
@@ -152,3 +130,20 @@ def cli_prepare(args) -> int:
     for x in card["leak_check"]["across_splits"]:
         print(f"leak: {x}", file=sys.stderr)
     return 0
+
+
+def _tokenizer(args):
+    """The tokenizer alone (tokenizer.json read without torch) for the length checks of the data commands."""
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.models.resolve import DEFAULT_MODEL, resolve
+
+    model = resolve(
+        args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code, tokenizer_only=True
+    )
+    return load_tokenizer(model, args.trust_remote_code, light=True)
+
+
+def _read_options(args):
+    from tunesmith.data.formats import ReadOptions
+
+    return ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)

@@ -1,7 +1,10 @@
 """Record shapes, and how each becomes a chat: chat {"messages": [...]}, {"prompt", "completion"},
 alpaca {"instruction", "input", "output"}, sharegpt {"conversations": [{"from", "value"}]},
-preference {"prompt", "chosen", "rejected"}. `detect` names a record's shape, `normalize` turns
-it into an `Example` or says what is wrong, field by field. Reading files is formats.py's part."""
+preference {"prompt", "chosen", "rejected"}, and the hosted fine-tuning files as they are (OpenAI's
+formats, for teams moving off hosted fine-tuning): an assistant message's `weight` (0: not in the loss)
+in chat, and preference pairs as {"input": {"messages"}, "preferred_output", "non_preferred_output"}.
+`detect` names a record's shape, `normalize` turns it into an `Example` or says what is wrong, field
+by field. Reading files is formats.py's part."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ SHAREGPT_ROLES = {
     "gpt": "assistant",
     "assistant": "assistant",
 }
-SHAPES = ("chat", "prompt-completion", "alpaca", "sharegpt", "preference")
+SHAPES = ("chat", "prompt-completion", "alpaca", "sharegpt", "preference", "preferred-output")
 
 SHAPE_KEYS = {
     "chat": ("messages",),
@@ -23,6 +26,7 @@ SHAPE_KEYS = {
     "prompt-completion": ("prompt", "completion"),
     "alpaca": ("instruction", "input", "output", "system"),
     "preference": ("prompt", "chosen", "rejected"),
+    "preferred-output": ("input", "preferred_output", "non_preferred_output"),
 }
 REQUIRED_KEYS = {
     "chat": ("messages",),
@@ -30,6 +34,7 @@ REQUIRED_KEYS = {
     "prompt-completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "preference": ("prompt", "chosen", "rejected"),
+    "preferred-output": ("input", "preferred_output", "non_preferred_output"),
 }
 
 
@@ -38,6 +43,8 @@ def detect(obj: dict) -> str | None:
         return "chat"
     if "conversations" in obj:
         return "sharegpt"
+    if "preferred_output" in obj or "non_preferred_output" in obj:
+        return "preferred-output"
     if "chosen" in obj or "rejected" in obj:
         return "preference"
     if "prompt" in obj or "completion" in obj:
@@ -75,7 +82,11 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
         if not _encodable(k) or isinstance(v, str) and not _encodable(v)
     ]
     rejected = None
-    if shape in ("prompt-completion", "preference"):
+    if shape == "preferred-output":
+        msgs, names, rejected = _preferred_output(obj, problems)
+        if msgs is None:
+            return None, problems
+    elif shape in ("prompt-completion", "preference"):
         answer_key = "completion" if shape == "prompt-completion" else "chosen"
         msgs = [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj[answer_key]}]
         names = ["prompt", answer_key]
@@ -111,9 +122,18 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
             )
     if rejected is not None:
         msgs = msgs[:-1]
-        if rejected == obj["chosen"]:
-            problems.append(("error", "rejected", "same as chosen"))
-    problems += _role_order(msgs, "messages" if shape == "chat" else shape)
+        if rejected == msgs[-1]["content"]:
+            field = "non_preferred_output" if shape == "preferred-output" else "rejected"
+            problems.append(
+                ("error", field, f"same as {'preferred_output' if shape == 'preferred-output' else 'chosen'}")
+            )
+    if shape == "chat" and all(m.get("weight") == 0 for m in msgs if m.get("role") == "assistant"):
+        problems.append(
+            ("warning", "messages", "every assistant turn has weight 0: training learns nothing from it")
+        )
+    problems += _role_order(
+        msgs, {"chat": "messages", "preferred-output": "input.messages"}.get(shape, shape)
+    )
     if any(level == "error" for level, _, _ in problems):
         return None, problems
     return Example(msgs, "", 0, meta, rejected), problems
@@ -139,9 +159,16 @@ def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | N
         if not isinstance(m, dict):
             problems.append(("error", f, f"expected an object, got {type(m).__name__}"))
             continue
+        weight = None
         if shape == "chat":
             role, content = m.get("role"), m.get("content")
-            extra = set(m) - {"role", "content", "name"}
+            extra = set(m) - {"role", "content", "name", "weight"}
+            if "weight" in m:
+                weight = m["weight"]
+                if role != "assistant":
+                    problems.append(("error", f"{f}.weight", "only an assistant message has a weight"))
+                elif type(weight) is not int or weight not in (0, 1):
+                    problems.append(("error", f"{f}.weight", f"expected 0 or 1, got {weight!r}"))
             if "role" not in m:
                 problems.append(("error", f"{f}.role", "missing"))
             elif role not in ROLES:
@@ -162,9 +189,49 @@ def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | N
                 )
         for k in sorted(extra):
             problems.append(("warning", f"{f}.{k}", "unknown key, ignored"))
-        msgs.append({"role": role, "content": content})
+        msgs.append({"role": role, "content": content, **({"weight": 0} if weight == 0 else {})})
         names.append(f"{f}.{'content' if shape == 'chat' else 'value'}")
     return msgs, names
+
+
+def _preferred_output(obj: dict, problems: list) -> tuple[list[dict] | None, list[str], str | None]:
+    """A hosted preference pair: the conversation so far in `input.messages` (chat rules, ending with the
+    user), the preferred and the non-preferred answer each as one assistant message."""
+    inp = obj["input"]
+    if not isinstance(inp, dict) or "messages" not in inp:
+        problems.append(("error", "input", "expected an object with messages (the conversation so far)"))
+        return None, [], None
+    if inp.get("tools"):
+        problems.append(
+            ("error", "input.tools", "tool definitions are not supported yet; remove them or the pair")
+        )
+    for k in sorted(set(inp) - {"messages", "tools", "parallel_tool_calls"}):
+        problems.append(("warning", f"input.{k}", "unknown key, ignored"))
+    msgs, names = _message_list({"messages": inp["messages"]}, "chat", problems)
+    if msgs is None:
+        return None, [], None
+    names = [f"input.{n}" for n in names]
+    answers = []
+    for key in ("preferred_output", "non_preferred_output"):
+        out = obj[key]
+        if not isinstance(out, list) or len(out) != 1 or not isinstance(out[0], dict):
+            problems.append(("error", key, "expected a list of one assistant message"))
+            return None, [], None
+        m = out[0]
+        if m.get("role") != "assistant":
+            problems.append(("error", f"{key}[0].role", f"expected assistant, got {m.get('role')!r}"))
+        for k in sorted(set(m) - {"role", "content"}):
+            problems.append(("error", f"{key}[0].{k}", "not supported yet (an answer is its content)"))
+        answers.append(m.get("content"))
+        names.append(f"{key}[0].content")
+    if msgs and msgs[-1]["role"] != "user":
+        problems.append(("error", "input.messages", "the conversation must end with the user's turn"))
+    chosen, rejected = answers
+    return (
+        [*msgs, {"role": "assistant", "content": chosen}, {"role": "assistant", "content": rejected}],
+        names,
+        rejected,
+    )
 
 
 def _role_order(msgs: list[dict], field: str) -> list[tuple[str, str, str]]:

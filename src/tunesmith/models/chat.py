@@ -123,11 +123,14 @@ def _first_and_length(tokenizer, texts: list[str]) -> list[tuple[int | None, int
 
 
 def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encoded:
-    """Tokenize a chat; labels mark the assistant turns (`all`, or only the `last`)."""
+    """Tokenize a chat; labels mark the assistant turns (`all`, or only the `last`) but those of weight 0
+    (a hosted fine-tuning file's way to keep a turn as context only)."""
     full = render(tokenizer, messages, False)
-    assistant_idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    assistant_idx = [
+        i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0
+    ]
     if not assistant_idx:
-        raise ValueError("example has no assistant turn")
+        raise ValueError("example has no assistant turn to learn (none, or all of weight 0)")
     if train_on == "last":
         assistant_idx = assistant_idx[-1:]
     stops = set(stop_token_ids(tokenizer))

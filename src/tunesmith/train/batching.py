@@ -13,6 +13,11 @@ from tunesmith.train.precision import bucket_size, token_budget
 def encode_all(tokenizer, examples, cfg: TrainConfig) -> tuple[list, list[str]]:
     kept, dropped = [], []
     for ex in examples:
+        if all(m.get("weight") == 0 for m in ex.messages if m["role"] == "assistant"):
+            dropped.append(
+                f"{ex.path}:{ex.line}: every assistant turn has weight 0, nothing to learn; dropped"
+            )
+            continue
         enc = encode_chat(tokenizer, ex.messages, cfg.train_on)
         if len(enc.input_ids) > cfg.max_length:
             dropped.append(

@@ -1,0 +1,163 @@
+"""Files written for hosted fine-tuning (OpenAI's formats), read as they are: an assistant message's
+`weight` (0 keeps a turn as context, out of the loss) and preference pairs as input / preferred_output /
+non_preferred_output. The records are the published documentation's own examples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import cli, make_tokenizer, write_jsonl
+from tunesmith.data.formats import load_examples
+from tunesmith.data.shapes import normalize
+from tunesmith.models.chat import IGNORE, encode_chat
+
+# OpenAI's fine-tuning guide, multi-turn chat with weights: the first answer stays out of the loss
+MARV = {
+    "messages": [
+        {"role": "system", "content": "Marv is a factual chatbot that is also sarcastic."},
+        {"role": "user", "content": "What's the capital of France?"},
+        {"role": "assistant", "content": "Paris", "weight": 0},
+        {"role": "user", "content": "Can you be more sarcastic?"},
+        {"role": "assistant", "content": "Paris, as if everyone doesn't know that already.", "weight": 1},
+    ]
+}
+# OpenAI's direct preference optimization guide
+SF = {
+    "input": {
+        "messages": [{"role": "user", "content": "Hello, can you tell me how cold San Francisco is today?"}],
+        "tools": [],
+        "parallel_tool_calls": True,
+    },
+    "preferred_output": [
+        {
+            "role": "assistant",
+            "content": "Today in San Francisco, it is not quite cold as expected. Morning clouds will give "
+            "away to sunny skies by noon.",
+        }
+    ],
+    "non_preferred_output": [
+        {"role": "assistant", "content": "It is not particularly cold in San Francisco today."}
+    ],
+}
+
+
+def test_a_weighted_chat_keeps_its_weights_and_the_loss_skips_weight_0():
+    ex, problems = normalize(MARV)
+    assert problems == [] and [m.get("weight") for m in ex.messages] == [None, None, 0, None, None]
+    tok = make_tokenizer("llama")
+    enc = encode_chat(tok, ex.messages)
+    learned = tok.decode([t for t, label in zip(enc.input_ids, enc.labels) if label != IGNORE])
+    assert "as if everyone doesn't know that already" in learned and "Paris," in learned
+    assert learned.count("Paris") == 1  # the weight-0 answer "Paris" is context only
+    unweighted = encode_chat(tok, [{k: v for k, v in m.items() if k != "weight"} for m in ex.messages])
+    assert unweighted.input_ids == enc.input_ids  # the same text; only the labels differ
+    assert sum(x != IGNORE for x in unweighted.labels) > sum(x != IGNORE for x in enc.labels)
+
+
+@pytest.mark.parametrize(
+    "message, field, says",
+    [
+        (
+            {"role": "assistant", "content": "Paris", "weight": 2},
+            "messages[2].weight",
+            "expected 0 or 1, got 2",
+        ),
+        ({"role": "assistant", "content": "Paris", "weight": True}, "messages[2].weight", "got True"),
+        ({"role": "assistant", "content": "Paris", "weight": "0"}, "messages[2].weight", "got '0'"),
+    ],
+)
+def test_a_bad_weight_is_an_error_naming_the_field(message, field, says):
+    rec = {"messages": [*MARV["messages"][:2], message, *MARV["messages"][3:]]}
+    ex, problems = normalize(rec)
+    assert (
+        ex is None and [(lvl, f) for lvl, f, _ in problems] == [("error", field)] and says in problems[0][2]
+    )
+    on_user = {
+        "messages": [{"role": "user", "content": "Hi", "weight": 1}, {"role": "assistant", "content": "Hey"}]
+    }
+    _, problems = normalize(on_user)
+    assert ("error", "messages[0].weight", "only an assistant message has a weight") in problems
+
+
+def test_all_weight_0_is_a_warning_and_training_drops_it_with_its_line(tmp_path, tiny_model_dir):
+    rec = {"messages": [MARV["messages"][1], {**MARV["messages"][2]}]}
+    ex, problems = normalize(rec)
+    assert ex is not None and problems == [
+        ("warning", "messages", "every assistant turn has weight 0: training learns nothing from it")
+    ]
+    data = write_jsonl(tmp_path / "train.jsonl", [MARV] * 7 + [rec])
+    flags = ["--epochs", "1", "--batch-size", "4", "--registry", "off", "--json", "--threads", "1"]
+    model, out = str(tiny_model_dir("llama")), str(tmp_path / "run")
+    r = cli("train", "--model", model, "--data", str(data), "--out", out, *flags)
+    assert r.returncode == 0, r.stderr
+    assert f"{data}:8: every assistant turn has weight 0, nothing to learn; dropped" in r.stdout + r.stderr
+    assert json.loads(r.stdout[r.stdout.index("{") :])["examples"] == 7
+
+
+def test_a_hosted_preference_pair_becomes_a_preference_example(tmp_path):
+    ex, problems = normalize(SF)
+    assert problems == [] and ex.kind == "preference"
+    assert ex.messages == [
+        SF["input"]["messages"][0],
+        {"role": "assistant", "content": SF["preferred_output"][0]["content"]},
+    ]
+    assert ex.rejected == SF["non_preferred_output"][0]["content"]
+    path = write_jsonl(tmp_path / "dpo.jsonl", [SF])
+    [read] = load_examples(path, kind=None)
+    assert read.rejected == ex.rejected and read.messages == ex.messages
+    r = cli("data", "check", str(path), "--json")
+    report = json.loads(r.stdout)
+    assert r.returncode == 0 and (report["examples"], report["errors"]) == (1, 0), r.stdout
+    assert [i["message"] for i in report["issues"]] == [
+        "only 1 example; fine-tuning usually needs 100+ to help"
+    ]
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda r: r.update(input={"messages": [], "tools": [{"type": "function"}]}), "input.tools"),
+        (lambda r: r.update(input="hello"), "input"),
+        (lambda r: r["preferred_output"].append({"role": "assistant", "content": "x"}), "preferred_output"),
+        (lambda r: r["non_preferred_output"][0].update(role="user"), "non_preferred_output[0].role"),
+        (lambda r: r["preferred_output"][0].update(tool_calls=[]), "preferred_output[0].tool_calls"),
+        (lambda r: r.update(non_preferred_output=r["preferred_output"]), "non_preferred_output"),
+        (lambda r: r["input"]["messages"].append({"role": "assistant", "content": "x"}), "input.messages"),
+    ],
+)
+def test_a_bad_hosted_preference_pair_names_its_field(change, field):
+    rec = json.loads(json.dumps(SF))
+    change(rec)
+    ex, problems = normalize(rec)
+    assert ex is None and field in [f for lvl, f, _ in problems if lvl == "error"], problems
+
+
+def test_dpo_trains_on_a_hosted_preference_file(tmp_path, tiny_model_dir):
+    rows = []
+    for i in range(12):
+        pair = json.loads(json.dumps(SF))
+        pair["input"]["messages"][0]["content"] += f" (day {i})"
+        rows.append(pair)
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    flags = ["--epochs", "1", "--batch-size", "4", "--registry", "off", "--json", "--threads", "1"]
+    model, out = str(tiny_model_dir("llama")), str(tmp_path / "dpo")
+    r = cli(
+        "train",
+        "--method",
+        "dpo",
+        "--allow-few-pairs",
+        "--model",
+        model,
+        "--data",
+        str(data),
+        "--out",
+        out,
+        *flags,
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout[r.stdout.index("{") :])
+    # 11 pairs trained, 1 held out (10 %, no validation file); the held-out pair's loss falls from log 2
+    assert res["method"] == "dpo" and res["examples"] == 11 and res["steps"] == 3
+    assert res["val_start"]["val_loss"] == pytest.approx(0.693147) and res["val"][-1]["val_loss"] < 0.69
