@@ -108,18 +108,7 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
         msgs, names = _message_list(obj, shape, problems)
         if msgs is None:
             return None, problems
-    for m, name in zip(msgs, names):
-        c = m["content"]
-        if c is None:
-            problems.append(("error", name, "missing"))
-        elif not isinstance(c, str):
-            problems.append(("error", name, f"expected a string, got {type(c).__name__}"))
-        elif not c.strip():
-            problems.append(("error", name, "empty"))
-        elif not _encodable(c):
-            problems.append(
-                ("error", name, "holds an unpaired surrogate (e.g. \\ud800): not valid Unicode text")
-            )
+    problems += _content_problems(msgs, names)
     if rejected is not None:
         msgs = msgs[:-1]
         if rejected == msgs[-1]["content"]:
@@ -137,6 +126,22 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
     if any(level == "error" for level, _, _ in problems):
         return None, problems
     return Example(msgs, "", 0, meta, rejected), problems
+
+
+def _content_problems(msgs: list[dict], names: list[str]) -> list[tuple[str, str, str]]:
+    """Each message's content: present, a string, not blank, valid Unicode."""
+    out = []
+    for m, name in zip(msgs, names):
+        c = m["content"]
+        if c is None:
+            out.append(("error", name, "missing"))
+        elif not isinstance(c, str):
+            out.append(("error", name, f"expected a string, got {type(c).__name__}"))
+        elif not c.strip():
+            out.append(("error", name, "empty"))
+        elif not _encodable(c):
+            out.append(("error", name, "holds an unpaired surrogate (e.g. \\ud800): not valid Unicode text"))
+    return out
 
 
 def _encodable(text: str) -> bool:
