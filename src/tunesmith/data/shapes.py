@@ -116,7 +116,8 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
             problems.append(
                 ("error", field, f"same as {'preferred_output' if shape == 'preferred-output' else 'chosen'}")
             )
-    if shape == "chat" and all(m.get("weight") == 0 for m in msgs if m.get("role") == "assistant"):
+    weights = [m.get("weight", 1) for m in msgs if m.get("role") == "assistant"]
+    if shape == "chat" and weights and not any(weights):
         problems.append(
             ("warning", "messages", "every assistant turn has weight 0: training learns nothing from it")
         )

@@ -13,7 +13,7 @@ from tunesmith.train.precision import bucket_size, token_budget
 def encode_all(tokenizer, examples, cfg: TrainConfig) -> tuple[list, list[str]]:
     kept, dropped = [], []
     for ex in examples:
-        if all(m.get("weight") == 0 for m in ex.messages if m["role"] == "assistant"):
+        if not any(m.get("weight", 1) for m in ex.messages if m["role"] == "assistant"):
             dropped.append(
                 f"{ex.path}:{ex.line}: every assistant turn has weight 0, nothing to learn; dropped"
             )
