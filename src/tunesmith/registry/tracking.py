@@ -54,7 +54,7 @@ def _tags(rec: dict) -> dict[str, str]:
 
 
 def log_run(track: str | None, rec: dict, status: str = "FINISHED") -> str | None:
-    """Log one run record (runrecord.read_run_dir's shape; evals give the same keys); returns the MLflow
+    """Log one run record (runfolder.read_run_dir's shape; evals give the same keys); returns the MLflow
     run id, or None when tracking is off or failed (said in one line)."""
     if not track:
         return None
