@@ -128,6 +128,16 @@ def test_dpo_refuses_too_few_pairs_and_its_sft_term_keeps_the_chosen_answers_lik
     assert (
         r.returncode == 2 and f"route: {MIN_PAIRS - 1} pairs: DPO refuses fewer than {MIN_PAIRS}" in r.stderr
     )
+    # no validation file: a tenth is held out, and the plan counts what training counts
+    write_jsonl(tmp_path / "alone.jsonl", pairs(MIN_PAIRS))
+    left = MIN_PAIRS - max(1, MIN_PAIRS // 10)
+    r = cli("train", "--method", "dpo", "--model", m, "--data", str(tmp_path / "alone.jsonl"), "--out",
+            str(tmp_path / "refused2"))  # fmt: skip
+    assert r.returncode == 2 and f"{left} preference pairs; on fewer than {MIN_PAIRS}" in r.stderr, r.stderr
+    r = cli("plan", "--method", "dpo", "--model", m, "--data", str(tmp_path / "alone.jsonl"))
+    assert r.returncode == 2 and f"route: {left} pairs: DPO refuses fewer than {MIN_PAIRS}" in r.stderr, (
+        r.stderr
+    )
     nll = {}
     for w in ("0", "1"):
         out = tmp_path / f"sft-{w}"

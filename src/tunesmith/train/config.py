@@ -347,6 +347,12 @@ def to_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(asdict(cfg), sort_keys=False)
 
 
+def held_out_count(n: int) -> int:
+    """How many of n pairs or prompts DPO and GRPO hold out to measure on when there is no validation file:
+    a tenth, at least 1 (the plan counts what training will count)."""
+    return max(1, n // 10) if n > 1 else 0
+
+
 def route(c: TrainConfig, n: int) -> str | None:
     """Which way of making the next version these data support, when the run continues one or learns from
     preferences (issue 32: a few corrections or pairs can wreck a version that worked)."""

@@ -42,7 +42,7 @@ from tunesmith.models.loading import load_tokenizer
 from tunesmith.models.resolve import cached_status, resolve
 from tunesmith.train import heap, machine
 from tunesmith.train.batching import n_answer_tokens, padded_width
-from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig, route
+from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig, held_out_count, route
 from tunesmith.train.precision import autocast_device, bucket_size, frozen_base_bf16, token_budget
 from tunesmith.train.setup import SELECTIONS, peft_config, select_trainable
 from tunesmith.train.sft import Encoded, auto_micro_batch, encode_data
@@ -410,8 +410,11 @@ def predict(
 
 
 def count_pairs(cfg: TrainConfig) -> int:
-    """The preference pairs of --data's training split (what DPO's refusal counts, bar the held-out ones)."""
-    return sum(ex.rejected is not None for ex in load_examples(locate_paths(cfg.data, cfg.val)[0], kind=None))
+    """The preference pairs DPO will train on, as its refusal counts them: --data's, less the tenth held out
+    to measure on when there is no validation file."""
+    train, val = locate_paths(cfg.data, cfg.val)
+    n = sum(ex.rejected is not None for ex in load_examples(train, kind=None))
+    return n if val else n - held_out_count(n)
 
 
 def make_plan(cfg: TrainConfig, trust_remote_code: bool = False) -> Plan:

@@ -19,7 +19,7 @@ from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.errors import UserError
 from tunesmith.models.chat import Encoded
 from tunesmith.train.batching import collate
-from tunesmith.train.config import TrainConfig
+from tunesmith.train.config import TrainConfig, held_out_count
 from tunesmith.train.loss import answer_logits
 from tunesmith.train.precision import autocast_device
 from tunesmith.train.run import State
@@ -78,7 +78,7 @@ def load_split(cfg: TrainConfig, kind: str):
         rng = random.Random(cfg.seed)
         order = list(range(len(train)))
         rng.shuffle(order)
-        k = max(1, len(train) // 10) if len(train) > 1 else 0
+        k = held_out_count(len(train))
         val = [train[i] for i in sorted(order[:k])]
         train = [train[i] for i in sorted(order[k:])]
     return train, val, train_path, held_out
