@@ -58,8 +58,8 @@ def add_parsers(sub) -> None:
     review.set_defaults(handler=cli_review)
 
 
-def _registry(args) -> Registry:
-
+def open_registry(args) -> Registry:
+    """--registry as the review commands and the ui need it: reviews live there, so `off` is refused."""
     if is_off(args.registry):
         raise UserError("--registry off: reviews live in the registry; give one (or leave the default)")
     return Registry(args.registry)
@@ -97,7 +97,7 @@ def _add(reg: Registry, args) -> dict:
 def cli_review(args) -> int:
     from tunesmith.review import export, stats, store
 
-    reg = _registry(args)
+    reg = open_registry(args)
     action = getattr(args, "review_action", None) or "list"
     if action == "add":
         q = _add(reg, args)

@@ -15,7 +15,7 @@ from tunesmith.flags import (
     add_allow_host,
     add_registry,
 )
-from tunesmith.registry.db import Registry, is_off
+from tunesmith.review.cli import open_registry
 
 
 def add_parsers(sub) -> None:
@@ -44,13 +44,6 @@ def add_parsers(sub) -> None:
     p.set_defaults(handler=cli_ui)
 
 
-def _registry(args) -> Registry:
-
-    if is_off(args.registry):
-        raise UserError("--registry off: reviews live in the registry; give one (or leave the default)")
-    return Registry(args.registry)
-
-
 def cli_ui(args) -> int:
     from tunesmith.web.guard import host_rule, is_loopback
 
@@ -60,7 +53,7 @@ def cli_ui(args) -> int:
 
     from tunesmith.ui.app import create_app  # fastapi: imported once it is known to be there
 
-    reg = _registry(args)
+    reg = open_registry(args)
     token = os.environ.get(args.token_env, "").strip() or None
     if args.no_token:
         if not is_loopback(args.host):
