@@ -422,6 +422,11 @@ def test_the_registry_can_be_off_for_a_whole_process(tmp_path, monkeypatch):
     assert rec.off and rec.add(kind="eval", name="x", path=None, model=None, config={}, data=[], parents=[],
                                result={}, metrics=[]) is None  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match="the registry is off"):  # never a database file named "off"
+        R.Registry()
+    r = cli("runs")  # cli() runs in the repository's root
+    assert r.returncode == 2 and "the registry is off" in r.stderr and not (ROOT / "off").exists()
+    assert list(tmp_path.iterdir()) == []
     monkeypatch.setenv("TUNESMITH_REGISTRY", str(tmp_path / "reg.db"))
     assert not Recorder().off
 

@@ -111,7 +111,10 @@ def new_id() -> str:
 
 
 def is_off(path) -> bool:
-    """--registry off (or none): no registry at all. No flag (None) is the default registry, not none."""
+    """--registry off (or none): no registry at all. No flag (None) is the default registry, which
+    TUNESMITH_REGISTRY=off turns off for everything a process runs (the benchmarks set it)."""
+    if path is None:
+        path = os.environ.get("TUNESMITH_REGISTRY")
     return isinstance(path, (str, Path)) and str(path).lower() in ("off", "none")
 
 
@@ -135,6 +138,11 @@ class Registry:
     that must not fail go through `Recorder`."""
 
     def __init__(self, path: str | Path | None = None):
+        if is_off(path):  # never a database file named "off" in the working directory
+            raise UserError(
+                "the registry is off (--registry off, or TUNESMITH_REGISTRY=off) and this needs one: give a "
+                "registry, or a file the command reads without one"
+            )
         self.path = Path(path).expanduser() if path else default_path()
         if self.path.is_dir():
             raise UserError(

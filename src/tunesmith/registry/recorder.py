@@ -6,7 +6,6 @@ for the command's own message)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -49,9 +48,7 @@ class Recorder:
 
     def __init__(self, path: str | Path | None = None, off: bool = False):
         self.path, self.reg = path, None
-        # TUNESMITH_REGISTRY=off: no registry for anything this process runs (the benchmarks set it, so a
-        # measurement never adds rows to the registry of the person who runs it)
-        self.off = off or is_off(path if path is not None else os.environ.get("TUNESMITH_REGISTRY"))
+        self.off = off or is_off(path)
 
     def _call(self, fn, *args, **kw):
         if self.off:
