@@ -9,6 +9,7 @@ by field. Reading files is formats.py's part."""
 from __future__ import annotations
 
 from tunesmith.data.records import Example
+from tunesmith.models.chat import learned_turns
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
@@ -116,8 +117,7 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
             problems.append(
                 ("error", field, f"same as {'preferred_output' if shape == 'preferred-output' else 'chosen'}")
             )
-    weights = [m.get("weight", 1) for m in msgs if m.get("role") == "assistant"]
-    if shape == "chat" and weights and not any(weights):
+    if shape == "chat" and any(m.get("role") == "assistant" for m in msgs) and not learned_turns(msgs):
         problems.append(
             ("warning", "messages", "every assistant turn has weight 0: training learns nothing from it")
         )

@@ -37,6 +37,12 @@ def last_assistant(messages: list[dict]) -> int:
     return max(i for i, m in enumerate(messages) if m["role"] == "assistant")
 
 
+def learned_turns(messages: list[dict]) -> list[int]:
+    """The assistant turns training learns: all of them but those of weight 0 (a hosted fine-tuning file's
+    way to keep a turn as context only)."""
+    return [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("weight", 1) != 0]
+
+
 def split_prompt(messages: list[dict], system: str | None = None) -> tuple[list[dict], str]:
     """(the conversation up to the last answer, that answer); `system` replaces any system turn."""
     last = last_assistant(messages)
@@ -123,12 +129,9 @@ def _first_and_length(tokenizer, texts: list[str]) -> list[tuple[int | None, int
 
 
 def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encoded:
-    """Tokenize a chat; labels mark the assistant turns (`all`, or only the `last`) but those of weight 0
-    (a hosted fine-tuning file's way to keep a turn as context only)."""
+    """Tokenize a chat; labels mark the learned assistant turns (`all`, or only the `last`)."""
     full = render(tokenizer, messages, False)
-    assistant_idx = [
-        i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0
-    ]
+    assistant_idx = learned_turns(messages)
     if not assistant_idx:
         raise ValueError("example has no assistant turn to learn (none, or all of weight 0)")
     if train_on == "last":

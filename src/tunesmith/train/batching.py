@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from tunesmith.models.chat import IGNORE, encode_chat
+from tunesmith.models.chat import IGNORE, encode_chat, learned_turns
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.precision import bucket_size, token_budget
 
@@ -13,7 +13,7 @@ from tunesmith.train.precision import bucket_size, token_budget
 def encode_all(tokenizer, examples, cfg: TrainConfig) -> tuple[list, list[str]]:
     kept, dropped = [], []
     for ex in examples:
-        if not any(m.get("weight", 1) for m in ex.messages if m["role"] == "assistant"):
+        if not learned_turns(ex.messages):
             dropped.append(
                 f"{ex.path}:{ex.line}: every assistant turn has weight 0, nothing to learn; dropped"
             )
