@@ -198,19 +198,8 @@ def num(v) -> float | None:
 
 
 def summary(r: dict) -> dict:
-    keys = (
-        "id",
-        "name",
-        "kind",
-        "status",
-        "method",
-        "model",
-        "started",
-        "ended",
-        "headline_metric",
-        "headline",
-    )
-    return {**{k: r.get(k) for k in keys}, "tags": r.get("tags") or []}
+    """A registry row as the runs list shows it: the fields of `Summary`."""
+    return {**{k: r.get(k) for k in Summary.model_fields}, "tags": r.get("tags") or []}
 
 
 def study_key(folder: Path) -> str:
