@@ -11,10 +11,7 @@ import sys
 from pathlib import Path
 
 from tunesmith.errors import DataErrors
-from tunesmith.flags import (
-    add_model,
-    add_read_options,
-)
+from tunesmith.flags import add_model, add_read_options
 
 
 def add_parsers(sub) -> None:

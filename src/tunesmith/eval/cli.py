@@ -11,12 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunesmith.errors import UserError
-from tunesmith.flags import (
-    add_generation,
-    add_model,
-    add_registry,
-    add_track,
-)
+from tunesmith.flags import add_generation, add_model, add_registry, add_track
 
 if TYPE_CHECKING:  # annotations only: the handlers import these when they run
     from tunesmith.eval.run import EvalSpec

@@ -10,10 +10,7 @@ import dataclasses
 import time
 
 from tunesmith.export.gguf_quant import QUANTS  # names only
-from tunesmith.flags import (
-    add_model,
-    add_registry,
-)
+from tunesmith.flags import add_model, add_registry
 
 
 def add_parsers(sub) -> None:

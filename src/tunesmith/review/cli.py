@@ -11,9 +11,7 @@ import time
 from datetime import datetime
 
 from tunesmith.errors import UserError
-from tunesmith.flags import (
-    add_registry,
-)
+from tunesmith.flags import add_registry
 from tunesmith.registry.db import Registry, is_off
 
 

@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.flags import (
-    add_registry,
-)
+from tunesmith.flags import add_registry
 from tunesmith.registry.db import Registry, production_tag
 
 

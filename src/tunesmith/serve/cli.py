@@ -9,11 +9,7 @@ import importlib.util
 import sys
 
 from tunesmith.errors import UserError
-from tunesmith.flags import (
-    add_allow_host,
-    add_model,
-    add_registry,
-)
+from tunesmith.flags import add_allow_host, add_model, add_registry
 from tunesmith.registry.db import is_off
 
 

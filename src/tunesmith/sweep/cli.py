@@ -16,10 +16,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from tunesmith.errors import UserError
-from tunesmith.flags import (
-    add_model,
-    add_registry,
-)
+from tunesmith.flags import add_model, add_registry
 from tunesmith.train.config import add_config_flags, resolve_config
 
 if TYPE_CHECKING:  # annotations only: the handlers import these when they run

@@ -12,11 +12,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from tunesmith.errors import UserError
-from tunesmith.flags import (
-    add_model,
-    add_registry,
-    add_track,
-)
+from tunesmith.flags import add_model, add_registry, add_track
 from tunesmith.train.config import TrainConfig, add_config_flags, resolve_config, to_yaml
 
 if TYPE_CHECKING:  # annotations only: the handlers import these when they run

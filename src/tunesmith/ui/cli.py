@@ -11,10 +11,7 @@ import secrets
 import sys
 
 from tunesmith.errors import UserError
-from tunesmith.flags import (
-    add_allow_host,
-    add_registry,
-)
+from tunesmith.flags import add_allow_host, add_registry
 from tunesmith.review.cli import open_registry
 
 

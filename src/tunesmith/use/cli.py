@@ -10,10 +10,7 @@ import sys
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.flags import (
-    add_generation,
-    add_model,
-)
+from tunesmith.flags import add_generation, add_model
 
 
 def add_parsers(sub) -> None:
