@@ -131,7 +131,6 @@ def curves(metrics: list[dict]) -> list[str]:
 
 
 def describe(reg: Registry, r: dict) -> str:
-
     cfg = r.get("config") or {}
     env = r.get("environment") or {}
     machine = env.get("machine") or {}
