@@ -68,6 +68,29 @@ def add_parsers(sub) -> None:
         help="also grade every answer 1-10 with this local model (LLM-as-judge) and --rubric",
     )
     p.add_argument("--rubric", metavar="FILE", help="--judge: what a good answer does, in words")
+    p.add_argument(
+        "--grader",
+        action="append",
+        metavar="FILE",
+        help="a hosted grader JSON file (string_check, text_similarity, score_model, label_model, python, "
+        "multi; one, a list, or an eval's testing_criteria): one row grader:NAME each (repeatable)",
+    )
+    p.add_argument(
+        "--grader-judge",
+        metavar="MODEL|URL",
+        help="who answers score_model and label_model graders: a local model, alias or run, or an "
+        "OpenAI-compatible URL (key from $OPENAI_API_KEY)",
+    )
+    p.add_argument(
+        "--grader-judge-model",
+        metavar="NAME",
+        help='--grader-judge URL: the model to ask there (default: each grader\'s own "model")',
+    )
+    p.add_argument(
+        "--trust-grader-code",
+        action="store_true",
+        help="allow python graders: their source runs in this process",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (with --temperature)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
@@ -135,6 +158,10 @@ def spec_from_args(args) -> EvalSpec:
         embedding=args.embedding,
         judge=args.judge,
         rubric=args.rubric,
+        graders=args.grader or [],
+        grader_judge=args.grader_judge,
+        grader_judge_model=args.grader_judge_model,
+        trust_grader_code=args.trust_grader_code,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         temperature=args.temperature,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunesmith.errors import UserError
 from tunesmith.eval.errors import analyse
+from tunesmith.eval.rows import decimals
 
 COLORS = ["#8c8c8c", "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1"]
 NEUTRAL = {"mean_new_tokens", "length_ratio"}  # a change here is neither better nor worse by itself
@@ -53,8 +54,8 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.1f}"
+def _fmt(v, d: int = 1) -> str:
+    return "-" if v is None else f"{v:.{d}f}"
 
 
 def bar_chart(systems: list[dict], metrics: list[str], width: int = 1100, height: int = 300) -> str:
@@ -188,15 +189,15 @@ def _metric_rows(systems: list[dict], labels: list[tuple[str, str]]) -> str:
             m = s["metrics"]
             v = m.get(key)
             ci = m.get("ci95", {}).get(key)
-            cell = _fmt(v) + (f' <span class="ci">[{ci[0]:.1f}, {ci[1]:.1f}]</span>' if ci else "")
+            d = decimals(key)
+            cell = _fmt(v, d) + (f' <span class="ci">[{ci[0]:.{d}f}, {ci[1]:.{d}f}]</span>' if ci else "")
             test = (s.get("comparisons") or {}).get(first["system"], {}).get(key) if k else None
             if test and test.get("p") is not None:
                 if test["significant"]:
                     cls = "nosig" if key in NEUTRAL else "sig" if test["change"] > 0 else "worse"
                     p = "p<0.001" if test["p"] < 0.001 else f"p={test['p']:.3f}"
-                    cell += (
-                        f'<br><span class="{cls}">{test["change"]:+.1f} vs {_e(first["system"])}, {p}</span>'
-                    )
+                    vs = f"{test['change']:+.{d}f} vs {_e(first['system'])}, {p}"
+                    cell += f'<br><span class="{cls}">{vs}</span>'
                 else:
                     cell += f'<br><span class="nosig">no significant difference (p={test["p"]:.2f})</span>'
             cells.append(f'<td class="num">{cell}</td>')

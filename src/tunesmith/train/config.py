@@ -101,6 +101,8 @@ class TrainConfig:
     graders: str = ""  # grpo: what scores a sampled answer, e.g. "format,rougeL*0.5"
     style: str = ""  # grpo: house-style spec for the format grader (as in `tunesmith eval --style`)
     rubric: str = ""  # grpo: rubric file for the judge grader
+    grader_judge: str = ""  # grpo: who answers hosted score_model/label_model graders (a model or a URL)
+    trust_grader_code: bool = False  # grpo: allow hosted python graders (their source runs here)
     grpo_group: int = 4  # grpo: answers sampled per prompt
     grpo_beta: float = 0.04  # grpo: weight of the KL penalty to the starting model
     grpo_max_new_tokens: int = 128  # grpo: longest sampled answer
@@ -169,8 +171,12 @@ class TrainConfig:
                 "--grpo-temperature must be above 0 (identical samples teach nothing) and "
                 "--grpo-max-new-tokens at least 1"
             )
-        if self.method != "grpo" and (self.graders or self.rubric):
-            raise UserError("--graders and --rubric are for --method grpo")
+        if self.method != "grpo" and (
+            self.graders or self.rubric or self.grader_judge or self.trust_grader_code
+        ):
+            raise UserError(
+                "--graders, --rubric, --grader-judge and --trust-grader-code are for --method grpo"
+            )
         if not self.lr > 0:
             raise UserError(f"--lr must be positive (got {self.lr})")
         if self.fsdp and self.method in ("qlora", "prompt-tuning", "prefix-tuning", *PREFERENCE_METHODS):
@@ -243,6 +249,9 @@ HELP = {
     "(--style), length:N (words), python:MODULE:FUNCTION, judge[:MODEL] (--rubric)",
     "style": "--method grpo: house-style spec (YAML) for the format grader",
     "rubric": "--method grpo: rubric text file for the judge grader",
+    "grader_judge": "--method grpo: who answers hosted score_model/label_model graders: a local model, "
+    "alias or run, or an OpenAI-compatible URL (key from $OPENAI_API_KEY)",
+    "trust_grader_code": "--method grpo: allow hosted python graders (their source runs in this process)",
     "grpo_group": "--method grpo: answers sampled per prompt (the group the rewards are compared within)",
     "grpo_beta": "--method grpo: weight of the KL penalty that keeps the model near where it started",
     "grpo_max_new_tokens": "--method grpo: longest sampled answer in tokens",

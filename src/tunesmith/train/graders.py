@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.scoring import hosted
 from tunesmith.scoring import metrics as M
 from tunesmith.scoring.judge import make_judge
 from tunesmith.scoring.style import check_style, load_style
+from tunesmith.scoring.templates import sample_of
 
 
 @dataclass
@@ -21,18 +23,26 @@ class Grader:
     name: str
     weight: float
     fn: object  # (prompts: list[list[dict]], completions: list[str], references: list[str]) -> list[float]
+    rows: bool = False  # fn also takes rows: [(the data row's fields, "file:line")] (hosted graders)
 
 
 GRADER_HELP = (
     "comma-separated KIND[:ARG][*WEIGHT]: rouge1, rouge2, rougeL, bleu, chrf (against the example's "
     "answer), format (the --style spec: share of rules passed), length:N (closeness to N words), "
     "python:MODULE:FUNCTION (your function(prompt, completion, reference) -> float), "
-    "judge[:MODEL] (a local model grades with --rubric)"
+    "judge[:MODEL] (a local model grades with --rubric), hosted:FILE.json (hosted fine-tuning's grader JSON: "
+    "each grader in the file, scored as `eval --grader` does)"
 )
 
 
 def parse_graders(
-    spec: str, *, style: str = "", rubric: str = "", judge_default: str = "", trust_remote_code: bool = False
+    spec: str,
+    *,
+    style: str = "",
+    rubric: str = "",
+    judge_default: str = "",
+    trust_remote_code: bool = False,
+    hosted_ctx: hosted.Context | None = None,
 ) -> list[Grader]:
 
     if not spec.strip():
@@ -85,6 +95,14 @@ def parse_graders(
             fn = _python_grader(item, arg)
         elif kind == "judge":
             fn = make_judge(arg or judge_default, rubric, trust_remote_code, where=f"--graders {item!r}")
+        elif kind == "hosted":
+            if not arg:
+                raise UserError(f"--graders {item!r}: expected hosted:FILE.json (a hosted grader's JSON)")
+            ctx = hosted_ctx or hosted.Context(trust_remote_code=trust_remote_code)
+            graders += [
+                Grader(g.name, weight, _hosted_fn(g), rows=True) for g in hosted.load(arg, ctx, "--graders")
+            ]
+            continue
         else:
             raise UserError(f"--graders {item!r}: unknown grader {kind!r}; {GRADER_HELP}")
         graders.append(Grader(body.strip(), weight, fn))
@@ -120,12 +138,20 @@ def _python_grader(item: str, arg: str):
     return fn
 
 
-def grade(graders: list[Grader], prompts, outs, refs) -> tuple[list[float], dict[str, float]]:
-    """Weighted sum per completion, and the mean of each grader (for the log)."""
+def _hosted_fn(g: hosted.Grader):
+    def fn(prompts, outs, refs, rows):
+        return g.score([sample_of(o) for o in outs], [r[0] for r in rows], [r[1] for r in rows])
+
+    return fn
+
+
+def grade(graders: list[Grader], prompts, outs, refs, rows=None) -> tuple[list[float], dict[str, float]]:
+    """Weighted sum per completion, and the mean of each grader (for the log). `rows`: each completion's
+    data row and its file:line, for the hosted graders."""
     total = [0.0] * len(outs)
     means = {}
     for g in graders:
-        vals = g.fn(prompts, outs, refs)
+        vals = g.fn(prompts, outs, refs, rows) if g.rows else g.fn(prompts, outs, refs)
         means[g.name] = sum(vals) / max(len(vals), 1)
         total = [t + g.weight * v for t, v in zip(total, vals)]
     return total, means

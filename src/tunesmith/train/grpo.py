@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tunesmith.models.chat import IGNORE, Encoded, prompt_ids, split_prompt, stop_token_ids
 from tunesmith.models.loading import generate, generate_ids
+from tunesmith.scoring import hosted
+from tunesmith.scoring.templates import item_of
 from tunesmith.train.batching import collate
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.graders import grade, parse_graders
@@ -77,7 +79,7 @@ def sample(
     return out
 
 
-def grpo_eval(model, tok, val, graders, cfg: TrainConfig) -> dict:
+def grpo_eval(model, tok, val, graders, cfg: TrainConfig, rows=None) -> dict:
     """Greedy answers to the held-out prompts, graded: the mean reward and each grader's mean."""
     was = model.training
     model.eval()
@@ -88,7 +90,7 @@ def grpo_eval(model, tok, val, graders, cfg: TrainConfig) -> dict:
     finally:
         model.config.use_cache = False
         model.train(was)
-    rewards, means = grade(graders, list(prompts), [o.text for o in outs], list(refs))
+    rewards, means = grade(graders, list(prompts), [o.text for o in outs], list(refs), rows)
     return {
         "val_reward": round(sum(rewards) / len(rewards), 4),
         **{f"val_{k}": round(v, 4) for k, v in means.items()},
@@ -113,6 +115,11 @@ class Grpo(Preference):
             rubric=cfg.rubric,
             judge_default=cfg.model,
             trust_remote_code=trust_remote_code,
+            hosted_ctx=hosted.Context(
+                cfg.grader_judge or None,
+                trust_code=cfg.trust_grader_code,
+                trust_remote_code=trust_remote_code,
+            ),
         )
         train_ex, val_ex, _, held_out = load_split(cfg, "prompts")
         self.model, self.tok, self.model_dir = setup_model(cfg, trust_remote_code)
@@ -122,6 +129,9 @@ class Grpo(Preference):
             self.model.base_model.set_adapter("default")
         self.train = [split_prompt(ex.messages) for ex in train_ex]
         self.val = [split_prompt(ex.messages) for ex in val_ex][: cfg.eval_limit or None]
+        # each prompt's data row and file:line, for the hosted graders' {{ item.* }}
+        self.rows = [(item_of(ex, r), f"{ex.path}:{ex.line}") for ex, (_, r) in zip(train_ex, self.train)]
+        self.val_rows = [(item_of(ex, r), f"{ex.path}:{ex.line}") for ex, (_, r) in zip(val_ex, self.val)]
         self.stop_id = (stop_token_ids(self.tok) or [None])[0]
         graders = ", ".join(f"{g.name}*{g.weight:g}" for g in self.graders)
         intro = (
@@ -142,8 +152,13 @@ class Grpo(Preference):
             model, self.tok, [p for p in p_ids for _ in range(g)], cfg, seed=cfg.seed * 100003 + state.step
         )
         texts = [self.tok.decode(new, skip_special_tokens=True).strip() for new, _ in gens]
+        rows = [self.rows[i] for i in idx for _ in range(g)]
         rewards, means = grade(
-            self.graders, [p for p in prompts for _ in range(g)], texts, [r for r in refs for _ in range(g)]
+            self.graders,
+            [p for p in prompts for _ in range(g)],
+            texts,
+            [r for r in refs for _ in range(g)],
+            rows,
         )
         adv = group_advantages(torch.tensor(rewards).view(len(idx), g)).view(-1)
         encs = [
@@ -188,7 +203,7 @@ class Grpo(Preference):
         )
 
     def evaluate(self) -> dict:
-        return grpo_eval(self.model, self.tok, self.val, self.graders, self.cfg)
+        return grpo_eval(self.model, self.tok, self.val, self.graders, self.cfg, self.val_rows)
 
     def start_line(self, rec: dict) -> str:
         return f"held-out before training: reward {rec['val_reward']:.3f} " + ", ".join(

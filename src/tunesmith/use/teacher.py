@@ -20,71 +20,12 @@ from pathlib import Path
 
 from tunesmith.errors import UserError
 from tunesmith.eval.systems import System, build_prompts
+from tunesmith.models.endpoint import Draft
+from tunesmith.models.endpoint import Endpoint as EndpointTeacher
+from tunesmith.models.endpoint import EndpointError as TeacherError
 from tunesmith.models.loading import attach_adapter, base_model_of, check_adapter_dir, generate, load
 
-
-@dataclass
-class Draft:
-    text: str
-    finish: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-
-
-class TeacherError(Exception):
-    """A draft that could not be made; `fatal`: no other draft can be made either (down, key, model)."""
-
-    def __init__(self, message: str, fatal: bool = False):
-        super().__init__(message)
-        self.fatal = fatal
-
-
-# ---------------------------------------------------------------- the teachers
-
-
-class EndpointTeacher:
-    """An OpenAI-compatible chat endpoint; thread-safe (the client is), so drafts run concurrently."""
-
-    def __init__(self, url: str, model: str | None, key: str | None, timeout: float, retries: int):
-        import openai  # the 'teacher' extra; the CLI checks it is there before this runs
-
-        self.errors = openai
-        self.url = url
-        self.client = openai.OpenAI(base_url=url, api_key=key or "none", timeout=timeout, max_retries=retries)
-        try:
-            self.model = model or self.client.models.list().data[0].id
-        except (openai.APIError, IndexError, AttributeError, TypeError) as e:
-            raise self._error(e) from None
-        self.name = f"{self.model} at {url}"
-
-    def _error(self, e: Exception) -> TeacherError:
-        o = self.errors
-        if isinstance(e, o.APITimeoutError):
-            return TeacherError(f"no answer within the timeout, after the retries ({self.url})")
-        if isinstance(e, o.APIConnectionError):
-            return TeacherError(f"cannot reach the teacher at {self.url}: is it running? ({e})", fatal=True)
-        if isinstance(e, o.APIStatusError):
-            fatal = e.status_code in (401, 403, 404)
-            said = " ".join(str(getattr(e, "message", e)).split())[:200]
-            return TeacherError(f"the teacher answered {e.status_code}: {said}", fatal=fatal)
-        return TeacherError(f"the teacher's answer is not a chat completion ({type(e).__name__}: {e})")
-
-    def draft(self, messages: list[dict], max_tokens: int, temperature: float, seed: int | None) -> Draft:
-        t0 = time.monotonic()
-        try:
-            r = self.client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, seed=seed
-            )
-            choice = r.choices[0]
-            text = choice.message.content
-            if not isinstance(text, str):
-                raise TypeError(f"message.content is {type(text).__name__}")
-        except (self.errors.APIError, IndexError, AttributeError, TypeError, ValueError) as e:
-            raise self._error(e) from None
-        usage = getattr(r, "usage", None)
-        return Draft(text.strip(), choice.finish_reason, getattr(usage, "prompt_tokens", 0) or 0,
-                     getattr(usage, "completion_tokens", 0) or 0, time.monotonic() - t0)  # fmt: skip
+__all__ = ["Draft", "EndpointTeacher", "TeacherError"]  # the names use/drafts.py reads from here
 
 
 @dataclass
