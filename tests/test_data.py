@@ -13,7 +13,7 @@ def test_check_reports_every_problem_with_location(tmp_path):
         [
             good,  # 1 ok
             '{"messages": [ broken',  # 2 invalid JSON
-            {"messages": [{"role": "user", "content": "hi"}]},  # 3 no assistant
+            {"messages": [{"role": "system", "content": "hi"}]},  # 3 no assistant
             {
                 "messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]
             },  # 4 order
@@ -35,7 +35,7 @@ def test_check_reports_every_problem_with_location(tmp_path):
         f"{f}:4: messages: wrong role order: turn 1 is assistant, expected user (user and assistant "
         "alternate, user first)",
         f"{f}:5: messages[0].content: empty",
-        f"{f}:6: messages[0].role: unknown role 'bot'; expected system, user or assistant",
+        f"{f}:6: messages[0].role: unknown role 'bot'; expected system (or developer), user or assistant",
         f"{f}:7: unknown shape: expected keys messages, prompt+completion, instruction+output, conversations "
         "or prompt+chosen+rejected; found text",
         f"{f}:10: completion: expected a string, got int",

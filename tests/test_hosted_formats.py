@@ -161,3 +161,151 @@ def test_dpo_trains_on_a_hosted_preference_file(tmp_path, tiny_model_dir):
     # 11 pairs trained, 1 held out (10 %, no validation file); the held-out pair's loss falls from log 2
     assert res["method"] == "dpo" and res["examples"] == 11 and res["steps"] == 3
     assert res["val_start"]["val_loss"] == pytest.approx(0.693147) and res["val"][-1]["val_loss"] < 0.69
+
+
+# ---------------------------------------------------------------- stored completions -> a review queue
+
+
+def stored(i: int, topic: str, answer: str | None = None) -> dict:
+    """A stored chat completion as the API's reference shows one (GET /v1/chat/completions/ID), with the
+    stored-messages route's answer (GET .../ID/messages) beside it under "messages"."""
+    return {
+        "id": f"chatcmpl-abc{i}",
+        "object": "chat.completion",
+        "created": 1738960610,
+        "model": "gpt-4.1-mini-2025-04-14",
+        "request_id": "req_ded8ab984ec4bf840f37566c1011c417",
+        "tool_choice": None,
+        "seed": 4944116822809979520,
+        "top_p": 1.0,
+        "temperature": 1.0,
+        "system_fingerprint": "fp_50cad350e4",
+        "service_tier": "default",
+        "tools": None,
+        "metadata": {"topic": topic},
+        "usage": {"total_tokens": 31, "completion_tokens": 18, "prompt_tokens": 13},
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "logprobs": None,
+                "message": {
+                    "content": answer or f"Mind of circuits hum {i}",
+                    "role": "assistant",
+                    "tool_calls": None,
+                    "function_call": None,
+                },
+            }
+        ],
+        "messages": {
+            "object": "list",
+            "data": [
+                {
+                    "id": f"chatcmpl-abc{i}-0",
+                    "role": "user",
+                    "content": f"write a haiku about {topic} {i}",
+                    "name": None,
+                    "content_parts": None,
+                }
+            ],
+            "first_id": f"chatcmpl-abc{i}-0",
+            "last_id": f"chatcmpl-abc{i}-0",
+            "has_more": False,
+        },
+    }
+
+
+def test_stored_completions_become_a_review_queue_filtered_by_metadata_then_training_data(tmp_path):
+    from tunesmith.registry.db import Registry
+    from tunesmith.review import store
+    from tunesmith.review.store import Judgement
+
+    f = write_jsonl(
+        tmp_path / "stored.jsonl",
+        [
+            stored(1, "billing"),
+            stored(2, "ai"),
+            stored(3, "billing"),
+            {
+                "messages": [
+                    {"role": "user", "content": "dashboard export"},
+                    {"role": "assistant", "content": "a chat example"},
+                ],
+                "metadata": {"topic": "billing"},
+            },
+        ],
+    )
+    reg_path = str(tmp_path / "reg.db")
+    r = cli("review", "--registry", reg_path, "add", "--captures", str(f), "--metadata", "topic=billing")
+    assert r.returncode == 0, r.stderr
+    assert "queue stored-stored: 3 items, outputs answer" in r.stdout
+    reg = Registry(reg_path)
+    its = store.items(reg, "stored-stored")
+    assert [i["prompt"] for i in its] == [
+        [{"role": "user", "content": "write a haiku about billing 1"}],
+        [{"role": "user", "content": "write a haiku about billing 3"}],
+        [{"role": "user", "content": "dashboard export"}],
+    ]
+    assert its[0]["outputs"]["answer"] == {
+        "output": "Mind of circuits hum 1",
+        "model": "gpt-4.1-mini-2025-04-14",
+        "metadata": {"topic": "billing"},
+    }
+    store.record(reg, Judgement(item=its[0]["id"], reviewer="ann", kind="accept", label="answer"))
+    store.record(
+        reg, Judgement(item=its[1]["id"], reviewer="ann", kind="correction", label="answer", text="Fixed.")
+    )
+    sft = tmp_path / "sft.jsonl"
+    r = cli("review", "--registry", reg_path, "export", "--sft", str(sft), "--queue", "stored-stored")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["messages"][-1]["content"] for x in sft.read_text().splitlines()] == [
+        "Mind of circuits hum 1",
+        "Fixed.",
+    ]
+    r = cli(
+        "review",
+        "--registry",
+        reg_path,
+        "add",
+        "--captures",
+        str(f),
+        "--metadata",
+        "model=gpt-4.1-mini-2025-04-14",
+        "--name",
+        "by-model",
+    )
+    assert r.returncode == 0 and "queue by-model: 3 items" in r.stdout, r.stderr
+    tool = stored(4, "x")
+    tool["choices"][0]["message"] = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c", "type": "function"}],
+    }
+    no_msgs = {k: v for k, v in stored(5, "x").items() if k != "messages"}
+    for rows, said in [
+        (
+            [tool],
+            f"{tmp_path / 'bad.jsonl'}:1: choices[0].message.tool_calls: a tool call, not a text answer",
+        ),
+        (
+            [no_msgs],
+            f"{tmp_path / 'bad.jsonl'}:1: messages: missing; a stored completion needs its request's",
+        ),
+        ([stored(6, "ai")], f"review add --captures {tmp_path / 'bad.jsonl'}: none of its 1 completions has"),
+    ]:
+        bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+        r = cli(
+            "review",
+            "--registry",
+            reg_path,
+            "add",
+            "--captures",
+            str(bad),
+            "--metadata",
+            "topic=billing",
+            "--name",
+            "x",
+        )
+        assert r.returncode == 2 and r.stderr.startswith(f"error: {said}"), r.stderr
+    r = cli("review", "--registry", reg_path, "add", "--captures", "--metadata", "topic=x")
+    assert r.returncode == 2 and "--metadata goes with --captures FILE" in r.stderr

@@ -273,7 +273,10 @@ def test_preference_methods_refuse_the_wrong_data(tiny_model_dir, tmp_path):
         "--out",
         str(tmp_path / "x"),
     )
-    assert r.stderr == "error: --graders, --rubric, --grader-judge and --trust-grader-code are for --method grpo\n"
+    assert (
+        r.stderr
+        == "error: --graders, --rubric, --grader-judge and --trust-grader-code are for --method grpo\n"
+    )
     r = cli(
         "train",
         "--method",

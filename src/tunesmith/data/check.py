@@ -54,7 +54,7 @@ class Checker:
             self.ex_line.append(ex.line)
             msgs = ex.messages
             last = len(msgs) - 1 if msgs[-1]["role"] == "assistant" else last_assistant(msgs)
-            answer = msgs[last]["content"]
+            answer = msgs[last]["content"] if last < len(msgs) else ""  # a prompt-only row has none
             pk = messages_digest(msgs[:last])
             ak = messages_digest(msgs[last:], ex.rejected) & 0xFFFFFFFF
             self.words.append(len(answer.split()))

@@ -343,7 +343,13 @@ def load_examples(
         raise UserError(f"{what} {path}: {len(errors)} problem(s){more}; fix them and run again")
     if not examples:
         raise UserError(f"{what} {path}: no examples found")
-    if kind == "chat" and any(e.kind == "preference" for e in examples):
+    if kind == "chat" and any(e.kind == "prompt" for e in examples):
+        first = next(e for e in examples if e.kind == "prompt")
+        raise UserError(
+            f"{what} {first.path}:{first.line}: no assistant turn: a prompt-only row (as a reinforcement-"
+            "tuning file has) trains with --method grpo and is scored by eval --grader; this needs answers"
+        )
+    if kind in ("chat", "graded") and any(e.kind == "preference" for e in examples):
         first = next(e for e in examples if e.kind == "preference")
         raise UserError(
             f"{what} {first.path}:{first.line}: preference pairs (prompt/chosen/rejected) are for "

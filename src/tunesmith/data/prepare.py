@@ -130,7 +130,7 @@ def _lengths(examples: list[Example], tokenizer) -> tuple[list[int], list[int]]:
     for ex in examples:
         last = last_assistant(ex.messages)
         i_text = "\n".join(m["content"] for m in ex.messages[:last])
-        o_text = ex.messages[last]["content"]
+        o_text = ex.messages[last]["content"] if last < len(ex.messages) else ""
         if tokenizer is None:
             ins.append(len(i_text.split()))
             outs.append(len(o_text.split()))

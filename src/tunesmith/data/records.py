@@ -42,7 +42,11 @@ class Example:
 
     @property
     def kind(self) -> str:
-        return "preference" if self.rejected is not None else "chat"
+        """preference, chat, or prompt: a prompt-only row (a reinforcement-tuning file's), for GRPO and
+        graders."""
+        if self.rejected is not None:
+            return "preference"
+        return "chat" if any(m["role"] == "assistant" for m in self.messages) else "prompt"
 
     def to_json(self) -> dict:
         out = {"messages": self.messages}

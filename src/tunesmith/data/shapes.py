@@ -168,6 +168,7 @@ def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | N
         weight = None
         if shape == "chat":
             role, content = m.get("role"), m.get("content")
+            role = "system" if role == "developer" else role  # the system turn, as reasoning models name it
             extra = set(m) - {"role", "content", "name", "weight"}
             if "weight" in m:
                 weight = m["weight"]
@@ -179,7 +180,11 @@ def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | N
                 problems.append(("error", f"{f}.role", "missing"))
             elif role not in ROLES:
                 problems.append(
-                    ("error", f"{f}.role", f"unknown role {role!r}; expected system, user or assistant")
+                    (
+                        "error",
+                        f"{f}.role",
+                        f"unknown role {role!r}; expected system (or developer), user or assistant",
+                    )
                 )
         else:
             speaker = m.get("from")
@@ -247,6 +252,9 @@ def _role_order(msgs: list[dict], field: str) -> list[tuple[str, str, str]]:
     body = roles[1:] if roles and roles[0] == "system" else roles
     if "system" in body:
         return [("error", field, "a system message may only come first")]
+    if body == ["user"]:  # a prompt only: a reinforcement-tuning row, its references in other fields
+        return [("warning", field, "no assistant turn: a prompt only, for --method grpo and eval --grader "
+                 "(supervised training refuses it)")]  # fmt: skip
     if "assistant" not in body:
         return [("error", field, "no assistant turn: nothing to learn or score")]
     for i, r in enumerate(body):

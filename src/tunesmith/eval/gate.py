@@ -4,9 +4,10 @@ After scoring, the candidate is compared with REF (a run id, tag such as v9 or p
 results.json) on the same frozen test set: the same examples (inputs and references, in order) and
 the same decoding settings, else a clear error, because a difference on other examples or other
 settings says nothing about the versions. Each gated metric (default: the headline text metric and
-format adherence, where both runs have them) gets the paired bootstrap test of `tunesmith eval`;
-the p-values are Holm-corrected across the gated metrics (several metrics are several chances of a
-false alarm), and the gate fails, with its own exit code, when any metric is significantly worse.
+format adherence, where both runs have them, and every hosted grader of `--grader`) gets the paired
+bootstrap test of `tunesmith eval`; the p-values are Holm-corrected across the gated metrics (several
+metrics are several chances of a false alarm), and the gate fails, with its own exit code, when any
+metric is significantly worse.
 
 REF as a training run means its newest registered eval on this test set with these settings.
 """
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.eval.rows import same_test
+from tunesmith.eval.rows import GRADER, same_test
 from tunesmith.eval.run import compare
 from tunesmith.registry.db import Registry
 from tunesmith.scoring.stats import holm
@@ -87,8 +88,9 @@ def check(candidate: dict, reference: dict, name: str, metrics: list[str] | None
                 f"--gate-metrics {','.join(missing)}: not measured in both runs (both have: {have})"
             )
         gated = list(metrics)
-    else:
+    else:  # the headline metrics, and each hosted grader (a hosted eval's testing criteria)
         gated = [k for k in DEFAULT_METRICS if k in tests]
+        gated += [k for k in tests if k.startswith(GRADER) and not k.endswith(":pass")]
     if not gated:
         raise UserError(
             f"--gate {name}: no gated metric was measured in both runs; name some with --gate-metrics"

@@ -104,17 +104,19 @@ def score(
     refs = [[r] if isinstance(r, str) else list(r) for r in references]
     texts = [gen.text for gen in outputs]
     multi = any(len(r) > 1 for r in refs)
+    answered = any(r.strip() for rs in refs for r in rs)  # else prompt-only rows: only graders score them
     per = []
     for gen, rs in zip(outputs, refs):
-        s = M.multi_scores(gen.text, rs, mean=multi)
-        s["length_ratio"] = M.length_ratio(gen.text, rs)
+        s = M.multi_scores(gen.text, rs, mean=multi) if answered else {}
+        if answered:
+            s["length_ratio"] = M.length_ratio(gen.text, rs)
         row = {"scores": s, "stopped": gen.stopped, "new_tokens": gen.new_tokens}
         if rules:
             checks = check_style(rules, gen.text)
             row["style"] = checks
             row["format_ok"] = all(checks.values())
         per.append(row)
-    if embedding and M.embedding_available():
+    if embedding and answered and M.embedding_available():
         for row, sims in zip(per, M.embedding_similarity(texts, refs)):
             row["scores"]["embedding"] = max(sims)
             if multi:
@@ -124,7 +126,7 @@ def score(
     for key, vals in (graded or {}).items():
         for row, v in zip(per, vals):
             row["scores"][key] = v
-    labels = M.label_set(refs)
+    labels = M.label_set(refs) if answered else None
     if labels:
         for row, text, rs in zip(per, texts, refs):
             gold, pred = M.label_pair(text, rs)
@@ -265,7 +267,8 @@ def plan(spec: EvalSpec) -> _Plan:
     graders = hosted.load_all(spec.graders, ctx) if spec.graders else []
     if (spec.grader_judge or spec.grader_judge_model) and not any(asks_model(g) for g in graders):
         raise UserError("--grader-judge goes with a score_model or label_model grader (--grader FILE)")
-    examples = load_examples(spec.data, "--data")[: spec.limit or None]
+    # with graders, prompt-only rows (an exported eval's items, a reinforcement-tuning file) are scored too
+    examples = load_examples(spec.data, "--data", kind="graded" if graders else "chat")[: spec.limit or None]
     rules = load_style(spec.style) if spec.style else []
     baseline = None
     if spec.baseline:

@@ -33,8 +33,9 @@ class Encoded:
 
 
 def last_assistant(messages: list[dict]) -> int:
-    """Index of the last assistant turn: the answer training learns last and evaluation scores."""
-    return max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    """Index of the last assistant turn: the answer training learns last and evaluation scores; for a
+    prompt-only row (a reinforcement-tuning file's: no answer, graders score it) the end of the list."""
+    return max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
 
 
 def learned_turns(messages: list[dict]) -> list[int]:
@@ -50,7 +51,7 @@ def split_prompt(messages: list[dict], system: str | None = None) -> tuple[list[
     if system is not None:
         prompt = [m for m in prompt if m["role"] != "system"]
         prompt.insert(0, {"role": "system", "content": system})
-    return prompt, messages[last]["content"]
+    return prompt, messages[last]["content"] if last < len(messages) else ""
 
 
 def render(tokenizer, messages, add_generation_prompt: bool = False) -> str:

@@ -27,7 +27,21 @@ def add_parsers(sub) -> None:
         "add", help="a review queue from registered evals on one test set, from captures, or from drafts"
     )
     p.add_argument("refs", nargs="*", metavar="EVAL", help="an eval (or a trained run: its newest eval)")
-    p.add_argument("--captures", action="store_true", help="what `serve --capture` kept, instead of evals")
+    p.add_argument(
+        "--captures",
+        nargs="?",
+        const=True,
+        metavar="FILE",
+        help="what `serve --capture` kept, instead of evals; with FILE: completions a hosted API stored, "
+        "exported as JSONL",
+    )
+    p.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--captures FILE: only the completions stored with this metadata (repeatable: all must match)",
+    )
     p.add_argument("--drafts", metavar="FILE", help="what `data generate` drafted: accept, correct or reject")
     p.add_argument(
         "--since", metavar="DATE", help="with --captures: only those since DATE (YYYY-MM-DD[ HH:MM])"
@@ -73,11 +87,18 @@ def when(text: str, flag: str) -> float:
 
 def _add(reg: Registry, args) -> dict:
     from tunesmith.review import store
+    from tunesmith.review.stored import parse_filters
 
     if args.drafts:
         if args.refs or args.pair or args.captures or args.since:
             raise UserError("review add --drafts FILE: takes no EVAL, --captures, --since or --pair")
         return store.add_drafts(reg, args.drafts, args.name)
+    if isinstance(args.captures, str):
+        if args.refs or args.pair or args.since:
+            raise UserError("review add --captures FILE: takes no EVAL, --pair or --since")
+        return store.add_stored(reg, args.captures, args.name, parse_filters(args.metadata))
+    if args.metadata:
+        raise UserError("--metadata goes with --captures FILE (a stored completions export)")
     if args.captures:
         if args.refs or args.pair:
             raise UserError("review add --captures: takes no EVAL and no --pair (one answer per item)")

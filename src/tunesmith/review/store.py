@@ -22,6 +22,7 @@ from tunesmith.eval.rows import same_test
 from tunesmith.models.chat import last_assistant
 from tunesmith.registry.captures import captured
 from tunesmith.registry.db import Registry
+from tunesmith.review.stored import read_stored
 
 KINDS = ("ab", "rating", "correction", "accept", "reject")
 # what an item becomes in `review export --sft`: its newest verdict wins
@@ -175,6 +176,31 @@ def add_captures(reg: Registry, name: str | None = None, since: float | None = N
                  c["id"]),
             )  # fmt: skip
     return {"name": name, "a": ANSWER, "b": ANSWER, "items": len(caught), "labels": [ANSWER], "sources": []}
+
+
+def add_stored(reg: Registry, path: str, name: str | None = None, filters: dict | None = None) -> dict:
+    """A queue of the completions a hosted API stored, from their JSONL export (review/stored.py): one
+    answer per item, with the model and metadata it was stored with."""
+    rows, total = read_stored(path, filters or {})
+    p = Path(path)
+    name = name or f"stored-{p.stem}"
+    if reg.db.execute("SELECT 1 FROM review_queues WHERE name = ?", (name,)).fetchone():
+        raise UserError(f"review add: a queue named {name!r} exists; choose another --name")
+    source = {"stored": str(p.resolve()), "lines": total, "items": len(rows), "metadata": filters or {}}
+    with reg.tx() as db:
+        db.execute(
+            "INSERT INTO review_queues (name, a, b, sources, created) VALUES (?, ?, ?, ?, ?)",
+            (name, ANSWER, ANSWER, json.dumps([source]), time.time()),
+        )
+        for i, (n, prompt, answer, info) in enumerate(rows):
+            out = {ANSWER: {"output": answer, "model": info["model"], "metadata": info["metadata"]}}
+            db.execute(
+                "INSERT INTO review_items (queue, example, path, line, prompt, digest, reference, outputs) "
+                "VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                (name, i, str(p.resolve()), str(n), json.dumps(prompt), str(messages_digest(prompt)),
+                 json.dumps(out)),
+            )  # fmt: skip
+    return {"name": name, "a": ANSWER, "b": ANSWER, "items": len(rows), "labels": [ANSWER], "sources": []}
 
 
 def add_drafts(reg: Registry, path: str | Path, name: str | None = None) -> dict:

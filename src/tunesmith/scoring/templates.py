@@ -76,7 +76,8 @@ def sample_of(text: str, finish: str = "stop") -> dict:
 
 def item_of(ex, reference: str) -> dict:
     """A hosted grader's `item`: the data row's fields, and `reference` (the row's reference answer)
-    when the row has no field of that name."""
+    when the row has no field of that name and has an answer."""
     item = {"messages": ex.messages, **ex.meta}
-    item.setdefault("reference", reference)
+    if reference:  # a prompt-only row has none
+        item.setdefault("reference", reference)
     return item
