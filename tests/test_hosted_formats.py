@@ -309,3 +309,51 @@ def test_stored_completions_become_a_review_queue_filtered_by_metadata_then_trai
         assert r.returncode == 2 and r.stderr.startswith(f"error: {said}"), r.stderr
     r = cli("review", "--registry", reg_path, "add", "--captures", "--metadata", "topic=x")
     assert r.returncode == 2 and "--metadata goes with --captures FILE" in r.stderr
+
+
+def test_a_hosted_tool_calling_example_is_refused_field_by_field_not_dropped():
+    """The hosted guide's function-calling example (a weather tool): not trained yet, so every part that
+    would be lost is named: the definitions, the call, the tool's result."""
+    row = {
+        "messages": [
+            {"role": "user", "content": "What is the weather in San Francisco?"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "call_id",
+                        "type": "function",
+                        "function": {
+                            "name": "get_current_weather",
+                            "arguments": '{"location": "San Francisco, USA", "format": "celsius"}',
+                        },
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_id", "content": "21.0"},
+            {"role": "assistant", "content": "It is 21 degrees celsius in San Francisco, CA"},
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_current_weather",
+                    "description": "Get the current weather",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"location": {"type": "string"}},
+                        "required": ["location"],
+                    },
+                },
+            }
+        ],
+        "parallel_tool_calls": False,
+    }
+    ex, problems = normalize(row)
+    assert ex is None
+    assert problems == [
+        ("error", "tools", "tool definitions are not supported yet; remove them or the example"),
+        ("error", "messages[1].tool_calls", "tool calls are not supported yet; remove the example"),
+        ("error", "messages[2].role", "tool turns (tool results) are not supported yet"),
+        ("error", "messages[1].content", "missing"),
+    ]

@@ -82,6 +82,14 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
         for k, v in meta.items()
         if not _encodable(k) or isinstance(v, str) and not _encodable(v)
     ]
+    if shape == "chat":  # a hosted chat file's tool definitions: named, never kept as metadata unread
+        for k in ("tools", "functions"):
+            if obj.get(k):
+                meta.pop(k, None)
+                problems.append(
+                    ("error", k, "tool definitions are not supported yet; remove them or the example")
+                )
+        meta.pop("parallel_tool_calls", None)  # means nothing without tools
     rejected = None
     if shape == "preferred-output":
         msgs, names, rejected = _preferred_output(obj, problems)
@@ -169,7 +177,20 @@ def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | N
         if shape == "chat":
             role, content = m.get("role"), m.get("content")
             role = "system" if role == "developer" else role  # the system turn, as reasoning models name it
-            extra = set(m) - {"role", "content", "name", "weight"}
+            extra = set(m) - {
+                "role",
+                "content",
+                "name",
+                "weight",
+                "tool_calls",
+                "function_call",
+                "tool_call_id",
+            }
+            for k in ("tool_calls", "function_call"):
+                if m.get(k):
+                    problems.append(
+                        ("error", f"{f}.{k}", "tool calls are not supported yet; remove the example")
+                    )
             if "weight" in m:
                 weight = m["weight"]
                 if role != "assistant":
@@ -178,6 +199,8 @@ def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | N
                     problems.append(("error", f"{f}.weight", f"expected 0 or 1, got {weight!r}"))
             if "role" not in m:
                 problems.append(("error", f"{f}.role", "missing"))
+            elif role in ("tool", "function"):
+                problems.append(("error", f"{f}.role", f"{role} turns (tool results) are not supported yet"))
             elif role not in ROLES:
                 problems.append(
                     (
