@@ -14,6 +14,11 @@ def decimals(key: str) -> int:
     return DECIMALS.get(key, 1)
 
 
+def digits(key: str) -> int:
+    """Decimals a metric's mean, interval and paired change are stored with."""
+    return decimals(key) + 1 if key.startswith(GRADER) and not key.endswith(":pass") else 2
+
+
 def grader_rows(*metrics: dict) -> list[tuple[str, str]]:
     """The rows of the hosted graders (`eval --grader`) these metric dicts hold, in their order."""
     keys = list(dict.fromkeys(k for m in metrics for k in m if k.startswith(GRADER)))

@@ -14,7 +14,7 @@ from tunesmith.errors import UserError
 from tunesmith.eval.grading import asks_model, grade_hosted
 from tunesmith.eval.probes import forgetting_report, memorization_report, run_probe, sample_train
 from tunesmith.eval.report import render
-from tunesmith.eval.rows import grader_rows, per_example_values, scalar_meta
+from tunesmith.eval.rows import digits, grader_rows, per_example_values, scalar_meta
 from tunesmith.eval.systems import System, build_prompts, parse_systems
 from tunesmith.eval.verdict import verdict
 from tunesmith.files.atomic import write_json, write_text
@@ -142,8 +142,8 @@ def score(
         or (k == "format_adherence" and rules)
     ]
     values = {k: per_example_values(per, k) for k in keys}
-    means = {k: round(statistics.fmean(v), 2) for k, v in values.items()}
-    cis = {k: bootstrap_ci(v) for k, v in values.items()}
+    means = {k: round(statistics.fmean(v), digits(k)) for k, v in values.items()}
+    cis = {k: bootstrap_ci(v, digits=digits(k)) for k, v in values.items()}
     if labels:  # macro scores are not means of per-example values: bootstrap them as a whole
         pairs = _label_pairs(per)
         means.update(M.label_macro(pairs))
@@ -172,7 +172,9 @@ def compare(results: dict, baseline: dict) -> dict | None:
     if any(k in LABEL_MACRO for k in both) and all("label" in x for x in a + b):
         macro = M.label_macro_paired_test(_label_pairs(a), _label_pairs(b))
     return {
-        k: macro[k] if k in LABEL_MACRO else paired_test(per_example_values(a, k), per_example_values(b, k))
+        k: macro[k]
+        if k in LABEL_MACRO
+        else paired_test(per_example_values(a, k), per_example_values(b, k), digits=digits(k))
         for k in both
         if k not in LABEL_MACRO or k in macro
     }

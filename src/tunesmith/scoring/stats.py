@@ -8,7 +8,7 @@ import numpy as np
 RESAMPLES = 2000
 
 
-def bootstrap_ci(values, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(values, level: float = 0.95, seed: int = 0, digits: int = 2) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean."""
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
@@ -16,10 +16,10 @@ def bootstrap_ci(values, level: float = 0.95, seed: int = 0) -> tuple[float, flo
     idx = np.random.default_rng(seed).integers(0, len(x), (RESAMPLES, len(x)))
     means = x[idx].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return round(float(lo), 2), round(float(hi), 2)
+    return round(float(lo), digits), round(float(hi), digits)
 
 
-def paired_test(after, before, seed: int = 0) -> dict:
+def paired_test(after, before, seed: int = 0, digits: int = 2) -> dict:
     """Paired bootstrap on per-example differences: mean change, its 95 % interval, a two-sided p-value."""
     d = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
     if len(d) < 2:
@@ -32,8 +32,8 @@ def paired_test(after, before, seed: int = 0) -> dict:
     if d.std() == 0:
         p = 1.0 if d.mean() == 0 else 0.0
     return {
-        "change": round(float(d.mean()), 2),
-        "ci": [round(float(lo), 2), round(float(hi), 2)],
+        "change": round(float(d.mean()), digits),
+        "ci": [round(float(lo), digits), round(float(hi), digits)],
         "p": round(p, 4),
         "significant": bool(p < 0.05),
     }
