@@ -121,10 +121,15 @@ CORPUS = {
         1,
         "content_blank.jsonl:1: prompt: empty",
     ),
-    "no_answer.jsonl": (
-        _jsonl({"messages": [{"role": "user", "content": "a"}]}),
+    "no_answer.jsonl": (  # a user turn alone is a prompt-only row (GRPO, graders): a warning, not this
+        _jsonl({"messages": [{"role": "system", "content": "a"}]}),
         1,
         "no_answer.jsonl:1: messages: no assistant turn",
+    ),
+    "two_users_no_answer.jsonl": (
+        _jsonl({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}),
+        1,
+        "two_users_no_answer.jsonl:1: messages: no assistant turn",
     ),
     "assistant_first.jsonl": (
         _jsonl(

@@ -311,12 +311,42 @@ def test_stored_completions_become_a_review_queue_filtered_by_metadata_then_trai
     assert r.returncode == 2 and "--metadata goes with --captures FILE" in r.stderr
 
 
-def test_a_hosted_tool_calling_example_is_refused_field_by_field_not_dropped():
-    """The hosted guide's function-calling example (a weather tool): not trained yet, so every part that
-    would be lost is named: the definitions, the call, the tool's result."""
-    row = {
+# ---------------------------------------------------------------- tool calls
+
+# A chat template that knows tools, in the manner of Qwen2.5's (written for these tests): the definitions
+# in a system turn, each call as <tool_call>{json}</tool_call> in the assistant's turn, results as tool turns.
+TOOL_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\nTools:\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}"
+    "<|im_end|>\n{% endif %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' %}<|im_start|>assistant\n{{ m.content }}"
+    '{%- for c in m.tool_calls or [] %}<tool_call>{"name": "{{ c.function.name }}", "arguments": '
+    "{{ c.function.arguments | tojson }}}</tool_call>{% endfor %}<|im_end|>\n"
+    "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+WEATHER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_current_weather",
+            "description": "Get the current weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"location": {"type": "string"}},
+                "required": ["location"],
+            },
+        },
+    }
+]
+
+
+def weather_row(city: str = "San Francisco", degrees: str = "21.0") -> dict:
+    """The hosted guide's function-calling example (a weather tool), for one city."""
+    return {
         "messages": [
-            {"role": "user", "content": "What is the weather in San Francisco?"},
+            {"role": "user", "content": f"What is the weather in {city}?"},
             {
                 "role": "assistant",
                 "tool_calls": [
@@ -325,35 +355,150 @@ def test_a_hosted_tool_calling_example_is_refused_field_by_field_not_dropped():
                         "type": "function",
                         "function": {
                             "name": "get_current_weather",
-                            "arguments": '{"location": "San Francisco, USA", "format": "celsius"}',
+                            "arguments": json.dumps({"location": f"{city}, USA", "format": "celsius"}),
                         },
                     }
                 ],
             },
-            {"role": "tool", "tool_call_id": "call_id", "content": "21.0"},
-            {"role": "assistant", "content": "It is 21 degrees celsius in San Francisco, CA"},
+            {"role": "tool", "tool_call_id": "call_id", "content": degrees},
+            {"role": "assistant", "content": f"It is {degrees[:-2]} degrees celsius in {city}"},
         ],
-        "tools": [
+        "tools": WEATHER_TOOLS,
+        "parallel_tool_calls": False,
+    }
+
+
+def test_a_hosted_tool_calling_example_learns_the_calls_not_the_results():
+    ex, problems = normalize(weather_row())
+    assert problems == []
+    assert ex.tools == WEATHER_TOOLS and "tools" not in ex.meta and "parallel_tool_calls" not in ex.meta
+    assert ex.messages[1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
             {
+                "id": "call_id",
                 "type": "function",
                 "function": {
                     "name": "get_current_weather",
-                    "description": "Get the current weather",
-                    "parameters": {
-                        "type": "object",
-                        "properties": {"location": {"type": "string"}},
-                        "required": ["location"],
-                    },
+                    "arguments": {"location": "San Francisco, USA", "format": "celsius"},
                 },
             }
         ],
-        "parallel_tool_calls": False,
     }
-    ex, problems = normalize(row)
-    assert ex is None
-    assert problems == [
-        ("error", "tools", "tool definitions are not supported yet; remove them or the example"),
-        ("error", "messages[1].tool_calls", "tool calls are not supported yet; remove the example"),
-        ("error", "messages[2].role", "tool turns (tool results) are not supported yet"),
-        ("error", "messages[1].content", "missing"),
+    assert ex.messages[2] == {"role": "tool", "content": "21.0", "tool_call_id": "call_id"}
+    tok = make_tokenizer("qwen2")
+    tok.chat_template = TOOL_TEMPLATE
+    enc = encode_chat(tok, ex.messages, "all", ex.tools)
+    learned = tok.decode([t for t in enc.labels if t != IGNORE])
+    args = '{"location": "San Francisco, USA", "format": "celsius"}'
+    call = f'{{"name": "get_current_weather", "arguments": {args}}}'
+    assert (
+        learned
+        == f"<tool_call>{call}</tool_call><|im_end|>It is 21 degrees celsius in San Francisco<|im_end|>"
+    )
+    whole = tok.decode(enc.input_ids)
+    assert '"name": "get_current_weather", "description"' in whole  # the definitions are in the prompt
+    assert "<|im_start|>tool\n21.0<|im_end|>" in whole  # the result is context, not learned
+    tok.chat_template = None  # the fallback template knows no tools: said, not trained without the calls
+    with pytest.raises(ValueError, match="does not write tool calls"):
+        encode_chat(tok, ex.messages, "all", ex.tools)
+
+
+def test_tool_calls_bad_or_legacy_are_named_by_field():
+    row = weather_row()
+    row["messages"][1]["tool_calls"][0]["function"]["arguments"] = "{not json"
+    assert normalize(row)[1][0][:2] == ("error", "messages[1].tool_calls[0].function.arguments")
+    legacy = {
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "function_call": {"name": "get_current_weather", "arguments": "{}"}},
+            {"role": "function", "name": "get_current_weather", "content": "21.0"},
+            {"role": "assistant", "content": "21 degrees"},
+        ],
+        "functions": [{"name": "get_current_weather"}],
+    }
+    problems = normalize(legacy)[1]
+    assert ("error", "functions", "the legacy form of tools: write them as tools") in problems
+    assert (
+        "error",
+        "messages[1].function_call",
+        "the legacy form of a tool call: write it as tool_calls",
+    ) in problems
+    assert (
+        "error",
+        "messages[2].role",
+        "the legacy form of a tool result: write it as role tool",
+    ) in problems
+    no_answer = weather_row()
+    no_answer["messages"] = no_answer["messages"][:3]
+    assert normalize(no_answer)[1] == [
+        ("error", "messages", "ends with a tool result: the assistant's turn after it is missing")
     ]
+    stray = weather_row()
+    stray["messages"] = [stray["messages"][0], stray["messages"][2], stray["messages"][3]]
+    assert normalize(stray)[1] == [("error", "messages", "turn 2 is a tool result that answers no tool call")]
+    bad_tools = {**weather_row(), "tools": [{"type": "function", "function": {"description": "x"}}]}
+    assert normalize(bad_tools)[1] == [("error", "tools[0].function.name", "missing")]
+
+
+def test_tool_calls_train_with_sft_and_are_refused_where_they_would_be_lost(tmp_path):
+    from conftest import make_model
+
+    tok = make_tokenizer("qwen2")
+    tok.chat_template = TOOL_TEMPLATE
+    model_dir = tmp_path / "tiny-qwen2-tools"
+    make_model("qwen2", tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    cities = ["Paris", "Lyon", "Oslo", "Rome", "Bern", "Kiev", "Riga", "Baku"]
+    data = write_jsonl(
+        tmp_path / "tools.jsonl", [weather_row(c, f"{20 + i}.0") for i, c in enumerate(cities)]
+    )
+    r = cli("data", "check", str(data), "--model", str(model_dir), "--max-length", "60")
+    assert r.returncode == 1 and f"{data}:1:" in r.stdout and "longer than --max-length 60" in r.stdout, (
+        r.stdout
+    )
+    r = cli(
+        "train",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--registry",
+        "off",
+        "--quiet",
+    )
+    assert r.returncode == 0, r.stderr
+    log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in x for x in log)
+    r = cli(
+        "eval", "--model", str(model_dir), "--data", str(data), "--max-new-tokens", "2", "--registry", "off"
+    )
+    assert r.returncode == 2 and r.stderr == (
+        f"error: {data}:1: tool calls: eval does not handle them yet (supervised training does); leave such "
+        "examples out here\n"
+    )
+    plain = tmp_path / "plain"
+    tok.chat_template = None
+    make_model("qwen2", tok).save_pretrained(plain)
+    tok.save_pretrained(plain)
+    r = cli(
+        "train",
+        "--model",
+        str(plain),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run2"),
+        "--registry",
+        "off",
+    )
+    assert r.returncode == 2 and r.stderr.startswith(
+        f"error: {data}:1: the model's chat template does not write tool calls"
+    )

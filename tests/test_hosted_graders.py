@@ -592,3 +592,83 @@ def test_reinforcement_tuning_rows_train_with_grpo_and_are_graded_but_refused_by
     )
     assert r.returncode == 0, r.stderr
     assert "graders verdict*1" in r.stderr
+
+
+def test_an_exported_eval_runs_as_it_is(tiny_model_dir, tmp_path):
+    """The hosted evals guide's example (IT tickets): the eval's testing criteria with its run's
+    input_messages template beside them, and the data file of {"item": ...} rows."""
+    tickets = [
+        ("My monitor won't turn on!", "Hardware"),
+        ("I'm in vim and I can't quit!", "Software"),
+        ("Best restaurants in Cleveland?", "Other"),
+    ]
+    data = write_jsonl(
+        tmp_path / "tickets.jsonl", [{"item": {"ticket_text": t, "correct_label": c}} for t, c in tickets]
+    )
+    instructions = (
+        "You are an expert in categorizing IT support tickets. Given the support ticket below, categorize "
+        'the request into one of "Hardware", "Software", or "Other". Respond with only one of those words.'
+    )
+    spec = {
+        "name": "IT Ticket Categorization",
+        "data_source_config": {
+            "type": "custom",
+            "include_sample_schema": True,
+            "item_schema": {
+                "type": "object",
+                "properties": {"ticket_text": {"type": "string"}, "correct_label": {"type": "string"}},
+            },
+        },
+        "testing_criteria": [
+            {
+                "type": "string_check",
+                "name": "Match output to human label",
+                "input": "{{ sample.output_text }}",
+                "operation": "eq",
+                "reference": "{{ item.correct_label }}",
+            }
+        ],
+        "data_source": {
+            "type": "completions",
+            "model": "gpt-4.1",
+            "input_messages": {
+                "type": "template",
+                "template": [
+                    {"role": "developer", "content": instructions},
+                    {"role": "user", "content": "{{ item.ticket_text }}"},
+                ],
+            },
+        },
+    }
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps(spec))
+    m = str(tiny_model_dir("llama"))
+    r = cli(
+        "eval",
+        "--model",
+        m,
+        "--data",
+        str(data),
+        "--grader",
+        str(ev),
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(tmp_path / "e"),
+        "--registry",
+        "off",
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert [e["input"] for e in res["examples"]] == [t for t, _ in tickets]
+    assert [e["meta"]["correct_label"] for e in res["examples"]] == [c for _, c in tickets]
+    for e, (_, label) in zip(res["examples"], tickets):
+        assert e["scores"]["grader:Match output to human label"] == float(e["output"] == label)
+    assert "rougeL" not in res["metrics"]
+    # the same data without the run's template: said, not guessed
+    r = cli("eval", "--model", m, "--data", str(data), "--max-new-tokens", "3", "--registry", "off")
+    assert (
+        r.returncode != 0
+        and "an exported eval's item needs its run's template: eval --grader EVAL.json"
+        in (r.stdout + r.stderr)
+    )

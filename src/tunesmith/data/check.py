@@ -84,7 +84,8 @@ class Checker:
                 self.issues.append(
                     Issue(ex.path, ex.line, f"messages[{last}]", "answer is copied from the input", "warning")
                 )
-            if self.tokenizer is not None and self.max_length and self.may_be_too_long(msgs):
+            tooled = ex.tools is not None or any(m.get("tool_calls") for m in msgs)  # no cheap bound: count
+            if self.tokenizer is not None and self.max_length and (tooled or self.may_be_too_long(msgs)):
                 self.pending.append(ex)
                 if len(self.pending) >= TOKEN_BATCH:
                     self.flush_lengths()
@@ -105,7 +106,10 @@ class Checker:
         if not self.pending:
             return
 
-        for ex, n in zip(self.pending, rendered_lengths(self.tokenizer, [e.messages for e in self.pending])):
+        lengths = rendered_lengths(
+            self.tokenizer, [e.messages for e in self.pending], [e.tools for e in self.pending]
+        )
+        for ex, n in zip(self.pending, lengths):
             if n > self.max_length:
                 self.issues.append(
                     Issue(ex.path, ex.line, "", f"{n} tokens, longer than --max-length {self.max_length}")

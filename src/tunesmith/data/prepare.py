@@ -261,7 +261,7 @@ def drop_exact_duplicates(examples: list[Example], dropped: list[dict]) -> list[
 
 
 def drop_long(kept: list[Example], tokenizer, max_length: int, dropped: list[dict]) -> list[Example]:
-    lengths = rendered_lengths(tokenizer, [e.messages for e in kept])
+    lengths = rendered_lengths(tokenizer, [e.messages for e in kept], [e.tools for e in kept])
     long = {i for i, n in enumerate(lengths) if n > max_length}
     for i in sorted(long):
         ex = kept[i]

@@ -39,6 +39,7 @@ class Example:
     line: int
     meta: dict = field(default_factory=dict)
     rejected: str | None = None  # preference pairs: messages end with the chosen answer
+    tools: list | None = None  # the tool definitions a chat's tool calls use (data/tools.py)
 
     @property
     def kind(self) -> str:
@@ -52,6 +53,8 @@ class Example:
         out = {"messages": self.messages}
         if self.rejected is not None:
             out["rejected"] = self.rejected
+        if self.tools is not None:
+            out["tools"] = self.tools
         return {**out, **{k: v for k, v in self.meta.items() if k not in out}}
 
 

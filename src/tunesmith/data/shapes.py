@@ -9,6 +9,7 @@ by field. Reading files is formats.py's part."""
 from __future__ import annotations
 
 from tunesmith.data.records import Example
+from tunesmith.data.tools import tool_calls, tool_definitions, without_tool_turns
 from tunesmith.models.chat import learned_turns
 
 ROLES = ("system", "user", "assistant")
@@ -61,15 +62,7 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
         return None, [("error", "", f"expected a JSON object, got {type(obj).__name__}")]
     shape = shape or detect(obj)
     if shape is None:
-        return None, [
-            (
-                "error",
-                "",
-                "unknown shape: expected keys messages, prompt+completion, "
-                "instruction+output, conversations or prompt+chosen+rejected; found "
-                f"{', '.join(sorted(obj)) or 'none'}",
-            )
-        ]
+        return None, [_unknown_shape(obj)]
     missing = [k for k in REQUIRED_KEYS[shape] if k not in obj]
     if missing:
         return None, [
@@ -82,14 +75,10 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
         for k, v in meta.items()
         if not _encodable(k) or isinstance(v, str) and not _encodable(v)
     ]
-    if shape == "chat":  # a hosted chat file's tool definitions: named, never kept as metadata unread
-        for k in ("tools", "functions"):
-            if obj.get(k):
-                meta.pop(k, None)
-                problems.append(
-                    ("error", k, "tool definitions are not supported yet; remove them or the example")
-                )
-        meta.pop("parallel_tool_calls", None)  # means nothing without tools
+    tools = None
+    if shape == "chat":
+        tools, found = tool_definitions(obj, meta)
+        problems += found
     rejected = None
     if shape == "preferred-output":
         msgs, names, rejected = _preferred_output(obj, problems)
@@ -134,13 +123,27 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
     )
     if any(level == "error" for level, _, _ in problems):
         return None, problems
-    return Example(msgs, "", 0, meta, rejected), problems
+    return Example(msgs, "", 0, meta, rejected, tools), problems
+
+
+def _unknown_shape(obj: dict) -> tuple[str, str, str]:
+    hint = (
+        "; an exported eval's item needs its run's template: eval --grader EVAL.json" if "item" in obj else ""
+    )
+    return (
+        "error",
+        "",
+        "unknown shape: expected keys messages, prompt+completion, instruction+output, conversations or "
+        f"prompt+chosen+rejected; found {', '.join(sorted(obj)) or 'none'}{hint}",
+    )
 
 
 def _content_problems(msgs: list[dict], names: list[str]) -> list[tuple[str, str, str]]:
     """Each message's content: present, a string, not blank, valid Unicode."""
     out = []
     for m, name in zip(msgs, names):
+        if name is None:  # an assistant turn that is tool calls only
+            continue
         c = m["content"]
         if c is None:
             out.append(("error", name, "missing"))
@@ -186,11 +189,8 @@ def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | N
                 "function_call",
                 "tool_call_id",
             }
-            for k in ("tool_calls", "function_call"):
-                if m.get(k):
-                    problems.append(
-                        ("error", f"{f}.{k}", "tool calls are not supported yet; remove the example")
-                    )
+            calls, found = tool_calls(m, f)
+            problems += found
             if "weight" in m:
                 weight = m["weight"]
                 if role != "assistant":
@@ -199,9 +199,11 @@ def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | N
                     problems.append(("error", f"{f}.weight", f"expected 0 or 1, got {weight!r}"))
             if "role" not in m:
                 problems.append(("error", f"{f}.role", "missing"))
-            elif role in ("tool", "function"):
-                problems.append(("error", f"{f}.role", f"{role} turns (tool results) are not supported yet"))
-            elif role not in ROLES:
+            elif role == "function":
+                problems.append(
+                    ("error", f"{f}.role", "the legacy form of a tool result: write it as role tool")
+                )
+            elif role not in ROLES and role != "tool":
                 problems.append(
                     (
                         "error",
@@ -223,8 +225,15 @@ def _message_list(obj: dict, shape: str, problems: list) -> tuple[list[dict] | N
                 )
         for k in sorted(extra):
             problems.append(("warning", f"{f}.{k}", "unknown key, ignored"))
-        msgs.append({"role": role, "content": content, **({"weight": 0} if weight == 0 else {})})
-        names.append(f"{f}.{'content' if shape == 'chat' else 'value'}")
+        msg = {"role": role, "content": content, **({"weight": 0} if weight == 0 else {})}
+        name = f"{f}.{'content' if shape == 'chat' else 'value'}"
+        if shape == "chat" and calls:  # the calls are the answer; text beside them is optional
+            msg = {**msg, "content": content or "", "tool_calls": calls}
+            name = name if content else None
+        if shape == "chat" and role == "tool" and isinstance(m.get("tool_call_id"), str):
+            msg["tool_call_id"] = m["tool_call_id"]
+        msgs.append(msg)
+        names.append(name)
     return msgs, names
 
 
@@ -269,9 +278,11 @@ def _preferred_output(obj: dict, problems: list) -> tuple[list[dict] | None, lis
 
 
 def _role_order(msgs: list[dict], field: str) -> list[tuple[str, str, str]]:
-    roles = [m["role"] for m in msgs if m.get("role") in ROLES]
-    if len(roles) != len(msgs):
+    if any(m.get("role") not in (*ROLES, "tool") for m in msgs):
         return []  # already reported
+    roles, problems = without_tool_turns(msgs, field)
+    if problems:
+        return problems
     body = roles[1:] if roles and roles[0] == "system" else roles
     if "system" in body:
         return [("error", field, "a system message may only come first")]

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.data.formats import load_examples
+from tunesmith.data.tools import refuse_tools
 from tunesmith.errors import UserError
-from tunesmith.eval.grading import asks_model, grade_hosted
+from tunesmith.eval.grading import asks_model, grade_hosted, item_examples
 from tunesmith.eval.probes import forgetting_report, memorization_report, run_probe, sample_train
 from tunesmith.eval.report import render
 from tunesmith.eval.rows import digits, grader_rows, per_example_values, scalar_meta
@@ -263,14 +264,8 @@ def plan(spec: EvalSpec) -> _Plan:
         raise UserError("--max-new-tokens and --batch-size must be at least 1")
     if spec.temperature < 0 or not 0 < spec.top_p <= 1:
         raise UserError("--temperature must be 0 (greedy) or more, and --top-p in (0, 1]")
-    ctx = hosted.Context(
-        spec.grader_judge, spec.grader_judge_model, spec.trust_grader_code, spec.trust_remote_code
-    )
-    graders = hosted.load_all(spec.graders, ctx) if spec.graders else []
-    if (spec.grader_judge or spec.grader_judge_model) and not any(asks_model(g) for g in graders):
-        raise UserError("--grader-judge goes with a score_model or label_model grader (--grader FILE)")
-    # with graders, prompt-only rows (an exported eval's items, a reinforcement-tuning file) are scored too
-    examples = load_examples(spec.data, "--data", kind="graded" if graders else "chat")[: spec.limit or None]
+    ctx, graders = _graders(spec)
+    examples = _examples(spec, ctx, graders)
     rules = load_style(spec.style) if spec.style else []
     baseline = None
     if spec.baseline:
@@ -313,6 +308,26 @@ def plan(spec: EvalSpec) -> _Plan:
         graders,
         ctx.notes,
     )
+
+
+def _graders(spec: EvalSpec) -> tuple[hosted.Context, list]:
+    ctx = hosted.Context(
+        spec.grader_judge, spec.grader_judge_model, spec.trust_grader_code, spec.trust_remote_code
+    )
+    graders = hosted.load_all(spec.graders, ctx) if spec.graders else []
+    if (spec.grader_judge or spec.grader_judge_model) and not any(asks_model(g) for g in graders):
+        raise UserError("--grader-judge goes with a score_model or label_model grader (--grader FILE)")
+    return ctx, graders
+
+
+def _examples(spec: EvalSpec, ctx: hosted.Context, graders: list) -> list:
+    """The test examples; with graders also prompt-only rows (a reinforcement-tuning file), and an exported
+    eval's {"item": ...} rows asked through its run's input_messages template."""
+    if ctx.template is not None:
+        return item_examples(spec.data, ctx.template, ctx.notes)[: spec.limit or None]
+    examples = load_examples(spec.data, "--data", kind="graded" if graders else "chat")[: spec.limit or None]
+    refuse_tools(examples, "eval")
+    return examples
 
 
 def _generate(spec: EvalSpec, model, tok, convs: list, what: str):

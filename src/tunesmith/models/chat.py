@@ -54,10 +54,16 @@ def split_prompt(messages: list[dict], system: str | None = None) -> tuple[list[
     return prompt, messages[last]["content"] if last < len(messages) else ""
 
 
-def render(tokenizer, messages, add_generation_prompt: bool = False) -> str:
+def render(tokenizer, messages, add_generation_prompt: bool = False, tools: list | None = None) -> str:
+    """The chat as the model's template writes it (`tools`: the function definitions, for the templates
+    that put them in the prompt)."""
     template = tokenizer.chat_template or FALLBACK_TEMPLATE
     return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
+        messages,
+        tools=tools,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        chat_template=template,
     )
 
 
@@ -109,9 +115,10 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return ids
 
 
-def rendered_lengths(tokenizer, conversations: list[list[dict]]) -> list[int]:
-    """Token counts of whole chats, tokenized in one batch (the fast path of `data check`)."""
-    texts = [rendered(tokenizer, c) for c in conversations]
+def rendered_lengths(tokenizer, conversations: list[list[dict]], tools: list | None = None) -> list[int]:
+    """Token counts of whole chats, tokenized in one batch (the fast path of `data check`); `tools`: each
+    chat's tool definitions (or None)."""
+    texts = [rendered(tokenizer, c, t) for c, t in zip(conversations, tools or [None] * len(conversations))]
     bos = tokenizer.bos_token_id
     adds = bos is not None and adds_bos(tokenizer)
     return [n + int(adds and first != bos) for first, n in _first_and_length(tokenizer, texts)]
@@ -129,9 +136,10 @@ def _first_and_length(tokenizer, texts: list[str]) -> list[tuple[int | None, int
     return [(x[0] if x else None, len(x)) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encoded:
-    """Tokenize a chat; labels mark the learned assistant turns (`all`, or only the `last`)."""
-    full = render(tokenizer, messages, False)
+def encode_chat(tokenizer, messages: list[dict], train_on: str = "all", tools: list | None = None) -> Encoded:
+    """Tokenize a chat; labels mark the learned assistant turns (`all`, or only the `last`). A turn of tool
+    calls is learned as the template writes it; a tool's result is context."""
+    full = render(tokenizer, messages, False, tools)
     assistant_idx = learned_turns(messages)
     if not assistant_idx:
         raise ValueError("example has no assistant turn to learn (none, or all of weight 0)")
@@ -143,8 +151,19 @@ def encode_chat(tokenizer, messages: list[dict], train_on: str = "all") -> Encod
     labels: list[int] = []
     cursor = 0
     for i in assistant_idx:
-        before = render(tokenizer, messages[:i], True)
-        answer = render(tokenizer, messages[: i + 1], False)[len(before) :]
+        before = render(tokenizer, messages[:i], True, tools)
+        answer = render(tokenizer, messages[: i + 1], False, tools)[len(before) :]
+        missing = [
+            c["function"]["name"]
+            for c in messages[i].get("tool_calls") or []
+            if c["function"]["name"] not in answer
+        ]
+        if missing:
+            raise ValueError(
+                f"the model's chat template does not write tool calls ({missing[0]} is not in the "
+                "text it renders); train tool calls on a model whose template knows tools (Qwen2.5, Qwen3, "
+                "Llama 3.1+)"
+            )
         # The answer ends at its first end-of-turn marker; what a template adds after it
         # (a newline, or an EOS only at the very end of a chat) belongs to the context.
         content_at = answer.find(messages[i]["content"])
@@ -232,14 +251,15 @@ def template_pieces(tokenizer, roles: tuple[str, ...]) -> tuple[list[str], tuple
     return cache[key]
 
 
-def rendered(tokenizer, messages: list[dict]) -> str:
+def rendered(tokenizer, messages: list[dict], tools: list | None = None) -> str:
     """render(tokenizer, messages): spliced from the template's pieces where that gives the same text.
     Contents holding "<" (a tag a template might look for, like Qwen3's </think>) or that are not plain
     strings are rendered by the template itself."""
     contents = [m.get("content") for m in messages]
-    if all(isinstance(c, str) and "<" not in c for c in contents):
+    plain = tools is None and all(m["role"] != "tool" and not m.get("tool_calls") for m in messages)
+    if plain and all(isinstance(c, str) and "<" not in c for c in contents):
         found = template_pieces(tokenizer, tuple(m["role"] for m in messages))
         if found is not None:
             pieces, strips = found
             return _splice(pieces, [c.strip() if s else c for c, s in zip(contents, strips)])
-    return render(tokenizer, messages)
+    return render(tokenizer, messages, tools=tools)

@@ -70,6 +70,9 @@ class Context:
     trust_code: bool = False  # python graders run only with this
     trust_remote_code: bool = False  # for a local judge model
     notes: list[str] = field(default_factory=list)
+    # an exported eval run's input_messages template: how an {"item": ...} row becomes a prompt
+    template: list | None = None
+    template_from: str = ""
 
 
 # ---------------------------------------------------------------- the formula of a multi grader
@@ -304,6 +307,7 @@ def load(path: str, ctx: Context, flag: str = "--grader") -> list[Grader]:
     except (OSError, ValueError) as e:
         raise UserError(f"{flag} {path}: not JSON ({e})") from None
     if isinstance(data, dict) and "testing_criteria" in data:
+        _template(data, path, ctx)
         data, base = data["testing_criteria"], f"{path}: testing_criteria"
     else:
         base = path
@@ -312,6 +316,30 @@ def load(path: str, ctx: Context, flag: str = "--grader") -> list[Grader]:
     if not isinstance(data, list) or not data:
         raise UserError(f"{flag} {path}: expected a grader object, a list of them, or testing_criteria")
     return [build(s, f"{base}[{i}]", ctx) for i, s in enumerate(data)]
+
+
+def _template(data: dict, path: str, ctx: Context) -> None:
+    """An exported eval with its run's settings beside the criteria: `input_messages` (or
+    `data_source.input_messages`) of type template, the messages each item is asked with."""
+    source = data.get("data_source") if isinstance(data.get("data_source"), dict) else {}
+    im = data.get("input_messages") or source.get("input_messages")
+    if im is None:
+        return
+    where = f"{path}: input_messages"
+    if not isinstance(im, dict) or im.get("type") != "template" or not isinstance(im.get("template"), list):
+        raise UserError(f'{where}: expected {{"type": "template", "template": [messages]}}')
+    msgs = []
+    for i, m in enumerate(im["template"]):
+        role = m.get("role") if isinstance(m, dict) else None
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, dict) and content.get("type") == "input_text":  # an EvalItem's content
+            content = content.get("text")
+        if role not in ("system", "developer", "user", "assistant") or not isinstance(content, str):
+            raise UserError(f"{where}.template[{i}]: expected a message with a role and text content")
+        msgs.append({"role": "system" if role == "developer" else role, "content": content})
+    if ctx.template is not None and msgs != ctx.template:
+        raise UserError(f"{where}: a second input_messages template (the first is in {ctx.template_from})")
+    ctx.template, ctx.template_from = msgs, path
 
 
 def load_all(paths: list[str], ctx: Context) -> list[Grader]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+from tunesmith.errors import UserError
 from tunesmith.models.chat import IGNORE, encode_chat, learned_turns
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.precision import bucket_size, token_budget
@@ -18,7 +19,10 @@ def encode_all(tokenizer, examples, cfg: TrainConfig) -> tuple[list, list[str]]:
                 f"{ex.path}:{ex.line}: every assistant turn has weight 0, nothing to learn; dropped"
             )
             continue
-        enc = encode_chat(tokenizer, ex.messages, cfg.train_on)
+        try:
+            enc = encode_chat(tokenizer, ex.messages, cfg.train_on, ex.tools)
+        except ValueError as e:  # what the model's chat template cannot do with this example
+            raise UserError(f"{ex.path}:{ex.line}: {e}") from None
         if len(enc.input_ids) > cfg.max_length:
             dropped.append(
                 f"{ex.path}:{ex.line}: {len(enc.input_ids)} tokens > --max-length {cfg.max_length}, dropped"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.data.formats import load_examples, locate_paths
+from tunesmith.data.tools import refuse_tools
 from tunesmith.errors import UserError
 from tunesmith.models.chat import Encoded
 from tunesmith.train.batching import collate
@@ -73,6 +74,7 @@ def load_split(cfg: TrainConfig, kind: str):
                 else "prompts with a reference answer (chat or prompt/completion), not preference pairs"
             )
             raise UserError(f"{ex.path}:{ex.line}: --method {cfg.method} trains on {want}")
+    refuse_tools(train + val, f"--method {cfg.method}")
     held_out = not val
     if held_out:  # hold out pairs/prompts to measure on, seeded and reported
         rng = random.Random(cfg.seed)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.data.mix import is_mix, load_training_mix, with_replay
+from tunesmith.data.tools import refuse_tools
 from tunesmith.errors import UserError
 from tunesmith.models.chat import IGNORE, split_prompt
 from tunesmith.models.loading import generate, load_tokenizer
@@ -196,6 +197,7 @@ class Sft:
                     "data"
                 )
             kept = val_ex[: cfg.eval_limit] if cfg.eval_limit else val_ex
+            refuse_tools(kept, "--eval-metric (generating answers)")
             self.val_gen = tuple(map(list, zip(*(split_prompt(ex.messages) for ex in kept))))
         self.metric = f"val_{cfg.eval_metric}" if cfg.eval_metric else None
         self.goal = (self.metric, True) if self.metric else ("val_loss", False)
