@@ -502,3 +502,21 @@ def test_tool_calls_train_with_sft_and_are_refused_where_they_would_be_lost(tmp_
     assert r.returncode == 2 and r.stderr.startswith(
         f"error: {data}:1: the model's chat template does not write tool calls"
     )
+
+
+def test_data_prepare_keeps_tool_calls_and_tells_calls_apart(tmp_path):
+    rows = [weather_row(f"City{i}", f"{i}.0") for i in range(30)]
+    twin = weather_row("City0", "0.0")  # the same but for the call's arguments: not a duplicate
+    twin["messages"][1]["tool_calls"][0]["function"]["arguments"] = json.dumps(
+        {"location": "City0, USA", "format": "fahrenheit"}
+    )
+    src = write_jsonl(tmp_path / "tools.jsonl", [*rows, twin])
+    r = cli("data", "prepare", str(src), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "; dropped 0 " in r.stdout, r.stdout
+    back = [
+        ex for split in ("train", "val", "test") for ex in load_examples(tmp_path / "out" / f"{split}.jsonl")
+    ]
+    assert len(back) == 31 and all(ex.tools == WEATHER_TOOLS for ex in back)
+    calls = sorted(ex.messages[1]["tool_calls"][0]["function"]["arguments"]["format"] for ex in back)
+    assert calls.count("fahrenheit") == 1

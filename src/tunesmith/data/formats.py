@@ -37,6 +37,8 @@ def messages_digest(messages: list[dict], extra: str | None = None) -> int:
         h.update(m["role"].encode())
         h.update(b"\x00")
         h.update(m["content"].encode())
+        if m.get("tool_calls"):  # the calls are the turn (absent elsewhere: digests of other chats unchanged)
+            h.update(json.dumps(m["tool_calls"], sort_keys=True).encode())
         h.update(b"\x01")
     if extra is not None:
         h.update(extra.encode())

@@ -45,7 +45,10 @@ def clean_text(text: str) -> str:
 
 
 def example_text(ex: Example) -> str:
-    return "\n".join(m["content"] for m in ex.messages)
+    """The text near-duplicate detection compares: every turn's content, and its tool calls."""
+    return "\n".join(
+        m["content"] + (json.dumps(m["tool_calls"]) if m.get("tool_calls") else "") for m in ex.messages
+    )
 
 
 def prompt_digest(ex: Example) -> int:
@@ -248,7 +251,7 @@ def drop_exact_duplicates(examples: list[Example], dropped: list[dict]) -> list[
     seen: dict[str, str] = {}
     for ex in examples:
         where = f"{ex.path}:{ex.line}" if ex.line else ex.path
-        if any(not m["content"] for m in ex.messages) or ex.rejected == "":
+        if any(not m["content"] and not m.get("tool_calls") for m in ex.messages) or ex.rejected == "":
             dropped.append({"where": where, "reason": "empty after cleaning"})
             continue
         key = messages_digest(ex.messages, ex.rejected)
