@@ -32,15 +32,34 @@ def add_generation(p: argparse.ArgumentParser) -> None:
 def add_read_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
-        choices=["chat", "prompt-completion", "alpaca", "sharegpt", "preference", "preferred-output"],
+        choices=[
+            "chat",
+            "prompt-completion",
+            "alpaca",
+            "sharegpt",
+            "preference",
+            "preferred-output",
+            "label",
+            "labels",
+            "target",
+        ],
         help="treat every record as this shape instead of detecting it",
     )
     p.add_argument(
         "--template",
         default=None,
-        help="inputs/ + outputs/ folders: the user turn, with {input} (and {name}) (default: the input as "
-        "is)",
+        help="the user turn: in inputs/ + outputs/ folders with {input} (and {name}); in a data file with "
+        "the record's fields, e.g. 'Review: {review}\\nTitle: {title}' (the text of a labelled record, else "
+        "the prompt)",
     )
+    for name, what in (
+        ("text", "the text of a labelled example"),
+        ("label", "its class (or list of classes)"),
+        ("target", "its number (regression)"),
+        ("prompt", "the prompt (generation data)"),
+        ("completion", "the answer (generation data)"),
+    ):
+        p.add_argument(f"--{name}-field", metavar="COLUMN", help=f"the field or CSV column that holds {what}")
     p.add_argument(
         "--system", default=None, help="inputs/ + outputs/ folders: a system prompt for every example"
     )

@@ -11,6 +11,7 @@ from array import array
 from pathlib import Path
 
 from tunesmith.data.formats import Issue, ReadOptions, iter_examples, messages_digest
+from tunesmith.data.labels import LabelReport
 from tunesmith.models.chat import last_assistant, render, rendered_lengths
 
 FEW_EXAMPLES = 100
@@ -34,6 +35,8 @@ class Checker:
         self.tokenizer, self.max_length = tokenizer, max_length
         self.pending: list = []  # examples waiting for batched tokenization
         self.overheads: dict[tuple, int] = {}  # role sequence -> template bytes around the contents
+        self.labels = LabelReport()  # classes and targets of labelled examples (data/labels.py)
+        self.summary: list[str] = []
 
     def loc(self, n: int) -> str:
         return f"{self.files[self.ex_file[n]]}:{self.ex_line[n]}"
@@ -53,10 +56,14 @@ class Checker:
             self.ex_file.append(len(self.files) - 1)
             self.ex_line.append(ex.line)
             msgs = ex.messages
+            if ex.label is not None:
+                self.labels.add(ex.label, f"{ex.path}:{ex.line}", self.roles[-1])
             last = len(msgs) - 1 if msgs[-1]["role"] == "assistant" else last_assistant(msgs)
             answer = msgs[last]["content"] if last < len(msgs) else ""  # a prompt-only row has none
             pk = messages_digest(msgs[:last])
-            ak = messages_digest(msgs[last:], ex.rejected) & 0xFFFFFFFF
+            ak = (
+                messages_digest(msgs[last:], ex.rejected if ex.label is None else repr(ex.label)) & 0xFFFFFFFF
+            )
             self.words.append(len(answer.split()))
             prev = self.prompts.get(pk)
             if prev is None:
@@ -116,7 +123,14 @@ class Checker:
                 )
         self.pending = []
 
+    def finish_labels(self) -> None:
+        found, self.summary = self.labels.findings()
+        for where, message, level in found:
+            path, _, line = where.rpartition(":")
+            self.issues.append(Issue(path or where, int(line) if line.isdigit() else 0, "", message, level))
+
     def finish(self, paths: list[str]) -> None:
+        self.finish_labels()
         if 0 < self.valid < FEW_EXAMPLES:
             self.issues.append(
                 Issue(
@@ -128,7 +142,7 @@ class Checker:
                     "warning",
                 )
             )
-        if len(self.words) >= 20:
+        if len(self.words) >= 20 and not self.labels.tasks:  # a labelled example has no answer to measure
             q = statistics.quantiles(self.words, n=4)
             iqr = q[2] - q[0]
             hi, lo = q[2] + 3 * iqr, q[0] - 3 * iqr
@@ -164,8 +178,16 @@ def check(
     paths: list[str], tokenizer=None, max_length: int | None = None, opts: ReadOptions | None = None
 ) -> tuple[list[Issue], int]:
     """Returns (issues, number of valid examples)."""
+    c = checked(paths, tokenizer, max_length, opts)
+    return c.issues, c.valid
+
+
+def checked(
+    paths: list[str], tokenizer=None, max_length: int | None = None, opts: ReadOptions | None = None
+) -> Checker:
+    """The finished Checker: its issues, valid count and summary lines (the classes or the target)."""
     c = Checker(tokenizer, max_length)
     for p in paths:
         c.add_file_results(p, opts or ReadOptions())
     c.finish(paths)
-    return c.issues, c.valid
+    return c

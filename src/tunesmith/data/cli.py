@@ -65,11 +65,12 @@ def add_parsers(sub) -> None:
 
 
 def cli_check(args) -> int:
-    from tunesmith.data.check import check
+    from tunesmith.data.check import checked
 
     tokenizer = _tokenizer(args) if args.max_length else None
     opts = _read_options(args)
-    issues, valid = check(args.paths, tokenizer, args.max_length, opts)
+    c = checked(args.paths, tokenizer, args.max_length, opts)
+    issues, valid = c.issues, c.valid
     errors = [i for i in issues if i.level == "error"]
     warnings = [i for i in issues if i.level == "warning"]
     if args.json:
@@ -80,6 +81,7 @@ def cli_check(args) -> int:
                     "errors": len(errors),
                     "warnings": len(warnings),
                     "issues": [i.as_dict() for i in issues],
+                    **({"summary": c.summary} if c.summary else {}),
                 },
                 indent=2,
             )
@@ -89,6 +91,8 @@ def cli_check(args) -> int:
             print(i)
         for i in warnings:
             print(f"{i} (warning)")
+        for line in c.summary:
+            print(line)
         print(
             f"{valid} valid examples, {len(errors)} error(s), {len(warnings)} warning(s)",
             file=sys.stderr if errors else sys.stdout,
@@ -143,4 +147,11 @@ def _tokenizer(args):
 def _read_options(args):
     from tunesmith.data.formats import ReadOptions
 
-    return ReadOptions(format=args.format, template=args.template or ReadOptions.template, system=args.system)
+    fields = {k: getattr(args, f"{k}_field") for k in ("text", "label", "target", "prompt", "completion")}
+    return ReadOptions(
+        format=args.format,
+        template=args.template or ReadOptions.template,
+        system=args.system,
+        fields={k: v for k, v in fields.items() if v},
+        record_template=args.template,
+    )

@@ -298,6 +298,48 @@ def _read_pairs(folder: Path, opts: ReadOptions) -> Iterator[tuple[int, object]]
             yield (0, {"messages": msgs, "source": name, "_path": str(inputs[name])})
 
 
+# ---------------------------------------------------------------- a data set's own field names
+
+LABEL_KEYS = ("label", "labels", "target")
+
+
+def remap(obj, opts: ReadOptions) -> tuple[dict | None, list[tuple[str, str, str]]]:
+    """A record under its own column names, renamed to ours (--text-field review, --label-field stars ...),
+    and with --template the text (labelled) or the prompt (otherwise) built from its fields."""
+    if not isinstance(obj, dict) or not (opts.fields or opts.record_template):
+        return obj, []
+    out = dict(obj)
+    for ours, theirs in opts.fields.items():
+        if theirs not in obj:
+            return None, [
+                (
+                    "error",
+                    theirs,
+                    f"missing (--{ours}-field {theirs}); the record has {', '.join(sorted(obj))}",
+                )
+            ]
+        value = out.pop(theirs)
+        if ours == "label" and isinstance(value, str) and value.strip().startswith("["):
+            try:  # a CSV cell holding a JSON list of classes
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if ours == "label" and isinstance(value, list):
+            ours = "labels"
+        out[ours] = value
+    if opts.record_template:
+        try:
+            text = opts.record_template.format_map({k: "" if v is None else v for k, v in obj.items()})
+        except KeyError as e:
+            return None, [("error", str(e.args[0]), f"missing: --template names {{{e.args[0]}}}")]
+        except (ValueError, IndexError) as e:
+            raise UserError(
+                f"--template {opts.record_template!r}: not a template of {{field}} names ({e})"
+            ) from None
+        out["text" if any(k in out for k in LABEL_KEYS) else "prompt"] = text
+    return out, []
+
+
 # ---------------------------------------------------------------- whole data sets
 
 
@@ -317,7 +359,9 @@ def iter_examples(
                 continue
             # `_path` is where a folder pair's record came from; in a data file it is just an unknown key
             where = str(obj.pop("_path")) if f.is_dir() and isinstance(obj, dict) else str(f)
-            ex, problems = normalize(obj, opts.format)
+            obj, mapped = remap(obj, opts) if not f.is_dir() else (obj, [])
+            ex, problems = normalize(obj, opts.format) if obj is not None else (None, mapped)
+            problems = mapped + problems if obj is not None else problems
             issues = [Issue(where, line, fld, msg, lvl) for lvl, fld, msg in problems]
             if ex is not None:
                 ex.path, ex.line = where, line
@@ -345,6 +389,13 @@ def load_examples(
         raise UserError(f"{what} {path}: {len(errors)} problem(s){more}; fix them and run again")
     if not examples:
         raise UserError(f"{what} {path}: no examples found")
+    labelled = next((e for e in examples if e.label is not None), None)
+    if kind in ("chat", "graded") and labelled is not None:
+        raise UserError(
+            f"{what} {labelled.path}:{labelled.line}: a labelled example (text and {labelled.kind} label): "
+            "training and evaluating classifiers and regressors is not in tunesmith yet; `data check` and "
+            "`data prepare` read such files"
+        )
     if kind == "chat" and any(e.kind == "prompt" for e in examples):
         first = next(e for e in examples if e.kind == "prompt")
         raise UserError(

@@ -26,6 +26,7 @@ from tunesmith.data.formats import (
     load_examples,
     messages_digest,
 )
+from tunesmith.data.labels import stratified_order
 from tunesmith.data.mix import Mix, apply_weights, is_mix
 from tunesmith.errors import UserError
 from tunesmith.files.atomic import make_temp_dir, replace_dir
@@ -96,6 +97,9 @@ def split(
         groups.setdefault(key, []).append(ex)
     order = sorted(groups)
     random.Random(seed).shuffle(order)
+    if not group_by and examples and all(isinstance(e.label, str) for e in examples):
+        # classes: each split gets each class's share (stratified), as a test set must to measure every class
+        order = [f"#{i}" for i in stratified_order([e.label for e in examples], seed)]
     out: dict[str, list[Example]] = {s: [] for s in SPLITS}
     for key in order:
         for name in ("test", "val"):
@@ -254,7 +258,7 @@ def drop_exact_duplicates(examples: list[Example], dropped: list[dict]) -> list[
         if any(not m["content"] and not m.get("tool_calls") for m in ex.messages) or ex.rejected == "":
             dropped.append({"where": where, "reason": "empty after cleaning"})
             continue
-        key = messages_digest(ex.messages, ex.rejected)
+        key = messages_digest(ex.messages, ex.rejected if ex.label is None else repr(ex.label))
         if key in seen:
             dropped.append({"where": where, "reason": f"exact duplicate of {seen[key]}"})
             continue

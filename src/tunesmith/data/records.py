@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tunesmith.data.labels import label_json, task_of
+
 DEFAULT_PAIR_TEMPLATE = "{input}"
 
 
@@ -40,6 +42,7 @@ class Example:
     meta: dict = field(default_factory=dict)
     rejected: str | None = None  # preference pairs: messages end with the chosen answer
     tools: list | None = None  # the tool definitions a chat's tool calls use (data/tools.py)
+    label: str | list | float | None = None  # a class, classes or a number (data/labels.py)
 
     @property
     def kind(self) -> str:
@@ -47,9 +50,13 @@ class Example:
         graders."""
         if self.rejected is not None:
             return "preference"
+        if self.label is not None:
+            return task_of(self.label)
         return "chat" if any(m["role"] == "assistant" for m in self.messages) else "prompt"
 
     def to_json(self) -> dict:
+        if self.label is not None:  # the text is the one user turn
+            return {"text": self.messages[0]["content"], **label_json(self.label), **self.meta}
         out = {"messages": self.messages}
         if self.rejected is not None:
             out["rejected"] = self.rejected
@@ -63,3 +70,5 @@ class ReadOptions:
     format: str | None = None  # force a shape instead of detecting it
     template: str = DEFAULT_PAIR_TEMPLATE  # folder pairs: user turn built from {input} (and {name})
     system: str | None = None  # folder pairs: optional system prompt
+    fields: dict = field(default_factory=dict)  # data files: our key -> the record's own (--text-field ...)
+    record_template: str | None = None  # data files: the text or prompt built from the record's fields

@@ -8,6 +8,7 @@ by field. Reading files is formats.py's part."""
 
 from __future__ import annotations
 
+from tunesmith.data.labels import LABEL_SHAPES, label_shape, read_label
 from tunesmith.data.records import Example
 from tunesmith.data.tools import tool_calls, tool_definitions, without_tool_turns
 from tunesmith.models.chat import learned_turns
@@ -21,6 +22,7 @@ SHAREGPT_ROLES = {
     "assistant": "assistant",
 }
 SHAPES = ("chat", "prompt-completion", "alpaca", "sharegpt", "preference", "preferred-output")
+SHAPES += tuple(LABEL_SHAPES)  # a text with a class, classes or a number
 
 SHAPE_KEYS = {
     "chat": ("messages",),
@@ -29,6 +31,7 @@ SHAPE_KEYS = {
     "alpaca": ("instruction", "input", "output", "system"),
     "preference": ("prompt", "chosen", "rejected"),
     "preferred-output": ("input", "preferred_output", "non_preferred_output"),
+    **{s: ("text", f) for s, f in LABEL_SHAPES.items()},
 }
 REQUIRED_KEYS = {
     "chat": ("messages",),
@@ -37,6 +40,7 @@ REQUIRED_KEYS = {
     "alpaca": ("instruction", "output"),
     "preference": ("prompt", "chosen", "rejected"),
     "preferred-output": ("input", "preferred_output", "non_preferred_output"),
+    **{s: ("text", f) for s, f in LABEL_SHAPES.items()},
 }
 
 
@@ -53,7 +57,7 @@ def detect(obj: dict) -> str | None:
         return "prompt-completion"
     if "instruction" in obj or "output" in obj:
         return "alpaca"
-    return None
+    return label_shape(obj)
 
 
 def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, list[tuple[str, str, str]]]:
@@ -75,6 +79,8 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
         for k, v in meta.items()
         if not _encodable(k) or isinstance(v, str) and not _encodable(v)
     ]
+    if shape in LABEL_SHAPES:
+        return _labelled(obj, shape, meta, problems)
     tools = None
     if shape == "chat":
         tools, found = tool_definitions(obj, meta)
@@ -126,6 +132,15 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
     return Example(msgs, "", 0, meta, rejected, tools), problems
 
 
+def _labelled(obj: dict, shape: str, meta: dict, problems: list) -> tuple[Example | None, list]:
+    """A text with a class, classes or a number (data/labels.py): the text as one user turn."""
+    label, found = read_label(obj, shape)
+    problems += found + _content_problems([{"content": obj["text"]}], ["text"])
+    if any(level == "error" for level, _, _ in problems):
+        return None, problems
+    return Example([{"role": "user", "content": obj["text"]}], "", 0, meta, label=label), problems
+
+
 def _unknown_shape(obj: dict) -> tuple[str, str, str]:
     hint = (
         "; an exported eval's item needs its run's template: eval --grader EVAL.json" if "item" in obj else ""
@@ -133,8 +148,8 @@ def _unknown_shape(obj: dict) -> tuple[str, str, str]:
     return (
         "error",
         "",
-        "unknown shape: expected keys messages, prompt+completion, instruction+output, conversations or "
-        f"prompt+chosen+rejected; found {', '.join(sorted(obj)) or 'none'}{hint}",
+        "unknown shape: expected keys messages, prompt+completion, instruction+output, conversations, "
+        f"prompt+chosen+rejected or text+label/labels/target; found {', '.join(sorted(obj)) or 'none'}{hint}",
     )
 
 

@@ -75,6 +75,11 @@ def load_split(cfg: TrainConfig, kind: str):
             )
             raise UserError(f"{ex.path}:{ex.line}: --method {cfg.method} trains on {want}")
     refuse_tools(train + val, f"--method {cfg.method}")
+    labelled = next((e for e in train + val if e.label is not None), None)
+    if labelled is not None:
+        raise UserError(
+            f"{labelled.path}:{labelled.line}: a labelled example: --method {cfg.method} trains on text"
+        )
     held_out = not val
     if held_out:  # hold out pairs/prompts to measure on, seeded and reported
         rng = random.Random(cfg.seed)
