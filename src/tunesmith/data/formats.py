@@ -390,11 +390,18 @@ def load_examples(
     if not examples:
         raise UserError(f"{what} {path}: no examples found")
     labelled = next((e for e in examples if e.label is not None), None)
+    if kind == "label":
+        other = next((e for e in examples if e.label is None), None)
+        if other is not None:
+            raise UserError(
+                f"{what} {other.path}:{other.line}: --task trains on labelled examples (text with label, "
+                "labels or target), and this is a chat"
+            )
+        return examples
     if kind in ("chat", "graded") and labelled is not None:
         raise UserError(
             f"{what} {labelled.path}:{labelled.line}: a labelled example (text and {labelled.kind} label): "
-            "training and evaluating classifiers and regressors is not in tunesmith yet; `data check` and "
-            "`data prepare` read such files"
+            "train it with --task classify, multilabel or regress (text generation reads chats and prompts)"
         )
     if kind == "chat" and any(e.kind == "prompt" for e in examples):
         first = next(e for e in examples if e.kind == "prompt")

@@ -40,10 +40,18 @@ def default_dtype():
     return torch.float32
 
 
+LABELS_FILE = "labels.json"  # a run trained with --task (models/heads.py)
+
+
 def check_adapter_dir(adapter: str | Path) -> Path:
     path = Path(adapter)
     if not path.is_dir():
         raise UserError(f"--adapter {adapter}: no such directory")
+    if (path / LABELS_FILE).is_file():
+        raise UserError(
+            f"--adapter {adapter}: a run trained with --task (a head that labels or scores, not text); "
+            f"use `tunesmith predict --adapter {adapter} FILE`"
+        )
     if not (path / "adapter_config.json").is_file() and (path / "config.json").is_file():
         raise UserError(
             f"--adapter {adapter}: holds a whole model (method full or freeze), not an adapter; use --model "

@@ -70,6 +70,7 @@ def add_parsers(sub) -> None:
 def cli_train(args) -> int:
     from tunesmith.train import distributed as dist
     from tunesmith.train import rundir
+    from tunesmith.train.classify import ClassifyResult
     from tunesmith.train.preference import PrefResult
     from tunesmith.train.trainer import train
 
@@ -120,7 +121,10 @@ def cli_train(args) -> int:
     if args.json:
         print(json.dumps(asdict(r), indent=2))
     else:
-        print(_preference_summary(cfg, r) if isinstance(r, PrefResult) else _summary(r))
+        if isinstance(r, ClassifyResult):
+            print(_classify_summary(r))
+        else:
+            print(_preference_summary(cfg, r) if isinstance(r, PrefResult) else _summary(r))
     return 0
 
 
@@ -137,6 +141,17 @@ def _summary(r: Result) -> str:
     best = f"; adapter from step {r.best['step']} (best {how})" if r.best else ""
     return (
         f"saved adapter to {r.run_dir} ({r.steps} steps, train loss {r.train_loss:.4f}{val}, "
+        f"{r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s{best})"
+    )
+
+
+def _classify_summary(r) -> str:
+    key = {"classify": "val_accuracy", "multilabel": "val_micro_f1", "regress": "val_rmse"}[r.task]
+    name = key[4:].replace("_", " ")
+    moved = f", {name} {r.val_start[key]:.4g} -> {r.val[-1][key]:.4g}" if r.val and key in r.val_start else ""
+    best = f"; weights from step {r.best['step']} (best {name} {r.best[key]:.4g})" if r.best else ""
+    return (
+        f"saved {r.task} run to {r.run_dir} ({r.steps} steps, train loss {r.train_loss:.4f}{moved}, "
         f"{r.tokens_per_s:,.0f} tokens/s, {r.wall_s:.0f}s{best})"
     )
 

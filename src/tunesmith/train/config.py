@@ -101,6 +101,9 @@ class TrainConfig:
     graders: str = ""  # grpo: what scores a sampled answer, e.g. "format,rougeL*0.5"
     style: str = ""  # grpo: house-style spec for the format grader (as in `tunesmith eval --style`)
     rubric: str = ""  # grpo: rubric file for the judge grader
+    task: str = "generate"  # generate text, or a head: classify, multilabel, regress (train/classify.py)
+    class_weights: bool = False  # classify/multilabel: weight each class by n / (k * its count)
+    huber: float = 0.0  # regress: Huber's loss with this delta instead of squared error (0 = squared error)
     grader_judge: str = ""  # grpo: who answers hosted score_model/label_model graders (a model or a URL)
     trust_grader_code: bool = False  # grpo: allow hosted python graders (their source runs here)
     grpo_group: int = 4  # grpo: answers sampled per prompt
@@ -121,7 +124,13 @@ class TrainConfig:
             ):  # continuing: smaller steps, so a few new examples adjust rather than rewrite
                 self.lr /= 2
 
+    def _validate_task(self) -> None:
+        why = _task_problem(self)
+        if why:
+            raise UserError(why)
+
     def validate(self) -> None:
+        self._validate_task()
         if self.method not in METHODS:
             raise UserError(f"--method {self.method!r}: supported methods are {', '.join(METHODS)}")
         if self.scheduler not in ("cosine", "linear", "constant"):
@@ -249,6 +258,10 @@ HELP = {
     "(--style), length:N (words), python:MODULE:FUNCTION, judge[:MODEL] (--rubric)",
     "style": "--method grpo: house-style spec (YAML) for the format grader",
     "rubric": "--method grpo: rubric text file for the judge grader",
+    "task": "what to train: generate (text, the default), or a head on the model: classify (one class), "
+    "multilabel (several), regress (a number); the data are {text, label|labels|target}",
+    "class_weights": "--task classify/multilabel: weight each class by how rare it is (imbalanced data)",
+    "huber": "--task regress: Huber's loss with this delta on the scaled target instead of squared error",
     "grader_judge": "--method grpo: who answers hosted score_model/label_model graders: a local model, "
     "alias or run, or an OpenAI-compatible URL (key from $OPENAI_API_KEY)",
     "trust_grader_code": "--method grpo: allow hosted python graders (their source runs in this process)",
@@ -354,6 +367,24 @@ def to_yaml(cfg: TrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump(asdict(cfg), sort_keys=False)
+
+
+def _task_problem(c: TrainConfig) -> str | None:
+    if c.task not in ("generate", "classify", "multilabel", "regress"):
+        return f"--task {c.task!r}: expected generate, classify, multilabel or regress"
+    if c.task == "generate":
+        if c.class_weights or c.huber:
+            return "--class-weights and --huber are for --task classify, multilabel or regress"
+        return None
+    if c.method not in ("lora", "dora", "full"):
+        return f"--task {c.task} trains with --method lora, dora or full, not {c.method}"
+    if c.eval_metric or c.replay or c.fsdp or c.from_adapter:
+        return f"--task {c.task}: --eval-metric, --replay, --fsdp and --from-adapter are for text generation"
+    if c.huber < 0 or c.huber and c.task != "regress":
+        return "--huber is a positive delta, for --task regress"
+    if c.class_weights and c.task == "regress":
+        return "--class-weights is for --task classify or multilabel"
+    return None
 
 
 def held_out_count(n: int) -> int:

@@ -346,6 +346,8 @@ class Run:
             # the whole work dir is renamed into place, so no temp dir here
             m.model.save_pretrained(str(self.work))
         m.tok.save_pretrained(str(self.work))
+        for name, data in getattr(m, "files", {}).items():  # the method's own (classify.py: labels.json)
+            write_text(self.work / name, json.dumps(data, indent=2) + "\n")
         n = dist.world()[1]
         rundir.finish(
             self.work,

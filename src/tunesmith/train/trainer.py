@@ -2,7 +2,8 @@
 
 The run directory rules (rundir.py) come first: a checked --out, a `.partial` work dir swapped into
 place at the end, and on --resume the latest checkpoint with the data checked against the run's.
-Then the method builds its model and data (sft.py, dpo.py, grpo.py: the table below), the run's
+Then the method builds its model and data (sft.py, dpo.py, grpo.py: the table below; classify.py for
+--task), the run's
 resolved config is recorded, and the harness (run.py) fits and finishes.
 """
 
@@ -20,6 +21,7 @@ from tunesmith.registry import runfolder, tracking
 from tunesmith.registry.recorder import Recorder
 from tunesmith.train import checkpoint, heap, plan_text, rundir
 from tunesmith.train import distributed as dist
+from tunesmith.train.classify import Classify
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.dpo import Dpo
 from tunesmith.train.grpo import Grpo
@@ -52,7 +54,7 @@ def train(
         raise UserError("--data is required (a folder with train.jsonl and val.jsonl, or a file)")
     if not cfg.out:
         raise UserError("--out is required: the run directory to create")
-    kind = METHODS.get(cfg.method, Sft)
+    kind = Classify if cfg.task != "generate" else METHODS.get(cfg.method, Sft)
     if cfg.low_memory and not heap.lean():
         raise UserError(
             "--low-memory tunes glibc's allocator (Linux), which this system does not have: drop it, or "
@@ -82,7 +84,7 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     planned = None
-    if lead and processes == 1:  # --out checked, nothing loaded or written yet
+    if lead and processes == 1 and kind is not Classify:  # --out checked, nothing loaded or written yet
         planned = plan_text.before_training(
             cfg, quiet=quiet, fit_check=fit_check, trust_remote_code=trust_remote_code
         )

@@ -36,6 +36,21 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.set_defaults(handler=cli_chat)
 
+    p = sub.add_parser("predict", help="label or score texts with a run trained with --task (JSONL out)")
+    p.add_argument("--adapter", required=True, metavar="RUN", help="run directory of a --task run")
+    p.add_argument(
+        "input", metavar="FILE", help="texts: JSONL/JSON/CSV/Parquet with a text field, or .txt lines"
+    )
+    p.add_argument("--out", metavar="FILE", help="write the JSONL here (default: standard output)")
+    p.add_argument(
+        "--text-field", default="text", metavar="FIELD", help="the field holding the text (default text)"
+    )
+    p.add_argument(
+        "--max-length", type=int, default=1024, help="cut texts to this many tokens (default 1024)"
+    )
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code")
+    p.set_defaults(handler=cli_predict)
+
 
 def add_data_parsers(dsub) -> None:
     """`data generate`, under `tunesmith data`: a teacher model drafts answers (use/drafts.py)."""
@@ -130,6 +145,27 @@ def cli_generate(args) -> int:
             print(o.text)
             if len(outs) > 1:
                 print("---")
+    return 0
+
+
+def cli_predict(args) -> int:
+    from tunesmith.files.atomic import write_text
+    from tunesmith.use.predict import agreement, load_run, predict, read_texts
+
+    inputs = read_texts(args.input, args.text_field)
+    model, tok, space = load_run(args.adapter, args.trust_remote_code)
+    preds = predict(model, tok, space, [t for _, t, _ in inputs], args.max_length)
+    rows = [
+        {"where": w, **p, **({"gold": g} if g is not None else {})} for (w, _, g), p in zip(inputs, preds)
+    ]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if args.out:
+        write_text(Path(args.out), text)
+    else:
+        sys.stdout.write(text)
+    said = agreement(space, rows)
+    print(f"predicted {len(rows)} texts with {args.adapter}" + (f"; {said}" if said else "")
+          + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -1,0 +1,69 @@
+"""A model with a head for labels and scores: transformers' *ForSequenceClassification (llama, qwen2/3,
+gemma3, phi3 and the BERT family have one). `train --task classify | multilabel | regress` trains it,
+`tunesmith predict` answers with it. A decoder's head reads the state of the last token that is not
+padding, which transformers finds by the pad id in the model's config: it is set from the tokenizer
+here, or every sequence would be read at its end, padding included.
+
+What the outputs mean goes with the run in `labels.json`: the task, the class names in output order,
+or the target's scaling (regression trains on (y - mean) / std, so one learning rate suits targets of
+any size, and predictions are scaled back).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunesmith.errors import UserError
+from tunesmith.models.loading import LABELS_FILE, LOAD_ERRORS, _why, default_dtype, device, load_tokenizer
+from tunesmith.models.resolve import resolve
+
+__all__ = ["LABELS_FILE", "load_classifier", "read_labels"]
+TASKS = ("classify", "multilabel", "regress")
+PROBLEM = {"classify": "single_label_classification", "multilabel": "multi_label_classification",
+           "regress": "regression"}  # fmt: skip
+
+
+def load_classifier(
+    model_spec: str, n_outputs: int, task: str, *, trust_remote_code: bool = False, dtype=None
+):
+    """-> (model, tokenizer, model_dir): the base model with a new head of `n_outputs`, on the device."""
+    model_dir = resolve(model_spec, trust_remote_code=trust_remote_code)
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # "some weights were newly initialized": the head, as meant
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir),
+            num_labels=n_outputs,
+            problem_type=PROBLEM[task],
+            dtype=dtype or default_dtype(),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except LOAD_ERRORS as e:
+        if "Unrecognized configuration class" in str(e):
+            raise UserError(
+                f"{model_dir}: transformers has no sequence-classification head for this architecture"
+            ) from None
+        raise UserError(f"{model_dir}: cannot load this model with a head ({_why(e)})") from None
+    tok = load_tokenizer(model_dir, trust_remote_code)
+    model.config.pad_token_id = tok.pad_token_id
+    return model.to(device()), tok, model_dir
+
+
+def read_labels(run: str | Path) -> dict:
+    """The label space of a run trained with --task; a one-line error for any other folder."""
+    p = Path(run) / LABELS_FILE
+    if not p.is_file():
+        raise UserError(
+            f"{run}: not a run trained with --task classify, multilabel or regress (no {LABELS_FILE})"
+        )
+    try:
+        space = json.loads(p.read_text())
+        assert space["task"] in TASKS
+    except (OSError, ValueError, KeyError, AssertionError, TypeError):
+        raise UserError(f"{p}: not a label space written by `tunesmith train --task`") from None
+    return space
