@@ -170,8 +170,9 @@ def describe(reg: Registry, r: dict) -> str:
         count = f", {d['examples']} examples" if d.get("examples") is not None else ""
         out.append(f"    {d['role']:<6} {d['path']} (sha256 {str(d['sha256'])[:12]}{count})")
     if cfg:
-        keys = ("method", "epochs", "lr", "batch_size", "lora_r", "lora_alpha", "max_length", "seed")
-        out.append("  config       " + ", ".join(f"{k} {cfg[k]}" for k in keys if k in cfg))
+        keys = ("task", "method", "epochs", "lr", "batch_size", "lora_r", "lora_alpha", "max_length", "seed")
+        shown = [k for k in keys if k in cfg and not (k == "task" and cfg[k] == "generate")]
+        out.append("  config       " + ", ".join(f"{k} {cfg[k]}" for k in shown))
     if env:
         versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
         flags = " ".join(machine.get("cpu_flags") or [])

@@ -137,6 +137,7 @@ class Classify:
                 f"{n_out} classes: the head alone has {n_out} outputs per example; fine if meant",
                 file=sys.stderr,
             )
+        torch.manual_seed(cfg.seed)  # the new head's initial weights: the same run, the same head
         model, tok, self.model_dir = load_classifier(
             cfg.model, n_out, cfg.task, trust_remote_code=trust_remote_code
         )

@@ -95,6 +95,16 @@ class Method(Protocol):
     def result(self, state: State, run_dir: Path): ...  # what train() returns (and --json prints)
 
 
+def better(rec: dict, best: dict | None, key: str, higher: bool) -> bool:
+    """Whether a validation beats the best so far on the method's goal; a tie (accuracy on a few dozen
+    examples ties often) goes to the lower validation loss, the more confident of equally right models."""
+    if best is None:
+        return True
+    if rec[key] != best[key]:
+        return rec[key] > best[key] if higher else rec[key] < best[key]
+    return key != "val_loss" and rec.get("val_loss", math.inf) < best.get("val_loss", math.inf)
+
+
 def lr_schedule(cfg: TrainConfig, total_steps: int):
     warmup = max(1, int(total_steps * cfg.warmup_ratio)) if cfg.warmup_ratio > 0 else 0
 
@@ -290,8 +300,7 @@ class Run:
         st.val_s += time.time() - t
         st.vals.append(rec)
         self.log.write(rec)
-        key, higher = m.goal
-        if st.best is None or (rec[key] > st.best[key] if higher else rec[key] < st.best[key]):
+        if better(rec, st.best, *m.goal):
             st.best, st.bad = rec, 0
             save_adapter(m.model, m.tok, self.work / "best", self.cfg, write=self.lead)
             mark = " (best)"

@@ -1,0 +1,234 @@
+"""`train --task classify | multilabel | regress` and `tunesmith predict` on tiny random models: a
+separable toy task learned to ≥ 95 % accuracy, squared error falling on a linear toy target, several
+labels, what is refused before anything loads, an exact resume, and a text command refusing the run."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from conftest import cli, train_then_sigkill, write_jsonl
+
+WORDS = "budget design remote battery case prototype marketing research team meeting".split()
+
+
+def toy_classes(n: int, seed: int = 0) -> list[dict]:
+    """Separable: "yes" texts say the budget is good, "no" texts that the team is bad."""
+    rng = random.Random(seed)
+    return [
+        {
+            "text": " ".join(rng.sample(WORDS, 4)) + (" the budget is good" if i % 2 else " the team is bad"),
+            "label": "yes" if i % 2 else "no",
+        }
+        for i in range(n)
+    ]
+
+
+def toy_targets(n: int, seed: int = 0) -> list[dict]:
+    """Linear: the target is 10 per "budget" word, plus 5."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        x = rng.randint(0, 9)
+        rows.append({"text": " ".join(["budget"] * x + rng.sample(WORDS[1:], 3)), "target": 10.0 * x + 5})
+    return rows
+
+
+def metrics(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_separable_task_is_learned_and_predict_labels_with_probabilities(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "cls.jsonl", toy_classes(120))
+    m = str(tiny_model_dir("llama"))
+    r = cli(
+        "train",
+        "--task",
+        "classify",
+        "--model",
+        m,
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--registry",
+        "off",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "no validation file: holding out 12 of 120 examples (seed 42) to measure on" in r.stderr
+    vals = [x for x in metrics(tmp_path / "run") if "val_accuracy" in x]
+    assert vals[-1]["val_accuracy"] >= 95.0
+    assert json.loads((tmp_path / "run" / "labels.json").read_text()) == {
+        "task": "classify",
+        "classes": ["no", "yes"],
+    }
+    test = write_jsonl(tmp_path / "new.jsonl", [{"text": r["text"]} for r in toy_classes(40, seed=7)])
+    r = cli("predict", "--adapter", str(tmp_path / "run"), str(test), "--out", str(tmp_path / "p.jsonl"))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    want = [t["label"] for t in toy_classes(40, seed=7)]
+    assert sum(p["label"] == w for p, w in zip(rows, want)) >= 38
+    for p in rows:
+        assert set(p["probabilities"]) == {"no", "yes"} and abs(sum(p["probabilities"].values()) - 1) < 1e-3
+        assert p["label"] == max(p["probabilities"], key=p["probabilities"].get)
+    gold = write_jsonl(tmp_path / "gold.jsonl", toy_classes(40, seed=7))
+    r = cli("predict", "--adapter", str(tmp_path / "run"), str(gold))
+    assert r.stderr.strip().endswith("agree with the 40 given labels") and '"gold": "yes"' in r.stdout
+    r = cli("generate", "--adapter", str(tmp_path / "run"), "hello")
+    assert r.returncode == 2 and "a run trained with --task" in r.stderr and "tunesmith predict" in r.stderr
+
+
+def test_squared_error_falls_on_a_linear_target_and_values_come_back_in_its_units(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "reg.jsonl", toy_targets(120))
+    r = cli(
+        "train",
+        "--task",
+        "regress",
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--registry",
+        "off",
+    )
+    assert r.returncode == 0, r.stderr
+    log = metrics(tmp_path / "run")
+    start = json.loads((tmp_path / "run" / "tunesmith-run.json").read_text())["result"]["val_start"]
+    vals = [x["val_rmse"] for x in log if "val_rmse" in x]
+    assert vals[-1] < 0.5 * start["val_rmse"]
+    space = json.loads((tmp_path / "run" / "labels.json").read_text())
+    ys = [r["target"] for r in toy_targets(120)]
+    assert space["task"] == "regress" and 30 < space["mean"] < 70 and space["std"] > 20
+    assert len(ys) == 120
+    r = cli("predict", "--adapter", str(tmp_path / "run"), str(data))
+    values = [json.loads(x)["value"] for x in r.stdout.splitlines()]
+    assert 0 < sum(values) / len(values) < 100  # in the target's units, not the scaled ones
+    assert "RMSE" in r.stderr
+
+
+def test_several_labels_per_text(tiny_model_dir, tmp_path):
+    rng = random.Random(1)
+    phrase = {"slow": "waited forever", "cold": "soup was cold", "rude": "waiter was rude"}
+    rows = []
+    for _ in range(120):
+        labs = [c for c in phrase if rng.random() < 0.4]
+        rows.append({"text": " ".join(rng.sample(WORDS, 3) + [phrase[c] for c in labs]), "labels": labs})
+    data = write_jsonl(tmp_path / "ml.jsonl", rows)
+    r = cli(
+        "train",
+        "--task",
+        "multilabel",
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--registry",
+        "off",
+    )
+    assert r.returncode == 0, r.stderr
+    assert max(x["val_micro_f1"] for x in metrics(tmp_path / "run") if "val_micro_f1" in x) >= 90
+    r = cli("predict", "--adapter", str(tmp_path / "run"), str(data))
+    first = json.loads(r.stdout.splitlines()[0])
+    assert set(first["probabilities"]) == {"cold", "rude", "slow"}
+    assert first["labels"] == sorted(c for c, p in first["probabilities"].items() if p > 0.5)
+
+
+def test_what_is_refused_before_anything_loads(tiny_model_dir, tmp_path):
+    m = str(tiny_model_dir("llama"))
+
+    def train(data, *extra):
+        return cli(
+            "train",
+            "--model",
+            m,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "x"),
+            "--registry",
+            "off",
+            *extra,
+        )
+
+    one = write_jsonl(tmp_path / "one.jsonl", [{"text": f"t{i}", "label": "a"} for i in range(10)])
+    r = train(one, "--task", "classify")
+    assert (
+        r.returncode == 2
+        and r.stderr == f"error: --data {one}: one class only ('a'); a classifier needs two at least\n"
+    )
+    flat = write_jsonl(tmp_path / "flat.jsonl", [{"text": f"t{i}", "target": 3} for i in range(10)])
+    r = train(flat, "--task", "regress")
+    assert r.stderr == f"error: --data {flat}: every target is 3; a model learns nothing from a constant\n"
+    tr = write_jsonl(tmp_path / "d" / "train.jsonl", toy_classes(20))
+    val = write_jsonl(
+        tmp_path / "d" / "val.jsonl", [{"text": "x", "label": "yes"}, {"text": "y", "label": "maybe"}]
+    )
+    r = train(tmp_path / "d", "--task", "classify")
+    assert r.stderr == f"error: {val}:2: label 'maybe' is not among the training classes ('no', 'yes')\n"
+    r = train(tr, "--task", "regress")
+    assert r.stderr == f'error: {tr}:1: a classify example; --task regress trains on {{"text", "target"}}\n'
+    chats = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}],
+    )
+    r = train(chats, "--task", "classify")
+    assert r.stderr.startswith(f"error: --data {chats}:1: --task trains on labelled examples")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [*toy_targets(5), {"text": "x", "target": "n/a"}])
+    r = train(bad, "--task", "regress")
+    assert r.returncode != 0 and f"{bad}:6: target: 'n/a' is not a number" in r.stderr
+    r = train(tr, "--task", "classify", "--method", "prompt-tuning")
+    assert r.stderr == "error: --task classify trains with --method lora, dora or full, not prompt-tuning\n"
+    r = train(tr, "--task", "classify", "--huber", "1")
+    assert r.stderr == "error: --huber is a positive delta, for --task regress\n"
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_killed_classifier_resumes_to_the_same_weights(tiny_model_dir, tmp_path, method):
+    data = write_jsonl(tmp_path / "cls.jsonl", toy_classes(64))
+    args = [
+        "--task",
+        "classify",
+        "--method",
+        method,
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(data),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--save-every",
+        "3",
+        "--registry",
+        "off",
+    ]
+    whole = tmp_path / "whole"
+    assert cli("train", *args, "--out", str(whole)).returncode == 0
+    run = tmp_path / "killed"
+    assert train_then_sigkill(args, run, kill_at=5) != 0
+    r = cli("train", "--resume", str(run))
+    assert r.returncode == 0, r.stderr
+    a = [x for x in metrics(whole) if "loss" in x]
+    b = [x for x in metrics(run) if "loss" in x]
+    assert [round(x["loss"], 5) for x in a] == [round(x["loss"], 5) for x in b]
+    assert json.loads((run / "labels.json").read_text()) == json.loads((whole / "labels.json").read_text())
