@@ -232,3 +232,82 @@ def test_a_killed_classifier_resumes_to_the_same_weights(tiny_model_dir, tmp_pat
     b = [x for x in metrics(run) if "loss" in x]
     assert [round(x["loss"], 5) for x in a] == [round(x["loss"], 5) for x in b]
     assert json.loads((run / "labels.json").read_text()) == json.loads((whole / "labels.json").read_text())
+
+
+def test_measures_match_a_hand_count():
+    from tunesmith.scoring.labelled import calibration_error, measure, paired, per_class, with_intervals
+
+    gold, pred = [0, 0, 1, 1, 2, 2, 2, 0], [0, 1, 1, 1, 2, 0, 2, 0]
+    rows, cm = per_class(gold, pred, ["a", "b", "c"])
+    assert cm == [[2, 1, 0], [0, 2, 0], [1, 0, 2]]  # rows: the true class, counted by hand
+    assert [(r["class"], r["precision"], r["recall"], r["f1"], r["support"]) for r in rows] == [
+        ("a", 66.67, 66.67, 66.67, 3),
+        ("b", 66.67, 100.0, 80.0, 2),
+        ("c", 100.0, 66.67, 80.0, 3),
+    ]
+    m = measure("classify", gold, pred, 3)
+    assert m["accuracy"] == 75.0 and m["macro_f1"] == pytest.approx((66.667 + 80 + 80) / 3, abs=1e-2)
+    ci = with_intervals("classify", gold, pred, 3)["ci95"]["accuracy"]
+    assert ci[0] < 75 < ci[1]
+    same = paired("classify", gold, pred, pred, 3)["accuracy"]
+    assert same["change"] == 0 and same["p"] == 1.0 and not same["significant"]
+    r = measure("regress", [1, 2, 3, 4], [1.1, 1.9, 3.2, 3.8])
+    assert (
+        r["mse"] == pytest.approx(0.025)
+        and r["mae"] == pytest.approx(0.15)
+        and r["r2"] == pytest.approx(0.98)
+    )
+    assert r["spearman"] == pytest.approx(1.0) and r["pearson"] == pytest.approx(0.99085, abs=1e-5)
+    ml = measure("multilabel", [[1, 0], [0, 1], [1, 1]], [[1, 0], [0, 0], [1, 1]])
+    assert ml["micro_f1"] == pytest.approx(600 / 7) and ml["exact_match"] == pytest.approx(200 / 3)
+    # two answers: 0.9 sure and right (bin 9), 0.6 sure and wrong (bin 6): (|1-0.9| + |0-0.6|) / 2
+    assert calibration_error([0, 1], [[0.9, 0.1], [0.6, 0.4]]) == 35.0
+
+
+def test_eval_of_a_classifier_against_its_baselines(tiny_model_dir, tmp_path):
+    pytest.importorskip("sklearn", reason="the TF-IDF baseline needs scikit-learn (the eval extra)")
+    data = write_jsonl(tmp_path / "train.jsonl", toy_classes(120))
+    r = cli(
+        "train",
+        "--task",
+        "classify",
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--registry",
+        "off",
+    )
+    assert r.returncode == 0, r.stderr
+    test = write_jsonl(tmp_path / "test.jsonl", toy_classes(40, seed=7))
+    r = cli("eval", "--adapter", str(tmp_path / "run"), "--data", str(test), "--out", str(tmp_path / "ev"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1].split() == ["measure", "majority", "tfidf", "tuned"]
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    by = {s["system"]: s["metrics"] for s in res["systems"]}
+    assert by["tuned"]["accuracy"] >= 95 and by["majority"]["accuracy"] == 50.0
+    assert res["comparisons"]["majority"]["accuracy"]["better"]  # tuned significantly better
+    gold = [e["gold"] for e in res["examples"]]
+    pred = [e["label"] for e in res["examples"]]
+    hand = [
+        [sum(g == a and p == b for g, p in zip(gold, pred)) for b in ("no", "yes")] for a in ("no", "yes")
+    ]
+    assert res["confusion"] == {"classes": ["no", "yes"], "matrix": hand}
+    assert 'id="confusion"' in (tmp_path / "ev" / "report.html").read_text()
+    unseen = write_jsonl(
+        tmp_path / "unseen.jsonl", [{"text": "a", "label": "no"}, {"text": "b", "label": "maybe"}]
+    )
+    r = cli("eval", "--adapter", str(tmp_path / "run"), "--data", str(unseen))
+    assert (
+        r.returncode == 2
+        and r.stderr
+        == f"error: {unseen}:2: label 'maybe' was never seen in training (the run knows 'no', 'yes')\n"
+    )
+    r = cli("eval", "--adapter", str(tmp_path / "run"), "--data", str(test), "--systems", "base,tuned")
+    assert r.stderr == "error: --systems: for evals of text generation, not of a --task run\n"

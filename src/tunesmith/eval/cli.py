@@ -180,6 +180,8 @@ def cli_eval(args) -> int:
     from tunesmith.eval.tables import print_probe, print_systems_table, print_table
     from tunesmith.registry import tracking
 
+    if args.adapter and (Path(args.adapter) / "labels.json").is_file():
+        return _eval_labels(args)
     spec = spec_from_args(args)
     gate_metrics = (
         [m.strip() for m in args.gate_metrics.split(",") if m.strip()] if args.gate_metrics else None
@@ -220,6 +222,27 @@ def cli_eval(args) -> int:
         print(gate.describe(results["gate"]))
         if not passed:
             return gate.GATE_FAILED
+    return 0
+
+
+def _eval_labels(args) -> int:
+    """A run trained with --task: its measures against the baselines (eval/labels.py)."""
+    from tunesmith.eval import labels
+
+    text_only = [f for f, v in (("--systems", args.systems), ("--style", args.style), ("--judge", args.judge),
+                 ("--grader", args.grader), ("--gate", args.gate), ("--baseline", args.baseline),
+                 ("--memorization", args.memorization), ("--forgetting", args.forgetting)) if v]  # fmt: skip
+    if text_only:
+        raise UserError(f"{', '.join(text_only)}: for evals of text generation, not of a --task run")
+    results = labels.evaluate_labels(args.adapter, args.data, args.train, args.trust_remote_code)
+    if args.out:
+        labels.write(results, args.out)
+    if args.json:
+        print(labels.dumps(results))
+        return 0
+    print("\n".join(labels.lines(results)))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}")
     return 0
 
 

@@ -12,13 +12,23 @@ any size, and predictions are scaled back).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.models.loading import LABELS_FILE, LOAD_ERRORS, _why, default_dtype, device, load_tokenizer
+from tunesmith.models.loading import (
+    LABELS_FILE,
+    LOAD_ERRORS,
+    _why,
+    base_model_of,
+    default_dtype,
+    device,
+    load_tokenizer,
+)
 from tunesmith.models.resolve import resolve
 
 __all__ = ["LABELS_FILE", "load_classifier", "read_labels"]
+BATCH = 16  # texts per forward pass when predicting
 TASKS = ("classify", "multilabel", "regress")
 PROBLEM = {"classify": "single_label_classification", "multilabel": "multi_label_classification",
            "regress": "regression"}  # fmt: skip
@@ -67,3 +77,61 @@ def read_labels(run: str | Path) -> dict:
     except (OSError, ValueError, KeyError, AssertionError, TypeError):
         raise UserError(f"{p}: not a label space written by `tunesmith train --task`") from None
     return space
+
+
+def load_run(run: str, trust_remote_code: bool = False):
+    """The model of a --task run with its trained head, and its label space."""
+    space = read_labels(run)
+    n = 1 if space["task"] == "regress" else len(space["classes"])
+    if (Path(run) / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model, tok, _ = load_classifier(
+            base_model_of(run, None), n, space["task"], trust_remote_code=trust_remote_code
+        )
+        model = PeftModel.from_pretrained(model, run)
+    else:  # --method full: the run is the whole model
+        model, tok, _ = load_classifier(run, n, space["task"], trust_remote_code=trust_remote_code)
+    model.eval()
+    return model, tok, space
+
+
+def answer(space: dict, logits: list[float]) -> dict:
+    """One input's prediction from its outputs."""
+    if space["task"] == "regress":
+        return {"value": round(logits[0] * space["std"] + space["mean"], 6)}
+    names = space["classes"]
+    if space["task"] == "multilabel":
+        probs = {c: 1 / (1 + math.exp(-x)) for c, x in zip(names, logits)}
+        return {
+            "labels": [c for c in names if probs[c] > 0.5],
+            "probabilities": {c: round(v, 4) for c, v in probs.items()},
+        }
+    top = max(logits)
+    exp = [math.exp(x - top) for x in logits]
+    probs = {c: e / sum(exp) for c, e in zip(names, exp)}
+    return {"label": max(probs, key=probs.get), "probabilities": {c: round(v, 4) for c, v in probs.items()}}
+
+
+def predict(model, tok, space: dict, texts: list[str], max_length: int = 1024) -> list[dict]:
+    import torch
+
+    dev = next(model.parameters()).device
+    out: list[dict | None] = [None] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    with torch.no_grad():
+        for s in range(0, len(order), BATCH):
+            part = order[s : s + BATCH]
+            enc = tok(
+                [texts[i] for i in part],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            logits = model(
+                input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev)
+            ).logits
+            for i, row in zip(part, logits.float().cpu().tolist()):
+                out[i] = answer(space, row)
+    return out

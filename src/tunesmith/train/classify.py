@@ -108,7 +108,9 @@ def label_space(task: str, train: list, val: list, path) -> dict:
             if c not in known:
                 shown = ", ".join(repr(n) for n in names[:20]) + (" ..." if len(names) > 20 else "")
                 raise UserError(f"{e.path}:{e.line}: label {c!r} is not among the training classes ({shown})")
-    return {"task": task, "classes": names}
+    has = [c for e in train for c in (e.label if task == "multilabel" else [e.label])]
+    # counts and examples: what eval's majority baseline predicts (labels.json)
+    return {"task": task, "classes": names, "counts": [has.count(c) for c in names], "examples": len(train)}
 
 
 def targets(task: str, examples: list, space: dict) -> list:

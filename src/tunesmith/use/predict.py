@@ -15,10 +15,9 @@ from tunesmith.data.formats import read_records
 from tunesmith.data.labels import label_shape, read_label
 from tunesmith.data.records import ReadOptions
 from tunesmith.errors import UserError
-from tunesmith.models.heads import load_classifier, read_labels
-from tunesmith.models.loading import base_model_of
+from tunesmith.models.heads import answer, load_run, predict
 
-BATCH = 16
+__all__ = ["answer", "load_run", "predict"]  # the CLI reads them from here
 
 
 def read_texts(path: str, text_field: str = "text") -> list[tuple[str, str, object]]:
@@ -46,64 +45,6 @@ def read_texts(path: str, text_field: str = "text") -> list[tuple[str, str, obje
             out.append((where, obj[text_field], gold))
     if not out:
         raise UserError(f"{path}: no texts in it")
-    return out
-
-
-def load_run(run: str, trust_remote_code: bool = False):
-    """The model of a --task run with its trained head, and its label space."""
-    space = read_labels(run)
-    n = 1 if space["task"] == "regress" else len(space["classes"])
-    if (Path(run) / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        model, tok, _ = load_classifier(
-            base_model_of(run, None), n, space["task"], trust_remote_code=trust_remote_code
-        )
-        model = PeftModel.from_pretrained(model, run)
-    else:  # --method full: the run is the whole model
-        model, tok, _ = load_classifier(run, n, space["task"], trust_remote_code=trust_remote_code)
-    model.eval()
-    return model, tok, space
-
-
-def answer(space: dict, logits: list[float]) -> dict:
-    """One input's prediction from its outputs."""
-    if space["task"] == "regress":
-        return {"value": round(logits[0] * space["std"] + space["mean"], 6)}
-    names = space["classes"]
-    if space["task"] == "multilabel":
-        probs = {c: 1 / (1 + math.exp(-x)) for c, x in zip(names, logits)}
-        return {
-            "labels": [c for c in names if probs[c] > 0.5],
-            "probabilities": {c: round(v, 4) for c, v in probs.items()},
-        }
-    top = max(logits)
-    exp = [math.exp(x - top) for x in logits]
-    probs = {c: e / sum(exp) for c, e in zip(names, exp)}
-    return {"label": max(probs, key=probs.get), "probabilities": {c: round(v, 4) for c, v in probs.items()}}
-
-
-def predict(model, tok, space: dict, texts: list[str], max_length: int = 1024) -> list[dict]:
-    import torch
-
-    dev = next(model.parameters()).device
-    out: list[dict | None] = [None] * len(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with torch.no_grad():
-        for s in range(0, len(order), BATCH):
-            part = order[s : s + BATCH]
-            enc = tok(
-                [texts[i] for i in part],
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            logits = model(
-                input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev)
-            ).logits
-            for i, row in zip(part, logits.float().cpu().tolist()):
-                out[i] = answer(space, row)
     return out
 
 

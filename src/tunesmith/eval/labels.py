@@ -1,0 +1,224 @@
+"""`tunesmith eval --adapter RUN` for a run trained with `--task`: the tuned head against the classic
+baselines a team must see beaten before paying for a tuned model, on the same test examples.
+
+Systems: `tuned` (the run); `majority` (the commonest training class, or the training mean of a
+target: labels.json keeps both); `tfidf` (TF-IDF of words and word pairs with logistic regression,
+one-vs-rest for several classes, or ridge regression for a number; scikit-learn, trained on the run's
+training file or `--train`). Each measure has its bootstrap interval (scoring/labelled.py) and the
+tuned system a paired test against each baseline. results.json and report.html (the confusion matrix
+as a table shaded by count) are written with `--out`.
+
+Bad input: a test label the training never saw is an error naming its line and the known classes
+(a model cannot predict a class it has no output for).
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import json
+from pathlib import Path
+
+from tunesmith.data.formats import load_examples, locate_paths
+from tunesmith.errors import UserError
+from tunesmith.files.atomic import write_json, write_text
+from tunesmith.models.heads import load_run, predict
+from tunesmith.scoring.labelled import HIGHER, calibration_error, paired, per_class, with_intervals
+
+ROWS = {
+    "classify": ["accuracy", "macro_f1"],
+    "multilabel": ["micro_f1", "macro_f1", "exact_match"],
+    "regress": ["rmse", "mae", "mse", "pearson", "spearman", "r2"],
+}
+
+
+def _encode(space: dict, label):
+    """A label as the measures take it: a class id, a 0/1 row, or the number."""
+    if space["task"] == "regress":
+        return float(label)
+    index = {c: i for i, c in enumerate(space["classes"])}
+    if space["task"] == "classify":
+        return index[label]
+    return [int(c in label) for c in space["classes"]]
+
+
+def test_examples(path: str, space: dict) -> list:
+    examples = load_examples(path, "--data", kind="label")
+    known = set(space.get("classes", []))
+    for e in examples:
+        if e.kind != space["task"]:
+            raise UserError(f"{e.path}:{e.line}: a {e.kind} example; this run was trained to {space['task']}")
+        for c in [] if space["task"] == "regress" else (e.label if isinstance(e.label, list) else [e.label]):
+            if c not in known:
+                shown = ", ".join(repr(n) for n in space["classes"][:20])
+                raise UserError(
+                    f"{e.path}:{e.line}: label {c!r} was never seen in training (the run knows {shown})"
+                )
+    return examples
+
+
+def training_file(run: str, train: str | None) -> Path | None:
+    if train:
+        return Path(train)
+    cfg = Path(run) / "config.yaml"
+    try:
+        import yaml
+
+        data = (yaml.safe_load(cfg.read_text()) or {}).get("data")
+        return locate_paths(data, None)[0] if data else None
+    except (OSError, ValueError, UserError, AttributeError):
+        return None
+
+
+def tfidf(space: dict, train: list, texts: list[str]):
+    """The classic baseline's predictions, encoded as the measures take them."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.multiclass import OneVsRestClassifier
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    x = vec.fit_transform([e.messages[0]["content"] for e in train])
+    xt = vec.transform(texts)
+    y = [_encode(space, e.label) for e in train]
+    if space["task"] == "regress":
+        return [float(v) for v in Ridge(alpha=1.0).fit(x, y).predict(xt)]
+    if space["task"] == "multilabel":
+        return OneVsRestClassifier(LogisticRegression(max_iter=1000)).fit(x, y).predict(xt).tolist()
+    return [int(v) for v in LogisticRegression(max_iter=1000).fit(x, y).predict(xt)]
+
+
+def baselines(
+    space: dict, n: int, run: str, train_path: str | None, texts: list[str], notes: list[str]
+) -> dict:
+    out = {}
+    if space["task"] == "regress":
+        out["mean"] = [space["mean"]] * n
+    elif "counts" in space:
+        counts = space["counts"]
+        if space["task"] == "classify":
+            out["majority"] = [max(range(len(counts)), key=counts.__getitem__)] * n
+        else:  # every class that more than half the training texts have (usually none)
+            total = space.get("examples") or max(counts)
+            out["majority"] = [[int(c > total / 2) for c in counts]] * n
+    path = training_file(run, train_path)
+    if importlib.util.find_spec("sklearn") is None:
+        notes.append("tfidf baseline skipped: scikit-learn is not installed (pip install 'tunesmith[eval]')")
+    elif path is None or not path.is_file():
+        notes.append("tfidf baseline skipped: the run's training file is gone; give it with --train FILE")
+    else:
+        train = [e for e in load_examples(str(path), "--train", kind="label") if e.kind == space["task"]]
+        known = set(space.get("classes", []))
+        train = [
+            e
+            for e in train
+            if space["task"] == "regress"
+            or all(c in known for c in (e.label if isinstance(e.label, list) else [e.label]))
+        ]
+        out["tfidf"] = tfidf(space, train, texts)
+    return out
+
+
+def evaluate_labels(run: str, data: str, train: str | None = None, trust_remote_code: bool = False) -> dict:
+    model, tok, space = load_run(run, trust_remote_code)
+    examples = test_examples(data, space)
+    texts = [e.messages[0]["content"] for e in examples]
+    task, k = space["task"], len(space.get("classes", []))
+    gold = [_encode(space, e.label) for e in examples]
+    preds = predict(model, tok, space, texts)
+    if task == "regress":
+        tuned = [p["value"] for p in preds]
+    elif task == "classify":
+        tuned = [space["classes"].index(p["label"]) for p in preds]
+    else:
+        tuned = [[int(c in p["labels"]) for c in space["classes"]] for p in preds]
+    notes: list[str] = []
+    systems = {**baselines(space, len(examples), run, train, texts, notes), "tuned": tuned}
+    results = {
+        "task": task,
+        "adapter": str(run),
+        "data": str(data),
+        "n": len(examples),
+        "notes": notes,
+        "systems": [{"system": s, "metrics": with_intervals(task, gold, p, k)} for s, p in systems.items()],
+        "comparisons": {s: paired(task, gold, tuned, p, k) for s, p in systems.items() if s != "tuned"},
+    }
+    if task == "classify":
+        rows, cm = per_class(gold, tuned, space["classes"])
+        probs = [[p["probabilities"][c] for c in space["classes"]] for p in preds]
+        results.update(
+            per_class=rows,
+            confusion={"classes": space["classes"], "matrix": cm},
+            calibration_error=calibration_error(gold, probs),
+        )
+    results["examples"] = [
+        {"where": f"{e.path}:{e.line}", "text": e.messages[0]["content"][:500], "gold": e.label, **p}
+        for e, p in zip(examples, preds)
+    ]
+    return results
+
+
+def lines(results: dict) -> list[str]:
+    """The table the terminal shows: each measure per system, * where the tuned one differs significantly."""
+    names = [s["system"] for s in results["systems"]]
+    out = [
+        f"{results['task']} on {results['data']} ({results['n']} examples; mean [95 % bootstrap CI]; "
+        "* = tuned significantly different, paired bootstrap)",
+        f"{'measure':<12}" + "".join(f"{n:>26}" for n in names),
+    ]
+    for m in ROWS[results["task"]]:
+        cells = []
+        for s in results["systems"]:
+            v, ci = s["metrics"][m], s["metrics"]["ci95"][m]
+            test = results["comparisons"].get(s["system"], {}).get(m)
+            star = "*" if test and test["significant"] else ""
+            cells.append(f"{v:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]{star}")
+        better = "higher" if m in HIGHER else "lower"
+        out.append(f"{m:<12}" + "".join(f"{c:>26}" for c in cells) + f"   ({better} is better)")
+    if "calibration_error" in results:
+        out.append(f"calibration error of the tuned probabilities: {results['calibration_error']:.1f} %")
+    return out + [f"note: {n}" for n in results["notes"]]
+
+
+def report(results: dict) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><th>{e(line.split()[0])}</th><td><pre>{e(line)}</pre></td></tr>" for line in lines(results)[2:]
+    )
+    parts = [
+        f"<!doctype html><meta charset=utf-8><title>tunesmith eval — {e(results['task'])}</title>",
+        "<style>body{font:14px system-ui;margin:2em}td,th{padding:4px 8px;text-align:right}</style>",
+        f"<h1>{e(results['task'])} on {e(Path(results['data']).name)}</h1><table>{rows}</table>",
+    ]
+    if "confusion" in results:
+        names, cm = results["confusion"]["classes"], results["confusion"]["matrix"]
+        top = max(max(r) for r in cm) or 1
+        head = "".join(f"<th>{e(c)}</th>" for c in names)
+        body = "".join(
+            f"<tr><th>{e(c)}</th>"
+            + "".join(f'<td style="background:rgba(40,90,200,{v / top:.2f})">{v}</td>' for v in row)
+            + "</tr>"
+            for c, row in zip(names, cm)
+        )
+        parts.append(
+            f"<h2>Confusion matrix</h2><p>rows: the true class; columns: the tuned prediction</p>"
+            f'<table id="confusion"><tr><th></th>{head}</tr>{body}</table>'
+        )
+        pc = "".join(
+            f"<tr><th>{e(r['class'])}</th><td>{r['precision']}</td><td>{r['recall']}</td><td>{r['f1']}</td>"
+            f"<td>{r['support']}</td></tr>"
+            for r in results["per_class"]
+        )
+        parts.append(
+            f"<h2>Per class</h2><table><tr><th></th><th>precision</th><th>recall</th><th>F1</th>"
+            f"<th>support</th></tr>{pc}</table>"
+        )
+    return "".join(parts)
+
+
+def write(results: dict, out: str) -> None:
+    write_json(Path(out) / "results.json", results)
+    write_text(Path(out) / "report.html", report(results))
+
+
+def dumps(results: dict) -> str:
+    return json.dumps(results, indent=2, ensure_ascii=False)
