@@ -183,24 +183,10 @@ def add_stored(reg: Registry, path: str, name: str | None = None, filters: dict 
     answer per item, with the model and metadata it was stored with."""
     rows, total = read_stored(path, filters or {})
     p = Path(path)
-    name = name or f"stored-{p.stem}"
-    if reg.db.execute("SELECT 1 FROM review_queues WHERE name = ?", (name,)).fetchone():
-        raise UserError(f"review add: a queue named {name!r} exists; choose another --name")
     source = {"stored": str(p.resolve()), "lines": total, "items": len(rows), "metadata": filters or {}}
-    with reg.tx() as db:
-        db.execute(
-            "INSERT INTO review_queues (name, a, b, sources, created) VALUES (?, ?, ?, ?, ?)",
-            (name, ANSWER, ANSWER, json.dumps([source]), time.time()),
-        )
-        for i, (n, prompt, answer, info) in enumerate(rows):
-            out = {ANSWER: {"output": answer, "model": info["model"], "metadata": info["metadata"]}}
-            db.execute(
-                "INSERT INTO review_items (queue, example, path, line, prompt, digest, reference, outputs) "
-                "VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
-                (name, i, str(p.resolve()), str(n), json.dumps(prompt), str(messages_digest(prompt)),
-                 json.dumps(out)),
-            )  # fmt: skip
-    return {"name": name, "a": ANSWER, "b": ANSWER, "items": len(rows), "labels": [ANSWER], "sources": []}
+    items = [(n, prompt, {ANSWER: {"output": answer, "model": info["model"], "metadata": info["metadata"]}})
+             for n, prompt, answer, info in rows]  # fmt: skip
+    return _one_answer_queue(reg, name or f"stored-{p.stem}", ANSWER, source, p, items)
 
 
 def add_drafts(reg: Registry, path: str | Path, name: str | None = None) -> dict:
@@ -227,13 +213,18 @@ def add_drafts(reg: Registry, path: str | Path, name: str | None = None) -> dict
         rows.append((n, msgs[:-1], out))
     if not rows:
         raise UserError(f"review add --drafts {p}: no drafts in it")
-    name = name or f"drafts-{p.stem}"
+    source = {"drafts": str(p.resolve()), "items": len(rows)}
+    return _one_answer_queue(reg, name or f"drafts-{p.stem}", DRAFT, source, p, rows)
+
+
+def _one_answer_queue(reg: Registry, name: str, label: str, source: dict, p: Path, rows: list) -> dict:
+    """A queue of one answer per item, from the lines of a file: rows of (line, prompt, outputs)."""
     if reg.db.execute("SELECT 1 FROM review_queues WHERE name = ?", (name,)).fetchone():
         raise UserError(f"review add: a queue named {name!r} exists; choose another --name")
     with reg.tx() as db:
         db.execute(
             "INSERT INTO review_queues (name, a, b, sources, created) VALUES (?, ?, ?, ?, ?)",
-            (name, DRAFT, DRAFT, json.dumps([{"drafts": str(p.resolve()), "items": len(rows)}]), time.time()),
+            (name, label, label, json.dumps([source]), time.time()),
         )
         for i, (n, prompt, out) in enumerate(rows):
             db.execute(
@@ -242,7 +233,7 @@ def add_drafts(reg: Registry, path: str | Path, name: str | None = None) -> dict
                 (name, i, str(p.resolve()), str(n), json.dumps(prompt), str(messages_digest(prompt)),
                  json.dumps(out)),
             )  # fmt: skip
-    return {"name": name, "a": DRAFT, "b": DRAFT, "items": len(rows), "labels": [DRAFT], "sources": []}
+    return {"name": name, "a": label, "b": label, "items": len(rows), "labels": [label], "sources": []}
 
 
 def _text(content) -> str:
