@@ -311,3 +311,73 @@ def test_eval_of_a_classifier_against_its_baselines(tiny_model_dir, tmp_path):
     )
     r = cli("eval", "--adapter", str(tmp_path / "run"), "--data", str(test), "--systems", "base,tuned")
     assert r.stderr == "error: --systems: for evals of text generation, not of a --task run\n"
+
+
+def tiny_bert(folder):
+    """A BERT of 2 layers with random weights and a WordPiece vocabulary learned here: an encoder."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(
+        [" ".join(WORDS) + " the budget is good the team is bad"] * 20,
+        trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials),
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    cfg = BertConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def test_an_encoder_learns_the_task_too(tmp_path):
+    model = tiny_bert(tmp_path / "tiny-bert")
+    data = write_jsonl(tmp_path / "cls.jsonl", toy_classes(120))
+    r = cli(
+        "train",
+        "--task",
+        "classify",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "5e-3",
+        "--registry",
+        "off",
+    )
+    assert r.returncode == 0, r.stderr
+    assert max(x["val_accuracy"] for x in metrics(tmp_path / "run") if "val_accuracy" in x) >= 95
+    r = cli(
+        "predict",
+        "--adapter",
+        str(tmp_path / "run"),
+        str(write_jsonl(tmp_path / "t.jsonl", toy_classes(20, seed=3))),
+    )
+    assert r.returncode == 0 and r.stderr.strip().endswith("agree with the 20 given labels")
