@@ -360,8 +360,7 @@ def iter_examples(
             # `_path` is where a folder pair's record came from; in a data file it is just an unknown key
             where = str(obj.pop("_path")) if f.is_dir() and isinstance(obj, dict) else str(f)
             obj, mapped = remap(obj, opts) if not f.is_dir() else (obj, [])
-            ex, problems = normalize(obj, opts.format) if obj is not None else (None, mapped)
-            problems = mapped + problems if obj is not None else problems
+            ex, problems = (None, mapped) if mapped else normalize(obj, opts.format)
             issues = [Issue(where, line, fld, msg, lvl) for lvl, fld, msg in problems]
             if ex is not None:
                 ex.path, ex.line = where, line
