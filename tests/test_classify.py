@@ -67,6 +67,8 @@ def test_a_separable_task_is_learned_and_predict_labels_with_probabilities(tiny_
     assert json.loads((tmp_path / "run" / "labels.json").read_text()) == {
         "task": "classify",
         "classes": ["no", "yes"],
+        "counts": [54, 54],  # the held-out 12 taken by class: 6 and 6 of 60 each
+        "examples": 108,
     }
     test = write_jsonl(tmp_path / "new.jsonl", [{"text": r["text"]} for r in toy_classes(40, seed=7)])
     r = cli("predict", "--adapter", str(tmp_path / "run"), str(test), "--out", str(tmp_path / "p.jsonl"))
