@@ -311,8 +311,22 @@ def test_eval_of_a_classifier_against_its_baselines(tiny_model_dir, tmp_path):
         and r.stderr
         == f"error: {unseen}:2: label 'maybe' was never seen in training (the run knows 'no', 'yes')\n"
     )
+    r = cli(
+        "eval",
+        "--adapter",
+        str(tmp_path / "run"),
+        "--data",
+        str(test),
+        "--systems",
+        "zero-shot,few-shot:2,tuned",
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1].split() == ["measure", "zero-shot", "few-shot:2", "tuned"]
     r = cli("eval", "--adapter", str(tmp_path / "run"), "--data", str(test), "--systems", "base,tuned")
-    assert r.stderr == "error: --systems: for evals of text generation, not of a --task run\n"
+    assert r.stderr == (
+        "error: --systems 'base': a --task classify eval compares majority, tfidf, zero-shot, few-shot:K, "
+        "tuned\n"
+    )
 
 
 def tiny_bert(folder):
@@ -383,3 +397,41 @@ def test_an_encoder_learns_the_task_too(tmp_path):
         str(write_jsonl(tmp_path / "t.jsonl", toy_classes(20, seed=3))),
     )
     assert r.returncode == 0 and r.stderr.strip().endswith("agree with the 20 given labels")
+
+
+def test_the_prompting_baseline_picks_the_likeliest_label_name():
+    """Crafted models whose next token is always one of a class name's tokens: the baseline must name
+    that class for every text, with its probability the highest, whatever the text."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from conftest import make_tokenizer
+    from tunesmith.data.records import Example
+    from tunesmith.eval.prompted_labels import predict_prompted, shots
+
+    tok = make_tokenizer("llama")
+
+    class Crafted(torch.nn.Module):
+        def __init__(self, favoured: list[int]):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))  # a parameter, for the device
+            self.favoured = favoured
+
+        def forward(self, input_ids, attention_mask=None):
+            logits = torch.zeros(*input_ids.shape, len(tok))
+            logits[..., self.favoured] = 5.0
+            return SimpleNamespace(logits=logits)
+
+    texts = ["the budget is good", "the team is bad", "a meeting"]
+    for name in ("yes", "no"):
+        ids, probs = predict_prompted(
+            Crafted(tok(name, add_special_tokens=False)["input_ids"]), tok, texts, ["no", "yes"], []
+        )
+        assert ids == [["no", "yes"].index(name)] * 3
+        assert all(p[ids[0]] > 0.99 for p in probs)
+    train = [
+        Example([{"role": "user", "content": f"t{i}"}], "f", i, label=lab) for i, lab in enumerate("aaab")
+    ]
+    turns = shots(train, ["a", "b"], 3)
+    assert [t["content"] for t in turns] == ["t0", "a", "t3", "b", "t1", "a"]  # round-robin over the classes

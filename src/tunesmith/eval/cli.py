@@ -229,12 +229,14 @@ def _eval_labels(args) -> int:
     """A run trained with --task: its measures against the baselines (eval/labels.py)."""
     from tunesmith.eval import labels
 
-    text_only = [f for f, v in (("--systems", args.systems), ("--style", args.style), ("--judge", args.judge),
-                 ("--grader", args.grader), ("--gate", args.gate), ("--baseline", args.baseline),
-                 ("--memorization", args.memorization), ("--forgetting", args.forgetting)) if v]  # fmt: skip
+    text_only = [f for f, v in (("--style", args.style), ("--judge", args.judge), ("--grader", args.grader),
+                 ("--gate", args.gate), ("--baseline", args.baseline), ("--memorization", args.memorization),
+                 ("--forgetting", args.forgetting)) if v]  # fmt: skip
     if text_only:
         raise UserError(f"{', '.join(text_only)}: for evals of text generation, not of a --task run")
-    results = labels.evaluate_labels(args.adapter, args.data, args.train, args.trust_remote_code)
+    results = labels.evaluate_labels(
+        args.adapter, args.data, args.train, args.trust_remote_code, args.systems
+    )
     if args.out:
         labels.write(results, args.out)
     if args.json:

@@ -21,8 +21,10 @@ from pathlib import Path
 
 from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.errors import UserError
+from tunesmith.eval.prompted_labels import predict_prompted, shots
 from tunesmith.files.atomic import write_json, write_text
 from tunesmith.models.heads import load_run, predict
+from tunesmith.models.loading import base_model_of, load
 from tunesmith.scoring.labelled import HIGHER, calibration_error, paired, per_class, with_intervals
 
 ROWS = {
@@ -87,38 +89,86 @@ def tfidf(space: dict, train: list, texts: list[str]):
     return [int(v) for v in LogisticRegression(max_iter=1000).fit(x, y).predict(xt)]
 
 
-def baselines(
-    space: dict, n: int, run: str, train_path: str | None, texts: list[str], notes: list[str]
-) -> dict:
-    out = {}
-    if space["task"] == "regress":
-        out["mean"] = [space["mean"]] * n
-    elif "counts" in space:
-        counts = space["counts"]
-        if space["task"] == "classify":
-            out["majority"] = [max(range(len(counts)), key=counts.__getitem__)] * n
-        else:  # every class that more than half the training texts have (usually none)
-            total = space.get("examples") or max(counts)
-            out["majority"] = [[int(c > total / 2) for c in counts]] * n
+def training_examples(space: dict, run: str, train_path: str | None) -> list | None:
+    """The run's training examples of its task and classes (for TF-IDF and the shots), or None."""
     path = training_file(run, train_path)
-    if importlib.util.find_spec("sklearn") is None:
-        notes.append("tfidf baseline skipped: scikit-learn is not installed (pip install 'tunesmith[eval]')")
-    elif path is None or not path.is_file():
-        notes.append("tfidf baseline skipped: the run's training file is gone; give it with --train FILE")
-    else:
-        train = [e for e in load_examples(str(path), "--train", kind="label") if e.kind == space["task"]]
-        known = set(space.get("classes", []))
-        train = [
-            e
-            for e in train
-            if space["task"] == "regress"
+    if path is None or not path.is_file():
+        return None
+    known = set(space.get("classes", []))
+    return [
+        e
+        for e in load_examples(str(path), "--train", kind="label")
+        if e.kind == space["task"]
+        and (
+            space["task"] == "regress"
             or all(c in known for c in (e.label if isinstance(e.label, list) else [e.label]))
-        ]
-        out["tfidf"] = tfidf(space, train, texts)
-    return out
+        )
+    ]
 
 
-def evaluate_labels(run: str, data: str, train: str | None = None, trust_remote_code: bool = False) -> dict:
+def parse_systems(text: str | None, task: str) -> list[str]:
+    """--systems for a --task eval: majority (or mean), tfidf, zero-shot, few-shot:K, tuned."""
+    first = "mean" if task == "regress" else "majority"
+    names = [x.strip() for x in (text or f"{first},tfidf,tuned").split(",") if x.strip()]
+    for n in names:
+        ok = (
+            n in (first, "tfidf", "tuned", "zero-shot")
+            or n.startswith("few-shot:")
+            and n[9:].isdigit()
+            and int(n[9:]) > 0
+        )
+        if not ok:
+            raise UserError(
+                f"--systems {n!r}: a --task {task} eval compares {first}, tfidf, zero-shot, few-shot:K, tuned"
+            )
+        if task != "classify" and (n == "zero-shot" or n.startswith("few-shot")):
+            raise UserError(f"--systems {n}: prompting is a baseline for --task classify, not {task}")
+    if len(set(names)) != len(names):
+        raise UserError(f"--systems {text}: a system is named twice")
+    return names
+
+
+def baseline(
+    name: str, space: dict, texts: list[str], train: list | None, run: str, notes: list[str], trust: bool
+):
+    """One baseline's predictions, encoded as the measures take them; None when it cannot run (notes: why)."""
+    n = len(texts)
+    if name == "mean":
+        return [space["mean"]] * n
+    if name == "majority":
+        counts = space.get("counts")
+        if not counts:
+            notes.append(
+                "majority baseline skipped: labels.json has no class counts (a run from an older version)"
+            )
+            return None
+        if space["task"] == "classify":
+            return [max(range(len(counts)), key=counts.__getitem__)] * n
+        total = space.get("examples") or max(
+            counts
+        )  # every class more than half the texts have (usually none)
+        return [[int(c > total / 2) for c in counts]] * n
+    if train is None:
+        notes.append(f"{name} baseline skipped: the run's training file is gone; give it with --train FILE")
+        return None
+    if name == "tfidf":
+        if importlib.util.find_spec("sklearn") is None:
+            notes.append(
+                "tfidf baseline skipped: scikit-learn is not installed (pip install 'tunesmith[eval]')"
+            )
+            return None
+        return tfidf(space, train, texts)
+    base = load(base_model_of(run, None), trust_remote_code=trust, quiet=True)
+    k = 0 if name == "zero-shot" else int(name[9:])
+    ids, _ = predict_prompted(
+        base.model, base.tokenizer, texts, space["classes"], shots(train, space["classes"], k)
+    )
+    return ids
+
+
+def evaluate_labels(
+    run: str, data: str, train: str | None = None, trust_remote_code: bool = False, systems: str | None = None
+) -> dict:
     model, tok, space = load_run(run, trust_remote_code)
     examples = test_examples(data, space)
     texts = [e.messages[0]["content"] for e in examples]
@@ -132,7 +182,19 @@ def evaluate_labels(run: str, data: str, train: str | None = None, trust_remote_
     else:
         tuned = [[int(c in p["labels"]) for c in space["classes"]] for p in preds]
     notes: list[str] = []
-    systems = {**baselines(space, len(examples), run, train, texts, notes), "tuned": tuned}
+    names = parse_systems(systems, task)
+    pool = (
+        training_examples(space, run, train)
+        if any(x not in ("tuned", "mean", "majority") for x in names)
+        else None
+    )
+    found = {
+        x: tuned if x == "tuned" else baseline(x, space, texts, pool, run, notes, trust_remote_code)
+        for x in names
+    }
+    systems = {x: p for x, p in found.items() if p is not None}
+    if "tuned" not in systems:
+        systems["tuned"] = tuned
     results = {
         "task": task,
         "adapter": str(run),
