@@ -288,9 +288,27 @@ def test_eval_of_a_classifier_against_its_baselines(tiny_model_dir, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     test = write_jsonl(tmp_path / "test.jsonl", toy_classes(40, seed=7))
-    r = cli("eval", "--adapter", str(tmp_path / "run"), "--data", str(test), "--out", str(tmp_path / "ev"))
+    reg = str(tmp_path / "reg.db")
+    r = cli(
+        "eval",
+        "--adapter",
+        str(tmp_path / "run"),
+        "--data",
+        str(test),
+        "--out",
+        str(tmp_path / "ev"),
+        "--registry",
+        reg,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1].split() == ["measure", "majority", "tfidf", "tuned"]
+    from tunesmith.registry.db import Registry
+
+    ev = Registry(reg).get(Registry(reg).find("ev"))
+    assert ev["kind"] == "eval" and ev["result"]["task"] == "classify" and ev["headline_metric"] == "accuracy"
+    assert ev["parents"][0]["relation"] == "evaluated" and ev["parents"][0]["parent_path"] == str(
+        (tmp_path / "run").resolve()
+    )
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     by = {s["system"]: s["metrics"] for s in res["systems"]}
     assert by["tuned"]["accuracy"] >= 95 and by["majority"]["accuracy"] == 50.0

@@ -226,8 +226,9 @@ def cli_eval(args) -> int:
 
 
 def _eval_labels(args) -> int:
-    """A run trained with --task: its measures against the baselines (eval/labels.py)."""
+    """A run trained with --task: its measures against the baselines (eval/labels.py), registered."""
     from tunesmith.eval import labels
+    from tunesmith.eval.register import register_eval
 
     text_only = [f for f, v in (("--style", args.style), ("--judge", args.judge), ("--grader", args.grader),
                  ("--gate", args.gate), ("--baseline", args.baseline), ("--memorization", args.memorization),
@@ -239,6 +240,8 @@ def _eval_labels(args) -> int:
     )
     if args.out:
         labels.write(results, args.out)
+    spec = labels.LabelEvalSpec(args.data, args.adapter, args.train, args.systems)
+    register_eval(results, results["systems"], spec, args.out, args.registry, args.track)
     if args.json:
         print(labels.dumps(results))
         return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.formats import load_examples, locate_paths
@@ -32,6 +33,17 @@ ROWS = {
     "multilabel": ["micro_f1", "macro_f1", "exact_match"],
     "regress": ["rmse", "mae", "mse", "pearson", "spearman", "r2"],
 }
+
+
+@dataclass
+class LabelEvalSpec:
+    """What a --task eval was asked, as the registry records it (eval/register.py)."""
+
+    data: str
+    adapter: str
+    train: str | None = None
+    systems: str | None = None
+    model: str | None = None
 
 
 def _encode(space: dict, label):
@@ -212,6 +224,9 @@ def evaluate_labels(
             confusion={"classes": space["classes"], "matrix": cm},
             calibration_error=calibration_error(gold, probs),
         )
+    results["headline"] = {"classify": "accuracy", "multilabel": "micro_f1", "regress": "rmse"}[task]
+    results["metrics"] = next(s["metrics"] for s in results["systems"] if s["system"] == "tuned")
+    results["model"] = base_model_of(run, None)
     results["examples"] = [
         {"where": f"{e.path}:{e.line}", "text": e.messages[0]["content"][:500], "gold": e.label, **p}
         for e, p in zip(examples, preds)

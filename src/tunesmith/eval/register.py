@@ -41,8 +41,9 @@ def register_eval(
         for k, v in (r.get("metrics") or {}).items()
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     ]
-    top = (results.get("metrics") or {}).get(HEADLINE)
-    headline = (HEADLINE, float(top)) if isinstance(top, (int, float)) else (None, None)
+    key = results.get("headline") or HEADLINE  # a --task eval names its own (eval/labels.py)
+    top = (results.get("metrics") or {}).get(key)
+    headline = (key, float(top)) if isinstance(top, (int, float)) else (None, None)
     if spec.adapter:
         name = f"eval-{Path(spec.adapter).resolve().name}"
     else:

@@ -149,7 +149,7 @@ def describe(reg: Registry, r: dict) -> str:
     for p in reg.promotions(line=None, run=r["id"]):
         now = f"until {when(p['until'])} (then {p['replaced_by']})" if p["until"] else "in production now"
         out.append(f"  promoted     {production_tag(p['line'])} {when(p['at'])}, {now}")
-    if result:
+    if result and r["kind"] == "train":  # an eval's result is its measurements, shown under metrics
         speed = result.get("tokens_per_s")
         out.append(
             f"  result       {result.get('steps')} steps, train loss {number(result.get('train_loss'))}"
