@@ -453,3 +453,48 @@ def test_the_prompting_baseline_picks_the_likeliest_label_name():
     ]
     turns = shots(train, ["a", "b"], 3)
     assert [t["content"] for t in turns] == ["t0", "a", "t3", "b", "t1", "a"]  # round-robin over the classes
+
+
+def test_merge_folds_the_adapter_and_head_into_one_model_and_gguf_says_it_does_not_apply(
+    tiny_model_dir, tmp_path
+):
+    data = write_jsonl(tmp_path / "cls.jsonl", toy_classes(40))
+    r = cli(
+        "train",
+        "--task",
+        "classify",
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--registry",
+        "off",
+    )
+    assert r.returncode == 0, r.stderr
+    r = cli(
+        "merge", "--adapter", str(tmp_path / "run"), "--out", str(tmp_path / "merged"), "--registry", "off"
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "merged" / "labels.json").read_text())["classes"] == ["no", "yes"]
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    before = [
+        json.loads(x)
+        for x in cli("predict", "--adapter", str(tmp_path / "run"), str(data)).stdout.splitlines()
+    ]
+    after = [
+        json.loads(x)
+        for x in cli("predict", "--adapter", str(tmp_path / "merged"), str(data)).stdout.splitlines()
+    ]
+    for a, b in zip(before, after):
+        assert a["label"] == b["label"]
+        assert all(abs(a["probabilities"][c] - b["probabilities"][c]) < 1e-3 for c in ("no", "yes"))
+    r = cli("export", "--adapter", str(tmp_path / "run"), "--out", str(tmp_path / "x.gguf"))
+    assert (
+        r.returncode == 2 and "GGUF export does not apply" in r.stderr and not (tmp_path / "x.gguf").exists()
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 from tunesmith.export.gguf_quant import QUANTS  # names only
 from tunesmith.flags import add_model, add_registry
@@ -84,7 +85,8 @@ def cli_merge(args) -> int:
     out = check_out(
         args.out, "merge", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec}
     )
-    adapter_config(args.adapter)
+    if not (Path(args.adapter) / "labels.json").is_file():  # a --task run merges its head too (merge.py)
+        adapter_config(args.adapter)
     t0 = time.time()
     r = merge_to_dir(spec, args.adapter, out, trust_remote_code=args.trust_remote_code)
     result = {"bytes": r["bytes"], "arch": r["arch"], "dtype": r["dtype"]}

@@ -17,7 +17,8 @@ from tunesmith.errors import UserError
 from tunesmith.files.atomic import make_temp_dir, replace_dir
 from tunesmith.files.outputs import MERGE_INFO, check_replaceable
 from tunesmith.models.chat import FALLBACK_TEMPLATE
-from tunesmith.models.loading import check_adapter_dir, load
+from tunesmith.models.heads import load_run
+from tunesmith.models.loading import LABELS_FILE, check_adapter_dir, load
 
 PROMPT_LEARNING = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT"}
 
@@ -93,8 +94,39 @@ def chat_template(tok) -> str:
 # ---------------------------------------------------------------- merge
 
 
+def merge_head_to_dir(run: str, out: Path, *, trust_remote_code: bool = False) -> dict:
+    """A --task run (base + LoRA + its trained head) as one standalone classification model at `out`, with
+    its labels.json: what `tunesmith predict --adapter OUT` and AutoModelForSequenceClassification load."""
+    from peft import PeftModel
+
+    model, tok, space = load_run(run, trust_remote_code)
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    tmp = make_temp_dir(out)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        (tmp / LABELS_FILE).write_text(json.dumps(space, indent=2) + "\n")
+        (tmp / MERGE_INFO).write_text(
+            json.dumps({"adapter": str(Path(run).resolve()), "task": space["task"]}, indent=2)
+        )
+        check_replaceable(out, "merge")
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    weights = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    return {
+        "dir": out,
+        "bytes": weights,
+        "arch": model.config.model_type,
+        "dtype": str(model.dtype).removeprefix("torch."),
+    }
+
+
 def merge_to_dir(spec: str, adapter: str, out: Path, *, trust_remote_code: bool = False) -> dict:
     """Write base + adapter as a standalone HF directory at `out` (replaced atomically)."""
+    if (Path(adapter) / LABELS_FILE).is_file():
+        return merge_head_to_dir(adapter, out, trust_remote_code=trust_remote_code)
     lora = adapter_config(adapter)
     loaded = load_fp32(spec, adapter, trust_remote_code)
     model, tok = loaded.model, loaded.tokenizer
