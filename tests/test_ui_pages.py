@@ -80,6 +80,11 @@ def test_every_run_answers_in_its_kinds_schema(registry):
     assert "rougeL" in views["e-lora"].eval.baseline and views["e-gate"].eval.gate["reference"]
     assert views["m.gguf"].output.facts["quant"] == "f32" and views["m.gguf"].artefacts[0].present
     assert views["merged"].output.facts["arch"] == "llama"
+    assert "val_accuracy" in views["classifier"].train.best
+    cls = views["e-classifier"].eval
+    assert [s.system for s in cls.systems] == ["majority", "tuned"] and len(cls.systems[1].examples) == 12
+    assert cls.systems[1].against == "majority" and "accuracy" in cls.systems[1].tests
+    assert "accuracy" in cls.systems[0].intervals and not views["e-classifier"].notes
     # the statuses and the bad cases, in words
     assert views["live"].status == "running" and views["live"].train.progress.step == 1
     assert views["broken"].status == "failed" and "CUDA out of memory" in views["broken"].notes[0]

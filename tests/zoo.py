@@ -2,8 +2,9 @@
 tests/test_ui_pages.py opens page by page (the web app's pages broke once on a kind no test had made).
 
 Kinds: train (LoRA with validation and checkpoints, full, DoRA, prompt and prefix tuning, DPO, GRPO, a
-multi-task mix, sequential from an adapter, two sweep trials), eval (one system against a baseline, two
-systems with a verdict, a gate), merge, export (GGUF). Statuses: done, running (this process), failed,
+multi-task mix, sequential from an adapter, two sweep trials, a classifier), eval (one system against a
+baseline, two systems with a verdict, a gate, a classifier against its majority baseline), merge, export
+(GGUF). Statuses: done, running (this process), failed,
 interrupted (a training SIGKILLed at its first checkpoint), and the bad cases a page must put in words: a
 run folder deleted after it was registered, an eval from an older version (no examples, no ci).
 """
@@ -59,6 +60,11 @@ def build(root: Path, model: str) -> str:
     write_jsonl(root / "prompts.jsonl", [chat(f"Say something about {w}", "ok") for w in "abcd"])
     grpo = ["--method", "grpo", "--graders", "length:5", "--grpo-group", "2", "--grpo-max-new-tokens", "4"]
     ok(cli("train", *common, *grpo, "--data", str(root / "prompts.jsonl"), "--out", str(root / "grpo")))
+    said = ("the team is bad", "the budget is good")
+    labelled = [{"text": f"{said[i % 2]} {i}", "label": ("no", "yes")[i % 2]} for i in range(12)]
+    write_jsonl(root / "labels.jsonl", labelled)
+    ok(cli("train", *common, "--task", "classify", "--data", str(root / "labels.jsonl"), "--out",
+           str(root / "classifier")))  # fmt: skip
     write_jsonl(root / "other.jsonl", [chat(f"Title for {w}", f"About {w}") for w in "abcdefgh"])
     sets = [
         f"{{path: {d / 'train.jsonl'}, task: notes}}",
@@ -83,6 +89,8 @@ def evals(root: Path, reg: str, model: str, test: Path) -> None:
            str(root / "e-base" / "results.json")))  # fmt: skip
     ok(cli("eval", "--adapter", str(root / "v2"), "--systems", "base,tuned", *flags, "--out",
            str(root / "e-both")))  # fmt: skip
+    ok(cli("eval", "--adapter", str(root / "classifier"), "--data", str(root / "labels.jsonl"), "--systems",
+           "majority,tuned", "--registry", reg, "--out", str(root / "e-classifier")))  # fmt: skip
     gated = cli("eval", "--adapter", str(root / "v2"), *flags, "--out", str(root / "e-gate"), "--gate",
                 str(root / "e-lora"))  # fmt: skip
     assert gated.returncode in (0, 3), gated.stderr  # passed, or the gate's own failure code

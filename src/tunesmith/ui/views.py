@@ -122,6 +122,7 @@ class EvalView(Model):
     baseline: dict[str, Test] | None = None  # --baseline: the paired tests against the earlier eval
     data: str | None = None
     decoding: dict[str, Any] | None = None
+    task: str | None = None  # a --task eval: classify, multilabel or regress (no failure groups)
 
 
 class Checkpoint(Model):
@@ -345,8 +346,47 @@ def study_of(out: Path) -> dict | None:
     return {"key": study_key(folder), "name": folder.name}
 
 
+def label_eval_view(result: dict) -> dict:
+    """A --task eval (eval/labels.py): each system's measures; the tuned one with its examples and its
+    paired tests against the first baseline (results.json keeps them under "comparisons", by baseline)."""
+    comps = result.get("comparisons") if isinstance(result.get("comparisons"), dict) else {}
+    first = next((k for k, v in comps.items() if isinstance(v, dict)), None)
+    systems = []
+    for s in [x for x in result.get("systems") or [] if isinstance(x, dict)]:
+        metrics = s.get("metrics") if isinstance(s.get("metrics"), dict) else {}
+        ci = metrics.get("ci95") if isinstance(metrics.get("ci95"), dict) else {}
+        tuned = s.get("system") == "tuned"
+        examples = [
+            {
+                "path": str(e.get("where", "")).rpartition(":")[0] or None,
+                "line": str(e.get("where", "")).rpartition(":")[2],
+                "input": str(e.get("text", "")),
+                "reference": json.dumps(e.get("gold")),
+                "output": json.dumps(e.get("label", e.get("labels", e.get("value")))),
+            }
+            for e in (result.get("examples") or [])
+            if tuned and isinstance(e, dict)
+        ]
+        systems.append(
+            {
+                "system": str(s.get("system")),
+                "examples": examples,
+                "metrics": {k: num(v) for k, v in metrics.items() if k != "ci95" and num(v) is not None},
+                "intervals": {k: v for k, v in ci.items() if isinstance(v, list) and len(v) == 2},
+                "against": first if tuned else None,
+                "tests": {k: v for k, v in (comps.get(first) or {}).items() if isinstance(v, dict)}
+                if tuned
+                else {},
+            }
+        )
+    data = result.get("data") if isinstance(result.get("data"), str) else None
+    return {"systems": systems, "data": data, "task": result["task"]}
+
+
 def eval_view(result: dict, notes: list[str]) -> dict:
     """An eval's systems (one, or several compared with the first), with intervals and paired tests."""
+    if result.get("task") in ("classify", "multilabel", "regress"):
+        return label_eval_view(result)
     raw = result.get("systems") if isinstance(result.get("systems"), list) else [result]
     systems = []
     for s in raw:

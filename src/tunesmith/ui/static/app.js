@@ -225,8 +225,8 @@ async function evalParts(r) {
     e.systems.length ? section("metrics (mean, 95 % interval; paired test against the first system)", metricTable(e.systems)) : null,
     e.baseline ? section("against the baseline (--baseline), example by example", testsTable(e.baseline)) : null,
   ];
-  if (e.systems.some((s) => s.examples.length)) {
-    parts.push(await failuresView(r), section("examples", examplesView(e.systems)));
+  if (e.systems.some((s) => s.examples.length)) {  // a --task eval has no failure groups (text metrics)
+    parts.push(e.task ? null : await failuresView(r), section("examples", examplesView(e.systems)));
   }
   return parts;
 }
