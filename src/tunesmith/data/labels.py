@@ -76,6 +76,11 @@ def label_json(label) -> dict:
     return {"label": label}
 
 
+def class_names(label) -> list[str]:
+    """The classes a label names: its one class, its list, or none for a number."""
+    return [] if isinstance(label, float) else label if isinstance(label, list) else [label]
+
+
 def task_of(label) -> str:
     return "multilabel" if isinstance(label, list) else "regress" if isinstance(label, float) else "classify"
 
@@ -99,7 +104,7 @@ class LabelReport:
         if isinstance(label, float):
             self.targets.append((label, where))
             return
-        for name in label if isinstance(label, list) else [label]:
+        for name in class_names(label):
             self.counts[role or "train"][name] += 1
             self.first.setdefault(name, where)
 

@@ -178,9 +178,10 @@ def cli_eval(args) -> int:
     from tunesmith.eval.register import register_eval
     from tunesmith.eval.run import evaluate, write_outputs
     from tunesmith.eval.tables import print_probe, print_systems_table, print_table
+    from tunesmith.models.loading import is_task_run
     from tunesmith.registry import tracking
 
-    if args.adapter and (Path(args.adapter) / "labels.json").is_file():
+    if is_task_run(args.adapter):
         return _eval_labels(args)
     spec = spec_from_args(args)
     gate_metrics = (

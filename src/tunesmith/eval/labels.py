@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.formats import load_examples, locate_paths
+from tunesmith.data.labels import class_names
 from tunesmith.errors import UserError
 from tunesmith.eval.prompted_labels import predict_prompted, shots
 from tunesmith.files.atomic import write_json, write_text
-from tunesmith.models.heads import load_run, predict
+from tunesmith.models.heads import MEASURE, load_run, predict
 from tunesmith.models.loading import base_model_of, load
 from tunesmith.scoring.labelled import HIGHER, calibration_error, paired, per_class, with_intervals
 
@@ -62,7 +63,7 @@ def test_examples(path: str, space: dict) -> list:
     for e in examples:
         if e.kind != space["task"]:
             raise UserError(f"{e.path}:{e.line}: a {e.kind} example; this run was trained to {space['task']}")
-        for c in [] if space["task"] == "regress" else (e.label if isinstance(e.label, list) else [e.label]):
+        for c in class_names(e.label):
             if c not in known:
                 shown = ", ".join(repr(n) for n in space["classes"][:20])
                 raise UserError(
@@ -110,11 +111,7 @@ def training_examples(space: dict, run: str, train_path: str | None) -> list | N
     return [
         e
         for e in load_examples(str(path), "--train", kind="label")
-        if e.kind == space["task"]
-        and (
-            space["task"] == "regress"
-            or all(c in known for c in (e.label if isinstance(e.label, list) else [e.label]))
-        )
+        if e.kind == space["task"] and all(c in known for c in class_names(e.label))  # a number names none
     ]
 
 
@@ -224,7 +221,7 @@ def evaluate_labels(
             confusion={"classes": space["classes"], "matrix": cm},
             calibration_error=calibration_error(gold, probs),
         )
-    results["headline"] = {"classify": "accuracy", "multilabel": "micro_f1", "regress": "rmse"}[task]
+    results["headline"] = MEASURE[task]
     results["metrics"] = next(s["metrics"] for s in results["systems"] if s["system"] == "tuned")
     results["model"] = base_model_of(run, None)
     results["examples"] = [

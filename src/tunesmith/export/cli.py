@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 from tunesmith.export.gguf_quant import QUANTS  # names only
 from tunesmith.flags import add_model, add_registry
@@ -79,13 +78,13 @@ def cli_merge(args) -> int:
     from tunesmith.export.merge import adapter_config, human_bytes, merge_to_dir
     from tunesmith.export.register import register_output
     from tunesmith.files.outputs import check_out
-    from tunesmith.models.loading import base_model_of
+    from tunesmith.models.loading import base_model_of, is_task_run
 
     spec = base_model_of(args.adapter, args.model)
     out = check_out(
         args.out, "merge", overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--model": spec}
     )
-    if not (Path(args.adapter) / "labels.json").is_file():  # a --task run merges its head too (merge.py)
+    if not is_task_run(args.adapter):  # a --task run merges its head too (merge.py)
         adapter_config(args.adapter)
     t0 = time.time()
     r = merge_to_dir(spec, args.adapter, out, trust_remote_code=args.trust_remote_code)

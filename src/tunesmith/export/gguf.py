@@ -36,7 +36,7 @@ from tunesmith.export.register import register_output
 from tunesmith.files.atomic import make_temp_file
 from tunesmith.files.faults import killpoint
 from tunesmith.files.outputs import GGUF_MARK, check_out, check_replaceable
-from tunesmith.models.loading import LABELS_FILE, base_model_of, load_tokenizer
+from tunesmith.models.loading import base_model_of, is_task_run, load_tokenizer
 from tunesmith.models.resolve import resolve
 
 
@@ -321,7 +321,7 @@ def export(args: ExportSpec) -> dict:
     if args.format != "gguf":
         raise UserError(f"--format {args.format}: only gguf is supported")
     for given in (args.adapter, args.model):
-        if given and (Path(given) / LABELS_FILE).is_file():
+        if is_task_run(given):
             raise UserError(
                 f"{given}: a run trained with --task: GGUF export does not apply (llama.cpp and Ollama run "
                 "language models, not classification heads); `tunesmith merge` writes a standalone Hugging "

@@ -18,7 +18,7 @@ from tunesmith.files.atomic import make_temp_dir, replace_dir
 from tunesmith.files.outputs import MERGE_INFO, check_replaceable
 from tunesmith.models.chat import FALLBACK_TEMPLATE
 from tunesmith.models.heads import load_run
-from tunesmith.models.loading import LABELS_FILE, check_adapter_dir, load
+from tunesmith.models.loading import LABELS_FILE, check_adapter_dir, is_task_run, load
 
 PROMPT_LEARNING = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT"}
 
@@ -125,7 +125,7 @@ def merge_head_to_dir(run: str, out: Path, *, trust_remote_code: bool = False) -
 
 def merge_to_dir(spec: str, adapter: str, out: Path, *, trust_remote_code: bool = False) -> dict:
     """Write base + adapter as a standalone HF directory at `out` (replaced atomically)."""
-    if (Path(adapter) / LABELS_FILE).is_file():
+    if is_task_run(adapter):
         return merge_head_to_dir(adapter, out, trust_remote_code=trust_remote_code)
     lora = adapter_config(adapter)
     loaded = load_fp32(spec, adapter, trust_remote_code)

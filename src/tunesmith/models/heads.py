@@ -30,6 +30,11 @@ from tunesmith.models.resolve import resolve
 __all__ = ["LABELS_FILE", "load_classifier", "read_labels"]
 BATCH = 16  # texts per forward pass when predicting
 TASKS = ("classify", "multilabel", "regress")
+MEASURE = {
+    "classify": "accuracy",
+    "multilabel": "micro_f1",
+    "regress": "rmse",
+}  # a task's headline, best-step pick
 PROBLEM = {"classify": "single_label_classification", "multilabel": "multi_label_classification",
            "regress": "regression"}  # fmt: skip
 

@@ -43,11 +43,16 @@ def default_dtype():
 LABELS_FILE = "labels.json"  # a run trained with --task (models/heads.py)
 
 
+def is_task_run(path: str | Path | None) -> bool:
+    """Whether a folder is a run trained with --task (a head that labels or scores, not text)."""
+    return path is not None and (Path(path) / LABELS_FILE).is_file()
+
+
 def check_adapter_dir(adapter: str | Path) -> Path:
     path = Path(adapter)
     if not path.is_dir():
         raise UserError(f"--adapter {adapter}: no such directory")
-    if (path / LABELS_FILE).is_file():
+    if is_task_run(path):
         raise UserError(
             f"--adapter {adapter}: a run trained with --task (a head that labels or scores, not text); "
             f"use `tunesmith predict --adapter {adapter} FILE`"

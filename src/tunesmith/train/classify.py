@@ -22,19 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.formats import load_examples, locate_paths
-from tunesmith.data.labels import stratified_order
+from tunesmith.data.labels import class_names, stratified_order
 from tunesmith.errors import UserError
-from tunesmith.models.heads import LABELS_FILE, load_classifier
+from tunesmith.models.heads import LABELS_FILE, MEASURE, load_classifier
 from tunesmith.train.config import TrainConfig, held_out_count
 from tunesmith.train.precision import amp, autocast_device
 from tunesmith.train.run import State, StepOut
 from tunesmith.train.setup import peft_config
 
-GOAL = {
-    "classify": ("val_accuracy", True),
-    "multilabel": ("val_micro_f1", True),
-    "regress": ("val_rmse", False),
-}
+GOAL = {task: (f"val_{m}", task != "regress") for task, m in MEASURE.items()}  # rmse: lower is better
 WANT = {
     "classify": '{"text", "label"}',
     "multilabel": '{"text", "labels": [...]}',
@@ -97,18 +93,18 @@ def label_space(task: str, train: list, val: list, path) -> dict:
                 f"--data {path}: every target is {ys[0]:g}; a model learns nothing from a constant"
             )
         return {"task": task, "mean": mean, "std": std}
-    names = sorted({c for e in train for c in (e.label if task == "multilabel" else [e.label])})
+    names = sorted({c for e in train for c in class_names(e.label)})
     if len(names) < 2 and task == "classify":
         raise UserError(f"--data {path}: one class only ({names[0]!r}); a classifier needs two at least")
     if not names:
         raise UserError(f"--data {path}: no example has a class")
     known = set(names)
     for e in val:
-        for c in e.label if task == "multilabel" else [e.label]:
+        for c in class_names(e.label):
             if c not in known:
                 shown = ", ".join(repr(n) for n in names[:20]) + (" ..." if len(names) > 20 else "")
                 raise UserError(f"{e.path}:{e.line}: label {c!r} is not among the training classes ({shown})")
-    has = [c for e in train for c in (e.label if task == "multilabel" else [e.label])]
+    has = [c for e in train for c in class_names(e.label)]
     # counts and examples: what eval's majority baseline predicts (labels.json)
     return {"task": task, "classes": names, "counts": [has.count(c) for c in names], "examples": len(train)}
 

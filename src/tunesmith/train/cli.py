@@ -146,7 +146,9 @@ def _summary(r: Result) -> str:
 
 
 def _classify_summary(r) -> str:
-    key = {"classify": "val_accuracy", "multilabel": "val_micro_f1", "regress": "val_rmse"}[r.task]
+    from tunesmith.train.classify import GOAL
+
+    key = GOAL[r.task][0]
     name = key[4:].replace("_", " ")
     moved = f", {name} {r.val_start[key]:.4g} -> {r.val[-1][key]:.4g}" if r.val and key in r.val_start else ""
     best = f"; weights from step {r.best['step']} (best {name} {r.best[key]:.4g})" if r.best else ""
