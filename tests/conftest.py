@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -494,3 +496,66 @@ def llama_server(gguf: Path, alias: str):
     finally:
         server.terminate()
         server.wait(30)
+
+
+SERVE_KEY = "sk-test-0123456789"
+
+
+class Server:
+    """`tunesmith serve ARGS` as a real process on a free port of 127.0.0.1, waited for until it answers."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None):
+        self.port = free_port()
+        self.log = log
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tunesmith.cli", "serve", "--port", str(self.port), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {log.read_text()}")
+            try:
+                self.health()
+                return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise AssertionError(f"server did not start: {log.read_text()}")
+
+    def health(self) -> dict:
+        ask = urllib.request.Request(self.url + "/health", headers={"Authorization": f"Bearer {SERVE_KEY}"})
+        with urllib.request.urlopen(ask, timeout=5) as r:
+            return json.loads(r.read())
+
+    def client(self, key: str = SERVE_KEY):
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+    def post(self, path: str, body: bytes, key: str = SERVE_KEY) -> tuple[int, dict]:
+        req = urllib.request.Request(
+            self.url + path,
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def access_log(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from conftest import cli, train_then_sigkill, write_jsonl
+from conftest import SERVE_KEY, Server, cli, train_then_sigkill, write_jsonl
 
 WORDS = "budget design remote battery case prototype marketing research team meeting".split()
 
@@ -40,7 +40,10 @@ def metrics(run) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_separable_task_is_learned_and_predict_labels_with_probabilities(tiny_model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def separable(tiny_model_dir, tmp_path_factory):
+    """(the train command's result, its folder) for the separable toy task, trained once."""
+    tmp_path = tmp_path_factory.mktemp("separable")
     data = write_jsonl(tmp_path / "cls.jsonl", toy_classes(120))
     m = str(tiny_model_dir("llama"))
     r = cli(
@@ -60,18 +63,23 @@ def test_a_separable_task_is_learned_and_predict_labels_with_probabilities(tiny_
         "--registry",
         "off",
     )
+    return r, tmp_path
+
+
+def test_a_separable_task_is_learned_and_predict_labels_with_probabilities(separable, tmp_path):
+    r, trained = separable
     assert r.returncode == 0, r.stderr
     assert "no validation file: holding out 12 of 120 examples (seed 42) to measure on" in r.stderr
-    vals = [x for x in metrics(tmp_path / "run") if "val_accuracy" in x]
+    vals = [x for x in metrics(trained / "run") if "val_accuracy" in x]
     assert vals[-1]["val_accuracy"] >= 95.0
-    assert json.loads((tmp_path / "run" / "labels.json").read_text()) == {
+    assert json.loads((trained / "run" / "labels.json").read_text()) == {
         "task": "classify",
         "classes": ["no", "yes"],
         "counts": [54, 54],  # the held-out 12 taken by class: 6 and 6 of 60 each
         "examples": 108,
     }
     test = write_jsonl(tmp_path / "new.jsonl", [{"text": r["text"]} for r in toy_classes(40, seed=7)])
-    r = cli("predict", "--adapter", str(tmp_path / "run"), str(test), "--out", str(tmp_path / "p.jsonl"))
+    r = cli("predict", "--adapter", str(trained / "run"), str(test), "--out", str(tmp_path / "p.jsonl"))
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     want = [t["label"] for t in toy_classes(40, seed=7)]
@@ -80,10 +88,86 @@ def test_a_separable_task_is_learned_and_predict_labels_with_probabilities(tiny_
         assert set(p["probabilities"]) == {"no", "yes"} and abs(sum(p["probabilities"].values()) - 1) < 1e-3
         assert p["label"] == max(p["probabilities"], key=p["probabilities"].get)
     gold = write_jsonl(tmp_path / "gold.jsonl", toy_classes(40, seed=7))
-    r = cli("predict", "--adapter", str(tmp_path / "run"), str(gold))
+    r = cli("predict", "--adapter", str(trained / "run"), str(gold))
     assert r.stderr.strip().endswith("agree with the 40 given labels") and '"gold": "yes"' in r.stdout
-    r = cli("generate", "--adapter", str(tmp_path / "run"), "hello")
+    r = cli("generate", "--adapter", str(trained / "run"), "hello")
     assert r.returncode == 2 and "a run trained with --task" in r.stderr and "tunesmith predict" in r.stderr
+
+
+def test_serve_answers_a_classifier_run_on_its_own_route(separable, tmp_path):
+    """`serve --adapter tags=RUN`: /v1/classify answers as `predict` does, with the same key; chat
+    requests for it are pointed there; the server loads no text model when it has only --task runs."""
+    pytest.importorskip("fastapi", reason="serve needs the 'serve' extra")
+    pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (the 'test' extra)")
+    from fastapi.testclient import TestClient
+
+    from conftest import LOCAL
+    from tunesmith.serve.app import Settings, create_app
+    from tunesmith.serve.labels import load_classifiers
+    from tunesmith.serve.server import parse_adapters, split_runs
+
+    _, trained = separable
+    adapters, tasks = split_runs(parse_adapters([f"tags={trained / 'run'}"]))
+    assert adapters == {} and list(tasks) == ["tags"]
+    app = create_app(
+        None,
+        None,
+        Settings(keys=["sk-1"], max_prompt_tokens=40),
+        load_classifiers(tasks, trust_remote_code=False),
+    )
+    c = TestClient(app, base_url=LOCAL)
+    key = {"Authorization": "Bearer sk-1"}
+    texts = [t["text"] for t in toy_classes(6, seed=7)]
+    assert c.post("/v1/classify", json={"model": "tags", "input": texts}).status_code == 401
+    r = c.post("/v1/classify", json={"model": "tags", "input": texts}, headers=key)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["task"] == "classify" and body["usage"]["prompt_tokens"] > 0
+    p = cli(
+        "predict",
+        "--adapter",
+        str(trained / "run"),
+        str(write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts])),
+    )
+    want = [json.loads(x) for x in p.stdout.splitlines()]
+    assert [d["index"] for d in body["data"]] == list(range(6))
+    assert (
+        [d["label"] for d in body["data"]]
+        == [w["label"] for w in want]
+        == [t["label"] for t in toy_classes(6, seed=7)]
+    )
+    for d, w in zip(body["data"], want):
+        assert all(abs(d["probabilities"][k] - w["probabilities"][k]) < 1e-3 for k in w["probabilities"])
+    one = c.post("/v1/classify", json={"model": "tags", "input": texts[0]}, headers=key).json()
+    assert one["data"][0]["label"] == want[0]["label"]
+    cases = [
+        ("tags", ["word " * 60], 400, "input[0] is"),
+        ("tags", ["ok", "  "], 400, "input[1] is empty; give the text to label"),
+        ("tags", [], 400, "'input'"),
+        ("notes", ["x"], 404, "model 'notes' does not exist; this server has: tags"),
+    ]
+    for model, given, status, says in cases:
+        r = c.post("/v1/classify", json={"model": model, "input": given}, headers=key)
+        assert r.status_code == status and says in r.json()["error"]["message"], (given, r.text)
+    r = c.post(
+        "/v1/chat/completions",
+        json={"model": "tags", "messages": [{"role": "user", "content": "hi"}]},
+        headers=key,
+    )
+    assert r.status_code == 400 and "POST /v1/classify" in r.json()["error"]["message"]
+    assert c.get("/v1/models", headers=key).json()["data"][0]["id"] == "tags"
+    srv = Server(
+        ["--adapter", f"tags={trained / 'run'}"],
+        tmp_path / "serve.log",
+        env={"TUNESMITH_API_KEYS": SERVE_KEY},
+    )  # the command's own wiring
+    try:
+        status, got = srv.post("/v1/classify", json.dumps({"model": "tags", "input": texts}).encode())
+        assert status == 200 and [d["label"] for d in got["data"]] == [w["label"] for w in want]
+        assert srv.health()["models"] == ["tags"]
+    finally:
+        srv.stop()
+    assert "serving tags on http://127.0.0.1" in (tmp_path / "serve.log").read_text()
 
 
 def test_squared_error_falls_on_a_linear_target_and_values_come_back_in_its_units(tiny_model_dir, tmp_path):

@@ -113,6 +113,19 @@ class FeedbackRequest(_Body):
         return self
 
 
+MAX_INPUTS = 256  # texts in one /v1/classify request: a few forward passes, not an unbounded queue
+
+
+class ClassifyRequest(_Body):
+    """POST /v1/classify: texts for a run trained with --task (a label, labels or a value for each)."""
+
+    model: StrictStr
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
 def too_deep(body: bytes, limit: int = MAX_DEPTH) -> bool:
     """Is the JSON nested deeper than `limit`? Counted on the brackets outside strings, before parsing."""
     depth = 0
@@ -123,7 +136,15 @@ def too_deep(body: bytes, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-SERVE_MODELS = (TextPart, Message, StreamOptions, ChatRequest, CompletionRequest, FeedbackRequest)
+SERVE_MODELS = (
+    TextPart,
+    Message,
+    StreamOptions,
+    ChatRequest,
+    CompletionRequest,
+    FeedbackRequest,
+    ClassifyRequest,
+)
 
 
 def _fields(models) -> set[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import sys
 import threading
 import time
 import uuid
@@ -21,8 +20,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tunesmith.models.chat import prompt_ids
-from tunesmith.serve.api_schema import BadBody, ChatRequest, CompletionRequest, FeedbackRequest, read_json
+from tunesmith.serve.accesslog import AccessLog, note, write_line
+from tunesmith.serve.api_schema import (
+    BadBody,
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    FeedbackRequest,
+    read_json,
+)
 from tunesmith.serve.engine import APIError, Engine, Job
+from tunesmith.serve.labels import Classifier, answers, refuse_generation
 from tunesmith.web.guard import Guard, HostRule, loopback_rule
 
 MIN_TEMPERATURE = 1e-4  # a smaller one (1e-300 was sent) makes logits / T overflow; it is greedy in effect
@@ -43,18 +51,21 @@ class Settings:
 
 @dataclass
 class Served:
-    """What every route needs: the engine, the model names it answers to, the settings."""
+    """What every route needs: the engine (None when only --task runs are served), the model names it
+    answers to, the settings, and the --task runs (serve/labels.py)."""
 
-    engine: Engine
-    base_name: str
+    engine: Engine | None
+    base_name: str | None
     settings: Settings
+    classifiers: dict[str, Classifier] = field(default_factory=dict)
     # the Rust tokenizer is not for concurrent calls
     tok_lock: threading.Lock = field(default_factory=threading.Lock)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def models(self) -> list[str]:
-        return [self.base_name] + self.engine.adapters
+        text = [self.base_name] + self.engine.adapters if self.engine is not None else []
+        return text + list(self.classifiers)
 
 
 # ---------------------------------------------------------------- the steps of a request
@@ -83,8 +94,10 @@ def parse_body(body: bytes, schema):
         raise APIError(e.status, e.message, code=e.code, param=e.param or None) from None
 
 
-def pick_model(req, models: list[str], base_name: str) -> str | None:
+def pick_model(req, models: list[str], base_name: str, classifiers=()) -> str | None:
     """The adapter a request names (None for the base model): only by name, never a path."""
+    if req.model in classifiers:
+        raise refuse_generation(req.model)
     if req.model not in models:
         raise APIError(
             404,
@@ -128,11 +141,6 @@ def make_job(req, ids: list[int], adapter: str | None, settings: Settings, loop)
         deadline=time.monotonic() + settings.timeout,
         loop=loop,
     )
-
-
-def note(request: Request, **fields) -> None:
-    """Add fields to this request's access-log line."""
-    request.state.log = {**getattr(request.state, "log", {}), **fields}
 
 
 def usage(job: Job) -> dict:
@@ -271,7 +279,7 @@ async def stream_events(
             job.cancelled.set()
             note(request, cancelled=True)
         note(request, completion_tokens=job.completion_tokens, finish_reason=finish)
-        _log(request.scope, settings, None)
+        write_line(request.scope, settings, None)
 
 
 async def respond(request: Request, served: Served, job: Job, shape: str, req):
@@ -322,7 +330,7 @@ async def read_body(request: Request, settings: Settings) -> bytes:
 
 async def chat_completions(request: Request, served: Served):
     req = parse_body(await read_body(request, served.settings), ChatRequest)
-    adapter = pick_model(req, served.models, served.base_name)
+    adapter = pick_model(req, served.models, served.base_name, served.classifiers)
     convo = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
     ]
@@ -341,7 +349,7 @@ async def chat_completions(request: Request, served: Served):
 
 async def completions(request: Request, served: Served):
     req = parse_body(await read_body(request, served.settings), CompletionRequest)
-    adapter = pick_model(req, served.models, served.base_name)
+    adapter = pick_model(req, served.models, served.base_name, served.classifiers)
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
     if not prompt:
         raise APIError(400, "'prompt' must be a non-empty string (one prompt per request)", param="prompt")
@@ -368,6 +376,36 @@ async def feedback(request: Request, served: Served) -> dict:
     return {"id": req.id, "object": "feedback", "recorded": True}
 
 
+async def classify(request: Request, served: Served) -> dict:
+    """POST /v1/classify: a label with every class's probability, labels, or a value, for each input."""
+    req = parse_body(await read_body(request, served.settings), ClassifyRequest)
+    c = served.classifiers.get(req.model)
+    if c is None:
+        if req.model in served.models:
+            raise APIError(
+                400,
+                f"model {req.model!r} writes text; /v1/classify takes a run trained with --task "
+                f"({', '.join(served.classifiers) or 'none on this server'})",
+                param="model",
+            )
+        pick_model(req, served.models, served.base_name)  # the 404 naming what there is
+    texts = req.texts()
+    empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
+    if empty is not None:
+        raise APIError(400, f"input[{empty}] is empty; give the text to label", param="input")
+    if served.settings.log_prompts:
+        note(request, input=texts)
+    try:
+        data, tokens = await asyncio.to_thread(answers, c, texts, served.settings.max_prompt_tokens)
+    except APIError:
+        raise
+    except Exception as e:  # a bug or out of memory: this request fails, the server goes on
+        raise APIError(500, f"classification failed: {e}", "server_error") from None
+    note(request, model=req.model, inputs=len(texts), prompt_tokens=tokens)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {"object": "list", "model": req.model, "task": c.task, "data": data, "usage": usage}
+
+
 def list_models(request: Request, served: Served) -> dict:
     check_key(served.settings, request.headers.get("authorization", ""))
     return {
@@ -390,14 +428,14 @@ def health(served: Served, authorization: str) -> dict:
     return {
         "status": "ok",
         "models": served.models,
-        "waiting": len(e.waiting),
-        "generating": e.busy,
-        "batches": e.batches,
+        "waiting": len(e.waiting) if e else 0,
+        "generating": e.busy if e else 0,
+        "batches": e.batches if e else 0,
     }
 
 
-def create_app(engine: Engine, base_name: str, settings: Settings):
-    served = Served(engine, base_name, settings)
+def create_app(engine: Engine | None, base_name: str | None, settings: Settings, classifiers=None):
+    served = Served(engine, base_name, settings, classifiers or {})
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(APIError)
@@ -433,6 +471,10 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
     async def _completions(request: Request):
         return await completions(request, served)
 
+    @app.post("/v1/classify")
+    async def _classify(request: Request):
+        return await classify(request, served)
+
     @app.post("/v1/feedback")
     async def _feedback(request: Request):
         return await feedback(request, served)
@@ -441,47 +483,3 @@ def create_app(engine: Engine, base_name: str, settings: Settings):
         return APIError(status, sentence, code=code).body()
 
     return AccessLog(Guard(app, settings.hosts, refused), settings)
-
-
-# ---------------------------------------------------------------- the access log
-
-
-def _log(scope, settings: Settings, status: int | None) -> None:
-    state = scope.setdefault("state", {})
-    if status is not None:
-        state["status"] = status
-    line = {
-        "ts": round(time.time(), 3),
-        "method": scope.get("method"),
-        "path": scope.get("path"),
-        "status": state.get("status"),
-        "ms": round(1000 * (time.perf_counter() - state.get("t0", time.perf_counter())), 1),
-        "client": (scope.get("client") or ["-"])[0],
-        **state.get("log", {}),
-    }
-    print(json.dumps(line, ensure_ascii=False), file=settings.log or sys.stderr, flush=True)
-
-
-class AccessLog:
-    """ASGI wrapper: one JSON line per request (no prompt text unless --log-prompts). Streamed
-    responses are logged when the stream ends, with their token counts."""
-
-    def __init__(self, app, settings: Settings):
-        self.app, self.settings = app, settings
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        state = scope.setdefault("state", {})
-        state["t0"] = time.perf_counter()
-
-        async def send_and_note(message):
-            if message["type"] == "http.response.start":
-                state["status"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            if not state.get("log_later"):
-                _log(scope, self.settings, None)

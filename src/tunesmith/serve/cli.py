@@ -24,7 +24,8 @@ def add_parsers(sub) -> None:
         action="append",
         default=[],
         metavar="NAME=RUN_DIR",
-        help="serve this adapter as model NAME (repeatable); requests choose it by their `model` field",
+        help="serve this adapter as model NAME (repeatable); requests choose it by their `model` field; "
+        "a run trained with --task answers on POST /v1/classify",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -73,7 +74,8 @@ def add_parsers(sub) -> None:
 def cli_serve(args) -> int:
     from tunesmith.registry.captures import Captures
     from tunesmith.registry.runfolder import run_id_of
-    from tunesmith.serve.server import load_engine, parse_adapters, read_keys
+    from tunesmith.serve.labels import load_classifiers
+    from tunesmith.serve.server import load_engine, parse_adapters, read_keys, split_runs
     from tunesmith.web.guard import host_rule
 
     if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "pydantic")):
@@ -92,15 +94,22 @@ def cli_serve(args) -> int:
             f"no API keys: set {args.api_key_env}=key1,key2 or pass --api-key-file FILE "
             f"(or --no-auth to accept anyone who can reach {args.host}:{args.port})"
         )
-    adapters = parse_adapters(args.adapter)
-    engine, base_name = load_engine(
-        args.model,
-        adapters,
-        trust_remote_code=args.trust_remote_code,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
-    )
+    adapters, tasks = split_runs(parse_adapters(args.adapter))
+    engine, base_name = None, None
+    if adapters or args.model or not tasks:
+        engine, base_name = load_engine(
+            args.model,
+            adapters,
+            trust_remote_code=args.trust_remote_code,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+        )
+    classifiers = load_classifiers(tasks, trust_remote_code=args.trust_remote_code)
+    if base_name in classifiers:
+        raise UserError(f"--adapter {base_name}=...: that name is the base model's; pick another")
     capture = None
+    if args.capture and engine is None:
+        raise UserError("--capture keeps chat answers; this server has only --task runs (/v1/classify)")
     if args.capture:
         if is_off(args.registry):
             raise UserError("--capture keeps answers in the registry: leave out --registry off")
@@ -121,8 +130,8 @@ def cli_serve(args) -> int:
         capture=capture,
         hosts=host_rule(args.host, args.allow_host),
     )
-    app = create_app(engine, base_name, settings)
-    models = ", ".join([base_name] + engine.adapters)
+    app = create_app(engine, base_name, settings, classifiers)
+    models = ", ".join(([base_name] + engine.adapters if engine else []) + list(classifiers))
     print(
         f"serving {models} on http://{args.host}:{args.port}/v1 "
         f"({'no auth' if args.no_auth else f'{len(keys)} API key(s)'})"
@@ -134,5 +143,6 @@ def cli_serve(args) -> int:
     try:
         uvicorn.Server(config).run()
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
     return 0

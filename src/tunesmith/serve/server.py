@@ -3,7 +3,8 @@
 This module starts it: it reads the keys, loads the base model with every adapter under its name
 (serve/engine.py batches their requests) and runs the app (serve/app.py) under uvicorn. Adapters are
 loaded once, at start, from the directories named on the command line; a request chooses one only
-by its name, never by a path.
+by its name, never by a path. A run trained with --task is served beside them on /v1/classify
+(serve/labels.py); with only such runs and no --model, no text model is loaded at all.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.models.loading import base_model_of, check_adapter_dir, load
+from tunesmith.models.loading import base_model_of, check_adapter_dir, is_task_run, load
 from tunesmith.serve.engine import Engine
 
 
@@ -39,8 +40,14 @@ def parse_adapters(specs: list[str]) -> dict[str, Path]:
             raise UserError(f"--adapter {spec}: expected NAME=RUN_DIR, e.g. --adapter notes=runs/notes")
         if name in out:
             raise UserError(f"--adapter {spec}: the name {name!r} is given twice")
-        out[name] = check_adapter_dir(path).resolve()
+        out[name] = (Path(path) if is_task_run(path) else check_adapter_dir(path)).resolve()
     return out
+
+
+def split_runs(adapters: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """(adapters that write text, runs trained with --task that label or score it: serve/labels.py)."""
+    tasks = {n: p for n, p in adapters.items() if is_task_run(p)}
+    return {n: p for n, p in adapters.items() if n not in tasks}, tasks
 
 
 def load_engine(
