@@ -170,6 +170,52 @@ def test_serve_answers_a_classifier_run_on_its_own_route(separable, tmp_path):
     assert "serving tags on http://127.0.0.1" in (tmp_path / "serve.log").read_text()
 
 
+def test_gate_and_runs_compare_pair_two_classifier_evals_example_by_example(
+    separable, tiny_model_dir, tmp_path
+):
+    """A barely trained classifier is gated against the trained one on the same test file: the gate
+    fails on accuracy and macro-F1 (exit 3); the trained one against itself passes; another test file
+    is refused by name; `runs compare` shows both evals' measures with the paired test."""
+    _, trained = separable
+    reg = str(tmp_path / "reg.db")
+    test = write_jsonl(tmp_path / "test.jsonl", toy_classes(60, seed=9))
+    m = str(tiny_model_dir("llama"))
+    bad = ["--out", str(tmp_path / "bad"), "--max-steps", "1", "--lr", "1e-6", "--registry", reg]
+    r = cli("train", "--task", "classify", "--model", m, "--data", str(trained / "cls.jsonl"), *bad)
+    assert r.returncode == 0, r.stderr
+    r = cli("eval", "--adapter", str(trained / "run"), "--data", str(test), "--out", str(tmp_path / "e1"),
+            "--registry", reg, "--systems", "majority,tuned")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    gate = ["--gate", str(tmp_path / "e1" / "results.json")]
+    r = cli("eval", "--adapter", str(tmp_path / "bad"), "--data", str(test), "--registry", reg, *gate)
+    assert r.returncode == 3, r.stderr
+    assert "gate failed: significantly worse than" in r.stdout, r.stdout
+    assert "on the same 60 examples on accuracy, macro_f1" in r.stdout
+    r = cli(
+        "eval", "--adapter", str(trained / "run"), "--data", str(test), "--registry", "off", *gate, "--json"
+    )
+    verdict = json.loads(r.stdout)["gate"]
+    assert r.returncode == 0 and verdict["passed"] and verdict["metrics"]["accuracy"]["change"] == 0
+    other = write_jsonl(tmp_path / "other.jsonl", toy_classes(60, seed=10))
+    r = cli("eval", "--adapter", str(trained / "run"), "--data", str(other), "--registry", "off", *gate)
+    assert (
+        r.returncode == 2 and "not the same frozen test set" in r.stderr and "example 1 differs" in r.stderr
+    )
+    evals = [x for x in json.loads(cli("runs", "--registry", reg, "--json").stdout) if x["kind"] == "eval"]
+    assert len(evals) == 2
+    r = cli("runs", "--registry", reg, "compare", evals[1]["id"], evals[0]["id"])
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("  ")}
+    assert "accuracy" in rows and "macro_f1" in rows and " p " in rows["accuracy"], r.stdout
+    r = cli("pick", str(tmp_path / "bad"), str(trained / "run"), "--data", str(test), "--json")
+    assert r.returncode == 0, r.stderr
+    ranked = json.loads(r.stdout)
+    assert ranked["metric"] == "accuracy" and [x["name"] for x in ranked["ranking"]] == ["run", "bad"]
+    assert ranked["ranking"][1]["against_best"]["significant"] and ranked["ranking"][0]["ms_per_answer"] > 0
+    r = cli("pick", str(trained / "run"), m, "--data", str(test))
+    assert r.returncode == 2 and "runs trained with --task label or score texts" in r.stderr
+
+
 def test_squared_error_falls_on_a_linear_target_and_values_come_back_in_its_units(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "reg.jsonl", toy_targets(120))
     r = cli(
@@ -268,7 +314,14 @@ def test_what_is_refused_before_anything_loads(tiny_model_dir, tmp_path):
         tmp_path / "d" / "val.jsonl", [{"text": "x", "label": "yes"}, {"text": "y", "label": "maybe"}]
     )
     r = train(tmp_path / "d", "--task", "classify")
-    assert r.stderr == f"error: {val}:2: label 'maybe' is not among the training classes ('no', 'yes')\n"
+    assert r.stderr == (
+        f"error: {val}:2: label 'maybe' was never seen in training (the classes are 'no', 'yes'); "
+        "--other CLASS reads such labels as one of them\n"
+    )
+    r = train(tmp_path / "d", "--task", "classify", "--other", "maybe")
+    assert r.stderr == "error: --other 'maybe': not among the training classes ('no', 'yes')\n"
+    r = train(tr, "--task", "regress", "--other", "no")
+    assert r.stderr == "error: --other is for --task classify or multilabel\n"
     r = train(tr, "--task", "regress")
     assert r.stderr == f'error: {tr}:1: a classify example; --task regress trains on {{"text", "target"}}\n'
     chats = write_jsonl(
@@ -285,6 +338,8 @@ def test_what_is_refused_before_anything_loads(tiny_model_dir, tmp_path):
     r = train(tr, "--task", "classify", "--huber", "1")
     assert r.stderr == "error: --huber is a positive delta, for --task regress\n"
     assert not (tmp_path / "x").exists()
+    r = train(tmp_path / "d", "--task", "classify", "--other", "no", "--max-steps", "1")
+    assert r.returncode == 0, r.stderr  # the validation file's 'maybe' read as 'no'
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -318,6 +373,15 @@ def test_a_killed_classifier_resumes_to_the_same_weights(tiny_model_dir, tmp_pat
     b = [x for x in metrics(run) if "loss" in x]
     assert [round(x["loss"], 5) for x in a] == [round(x["loss"], 5) for x in b]
     assert json.loads((run / "labels.json").read_text()) == json.loads((whole / "labels.json").read_text())
+
+
+def test_thousands_of_classes_are_costed_before_training():
+    from tunesmith.train.classify import many_classes
+
+    space = {"classes": [f"c{i}" for i in range(1200)], "counts": [2] * 700 + [40] * 500}
+    said = many_classes(space, 576)
+    assert said.startswith("1200 classes: the head is 1200 x 576 = 0.7 M weights trained in full (8 MiB")
+    assert "the median class has 2 training examples, and 700 have fewer than 5" in said
 
 
 def test_measures_match_a_hand_count():
@@ -408,11 +472,16 @@ def test_eval_of_a_classifier_against_its_baselines(tiny_model_dir, tmp_path):
         tmp_path / "unseen.jsonl", [{"text": "a", "label": "no"}, {"text": "b", "label": "maybe"}]
     )
     r = cli("eval", "--adapter", str(tmp_path / "run"), "--data", str(unseen))
-    assert (
-        r.returncode == 2
-        and r.stderr
-        == f"error: {unseen}:2: label 'maybe' was never seen in training (the run knows 'no', 'yes')\n"
+    assert r.returncode == 2 and r.stderr == (
+        f"error: {unseen}:2: label 'maybe' was never seen in training (the classes are 'no', 'yes'); "
+        "--other CLASS reads such labels as one of them\n"
     )
+    r = cli("eval", "--adapter", str(tmp_path / "run"), "--data", str(unseen), "--other", "no", "--json")
+    mapped = json.loads(r.stdout)
+    assert [e["gold"] for e in mapped["examples"]] == ["no", "no"]
+    assert mapped["notes"] == ["1 test examples had labels the training never saw, read as 'no' (--other)"]
+    r = cli("eval", "--adapter", str(tmp_path / "run"), "--data", str(unseen), "--other", "other")
+    assert r.stderr == "error: --other 'other': not among the training classes ('no', 'yes')\n"
     r = cli(
         "eval",
         "--adapter",
@@ -431,10 +500,14 @@ def test_eval_of_a_classifier_against_its_baselines(tiny_model_dir, tmp_path):
     )
 
 
-def tiny_bert(folder):
-    """A BERT of 2 layers with random weights and a WordPiece vocabulary learned here: an encoder."""
+ENCODERS = ["bert", "roberta", "deberta-v2", "modernbert"]
+
+
+def tiny_encoder(folder, family: str = "bert"):
+    """An encoder of `family` with 2 layers of random weights and a WordPiece vocabulary learned here."""
+    import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -455,21 +528,24 @@ def tiny_bert(folder):
         sep_token="[SEP]",
         mask_token="[MASK]",
     )
-    cfg = BertConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertForSequenceClassification(cfg).save_pretrained(folder)
+    sizes = dict(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64, pad_token_id=fast.pad_token_id)  # fmt: skip
+    if family == "modernbert":  # its own names for the sizes, and alternating global and local attention
+        ids = dict(cls_token_id=fast.cls_token_id, sep_token_id=fast.sep_token_id,
+                   bos_token_id=fast.cls_token_id, eos_token_id=fast.sep_token_id)  # fmt: skip
+        cfg = AutoConfig.for_model(family, **sizes, **ids, max_position_embeddings=128,
+                                   global_attn_every_n_layers=2, local_attention=16)  # fmt: skip
+    else:  # roberta's positions start after the padding id, so it needs two more
+        cfg = AutoConfig.for_model(family, **sizes, max_position_embeddings=130)
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
 
 
-def test_an_encoder_learns_the_task_too(tmp_path):
-    model = tiny_bert(tmp_path / "tiny-bert")
+@pytest.mark.parametrize("family", ENCODERS)
+def test_an_encoder_learns_the_task_too(tmp_path, family):
+    model = tiny_encoder(tmp_path / f"tiny-{family}", family)
     data = write_jsonl(tmp_path / "cls.jsonl", toy_classes(120))
     r = cli(
         "train",
@@ -499,6 +575,18 @@ def test_an_encoder_learns_the_task_too(tmp_path):
         str(write_jsonl(tmp_path / "t.jsonl", toy_classes(20, seed=3))),
     )
     assert r.returncode == 0 and r.stderr.strip().endswith("agree with the 20 given labels")
+    test = str(write_jsonl(tmp_path / "test.jsonl", toy_classes(20, seed=4)))
+    r = cli(
+        "eval", "--adapter", str(tmp_path / "run"), "--data", test, "--systems", "few-shot:2,tuned", "--json"
+    )
+    res = json.loads(r.stdout)
+    assert [x["system"] for x in res["systems"]] == ["tuned"]
+    assert (
+        res["notes"][0].startswith("few-shot:2 baseline skipped:") and "no chat template" in res["notes"][0]
+    )
+    r = cli("plan", "--task", "classify", "--model", str(model), "--data", str(data), "--json")
+    plan = json.loads(r.stdout)
+    assert r.returncode == 0 and plan["fits"] and plan["examples"] == 108 and plan["trainable"] > 0, r.stdout
 
 
 def test_the_prompting_baseline_picks_the_likeliest_label_name():
@@ -520,10 +608,13 @@ def test_the_prompting_baseline_picks_the_likeliest_label_name():
             self.anchor = torch.nn.Parameter(torch.zeros(1))  # a parameter, for the device
             self.favoured = favoured
 
-        def forward(self, input_ids, attention_mask=None):
+        def forward(
+            self, input_ids, attention_mask=None, logits_to_keep=0, past_key_values=None, use_cache=None
+        ):
             logits = torch.zeros(*input_ids.shape, len(tok))
             logits[..., self.favoured] = 5.0
-            return SimpleNamespace(logits=logits)
+            cache = SimpleNamespace(batch_repeat_interleave=lambda n: None)
+            return SimpleNamespace(logits=logits[:, -logits_to_keep:], past_key_values=cache)
 
     texts = ["the budget is good", "the team is bad", "a meeting"]
     for name in ("yes", "no"):
@@ -537,6 +628,34 @@ def test_the_prompting_baseline_picks_the_likeliest_label_name():
     ]
     turns = shots(train, ["a", "b"], 3)
     assert [t["content"] for t in turns] == ["t0", "a", "t3", "b", "t1", "a"]  # round-robin over the classes
+
+
+def test_the_prompting_baseline_reads_the_prompt_once_and_scores_as_one_pass_over_each_name(tiny_model_dir):
+    """label_scores shares the prompt's cache among the names; it must give what one full pass over the
+    prompt and each name gives, for names of one and of several tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.eval.prompted_labels import conversation, label_scores
+    from tunesmith.models.chat import prompt_ids
+
+    d = tiny_model_dir("llama")
+    model, tok = AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
+    classes = ["yes", "no", "negative review", "not applicable at all"]
+    conv = conversation(
+        "the budget is good",
+        classes,
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "no"}],
+    )
+    want = []
+    for c in classes:
+        ids = prompt_ids(tok, conv)
+        name = tok(c, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids + name])).logits[0].float(), -1)
+        want.append(sum(float(logp[len(ids) - 1 + i, t]) for i, t in enumerate(name)))
+    assert len({len(tok(c, add_special_tokens=False)["input_ids"]) for c in classes}) > 1
+    assert label_scores(model, tok, conv, classes) == pytest.approx(want, abs=1e-4)
 
 
 def test_merge_folds_the_adapter_and_head_into_one_model_and_gguf_says_it_does_not_apply(

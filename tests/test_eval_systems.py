@@ -199,3 +199,38 @@ def test_llm_judge_grades_every_answer(setup, tmp_path):
         r.returncode == 2
         and r.stderr == "error: --judge: needs --rubric FILE (what a good answer does, in words)\n"
     )
+
+
+def test_pick_ranks_candidates_on_one_test_set_with_tests_against_the_best_and_cost(setup, tmp_path):
+    """Two candidates (the base model, and a run with a random adapter): each is evaluated in a process
+    of its own; the ranking is by ROUGE-L, the second tested against the first on the same examples,
+    each with its time per answer and peak memory; a run that does not exist is one line."""
+    model, d, adapter = setup
+    (adapter / "tunesmith-run.json").write_text(json.dumps({"model": str(model)}))
+    test = str(d / "test.jsonl")
+    r = cli("pick", str(model), str(adapter), "--data", test, "--max-new-tokens", "6", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["metric"] == "rougeL" and out["n"] == 4 and not out["lower_is_better"]
+    first, second = out["ranking"]
+    assert {first["kind"], second["kind"]} == {"model", "adapter"}
+    assert first["value"] >= second["value"] and first["against_best"] is None
+    assert second["against_best"]["change"] == pytest.approx(first["value"] - second["value"], abs=0.02)
+    for row in out["ranking"]:
+        assert row["ms_per_answer"] > 0 and 100 < row["peak_mib"] < 4096 and len(row["ci95"]) == 2
+    alone = json.loads(cli("eval", "--model", str(model), "--data", test, "--max-new-tokens", "6", "--json",
+                           "--registry", "off").stdout)  # fmt: skip
+    base = next(x for x in out["ranking"] if x["kind"] == "model")
+    assert base["value"] == alone["metrics"]["rougeL"]  # the same eval as `tunesmith eval`
+    from tunesmith.eval.pick import lines
+
+    table = lines(out)
+    assert table[1].split()[:2] == ["candidate", "rougeL"] and table[-2].startswith(f"best: {first['name']}")
+    r = cli("pick", str(model), str(tmp_path / "nope"), "--data", test)
+    assert r.returncode == 2 and r.stderr.startswith(
+        f"error: pick: {tmp_path / 'nope'}: no such model, run or alias"
+    )
+    (tmp_path / "empty").mkdir()
+    r = cli("pick", str(model), str(tmp_path / "empty"), "--data", test)
+    assert r.returncode == 2 and "error: pick: the eval of empty failed: " in r.stderr
+    assert cli("pick", str(model), "--data", test).stderr.startswith("error: pick: give two or more")

@@ -20,6 +20,9 @@ import math
 import random
 import statistics
 from collections import Counter, defaultdict
+from dataclasses import replace
+
+from tunesmith.errors import UserError
 
 LABEL_SHAPES = {"label": "label", "labels": "labels", "target": "target"}  # shape -> the field it needs
 RARE = 5  # a class with fewer training examples than this is hard to learn and to measure
@@ -79,6 +82,35 @@ def label_json(label) -> dict:
 def class_names(label) -> list[str]:
     """The classes a label names: its one class, its list, or none for a number."""
     return [] if isinstance(label, float) else label if isinstance(label, list) else [label]
+
+
+def known_labels(examples: list, classes: list[str], other: str = "") -> list:
+    """Examples checked against a run's classes: a class the training never showed is an error naming
+    its file, line and the known classes, or, with `--other NAME` (one of the known classes), read as
+    NAME, so a team that trains with a catch-all class can score a test set with new labels in it. The
+    examples given are not changed; mapped ones are copies."""
+    known = set(classes)
+    if other and other not in known:
+        raise UserError(f"--other {other!r}: not among the training classes ({_shown(classes)})")
+    out = []
+    for e in examples:
+        new = [c for c in class_names(e.label) if c not in known]
+        if new and not other:
+            raise UserError(
+                f"{e.path}:{e.line}: label {new[0]!r} was never seen in training (the classes are "
+                f"{_shown(classes)}); --other CLASS reads such labels as one of them"
+            )
+        if new:
+            mapped = (
+                other if isinstance(e.label, str) else sorted({other if c in new else c for c in e.label})
+            )
+            e = replace(e, label=mapped)
+        out.append(e)
+    return out
+
+
+def _shown(classes: list[str]) -> str:
+    return ", ".join(repr(n) for n in classes[:20]) + (" ..." if len(classes) > 20 else "")
 
 
 def task_of(label) -> str:

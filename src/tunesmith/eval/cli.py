@@ -48,6 +48,12 @@ def add_parsers(sub) -> None:
         help="training examples for few-shot, rag and --memorization (default: train.jsonl beside --data)",
     )
     p.add_argument(
+        "--other",
+        metavar="CLASS",
+        help="a run trained with --task: read a test label the training never saw as CLASS (one of the run's "
+        "classes) instead of stopping",
+    )
+    p.add_argument(
         "--memorization",
         action="store_true",
         help="also score a sample of the training set: warn on a large gap",
@@ -130,6 +136,39 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="everything as JSON")
     add_registry(p)
     p.set_defaults(handler=cli_errors)
+    p = sub.add_parser(
+        "pick",
+        help="which base model or run does best on one test set, with intervals, paired tests against the "
+        "best, and cost per answer (time, memory)",
+    )
+    p.add_argument(
+        "candidates",
+        nargs="+",
+        metavar="CANDIDATE",
+        help="a model (alias, folder, .gguf), a run that writes text, or a run trained with --task",
+    )
+    p.add_argument("--data", required=True, help="the test file every candidate is scored on")
+    p.add_argument("--limit", type=int, help="only the first N examples")
+    p.add_argument("--max-new-tokens", type=int, help="text: longest answer (eval's default otherwise)")
+    p.add_argument("--batch-size", type=int, help="text: answers generated together (eval's default)")
+    p.add_argument("--out", help="also write the ranking here as JSON")
+    p.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cli_pick)
+
+
+def cli_pick(args) -> int:
+    """`tunesmith pick`: every candidate's eval in a process of its own, ranked (eval/pick.py)."""
+    from tunesmith.eval import pick
+    from tunesmith.files.atomic import write_json
+
+    extra = [f for flag, v in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens),
+             ("--batch-size", args.batch_size)) if v is not None for f in (flag, str(v))]  # fmt: skip
+    result = pick.pick(args.candidates, args.data, extra, quiet=args.quiet or args.json)
+    if args.out:
+        write_json(Path(args.out), result)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(pick.lines(result)))
+    return 0
 
 
 def spec_from_args(args) -> EvalSpec:
@@ -183,6 +222,8 @@ def cli_eval(args) -> int:
 
     if is_task_run(args.adapter):
         return _eval_labels(args)
+    if args.other:
+        raise UserError("--other is for the eval of a run trained with --task classify or multilabel")
     spec = spec_from_args(args)
     gate_metrics = (
         [m.strip() for m in args.gate_metrics.split(",") if m.strip()] if args.gate_metrics else None
@@ -228,28 +269,43 @@ def cli_eval(args) -> int:
 
 def _eval_labels(args) -> int:
     """A run trained with --task: its measures against the baselines (eval/labels.py), registered."""
-    from tunesmith.eval import labels
+    from tunesmith.eval import gate, labels
     from tunesmith.eval.register import register_eval
 
     text_only = [f for f, v in (("--style", args.style), ("--judge", args.judge), ("--grader", args.grader),
-                 ("--gate", args.gate), ("--baseline", args.baseline), ("--memorization", args.memorization),
+                 ("--baseline", args.baseline), ("--memorization", args.memorization),
                  ("--forgetting", args.forgetting)) if v]  # fmt: skip
     if text_only:
         raise UserError(f"{', '.join(text_only)}: for evals of text generation, not of a --task run")
+    gate_metrics = [m.strip() for m in (args.gate_metrics or "").split(",") if m.strip()] or None
+    if gate_metrics and not args.gate:
+        raise UserError("--gate-metrics goes with --gate REF")
     results = labels.evaluate_labels(
-        args.adapter, args.data, args.train, args.trust_remote_code, args.systems
+        args.adapter, args.data, args.train, args.trust_remote_code, args.systems, args.other or ""
     )
+    passed, cannot = None, None
+    if args.gate:
+        try:
+            reference, name = gate.reference_results(args.gate, results, args.registry)
+            results["gate"] = gate.check(results, reference, name, gate_metrics)
+            passed = results["gate"]["passed"]
+        except UserError as e:  # the comparison cannot be made: the measurements are still written and kept
+            cannot = e
     if args.out:
         labels.write(results, args.out)
     spec = labels.LabelEvalSpec(args.data, args.adapter, args.train, args.systems)
     register_eval(results, results["systems"], spec, args.out, args.registry, args.track)
+    if cannot is not None:
+        raise cannot
     if args.json:
         print(labels.dumps(results))
-        return 0
-    print("\n".join(labels.lines(results)))
-    if args.out:
-        print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}")
-    return 0
+    else:
+        print("\n".join(labels.lines(results)))
+        if args.out:
+            print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}")
+        if passed is not None:
+            print(gate.describe(results["gate"]))
+    return gate.GATE_FAILED if passed is False else 0
 
 
 def cli_errors(args) -> int:

@@ -4,7 +4,8 @@ After scoring, the candidate is compared with REF (a run id, tag such as v9 or p
 results.json) on the same frozen test set: the same examples (inputs and references, in order) and
 the same decoding settings, else a clear error, because a difference on other examples or other
 settings says nothing about the versions. Each gated metric (default: the headline text metric and
-format adherence, where both runs have them, and every hosted grader of `--grader`) gets the paired
+format adherence, where both runs have them, and every hosted grader of `--grader`; for a run trained
+with --task, accuracy and macro-F1, micro-F1 and macro-F1, or RMSE: eval/label_pairs.py) gets the paired
 bootstrap test of `tunesmith eval`; the p-values are Holm-corrected across the gated metrics (several
 metrics are several chances of a false alarm), and the gate fails, with its own exit code, when any
 metric is significantly worse.
@@ -18,6 +19,7 @@ import json
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.eval.label_pairs import GATED, is_label_result, worse
 from tunesmith.eval.rows import GRADER, same_test
 from tunesmith.eval.run import compare
 from tunesmith.registry.db import Registry
@@ -71,10 +73,11 @@ def check(candidate: dict, reference: dict, name: str, metrics: list[str] | None
     # same_test found the same inputs and references in order: align the reference's file locations
     # to the candidate's, so a test file that moved or was copied still pairs example by example
     aligned = [
-        {**y, "path": x.get("path"), "line": x.get("line")}
+        {**y, "path": x.get("path"), "line": x.get("line"), "where": x.get("where")}
         for x, y in zip(candidate["examples"], reference["examples"])
     ]
     tests = compare(candidate, {**reference, "examples": aligned}) or {}
+    labels = is_label_result(candidate)
     if metrics:
         bad = [k for k in metrics if k in NO_DIRECTION]
         if bad:
@@ -88,6 +91,8 @@ def check(candidate: dict, reference: dict, name: str, metrics: list[str] | None
                 f"--gate-metrics {','.join(missing)}: not measured in both runs (both have: {have})"
             )
         gated = list(metrics)
+    elif labels:  # a --task run: its headline measure, and macro-F1 where there are classes
+        gated = [k for k in GATED[candidate["task"]] if k in tests]
     else:  # the headline metrics, and each hosted grader (a hosted eval's testing criteria)
         gated = [k for k in DEFAULT_METRICS if k in tests]
         gated += [k for k in tests if k.startswith(GRADER) and not k.endswith(":pass")]
@@ -99,7 +104,11 @@ def check(candidate: dict, reference: dict, name: str, metrics: list[str] | None
     rows = {}
     for k in gated:
         t = tests[k]
-        rows[k] = {**t, "p_holm": round(adjusted[k], 4), "worse": t["change"] < 0 and adjusted[k] < ALPHA}
+        rows[k] = {
+            **t,
+            "p_holm": round(adjusted[k], 4),
+            "worse": worse(k, t["change"]) and adjusted[k] < ALPHA,
+        }
     return {
         "passed": not any(r["worse"] for r in rows.values()),
         "reference": name,

@@ -17,16 +17,18 @@ from __future__ import annotations
 import html
 import importlib.util
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.formats import load_examples, locate_paths
-from tunesmith.data.labels import class_names
+from tunesmith.data.labels import class_names, known_labels
 from tunesmith.errors import UserError
 from tunesmith.eval.prompted_labels import predict_prompted, shots
 from tunesmith.files.atomic import write_json, write_text
 from tunesmith.models.heads import MEASURE, load_run, predict
-from tunesmith.models.loading import base_model_of, load
+from tunesmith.models.loading import base_model_of, load, load_tokenizer
+from tunesmith.models.resolve import resolve
 from tunesmith.scoring.labelled import HIGHER, calibration_error, paired, per_class, with_intervals
 
 ROWS = {
@@ -57,19 +59,17 @@ def _encode(space: dict, label):
     return [int(c in label) for c in space["classes"]]
 
 
-def test_examples(path: str, space: dict) -> list:
+def test_examples(path: str, space: dict, other: str = "") -> list:
     examples = load_examples(path, "--data", kind="label")
-    known = set(space.get("classes", []))
     for e in examples:
         if e.kind != space["task"]:
             raise UserError(f"{e.path}:{e.line}: a {e.kind} example; this run was trained to {space['task']}")
-        for c in class_names(e.label):
-            if c not in known:
-                shown = ", ".join(repr(n) for n in space["classes"][:20])
-                raise UserError(
-                    f"{e.path}:{e.line}: label {c!r} was never seen in training (the run knows {shown})"
-                )
-    return examples
+    return examples if space["task"] == "regress" else known_labels(examples, space["classes"], other)
+
+
+def mapped_note(before: list, after: list, other: str) -> list[str]:
+    n = sum(a.label != b.label for a, b in zip(before, after))
+    return [f"{n} test examples had labels the training never saw, read as {other!r} (--other)"] if n else []
 
 
 def training_file(run: str, train: str | None) -> Path | None:
@@ -138,9 +138,17 @@ def parse_systems(text: str | None, task: str) -> list[str]:
 
 
 def baseline(
-    name: str, space: dict, texts: list[str], train: list | None, run: str, notes: list[str], trust: bool
+    name: str,
+    space: dict,
+    texts: list[str],
+    train: list | None,
+    run: str,
+    notes: list[str],
+    trust: bool,
+    seconds: dict,
 ):
-    """One baseline's predictions, encoded as the measures take them; None when it cannot run (notes: why)."""
+    """One baseline's predictions, encoded as the measures take them; None when it cannot run (notes: why).
+    A prompting baseline puts its time without the model's loading in `seconds`."""
     n = len(texts)
     if name == "mean":
         return [space["mean"]] * n
@@ -167,40 +175,58 @@ def baseline(
             )
             return None
         return tfidf(space, train, texts)
-    base = load(base_model_of(run, None), trust_remote_code=trust, quiet=True)
+    spec = base_model_of(run, None)
+    if not load_tokenizer(resolve(spec, trust_remote_code=trust), trust).chat_template:
+        why = "an encoder cannot be prompted for a label; its tuned head is the measure"
+        notes.append(f"{name} baseline skipped: {spec} has no chat template to ask it in ({why})")
+        return None
+    base = load(spec, trust_remote_code=trust, quiet=True)
     k = 0 if name == "zero-shot" else int(name[9:])
+    t0 = time.perf_counter()
     ids, _ = predict_prompted(
         base.model, base.tokenizer, texts, space["classes"], shots(train, space["classes"], k)
     )
+    seconds[name] = time.perf_counter() - t0
     return ids
 
 
 def evaluate_labels(
-    run: str, data: str, train: str | None = None, trust_remote_code: bool = False, systems: str | None = None
+    run: str,
+    data: str,
+    train: str | None = None,
+    trust_remote_code: bool = False,
+    systems: str | None = None,
+    other: str = "",
 ) -> dict:
     model, tok, space = load_run(run, trust_remote_code)
-    examples = test_examples(data, space)
+    examples = test_examples(data, space, other)
+    raw = load_examples(data, "--data", kind="label") if other else examples
     texts = [e.messages[0]["content"] for e in examples]
     task, k = space["task"], len(space.get("classes", []))
     gold = [_encode(space, e.label) for e in examples]
+    t0 = time.perf_counter()
     preds = predict(model, tok, space, texts)
+    seconds = {"tuned": time.perf_counter() - t0}
     if task == "regress":
         tuned = [p["value"] for p in preds]
     elif task == "classify":
         tuned = [space["classes"].index(p["label"]) for p in preds]
     else:
         tuned = [[int(c in p["labels"]) for c in space["classes"]] for p in preds]
-    notes: list[str] = []
+    notes: list[str] = mapped_note(raw, examples, other)
     names = parse_systems(systems, task)
     pool = (
         training_examples(space, run, train)
         if any(x not in ("tuned", "mean", "majority") for x in names)
         else None
     )
-    found = {
-        x: tuned if x == "tuned" else baseline(x, space, texts, pool, run, notes, trust_remote_code)
-        for x in names
-    }
+    found = {}
+    for x in names:
+        t0 = time.perf_counter()
+        found[x] = (
+            tuned if x == "tuned" else baseline(x, space, texts, pool, run, notes, trust_remote_code, seconds)
+        )
+        seconds.setdefault(x, time.perf_counter() - t0)
     systems = {x: p for x, p in found.items() if p is not None}
     if "tuned" not in systems:
         systems["tuned"] = tuned
@@ -210,7 +236,14 @@ def evaluate_labels(
         "data": str(data),
         "n": len(examples),
         "notes": notes,
-        "systems": [{"system": s, "metrics": with_intervals(task, gold, p, k)} for s, p in systems.items()],
+        "systems": [
+            {
+                "system": s,
+                "metrics": with_intervals(task, gold, p, k),
+                "ms_per_example": per_example(seconds[s], len(texts)),
+            }
+            for s, p in systems.items()
+        ],
         "comparisons": {s: paired(task, gold, tuned, p, k) for s, p in systems.items() if s != "tuned"},
     }
     if task == "classify":
@@ -222,6 +255,10 @@ def evaluate_labels(
             calibration_error=calibration_error(gold, probs),
         )
     results["headline"] = MEASURE[task]
+    results["timing"] = (
+        "ms_per_example: each system's wall time over the test texts divided by their number; tfidf's "
+        "includes fitting on the training examples; loading a model is not counted"
+    )
     results["metrics"] = next(s["metrics"] for s in results["systems"] if s["system"] == "tuned")
     results["model"] = base_model_of(run, None)
     results["examples"] = [
@@ -229,6 +266,10 @@ def evaluate_labels(
         for e, p in zip(examples, preds)
     ]
     return results
+
+
+def per_example(total: float, n: int) -> float:
+    return round(1000 * total / max(n, 1), 3)
 
 
 def lines(results: dict) -> list[str]:
@@ -248,6 +289,9 @@ def lines(results: dict) -> list[str]:
             cells.append(f"{v:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]{star}")
         better = "higher" if m in HIGHER else "lower"
         out.append(f"{m:<12}" + "".join(f"{c:>26}" for c in cells) + f"   ({better} is better)")
+    if all("ms_per_example" in s for s in results["systems"]):
+        cells = "".join(f"{s['ms_per_example']:>26.3g}" for s in results["systems"])
+        out.append(f"{'ms/example':<12}" + cells)
     if "calibration_error" in results:
         out.append(f"calibration error of the tuned probabilities: {results['calibration_error']:.1f} %")
     return out + [f"note: {n}" for n in results["notes"]]

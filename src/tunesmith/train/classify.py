@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.formats import load_examples, locate_paths
-from tunesmith.data.labels import class_names, stratified_order
+from tunesmith.data.labels import RARE, class_names, known_labels, stratified_order
 from tunesmith.errors import UserError
 from tunesmith.models.heads import LABELS_FILE, MEASURE, load_classifier
 from tunesmith.train.config import TrainConfig, held_out_count
@@ -98,15 +98,23 @@ def label_space(task: str, train: list, val: list, path) -> dict:
         raise UserError(f"--data {path}: one class only ({names[0]!r}); a classifier needs two at least")
     if not names:
         raise UserError(f"--data {path}: no example has a class")
-    known = set(names)
-    for e in val:
-        for c in class_names(e.label):
-            if c not in known:
-                shown = ", ".join(repr(n) for n in names[:20]) + (" ..." if len(names) > 20 else "")
-                raise UserError(f"{e.path}:{e.line}: label {c!r} is not among the training classes ({shown})")
     has = [c for e in train for c in class_names(e.label)]
     # counts and examples: what eval's majority baseline predicts (labels.json)
     return {"task": task, "classes": names, "counts": [has.count(c) for c in names], "examples": len(train)}
+
+
+def many_classes(space: dict, hidden: int) -> str:
+    """What thousands of classes cost, said before the first step: the head's size, its training state,
+    and how few examples most classes have."""
+    n, counts = len(space["classes"]), sorted(space["counts"])
+    weights = n * hidden
+    rare = sum(c < RARE for c in counts)
+    return (
+        f"{n} classes: the head is {n} x {hidden} = {weights / 1e6:.1f} M weights trained in full "
+        f"({12 * weights / 2**20:.0f} MiB with their gradients and AdamW's state) and {n} outputs per text; "
+        f"the median class has {counts[n // 2]} training examples, and {rare} have fewer than {RARE}, "
+        "too few to learn: merging rare classes into one (and --other for the test set) usually does better"
+    )
 
 
 def targets(task: str, examples: list, space: dict) -> list:
@@ -129,16 +137,15 @@ class Classify:
 
         train, val, path, held = load_labelled(cfg)
         self.space = space = label_space(cfg.task, train, val, path)
+        if cfg.task != "regress":
+            val = known_labels(val, space["classes"], cfg.other)
         n_out = len(space.get("classes", [])) if cfg.task != "regress" else 1
-        if n_out > MANY_CLASSES and not quiet:
-            print(
-                f"{n_out} classes: the head alone has {n_out} outputs per example; fine if meant",
-                file=sys.stderr,
-            )
         torch.manual_seed(cfg.seed)  # the new head's initial weights: the same run, the same head
         model, tok, self.model_dir = load_classifier(
             cfg.model, n_out, cfg.task, trust_remote_code=trust_remote_code
         )
+        if n_out > MANY_CLASSES:
+            print(many_classes(space, model.config.hidden_size), file=sys.stderr)
         if cfg.method in ("lora", "dora"):
             from peft import get_peft_model
 

@@ -103,6 +103,7 @@ class TrainConfig:
     rubric: str = ""  # grpo: rubric file for the judge grader
     task: str = "generate"  # generate text, or a head: classify, multilabel, regress (train/classify.py)
     class_weights: bool = False  # classify/multilabel: weight each class by n / (k * its count)
+    other: str = ""  # classify/multilabel: a validation class the training never shows is read as this one
     huber: float = 0.0  # regress: Huber's loss with this delta instead of squared error (0 = squared error)
     grader_judge: str = ""  # grpo: who answers hosted score_model/label_model graders (a model or a URL)
     trust_grader_code: bool = False  # grpo: allow hosted python graders (their source runs here)
@@ -261,6 +262,8 @@ HELP = {
     "task": "what to train: generate (text, the default), or a head on the model: classify (one class), "
     "multilabel (several), regress (a number); the data are {text, label|labels|target}",
     "class_weights": "--task classify/multilabel: weight each class by how rare it is (imbalanced data)",
+    "other": "--task classify/multilabel: read a validation label the training never shows as this class "
+    "(one of the training classes) instead of stopping",
     "huber": "--task regress: Huber's loss with this delta on the scaled target instead of squared error",
     "grader_judge": "--method grpo: who answers hosted score_model/label_model graders: a local model, "
     "alias or run, or an OpenAI-compatible URL (key from $OPENAI_API_KEY)",
@@ -373,8 +376,8 @@ def _task_problem(c: TrainConfig) -> str | None:
     if c.task not in ("generate", "classify", "multilabel", "regress"):
         return f"--task {c.task!r}: expected generate, classify, multilabel or regress"
     if c.task == "generate":
-        if c.class_weights or c.huber:
-            return "--class-weights and --huber are for --task classify, multilabel or regress"
+        if c.class_weights or c.huber or c.other:
+            return "--class-weights, --other and --huber are for --task classify, multilabel or regress"
         return None
     if c.method not in ("lora", "dora", "full"):
         return f"--task {c.task} trains with --method lora, dora or full, not {c.method}"
@@ -382,6 +385,8 @@ def _task_problem(c: TrainConfig) -> str | None:
         return f"--task {c.task}: --eval-metric, --replay, --fsdp and --from-adapter are for text generation"
     if c.huber < 0 or c.huber and c.task != "regress":
         return "--huber is a positive delta, for --task regress"
+    if c.other and c.task == "regress":
+        return "--other is for --task classify or multilabel"
     if c.class_weights and c.task == "regress":
         return "--class-weights is for --task classify or multilabel"
     return None

@@ -40,7 +40,7 @@ from tunesmith.data.formats import load_examples, locate_paths
 from tunesmith.errors import UserError
 from tunesmith.models.loading import load_tokenizer
 from tunesmith.models.resolve import cached_status, resolve
-from tunesmith.train import heap, machine
+from tunesmith.train import heap, machine, plan_labels
 from tunesmith.train.batching import n_answer_tokens, padded_width
 from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig, held_out_count, route
 from tunesmith.train.precision import autocast_device, bucket_size, frozen_base_bf16, token_budget
@@ -173,19 +173,28 @@ def architecture(cfg: TrainConfig, trust_remote_code: bool = False) -> Arch:
     model_dir = resolve(cfg.model, trust_remote_code=trust_remote_code)
     conf = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+    task = plan_labels.is_task(cfg)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(conf, trust_remote_code=trust_remote_code)
+        if task:
+            model = plan_labels.meta_model(cfg, conf, trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_config(conf, trust_remote_code=trust_remote_code)
         base_params = sum(p.numel() for p in model.parameters())
         if cfg.method in SELECTIONS:
             select_trainable(model, cfg)
+        elif task and cfg.method == "full":
+            pass  # every weight trains
         else:
             from peft import get_peft_model
 
             for p in model.parameters():
                 p.requires_grad_(False)
-            model = get_peft_model(model, peft_config(cfg))
+            pc = peft_config(cfg)
+            if task:
+                pc.task_type = "SEQ_CLS"  # as train/classify.py: the head trained whole beside the adapter
+            model = get_peft_model(model, pc)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = inner.get_decoder().layers
+    layers = plan_labels.layer_stack(inner, text)
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
@@ -205,7 +214,8 @@ def architecture(cfg: TrainConfig, trust_remote_code: bool = False) -> Arch:
             )
     act = str(getattr(text, "hidden_act", None) or getattr(text, "hidden_activation", ""))
     params = sum(p.numel() for p in model.parameters())
-    out = inner.get_output_embeddings()
+    out = inner.get_output_embeddings() if not task else None
+    head = model.config.num_labels if task else 0
     stored = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
     return Arch(
         name=cfg.model,
@@ -214,7 +224,7 @@ def architecture(cfg: TrainConfig, trust_remote_code: bool = False) -> Arch:
         intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
         kv=kv_heads * head_dim,
         attn=heads * head_dim,
-        vocab=text.vocab_size,
+        vocab=head or text.vocab_size,  # a --task head's outputs stand for the vocabulary's logits
         params=params,
         adapter_params=params - base_params,
         trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -222,7 +232,7 @@ def architecture(cfg: TrainConfig, trust_remote_code: bool = False) -> Arch:
         lora_per_layer=lora,
         norms=max(0, norms - 2 * text.hidden_size),
         gelu="gelu" in act and "tanh" in act,
-        output_trainable=out is not None and out.weight.requires_grad,
+        output_trainable=task or (out is not None and out.weight.requires_grad),
         window=int(getattr(text, "sliding_window", None) or 0),
         stored=stored,
     )
@@ -230,6 +240,10 @@ def architecture(cfg: TrainConfig, trust_remote_code: bool = False) -> Arch:
 
 def data_stats(cfg: TrainConfig, trust_remote_code: bool = False) -> Data:
     model_dir = resolve(cfg.model, trust_remote_code=trust_remote_code)
+    if plan_labels.is_task(cfg):
+        train, val = plan_labels.text_lengths(cfg, load_tokenizer(model_dir, trust_remote_code))
+        return Data(lengths=train, answer_counts=[1] * len(train), val_tokens=sum(val),
+                    val_answers=len(val), dropped=0)  # fmt: skip
     enc = encode_data(cfg, load_tokenizer(model_dir, trust_remote_code))
     return Data(
         lengths=[len(e.input_ids) for e in enc.train],
@@ -255,6 +269,8 @@ def _pass_tokens(cfg: TrainConfig, data: Data, on_cpu: bool) -> int:
     """Tokens in the largest forward pass: the longest example × examples per pass, padded as the run
     pads (under CPU bf16, passes up to the token budget, capped at the longest example's width)."""
     longest = max(data.lengths)
+    if plan_labels.is_task(cfg):
+        return longest * plan_labels.examples_per_pass(cfg)
     budget = token_budget(cfg)
     if budget:
         return min(budget, padded_width(longest, bucket_size(cfg)))
@@ -265,7 +281,9 @@ def _pass_tokens(cfg: TrainConfig, data: Data, on_cpu: bool) -> int:
 def _passes(cfg: TrainConfig, data: Data, on_cpu: bool) -> int:
     """Forward+backward passes in an epoch: per step, the step's examples over the examples a pass holds."""
     budget = token_budget(cfg)
-    if budget:
+    if plan_labels.is_task(cfg):
+        per = plan_labels.examples_per_pass(cfg)
+    elif budget:
         mean = round(sum(data.lengths) / len(data.lengths))
         per = max(1, budget // padded_width(mean, bucket_size(cfg)))
     else:

@@ -36,9 +36,12 @@ def render(plan: Plan) -> str:
     layer_ms = LAYER_PASS_S["cpu" if where == "CPU" else "cuda"] * 1000
     per_token = p["activations"] / plan.pass_tokens
     tokens = sum(d.lengths)
+    task = c.task != "generate"
+    out = f"a {c.task} head of {a.vocab:,} outputs" if task else f"vocabulary {a.vocab:,}"
+    share = "one label each" if task else f"{d.answers / max(tokens, 1):.0%} answers"
     lines = [
         f"plan: {plan.method} on {a.name}, {plan.precision} on the {where}{flags}",
-        f"  model        {a.layers} layers, hidden {a.hidden}, MLP {a.intermediate}, vocabulary {a.vocab:,}; "
+        f"  model        {a.layers} layers, hidden {a.hidden}, MLP {a.intermediate}, {out}; "
         f"{_count(a.params)} parameters, {_count(a.trainable)} trainable",
         f"  weights      {_size(p['weights']):>9}   {_count(a.params)} parameters as the run holds them",
         f"  grads+AdamW  {_size(p['gradients and AdamW state']):>9}   "
@@ -65,8 +68,8 @@ def render(plan: Plan) -> str:
         f"{plan.flops_per_token / 1e9:.2f} GFLOP per token,",
         f"               {layer_ms:.0f} ms per layer per pass and the optimizer's steps ≈ "
         f"{plan.tokens_per_s:,.0f} tokens/s",
-        f"  epoch        {len(d.lengths):,} examples, {tokens:,} tokens ({d.answers / max(tokens, 1):.0%} "
-        f"answers), {plan.steps_per_epoch} steps of {c.batch_size} ≈ {_duration(plan.epoch_s)} "
+        f"  epoch        {len(d.lengths):,} examples, {tokens:,} tokens ({share}), "
+        f"{plan.steps_per_epoch} steps of {c.batch_size} ≈ {_duration(plan.epoch_s)} "
         f"(with validation)",
         f"  in all       ≈ {_duration(plan.total_s)}"
         + (f" ({c.max_steps} steps)" if c.max_steps else f" ({c.epochs} epochs)"),

@@ -84,7 +84,7 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     planned = None
-    if lead and processes == 1 and kind is not Classify:  # --out checked, nothing loaded or written yet
+    if lead and processes == 1:  # --out checked, nothing loaded or written yet
         planned = plan_text.before_training(
             cfg, quiet=quiet, fit_check=fit_check, trust_remote_code=trust_remote_code
         )
