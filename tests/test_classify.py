@@ -701,3 +701,26 @@ def test_merge_folds_the_adapter_and_head_into_one_model_and_gguf_says_it_does_n
     assert (
         r.returncode == 2 and "GGUF export does not apply" in r.stderr and not (tmp_path / "x.gguf").exists()
     )
+
+
+def test_a_learning_curve_of_a_classifier(tiny_model_dir, tmp_path):
+    """`curve --task classify`: nested subsets, each point the tuned accuracy on the validation file
+    with its interval; a text metric is refused before anything trains."""
+    d = tmp_path / "d"
+    write_jsonl(d / "train.jsonl", toy_classes(80))
+    write_jsonl(d / "val.jsonl", toy_classes(20, seed=5))
+    m = str(tiny_model_dir("llama"))
+    args = ["curve", "--task", "classify", "--model", m, "--data", str(d), "--out", str(tmp_path / "c"),
+            "--epochs", "3", "--batch-size", "8", "--registry", "off"]  # fmt: skip
+    r = cli(*args, "--fractions", "0.1,1", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["metric"] == "accuracy" and [p["examples"] for p in res["points"]] == [8, 80]
+    assert res["points"][-1]["mean"] >= 90 and all(
+        p["ci"][0] <= p["mean"] <= p["ci"][1] for p in res["points"]
+    )
+    assert res["sentence"].startswith(("still rising at 80 examples: accuracy", "flat from 8 to 80"))
+    r = cli(*args, "--metric", "rougeL")
+    assert (
+        r.returncode == 2 and r.stderr == "error: --metric rougeL: a --task classify curve draws accuracy\n"
+    )

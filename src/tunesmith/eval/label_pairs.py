@@ -9,10 +9,16 @@ would then compare one run's "billing" with the other's "bug".
 
 from __future__ import annotations
 
+from tunesmith.errors import UserError
 from tunesmith.scoring.labelled import HIGHER, paired
 
 GATED = {"classify": ("accuracy", "macro_f1"), "multilabel": ("micro_f1", "macro_f1"), "regress": ("rmse",)}
-LOWER = {"rmse", "mae", "mse"}  # the label measures where lower is better (HIGHER has the rest)
+LOWER = {
+    "rmse",
+    "mae",
+    "mse",
+    "squared_error",
+}  # the label measures where lower is better (HIGHER has the rest)
 
 
 def is_label_result(r: dict) -> bool:
@@ -56,6 +62,26 @@ def compare_labels(a: dict, b: dict) -> dict | None:
                       [names.index(x) for x in pb], len(names))  # fmt: skip
     rows = [[[int(c in set(r)) for c in names] for r in part] for part in (gold, pa, pb)]
     return paired(task, *rows, len(names))
+
+
+PER_EXAMPLE = {"classify": ("accuracy",), "multilabel": ("exact_match",), "regress": ("mae", "squared_error")}
+
+
+def per_example(results: dict, metric: str) -> list[float]:
+    """One number per test example whose mean is the measure (`curve` draws it with its interval): 100 for a
+    right class or set and 0 for a wrong one, or the absolute or squared error of a value."""
+    task = results["task"]
+    if metric not in PER_EXAMPLE[task]:
+        raise UserError(f"--metric {metric}: a --task {task} curve draws {' or '.join(PER_EXAMPLE[task])}")
+    out = []
+    for e in results["examples"]:
+        got = _predicted(task, e)
+        if task == "regress":
+            out.append(abs(got - e["gold"]) ** (2 if metric == "squared_error" else 1))
+        else:
+            same = got == e["gold"] if task == "classify" else set(got) == set(e["gold"])
+            out.append(100.0 * same)
+    return out
 
 
 def worse(metric: str, change: float) -> bool:

@@ -80,7 +80,10 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--test", help="the held-out file every point is measured on (default: the validation file)"
     )
-    p.add_argument("--metric", default="rougeL", help="the metric to plot (default rougeL)")
+    p.add_argument(
+        "--metric",
+        help="the metric to plot (default rougeL; for --task: accuracy, exact_match, or mae / squared_error)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest generated answer (default 256)")
     p.add_argument("--json", action="store_true", help="print the points and the sentence as JSON")
     add_registry(p)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tunesmith.data.formats import locate_paths
 from tunesmith.errors import UserError
+from tunesmith.eval.label_pairs import LOWER, PER_EXAMPLE, per_example
+from tunesmith.eval.labels import evaluate_labels
 from tunesmith.eval.run import EvalSpec, evaluate
 from tunesmith.files.atomic import write_text
 from tunesmith.scoring.stats import bootstrap_ci, paired_test
@@ -47,8 +49,15 @@ def nested_subsets(path: Path, fractions: list[float], seed: int) -> list[list[s
     return out
 
 
-def curve(base: TrainConfig, out: Path, fractions: list[float], test: str | None, metric: str,
+def curve(base: TrainConfig, out: Path, fractions: list[float], test: str | None, metric: str | None,
           max_new_tokens: int, registry: str | None, say=print) -> dict:  # fmt: skip
+    """`metric` None: ROUGE-L for text, and for a --task run accuracy, exact match (several classes) or
+    the absolute error (a number; `squared_error` also)."""
+    metric = metric or (PER_EXAMPLE[base.task][0] if base.task != "generate" else "rougeL")
+    if base.task != "generate" and metric not in PER_EXAMPLE[base.task]:  # said before any training
+        raise UserError(
+            f"--metric {metric}: a --task {base.task} curve draws {' or '.join(PER_EXAMPLE[base.task])}"
+        )
     train_file, val = locate_paths(base.data, base.val)
     held_out = test or (str(val) if val else None)
     if not held_out:
@@ -64,27 +73,28 @@ def curve(base: TrainConfig, out: Path, fractions: list[float], test: str | None
             base, data=str(subset), val=str(val) if val else None, out=str(out / f"n{n}")
         )
         train(cfg, quiet=True, registry_path=registry, overwrite=True)
-        results, _ = evaluate(
-            EvalSpec(data=held_out, adapter=cfg.out, max_new_tokens=max_new_tokens, quiet=True)
-        )
-        scores = [float((e.get("scores") or {}).get(metric, 0.0)) for e in results["examples"]]
-        if metric not in (results["examples"][0].get("scores") or {}):
-            raise UserError(f"--metric {metric}: not one of {', '.join(results['examples'][0]['scores'])}")
+        if base.task != "generate":  # a head: the tuned predictions on the held-out labels
+            scores = per_example(evaluate_labels(cfg.out, held_out, systems="tuned"), metric)
+        else:
+            scores = text_scores(cfg.out, held_out, metric, max_new_tokens)
         mean = sum(scores) / len(scores)
         ci = list(bootstrap_ci(scores))
         points.append({"examples": n, "run": cfg.out, "mean": round(mean, 2), "ci": ci, "scores": scores})
-        say(f"{n} examples: {metric} {mean:.1f} [{points[-1]['ci'][0]:.1f}, {points[-1]['ci'][1]:.1f}]")
+        say(f"{n} examples: {metric} {mean:.3g} [{points[-1]['ci'][0]:.3g}, {points[-1]['ci'][1]:.3g}]")
     last, before = points[-1], points[-2]
     test_ = paired_test(last["scores"], before["scores"])
-    if test_["significant"] and test_["change"] > 0:
+    lower = metric in LOWER
+    if test_["significant"] and (test_["change"] < 0 if lower else test_["change"] > 0):
         sentence = (
-            f"still rising at {last['examples']} examples: {metric} {test_['change']:+.1f} from "
+            f"still {'falling' if lower else 'rising'} at {last['examples']} examples: {metric} "
+            f"{test_['change']:+.1f} from "
             f"{before['examples']} (p {test_['p']:.3f}); more data of this kind is likely to help"
         )
     else:
         sentence = (
             f"flat from {before['examples']} to {last['examples']} examples: {metric} {test_['change']:+.1f} "
-            f"(p {test_['p']:.3f}, not a significant rise); more of the same data is unlikely to help much"
+            f"(p {test_['p']:.3f}, not a significant {'fall' if lower else 'rise'}); more of the same data "
+            "is unlikely to help much"
         )
     result = {
         "metric": metric,
@@ -95,6 +105,13 @@ def curve(base: TrainConfig, out: Path, fractions: list[float], test: str | None
     }
     write_text(out / "report.html", render(result))
     return result
+
+
+def text_scores(run: str, held_out: str, metric: str, max_new_tokens: int) -> list[float]:
+    results, _ = evaluate(EvalSpec(data=held_out, adapter=run, max_new_tokens=max_new_tokens, quiet=True))
+    if metric not in (results["examples"][0].get("scores") or {}):
+        raise UserError(f"--metric {metric}: not one of {', '.join(results['examples'][0]['scores'])}")
+    return [float((e.get("scores") or {}).get(metric, 0.0)) for e in results["examples"]]
 
 
 def render(result: dict) -> str:
