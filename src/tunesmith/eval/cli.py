@@ -225,21 +225,10 @@ def cli_eval(args) -> int:
     if args.other:
         raise UserError("--other is for the eval of a run trained with --task classify or multilabel")
     spec = spec_from_args(args)
-    gate_metrics = (
-        [m.strip() for m in args.gate_metrics.split(",") if m.strip()] if args.gate_metrics else None
-    )
-    if gate_metrics and not args.gate:
-        raise UserError("--gate-metrics goes with --gate REF")
+    gate_metrics = gate.metrics_flag(args.gate_metrics, args.gate)
     tracking.check(args.track)
     results, runs = evaluate(spec)
-    passed, cannot = None, None
-    if args.gate:
-        try:
-            reference, name = gate.reference_results(args.gate, results, args.registry)
-            results["gate"] = gate.check(results, reference, name, gate_metrics)
-            passed = results["gate"]["passed"]
-        except UserError as e:  # the comparison cannot be made: the measurements are still written and kept
-            cannot = e
+    passed, cannot = gate.apply(results, args.gate, args.registry, gate_metrics)
     baseline = json.loads(Path(spec.baseline).read_text()) if spec.baseline else None
     if args.out:
         write_outputs(args.out, results, runs, spec.adapter, baseline)
@@ -277,20 +266,11 @@ def _eval_labels(args) -> int:
                  ("--forgetting", args.forgetting)) if v]  # fmt: skip
     if text_only:
         raise UserError(f"{', '.join(text_only)}: for evals of text generation, not of a --task run")
-    gate_metrics = [m.strip() for m in (args.gate_metrics or "").split(",") if m.strip()] or None
-    if gate_metrics and not args.gate:
-        raise UserError("--gate-metrics goes with --gate REF")
+    gate_metrics = gate.metrics_flag(args.gate_metrics, args.gate)
     results = labels.evaluate_labels(
         args.adapter, args.data, args.train, args.trust_remote_code, args.systems, args.other or ""
     )
-    passed, cannot = None, None
-    if args.gate:
-        try:
-            reference, name = gate.reference_results(args.gate, results, args.registry)
-            results["gate"] = gate.check(results, reference, name, gate_metrics)
-            passed = results["gate"]["passed"]
-        except UserError as e:  # the comparison cannot be made: the measurements are still written and kept
-            cannot = e
+    passed, cannot = gate.apply(results, args.gate, args.registry, gate_metrics)
     if args.out:
         labels.write(results, args.out)
     spec = labels.LabelEvalSpec(args.data, args.adapter, args.train, args.systems)

@@ -62,6 +62,27 @@ def reference_results(ref: str, candidate: dict, registry_path: str | None = Non
     )
 
 
+def metrics_flag(text: str | None, ref: str | None) -> list[str] | None:
+    """--gate-metrics M1,M2 (None: the defaults)."""
+    names = [m.strip() for m in (text or "").split(",") if m.strip()] or None
+    if names and not ref:
+        raise UserError("--gate-metrics goes with --gate REF")
+    return names
+
+
+def apply(results: dict, ref: str | None, registry: str | None, metrics: list[str] | None):
+    """--gate REF on fresh results -> (passed or None, the error to raise once the measurements are written
+    and registered: a comparison that cannot be made still keeps them). The verdict goes in results."""
+    if not ref:
+        return None, None
+    try:
+        reference, name = reference_results(ref, results, registry)
+        results["gate"] = check(results, reference, name, metrics)
+    except UserError as e:
+        return None, e
+    return results["gate"]["passed"], None
+
+
 def check(candidate: dict, reference: dict, name: str, metrics: list[str] | None = None) -> dict:
     """The gate's verdict: {"passed", "reference", "n", "metrics": {metric: change, ci, p, p_holm, worse}}."""
     why = same_test(candidate, reference)
