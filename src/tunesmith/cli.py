@@ -14,6 +14,7 @@ import sys
 import threading
 
 from tunesmith import __version__
+from tunesmith.corpus import cli as corpus_cli
 from tunesmith.data import cli as data_cli
 from tunesmith.errors import UserError, disk_full
 from tunesmith.eval import cli as eval_cli
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     models_cli.add_parsers(sub)
     use_cli.add_data_parsers(data_cli.add_parsers(sub))  # `data generate` is a teacher's work (use/)
+    corpus_cli.add_parsers(sub)
     train_cli.add_parsers(sub)
     eval_cli.add_parsers(sub)
     use_cli.add_parsers(sub)

@@ -1,0 +1,182 @@
+"""`tunesmith docs check FOLDER` on a crafted folder: a real PDF with a text layer (written here, byte by
+byte), a scanned one, an encrypted one, a corrupt one, a .docx made here and a zip bomb dressed as one,
+HTML, text that is not UTF-8, a long text read in blocks, binary data, an empty file, a link out of the
+folder; each file gets its line, duplicates are found, and the held-out split is by document."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+from conftest import cli
+
+pytest.importorskip("pypdf", reason="docs needs the 'documents' extra")
+pytest.importorskip("docx", reason="docs needs the 'documents' extra")
+pytest.importorskip("inscriptis", reason="docs needs the 'documents' extra")
+
+BUDGET = "The quarterly budget review found that the remote control prototype costs twelve euros per unit."
+
+
+def pdf_with_text(pages: list[str]) -> bytes:
+    """A minimal valid PDF, one page per string, each drawn in Helvetica (a text layer to extract)."""
+    objs = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        None,
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    kids = []
+    for text in pages:
+        stream = f"BT /F1 11 Tf 40 700 Td ({text}) Tj ET".encode()
+        objs.append(f"<< /Length {len(stream)} >>\nstream\n{stream.decode()}\nendstream")
+        content = len(objs)
+        objs.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} 0 R "
+                    "/Resources << /Font << /F1 3 0 R >> >> >>")  # fmt: skip
+        kids.append(f"{len(objs)} 0 R")
+    objs[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
+    out, offsets = b"%PDF-1.4\n", []
+    for i, body in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
+@pytest.fixture
+def folder(tmp_path):
+    import docx
+    from pypdf import PdfWriter
+
+    f = tmp_path / "docs"
+    (f / "sub").mkdir(parents=True)
+    (f / "minutes.pdf").write_bytes(pdf_with_text([BUDGET, "Page two: the marketing plan is due in May."]))
+    w = PdfWriter()
+    w.add_blank_page(200, 200)
+    w.write(f / "scanned.pdf")
+    w = PdfWriter()
+    w.add_blank_page(200, 200)
+    w.encrypt("secret")
+    w.write(f / "locked.pdf")
+    (f / "corrupt.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage")
+    d = docx.Document()
+    d.add_paragraph("Design meeting notes")
+    table = d.add_table(rows=1, cols=2)
+    table.cell(0, 0).text, table.cell(0, 1).text = "battery", "two AA cells"
+    d.add_paragraph("Decided: a rubber case.")
+    d.save(f / "sub" / "notes.docx")
+    with zipfile.ZipFile(f / "bomb.docx", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("word/document.xml", b"\0" * (20 << 20))  # 20 MiB of zeros in ~20 KiB
+    (f / "page.html").write_text("<html><body><h1>Roadmap</h1><p>First the case.</p><ul><li>Then the buttons."
+                                 "</li></ul><script>var x = 1;</script></body></html>")  # fmt: skip
+    (f / "latin1.txt").write_bytes("Caf\u00e9 cr\u00e8me, na\u00efve r\u00e9sum\u00e9.".encode("latin-1"))
+    (f / "copy-of-minutes.md").write_text(BUDGET + "\nPage two: the marketing plan is due in May.\n")
+    words = (BUDGET + " ") * 40
+    (f / "near-a.txt").write_text(words + "Signed, Anna.")
+    (f / "near-b.txt").write_text(words + "Signed, Bruno.")
+    (f / "empty.txt").write_text("")
+    (f / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    (f / "nul.txt").write_bytes(b"text then \x00 binary")
+    (f / "outside.txt").symlink_to("/etc/hostname")
+    (f / ".hidden").mkdir()
+    (f / ".hidden" / "secret.txt").write_text("not read: a hidden folder")
+    return f
+
+
+def check(folder, *extra):
+    r = cli("docs", "check", str(folder), "--json", *extra)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_every_file_gets_its_line_and_the_rest_of_the_folder_goes_on(folder, tiny_model_dir):
+    rep = check(folder, "--model", str(tiny_model_dir("llama")))
+    by = {f["path"]: f for f in rep["files"]}
+    assert by["minutes.pdf"]["skipped"] is None and by["minutes.pdf"]["pages"] == 2
+    assert by["minutes.pdf"]["tokens"] > 10 and by["minutes.pdf"]["chars"] >= len(BUDGET)
+    why = {p: f["skipped"] for p, f in by.items() if f["skipped"]}
+    assert why == {
+        "scanned.pdf": "no text layer in 1 page(s) (a scanned PDF? run OCR on it first)",
+        "locked.pdf": "encrypted (password-protected); save an unprotected copy to read it",
+        "corrupt.pdf": why["corrupt.pdf"],
+        "bomb.docx": why["bomb.docx"],
+        "empty.txt": "empty (0 bytes)",
+        "image.png": why["image.png"],
+        "nul.txt": "binary data (a NUL byte at byte 10)",
+        "outside.txt": "a symbolic link, not followed (it points outside the folder)",
+    }
+    assert why["corrupt.pdf"].startswith("damaged PDF (")
+    assert why["bomb.docx"].startswith("unpacks to 20 MiB from ") and why["bomb.docx"].endswith(
+        "KiB (a zip bomb?); not opened"
+    )
+    assert why["image.png"].startswith("not a document type read here (.png); reads .csv, .docx")
+    assert "sub/notes.docx" in by and by["sub/notes.docx"]["skipped"] is None
+    assert not any(p.startswith(".hidden") for p in by)
+    assert (
+        by["latin1.txt"]["notes"] == ["not UTF-8: read as Windows-1252"] and by["latin1.txt"]["chars"] == 25
+    )
+    assert rep["read"] == 7 and rep["skipped"] == 8
+
+
+def test_the_text_each_reader_gives(folder):
+    from tunesmith.corpus.read import parts
+
+    def text(name):
+        return "\n".join(p.text for p in parts(folder / name, [])).strip()
+
+    assert text("minutes.pdf").splitlines()[0] == BUDGET
+    assert text("sub/notes.docx").splitlines() == ["Design meeting notes", "battery | two AA cells",
+                                                    "Decided: a rubber case."]  # fmt: skip
+    html = [line.strip() for line in text("page.html").splitlines() if line.strip()]
+    assert html == ["Roadmap", "First the case.", "* Then the buttons."]  # blocks kept, no script
+    assert text("latin1.txt") == "Café crème, naïve résumé."
+
+
+def test_a_long_text_streams_in_blocks_and_keeps_characters_across_them(tmp_path):
+    from tunesmith.corpus.read import BLOCK, parts
+
+    f = tmp_path / "long.txt"
+    body = "a" * (BLOCK - 1) + "é" + "b" * 100 + "€" * (BLOCK // 2)  # é and € straddle block boundaries
+    f.write_text(body, encoding="utf-8")
+    got = list(parts(f, []))
+    assert len(got) >= 3 and "".join(p.text for p in got) == body
+    bad = tmp_path / "late.txt"
+    bad.write_bytes(b"x" * (3 * BLOCK) + b"\xff")  # not UTF-8, found only after blocks were given out
+    from tunesmith.corpus.read import Skipped
+
+    with pytest.raises(Skipped, match="not UTF-8"):
+        list(parts(bad, []))
+
+
+def test_duplicates_and_a_split_by_document(folder):
+    rep = check(folder, "--no-tokens", "--held-out", "0.5")
+    assert rep["exact_duplicates"] == [["copy-of-minutes.md", "minutes.pdf"]]
+    assert [p[:2] for p in rep["near_duplicates"]] == [["near-a.txt", "near-b.txt"]]
+    assert rep["near_duplicates"][0][2] >= 0.8
+    held = set(rep["held_out"])
+    assert 4 <= len(held) <= 6 and held <= {f["path"] for f in rep["files"] if not f["skipped"]}
+    for a, b, *_ in rep["exact_duplicates"] + rep["near_duplicates"]:
+        assert (a in held) == (b in held), "copies on one side of the split"
+    assert check(folder, "--no-tokens", "--held-out", "0.5")["held_out"] == rep["held_out"]  # seeded
+
+
+def test_what_is_refused(tmp_path, folder):
+    r = cli("docs", "check", str(tmp_path / "nope"))
+    assert r.returncode == 2 and r.stderr == f"error: {tmp_path / 'nope'}: not a folder\n"
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "x.bin").write_bytes(b"\0")
+    r = cli("docs", "check", str(tmp_path / "bare"), "--no-tokens")
+    assert r.returncode == 2 and "no readable document in it (1 files, every one skipped)" in r.stderr
+    r = cli("docs", "check", str(folder), "--held-out", "2")
+    assert r.returncode == 2 and r.stderr.startswith("error: --held-out 2.0: a share between 0 and 1")
+
+
+def test_a_file_gone_while_it_is_read(tmp_path):
+    from tunesmith.corpus.check import read_one
+    from tunesmith.data.dedupe import MinHasher
+
+    rep, sig = read_one(tmp_path / "vanished.txt", "vanished.txt", None, MinHasher())
+    assert rep.skipped == "gone while it was read" and sig is None
