@@ -180,3 +180,83 @@ def test_a_file_gone_while_it_is_read(tmp_path):
 
     rep, sig = read_one(tmp_path / "vanished.txt", "vanished.txt", None, MinHasher())
     assert rep.skipped == "gone while it was read" and sig is None
+
+
+def corpus(folder, n: int = 30):
+    """n documents of common words, and a PDF whose second page holds the one passage about herons."""
+    import random
+
+    rng = random.Random(0)
+    vocab = "meeting budget team design remote battery case plan review product user market".split()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(vocab) for _ in range(300)))
+    planted = "The blue heron project has the budget code 7741 and reports to Anna."
+    (folder / "planted.pdf").write_bytes(pdf_with_text(["Cover page of the annual report.", planted]))
+    return folder
+
+
+def test_an_index_finds_the_planted_passage_and_says_where_it_is(tmp_path):
+    docs = corpus(tmp_path / "docs")
+    r = cli("docs", "index", str(docs), "--out", str(tmp_path / "idx"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].endswith(
+        "31 files read, 0 unchanged, 0 skipped, 0 gone since the last build"
+    )
+    r = cli("docs", "search", str(tmp_path / "idx"), "which budget code has the heron project?", "--json")
+    hits = json.loads(r.stdout)
+    assert hits[0]["file"] == "planted.pdf" and hits[0]["where"].startswith("page 2, words 1-")
+    assert "7741" in hits[0]["text"] and hits[0]["score"] > hits[1]["score"]
+    r = cli("docs", "search", str(tmp_path / "idx"), "zebra")
+    assert r.stdout == "no passage shares a word with the query\n"
+
+
+def test_a_rebuild_reads_only_what_changed_and_an_interrupted_one_keeps_the_old_index(tmp_path, monkeypatch):
+    import os
+
+    from tunesmith.corpus import index as I
+
+    docs = corpus(tmp_path / "docs", 10)
+    out = tmp_path / "idx"
+    first = I.build(str(docs), str(out))
+    assert first == {"passages": first["passages"], "read": 11, "reused": 0, "skipped": 0, "removed": 0}
+    (docs / "doc01.txt").write_text("The osprey committee meets on Fridays.")  # changed
+    st = (docs / "doc02.txt").stat()
+    os.utime(docs / "doc02.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same bytes
+    (docs / "doc03.txt").unlink()  # gone
+    (docs / "new.md").write_text("A new note about the kestrel survey.")  # added
+    read = []
+    real_cut = I.cut
+    monkeypatch.setattr(I, "cut", lambda rel, p, notes: read.append(rel) or real_cut(rel, p, notes))
+    second = I.build(str(docs), str(out))
+    assert sorted(read) == ["doc01.txt", "new.md"]
+    assert {k: second[k] for k in ("read", "reused", "removed")} == {"read": 2, "reused": 9, "removed": 1}
+    idx = I.Index(str(out))
+    assert idx.search("osprey committee", 1)[0][1]["file"] == "doc01.txt"
+    assert not any(p["file"] == "doc03.txt" for p in idx.passages)
+
+    def broken(rel, p, notes):
+        raise KeyboardInterrupt  # the build dies half way
+
+    (docs / "doc04.txt").write_text("changed again")
+    monkeypatch.setattr(I, "cut", broken)
+    with pytest.raises(KeyboardInterrupt):
+        I.build(str(docs), str(out))
+    kept = I.Index(str(out))
+    assert (
+        len(kept.passages) == len(idx.passages)
+        and kept.search("osprey committee", 1)[0][1]["file"] == "doc01.txt"
+    )
+
+
+def test_an_index_is_never_written_over_other_files_or_inside_its_folder(tmp_path):
+    docs = corpus(tmp_path / "docs", 2)
+    r = cli("docs", "index", str(docs), "--out", str(docs / "idx"))
+    assert r.returncode == 2 and "--out" in r.stderr and not (docs / "idx").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.docx").write_text("precious")
+    r = cli("docs", "index", str(docs), "--out", str(tmp_path / "mine"))
+    assert r.returncode == 2 and "holds files tunesmith did not write (thesis.docx)" in r.stderr
+    assert (tmp_path / "mine" / "thesis.docx").read_text() == "precious"
+    r = cli("docs", "search", str(tmp_path / "mine"), "x")
+    assert r.returncode == 2 and "not a document index" in r.stderr

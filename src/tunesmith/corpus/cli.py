@@ -30,6 +30,24 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="the whole report as JSON")
     add_model(p)
     p.set_defaults(handler=cli_docs_check)
+    p = dsub.add_parser(
+        "index",
+        help="cut the documents into passages and index them (BM25); a rebuild re-reads changed files only",
+    )
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument(
+        "--out", required=True, metavar="INDEX", help="the index folder (updated in place when it is one)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no line per file")
+    p.set_defaults(handler=cli_docs_index)
+    p = dsub.add_parser(
+        "search", help="the passages of an index that best answer a query, with where they are"
+    )
+    p.add_argument("index", metavar="INDEX")
+    p.add_argument("query", metavar="QUERY")
+    p.add_argument("-k", type=int, default=5, help="passages to show (default 5)")
+    p.add_argument("--json", action="store_true", help="the passages as JSON")
+    p.set_defaults(handler=cli_docs_search)
     docs.set_defaults(handler=None, _help=docs.print_help)
 
 
@@ -47,10 +65,7 @@ def cli_docs_check(args) -> int:
 
     if not 0 < args.held_out < 1:
         raise UserError(f"--held-out {args.held_out}: a share between 0 and 1, e.g. 0.1")
-    missing = [m for m in ("pypdf", "docx", "inscriptis") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UserError("docs needs the 'documents' extra (pypdf, python-docx, inscriptis): "
-                        "pip install 'tunesmith[documents]'")  # fmt: skip
+    _need_readers()
     if not Path(args.folder).is_dir():
         raise UserError(f"{args.folder}: not a folder")
     tokenizer = None if args.no_tokens else _tokenizer(args)
@@ -75,6 +90,41 @@ def cli_docs_check(args) -> int:
     print(
         f"{report['seconds']} s: {report['files_per_s']} files/s, {report['mb_per_s']} MB/s", file=sys.stderr
     )
+    return 0
+
+
+def _need_readers() -> None:
+    missing = [m for m in ("pypdf", "docx", "inscriptis") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError("docs needs the 'documents' extra (pypdf, python-docx, inscriptis): "
+                        "pip install 'tunesmith[documents]'")  # fmt: skip
+
+
+def cli_docs_index(args) -> int:
+    from tunesmith.corpus.index import build
+
+    _need_readers()
+    done = build(args.folder, args.out, say=None if args.quiet else lambda s: print(s, flush=True))
+    what = f"{done['read']} files read, {done['reused']} unchanged, {done['skipped']} skipped"
+    print(f"indexed {args.folder} in {args.out}: {done['passages']:,} passages; {what}, "
+          f"{done['removed']} gone since the last build")  # fmt: skip
+    return 0
+
+
+def cli_docs_search(args) -> int:
+    from tunesmith.corpus.index import Index
+
+    if args.k < 1:
+        raise UserError(f"-k {args.k}: at least 1")
+    hits = Index(args.index).search(args.query, args.k)
+    if args.json:
+        print(json.dumps([{"score": s, **p} for s, p in hits], indent=2, ensure_ascii=False))
+        return 0
+    if not hits:
+        print("no passage shares a word with the query")
+    for s, p in hits:
+        text = p["text"] if len(p["text"]) <= 300 else p["text"][:297] + "..."
+        print(f"{s:7.2f}  {p['file']} ({p['where']})\n         {text}")
     return 0
 
 

@@ -27,11 +27,13 @@ MERGE_INFO = "tunesmith-merge.json"  # written by `merge`
 DATA_CARD = "card.json"  # written by `data prepare`
 GGUF_MARK = "tunesmith.exported_by"  # a GGUF metadata key written by `export`
 
-MARKERS = {"run": RUN_INFO, "data": DATA_CARD, "merge": MERGE_INFO}
+INDEX_INFO = "tunesmith-index.json"  # written by `docs index`
+MARKERS = {"run": RUN_INFO, "data": DATA_CARD, "merge": MERGE_INFO, "index": INDEX_INFO}
 WHAT = {
     "run": "a run",
     "data": "a prepared data set",
     "merge": "a merged model",
+    "index": "a document index",
     "gguf": "a GGUF file tunesmith exported",
 }
 
