@@ -44,7 +44,7 @@ def page(title: str, turns: list[str], topics: list[str]) -> str:
     body = "".join(f"<p>{H.escape(t)}</p>" for t in turns)
     items = "".join(f"<li>{H.escape(t)}</li>" for t in topics)
     head = f"<head><title>{H.escape(title)}</title><style>p{{margin:0}}</style></head>"
-    script = "<script>var tracking = 1;</script>"
+    script = "<script>var zq7marker = 1;</script>"
     return f"<html>{head}<body><h1>{H.escape(title)}</h1><ul>{items}</ul>{body}{script}</body></html>"
 
 
@@ -145,7 +145,7 @@ def html_readers(folder: Path) -> list[str]:
             "t = time.perf_counter()\ntexts = [f(p) for p in pages]\n"
             "print(json.dumps([time.perf_counter() - t, "
             "sum(len([x for x in s.splitlines() if x.strip()]) for s in texts), "
-            "sum('tracking' in s for s in texts)]))"
+            "sum('zq7marker' in s for s in texts)]))"
         )
         r = timed([sys.executable, "-c", code])
         s, lines, script = json.loads(r["out"])
