@@ -260,3 +260,26 @@ def test_an_index_is_never_written_over_other_files_or_inside_its_folder(tmp_pat
     assert (tmp_path / "mine" / "thesis.docx").read_text() == "precious"
     r = cli("docs", "search", str(tmp_path / "mine"), "x")
     assert r.returncode == 2 and "not a document index" in r.stderr
+
+
+def test_eval_compares_closed_book_with_document_rag(tmp_path, tiny_model_dir):
+    """`eval --systems base,base+docs:2 --docs INDEX`: both systems on the same examples; the docs system's
+    rows say which passages each answer was given; --docs without a system that reads it is refused."""
+    from conftest import toy_examples, write_jsonl
+
+    docs = corpus(tmp_path / "docs", 5)
+    assert cli("docs", "index", str(docs), "--out", str(tmp_path / "idx"), "--quiet").returncode == 0
+    test = write_jsonl(tmp_path / "test.jsonl", toy_examples(3, seed=2))
+    m = str(tiny_model_dir("llama"))
+    r = cli("eval", "--model", m, "--data", str(test), "--systems", "base,base+docs:2", "--docs",
+            str(tmp_path / "idx"), "--max-new-tokens", "4", "--json", "--registry", "off")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    closed, rag = res["systems"]
+    assert [closed["system"], rag["system"]] == ["base", "base+docs:2"]
+    assert all("passages" not in e for e in closed["examples"])
+    assert all(len(e["passages"]) == 2 and e["passages"][0]["file"] for e in rag["examples"])
+    assert all(e["prompt_tokens"] > c["prompt_tokens"] for e, c in zip(rag["examples"], closed["examples"]))
+    assert "rougeL" in rag["comparisons"]["base"]  # paired against closed book on the same examples
+    r = cli("eval", "--model", m, "--data", str(test), "--docs", str(tmp_path / "idx"), "--registry", "off")
+    assert r.returncode == 2 and "--docs goes with a system that reads it" in r.stderr

@@ -48,6 +48,12 @@ def add_parsers(sub) -> None:
         help="training examples for few-shot, rag and --memorization (default: train.jsonl beside --data)",
     )
     p.add_argument(
+        "--docs",
+        metavar="INDEX",
+        help="the document index (`tunesmith docs index`) of systems with +docs:K, e.g. --systems "
+        "base,base+docs:3,tuned+docs:3",
+    )
+    p.add_argument(
         "--other",
         metavar="CLASS",
         help="a run trained with --task: read a test label the training never saw as CLASS (one of the run's "
@@ -189,6 +195,7 @@ def spec_from_args(args) -> EvalSpec:
         systems=args.systems,
         system=system,
         train=args.train,
+        docs=args.docs,
         style=args.style,
         limit=args.limit,
         baseline=args.baseline,

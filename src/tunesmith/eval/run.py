@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.corpus.index import Index
 from tunesmith.data.formats import load_examples
 from tunesmith.data.tools import refuse_tools
 from tunesmith.errors import UserError
@@ -201,6 +202,7 @@ class EvalSpec:
     systems: str | None = None  # e.g. "base,prompted,rag:3,tuned"; default: tuned with --adapter, else base
     system: str | None = None  # the system prompt of `prompted`
     train: str | None = None  # examples for few-shot, rag and memorization (default: train.jsonl beside data)
+    docs: str | None = None  # the document index of the +docs:K systems (`tunesmith docs index`)
     style: str | None = None
     limit: int | None = None
     baseline: str | None = None  # results.json of an earlier eval
@@ -289,12 +291,16 @@ def plan(spec: EvalSpec) -> _Plan:
                 f"(looked for {train_path})"
             )
         train = load_examples(str(train_path), "--train")
+    if spec.docs and not any(s.docs for s in systems):
+        raise UserError("--docs goes with a system that reads it, e.g. --systems base,base+docs:3")
+    docs = Index(spec.docs) if spec.docs and any(s.docs for s in systems) else None
     system_prompts = {
         s.name: build_prompts(
             s,
             list(prompts),
             train=[ex.messages for ex in train] if train else None,
             system_prompt=spec.system,
+            docs=docs,
         )
         for s in systems
     }
@@ -358,7 +364,8 @@ def _generate(spec: EvalSpec, model, tok, convs: list, what: str):
     return outs, time.time() - t0
 
 
-def _system_run(spec: EvalSpec, p: _Plan, s: System, base: str, outs, wall: float, shots, judged) -> dict:
+def _system_run(spec: EvalSpec, p: _Plan, s: System, base: str, outs, wall: float, used, judged) -> dict:
+    shots, cited = used
     graded, grader_notes = grade_hosted(p.graders, outs, p.examples, p.refs)
     agg, per = score(outs, p.all_refs, p.rules, embedding=spec.embedding, judged=judged, graded=graded)
     return {
@@ -404,13 +411,14 @@ def _system_run(spec: EvalSpec, p: _Plan, s: System, base: str, outs, wall: floa
                 "reference": ref,
                 **({"references": rs} if len(rs) > 1 else {}),
                 **({"shots": sh} if sh else {}),
+                **({"passages": c} if c else {}),
                 "output": o.text,
                 "prompt_tokens": o.prompt_tokens,
                 **({"meta": scalar_meta(ex.meta)} if scalar_meta(ex.meta) else {}),
                 **row,
             }
-            for ex, pr, ref, rs, sh, o, row in zip(
-                p.examples, p.prompts, p.refs, p.all_refs, shots, outs, per
+            for ex, pr, ref, rs, sh, c, o, row in zip(
+                p.examples, p.prompts, p.refs, p.all_refs, shots, cited, outs, per
             )
         ],
     }
@@ -432,10 +440,10 @@ def evaluate(spec: EvalSpec) -> tuple[dict, list[dict]]:
             if spec.forgetting:
                 probe_before = run_probe(model, tok)
             model = attach_adapter(model, Path(spec.adapter), base)
-        convs, shots = p.system_prompts[s.name]
+        convs, shots, cited = p.system_prompts[s.name]
         outs, wall = _generate(spec, model, tok, convs, s.name)
         judged = judge(convs, [o.text for o in outs], p.refs) if judge else None
-        runs.append(_system_run(spec, p, s, base, outs, wall, shots, judged))
+        runs.append(_system_run(spec, p, s, base, outs, wall, (shots, cited), judged))
     order = [s.name for s in p.systems]
     runs.sort(key=lambda r: order.index(r["system"]))
     for r in runs[1:]:

@@ -7,7 +7,10 @@
   tuned       the adapter (--adapter)
 
 Prompt-side systems can be combined with the system prompt by suffixing `+prompted`, e.g.
-`few-shot:3+prompted`.
+`few-shot:3+prompted`, and any system with the K passages of a document index most like the prompt by
+suffixing `+docs:K` (`--docs INDEX`, built by `tunesmith docs index`): `base+docs:3`, `tuned+docs:3`.
+The passages go before the prompt's last user turn, numbered, each with its file and place, and the
+model is asked to cite them as [n]; each answer's row keeps which passages it was given.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class System:
     kind: str
     k: int = 0
     prompted: bool = False  # put the user's system prompt first
+    docs: int = 0  # passages of the document index (--docs) given with each prompt
 
     @property
     def uses_adapter(self) -> bool:
@@ -42,11 +46,18 @@ class System:
 def parse_systems(spec: str) -> list[System]:
     out = []
     for raw in [s.strip() for s in spec.split(",") if s.strip()]:
-        head, plus, extra = raw.partition("+")
-        if plus and extra != "prompted":
+        head, *extras = raw.split("+")
+        docs = [int(x[5:]) for x in extras if x.startswith("docs:") and x[5:].isdigit() and int(x[5:]) > 0]
+        if (
+            len(docs) + extras.count("prompted") != len(extras)
+            or len(docs) > 1
+            or extras.count("prompted") > 1
+        ):
             raise UserError(
-                f"--systems {raw}: only '+prompted' can be added to a system (e.g. rag:3+prompted)"
+                f"--systems {raw}: '+prompted' and '+docs:K' can be added to a system (e.g. rag:3+prompted, "
+                "tuned+docs:3)"
             )
+        plus = "prompted" in extras
         kind, colon, k = head.partition(":")
         if kind not in KINDS:
             raise UserError(
@@ -56,11 +67,11 @@ def parse_systems(spec: str) -> list[System]:
         if kind in ("few-shot", "rag"):
             if not colon or not k.isdigit() or int(k) < 1:
                 raise UserError(f"--systems {raw}: give how many examples, e.g. {kind}:3")
-            out.append(System(raw, kind, int(k), bool(plus)))
+            out.append(System(raw, kind, int(k), plus, docs[0] if docs else 0))
         else:
             if colon:
                 raise UserError(f"--systems {raw}: {kind} takes no ':K'")
-            out.append(System(raw, kind, 0, kind == "prompted" or bool(plus)))
+            out.append(System(raw, kind, 0, kind == "prompted" or plus, docs[0] if docs else 0))
     names = [s.name for s in out]
     if not out or len(set(names)) != len(names):
         raise UserError(f"--systems {spec}: give each system once, e.g. base,prompted,few-shot:3,rag:3,tuned")
@@ -121,8 +132,15 @@ def build_prompts(
     train: list[list[dict]] | None = None,
     system_prompt: str | None = None,
     seed: int = 13,
-) -> tuple[list[list[dict]], list[list[int]]]:
-    """The conversations this system is given, and which training examples each one carries."""
+    docs=None,
+) -> tuple[list[list[dict]], list[list[int]], list[list[dict]]]:
+    """The conversations this system is given, which training examples each one carries, and which
+    passages of the document index `docs` (corpus.index.Index)."""
+    if system.docs and docs is None:
+        raise UserError(
+            f"--systems {system.name}: needs a document index: --docs INDEX (`tunesmith docs index FOLDER "
+            "--out INDEX` builds one)"
+        )
     if system.prompted and not system_prompt:
         raise UserError(
             f"--systems {system.name}: needs your system prompt: --system TEXT or --system-file FILE"
@@ -141,9 +159,12 @@ def build_prompts(
         sorted(random.Random(seed).sample(range(len(train)), system.k)) if system.kind == "few-shot" else []
     )
     index = BM25([_text(t) for t in train]) if system.kind == "rag" else None
-    out, used = [], []
+    out, used, cited = [], [], []
     for p in prompts:
         idx = index.top(_text(p), system.k) if index else fixed
+        hits = docs.search(_text(p), system.docs) if system.docs else []
+        cited.append([{"file": h["file"], "where": h["where"], "score": s} for s, h in hits])
+        p = with_passages(p, [h for _, h in hits]) if hits else p
         head = (
             [{"role": "system", "content": system_prompt}]
             if system.prompted
@@ -155,4 +176,16 @@ def build_prompts(
             else head + [m for m in p if m["role"] != "system"]
         )
         used.append(list(idx))
-    return out, used
+    return out, used, cited
+
+
+PASSAGES_HEAD = "Passages from the documents (cite one as [n] where you use it):\n"
+
+
+def with_passages(messages: list[dict], passages: list[dict]) -> list[dict]:
+    """The conversation with the passages, numbered and placed, before its last user turn's text."""
+    block = PASSAGES_HEAD + "".join(
+        f"[{n}] {p['file']} ({p['where']}): {p['text']}\n" for n, p in enumerate(passages, 1)
+    )
+    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    return [{**m, "content": f"{block}\n{m['content']}"} if i == last else m for i, m in enumerate(messages)]

@@ -49,7 +49,7 @@ def teacher_prompts(prompts: list[list[dict]], plan: Plan) -> list[list[dict]]:
         raise UserError("--shots: needs the training examples: --train FILE")
     kind = "rag" if plan.shots else ("prompted" if plan.system else "base")
     system = System(kind, kind, plan.shots, bool(plan.system))
-    convs, _ = build_prompts(system, prompts, train=plan.train, system_prompt=plan.system)
+    convs, _, _ = build_prompts(system, prompts, train=plan.train, system_prompt=plan.system)
     return convs
 
 
