@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+# no benchmark run enters the registry of the person who runs it (TUNESMITH_BENCH_REGISTRY=PATH keeps them)
+os.environ["TUNESMITH_REGISTRY"] = os.environ.get("TUNESMITH_BENCH_REGISTRY", "off")
 ROOT = Path(__file__).resolve().parent.parent
 QMSUM = ROOT.parent / "shared" / "data" / "qmsum"
 
