@@ -162,7 +162,8 @@ def build_prompts(
     out, used, cited = [], [], []
     for p in prompts:
         idx = index.top(_text(p), system.k) if index else fixed
-        hits = docs.search(_text(p), system.docs) if system.docs else []
+        ask = next((m["content"] for m in reversed(p) if m["role"] == "user"), "")  # not the system prompt
+        hits = docs.search(ask, system.docs) if system.docs else []
         cited.append([{"file": h["file"], "where": h["where"], "score": s} for s, h in hits])
         p = with_passages(p, [h for _, h in hits]) if hits else p
         head = (
