@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -283,3 +284,91 @@ def test_eval_compares_closed_book_with_document_rag(tmp_path, tiny_model_dir):
     assert "rougeL" in rag["comparisons"]["base"]  # paired against closed book on the same examples
     r = cli("eval", "--model", m, "--data", str(test), "--docs", str(tmp_path / "idx"), "--registry", "off")
     assert r.returncode == 2 and "--docs goes with a system that reads it" in r.stderr
+
+
+def test_train_documents_learns_the_folder_and_tunes_on_from_it(tmp_path, tiny_model_dir):
+    """train --documents: rows within one document, the held-out documents as validation, the run records
+    them and the documents' hash; `train --from RUN --data` continues it, and the registry keeps the line
+    documents -> adapted -> tuned."""
+    from conftest import toy_examples, write_jsonl
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.train.documents import document_rows
+
+    docs = corpus(tmp_path / "docs", 12)
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 nothing else")
+    m = str(tiny_model_dir("llama"))
+    tok = load_tokenizer(m)
+    rows = document_rows(str(docs), tok, 64, 0.1, 42)
+    assert (
+        "broken.pdf" in rows.skipped[0] and len(rows.held_out) == 1 and rows.held_out[0] not in rows.trained
+    )
+    eos = tok.eos_token_id
+    # a row holds one document: the end-of-text token, when there, is its last token
+    assert all(eos not in r.input_ids[:-1] and r.labels == r.input_ids for r in rows.train + rows.val)
+    assert sum(r.input_ids[-1] == eos for r in rows.train) == len(rows.trained)
+    reg = str(tmp_path / "reg.db")
+    r = cli("train", "--model", m, "--documents", str(docs), "--out", str(tmp_path / "adapted"),
+            "--max-length", "64", "--epochs", "2", "--lr", "3e-3", "--registry", reg, "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["val_losses"][-1] < res["val_loss_start"]  # the held-out documents got likelier
+    info = json.loads((tmp_path / "adapted" / "documents.json").read_text())
+    assert info["held_out"] == rows.held_out and info["sha256"] == rows.sha256 and info["trained"] == 12
+    assert r.stderr.startswith("skip  broken.pdf: damaged PDF")  # said even with --json; the rest goes on
+    test = write_jsonl(tmp_path / "d" / "train.jsonl", toy_examples(8, seed=1))
+    write_jsonl(tmp_path / "d" / "val.jsonl", toy_examples(2, seed=3))
+    r = cli("train", "--from", str(tmp_path / "adapted"), "--data", str(test.parent), "--out",
+            str(tmp_path / "tuned"), "--epochs", "1", "--registry", reg, "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    shown = cli("runs", "show", "tuned", "--json", env={"TUNESMITH_REGISTRY": reg})
+    assert shown.returncode == 0, shown.stderr
+    tuned = json.loads(shown.stdout)
+    assert any(str(tmp_path / "adapted") in json.dumps(p) for p in tuned["parents"])
+    adapted = json.loads(cli("runs", "show", "adapted", "--json", env={"TUNESMITH_REGISTRY": reg}).stdout)
+    assert {d["role"] for d in adapted["data"]} == {"documents"} and len(adapted["data"]) == 14  # every file
+    bad = cli(
+        "train", "--model", m, "--documents", str(docs), "--data", str(test), "--out", str(tmp_path / "x")
+    )
+    assert bad.returncode == 2 and "give one" in bad.stderr
+
+
+def test_docs_perplexity_measures_held_out_and_seen_documents_with_intervals(tmp_path, tiny_model_dir):
+    """The adapted run against its base on the documents it held out and on some it saw, paired by document;
+    candidates with another tokenizer are refused."""
+    docs = corpus(tmp_path / "docs", 12)
+    m = str(tiny_model_dir("llama"))
+    r = cli("train", "--model", m, "--documents", str(docs), "--out", str(tmp_path / "run"), "--max-length",
+            "64", "--epochs", "2", "--lr", "3e-3", "--held-out", "0.25", "--registry", "off")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    held = json.loads((tmp_path / "run" / "documents.json").read_text())["held_out"]
+    r = cli("docs", "perplexity", str(docs), m, str(tmp_path / "run"), "--max-length", "64", "--seen", "4",
+            "--general", str(docs / "doc00.txt"), "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    base, run = out["candidates"]
+    assert sorted(run["measured"]["documents"]) == held == sorted(base["measured"]["documents"])
+    assert len(run["seen"]["documents"]) == 4 and not set(run["seen"]["documents"]) & set(held)
+    assert run["measured"]["perplexity"] < base["measured"]["perplexity"]
+    lo, hi = run["measured"]["ci95"]
+    assert lo <= run["measured"]["perplexity"] <= hi and lo < hi
+    t = run["measured_vs_first"]
+    assert t["documents"] == 3 and t["change"] < 0 and t["p"] is not None
+    assert out["verdict"].startswith(f"{tmp_path / 'run'}: down ")
+    r = cli("docs", "perplexity", str(docs), m, str(tiny_model_dir("gemma3")), "--all")
+    assert r.returncode == 2 and "another tokenizer" in r.stderr
+
+
+def test_pick_compares_closed_book_and_document_rag_candidates(tmp_path, tiny_model_dir):
+    from conftest import toy_examples, write_jsonl
+
+    docs = corpus(tmp_path / "docs", 4)
+    assert cli("docs", "index", str(docs), "--out", str(tmp_path / "idx"), "--quiet").returncode == 0
+    test = write_jsonl(tmp_path / "test.jsonl", toy_examples(4, seed=2))
+    m = str(tiny_model_dir("llama"))
+    r = cli("pick", m, f"{m}+docs:2", "--data", str(test), "--docs", str(tmp_path / "idx"),
+            "--max-new-tokens", "3", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    names = {row["name"] for row in json.loads(r.stdout)["ranking"]}
+    assert names == {Path(m).name, Path(m).name + "+docs:2"}
+    r = cli("pick", m, f"{m}+docs:2", "--data", str(test))
+    assert r.returncode == 2 and "--docs INDEX" in r.stderr

@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     models_cli.add_parsers(sub)
     use_cli.add_data_parsers(data_cli.add_parsers(sub))  # `data generate` is a teacher's work (use/)
-    corpus_cli.add_parsers(sub)
+    docs = corpus_cli.add_parsers(sub)
     train_cli.add_parsers(sub)
+    eval_cli.add_docs_parsers(docs)  # `docs perplexity` loads models: the eval package's
     eval_cli.add_parsers(sub)
     use_cli.add_parsers(sub)
     export_cli.add_parsers(sub)

@@ -14,8 +14,9 @@ from tunesmith.errors import UserError
 from tunesmith.flags import add_model
 
 
-def add_parsers(sub) -> None:
-    """The parsers of `docs` and `docs check` (declarations only)."""
+def add_parsers(sub):
+    """The parsers of `docs` and its commands (declarations only); returns the subcommands, for eval's
+    `docs perplexity`."""
     docs = sub.add_parser("docs", help="a folder of documents (txt, md, html, pdf, docx) as a corpus")
     dsub = docs.add_subparsers(dest="docs_command", metavar="SUBCOMMAND")
     p = dsub.add_parser(
@@ -49,6 +50,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="the passages as JSON")
     p.set_defaults(handler=cli_docs_search)
     docs.set_defaults(handler=None, _help=docs.print_help)
+    return dsub
 
 
 def line(r) -> str:

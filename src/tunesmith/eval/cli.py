@@ -17,6 +17,48 @@ if TYPE_CHECKING:  # annotations only: the handlers import these when they run
     from tunesmith.eval.run import EvalSpec
 
 
+def add_docs_parsers(dsub) -> None:
+    """`docs perplexity`, beside `docs check/index/search` (corpus/cli.py): it loads models, so eval has
+    it."""
+    p = dsub.add_parser(
+        "perplexity",
+        help="how well models or runs predict the documents (a --documents run's held-out ones), with "
+        "intervals over documents, paired tests against the first, and general text for forgetting",
+    )
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument(
+        "candidates", nargs="+", metavar="CANDIDATE", help="models or runs; the first is compared with"
+    )
+    p.add_argument("--all", action="store_true", help="every document, not a --documents run's held-out ones")
+    p.add_argument(
+        "--seen", type=int, default=10, help="also this many documents the run trained on (default 10)"
+    )
+    p.add_argument("--general", metavar="PATH", help="general text (folder or file): the forgetting probe")
+    p.add_argument(
+        "--max-length", type=int, default=1024, help="tokens per row, as in training (default 1024)"
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=0, help="score only each document's first N tokens (0 = all)"
+    )
+    p.add_argument("--seed", type=int, default=42, help="which seen documents and general rows (default 42)")
+    p.add_argument("--json", action="store_true", help="everything, per document too, as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run")
+    p.set_defaults(handler=cli_docs_perplexity)
+
+
+def cli_docs_perplexity(args) -> int:
+    from tunesmith.eval.perplexity import lines, perplexity
+
+    if args.max_length < 2 or args.max_tokens < 0 or args.seen < 0:
+        raise UserError("--max-length must be at least 2, --max-tokens and --seen 0 or more")
+    out = perplexity(args.folder, args.candidates, all_docs=args.all, seen=args.seen, general=args.general,
+                     max_length=args.max_length, max_tokens=args.max_tokens, seed=args.seed,
+                     trust_remote_code=args.trust_remote_code, quiet=args.quiet or args.json)  # fmt: skip
+    print(json.dumps(out, indent=2, ensure_ascii=False) if args.json else "\n".join(lines(out)))
+    return 0
+
+
 def add_parsers(sub) -> None:
     """The parsers of `eval` and `errors` (declarations only)."""
     p = sub.add_parser(
@@ -151,9 +193,11 @@ def add_parsers(sub) -> None:
         "candidates",
         nargs="+",
         metavar="CANDIDATE",
-        help="a model (alias, folder, .gguf), a run that writes text, or a run trained with --task",
+        help="a model (alias, folder, .gguf), a run that writes text, or a run trained with --task; "
+        "NAME+docs:K answers with the K passages of --docs INDEX most like each question",
     )
     p.add_argument("--data", required=True, help="the test file every candidate is scored on")
+    p.add_argument("--docs", metavar="INDEX", help="a document index (`docs index`) for +docs:K candidates")
     p.add_argument("--limit", type=int, help="only the first N examples")
     p.add_argument("--max-new-tokens", type=int, help="text: longest answer (eval's default otherwise)")
     p.add_argument("--batch-size", type=int, help="text: answers generated together (eval's default)")
@@ -170,7 +214,7 @@ def cli_pick(args) -> int:
 
     extra = [f for flag, v in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens),
              ("--batch-size", args.batch_size)) if v is not None for f in (flag, str(v))]  # fmt: skip
-    result = pick.pick(args.candidates, args.data, extra, quiet=args.quiet or args.json)
+    result = pick.pick(args.candidates, args.data, extra, quiet=args.quiet or args.json, index=args.docs)
     if args.out:
         write_json(Path(args.out), result)
     print(json.dumps(result, indent=2) if args.json else "\n".join(pick.lines(result)))

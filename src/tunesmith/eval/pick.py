@@ -38,27 +38,41 @@ class Candidate:
     name: str
     spec: str
     kind: str  # "model", "adapter" (a run that writes text) or "task" (a run with a head)
+    docs: int = 0  # +docs:K: answers with the K passages of `pick --docs INDEX` most like the question
 
-    def eval_args(self) -> list[str]:
-        return ["--model", self.spec] if self.kind == "model" else ["--adapter", self.spec]
+    def eval_args(self, index: str | None = None) -> list[str]:
+        if self.kind == "task":
+            return ["--adapter", self.spec, "--systems", "tuned"]  # the head alone; the baselines are eval's
+        plus = f"+docs:{self.docs}" if self.docs else ""
+        docs = ["--docs", index] if self.docs and index else []
+        if self.kind == "model":
+            return ["--model", self.spec, "--systems", f"base{plus}", *docs]
+        return ["--adapter", self.spec, "--systems", f"tuned{plus}", *docs]
 
 
-def candidates(specs: list[str]) -> list[Candidate]:
-    """Each CANDIDATE as what it is; names unique (a folder's name, or the alias)."""
+def candidates(specs: list[str], index: str | None = None) -> list[Candidate]:
+    """Each CANDIDATE as what it is; names unique (a folder's name, or the alias, and +docs:K)."""
     if len(specs) < 2:
         raise UserError("pick: give two or more candidates (models, or runs of `tunesmith train`)")
     out, seen = [], set()
-    for spec in specs:
+    for raw in specs:
+        spec, plus, k = raw.rpartition("+docs:") if "+docs:" in raw else (raw, "", "")
+        if plus and (not k.isdigit() or int(k) < 1):
+            raise UserError(f"pick: {raw}: +docs:K takes a number of passages, e.g. {spec}+docs:3")
+        if plus and not index:
+            raise UserError(f"pick: {raw} answers from documents: give their index with --docs INDEX")
         p = Path(spec)
         hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
         if not p.exists() and spec not in ALIASES and not hub_id:
             raise UserError(f"pick: {spec}: no such model, run or alias (aliases: {', '.join(ALIASES)})")
         kind = "task" if is_task_run(p) else "adapter" if (p / "adapter_config.json").is_file() else "model"
-        name = p.name if p.exists() else spec
+        if plus and kind == "task":
+            raise UserError(f"pick: {raw}: a run trained with --task labels texts; it reads no passages")
+        name = (p.name if p.exists() else spec) + (f"+docs:{k}" if plus else "")
         while name in seen:
             name += "'"
         seen.add(name)
-        out.append(Candidate(name, spec, kind))
+        out.append(Candidate(name, spec, kind, int(k) if plus else 0))
     tasks = {c.kind == "task" for c in out}
     if len(tasks) > 1:
         raise UserError(
@@ -68,11 +82,12 @@ def candidates(specs: list[str]) -> list[Candidate]:
     return out
 
 
-def run_eval(c: Candidate, data: str, extra: list[str], out: Path, quiet: bool) -> dict:
-    """One candidate's eval in its own process: its results, wall time and peak memory (bytes)."""
-    if c.kind == "task":  # the head alone; its baselines are `eval`'s to show
-        extra = ["--systems", "tuned"]
-    cmd = [sys.executable, "-m", "tunesmith.cli", "eval", *c.eval_args(), "--data", data,
+def run_eval(
+    c: Candidate, data: str, extra: list[str], out: Path, quiet: bool, index: str | None = None
+) -> dict:
+    """One candidate's eval in its own process (its own system alone): its results, wall time and peak
+    memory (bytes)."""
+    cmd = [sys.executable, "-m", "tunesmith.cli", "eval", *c.eval_args(index), "--data", data,
            "--out", str(out), "--registry", "off", "--quiet", *extra]  # fmt: skip
     if not quiet:
         print(f"pick: evaluating {c.name} ...", file=sys.stderr, flush=True)
@@ -101,15 +116,21 @@ def per_answer_ms(results: dict) -> float | None:
     return round(1000 * results["generation_s"] / n, 1) if "generation_s" in results else None
 
 
-def pick(specs: list[str], data: str, extra: list[str], quiet: bool = False) -> dict:
+def pick(
+    specs: list[str], data: str, extra: list[str], quiet: bool = False, index: str | None = None
+) -> dict:
     """Every candidate evaluated on `data`, ranked by the headline, each tested against the best."""
-    cands = candidates(specs)
+    cands = candidates(specs, index)
+    if index and not any(c.docs for c in cands):
+        raise UserError("pick: --docs INDEX is read by candidates named NAME+docs:K (e.g. base+docs:3)")
     if extra and cands[0].kind == "task":
         raise UserError("pick: --limit, --max-new-tokens and --batch-size are for candidates that write text")
     if not Path(data).is_file() and not Path(data).is_dir():
         raise UserError(f"--data {data}: no such file or directory")
     with tempfile.TemporaryDirectory(prefix="tunesmith-pick-") as tmp:
-        done = {c.name: run_eval(c, data, extra, Path(tmp) / str(i), quiet) for i, c in enumerate(cands)}
+        done = {
+            c.name: run_eval(c, data, extra, Path(tmp) / str(i), quiet, index) for i, c in enumerate(cands)
+        }
     key = headline(next(iter(done.values()))["results"])
     lower = key in LOWER
 

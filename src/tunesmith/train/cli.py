@@ -181,8 +181,10 @@ def cli_plan(args) -> int:
     from tunesmith.train import plan, plan_text
 
     cfg = resolve_config(args)
-    if not cfg.data:
-        raise UserError("--data is required: the plan counts the tokens of the run's examples")
+    if not cfg.data and not cfg.documents:
+        raise UserError(
+            "--data (or --documents) is required: the plan counts the tokens of the run's examples"
+        )
     p = plan.make_plan(cfg, trust_remote_code=args.trust_remote_code)
     options = plan.suggestions(p, args.trust_remote_code) if not p.fits or args.suggest else []
     if args.json:

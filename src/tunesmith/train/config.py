@@ -101,6 +101,12 @@ class TrainConfig:
     graders: str = ""  # grpo: what scores a sampled answer, e.g. "format,rougeL*0.5"
     style: str = ""  # grpo: house-style spec for the format grader (as in `tunesmith eval --style`)
     rubric: str = ""  # grpo: rubric file for the judge grader
+    documents: str = (
+        ""  # a folder of documents: continued pre-training on them instead of --data (documents.py)
+    )
+    general: str = ""  # --documents: general text mixed in to limit forgetting (a folder or file)
+    general_ratio: float = 0.25  # --general: its tokens per document token
+    held_out: float = 0.1  # --documents: share of documents held out for the validation loss (0: none)
     task: str = "generate"  # generate text, or a head: classify, multilabel, regress (train/classify.py)
     class_weights: bool = False  # classify/multilabel: weight each class by n / (k * its count)
     other: str = ""  # classify/multilabel: a validation class the training never shows is read as this one
@@ -132,6 +138,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         self._validate_task()
+        why = _documents_problem(self)
+        if why:
+            raise UserError(why)
         if self.method not in METHODS:
             raise UserError(f"--method {self.method!r}: supported methods are {', '.join(METHODS)}")
         if self.scheduler not in ("cosine", "linear", "constant"):
@@ -259,6 +268,14 @@ HELP = {
     "(--style), length:N (words), python:MODULE:FUNCTION, judge[:MODEL] (--rubric)",
     "style": "--method grpo: house-style spec (YAML) for the format grader",
     "rubric": "--method grpo: rubric text file for the judge grader",
+    "documents": "continued pre-training: learn the words of a folder of documents (txt, md, html, pdf, "
+    "docx; the 'documents' extra) instead of --data's examples; rows of --max-length tokens within one "
+    "document, "
+    "every token a target; held-out documents give the validation loss",
+    "general": "--documents: general text (a folder or file) mixed in, so the model forgets less of what "
+    "it knew",
+    "general_ratio": "--general: tokens of general text per document token",
+    "held_out": "--documents: share of documents held out (by document, duplicates together; 0 = none)",
     "task": "what to train: generate (text, the default), or a head on the model: classify (one class), "
     "multilabel (several), regress (a number); the data are {text, label|labels|target}",
     "class_weights": "--task classify/multilabel: weight each class by how rare it is (imbalanced data)",
@@ -291,6 +308,7 @@ SYNONYMS = {
     "base_model": "model",
 }
 CLI_ONLY = {"model", "data", "val", "out"}  # declared by the CLI itself
+ALIASES = {"from_adapter": ("--from",)}  # --from RUN: tune on from a run (the --documents one, say)
 
 
 def add_config_flags(parser) -> None:
@@ -309,6 +327,7 @@ def add_config_flags(parser) -> None:
             continue
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
+            *ALIASES.get(f.name, ()),
             dest=f.name,
             type=typ,
             default=None,
@@ -389,6 +408,31 @@ def _task_problem(c: TrainConfig) -> str | None:
         return "--other is for --task classify or multilabel"
     if c.class_weights and c.task == "regress":
         return "--class-weights is for --task classify or multilabel"
+    return None
+
+
+def _documents_problem(c: TrainConfig) -> str | None:
+    if not c.documents:
+        return (
+            "--general goes with --documents (general text mixed into continued pre-training)"
+            if c.general
+            else None
+        )
+    if c.data:
+        return (
+            "--documents FOLDER trains on the documents, --data FILE on examples: give one (tune on the "
+            "examples after, with --from-adapter RUN)"
+        )
+    if (
+        c.task != "generate"
+        or c.method in PREFERENCE_METHODS
+        or c.method in ("prompt-tuning", "prefix-tuning")
+    ):
+        return "--documents trains next-token prediction with --method lora, dora, qlora, full or freeze"
+    if c.eval_metric or c.replay:
+        return "--documents: --eval-metric and --replay are for examples; held-out documents give the loss"
+    if not 0 <= c.held_out < 1 or not c.general_ratio > 0:
+        return f"--held-out {c.held_out:g} must be in [0, 1) and --general-ratio {c.general_ratio:g} above 0"
     return None
 
 

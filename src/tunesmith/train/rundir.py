@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from tunesmith.corpus.check import walk
 from tunesmith.data.formats import files_of, locate_paths
 from tunesmith.data.mix import Mix, is_mix, replay_path
 from tunesmith.errors import UserError
@@ -67,6 +68,11 @@ def source_files(cfg: TrainConfig) -> list[Path]:
         with contextlib.suppress(UserError):
             files.append(replay_path(cfg.replay))
     files += [Path(p) for p in (cfg.style, cfg.rubric) if p and Path(p).is_file()]
+    for folder in (cfg.documents, cfg.general):  # links are not followed there, so not hashed here either
+        if folder and Path(folder).is_dir():
+            files += [p for _, p, _ in walk(Path(folder)) if p is not None]
+        elif folder:
+            files.append(Path(folder))
     # a pipe is refused when the data is read, not hashed here
     return [f for f in dict.fromkeys(files) if f.is_file()]
 
@@ -97,6 +103,12 @@ def data_roles(cfg: TrainConfig) -> dict[Path, str]:
     if cfg.replay:
         with contextlib.suppress(UserError):
             roles[replay_path(cfg.replay)] = "replay"
+    for name in ("documents", "general"):
+        folder = getattr(cfg, name)
+        if folder and Path(folder).is_dir():
+            roles.update({p: name for _, p, _ in walk(Path(folder)) if p is not None})
+        elif folder:
+            roles[Path(folder)] = name
     return roles
 
 
@@ -108,6 +120,8 @@ def run_inputs(cfg: TrainConfig, config_file: str | None = None) -> dict[str, ob
         "--model": cfg.model,
         "--from-adapter": cfg.from_adapter,
         "--replay": cfg.replay,
+        "--documents": cfg.documents,
+        "--general": cfg.general,
         "--style": cfg.style,
         "--rubric": cfg.rubric,
         "--config": config_file,

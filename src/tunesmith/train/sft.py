@@ -26,6 +26,7 @@ from tunesmith.scoring.metrics import scores
 from tunesmith.train import distributed as dist
 from tunesmith.train.batching import batches, collate, encode_all, micro_batches, n_answer_tokens, pass_budget
 from tunesmith.train.config import LOW_REPLAY, TrainConfig
+from tunesmith.train.documents import document_rows, general_rows
 from tunesmith.train.loss import answer_loss_sum
 from tunesmith.train.precision import amp, autocast_device, bucket_size, token_budget
 from tunesmith.train.run import State, StepOut
@@ -110,9 +111,12 @@ class Encoded:
     val_dropped: list[str]
     val_examples: list
     path: str
+    documents: dict | None = None  # --documents: what the run records of them (held out, hash, counts)
 
 
 def encode_data(cfg: TrainConfig, tok) -> Encoded:
+    if cfg.documents:
+        return encode_documents(cfg, tok)
     train_ex, val_ex, path = load_data(cfg)
     train_enc, dropped = encode_all(tok, train_ex, cfg)
     val_enc, val_dropped = encode_all(tok, val_ex, cfg)
@@ -121,6 +125,22 @@ def encode_data(cfg: TrainConfig, tok) -> Encoded:
             f"--data {path}: every example is longer than --max-length {cfg.max_length}; raise it"
         )
     return Encoded(train_enc, val_enc, dropped, val_dropped, val_ex, str(path))
+
+
+def encode_documents(cfg: TrainConfig, tok) -> Encoded:
+    """--documents: the folder's rows (documents.py), held-out documents as validation, --general mixed in."""
+    d = document_rows(cfg.documents, tok, cfg.max_length, cfg.held_out, cfg.seed)
+    train = d.train
+    general = 0
+    if cfg.general:
+        want = int(cfg.general_ratio * sum(len(r.input_ids) for r in d.train))
+        mixed = general_rows(cfg.general, tok, cfg.max_length, want, cfg.seed)
+        general = sum(len(r.input_ids) for r in mixed)
+        train = train + mixed
+    about = {"folder": str(Path(cfg.documents).resolve()), "sha256": d.sha256, "tokens": d.tokens,
+             "trained": len(d.trained), "held_out": d.held_out, "skipped": d.skipped,
+             "rows": {"train": len(d.train), "val": len(d.val)}, "general_tokens": general}  # fmt: skip
+    return Encoded(train, d.val, [], [], [], cfg.documents, about)
 
 
 @dataclass
@@ -183,12 +203,18 @@ class Sft:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             total = sum(p.numel() for p in model.parameters())
             what = f"resuming from {resumed_from}: " if resumed_from else ""
+            items = "rows of documents" if encoded.documents else "examples"
             print(
-                f"{what}training {cfg.method} on {len(self.train_enc)} examples ({len(self.val_enc)} "
+                f"{what}training {cfg.method} on {len(self.train_enc)} {items} ({len(self.val_enc)} "
                 "validation), "
                 f"{trainable:,} of {total:,} parameters trainable",
                 file=sys.stderr,
             )
+        if encoded.documents:
+            self.files = {"documents.json": encoded.documents}
+            self.about = {"documents": {k: encoded.documents[k] for k in ("folder", "sha256", "tokens")}}
+            for s in encoded.documents["skipped"]:
+                print(f"skip  {s}", file=sys.stderr)
         self.val_gen = None
         if cfg.eval_metric:
             if not val_ex:

@@ -50,8 +50,10 @@ def train(
     starts and from its directory when it ends; a registry that fails is skipped with a warning."""
     import torch
 
-    if not cfg.data:
-        raise UserError("--data is required (a folder with train.jsonl and val.jsonl, or a file)")
+    if not cfg.data and not cfg.documents:
+        raise UserError(
+            "--data is required (a folder with train.jsonl and val.jsonl, or a file), or --documents FOLDER"
+        )
     if not cfg.out:
         raise UserError("--out is required: the run directory to create")
     kind = Classify if cfg.task != "generate" else METHODS.get(cfg.method, Sft)
@@ -138,6 +140,7 @@ def fit_and_register(run: Run, method, rec: Recorder, run_id: str, out: Path, da
             "model_sha256": model_sha,
             "environment": runfolder.environment(),
             "examples": {"train": method.n_items, "val": method.n_val},
+            **getattr(method, "about", {}),  # the method's own (sft.py with --documents: the documents' hash)
         }
         result = run.finish(out, method.model_dir, about)
     except KeyboardInterrupt:
