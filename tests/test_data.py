@@ -37,7 +37,7 @@ def test_check_reports_every_problem_with_location(tmp_path):
         f"{f}:5: messages[0].content: empty",
         f"{f}:6: messages[0].role: unknown role 'bot'; expected system (or developer), user or assistant",
         f"{f}:7: unknown shape: expected keys messages, prompt+completion, instruction+output, "
-        "conversations, prompt+chosen+rejected or text+label/labels/target; found text",
+        "conversations, prompt+chosen+rejected, question+answer or text+label/labels/target; found text",
         f"{f}:10: completion: expected a string, got int",
         f"{f}:11: not UTF-8 (byte 0xe9 at column 16)",
         f"{f}:8: exact duplicate of {f}:1 (warning)",

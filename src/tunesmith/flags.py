@@ -39,6 +39,7 @@ def add_read_options(p: argparse.ArgumentParser) -> None:
             "sharegpt",
             "preference",
             "preferred-output",
+            "question-answer",
             "label",
             "labels",
             "target",
@@ -92,3 +93,14 @@ def add_track(p: argparse.ArgumentParser) -> None:
         default=None,
         help="also log the run to an MLflow tracking server (MLFLOW_TRACKING_URI; needs tunesmith[mlflow])",
     )
+
+
+def add_docs(p: argparse.ArgumentParser) -> None:
+    """--docs INDEX and --passages K: answer from a document index (`generate`, `chat`, `serve`)."""
+    p.add_argument(
+        "--docs",
+        metavar="INDEX",
+        help="answer from a document index (`tunesmith docs index`): the passages most like each question go "
+        "before it, and the answer's citations ([n]) are given with it",
+    )
+    p.add_argument("--passages", type=int, default=3, help="--docs: passages per answer (default 3)")

@@ -16,12 +16,13 @@ import hashlib
 import os
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from tunesmith.corpus.lang import language, sample_add
 from tunesmith.corpus.read import Skipped, kind_of, parts
 from tunesmith.data.dedupe import WORD, MinHasher, shingles
 from tunesmith.errors import UserError
@@ -42,6 +43,7 @@ class FileReport:
     skipped: str | None = None
     notes: list[str] = field(default_factory=list)
     sha256: str = ""  # of the text, whitespace collapsed: the same text in a .pdf and a .docx is one
+    language: str | None = None  # corpus/lang.py: an ISO 639 code, "unsure", or None (no detector)
 
 
 def walk(root: Path):
@@ -71,8 +73,9 @@ def read_one(p: Path, rel: str, tokenizer, hasher: MinHasher) -> tuple[FileRepor
         rep.bytes = p.stat().st_size
         if rep.bytes == 0:
             raise Skipped("empty (0 bytes)")
-        digest, sig, tail, blank = hashlib.sha256(), None, "", True
+        digest, sig, tail, blank, sample = hashlib.sha256(), None, "", True, []
         for part in parts(p, rep.notes):
+            sample_add(sample, part.text)
             rep.pages += part.where.startswith("page ")
             blank = blank and not part.text.strip()
             text = tail + part.text
@@ -91,6 +94,7 @@ def read_one(p: Path, rel: str, tokenizer, hasher: MinHasher) -> tuple[FileRepor
         if blank:
             raise Skipped("empty (no text in it)")
         rep.sha256 = digest.hexdigest()
+        rep.language = language(sample)
         return rep, sig
     except Skipped as e:
         rep.skipped, rep.pages, rep.chars, rep.tokens = str(e), 0, 0, 0
@@ -199,6 +203,7 @@ def check_folder(root: str, tokenizer=None, held_out: float = 0.1, seed: int = 4
         "pages": sum(r.pages for r in docs),
         "chars": sum(r.chars for r in docs),
         "tokens": sum(r.tokens for r in docs),
+        "languages": dict(Counter(r.language for r in docs if r.language).most_common()),
         "exact_duplicates": [[reports[a].path, reports[b].path] for a, b in exact],
         "near_duplicates": [[reports[a].path, reports[b].path, est] for a, b, est in near],
         "held_out": split(docs, group, held_out, seed),

@@ -39,6 +39,14 @@ def add_parsers(sub):
     p.add_argument(
         "--out", required=True, metavar="INDEX", help="the index folder (updated in place when it is one)"
     )
+    p.add_argument(
+        "--embed",
+        nargs="?",
+        const="minilm-l6",
+        metavar="ENCODER",
+        help="also a vector per passage from a sentence-transformers encoder (default minilm-l6), for the "
+        "embed and hybrid retrievers (hybrid then answers by default)",
+    )
     p.add_argument("--quiet", action="store_true", help="no line per file")
     p.set_defaults(handler=cli_docs_index)
     p = dsub.add_parser(
@@ -47,6 +55,11 @@ def add_parsers(sub):
     p.add_argument("index", metavar="INDEX")
     p.add_argument("query", metavar="QUERY")
     p.add_argument("-k", type=int, default=5, help="passages to show (default 5)")
+    p.add_argument(
+        "--retriever",
+        choices=("bm25", "embed", "hybrid"),
+        help="how to rank (default: the index's, hybrid where it has vectors, else bm25)",
+    )
     p.add_argument("--json", action="store_true", help="the passages as JSON")
     p.set_defaults(handler=cli_docs_search)
     docs.set_defaults(handler=None, _help=docs.print_help)
@@ -59,7 +72,8 @@ def line(r) -> str:
         return f"skip  {r.path}: {r.skipped}"
     pages = f"{r.pages} pages, " if r.pages else ""
     notes = f"  ({'; '.join(r.notes)})" if r.notes else ""
-    return f"ok    {r.path}: {r.kind}, {pages}{r.chars:,} characters, {r.tokens:,} tokens{notes}"
+    lang = f", {r.language}" if r.language else ""
+    return f"ok    {r.path}: {r.kind}{lang}, {pages}{r.chars:,} characters, {r.tokens:,} tokens{notes}"
 
 
 def cli_docs_check(args) -> int:
@@ -82,6 +96,8 @@ def cli_docs_check(args) -> int:
         + f"{report['chars']:,} characters, {report['tokens']:,} tokens"
         + ("" if tokenizer else " (not counted: --no-tokens)")
     )
+    if report["languages"]:
+        print("languages: " + ", ".join(f"{k} {v}" for k, v in report["languages"].items()))
     for a, b in report["exact_duplicates"]:
         print(f"duplicate: {b} has the same text as {a}")
     for a, b, est in report["near_duplicates"]:
@@ -106,8 +122,12 @@ def cli_docs_index(args) -> int:
     from tunesmith.corpus.index import build
 
     _need_readers()
-    done = build(args.folder, args.out, say=None if args.quiet else lambda s: print(s, flush=True))
+    done = build(
+        args.folder, args.out, say=None if args.quiet else lambda s: print(s, flush=True), embed=args.embed
+    )
     what = f"{done['read']} files read, {done['reused']} unchanged, {done['skipped']} skipped"
+    if "embedded" in done:
+        what = f"{done['embedded']:,} passages embedded ({args.embed}); " + what
     print(f"indexed {args.folder} in {args.out}: {done['passages']:,} passages; {what}, "
           f"{done['removed']} gone since the last build")  # fmt: skip
     return 0
@@ -118,7 +138,7 @@ def cli_docs_search(args) -> int:
 
     if args.k < 1:
         raise UserError(f"-k {args.k}: at least 1")
-    hits = Index(args.index).search(args.query, args.k)
+    hits = Index(args.index).search(args.query, args.k, args.retriever)
     if args.json:
         print(json.dumps([{"score": s, **p} for s, p in hits], indent=2, ensure_ascii=False))
         return 0

@@ -12,7 +12,10 @@ are gone. It is written beside the final name and swapped in when whole (files/a
 interrupted build leaves the old index as it was, never half of one.
 
 Retrieval is BM25 (k1 1.5, b 0.75; `eval --systems rag:K` uses the same), scored through an inverted
-index, so a query costs the passages that hold its words, not every passage of the corpus.
+index, so a query costs the passages that hold its words, not every passage of the corpus. With
+`--embed [ENCODER]` each passage also gets a vector (embed.py, `embeddings.safetensors`; a rebuild
+embeds only the new passages), and the index answers by `embed` (cosine) or `hybrid`, BM25's and the
+vectors' rankings fused by reciprocal rank, its default then.
 """
 
 from __future__ import annotations
@@ -26,13 +29,18 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from tunesmith.corpus.check import walk
+from tunesmith.corpus.embed import rrf
 from tunesmith.corpus.read import Skipped, parts
 from tunesmith.errors import UserError
 from tunesmith.files.atomic import make_temp_dir, replace_dir, sweep
 from tunesmith.files.outputs import INDEX_INFO, check_inputs, check_replaceable, holds
+from tunesmith.models.encoder import Encoder
 
 MANIFEST = INDEX_INFO
 PASSAGES = "passages.jsonl"
+EMBEDDINGS = "embeddings.safetensors"
+RETRIEVERS = ("bm25", "embed", "hybrid")
+FUSE_DEPTH = 50  # hybrid: each retriever's top passages that are fused
 PASSAGE_WORDS = 200
 OVERLAP = 40
 VERSION = 1
@@ -85,8 +93,33 @@ def read_index(out: Path) -> tuple[dict, dict[str, list[dict]]]:
     return manifest, by_file
 
 
-def build(folder: str, out: str, say=None) -> dict:
-    """Build or update the index of `folder` at `out`; returns what was done."""
+def embed_rows(rows: list[dict], dest: Path, old: dict, spec: str, say=None) -> tuple:
+    """The vectors of `rows`, those of passages the old index embedded with the same encoder reused;
+    -> (vectors, how many were embedded now)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    known: dict[tuple, np.ndarray] = {}
+    if old.get("embed", {}).get("encoder") == spec and (dest / EMBEDDINGS).is_file():
+        _, old_rows = read_index(dest)
+        vecs = load_file(str(dest / EMBEDDINGS))["vectors"]
+        flat = [r for rs in old_rows.values() for r in rs]
+        known = {(r["file"], r["where"], r["text"]): vecs[i] for i, r in enumerate(flat) if i < len(vecs)}
+    todo = [i for i, r in enumerate(rows) if (r["file"], r["where"], r["text"]) not in known]
+    enc = Encoder(spec)
+    fresh = enc.encode([rows[i]["text"] for i in todo], say) if todo else np.zeros((0, enc.dim), np.float32)
+    out = np.zeros((len(rows), enc.dim), dtype=np.float32)
+    for j, i in enumerate(todo):
+        out[i] = fresh[j]
+    for i, r in enumerate(rows):
+        if (r["file"], r["where"], r["text"]) in known:
+            out[i] = known[(r["file"], r["where"], r["text"])]
+    return out, len(todo)
+
+
+def build(folder: str, out: str, say=None, embed: str | None = None) -> dict:
+    """Build or update the index of `folder` at `out` (with vectors from the `embed` encoder); returns
+    what was done."""
     src, dest = Path(folder), Path(out)
     if not src.is_dir():
         raise UserError(f"{folder}: not a folder")
@@ -136,16 +169,26 @@ def build(folder: str, out: str, say=None) -> dict:
         raise UserError(f"{folder}: no readable document in it; nothing to index")
     counts["removed"] = len(set(old["files"]) - set(files))
     manifest = {"version": VERSION, "folder": str(src.resolve()), "passage_words": PASSAGE_WORDS,
-                "overlap": OVERLAP, "retriever": "bm25", "files": files, "passages": len(rows)}  # fmt: skip
+                "overlap": OVERLAP, "retriever": "hybrid" if embed else "bm25", "files": files,
+                "passages": len(rows)}  # fmt: skip
+    vectors = None
+    if embed:
+        vectors, counts["embedded"] = embed_rows(rows, dest, old, embed, say)
+        manifest["embed"] = {"encoder": embed, "dim": int(vectors.shape[1])}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(dest)
     with open(tmp / PASSAGES, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if vectors is not None:
+        from safetensors.numpy import save_file
+
+        save_file({"vectors": vectors}, str(tmp / EMBEDDINGS))
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     check_replaceable(dest, "index", keep=tmp)
     replace_dir(tmp, dest)
-    return {"passages": len(rows), **{k: counts[k] for k in ("read", "reused", "skipped", "removed")}}
+    keys = ("read", "reused", "skipped", "removed", *(("embedded",) if embed else ()))
+    return {"passages": len(rows), **{k: counts[k] for k in keys}}
 
 
 class Index:
@@ -158,6 +201,8 @@ class Index:
                 f"{out}: not a document index; build one with `tunesmith docs index FOLDER --out {out}`"
             )
         self.passages = [row for rows in by_file.values() for row in rows]
+        self.retriever, self.embed = manifest.get("retriever", "bm25"), manifest.get("embed")
+        self.vectors, self.encoder, self.folder = None, None, Path(out)
         self.k1, self.b = k1, b
         self.postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self.length = []
@@ -170,7 +215,38 @@ class Index:
         n = len(self.passages)
         self.idf = {t: math.log(1 + (n - len(p) + 0.5) / (len(p) + 0.5)) for t, p in self.postings.items()}
 
-    def search(self, query: str, k: int = 5) -> list[tuple[float, dict]]:
+    def search(self, query: str, k: int = 5, retriever: str | None = None) -> list[tuple[float, dict]]:
+        """The k best passages for `query` by the index's retriever (or `retriever`), best first."""
+        how = retriever or self.retriever
+        if how not in RETRIEVERS:
+            raise UserError(f"--retriever {how}: choose from {', '.join(RETRIEVERS)}")
+        if how == "bm25":
+            return [(s, self.passages[i]) for s, i in self.bm25(query, k)]
+        if not self.embed:
+            raise UserError(
+                f"--retriever {how}: {self.folder} has no vectors; build it with `docs index --embed`"
+            )
+        dense = self.dense(query, k if how == "embed" else FUSE_DEPTH)
+        if how == "embed":
+            return [(s, self.passages[i]) for s, i in dense]
+        fused = rrf([[i for _, i in self.bm25(query, FUSE_DEPTH)], [i for _, i in dense]])
+        return [(round(s, 5), self.passages[i]) for s, i in fused[:k]]
+
+    def dense(self, query: str, k: int) -> list[tuple[float, int]]:
+        """The k passages whose vectors are nearest the query's (cosine), best first."""
+        import numpy as np
+        from safetensors.numpy import load_file
+
+        if self.vectors is None:
+            self.vectors = load_file(str(self.folder / EMBEDDINGS))["vectors"]
+            if len(self.vectors) != len(self.passages):
+                raise UserError(f"{self.folder}: a damaged document index; delete it and build it again")
+            self.encoder = Encoder(self.embed["encoder"])
+        sims = self.vectors @ self.encoder.encode([query])[0]
+        top = np.argsort(-sims, kind="stable")[:k]
+        return [(round(float(sims[i]), 4), int(i)) for i in top]
+
+    def bm25(self, query: str, k: int) -> list[tuple[float, int]]:
         """The k passages with the highest BM25 score (ties: the earlier passage), those sharing no word
         with the query left out."""
         scores: dict[int, float] = defaultdict(float)
@@ -179,4 +255,4 @@ class Index:
                 norm = self.k1 * (1 - self.b + self.b * self.length[i] / self.avg)
                 scores[i] += self.idf[t] * f * (self.k1 + 1) / (f + norm)
         best = heapq.nsmallest(k, scores.items(), key=lambda x: (-x[1], x[0]))
-        return [(round(s, 4), self.passages[i]) for i, s in best]
+        return [(round(s, 4), i) for i, s in best]

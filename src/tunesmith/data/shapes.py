@@ -1,4 +1,5 @@
 """Record shapes, and how each becomes a chat: chat {"messages": [...]}, {"prompt", "completion"},
+{"question", "answer"} (a question set about documents, its "source" kept),
 alpaca {"instruction", "input", "output"}, sharegpt {"conversations": [{"from", "value"}]},
 preference {"prompt", "chosen", "rejected"}, and the hosted fine-tuning files as they are (OpenAI's
 formats, for teams moving off hosted fine-tuning): an assistant message's `weight` (0: not in the loss)
@@ -21,13 +22,22 @@ SHAREGPT_ROLES = {
     "gpt": "assistant",
     "assistant": "assistant",
 }
-SHAPES = ("chat", "prompt-completion", "alpaca", "sharegpt", "preference", "preferred-output")
+SHAPES = (
+    "chat",
+    "prompt-completion",
+    "alpaca",
+    "sharegpt",
+    "preference",
+    "preferred-output",
+    "question-answer",
+)
 SHAPES += tuple(LABEL_SHAPES)  # a text with a class, classes or a number
 
 SHAPE_KEYS = {
     "chat": ("messages",),
     "sharegpt": ("conversations",),
     "prompt-completion": ("prompt", "completion"),
+    "question-answer": ("question", "answer"),  # a question set about documents; "source" stays as metadata
     "alpaca": ("instruction", "input", "output", "system"),
     "preference": ("prompt", "chosen", "rejected"),
     "preferred-output": ("input", "preferred_output", "non_preferred_output"),
@@ -37,6 +47,7 @@ REQUIRED_KEYS = {
     "chat": ("messages",),
     "sharegpt": ("conversations",),
     "prompt-completion": ("prompt", "completion"),
+    "question-answer": ("question", "answer"),
     "alpaca": ("instruction", "output"),
     "preference": ("prompt", "chosen", "rejected"),
     "preferred-output": ("input", "preferred_output", "non_preferred_output"),
@@ -57,6 +68,8 @@ def detect(obj: dict) -> str | None:
         return "prompt-completion"
     if "instruction" in obj or "output" in obj:
         return "alpaca"
+    if "question" in obj and "answer" in obj:
+        return "question-answer"
     return label_shape(obj)
 
 
@@ -90,10 +103,11 @@ def normalize(obj: object, shape: str | None = None) -> tuple[Example | None, li
         msgs, names, rejected = _preferred_output(obj, problems)
         if msgs is None:
             return None, problems
-    elif shape in ("prompt-completion", "preference"):
-        answer_key = "completion" if shape == "prompt-completion" else "chosen"
-        msgs = [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj[answer_key]}]
-        names = ["prompt", answer_key]
+    elif shape in ("prompt-completion", "preference", "question-answer"):
+        ask = "question" if shape == "question-answer" else "prompt"
+        answer_key = {"prompt-completion": "completion", "preference": "chosen"}.get(shape, "answer")
+        msgs = [{"role": "user", "content": obj[ask]}, {"role": "assistant", "content": obj[answer_key]}]
+        names = [ask, answer_key]
         if shape == "preference":
             rejected = obj["rejected"]
             msgs.append({"role": "assistant", "content": rejected})  # checked like the others, removed below
@@ -149,7 +163,8 @@ def _unknown_shape(obj: dict) -> tuple[str, str, str]:
         "error",
         "",
         "unknown shape: expected keys messages, prompt+completion, instruction+output, conversations, "
-        f"prompt+chosen+rejected or text+label/labels/target; found {', '.join(sorted(obj)) or 'none'}{hint}",
+        "prompt+chosen+rejected, question+answer or text+label/labels/target; "
+        f"found {', '.join(sorted(obj)) or 'none'}{hint}",
     )
 
 

@@ -12,8 +12,8 @@ Which documents: a `--documents` run's held-out ones (its documents.json), which
 or no such run among the candidates, measures every readable document. Alongside, up to
 `--seen N` documents the run did train on: perplexity falling much more there than on the held-out
 ones says the model learned those documents themselves (their facts), not only their words and style;
-falling alike says it learned the style. `--general PATH` measures the same on general text: the
-forgetting probe, what the adaptation cost elsewhere.
+falling alike says it learned the style. `--general PATH` measures the same on general text (as many
+tokens as the documents measured): the forgetting probe, what the adaptation cost elsewhere.
 
 Candidates must share one tokenizer: perplexities per token of different tokenizers do not compare.
 """
@@ -160,9 +160,8 @@ def perplexity(folder: str, specs: list[str], *, all_docs=False, seen=10, genera
                 row[key] = measure_set(
                     m.model, m.tokenizer, doc_rows(root, rels, m.tokenizer, max_length, max_tokens)
                 )
-        if general:
-            want = max_tokens * 10 if max_tokens else 50_000
-            rows = general_rows(general, m.tokenizer, max_length, want, seed)
+        if general:  # as many tokens as the documents measured (rows drawn at random, repeated when short)
+            rows = general_rows(general, m.tokenizer, max_length, row["measured"]["tokens"], seed)
             row["general"] = measure_set(m.model, m.tokenizer, {f"row {i}": [r] for i, r in enumerate(rows)})
         row["seconds"] = round(time.perf_counter() - t0, 1)
         out["candidates"].append(row)

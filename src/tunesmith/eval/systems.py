@@ -21,6 +21,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from tunesmith.corpus.cite import last_user, with_passages
 from tunesmith.errors import UserError
 
 KINDS = ("base", "prompted", "few-shot", "rag", "tuned")
@@ -162,8 +163,7 @@ def build_prompts(
     out, used, cited = [], [], []
     for p in prompts:
         idx = index.top(_text(p), system.k) if index else fixed
-        ask = next((m["content"] for m in reversed(p) if m["role"] == "user"), "")  # not the system prompt
-        hits = docs.search(ask, system.docs) if system.docs else []
+        hits = docs.search(last_user(p), system.docs) if system.docs else []
         cited.append([{"file": h["file"], "where": h["where"], "score": s} for s, h in hits])
         p = with_passages(p, [h for _, h in hits]) if hits else p
         head = (
@@ -178,15 +178,3 @@ def build_prompts(
         )
         used.append(list(idx))
     return out, used, cited
-
-
-PASSAGES_HEAD = "Passages from the documents (cite one as [n] where you use it):\n"
-
-
-def with_passages(messages: list[dict], passages: list[dict]) -> list[dict]:
-    """The conversation with the passages, numbered and placed, before its last user turn's text."""
-    block = PASSAGES_HEAD + "".join(
-        f"[{n}] {p['file']} ({p['where']}): {p['text']}\n" for n, p in enumerate(passages, 1)
-    )
-    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
-    return [{**m, "content": f"{block}\n{m['content']}"} if i == last else m for i, m in enumerate(messages)]

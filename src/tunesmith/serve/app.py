@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from tunesmith.corpus.cite import retrieve, sources
 from tunesmith.models.chat import prompt_ids
 from tunesmith.serve.accesslog import AccessLog, note, write_line
 from tunesmith.serve.api_schema import (
@@ -29,6 +30,7 @@ from tunesmith.serve.api_schema import (
     FeedbackRequest,
     read_json,
 )
+from tunesmith.serve.bodies import chunk, completion_body, usage
 from tunesmith.serve.engine import APIError, Engine, Job
 from tunesmith.serve.labels import Classifier, answers, refuse_generation
 from tunesmith.web.guard import Guard, HostRule, loopback_rule
@@ -58,8 +60,13 @@ class Served:
     base_name: str | None
     settings: Settings
     classifiers: dict[str, Classifier] = field(default_factory=dict)
-    # the Rust tokenizer is not for concurrent calls
+    docs: object = (
+        None  # serve --docs: a corpus.index.Index every chat answer retrieves from, docs_k passages
+    )
+    docs_k: int = 3
+    # the Rust tokenizer is not for concurrent calls; nor is the index's lazily loaded encoder
     tok_lock: threading.Lock = field(default_factory=threading.Lock)
+    docs_lock: threading.Lock = field(default_factory=threading.Lock)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -143,58 +150,6 @@ def make_job(req, ids: list[int], adapter: str | None, settings: Settings, loop)
     )
 
 
-def usage(job: Job) -> dict:
-    return {
-        "prompt_tokens": len(job.ids),
-        "completion_tokens": job.completion_tokens,
-        "total_tokens": len(job.ids) + job.completion_tokens,
-    }
-
-
-def completion_body(shape: str, rid: str, model_name: str, text: str, finish: str, job: Job) -> dict:
-    if shape == "chat":
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finish,
-        }
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    return {
-        "id": rid,
-        "object": "chat.completion" if shape == "chat" else "text_completion",
-        "created": int(time.time()),
-        "model": model_name,
-        "choices": [choice],
-        "usage": usage(job),
-    }
-
-
-def chunk(
-    shape: str, rid: str, model_name: str, delta: str | None, finish: str | None, role: bool = False
-) -> str:
-    """One server-sent event of a streamed answer."""
-    if shape == "chat":
-        d = (
-            {"role": "assistant", "content": ""}
-            if role
-            else ({"content": delta} if delta is not None else {})
-        )
-        choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
-    else:
-        choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
-    obj = "chat.completion.chunk" if shape == "chat" else "text_completion"
-    return (
-        "data: "
-        + json.dumps(
-            {"id": rid, "object": obj, "created": int(time.time()), "model": model_name, "choices": [choice]},
-            ensure_ascii=False,
-        )
-        + "\n\n"
-    )
-
-
 def timeout_error(settings: Settings) -> APIError:
     return APIError(504, f"the request took longer than {settings.timeout:g} s", "timeout", "timeout")
 
@@ -241,8 +196,10 @@ async def stream_events(
     model_name: str,
     include_usage: bool,
     done=None,
+    given=None,
 ):
-    """The answer as server-sent events, then [DONE]; a client that goes away cancels its generation."""
+    """The answer as server-sent events, then [DONE]; a client that goes away cancels its generation. With
+    --docs the last chunk carries the passages and the answer's citations of them."""
     finish, parts = None, []
     try:
         if shape == "chat":
@@ -266,7 +223,8 @@ async def stream_events(
                 else:
                     if done is not None:
                         done("".join(parts), finish)
-                    yield chunk(shape, rid, model_name, None, finish)
+                    extra = sources(given, "".join(parts)) if given else None
+                    yield chunk(shape, rid, model_name, None, finish, extra=extra)
                 break
         if include_usage:
             obj = "chat.completion.chunk" if shape == "chat" else "text_completion"
@@ -282,8 +240,9 @@ async def stream_events(
         write_line(request.scope, settings, None)
 
 
-async def respond(request: Request, served: Served, job: Job, shape: str, req):
-    """Queue the job; answer as one JSON body, or as server-sent events."""
+async def respond(request: Request, served: Served, job: Job, shape: str, req, given=None):
+    """Queue the job; answer as one JSON body, or as server-sent events (with --docs, the passages `given`
+    and the citations ride along)."""
     served.engine.submit(job)
     rid = ("chatcmpl-" if shape == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
     note(request, model=req.model, prompt_tokens=len(job.ids), stream=req.stream)
@@ -295,11 +254,14 @@ async def respond(request: Request, served: Served, job: Job, shape: str, req):
             capture.add(rid, req.model, asked, text, finish)
 
     if not req.stream:
-        return await answer_whole(request, job, served.settings, shape, rid, req.model, done)
+        body = await answer_whole(request, job, served.settings, shape, rid, req.model, done)
+        if given and isinstance(body, dict):
+            body.update(sources(given, body["choices"][0]["message"]["content"]))
+        return body
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     request.state.log_later = True
     return StreamingResponse(
-        stream_events(request, job, served.settings, shape, rid, req.model, include_usage, done),
+        stream_events(request, job, served.settings, shape, rid, req.model, include_usage, done, given),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache"},
     )
@@ -334,6 +296,14 @@ async def chat_completions(request: Request, served: Served):
     convo = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
     ]
+    given = None
+    if served.docs is not None:  # the passages for the last user turn, before it (corpus/cite.py)
+
+        def find():
+            with served.docs_lock:
+                return retrieve(served.docs, convo, served.docs_k)
+
+        convo, given = await asyncio.to_thread(find)
     if served.settings.log_prompts:
         note(request, messages=convo)
     with served.tok_lock:
@@ -344,7 +314,7 @@ async def chat_completions(request: Request, served: Served):
                 400, f"the model's chat template refused these messages: {e}", param="messages"
             ) from None
     job = make_job(req, ids, adapter, served.settings, asyncio.get_running_loop())
-    return await respond(request, served, job, "chat", req)
+    return await respond(request, served, job, "chat", req, given)
 
 
 async def completions(request: Request, served: Served):
@@ -434,8 +404,9 @@ def health(served: Served, authorization: str) -> dict:
     }
 
 
-def create_app(engine: Engine | None, base_name: str | None, settings: Settings, classifiers=None):
-    served = Served(engine, base_name, settings, classifiers or {})
+def create_app(engine: Engine | None, base_name: str | None, settings: Settings, classifiers=None, docs=None,
+               docs_k: int = 3):  # fmt: skip
+    served = Served(engine, base_name, settings, classifiers or {}, docs, docs_k)
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(APIError)

@@ -9,7 +9,7 @@ import importlib.util
 import sys
 
 from tunesmith.errors import UserError
-from tunesmith.flags import add_allow_host, add_model, add_registry
+from tunesmith.flags import add_allow_host, add_docs, add_model, add_registry
 from tunesmith.registry.db import is_off
 
 
@@ -62,6 +62,7 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--log-prompts", action="store_true", help="put prompt text in the access log (off by default)"
     )
+    add_docs(p)
     p.add_argument(
         "--capture",
         action="store_true",
@@ -71,9 +72,40 @@ def add_parsers(sub) -> None:
     p.set_defaults(handler=cli_serve)
 
 
-def cli_serve(args) -> int:
+def _captures(args, engine, base_name, adapters):
+    """serve --capture: where each request and answer is kept (the registry), or None."""
     from tunesmith.registry.captures import Captures
     from tunesmith.registry.runfolder import run_id_of
+
+    if not args.capture:
+        return None
+    if engine is None:
+        raise UserError("--capture keeps chat answers; this server has only --task runs (/v1/classify)")
+    if is_off(args.registry):
+        raise UserError("--capture keeps answers in the registry: leave out --registry off")
+    versions = {base_name: (None, None)}
+    for name, path in adapters.items():
+        try:
+            versions[name] = (str(path), run_id_of(path))
+        except UserError:  # an adapter folder that is not a run of ours: its path says which it was
+            versions[name] = (str(path), None)
+    return Captures(args.registry, versions)
+
+
+def _docs_index(args, engine):
+    """serve --docs: the index every chat answer retrieves from, or None."""
+    from tunesmith.corpus.index import Index
+
+    if not args.docs:
+        return None
+    if engine is None:
+        raise UserError("--docs answers chat requests; this server has only --task runs (/v1/classify)")
+    if args.passages < 1:
+        raise UserError(f"--passages {args.passages}: at least 1")
+    return Index(args.docs)
+
+
+def cli_serve(args) -> int:
     from tunesmith.serve.labels import load_classifiers
     from tunesmith.serve.server import load_engine, parse_adapters, read_keys, split_runs
     from tunesmith.web.guard import host_rule
@@ -107,19 +139,7 @@ def cli_serve(args) -> int:
     classifiers = load_classifiers(tasks, trust_remote_code=args.trust_remote_code)
     if base_name in classifiers:
         raise UserError(f"--adapter {base_name}=...: that name is the base model's; pick another")
-    capture = None
-    if args.capture and engine is None:
-        raise UserError("--capture keeps chat answers; this server has only --task runs (/v1/classify)")
-    if args.capture:
-        if is_off(args.registry):
-            raise UserError("--capture keeps answers in the registry: leave out --registry off")
-        versions = {base_name: (None, None)}
-        for name, path in adapters.items():
-            try:
-                versions[name] = (str(path), run_id_of(path))
-            except UserError:  # an adapter folder that is not a run of ours: its path says which it was
-                versions[name] = (str(path), None)
-        capture = Captures(args.registry, versions)
+    capture = _captures(args, engine, base_name, adapters)
     settings = Settings(
         keys=[] if args.no_auth else keys,
         max_tokens=args.max_tokens,
@@ -130,12 +150,14 @@ def cli_serve(args) -> int:
         capture=capture,
         hosts=host_rule(args.host, args.allow_host),
     )
-    app = create_app(engine, base_name, settings, classifiers)
+    docs = _docs_index(args, engine)
+    app = create_app(engine, base_name, settings, classifiers, docs, args.passages)
     models = ", ".join(([base_name] + engine.adapters if engine else []) + list(classifiers))
     print(
         f"serving {models} on http://{args.host}:{args.port}/v1 "
         f"({'no auth' if args.no_auth else f'{len(keys)} API key(s)'})"
-        + (f"; capturing requests and answers in {capture.where}" if capture else ""),
+        + (f"; capturing requests and answers in {capture.where}" if capture else "")
+        + (f"; answering from {args.docs} ({args.passages} passages an answer)" if docs else ""),
         file=sys.stderr,
         flush=True,
     )

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.flags import add_generation, add_model
+from tunesmith.flags import add_docs, add_generation, add_model
 
 
 def add_parsers(sub) -> None:
@@ -24,6 +24,7 @@ def add_parsers(sub) -> None:
         help='file of prompts: JSONL (chat examples or {"prompt": ...}) or plain text, one per line',
     )
     add_generation(p)
+    add_docs(p)
     p.add_argument("--json", action="store_true", help="one JSON object per output")
     p.set_defaults(handler=cli_generate)
 
@@ -34,6 +35,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--system", default=None, help="system prompt for the conversation")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    add_docs(p)
     p.set_defaults(handler=cli_chat)
 
     p = sub.add_parser("predict", help="label or score texts with a run trained with --task (JSONL out)")
@@ -50,6 +52,17 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code")
     p.set_defaults(handler=cli_predict)
+
+
+def open_docs(args):
+    """The --docs index, or None."""
+    from tunesmith.corpus.index import Index
+
+    if not args.docs:
+        return None
+    if args.passages < 1:
+        raise UserError(f"--passages {args.passages}: at least 1")
+    return Index(args.docs)
 
 
 def add_data_parsers(dsub) -> None:
@@ -109,6 +122,7 @@ def add_data_parsers(dsub) -> None:
 
 
 def cli_generate(args) -> int:
+    from tunesmith.corpus.cite import retrieve, sources, sources_line
     from tunesmith.models.loading import base_model_of, check_adapter_dir, generate, load
     from tunesmith.use.generate import read_prompts
 
@@ -129,20 +143,22 @@ def cli_generate(args) -> int:
         ]
     if args.adapter:
         check_adapter_dir(args.adapter)
+    index, given = open_docs(args), [None] * len(convs)
+    if index is not None:
+        convs, given = map(list, zip(*(retrieve(index, c, args.passages) for c in convs)))
     spec = base_model_of(args.adapter, args.model)
     loaded = load(spec, args.adapter, trust_remote_code=args.trust_remote_code, quiet=args.json)
     outs = generate(
         loaded.model, loaded.tokenizer, convs, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
     )
-    for o in outs:
+    for o, g in zip(outs, given):
         if args.json:
-            print(
-                json.dumps(
-                    {"output": o.text, "new_tokens": o.new_tokens, "stopped": o.stopped}, ensure_ascii=False
-                )
-            )
+            row = {"output": o.text, "new_tokens": o.new_tokens, "stopped": o.stopped}
+            print(json.dumps({**row, **(sources(g, o.text) if g is not None else {})}, ensure_ascii=False))
         else:
             print(o.text)
+            if g is not None:
+                print(sources_line(g, o.text))
             if len(outs) > 1:
                 print("---")
     return 0
@@ -170,6 +186,7 @@ def cli_predict(args) -> int:
 
 
 def cli_chat(args) -> int:
+    from tunesmith.corpus.cite import retrieve, sources_line
     from tunesmith.models.loading import base_model_of, check_adapter_dir, load
     from tunesmith.use.talk import HELP, reply
 
@@ -179,6 +196,7 @@ def cli_chat(args) -> int:
         raise UserError("--temperature must be 0 (greedy) or more")
     if args.adapter:
         check_adapter_dir(args.adapter)
+    index = open_docs(args)
     spec = base_model_of(args.adapter, args.model)
     loaded = load(spec, args.adapter, trust_remote_code=args.trust_remote_code)
     tty = sys.stdin.isatty()
@@ -209,15 +227,19 @@ def cli_chat(args) -> int:
             print(f"unknown command {text}; {HELP}")
             continue
         history.append({"role": "user", "content": line})
+        # the passages for this turn go to the model only: the history keeps the question as asked
+        asked, given = retrieve(index, history, args.passages) if index is not None else (history, None)
         answer = reply(
             loaded,
-            history,
+            asked,
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
             seed=args.seed,
             write=write,
         )
         print()
+        if given is not None:
+            print(sources_line(given, answer))
         history.append({"role": "assistant", "content": answer.strip()})
     return 0
 
