@@ -356,6 +356,12 @@ def test_docs_perplexity_measures_held_out_and_seen_documents_with_intervals(tmp
     assert out["verdict"].startswith(f"{tmp_path / 'run'}: down ")
     r = cli("docs", "perplexity", str(docs), m, str(tiny_model_dir("gemma3")), "--all")
     assert r.returncode == 2 and "another tokenizer" in r.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.pdf").write_bytes(b"%PDF-1.4 nothing else")
+    r = cli("docs", "perplexity", str(bad), m, "--all")
+    assert r.returncode == 2 and "none of the 1 documents to measure could be read" in r.stderr
+    assert r.stderr.count("skip  broken.pdf: damaged PDF") == 1
 
 
 def test_pick_compares_closed_book_and_document_rag_candidates(tmp_path, tiny_model_dir):

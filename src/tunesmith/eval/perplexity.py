@@ -155,11 +155,15 @@ def perplexity(folder: str, specs: list[str], *, all_docs=False, seen=10, genera
         vocab = m.tokenizer.get_vocab()
         row = {"name": spec}
         sets = {"measured": chosen["measured"], "seen": chosen["seen"]}
+        say = (
+            None if quiet or spec != specs[0] else (lambda s: print(s, file=sys.stderr))
+        )  # once, not per model
         for key, rels in sets.items():
             if rels:
-                row[key] = measure_set(
-                    m.model, m.tokenizer, doc_rows(root, rels, m.tokenizer, max_length, max_tokens)
-                )
+                rows = doc_rows(root, rels, m.tokenizer, max_length, max_tokens, say)
+                if not any(rows.values()):
+                    raise UserError(f"{folder}: none of the {len(rels)} documents to measure could be read")
+                row[key] = measure_set(m.model, m.tokenizer, rows)
         if general:  # as many tokens as the documents measured (rows drawn at random, repeated when short)
             rows = general_rows(general, m.tokenizer, max_length, row["measured"]["tokens"], seed)
             row["general"] = measure_set(m.model, m.tokenizer, {f"row {i}": [r] for i, r in enumerate(rows)})
