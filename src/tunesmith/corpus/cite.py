@@ -12,8 +12,20 @@ from __future__ import annotations
 
 import re
 
+from tunesmith.corpus.index import Index
+from tunesmith.errors import UserError
+
 PASSAGES_HEAD = "Passages from the documents (cite one as [n] where you use it):\n"
 MARK = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
+
+
+def open_docs(index: str | None, passages: int) -> Index | None:
+    """--docs INDEX with --passages K (`generate`, `chat`, `serve`): the index, or None without --docs."""
+    if not index:
+        return None
+    if passages < 1:
+        raise UserError(f"--passages {passages}: at least 1")
+    return Index(index)
 
 
 def last_user(messages: list[dict]) -> str:

@@ -68,7 +68,8 @@ def which_documents(folder: Path, specs: list[str], all_docs: bool, seen: int, s
 
 
 def score_rows(model, pad_id: int, rows: list, batch: int = 4) -> tuple[float, int]:
-    """Σ next-token loss over the rows and how many tokens it counts."""
+    """Σ next-token loss over the rows' targets (labels other than IGNORE) and how many there are, in
+    batches of rows of like length: a document's rows here, the forgetting probe's answers (probes.py)."""
     import torch
 
     total, count = 0.0, 0

@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.data.formats import load_examples
+from tunesmith.eval.perplexity import score_rows
 from tunesmith.models.chat import encode_chat, split_prompt
 from tunesmith.models.loading import generate
 from tunesmith.scoring.metrics import token_f1
-from tunesmith.train.batching import collate
-from tunesmith.train.loss import answer_loss_sum
 
 PROBE_FILE = Path(__file__).parent / "probe-data" / "general.jsonl"
 MEMORIZATION_GAP = 10.0  # points of the headline metric
@@ -33,19 +32,8 @@ FORGETTING_PPL_RATIO = 1.25
 
 def answer_perplexity(model, tokenizer, conversations: list[list[dict]], batch_size: int = 8) -> float:
     """exp(mean cross-entropy over the last assistant turn's tokens), as training counts them."""
-    import torch
-
     enc = [encode_chat(tokenizer, c, train_on="last") for c in conversations]
-    total, count = 0.0, 0
-    dev = next(model.parameters()).device
-    with torch.no_grad():
-        for s in range(0, len(enc), batch_size):
-            ids, mask, labels = collate(
-                enc, list(range(s, min(s + batch_size, len(enc)))), tokenizer.pad_token_id
-            )
-            loss, n = answer_loss_sum(model, ids.to(dev), mask.to(dev), labels.to(dev))
-            total += float(loss)
-            count += n
+    total, count = score_rows(model, tokenizer.pad_token_id, enc, batch_size)
     return math.exp(total / max(count, 1))
 
 

@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from tunesmith.corpus.cite import last_user, with_passages
+from tunesmith.corpus.cite import retrieve
 from tunesmith.errors import UserError
 
 KINDS = ("base", "prompted", "few-shot", "rag", "tuned")
@@ -163,9 +163,8 @@ def build_prompts(
     out, used, cited = [], [], []
     for p in prompts:
         idx = index.top(_text(p), system.k) if index else fixed
-        hits = docs.search(last_user(p), system.docs) if system.docs else []
-        cited.append([{"file": h["file"], "where": h["where"], "score": s} for s, h in hits])
-        p = with_passages(p, [h for _, h in hits]) if hits else p
+        p, given = retrieve(docs, p, system.docs) if system.docs else (p, [])
+        cited.append([{k: g[k] for k in ("file", "where", "score")} for g in given])
         head = (
             [{"role": "system", "content": system_prompt}]
             if system.prompted

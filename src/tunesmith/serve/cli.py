@@ -94,15 +94,11 @@ def _captures(args, engine, base_name, adapters):
 
 def _docs_index(args, engine):
     """serve --docs: the index every chat answer retrieves from, or None."""
-    from tunesmith.corpus.index import Index
+    from tunesmith.corpus.cite import open_docs
 
-    if not args.docs:
-        return None
-    if engine is None:
+    if args.docs and engine is None:
         raise UserError("--docs answers chat requests; this server has only --task runs (/v1/classify)")
-    if args.passages < 1:
-        raise UserError(f"--passages {args.passages}: at least 1")
-    return Index(args.docs)
+    return open_docs(args.docs, args.passages)
 
 
 def cli_serve(args) -> int:

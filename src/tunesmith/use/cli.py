@@ -54,17 +54,6 @@ def add_parsers(sub) -> None:
     p.set_defaults(handler=cli_predict)
 
 
-def open_docs(args):
-    """The --docs index, or None."""
-    from tunesmith.corpus.index import Index
-
-    if not args.docs:
-        return None
-    if args.passages < 1:
-        raise UserError(f"--passages {args.passages}: at least 1")
-    return Index(args.docs)
-
-
 def add_data_parsers(dsub) -> None:
     """`data generate`, under `tunesmith data`: a teacher model drafts answers (use/drafts.py)."""
     p = dsub.add_parser(
@@ -122,7 +111,7 @@ def add_data_parsers(dsub) -> None:
 
 
 def cli_generate(args) -> int:
-    from tunesmith.corpus.cite import retrieve, sources, sources_line
+    from tunesmith.corpus.cite import open_docs, retrieve, sources, sources_line
     from tunesmith.models.loading import base_model_of, check_adapter_dir, generate, load
     from tunesmith.use.generate import read_prompts
 
@@ -143,7 +132,7 @@ def cli_generate(args) -> int:
         ]
     if args.adapter:
         check_adapter_dir(args.adapter)
-    index, given = open_docs(args), [None] * len(convs)
+    index, given = open_docs(args.docs, args.passages), [None] * len(convs)
     if index is not None:
         convs, given = map(list, zip(*(retrieve(index, c, args.passages) for c in convs)))
     spec = base_model_of(args.adapter, args.model)
@@ -186,7 +175,7 @@ def cli_predict(args) -> int:
 
 
 def cli_chat(args) -> int:
-    from tunesmith.corpus.cite import retrieve, sources_line
+    from tunesmith.corpus.cite import open_docs, retrieve, sources_line
     from tunesmith.models.loading import base_model_of, check_adapter_dir, load
     from tunesmith.use.talk import HELP, reply
 
@@ -196,7 +185,7 @@ def cli_chat(args) -> int:
         raise UserError("--temperature must be 0 (greedy) or more")
     if args.adapter:
         check_adapter_dir(args.adapter)
-    index = open_docs(args)
+    index = open_docs(args.docs, args.passages)
     spec = base_model_of(args.adapter, args.model)
     loaded = load(spec, args.adapter, trust_remote_code=args.trust_remote_code)
     tty = sys.stdin.isatty()
