@@ -93,27 +93,26 @@ def read_index(out: Path) -> tuple[dict, dict[str, list[dict]]]:
     return manifest, by_file
 
 
-def embed_rows(rows: list[dict], dest: Path, old: dict, spec: str, say=None) -> tuple:
-    """The vectors of `rows`, those of passages the old index embedded with the same encoder reused;
-    -> (vectors, how many were embedded now)."""
+def embed_rows(rows: list[dict], dest: Path, old: dict, old_passages: dict, spec: str, say=None) -> tuple:
+    """The vectors of `rows`, those of passages the old index (its manifest and passages, as build read
+    them) embedded with the same encoder reused; -> (vectors, how many were embedded now)."""
     import numpy as np
     from safetensors.numpy import load_file
 
     known: dict[tuple, np.ndarray] = {}
     if old.get("embed", {}).get("encoder") == spec and (dest / EMBEDDINGS).is_file():
-        _, old_rows = read_index(dest)
         vecs = load_file(str(dest / EMBEDDINGS))["vectors"]
-        flat = [r for rs in old_rows.values() for r in rs]
+        flat = [r for rs in old_passages.values() for r in rs]
         known = {(r["file"], r["where"], r["text"]): vecs[i] for i, r in enumerate(flat) if i < len(vecs)}
-    todo = [i for i, r in enumerate(rows) if (r["file"], r["where"], r["text"]) not in known]
+    keys = [(r["file"], r["where"], r["text"]) for r in rows]
+    todo = [i for i, key in enumerate(keys) if key not in known]
     enc = Encoder(spec)
     fresh = enc.encode([rows[i]["text"] for i in todo], say) if todo else np.zeros((0, enc.dim), np.float32)
     out = np.zeros((len(rows), enc.dim), dtype=np.float32)
-    for j, i in enumerate(todo):
-        out[i] = fresh[j]
-    for i, r in enumerate(rows):
-        if (r["file"], r["where"], r["text"]) in known:
-            out[i] = known[(r["file"], r["where"], r["text"])]
+    out[todo] = fresh
+    for i, key in enumerate(keys):
+        if key in known:
+            out[i] = known[key]
     return out, len(todo)
 
 
@@ -173,7 +172,7 @@ def build(folder: str, out: str, say=None, embed: str | None = None) -> dict:
                 "passages": len(rows)}  # fmt: skip
     vectors = None
     if embed:
-        vectors, counts["embedded"] = embed_rows(rows, dest, old, embed, say)
+        vectors, counts["embedded"] = embed_rows(rows, dest, old, old_passages, embed, say)
         manifest["embed"] = {"encoder": embed, "dim": int(vectors.shape[1])}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(dest)

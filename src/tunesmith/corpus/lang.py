@@ -5,9 +5,9 @@ from the network when first used, which an offline machine cannot do; lingua-lan
 accurate on short texts but its wheels with every language are ~100 times larger, and a document is
 long.
 
-A document's language is read from a sample of its text (SAMPLE characters, taken in pieces from the
-start, the middle parts and the end as it streams), not the whole; with the `documents` extra absent
-the language is left out, never guessed.
+A document's language is read from a sample of its text, not the whole: the first PIECE characters of
+each part (a page, a 1 MiB block) as it streams, until SAMPLE characters are taken. With the
+`documents` extra absent the language is left out, never guessed.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from tunesmith.corpus.check import check_folder, walk
 from tunesmith.corpus.read import Skipped, parts
 from tunesmith.errors import UserError
 from tunesmith.models.chat import Encoded
+from tunesmith.models.weightfiles import sha256_file
 
 MIN_ROW = 2  # tokens: one target needs one token before it
 
@@ -79,22 +80,17 @@ def rows_of(ids: list[int], length: int) -> list[Encoded]:
     return out
 
 
-def corpus_hash(folder: Path) -> tuple[str, list[tuple[str, str]]]:
-    """sha256 over (relative path, file sha256) of every regular file, in walk order; and the pairs."""
-    h, pairs = hashlib.sha256(), []
+def corpus_hash(folder: Path) -> str:
+    """sha256 over (relative path, file sha256) of every regular file, in walk order."""
+    h = hashlib.sha256()
     for rel, p, _ in walk(folder):
         if p is None:
             continue
-        f = hashlib.sha256()
         try:
-            with open(p, "rb") as fh:
-                while block := fh.read(1 << 20):
-                    f.update(block)
+            h.update(f"{rel}\0{sha256_file(p)}\n".encode())
         except OSError:
             continue  # gone or unreadable: the reading says so
-        pairs.append((rel, f.hexdigest()))
-        h.update(f"{rel}\0{pairs[-1][1]}\n".encode())
-    return h.hexdigest(), pairs
+    return h.hexdigest()
 
 
 def document_rows(
@@ -124,8 +120,7 @@ def document_rows(
             f"{flag} {folder}: no readable document left to train on "
             + (f"({len(held)} held out; lower --held-out)" if held else "(`tunesmith docs check` says why)")
         )
-    digest, _ = corpus_hash(root)
-    return DocRows(train, val, sorted(held), trained, skipped, tokens, digest)
+    return DocRows(train, val, sorted(held), trained, skipped, tokens, corpus_hash(root))
 
 
 def general_rows(path: str, tok, length: int, want_tokens: int, seed: int) -> list[Encoded]:
