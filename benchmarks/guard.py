@@ -11,6 +11,8 @@ models we train. The data is chat-shaped: a 192-token prompt and a 32-token answ
 
 Both are LoRA r16 on all linear layers, AdamW, one example per forward pass, fp32, alternated
 step by step so that machine noise hits both alike; the median step time of each is compared.
+Each side has its own copy of the model: tunesmith's LoRA layers run as one function each
+(train/fused_lora.py), the reference's as PEFT runs them.
 On a CPU that multiplies bf16 natively (avx512_bf16 or amx_bf16), tunesmith's bf16 path is timed too
 (the frozen base in bf16 under autocast, its attention, recomputing norms and MLPs, padding to 64):
 against the same fp32 reference step, TRL's CPU default, and held to the same ratio.
@@ -43,10 +45,10 @@ def main() -> int:
     from peft import LoraConfig, get_peft_model
 
     from tunesmith.models.chat import IGNORE
-    from tunesmith.train import attention, machine, precision, recompute
+    from tunesmith.train import attention, fused_lora, machine, precision, recompute
     from tunesmith.train.loss import answer_loss_sum
 
-    def lora_model(bf16: bool):
+    def lora_model(bf16: bool, fused: bool = True):
         torch.manual_seed(0)
         cfg = tf.LlamaConfig(
             vocab_size=49152,
@@ -68,6 +70,8 @@ def main() -> int:
                 p.data = p.data.float()
         if bf16:
             recompute.apply(model)
+        if fused:
+            fused_lora.apply(model)
         params = [p for p in model.parameters() if p.requires_grad]
         return model, torch.optim.AdamW(params, lr=1e-4)
 
@@ -78,9 +82,10 @@ def main() -> int:
     padded = torch.cat([ids, torch.zeros(1, 32, dtype=ids.dtype)], 1)  # 256: the 64-token bucket
     padded_labels = torch.cat([labels, torch.full((1, 32), IGNORE)], 1)
 
+    ref_model, ref_opt = lora_model(False, fused=False)
     model, opt = lora_model(False)
     sides = {
-        "reference": (lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss, opt),
+        "reference": (lambda: ref_model(input_ids=ids, attention_mask=mask, labels=labels).loss, ref_opt),
         "tunesmith": (lambda: (lambda lo, n: lo / n)(*answer_loss_sum(model, ids, mask, labels)), opt),
     }
     if {"avx512_bf16", "amx_bf16"} & set(machine.cpu_flags()):

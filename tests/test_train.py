@@ -617,13 +617,14 @@ def test_tensorboard_gets_every_logged_metric(tiny_model_dir, data_dir, tmp_path
 def test_bf16_on_a_cpu_trains_close_to_fp32(method, tiny_model_dir, data_dir, tmp_path):
     """--precision bf16 on a CPU: bf16 autocast; adapter methods keep the frozen base in bf16 and the
     trainable weights in fp32; the losses follow fp32's."""
-    from tunesmith.train import attention
+    from tunesmith.train import attention, fused_lora
 
     m = tiny_model_dir("llama")
     lr = {"full": 1e-3, "prompt-tuning": 0.3}.get(method, 5e-3)
     kw = dict(method=method, lr=lr, micro_batch_size=1, virtual_tokens=4)
     trainer.train(cfg_for(m, data_dir, tmp_path / "fp32", precision="fp32", **kw), quiet=True)
-    attention._causal_bias.cache_clear()
+    attention._mask.cache_clear()
+    fused_lora._function.cache_clear()
     r = trainer.train(cfg_for(m, data_dir, tmp_path / "bf16", precision="bf16", **kw), quiet=True)
     a, b = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
     assert len(a) == len(b) == 8
@@ -632,7 +633,9 @@ def test_bf16_on_a_cpu_trains_close_to_fp32(method, tiny_model_dir, data_dir, tm
     assert r.val_losses[-1] < r.val_loss_start
     # with a bf16 base, batches went through the multiplied-out attention (prompt tuning's virtual tokens
     # too); full fine-tuning keeps fp32 weights, so its hidden states and attention stay fp32 (SDPA)
-    assert (attention._causal_bias.cache_info().currsize > 0) == (method != "full")
+    assert (attention._mask.cache_info().currsize > 0) == (method != "full")
+    # plain LoRA's layers ran as one function each (train/fused_lora.py); DoRA's as PEFT runs them
+    assert (fused_lora._function.cache_info().currsize > 0) == (method == "lora")
     model, _, _ = setup.setup_model(cfg_for(m, data_dir, tmp_path / "x", precision="bf16", **kw))
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     assert {p.dtype for p in model.parameters() if not p.requires_grad} == (
@@ -645,11 +648,14 @@ def test_bf16_on_a_cpu_trains_close_to_fp32(method, tiny_model_dir, data_dir, tm
     assert all(t.dtype == torch.float32 for t in weights.values())  # what is saved is fp32
 
 
-def test_bf16_attention_matches_sdpa_and_leaves_the_rest_to_it(monkeypatch):
+@pytest.mark.parametrize("chunk", [128, 8])
+def test_bf16_attention_matches_sdpa_and_leaves_the_rest_to_it(chunk, monkeypatch):
     import torch.nn.functional as F
     import transformers.integrations.sdpa_attention as sdpa
 
     from tunesmith.train import attention
+
+    monkeypatch.setattr(attention, "CHUNK", chunk)  # 8: 37 positions in 5 blocks, the last one short
 
     class Layer:  # 4 query heads sharing 2 key/value heads
         num_key_value_groups, is_causal, sliding_window = 2, True, None
@@ -677,15 +683,13 @@ def test_bf16_attention_matches_sdpa_and_leaves_the_rest_to_it(monkeypatch):
     assert (out.float() - ref).abs().max() < 0.03
     for mine, want in ((qb, q32), (kb, k32), (vb, v32)):
         assert (mine.grad.float() - want.grad).abs().max() < 0.05 * want.grad.abs().max()
-    # fp32, a padding mask, a sliding window, longer than MAX_TOKENS: SDPA's job
+    # fp32, a padding mask, a sliding window: SDPA's job
     attention.attention(Layer(), q, k, v, None, scaling=0.3)
     attention.attention(Layer(), qb, kb, vb, torch.zeros(1, 1, 37, 37, dtype=torch.bfloat16), scaling=0.3)
     window = Layer()
     window.sliding_window = 8
     attention.attention(window, qb, kb, vb, None, scaling=0.3)
-    monkeypatch.setattr(attention, "MAX_TOKENS", 36)
-    attention.attention(Layer(), qb, kb, vb, None, scaling=0.3)
-    assert len(calls) == 4
+    assert len(calls) == 3
 
 
 @cpu_bf16

@@ -1,21 +1,27 @@
-"""Causal self-attention for bf16 training on a CPU.
+"""Causal self-attention for bf16 training on a CPU: block-causal, never the whole T×T score matrix.
 
 PyTorch's CPU flash-attention kernel (what SDPA runs) gains nothing from bf16: on a 2-core
-AVX512-BF16 EPYC its backward runs at ~65 GFLOP/s, a sixth of the bf16 matmul peak, and
-attention became a third of a LoRA step once the matmuls ran in bf16. For training-length
-sequences it is faster to multiply it out: scores = QKᵀ, softmax, PV, each a bf16 batched
-matmul (GQA by folding each key/value head's query heads into one matrix, no repeat of K
-and V). Forward + backward of one SmolLM2 layer, bf16, measured on that machine:
-128 tokens 2.9× faster than SDPA, 256-512 1.4-1.7×, 640 1.25×, 768 and beyond slower (the
-score matrix stops fitting in cache and half of it is masked away). So sequences up to
-MAX_TOKENS take this path; everything else (longer sequences, padding masks, sliding
-windows, softcapping, dropout, decoding with a cache, fp32) goes to transformers' SDPA. fp32 stays
-there on purpose: with torch held to AVX2 kernels (the CPUs without native bf16), 16 example-data
-sequences trained at 157 tokens/s this way against 197 with SDPA, whose causal blocks skip the
-masked half that the full QKᵀ here computes (and the recompute adds a third product).
-The T×T probabilities are not kept for the backward pass: it recomputes them from Q and K
-(which it needs anyway), one more QKᵀ product per layer. Keeping them cost 171 MB of the 574 MB
-of saved activations of a 576-token SmolLM2 sequence (30 layers × 9 heads × 576² in bf16).
+AVX512-BF16 EPYC its backward runs at ~65 GFLOP/s, a sixth of the bf16 matmul peak. Multiplying
+attention out as bf16 batched matmuls is faster, but over the full T×T scores half of the work is
+masked away and the softmax over them was the step's largest loss after the matmuls (issue 35).
+So the queries go in blocks of CHUNK positions, each against the keys up to its own end: the
+scores of the keys after it are never computed, and the mask touches only the block's diagonal
+square. GQA folds each key/value head's query heads into the rows (row i·g + j: position i, query
+head j), with no repeat of K and V. The probabilities are not kept for the backward pass: it
+recomputes each block's from Q and K (which it needs anyway).
+
+Forward + backward of one SmolLM2 layer (9 query heads, 3 key/value heads), bf16, median of 15, the
+2-core EPYC with avx512_bf16 (benchmarks/RESULTS.md, issue 35 part 2), ms:
+
+    tokens             256    384    512    768   1024   2048
+    SDPA              5.6   10.0   15.5   22.0   37.7    121
+    full T×T scores   3.3    6.6   11.5-16    -      -      -
+    blocks of 128     2.7    4.7    6.8   14.7   28.4     91
+
+Blocks of 64 and 96 were as fast at ≤ 512 tokens and slower beyond; 192 and 256 slower below 1024.
+fp32 stays on SDPA (with torch held to AVX2 kernels, blocks of 64-256 measured 13-19 ms at 512
+tokens against SDPA's 16.6, and slower at 1024): so does everything this does not cover (padding
+masks, sliding windows, softcapping, dropout, decoding with a cache).
 """
 
 from __future__ import annotations
@@ -23,7 +29,28 @@ from __future__ import annotations
 import functools
 
 NAME = "tunesmith_bf16"
-MAX_TOKENS = 640
+CHUNK = 128  # query positions per block
+
+
+def _blocks(t: int):
+    return [(s, min(s + CHUNK, t)) for s in range(0, t, CHUNK)]
+
+
+@functools.lru_cache(maxsize=8)
+def _mask(c: int, g: int, dtype):
+    """−inf above the diagonal of a c×c block, each row repeated for the g query heads of a key head."""
+    import torch
+
+    return torch.full((c, c), float("-inf"), dtype=dtype).triu(1).repeat_interleave(g, 0)
+
+
+def _probs(q, k, s: int, e: int, g: int):
+    """softmax over keys 0..e of the queries at positions s..e (rows s·g..e·g)."""
+    import torch
+
+    scores = torch.bmm(q[:, s * g : e * g], k[:, :e].transpose(1, 2))
+    scores[:, :, s:e] += _mask(e - s, g, q.dtype)
+    return torch.softmax(scores, dim=-1)
 
 
 @functools.cache
@@ -31,35 +58,35 @@ def _function():
     import torch
 
     class Attention(torch.autograd.Function):
-        """softmax(q kᵀ + bias) v, saving q, k, v only: the backward recomputes the probabilities.
-
-        The same products and softmax as autograd would run, so the same numbers; autograd would
-        keep the probabilities (bf16, T×T per head) from the forward pass to the backward."""
+        """softmax(q kᵀ, causal) v by blocks of queries, saving q, k, v only."""
 
         @staticmethod
-        def forward(ctx, q, k, v, bias):  # q [n, g·t, d]; k, v [n, t, d]; bias [g·t, t]
-            # q kᵀ + bias as one baddbmm: adding the broadcast bias separately cost 4× the product itself
+        def forward(ctx, q, k, v, g):  # q [n, t·g, d] position-major; k, v [n, t, d]
+            out = torch.empty_like(q)
+            for s, e in _blocks(k.shape[1]):
+                torch.bmm(_probs(q, k, s, e, g), v[:, :e], out=out[:, s * g : e * g])
             ctx.save_for_backward(q, k, v)
-            ctx.bias = bias
-            return torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2)), dim=-1) @ v
+            ctx.g = g
+            return out
 
         @staticmethod
         def backward(ctx, grad):
             q, k, v = ctx.saved_tensors
-            p = torch.softmax(torch.baddbmm(ctx.bias, q, k.transpose(1, 2)), dim=-1)
-            grad_v = p.transpose(1, 2) @ grad
-            grad_s = torch._softmax_backward_data(grad @ v.transpose(1, 2), p, -1, p.dtype)
-            del p
-            return grad_s @ k, grad_s.transpose(1, 2) @ q, grad_v, None
+            g, grad = ctx.g, grad.contiguous()
+            dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+            for s, e in _blocks(k.shape[1]):
+                rows = slice(s * g, e * g)
+                p = _probs(q, k, s, e, g)
+                dv[:, :e].baddbmm_(p.transpose(1, 2), grad[:, rows])
+                ds = torch._softmax_backward_data(
+                    torch.bmm(grad[:, rows], v[:, :e].transpose(1, 2)), p, -1, p.dtype
+                )
+                del p
+                torch.bmm(ds, k[:, :e], out=dq[:, rows])
+                dk[:, :e].baddbmm_(ds.transpose(1, 2), q[:, rows])
+            return dq, dk, dv, None
 
     return Attention
-
-
-@functools.lru_cache(maxsize=4)
-def _causal_bias(t: int, groups: int, dtype):
-    import torch
-
-    return torch.full((t, t), float("-inf"), dtype=dtype).triu(1).repeat(groups, 1)
 
 
 def attention(
@@ -72,7 +99,7 @@ def attention(
     if (
         attention_mask is None
         and key.shape[2] == t
-        and 1 < t <= MAX_TOKENS
+        and t > 1
         and query.dtype == torch.bfloat16
         and dropout == 0.0
         and kwargs.get("softcap") is None
@@ -82,11 +109,11 @@ def attention(
     ):
         hk = key.shape[1]
         g = h // hk  # query heads per key/value head: head i uses key/value head i // g
-        q = (query * (scaling if scaling is not None else d**-0.5)).reshape(b * hk, g * t, d)
-        out = _function().apply(
-            q, key.reshape(b * hk, t, d), value.reshape(b * hk, t, d), _causal_bias(t, g, query.dtype)
-        )
-        return out.view(b, h, t, d).transpose(1, 2).contiguous(), None
+        scale = scaling if scaling is not None else d**-0.5
+        # [b, h, t, d] -> [b·hk, t·g, d], position-major, so a block of positions is a block of rows
+        q = (query * scale).view(b, hk, g, t, d).transpose(2, 3).reshape(b * hk, t * g, d)
+        out = _function().apply(q, key.reshape(b * hk, t, d), value.reshape(b * hk, t, d), g)
+        return out.view(b, hk, t, g, d).permute(0, 2, 1, 3, 4).reshape(b, t, h, d), None
     return sdpa_attention_forward(
         module,
         query,

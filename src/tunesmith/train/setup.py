@@ -7,7 +7,7 @@ import json
 
 from tunesmith.errors import UserError
 from tunesmith.models.loading import check_adapter_dir, load_base
-from tunesmith.train import attention, recompute
+from tunesmith.train import attention, fused_lora, recompute
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.precision import autocast_device, cpu_autocast, frozen_base_bf16
 
@@ -81,6 +81,8 @@ def setup_model(cfg: TrainConfig, trust_remote_code: bool = False):
     model.config.use_cache = False
     if cpu_autocast(cfg) and frozen_base_bf16(cfg):
         recompute.apply(model)
+    if cfg.method == "lora" and not cfg.fsdp and not torch.cuda.is_available():
+        fused_lora.apply(model)  # CPU: bf16 and fp32 alike (measured in fused_lora.py)
     return model, tok, model_dir
 
 
