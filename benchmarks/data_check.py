@@ -7,6 +7,10 @@ Generates chat examples of ~1 KB each (with some exact duplicates), then runs th
 in a child process and reads its peak RSS from the OS. With tokens (the default), every
 example is also rendered through the default model's chat template and tokenized (batched,
 fast tokenizer) for the --max-length check.
+
+`--ceiling N` also measures what the tokenizer alone does, in this process: the first N lines'
+chats rendered beforehand, then only counted (`chat.text_lengths`, batches of 512, both cores), so
+the check's lines/s can be set against the most the tokenizer allows.
 """
 
 from __future__ import annotations
@@ -53,6 +57,27 @@ def make_file(path: Path, lines: int, seed: int = 0) -> int:
     return path.stat().st_size
 
 
+def ceiling(data: Path, lines: int) -> dict:
+    """Lines/s of the tokenizer alone on the first `lines` lines: rendering done beforehand, untimed."""
+    from tunesmith.models.chat import rendered_texts, text_lengths
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.models.resolve import resolve
+
+    tok = load_tokenizer(resolve("smollm2-135m", tokenizer_only=True), False, light=True)
+    with open(data) as f:
+        chats = [json.loads(next(f))["messages"] for _ in range(lines)]
+    texts = rendered_texts(tok, chats)
+    t = time.perf_counter()
+    for i in range(0, len(texts), 512):
+        text_lengths(tok, texts[i : i + 512])
+    s = time.perf_counter() - t
+    return {
+        "ceiling_lines": lines,
+        "tokenizer_alone_s": round(s, 2),
+        "tokenizer_alone_lines_per_s": round(lines / s),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=1_000_000)
@@ -65,6 +90,7 @@ def main() -> None:
         "256: every example is tokenized",
     )
     ap.add_argument("--keep", action="store_true", help="keep the generated file")
+    ap.add_argument("--ceiling", type=int, default=0, help="also time the tokenizer alone on this many lines")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tunesmith-bench-"))
     data = tmp / "big.jsonl"
@@ -95,6 +121,8 @@ def main() -> None:
             indent=2,
         )
     )
+    if a.ceiling:
+        print(json.dumps(ceiling(data, a.ceiling), indent=2))
     if not a.keep:
         data.unlink()
         os.rmdir(tmp)

@@ -88,3 +88,45 @@ def test_other_shapes_normalize_to_chat():
     assert ex.meta == {"meeting": "Bed004"} and len(ex.messages) == 2
     pref, _ = normalize({"prompt": "q", "chosen": "good", "rejected": "bad"})
     assert pref.kind == "preference" and pref.rejected == "bad" and pref.messages[-1]["content"] == "good"
+
+
+def test_check_counts_tokens_in_the_background_in_line_order(tmp_path, tiny_model_dir, monkeypatch):
+    """--max-length counts a batch in a thread while the next is read: the same issues in the same order
+    as counting each batch in line (the code before), whatever the batch size."""
+    import threading
+
+    from tunesmith.data import check as check_mod
+    from tunesmith.data.formats import Issue
+    from tunesmith.models.chat import rendered_lengths
+    from tunesmith.models.loading import load_tokenizer
+
+    class InLine(check_mod.Checker):
+        def flush_lengths(self):
+            lengths = rendered_lengths(self.tokenizer, [e.messages for e in self.pending])
+            for ex, n in zip(self.pending, lengths):
+                if n > self.max_length:
+                    self.issues.append(
+                        Issue(ex.path, ex.line, "", f"{n} tokens, longer than --max-length 64")
+                    )
+            self.pending = []
+
+    tok = load_tokenizer(tiny_model_dir("llama"), False, light=True)
+    rows = [chat("long " * 80 * (i % 3 == 0) + f"q{i % 7}", "ok") for i in range(40)]  # duplicates too
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    threads = []
+    real = check_mod.text_lengths
+    monkeypatch.setattr(
+        check_mod, "text_lengths", lambda *a: threads.append(threading.current_thread()) or real(*a)
+    )
+    for batch in (2, 3, 512):
+        monkeypatch.setattr(check_mod, "TOKEN_BATCH", batch)
+        got = check_mod.Checker(tok, 64)
+        got.add_file_results(str(f), check_mod.ReadOptions())
+        want = InLine(tok, 64)
+        want.add_file_results(str(f), check_mod.ReadOptions())
+        assert [i.as_dict() for i in got.issues] == [i.as_dict() for i in want.issues], batch
+        assert (
+            sum("longer than --max-length" in i.message for i in got.issues) == 7
+        )  # 14 long, 7 of them duplicates
+        assert any("duplicate" in i.message for i in got.issues)
+    assert threads and all(t is not threading.main_thread() for t in threads)

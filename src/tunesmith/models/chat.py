@@ -118,7 +118,17 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
 def rendered_lengths(tokenizer, conversations: list[list[dict]], tools: list | None = None) -> list[int]:
     """Token counts of whole chats, tokenized in one batch (the fast path of `data check`); `tools`: each
     chat's tool definitions (or None)."""
-    texts = [rendered(tokenizer, c, t) for c, t in zip(conversations, tools or [None] * len(conversations))]
+    return text_lengths(tokenizer, rendered_texts(tokenizer, conversations, tools))
+
+
+def rendered_texts(tokenizer, conversations: list[list[dict]], tools: list | None = None) -> list[str]:
+    """The chats as the template writes them (Python, under the GIL): the first half of rendered_lengths."""
+    return [rendered(tokenizer, c, t) for c, t in zip(conversations, tools or [None] * len(conversations))]
+
+
+def text_lengths(tokenizer, texts: list[str]) -> list[int]:
+    """Token counts of rendered chats, a BOS counted where the tokenizer adds one: the second half of
+    rendered_lengths, nearly all in the Rust backend, which lets other Python threads run meanwhile."""
     bos = tokenizer.bos_token_id
     adds = bos is not None and adds_bos(tokenizer)
     return [n + int(adds and first != bos) for first, n in _first_and_length(tokenizer, texts)]

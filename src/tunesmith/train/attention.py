@@ -19,6 +19,7 @@ Forward + backward of one SmolLM2 layer (9 query heads, 3 key/value heads), bf16
     blocks of 128     2.7    4.7    6.8   14.7   28.4     91
 
 Blocks of 64 and 96 were as fast at ≤ 512 tokens and slower beyond; 192 and 256 slower below 1024.
+In a whole bf16 LoRA step of the example data, attention's self time fell from 8.5 to 5.6 s (3 steps).
 fp32 stays on SDPA (with torch held to AVX2 kernels, blocks of 64-256 measured 13-19 ms at 512
 tokens against SDPA's 16.6, and slower at 1024): so does everything this does not cover (padding
 masks, sliding windows, softcapping, dropout, decoding with a cache).

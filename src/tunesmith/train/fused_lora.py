@@ -9,7 +9,10 @@ the same precision (bf16 under CPU autocast: A and B are cast per call, as autoc
 result up to where the scaling is rounded.
 
 Only the plain case is taken: one active adapter, no dropout, no DoRA, not merged, a dense
-nn.Linear base; anything else runs PEFT's own forward. Measured in issue 35 (benchmarks/RESULTS.md).
+nn.Linear base; anything else runs PEFT's own forward. Measured on the example data (2-core EPYC,
+avx512_bf16; benchmarks/RESULTS.md, issue 35): the step's elementwise time 5.33 -> 3.89 s over 3 bf16
+steps; alternating with PEFT's forward on the same batches, +7.2 % bf16 and +3.4 % fp32 on AVX2
+kernels, so it serves both precisions.
 """
 
 from __future__ import annotations
