@@ -9,7 +9,7 @@ import torch
 
 from conftest import FAMILIES, cli, run_cli, toy_examples, write_jsonl
 from tunesmith.errors import UserError
-from tunesmith.train import batching, heap, precision, setup, sft, trainer
+from tunesmith.train import batching, heap, precision, setup, trainer
 from tunesmith.train import loss as L2
 from tunesmith.train.config import TrainConfig
 from tunesmith.train.run import Run
@@ -838,16 +838,25 @@ def test_bucketed_right_padding_without_a_mask_gives_the_same_loss(family, tiny_
 
 
 def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
-    """--micro-batch-size 0 under CPU bf16: each pass holds examples of similar length up to TOKEN_BUDGET
-    padded tokens (a longer example alone); every example exactly once. A fixed size otherwise."""
+    """--micro-batch-size 0 under CPU bf16: LoRA packs whole examples into one row of up to TOKEN_BUDGET
+    tokens; prompt tuning (whose virtual tokens come first) pads examples of similar length into rows,
+    up to 1024 padded tokens here (a longer example alone). Every example exactly once. A fixed size
+    otherwise."""
     from types import SimpleNamespace
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     lengths = [900, 60, 300, 130, 1000, 250, 70, 500, 128, 1024, 10, 600]
     enc = [SimpleNamespace(input_ids=[1] * n) for n in lengths]
     idx = list(range(len(lengths)))
-    cfg = TrainConfig(precision="bf16", batch_size=12, micro_batch_size=0)
-    assert precision.token_budget(cfg) == precision.TOKEN_BUDGET == 1024
+    packed = TrainConfig(precision="bf16", batch_size=12, micro_batch_size=0)
+    assert precision.packing(packed) and batching.pass_budget(enc, packed) == precision.TOKEN_BUDGET >= 1024
+    rows = batching.micro_batches(enc, idx, packed, precision.TOKEN_BUDGET)
+    assert sorted(i for p in rows for i in p) == idx
+    assert all(sum(lengths[i] for i in p) <= precision.TOKEN_BUDGET for p in rows)
+    assert len(rows) == -(-sum(lengths) // precision.TOKEN_BUDGET)  # as few as the tokens allow, here
+    monkeypatch.setattr(precision, "TOKEN_BUDGET", 1024)
+    cfg = TrainConfig(precision="bf16", batch_size=12, micro_batch_size=0, method="prompt-tuning")
+    assert precision.token_budget(cfg) == 1024 and not precision.packing(cfg)
     assert batching.pass_budget(enc, cfg) == 1024
     passes = batching.micro_batches(enc, idx, cfg, 1024)
     assert sorted(i for p in passes for i in p) == idx
@@ -865,6 +874,7 @@ def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
     # where the longest example is shorter than the budget, no pass holds more than its padded width
     short = [SimpleNamespace(input_ids=[1] * n) for n in (300, 60, 70, 130)]
     assert batching.pass_budget(short, cfg) == 320
+    assert batching.pass_budget(short, packed) == precision.TOKEN_BUDGET  # whole examples: never cut
     assert [
         [len(short[i].input_ids) for i in p] for p in batching.micro_batches(short, [0, 1, 2, 3], cfg, 320)
     ] == [[60, 70], [130], [300]]
@@ -894,8 +904,9 @@ def test_auto_micro_batches_fill_a_token_budget_under_cpu_bf16(monkeypatch):
 def test_auto_micro_batches_under_cpu_bf16_train_like_one_example_per_pass(
     tiny_model_dir, tmp_path, monkeypatch
 ):
-    """Passes of several examples (right-padded, no mask) give the step losses of one example per pass, and
-    no pass holds more padded tokens than the longest example alone."""
+    """Passes of several examples give the step losses of one example per pass: packed into one row
+    (LoRA), and right-padded with no mask, no pass holding more padded tokens than the longest example
+    alone (prompt tuning)."""
     d = tmp_path / "data"
     rows = toy_examples(16)
     # one long answer
@@ -903,28 +914,42 @@ def test_auto_micro_batches_under_cpu_bf16_train_like_one_example_per_pass(
     write_jsonl(d / "train.jsonl", rows)
     write_jsonl(d / "val.jsonl", toy_examples(4, seed=1))
     m = tiny_model_dir("llama")
-    shapes = []
-    real = sft.collate
+    shapes, packed = [], []
+    real, real_packed = batching.collate, batching.collate_packed
 
     def collate(encoded, idx, pad_id, bucket=0):
         out = real(encoded, idx, pad_id, bucket)
         shapes.append(tuple(out[0].shape))
         return out
 
-    monkeypatch.setattr(sft, "collate", collate)
-    kw = dict(precision="bf16", lora_dropout=0.0, epochs=1)
-    trainer.train(cfg_for(m, d, tmp_path / "one", micro_batch_size=1, **kw), quiet=True)
-    assert {r for r, _ in shapes} == {1}
-    longest = max(w for _, w in shapes)
-    assert longest >= 256 and sorted(w for _, w in shapes)[-2] <= 128  # one long example, the rest short
-    shapes.clear()
-    trainer.train(cfg_for(m, d, tmp_path / "auto", micro_batch_size=0, **kw), quiet=True)
-    assert max(r for r, _ in shapes) >= 3  # short examples share a pass
-    assert all(r * w <= longest for r, w in shapes), (longest, shapes)
-    one, auto = losses(tmp_path / "one"), losses(tmp_path / "auto")
-    assert len(one) == len(auto) == 4
-    assert max(abs(x - y) / x for x, y in zip(one, auto)) < 0.01, (one, auto)
-    assert "micro_batch_size: 0\n" in (tmp_path / "auto" / "config.yaml").read_text()
+    def collate_packed(encoded, idx, pad_id, bucket=0):
+        out = real_packed(encoded, idx, pad_id, bucket)
+        packed.append((len(idx), out[0].shape[1]))
+        return out
+
+    monkeypatch.setattr(batching, "collate", collate)
+    monkeypatch.setattr(batching, "collate_packed", collate_packed)
+    for method in ("lora", "prompt-tuning"):
+        kw = dict(
+            precision="bf16", lora_dropout=0.0, epochs=1, method=method, lr=5e-3 if method == "lora" else 0.3
+        )
+        shapes.clear()
+        packed.clear()
+        trainer.train(cfg_for(m, d, tmp_path / f"one-{method}", micro_batch_size=1, **kw), quiet=True)
+        assert {r for r, _ in shapes} == {1} and not packed
+        longest = max(w for _, w in shapes)
+        assert longest >= 256 and sorted(w for _, w in shapes)[-2] <= 128  # one long example, the rest short
+        shapes.clear()
+        trainer.train(cfg_for(m, d, tmp_path / f"auto-{method}", micro_batch_size=0, **kw), quiet=True)
+        if method == "lora":  # each step's 4 examples (and the validation's) in one row
+            assert not shapes and [n for n, _ in packed] == [4] * 6 and max(w for _, w in packed) > longest
+        else:
+            assert max(r for r, _ in shapes) >= 3  # short examples share a pass
+            assert all(r * w <= longest for r, w in shapes), (longest, shapes)
+        one, auto = losses(tmp_path / f"one-{method}"), losses(tmp_path / f"auto-{method}")
+        assert len(one) == len(auto) == 4
+        assert max(abs(x - y) / x for x, y in zip(one, auto)) < 0.01, (method, one, auto)
+        assert "micro_batch_size: 0\n" in (tmp_path / f"auto-{method}" / "config.yaml").read_text()
 
 
 def test_an_explicit_model_is_kept_beside_from_adapter_and_an_unset_one_follows_it(tmp_path):

@@ -30,11 +30,13 @@ from __future__ import annotations
 import functools
 
 NAME = "tunesmith_bf16"
+SEGMENTS = "tunesmith_segments"  # the keyword that carries a packed row's (start, end) bounds to attention()
 CHUNK = 128  # query positions per block
 
 
-def _blocks(t: int):
-    return [(s, min(s + CHUNK, t)) for s in range(0, t, CHUNK)]
+def _blocks(segments) -> tuple:
+    """(a, s, e) for each block of queries s..e of each segment a..b: keys a..e are its keys."""
+    return tuple((a, s, min(s + CHUNK, b)) for a, b in segments for s in range(a, b, CHUNK))
 
 
 @functools.lru_cache(maxsize=8)
@@ -45,12 +47,12 @@ def _mask(c: int, g: int, dtype):
     return torch.full((c, c), float("-inf"), dtype=dtype).triu(1).repeat_interleave(g, 0)
 
 
-def _probs(q, k, s: int, e: int, g: int):
-    """softmax over keys 0..e of the queries at positions s..e (rows s·g..e·g)."""
+def _probs(q, k, a: int, s: int, e: int, g: int):
+    """softmax over keys a..e of the queries at positions s..e (rows s·g..e·g)."""
     import torch
 
-    scores = torch.bmm(q[:, s * g : e * g], k[:, :e].transpose(1, 2))
-    scores[:, :, s:e] += _mask(e - s, g, q.dtype)
+    scores = torch.bmm(q[:, s * g : e * g], k[:, a:e].transpose(1, 2))
+    scores[:, :, s - a :].add_(_mask(e - s, g, q.dtype))  # in place: `+=` on a slice copies it back
     return torch.softmax(scores, dim=-1)
 
 
@@ -59,15 +61,15 @@ def _function():
     import torch
 
     class Attention(torch.autograd.Function):
-        """softmax(q kᵀ, causal) v by blocks of queries, saving q, k, v only."""
+        """softmax(q kᵀ, causal within each segment) v by blocks of queries, saving q, k, v only."""
 
         @staticmethod
-        def forward(ctx, q, k, v, g):  # q [n, t·g, d] position-major; k, v [n, t, d]
+        def forward(ctx, q, k, v, g, blocks):  # q [n, t·g, d] position-major; k, v [n, t, d]
             out = torch.empty_like(q)
-            for s, e in _blocks(k.shape[1]):
-                torch.bmm(_probs(q, k, s, e, g), v[:, :e], out=out[:, s * g : e * g])
+            for a, s, e in blocks:
+                torch.bmm(_probs(q, k, a, s, e, g), v[:, a:e], out=out[:, s * g : e * g])
             ctx.save_for_backward(q, k, v)
-            ctx.g = g
+            ctx.g, ctx.blocks = g, blocks
             return out
 
         @staticmethod
@@ -75,17 +77,17 @@ def _function():
             q, k, v = ctx.saved_tensors
             g, grad = ctx.g, grad.contiguous()
             dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-            for s, e in _blocks(k.shape[1]):
+            for a, s, e in ctx.blocks:
                 rows = slice(s * g, e * g)
-                p = _probs(q, k, s, e, g)
-                dv[:, :e].baddbmm_(p.transpose(1, 2), grad[:, rows])
+                p = _probs(q, k, a, s, e, g)
+                dv[:, a:e].baddbmm_(p.transpose(1, 2), grad[:, rows])
                 ds = torch._softmax_backward_data(
-                    torch.bmm(grad[:, rows], v[:, :e].transpose(1, 2)), p, -1, p.dtype
+                    torch.bmm(grad[:, rows], v[:, a:e].transpose(1, 2)), p, -1, p.dtype
                 )
                 del p
-                torch.bmm(ds, k[:, :e], out=dq[:, rows])
-                dk[:, :e].baddbmm_(ds.transpose(1, 2), q[:, rows])
-            return dq, dk, dv, None
+                torch.bmm(ds, k[:, a:e], out=dq[:, rows])
+                dk[:, a:e].baddbmm_(ds.transpose(1, 2), q[:, rows])
+            return dq, dk, dv, None, None
 
     return Attention
 
@@ -97,8 +99,10 @@ def attention(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     b, h, t, d = query.shape
+    # packed rows (batching.py): the segments' bounds, whose block-diagonal causal mask transformers built
+    segments = kwargs.pop(SEGMENTS, None)
     if (
-        attention_mask is None
+        (attention_mask is None or (segments is not None and b == 1))
         and key.shape[2] == t
         and t > 1
         and query.dtype == torch.bfloat16
@@ -113,7 +117,8 @@ def attention(
         scale = scaling if scaling is not None else d**-0.5
         # [b, h, t, d] -> [b·hk, t·g, d], position-major, so a block of positions is a block of rows
         q = (query * scale).view(b, hk, g, t, d).transpose(2, 3).reshape(b * hk, t * g, d)
-        out = _function().apply(q, key.reshape(b * hk, t, d), value.reshape(b * hk, t, d), g)
+        blocks = _blocks(segments if segments is not None else ((0, t),))
+        out = _function().apply(q, key.reshape(b * hk, t, d), value.reshape(b * hk, t, d), g, blocks)
         return out.view(b, hk, t, g, d).permute(0, 2, 1, 3, 4).reshape(b, t, h, d), None
     return sdpa_attention_forward(
         module,

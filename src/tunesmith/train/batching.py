@@ -1,5 +1,11 @@
 """Examples into optimizer steps and forward passes: length-grouped shuffling, the auto token budget
-under CPU bf16, and right padding into tensors."""
+under CPU bf16 (examples packed end to end in one row), and right padding into tensors.
+
+Why packing: a pass of one ~500-token example leaves a CPU's bf16 matmuls short of rows, and padding
+rows of unequal length to one width computes tokens no loss uses. One row of whole examples up to the
+budget has neither; each example keeps its own positions (from 0) and attention keeps it to itself
+(attention.py), so every token's loss is what it would be alone.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import random
 from tunesmith.errors import UserError
 from tunesmith.models.chat import IGNORE, encode_chat, learned_turns
 from tunesmith.train.config import TrainConfig
-from tunesmith.train.precision import bucket_size, token_budget
+from tunesmith.train.precision import bucket_size, packing, token_budget
 
 
 def encode_all(tokenizer, examples, cfg: TrainConfig) -> tuple[list, list[str]]:
@@ -60,7 +66,10 @@ def pass_budget(encoded: list, cfg: TrainConfig) -> int:
     tokens than that example alone); 0 where passes hold a fixed number of examples."""
     if not token_budget(cfg) or not encoded:
         return 0
-    return min(token_budget(cfg), padded_width(max(len(e.input_ids) for e in encoded), bucket_size(cfg)))
+    longest = padded_width(max(len(e.input_ids) for e in encoded), bucket_size(cfg))
+    if packing(cfg):  # a packed row holds whole examples: at least the longest one
+        return max(token_budget(cfg), longest)
+    return min(token_budget(cfg), longest)
 
 
 def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig, budget: int) -> list[list[int]]:
@@ -69,6 +78,8 @@ def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig, budget: int) 
     if not budget:
         return [idx[m : m + cfg.micro_batch_size] for m in range(0, len(idx), cfg.micro_batch_size)]
     bucket = bucket_size(cfg)
+    if packing(cfg):
+        return packs(encoded, idx, budget, bucket)
     out: list[list[int]] = []
     width = 0
     for i in sorted(idx, key=lambda i: len(encoded[i].input_ids)):
@@ -80,6 +91,22 @@ def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig, budget: int) 
             out.append([i])
             width = w
     return out
+
+
+def packs(encoded: list, idx: list[int], budget: int, bucket: int) -> list[list[int]]:
+    """The examples `idx` as rows of whole examples, each at most `budget` tokens once padded to a multiple
+    of `bucket`: first fit, longest first (few rows, each nearly full)."""
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(idx, key=lambda i: -len(encoded[i].input_ids)):
+        n = len(encoded[i].input_ids)
+        r = next((r for r, u in enumerate(used) if padded_width(u + n, bucket) <= budget), len(rows))
+        if r == len(rows):
+            rows.append([])
+            used.append(0)
+        rows[r].append(i)
+        used[r] += n
+    return rows
 
 
 def padded_width(n: int, bucket: int) -> int:
@@ -110,6 +137,35 @@ def collate(encoded: list, idx: list[int], pad_id: int, bucket: int = 0):
         labels[r, :n] = torch.tensor(encoded[i].labels)
         mask[r, :n] = 1
     return ids, mask, labels
+
+
+def collate_packed(encoded: list, idx: list[int], pad_id: int, bucket: int = 0):
+    """The examples `idx` end to end in one row, right-padded to a multiple of `bucket`: ids, labels and
+    each example's (start, end) bounds (the padding goes with the last). Each example's first label is
+    dropped: it would be predicted from the example before."""
+    import torch
+
+    total = sum(len(encoded[i].input_ids) for i in idx)
+    width = padded_width(total, bucket)
+    ids = torch.full((1, width), pad_id, dtype=torch.long)
+    labels = torch.full((1, width), IGNORE, dtype=torch.long)
+    segments, p = [], 0
+    for i in idx:
+        n = len(encoded[i].input_ids)
+        ids[0, p : p + n] = torch.tensor(encoded[i].input_ids)
+        labels[0, p + 1 : p + n] = torch.tensor(encoded[i].labels[1:])
+        segments.append((p, p + n))
+        p += n
+    segments[-1] = (segments[-1][0], width)
+    return ids, labels, tuple(segments)
+
+
+def pass_tensors(encoded: list, idx: list[int], pad_id: int, cfg: TrainConfig):
+    """One forward pass's ids, attention mask (None when packed), labels and packed bounds (or None)."""
+    if packing(cfg):
+        ids, labels, segments = collate_packed(encoded, idx, pad_id, bucket_size(cfg))
+        return ids, None, labels, segments
+    return (*collate(encoded, idx, pad_id, bucket_size(cfg)), None)
 
 
 def n_answer_tokens(encoded, idx) -> int:

@@ -53,8 +53,8 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.model, self.loss_fn = model, loss_fn
 
-    def forward(self, ids, mask, labels):
-        return self.loss_fn(self.model, ids, mask, labels)[0]
+    def forward(self, ids, mask, labels, segments=None):
+        return self.loss_fn(self.model, ids, mask, labels, segments)[0]
 
 
 def wrap(model, loss_fn, fsdp: bool = False):

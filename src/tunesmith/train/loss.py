@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 
 from tunesmith.models.chat import IGNORE
+from tunesmith.train.attention import SEGMENTS
 
 BLOCK = 64  # answer positions per block: 64 × 49,152 fp32 logits = 12.6 MB for SmolLM2
 
@@ -63,20 +64,30 @@ def _prompt_learning(model) -> bool:
     )
 
 
-def answer_logits(model, ids, mask, labels, project: bool = True):
+def answer_logits(model, ids, mask, labels, project: bool = True, segments=None):
     """Logits at the answer positions only (the output layer runs nowhere else), their target
     ids, and the [batch, length - 1] mask of where they are. With project=False: the hidden
-    states at those positions instead of the logits."""
+    states at those positions instead of the logits. `segments`: ids is one packed row of
+    examples at these (start, end) bounds (batching.collate_packed; mask None), each given its
+    own positions from 0, and the attention keeps each to itself."""
+    import torch
+
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     dev = next(inner.parameters()).device
-    ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
+    ids, labels = ids.to(dev), labels.to(dev)
     targets = labels[:, 1:]
     sel = targets != IGNORE
+    if segments is not None:
+        pos = torch.cat([torch.arange(e - s) for s, e in segments])[None].to(dev)
+        # no cache: with one, transformers would not build the packed row's mask (for SDPA's layers)
+        kwargs = {"position_ids": pos, "use_cache": False, SEGMENTS: segments}
+    else:
+        kwargs = {"attention_mask": mask.to(dev)}
     if _prompt_learning(model):
         # prompt/prefix tuning add virtual tokens in PeftModel.forward: use it, keep the real positions
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1] :]
+        logits = model(input_ids=ids, **kwargs).logits[:, -ids.shape[1] :]
         return logits[:, :-1][sel].float(), targets[sel], sel
-    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][sel]
+    hidden = inner.get_decoder()(input_ids=ids, **kwargs).last_hidden_state[:, :-1][sel]
     if not project:
         return hidden, targets[sel], sel
     logits = inner.get_output_embeddings()(hidden).float()
@@ -104,13 +115,13 @@ def frozen_output_layer(model):
     return out.weight
 
 
-def answer_loss_sum(model, ids, mask, labels):
-    """Sum of cross-entropy over answer tokens, and how many there are."""
+def answer_loss_sum(model, ids, mask, labels, segments=None):
+    """Sum of cross-entropy over answer tokens, and how many there are (`segments`: answer_logits)."""
     import torch.nn.functional as F
 
     weight = frozen_output_layer(model)
     if weight is not None:
-        hidden, targets, sel = answer_logits(model, ids, mask, labels, project=False)
+        hidden, targets, sel = answer_logits(model, ids, mask, labels, project=False, segments=segments)
         return linear_cross_entropy_sum(hidden, weight, targets), int(sel.sum())
-    logits, targets, sel = answer_logits(model, ids, mask, labels)
+    logits, targets, sel = answer_logits(model, ids, mask, labels, segments=segments)
     return F.cross_entropy(logits, targets, reduction="sum"), int(sel.sum())

@@ -43,7 +43,7 @@ from tunesmith.models.resolve import cached_status, resolve
 from tunesmith.train import heap, machine, plan_labels
 from tunesmith.train.batching import n_answer_tokens, padded_width
 from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig, held_out_count, route
-from tunesmith.train.precision import autocast_device, bucket_size, frozen_base_bf16, token_budget
+from tunesmith.train.precision import autocast_device, bucket_size, frozen_base_bf16, packing, token_budget
 from tunesmith.train.setup import SELECTIONS, peft_config, select_trainable
 from tunesmith.train.sft import Encoded, auto_micro_batch, encode_data
 
@@ -267,13 +267,17 @@ def _precision(cfg: TrainConfig) -> str:
 
 def _pass_tokens(cfg: TrainConfig, data: Data, on_cpu: bool) -> int:
     """Tokens in the largest forward pass: the longest example × examples per pass, padded as the run
-    pads (under CPU bf16, passes up to the token budget, capped at the longest example's width)."""
+    pads (under CPU bf16, passes up to the token budget: whole examples packed into one row, or padded rows
+    capped at the longest example's width)."""
     longest = max(data.lengths)
     if plan_labels.is_task(cfg):
         return longest * plan_labels.examples_per_pass(cfg)
-    budget = token_budget(cfg)
+    budget, bucket = token_budget(cfg), bucket_size(cfg)
+    if budget and packing(cfg):  # at most a step's longest examples, end to end
+        most = padded_width(sum(sorted(data.lengths)[-cfg.batch_size :]), bucket)
+        return min(max(budget, padded_width(longest, bucket)), most)
     if budget:
-        return min(budget, padded_width(longest, bucket_size(cfg)))
+        return min(budget, padded_width(longest, bucket))
     micro = auto_micro_batch(cfg, on_cpu) or 1
     return longest * min(micro, cfg.batch_size)
 
@@ -285,7 +289,7 @@ def _passes(cfg: TrainConfig, data: Data, on_cpu: bool) -> int:
         per = plan_labels.examples_per_pass(cfg)
     elif budget:
         mean = round(sum(data.lengths) / len(data.lengths))
-        per = max(1, budget // padded_width(mean, bucket_size(cfg)))
+        per = max(1, budget // (mean if packing(cfg) else padded_width(mean, bucket_size(cfg))))
     else:
         per = auto_micro_batch(cfg, on_cpu) or 1
     n, batch = len(data.lengths), cfg.batch_size

@@ -39,19 +39,29 @@ def bucket_size(cfg: TrainConfig) -> int:
 # Under CPU bf16 a short sequence leaves the CPU idle: one LoRA pass of SmolLM2-135M ran 273 tokens/s at
 # 128 tokens, 353 at 256, 381 at 448, but 4 × 128 tokens in one pass 432 and 2 × 256 420 (2-core EPYC,
 # AVX512-BF16): oneDNN's bf16 matmuls want many rows, while attention's cost grows with each row's
-# length. So auto micro-batches fill a pass with examples of similar length up to this many padded
-# tokens. On DialogSum steps (64 examples, 260 tokens on average): one example per pass 303 tokens/s;
-# budgets 512 / 768 / 1024 / 1536: 342 / 368 / 381 / 397. The budget is also capped at the longest
-# example's padded width (pass_budget), so no pass holds more tokens than that example alone: on the
-# example data (longest 645 tokens) a flat 1024 raised the peak RSS from 1,936 to 2,472 MiB, the cap
-# (704) kept it at 1,971; on DialogSum (longest 856, budget 896) 2,041 → 2,412 MiB for 1.2× the speed.
+# length. So auto passes are filled up to this many tokens: whole examples packed end to end in one row
+# (batching.packs), or, for prompt/prefix tuning, padded rows of similar length capped at the longest
+# example's width. Packing against the padded rows (capped at 704 tokens on the example data), the same
+# steps alternated in one process: +11.6 % tokens/s, losses equal to 0.03 %. The budget trades speed for
+# memory (whole example-data runs, tokens/s and peak RSS; TRL's best setting peaks at ~3.4 GB):
+# 1024: 355, 2,312 MiB; 1536: 399, 2,851 MiB; 2048: 454, 3,350 MiB (benchmarks/RESULTS.md, issue 35).
+# 1024 is the default that stays under 0.7× TRL's memory; --pass-tokens picks another.
 TOKEN_BUDGET = 1024
 
 
 def token_budget(cfg: TrainConfig) -> int:
     """Padded tokens per forward pass when --micro-batch-size is 0 (auto) under CPU bf16 (not FSDP, whose
     ranks must run as many passes), else 0: a fixed number of examples per pass."""
-    return TOKEN_BUDGET if not cfg.micro_batch_size and cpu_autocast(cfg) and not cfg.fsdp else 0
+    if cfg.micro_batch_size or not cpu_autocast(cfg) or cfg.fsdp:
+        return 0
+    return cfg.pass_tokens or TOKEN_BUDGET
+
+
+def packing(cfg: TrainConfig) -> bool:
+    """Whether the token-budget passes (token_budget) hold one row of whole examples end to end instead of
+    a padded row each (batching.packs). Not prompt/prefix tuning, whose virtual tokens come before the
+    row."""
+    return bool(token_budget(cfg)) and cfg.method not in ("prompt-tuning", "prefix-tuning")
 
 
 def frozen_base_bf16(cfg: TrainConfig) -> bool:

@@ -24,11 +24,18 @@ from tunesmith.models.loading import generate, load_tokenizer
 from tunesmith.models.resolve import resolve
 from tunesmith.scoring.metrics import scores
 from tunesmith.train import distributed as dist
-from tunesmith.train.batching import batches, collate, encode_all, micro_batches, n_answer_tokens, pass_budget
+from tunesmith.train.batching import (
+    batches,
+    encode_all,
+    micro_batches,
+    n_answer_tokens,
+    pass_budget,
+    pass_tensors,
+)
 from tunesmith.train.config import LOW_REPLAY, TrainConfig
 from tunesmith.train.documents import document_rows, general_rows
 from tunesmith.train.loss import answer_loss_sum
-from tunesmith.train.precision import amp, autocast_device, bucket_size, token_budget
+from tunesmith.train.precision import amp, autocast_device, token_budget
 from tunesmith.train.run import State, StepOut
 from tunesmith.train.setup import setup_model
 
@@ -69,15 +76,15 @@ def validate(model, encoded, cfg: TrainConfig, pad_id: int, sharded_loss=None) -
         sharded_loss is not None
     ):  # FSDP: each forward is collective, every rank runs as many (a spare one is not counted)
         groups += [[]] * (-(-len(dist.shard(order, 0, size)) // cfg.micro_batch_size) - len(groups))
-    bucket, device = bucket_size(cfg), autocast_device(cfg)
+    device = autocast_device(cfg)
     with torch.no_grad():
         for batch in groups:
-            ids, mask, labels = collate(encoded, batch or order[:1], pad_id, bucket)
+            ids, mask, labels, segments = pass_tensors(encoded, batch or order[:1], pad_id, cfg)
             with amp(device, model):
                 if sharded_loss is not None:
                     loss, n = sharded_loss(ids, mask, labels), int((labels[:, 1:] != IGNORE).sum())
                 else:
-                    loss, n = answer_loss_sum(model, ids, mask, labels)
+                    loss, n = answer_loss_sum(model, ids, mask, labels, segments)
             if batch:
                 total += float(loss)
                 count += n
@@ -231,11 +238,7 @@ class Sft:
         # before the optimizer: FSDP swaps the parameters
         self.loss_fn = dist.wrap(model, answer_loss_sum, cfg.fsdp)
         self.sharded_loss = self.loss_fn if dist.sharded(model) else None
-        self.pad, self.bucket, self.budget = (
-            tok.pad_token_id,
-            bucket_size(cfg),
-            pass_budget(self.train_enc, cfg),
-        )
+        self.pad, self.budget = tok.pad_token_id, pass_budget(self.train_enc, cfg)
         self.autocast = autocast_device(cfg)
 
     def plan(self, epoch: int) -> list:
@@ -255,10 +258,10 @@ class Sft:
         local = micro_batches(enc, mine, self.cfg, self.budget)
         step_loss, tokens = 0.0, 0
         for j, m in enumerate(local):
-            ids, mask, labels = collate(enc, m, self.pad, self.bucket)
+            ids, mask, labels, segments = pass_tensors(enc, m, self.pad, self.cfg)
             with dist.accumulating(self.loss_fn, last=j == len(local) - 1):
                 with amp(self.autocast, self.model):
-                    loss = self.loss_fn(ids, mask, labels)
+                    loss = self.loss_fn(ids, mask, labels, segments)
                 (loss * weight).backward()
             step_loss += float(loss.detach()) / n_ans if weight else 0.0
             tokens += sum(len(enc[i].input_ids) for i in m) if weight else 0
