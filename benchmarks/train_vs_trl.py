@@ -315,6 +315,7 @@ def tunesmith_config(spec: dict):
         weight_decay=0.0,
         seed=spec["seed"],
         low_memory=spec.get("low_memory", False),
+        pass_tokens=spec.get("pass_tokens", 0),
     )
 
 
@@ -940,6 +941,7 @@ def common_spec(a, model: str) -> dict:
         "max_steps": a.max_steps,
         "seed": a.seed,
         "low_memory": a.low_memory,
+        "pass_tokens": a.pass_tokens,
         "trl_order": a.trl_order,
         "trl_data": a.trl_data,
     }
@@ -1250,6 +1252,9 @@ def main() -> None:
         "--low-memory",
         action="store_true",
         help="tunesmith with --low-memory (TRL as it is: it has no such switch)",
+    )
+    ap.add_argument(
+        "--pass-tokens", type=int, default=0, help="tunesmith's --pass-tokens (bf16 on a CPU; 0: its default)"
     )
     ap.add_argument("--no-matmul", action="store_true", help="skip the matmul microbenchmark (and so MFU)")
     ap.add_argument("--out", help="also write everything as JSON here")

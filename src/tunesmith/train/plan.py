@@ -266,9 +266,8 @@ def _precision(cfg: TrainConfig) -> str:
 
 
 def _pass_tokens(cfg: TrainConfig, data: Data, on_cpu: bool) -> int:
-    """Tokens in the largest forward pass: the longest example × examples per pass, padded as the run
-    pads (under CPU bf16, passes up to the token budget: whole examples packed into one row, or padded rows
-    capped at the longest example's width)."""
+    """Tokens in the largest forward pass, padded as the run pads (CPU bf16: rows of packed examples up to
+    the token budget, or padded rows capped at the longest example's width; else examples × longest)."""
     longest = max(data.lengths)
     if plan_labels.is_task(cfg):
         return longest * plan_labels.examples_per_pass(cfg)
