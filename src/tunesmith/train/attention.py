@@ -8,7 +8,9 @@ So the queries go in blocks of CHUNK positions, each against the keys up to its 
 scores of the keys after it are never computed, and the mask touches only the block's diagonal
 square. GQA folds each key/value head's query heads into the rows (row i·g + j: position i, query
 head j), with no repeat of K and V. The probabilities are not kept for the backward pass: it
-recomputes each block's from Q and K (which it needs anyway).
+recomputes each block's from Q and K (which it needs anyway). A row of packed examples
+(batching.collate_packed) passes their bounds: a block's keys then start at its own example's start,
+so no example sees another, and no score across two of them is computed.
 
 Forward + backward of one SmolLM2 layer (9 query heads, 3 key/value heads), bf16, median of 15, the
 2-core EPYC with avx512_bf16 (benchmarks/RESULTS.md, issue 35 part 2), ms:
