@@ -62,8 +62,9 @@ def batches(encoded: list, cfg: TrainConfig, epoch: int) -> list[list[list[int]]
 
 
 def pass_budget(encoded: list, cfg: TrainConfig) -> int:
-    """token_budget, capped at the padded width of the longest example of `encoded` (so no pass holds more
-    tokens than that example alone); 0 where passes hold a fixed number of examples."""
+    """token_budget: for packed rows at least the padded width of the longest example of `encoded` (a row
+    holds whole examples), for padded rows at most that (no pass holds more tokens than that example
+    alone); 0 where passes hold a fixed number of examples."""
     if not token_budget(cfg) or not encoded:
         return 0
     longest = padded_width(max(len(e.input_ids) for e in encoded), bucket_size(cfg))

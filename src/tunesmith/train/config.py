@@ -228,7 +228,7 @@ HELP = {
     "(default 0 = auto: 1 on a CPU, up to 4 on a GPU; with --precision bf16 on a CPU, whole examples "
     "packed end to end up to --pass-tokens)",
     "pass_tokens": "with --precision bf16 on a CPU and --micro-batch-size 0: tokens per forward pass, whole "
-    "examples packed end to end (0 = auto, 1024; 2048 trains ~1.2× faster in ~1.4× the memory)",
+    "examples packed end to end (0 = auto, 1024; 2048 trained 1.1-1.3× faster in ~1.45× the memory)",
     "max_length": "drop examples longer than this many tokens (reported)",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha (scale = alpha / r)",
