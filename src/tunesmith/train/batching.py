@@ -62,15 +62,18 @@ def batches(encoded: list, cfg: TrainConfig, epoch: int) -> list[list[list[int]]
 
 
 def pass_budget(encoded: list, cfg: TrainConfig) -> int:
-    """token_budget: for packed rows at least the padded width of the longest example of `encoded` (a row
-    holds whole examples), for padded rows at most that (no pass holds more tokens than that example
-    alone); 0 where passes hold a fixed number of examples."""
-    if not token_budget(cfg) or not encoded:
+    """row_budget for the longest example of `encoded`; 0 where passes hold a fixed number of examples."""
+    return row_budget(max(len(e.input_ids) for e in encoded), cfg) if encoded else 0
+
+
+def row_budget(longest: int, cfg: TrainConfig) -> int:
+    """token_budget, given the longest example's `longest` tokens: for packed rows at least its padded
+    width (a row holds whole examples), for padded rows at most that (no pass holds more tokens than that
+    example alone); 0 where passes hold a fixed number of examples."""
+    if not token_budget(cfg):
         return 0
-    longest = padded_width(max(len(e.input_ids) for e in encoded), bucket_size(cfg))
-    if packing(cfg):  # a packed row holds whole examples: at least the longest one
-        return max(token_budget(cfg), longest)
-    return min(token_budget(cfg), longest)
+    width = padded_width(longest, bucket_size(cfg))
+    return max(token_budget(cfg), width) if packing(cfg) else min(token_budget(cfg), width)
 
 
 def micro_batches(encoded: list, idx: list[int], cfg: TrainConfig, budget: int) -> list[list[int]]:

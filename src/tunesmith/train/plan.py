@@ -41,7 +41,7 @@ from tunesmith.errors import UserError
 from tunesmith.models.loading import load_tokenizer
 from tunesmith.models.resolve import cached_status, resolve
 from tunesmith.train import heap, machine, plan_labels
-from tunesmith.train.batching import n_answer_tokens, padded_width
+from tunesmith.train.batching import n_answer_tokens, padded_width, row_budget
 from tunesmith.train.config import PREFERENCE_METHODS, TrainConfig, held_out_count, route
 from tunesmith.train.precision import autocast_device, bucket_size, frozen_base_bf16, packing, token_budget
 from tunesmith.train.setup import SELECTIONS, peft_config, select_trainable
@@ -271,12 +271,11 @@ def _pass_tokens(cfg: TrainConfig, data: Data, on_cpu: bool) -> int:
     longest = max(data.lengths)
     if plan_labels.is_task(cfg):
         return longest * plan_labels.examples_per_pass(cfg)
-    budget, bucket = token_budget(cfg), bucket_size(cfg)
+    budget = row_budget(longest, cfg)
     if budget and packing(cfg):  # at most a step's longest examples, end to end
-        most = padded_width(sum(sorted(data.lengths)[-cfg.batch_size :]), bucket)
-        return min(max(budget, padded_width(longest, bucket)), most)
+        return min(budget, padded_width(sum(sorted(data.lengths)[-cfg.batch_size :]), bucket_size(cfg)))
     if budget:
-        return min(budget, padded_width(longest, bucket))
+        return budget
     micro = auto_micro_batch(cfg, on_cpu) or 1
     return longest * min(micro, cfg.batch_size)
 
